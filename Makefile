@@ -1,0 +1,43 @@
+# trireme: make build | test | bench | demo | fuzz
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+BIN := bin/trireme
+# Packages with goroutines and shared state run under the race detector.
+RACE_PKGS := ./tokens/... ./flow/... ./dataplane/... ./policy/...
+FUZZTIME ?= 30s
+
+.PHONY: all build test vet deps bench demo fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/trireme
+
+# deps installs what the tests need on a fresh Debian machine (as root).
+deps:
+	@./scripts/install-deps.sh
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+
+test: deps vet build
+	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench.txt
+
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list 'Fuzz.*' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+demo: build
+	./$(BIN) demo --examples examples
+
+clean:
+	rm -rf bin bench.txt
