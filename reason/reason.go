@@ -33,15 +33,15 @@ const (
 	IngressDenied  // the server's ingress rules did not allow the connection
 
 	// Packet and flow problems (dataplane/, flow/).
-	Malformed       // a frame that does not parse (truncated, bad header length, ...)
-	Unsupported     // a well-formed frame of a protocol trireme does not handle
-	Fragment        // an IP fragment trireme cannot attribute to an allowed flow
-	UnknownFlow     // a mid-stream packet of a flow the table does not know
-	InvalidState    // a packet that does not fit the flow's TCP state
-	TableFull       // the flow table is full and nothing could be evicted
-	NoRoomForToken  // the token does not fit (MTU or TCP option space)
-	UnknownPU       // a packet for a PU the enforcer does not know
-	Timeout         // a flow that expired before the handshake completed
+	Malformed      // a frame that does not parse (truncated, bad header length, ...)
+	Unsupported    // a well-formed frame of a protocol trireme does not handle
+	Fragment       // an IP fragment trireme cannot attribute to an allowed flow
+	UnknownFlow    // a mid-stream packet of a flow the table does not know
+	InvalidState   // a packet that does not fit the flow's TCP state
+	TableFull      // the flow table is full and nothing could be evicted
+	NoRoomForToken // the token does not fit (MTU or TCP option space)
+	UnknownPU      // a packet for a PU the enforcer does not know
+	Timeout        // a flow that expired before the handshake completed
 
 	numCodes
 )
