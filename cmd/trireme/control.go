@@ -1,0 +1,169 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/trireme-go/trireme/node"
+	"github.com/trireme-go/trireme/policy"
+)
+
+// The control commands talk to a running daemon over its socket.
+var socketPath string
+
+func init() {
+	pu := &cobra.Command{Use: "pu", Short: "List, attach and detach processing units"}
+	pu.PersistentFlags().StringVar(&socketPath, "socket", node.DefaultSocket, "daemon control socket")
+
+	var asJSON bool
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List the PUs the daemon enforces",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pus, err := node.NewClient(socketPath).ListPUs()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(pus)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tKIND\tSTATE\tIPS\tTAGS")
+			for _, p := range pus {
+				ips := make([]string, len(p.IPs))
+				for i, ip := range p.IPs {
+					ips[i] = ip.String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Name, p.Kind, p.State,
+					strings.Join(ips, ","), policy.NewTags(p.Tags))
+			}
+			return tw.Flush()
+		},
+	}
+	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+
+	var labels []string
+	var name string
+	attach := &cobra.Command{
+		Use:   "attach NETNS",
+		Short: "Police a network namespace (a name under /run/netns or a path) as a PU",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, err := labelMap(labels)
+			if err != nil {
+				return err
+			}
+			p, err := node.NewClient(socketPath).AttachPU(node.AttachRequest{NetNS: args[0], Name: name, Labels: m})
+			if err != nil {
+				return err
+			}
+			fmt.Println(p.ID)
+			return nil
+		},
+	}
+	attach.Flags().StringArrayVarP(&labels, "label", "l", nil, "identity label key=value (repeatable)")
+	attach.Flags().StringVar(&name, "name", "", "PU name (default: the namespace name)")
+
+	detach := &cobra.Command{
+		Use:   "detach ID",
+		Short: "Stop policing a PU",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return node.NewClient(socketPath).DetachPU(args[0])
+		},
+	}
+	pu.AddCommand(ls, attach, detach)
+
+	exclude := &cobra.Command{Use: "exclude", Short: "Add or remove excluded networks at runtime"}
+	exclude.PersistentFlags().StringVar(&socketPath, "socket", node.DefaultSocket, "daemon control socket")
+	exclude.AddCommand(&cobra.Command{
+		Use: "add IP|CIDR", Short: "Exclude an address or network from every check", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := node.ParsePrefixOrAddr(args[0])
+			if err != nil {
+				return err
+			}
+			return node.NewClient(socketPath).AddExcluded(p)
+		},
+	}, &cobra.Command{
+		Use: "rm IP|CIDR", Short: "Remove a runtime exclusion", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := node.ParsePrefixOrAddr(args[0])
+			if err != nil {
+				return err
+			}
+			return node.NewClient(socketPath).RemoveExcluded(p)
+		},
+	})
+
+	var statsJSON bool
+	stats := &cobra.Command{
+		Use:   "stats",
+		Short: "Show the daemon's counters, drops by reason and policy status",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := node.NewClient(socketPath).Stats()
+			if err != nil {
+				return err
+			}
+			if statsJSON {
+				return printJSON(s)
+			}
+			fmt.Printf("node %s, up since %s, %d PUs, %d flows\n", s.Node, s.Started.Format("2006-01-02 15:04:05"), s.PUs, s.Flows)
+			fmt.Printf("policy %s: %d policies, loaded %s\n", s.Policy.File, s.Policy.Policies, s.Policy.LoadedAt.Format("15:04:05"))
+			if s.Policy.LastError != "" {
+				fmt.Printf("policy reload FAILED at %s (previous policy stays in force):\n%s\n", s.Policy.ErrorAt.Format("15:04:05"), s.Policy.LastError)
+			}
+			printCounters("counters", s.Counters)
+			printCounters("drops", s.Drops)
+			return nil
+		},
+	}
+	stats.Flags().StringVar(&socketPath, "socket", node.DefaultSocket, "daemon control socket")
+	stats.Flags().BoolVar(&statsJSON, "json", false, "print JSON")
+
+	rootCmd.AddCommand(pu, exclude, stats)
+}
+
+func printCounters(title string, m map[string]uint64) {
+	if len(m) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	fmt.Println(title + ":")
+	for _, k := range keys {
+		fmt.Printf("  %-24s %d\n", k, m[k])
+	}
+}
+
+func labelMap(kvs []string) (map[string]string, error) {
+	tags, err := policy.ParseTags(kvs)
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]string, len(tags))
+	for _, t := range tags {
+		if strings.HasPrefix(t.Key, "@") {
+			return nil, fmt.Errorf("label %q: keys starting with '@' are reserved for trireme", t.Key)
+		}
+		m[t.Key] = t.Value
+	}
+	return m, nil
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

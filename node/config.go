@@ -1,0 +1,273 @@
+// Package node holds what the node daemon is made of apart from the
+// dataplane itself: its configuration, and the local control API (HTTP+JSON
+// on a unix socket) with its client, which the CLI uses.
+package node
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the daemon's configuration file. Every field has a default that
+// suits a one-node setup, so an empty file is valid apart from the secrets.
+type Config struct {
+	// Node names this enforcer; it is the `iss` of its tokens and, in PKI
+	// mode, must match the node certificate.
+	Node string `yaml:"node"`
+
+	Secrets Secrets `yaml:"secrets"`
+
+	// TargetNetworks and ExcludedNetworks add to those of the policy file.
+	TargetNetworks   Prefixes `yaml:"targetNetworks"`
+	ExcludedNetworks Prefixes `yaml:"excludedNetworks"`
+
+	// Policy is the policy file; it is watched and reloaded on change.
+	Policy string `yaml:"policy"`
+	// FlowLog receives one JSON flow record per line.
+	FlowLog string `yaml:"flowLog"`
+	// Socket is the control API's unix socket (mode 0600).
+	Socket string `yaml:"socket"`
+	// StateDir holds what must survive a restart.
+	StateDir string `yaml:"stateDir"`
+
+	Bridge Bridge `yaml:"bridge"`
+
+	// MidStream says what happens to packets of a flow the enforcer does not
+	// know (e.g. after a restart): drop, reset or acl.
+	MidStream string `yaml:"midStream"`
+	// OnPolicyChange says what happens to established flows when the policy
+	// changes: keep them, or reset those the new policy denies.
+	OnPolicyChange string `yaml:"onPolicyChange"`
+	// TokenRefresh is how often a PU's identity token is re-signed.
+	TokenRefresh time.Duration `yaml:"tokenRefresh"`
+
+	path string
+}
+
+// Secrets selects PSK or PKI mode: exactly one of PSKFile or the three PKI
+// files is set.
+type Secrets struct {
+	PSKFile  string `yaml:"pskFile"`
+	CACert   string `yaml:"caCert"`
+	NodeCert string `yaml:"nodeCert"`
+	NodeKey  string `yaml:"nodeKey"`
+}
+
+// PKI reports whether the secrets are in PKI mode.
+func (s Secrets) PKI() bool { return s.CACert != "" }
+
+// Bridge is the node bridge PUs created by trireme join.
+type Bridge struct {
+	Name   string `yaml:"name"`
+	Subnet Prefix `yaml:"subnet"`
+}
+
+// Prefix is a netip.Prefix read from YAML with the line of a bad value.
+type Prefix struct{ netip.Prefix }
+
+// UnmarshalYAML parses a CIDR prefix, naming the line when it is bad.
+func (p *Prefix) UnmarshalYAML(n *yaml.Node) error {
+	v, err := netip.ParsePrefix(n.Value)
+	if n.Kind != yaml.ScalarNode || err != nil {
+		return fmt.Errorf("line %d: column %d: %q is not a CIDR prefix", n.Line, n.Column, n.Value)
+	}
+	p.Prefix = v.Masked()
+	return nil
+}
+
+// Prefixes is a list of CIDR prefixes read from YAML.
+type Prefixes []netip.Prefix
+
+// UnmarshalYAML parses a list of prefixes, naming the line of a bad one.
+func (ps *Prefixes) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.SequenceNode {
+		return fmt.Errorf("line %d: column %d: want a list of CIDR prefixes", n.Line, n.Column)
+	}
+	for _, e := range n.Content {
+		var p Prefix
+		if err := p.UnmarshalYAML(e); err != nil {
+			return err
+		}
+		*ps = append(*ps, p.Prefix)
+	}
+	return nil
+}
+
+// Defaults.
+const (
+	DefaultSocket    = "/run/trireme/trireme.sock"
+	DefaultStateDir  = "/var/lib/trireme"
+	DefaultFlowLog   = "/var/log/trireme/flows.jsonl"
+	DefaultBridge    = "trireme0"
+	DefaultMidStream = "drop"
+	DefaultOnChange  = "keep"
+	DefaultRefresh   = 5 * time.Minute
+)
+
+var DefaultSubnet = netip.MustParsePrefix("10.77.0.0/16")
+
+// nodeName: what may name a node (DNS label-ish; also an nft name part).
+var nodeName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
+
+// ifName: a Linux interface name, leaving room for our suffixes.
+var ifName = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,12}$`)
+
+// LoadConfig reads, defaults and validates a config file. Errors name the
+// file, line and field.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig parses config data; path is used in messages and to resolve
+// relative file names (relative to the config file's directory).
+func ParseConfig(path string, data []byte) (*Config, error) {
+	c := &Config{path: path}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && err != io.EOF { // io.EOF: an empty file
+		return nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	c.applyDefaults()
+	c.resolvePaths(filepath.Dir(path))
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) applyDefaults() {
+	if c.Node == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.Node = sanitizeNodeName(h)
+		}
+	}
+	if c.Socket == "" {
+		c.Socket = DefaultSocket
+	}
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.FlowLog == "" {
+		c.FlowLog = DefaultFlowLog
+	}
+	if c.Bridge.Name == "" {
+		c.Bridge.Name = DefaultBridge
+	}
+	if !c.Bridge.Subnet.IsValid() {
+		c.Bridge.Subnet = Prefix{DefaultSubnet}
+	}
+	if c.MidStream == "" {
+		c.MidStream = DefaultMidStream
+	}
+	if c.OnPolicyChange == "" {
+		c.OnPolicyChange = DefaultOnChange
+	}
+	if c.TokenRefresh == 0 {
+		c.TokenRefresh = DefaultRefresh
+	}
+}
+
+func sanitizeNodeName(h string) string {
+	h = strings.ToLower(h)
+	var b strings.Builder
+	for _, r := range h {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') || r == '-' {
+			b.WriteRune(r)
+		}
+	}
+	s := strings.Trim(b.String(), "-")
+	if len(s) > 32 {
+		s = s[:32]
+	}
+	if s == "" {
+		s = "node"
+	}
+	return s
+}
+
+func (c *Config) resolvePaths(dir string) {
+	for _, p := range []*string{&c.Policy, &c.Secrets.PSKFile, &c.Secrets.CACert, &c.Secrets.NodeCert, &c.Secrets.NodeKey} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+}
+
+// Validate checks every field and reports every problem found.
+func (c *Config) Validate() error {
+	var errs []string
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Sprintf("%s: %s: %s", c.path, field, fmt.Sprintf(format, args...)))
+	}
+	if !nodeName.MatchString(c.Node) {
+		bad("node", "%q is not a valid node name (lowercase letters, digits and '-', at most 32)", c.Node)
+	}
+	s := c.Secrets
+	switch {
+	case s.PSKFile != "" && (s.CACert != "" || s.NodeCert != "" || s.NodeKey != ""):
+		bad("secrets", "set either pskFile or caCert/nodeCert/nodeKey, not both")
+	case s.PSKFile == "" && s.CACert == "" && s.NodeCert == "" && s.NodeKey == "":
+		bad("secrets", "missing: set pskFile (PSK mode) or caCert, nodeCert and nodeKey (PKI mode)")
+	case s.PSKFile == "":
+		for field, v := range map[string]string{"secrets.caCert": s.CACert, "secrets.nodeCert": s.NodeCert, "secrets.nodeKey": s.NodeKey} {
+			if v == "" {
+				bad(field, "missing (PKI mode needs caCert, nodeCert and nodeKey)")
+			}
+		}
+	}
+	for field, v := range map[string]string{"secrets.pskFile": s.PSKFile, "secrets.caCert": s.CACert, "secrets.nodeCert": s.NodeCert, "secrets.nodeKey": s.NodeKey, "policy": c.Policy} {
+		if v == "" {
+			continue
+		}
+		if st, err := os.Stat(v); err != nil {
+			bad(field, "%v", err)
+		} else if st.IsDir() {
+			bad(field, "%s is a directory", v)
+		}
+	}
+	if c.Policy == "" {
+		bad("policy", "missing: the policy file to enforce")
+	}
+	if !ifName.MatchString(c.Bridge.Name) {
+		bad("bridge.name", "%q is not a valid interface name (at most 12 of [A-Za-z0-9_.-])", c.Bridge.Name)
+	}
+	if !c.Bridge.Subnet.Addr().Is4() || c.Bridge.Subnet.Bits() > 30 {
+		bad("bridge.subnet", "%v: want an IPv4 prefix of /30 or larger", c.Bridge.Subnet)
+	}
+	switch c.MidStream {
+	case "drop", "reset", "acl":
+	default:
+		bad("midStream", "%q: want drop, reset or acl", c.MidStream)
+	}
+	switch c.OnPolicyChange {
+	case "keep", "reset":
+	default:
+		bad("onPolicyChange", "%q: want keep or reset", c.OnPolicyChange)
+	}
+	if c.TokenRefresh < 10*time.Second || c.TokenRefresh > 24*time.Hour {
+		bad("tokenRefresh", "%v: want between 10s and 24h", c.TokenRefresh)
+	}
+	for _, p := range []string{c.Socket, c.StateDir, c.FlowLog} {
+		if !filepath.IsAbs(p) {
+			bad("paths", "%q must be absolute", p)
+		}
+	}
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "\n"))
+	}
+	return nil
+}
