@@ -2,8 +2,6 @@ package policy
 
 import (
 	"net/netip"
-
-	"k8s.io/apimachinery/pkg/labels"
 )
 
 // Protocol is an IANA IP protocol number. ProtoAny (0) in a port range means
@@ -51,13 +49,6 @@ const (
 	// ObserveApply: the rule decides only where no enforced rule matched.
 	ObserveApply
 )
-
-// Selector is a Kubernetes label selector over tags, kept with the text it was
-// written as, for messages and `policy explain`.
-type Selector struct {
-	labels.Selector
-	Text string
-}
 
 // Peer is one entry of a rule's from/to: either a tag selector (Selector
 // non-nil) or a CIDR block with holes carved out by Except.

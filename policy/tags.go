@@ -72,12 +72,22 @@ func (t Tags) find(key string) (int, bool) {
 	return i, i < len(t) && t[i].Key == key
 }
 
-// Has reports whether the key is present (labels.Labels).
-func (t Tags) Has(key string) bool { _, ok := t.find(key); return ok }
+// labelKey maps a key as apimachinery's selectors see it (reserved keys
+// encoded, see selector.go) to the tag key.
+func labelKey(key string) string {
+	if strings.HasPrefix(key, "@") {
+		return key
+	}
+	return decodeKey(key)
+}
+
+// Has reports whether the key is present (labels.Labels). Encoded reserved
+// keys are decoded first, so apimachinery selectors match reserved tags.
+func (t Tags) Has(key string) bool { _, ok := t.find(labelKey(key)); return ok }
 
 // Get returns the key's value, or "" (labels.Labels).
 func (t Tags) Get(key string) string {
-	if i, ok := t.find(key); ok {
+	if i, ok := t.find(labelKey(key)); ok {
 		return t[i].Value
 	}
 	return ""
