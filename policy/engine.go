@@ -1,7 +1,13 @@
 package policy
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/trireme-go/trireme/reason"
 )
@@ -53,3 +59,307 @@ func (e *Engine) IsTarget(a netip.Addr) bool { return e.target.contains(a.Unmap(
 
 // IsExcluded reports whether a lies inside the excluded networks.
 func (e *Engine) IsExcluded(a netip.Addr) bool { return e.excluded.contains(a.Unmap()) }
+
+// Engine is a compiled policy Set. It is immutable: a policy update compiles
+// a new Engine and the daemon swaps the pointer atomically. PUPolicies from
+// ForPU belong to their Engine.
+type Engine struct {
+	set      *Set
+	target   prefixSet
+	excluded prefixSet
+	policies selIndex // owner: policy index
+	refs     [][2][]*RuleRef
+
+	mu    sync.Mutex
+	cache map[string]*PUPolicy // PUs selected by the same policies share one PUPolicy
+}
+
+const maxCachedPUPolicies = 4096
+
+// Compile builds the decision structures of a Set. The Set must not be
+// modified afterwards.
+func Compile(s *Set) (*Engine, error) {
+	if s == nil {
+		return nil, errors.New("policy: nil set")
+	}
+	e := &Engine{set: s, target: newPrefixSet(s.TargetNetworks), excluded: newPrefixSet(s.ExcludedNetworks),
+		cache: map[string]*PUPolicy{}}
+	names := map[string]bool{}
+	for pi := range s.Policies {
+		p := &s.Policies[pi]
+		if names[p.Name] {
+			return nil, fmt.Errorf("policy %q: duplicate name", p.Name)
+		}
+		names[p.Name] = true
+		if err := checkSelector(p.Selector); err != nil {
+			return nil, fmt.Errorf("policy %q: %w", p.Name, err)
+		}
+		e.policies.add(int32(pi), p.Selector)
+		var refs [2][]*RuleRef
+		for d, rules := range [2][]Rule{p.Ingress, p.Egress} {
+			for ri := range rules {
+				r := &rules[ri]
+				if r.Action != Allow && r.Action != Reject {
+					return nil, fmt.Errorf("policy %q %s rule %d: bad action %v", p.Name, Direction(d), ri, r.Action)
+				}
+				if r.Observe > ObserveApply {
+					return nil, fmt.Errorf("policy %q %s rule %d: bad observe mode %d", p.Name, Direction(d), ri, r.Observe)
+				}
+				for _, pe := range r.Peers {
+					if (pe.Selector != nil) == pe.CIDR.IsValid() {
+						return nil, fmt.Errorf("policy %q %s rule %d: a peer is a selector or a cidr", p.Name, Direction(d), ri)
+					}
+					if pe.Selector != nil {
+						if err := checkSelector(pe.Selector); err != nil {
+							return nil, fmt.Errorf("policy %q %s rule %d: %w", p.Name, Direction(d), ri, err)
+						}
+					}
+				}
+				refs[d] = append(refs[d], &RuleRef{Policy: p.Name, Direction: Direction(d), Index: r.Index, Name: r.Name,
+					Action: r.Action, Observe: r.Observe, Log: r.Log, Pos: r.Pos})
+			}
+		}
+		e.refs = append(e.refs, refs)
+	}
+	e.policies.build()
+	return e, nil
+}
+
+// checkSelector refuses selectors not built by this package: their
+// requirements would be unknown and compile to "match everything".
+func checkSelector(s *Selector) error {
+	if s == nil {
+		return errors.New("missing selector")
+	}
+	if len(s.reqs) == 0 && s.Selector != nil && !s.Selector.Empty() {
+		return errors.New("selector not built by ParseSelector")
+	}
+	return nil
+}
+
+// PUPolicy is the rules of one PU (the union of every policy whose selector
+// matches its tags), indexed for decisions. Immutable; safe for concurrent use.
+type PUPolicy struct {
+	policies []string
+	dir      [2]dirPolicy
+}
+
+// Policies names the policies that select the PU, in file order.
+func (p *PUPolicy) Policies() []string { return p.policies }
+
+type dirPolicy struct {
+	rules  []crule
+	anyEnf []int32 // rules without peers that can decide, best first
+	anyObs []int32 // observed rules without peers, best first
+	sel    selIndex
+	v4, v6 cidrTable
+}
+
+// crule is a rule inside a PUPolicy. rank orders the rules that may decide
+// (lower wins): enforced reject, enforced allow, observe:apply reject,
+// observe:apply allow, each in file order. obsRank orders observed rules:
+// reject, then allow, in file order.
+type crule struct {
+	ref           *RuleRef
+	ports         []PortRange
+	rank, obsRank uint32
+}
+
+const noRank = ^uint32(0)
+
+func (r *crule) portMatch(proto Protocol, port uint16) bool {
+	if len(r.ports) == 0 {
+		return true
+	}
+	for i := range r.ports {
+		pr := &r.ports[i]
+		if (pr.Protocol == ProtoAny || pr.Protocol == proto) && port >= pr.First && port <= pr.Last {
+			return true
+		}
+	}
+	return false
+}
+
+// ForPU returns the rules of the PU with these tags. Call it once per PU per
+// Engine; PUs selected by the same policies share the result.
+func (e *Engine) ForPU(tags Tags) *PUPolicy {
+	id := NewIdentity(tags)
+	selected := make([]bool, len(e.set.Policies))
+	e.policies.match(id, func(owner int32) { selected[owner] = true })
+	var key strings.Builder
+	var idx []int
+	for i, ok := range selected {
+		if ok {
+			idx = append(idx, i)
+			key.WriteString(strconv.Itoa(i))
+			key.WriteByte(',')
+		}
+	}
+	e.mu.Lock()
+	p := e.cache[key.String()]
+	e.mu.Unlock()
+	if p != nil {
+		return p
+	}
+	p = e.build(idx)
+	e.mu.Lock()
+	if len(e.cache) < maxCachedPUPolicies {
+		e.cache[key.String()] = p
+	}
+	e.mu.Unlock()
+	return p
+}
+
+func (e *Engine) build(policies []int) *PUPolicy {
+	p := &PUPolicy{}
+	for _, pi := range policies {
+		p.policies = append(p.policies, e.set.Policies[pi].Name)
+	}
+	for d := range p.dir {
+		dp := &p.dir[d]
+		var cidrs []cidrEntry
+		seq := uint32(0)
+		for _, pi := range policies {
+			pol := &e.set.Policies[pi]
+			rules := pol.Ingress
+			if Direction(d) == Egress {
+				rules = pol.Egress
+			}
+			for ri := range rules {
+				r := &rules[ri]
+				cr := crule{ref: e.refs[pi][d][ri], ports: r.Ports, rank: noRank, obsRank: noRank}
+				cls := uint32(1)
+				if r.Action == Reject {
+					cls = 0
+				}
+				switch r.Observe {
+				case Enforce:
+					cr.rank = cls<<28 | seq
+				case ObserveApply:
+					cr.rank = (2+cls)<<28 | seq
+					cr.obsRank = cls<<28 | seq
+				case ObserveContinue:
+					cr.obsRank = cls<<28 | seq
+				}
+				seq++
+				owner := int32(len(dp.rules))
+				dp.rules = append(dp.rules, cr)
+				if len(r.Peers) == 0 {
+					if cr.rank != noRank {
+						dp.anyEnf = append(dp.anyEnf, owner)
+					}
+					if cr.obsRank != noRank {
+						dp.anyObs = append(dp.anyObs, owner)
+					}
+					continue
+				}
+				for _, pe := range r.Peers {
+					if pe.Selector != nil {
+						dp.sel.add(owner, pe.Selector)
+						continue
+					}
+					cidrs = append(cidrs, cidrEntry{prefix: pe.CIDR.Masked(), clause: cidrClause{owner: owner, except: pe.Except}})
+				}
+			}
+		}
+		sort.SliceStable(dp.anyEnf, func(i, j int) bool { return dp.rules[dp.anyEnf[i]].rank < dp.rules[dp.anyEnf[j]].rank })
+		sort.SliceStable(dp.anyObs, func(i, j int) bool { return dp.rules[dp.anyObs[i]].obsRank < dp.rules[dp.anyObs[j]].obsRank })
+		dp.sel.build()
+		dp.v4 = buildCIDRTable(cidrs, true)
+		dp.v6 = buildCIDRTable(cidrs, false)
+	}
+	return p
+}
+
+// Ingress decides whether peer (nil: a host outside the target networks) at
+// addr may connect to this PU on proto/port (the PU's port).
+func (p *PUPolicy) Ingress(peer *Identity, addr netip.Addr, proto Protocol, port uint16) Decision {
+	return p.dir[Ingress].decide(peer, addr, proto, port)
+}
+
+// Egress decides whether this PU may connect to peer (nil: a host outside
+// the target networks) at addr on proto/port (the peer's port).
+func (p *PUPolicy) Egress(peer *Identity, addr netip.Addr, proto Protocol, port uint16) Decision {
+	return p.dir[Egress].decide(peer, addr, proto, port)
+}
+
+type verdict struct {
+	best, obs   uint32
+	bestI, obsI int32
+}
+
+func (v *verdict) consider(d *dirPolicy, ri int32, proto Protocol, port uint16) {
+	r := &d.rules[ri]
+	if r.rank >= v.best && r.obsRank >= v.obs {
+		return
+	}
+	if !r.portMatch(proto, port) {
+		return
+	}
+	if r.rank < v.best {
+		v.best, v.bestI = r.rank, ri
+	}
+	if r.obsRank < v.obs {
+		v.obs, v.obsI = r.obsRank, ri
+	}
+}
+
+func (d *dirPolicy) decide(peer *Identity, addr netip.Addr, proto Protocol, port uint16) Decision {
+	v := verdict{best: noRank, obs: noRank}
+	for _, ri := range d.anyEnf {
+		if r := &d.rules[ri]; r.portMatch(proto, port) {
+			v.best, v.bestI = r.rank, ri
+			break
+		}
+	}
+	for _, ri := range d.anyObs {
+		if r := &d.rules[ri]; r.portMatch(proto, port) {
+			v.obs, v.obsI = r.obsRank, ri
+			break
+		}
+	}
+	if peer != nil && len(d.sel.clauses) > 0 {
+		d.sel.match(peer, func(owner int32) { v.consider(d, owner, proto, port) })
+	}
+	if addr.IsValid() {
+		a := addr.Unmap()
+		t := &d.v6
+		if a.Is4() {
+			t = &d.v4
+		}
+		for n := t.lookup(addrU128(a)); n >= 0; n = t.nodes[n].parent {
+			for ci := range t.nodes[n].clauses {
+				c := &t.nodes[n].clauses[ci]
+				if !inAny(c.except, a) {
+					v.consider(d, c.owner, proto, port)
+				}
+			}
+		}
+	}
+	var dec Decision
+	if v.obs != noRank {
+		dec.Observed = d.rules[v.obsI].ref
+		dec.Log = dec.Observed.Log
+	}
+	if v.best == noRank {
+		dec.Action, dec.Reason = Deny, reason.PolicyDenied
+		return dec
+	}
+	dec.Rule = d.rules[v.bestI].ref
+	dec.Log = dec.Log || dec.Rule.Log
+	if dec.Rule.Action == Reject {
+		dec.Action, dec.Reason = Reject, reason.PolicyRejected
+	} else {
+		dec.Action = Allow
+	}
+	return dec
+}
+
+func inAny(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}

@@ -93,9 +93,9 @@ func (t Tags) Get(key string) string {
 	return ""
 }
 
-// Lookup returns the key's value and whether it is present.
+// Lookup returns the key's value and whether it is present (labels.Labels).
 func (t Tags) Lookup(key string) (string, bool) {
-	if i, ok := t.find(key); ok {
+	if i, ok := t.find(labelKey(key)); ok {
 		return t[i].Value, true
 	}
 	return "", false

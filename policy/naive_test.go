@@ -1,0 +1,127 @@
+package policy
+
+import (
+	"net/netip"
+
+	"github.com/trireme-go/trireme/reason"
+)
+
+// naive evaluates a Set straight from docs/policy.md, with apimachinery's own
+// selector matcher, one rule at a time. The property test holds the compiled
+// engine to it.
+type naive struct{ set *Set }
+
+type naiveRef struct {
+	policy string
+	dir    Direction
+	index  int
+	rule   *Rule
+}
+
+type naiveDecision struct {
+	action   Action
+	rule     *naiveRef
+	observed *naiveRef
+	reason   reason.Code
+	log      bool
+}
+
+func (n naive) decide(local Tags, dir Direction, peer Tags, hasPeer bool, addr netip.Addr, proto Protocol, port uint16) naiveDecision {
+	addr = addr.Unmap()
+	var enforced, apply, observed *naiveRef
+	// "reject beats allow; among equals the first in file order".
+	better := func(cur *naiveRef, r *Rule) bool { return cur == nil || cur.rule.Action == Allow && r.Action == Reject }
+	for _, pol := range n.set.Policies {
+		if !pol.Selector.Selector.Matches(local) {
+			continue
+		}
+		rules := pol.Ingress
+		if dir == Egress {
+			rules = pol.Egress
+		}
+		for i := range rules {
+			r := &rules[i]
+			if !naivePeer(r, peer, hasPeer, addr) || !naivePort(r, proto, port) {
+				continue
+			}
+			ref := &naiveRef{pol.Name, dir, r.Index, r}
+			switch r.Observe {
+			case Enforce:
+				if better(enforced, r) {
+					enforced = ref
+				}
+			case ObserveApply:
+				if better(apply, r) {
+					apply = ref
+				}
+				if better(observed, r) {
+					observed = ref
+				}
+			case ObserveContinue:
+				if better(observed, r) {
+					observed = ref
+				}
+			}
+		}
+	}
+	d := naiveDecision{rule: enforced, observed: observed}
+	if d.rule == nil {
+		d.rule = apply
+	}
+	switch {
+	case d.rule == nil:
+		d.action, d.reason = Deny, reason.PolicyDenied
+	case d.rule.rule.Action == Reject:
+		d.action, d.reason = Reject, reason.PolicyRejected
+	default:
+		d.action, d.reason = Allow, reason.None
+	}
+	d.log = d.rule != nil && d.rule.rule.Log || observed != nil && observed.rule.Log
+	return d
+}
+
+func naivePeer(r *Rule, peer Tags, hasPeer bool, addr netip.Addr) bool {
+	if len(r.Peers) == 0 {
+		return true
+	}
+	for _, pe := range r.Peers {
+		if pe.Selector != nil {
+			if hasPeer && pe.Selector.Selector.Matches(peer) {
+				return true
+			}
+			continue
+		}
+		if !addr.IsValid() || !pe.CIDR.Contains(addr) {
+			continue
+		}
+		holed := false
+		for _, e := range pe.Except {
+			if e.Contains(addr) {
+				holed = true
+			}
+		}
+		if !holed {
+			return true
+		}
+	}
+	return false
+}
+
+func naivePort(r *Rule, proto Protocol, port uint16) bool {
+	if len(r.Ports) == 0 {
+		return true
+	}
+	for _, pr := range r.Ports {
+		if (pr.Protocol == ProtoAny || pr.Protocol == proto) && pr.First <= port && port <= pr.Last {
+			return true
+		}
+	}
+	return false
+}
+
+func sameRef(a *RuleRef, b *naiveRef) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return a.Policy == b.policy && a.Direction == b.dir && a.Index == b.index
+}
