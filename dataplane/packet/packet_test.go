@@ -99,9 +99,9 @@ func TestParseCaptures(t *testing.T) {
 	}
 	ps := NewParser()
 	cases := []struct {
-		file string
-		idx  int // 1-based
-		want reason.Code
+		file  string
+		idx   int // 1-based
+		want  reason.Code
 		check func(t *testing.T, p *Packet)
 	}{
 		{"zeek-vlan-pcp-dei.pcapng", 1, reason.None, func(t *testing.T, p *Packet) {
