@@ -1,0 +1,575 @@
+// Package tokens proves PUs' identities to each other inside the TCP
+// handshake. The client's enforcer puts a frame with its PU's identity token
+// in the SYN; the server's enforcer verifies it and answers in the SYN-ACK
+// with its own PU's token and a MAC binding both tokens to both connection
+// nonces; the handshake ACK carries the client's MAC over the extended
+// transcript. docs/wire.md describes the bytes and the reasons.
+//
+// The package knows nothing of packets beyond the frame bytes it is given.
+// Identity tokens are signed once per PU per epoch (Config.Refresh); verified
+// tokens and ECDH results are cached, so after the first connection between
+// two PUs in an epoch a handshake costs only hashes.
+package tokens
+
+import (
+	"bytes"
+	"crypto/ecdh"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"hash/maphash"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/reason"
+)
+
+// Defaults of Config.
+const (
+	DefaultRefresh   = 5 * time.Minute
+	DefaultCacheSize = 4096
+)
+
+// Config configures an Engine.
+type Config struct {
+	// Node is this node's name, the iss of its tokens. In PKI mode it must be
+	// empty (the certificate's name is used) or the certificate's name.
+	Node string
+	// Secrets sign and verify tokens.
+	Secrets Secrets
+	// Refresh is how long a PU's identity token and ephemeral key are used
+	// before new ones are made (default 5 minutes). Tokens expire 2×Refresh
+	// after they are issued, so peers' clocks may lag.
+	Refresh time.Duration
+	// CacheSize bounds each cache: verified tokens, ECDH results, verified
+	// certificates (default 4096).
+	CacheSize int
+}
+
+// Engine signs, verifies and caches identity tokens and runs the handshake
+// for one node. It is safe for concurrent use.
+type Engine struct {
+	node    string
+	secrets Secrets
+	refresh time.Duration
+	seed    maphash.Seed
+
+	tokens *clockCache[*Peer]
+	shared *clockCache[*sharedSecret]
+	certs  *clockCache[*verifiedCert]
+
+	stats struct {
+		tokenHits, tokenMisses  atomic.Uint64
+		signatureVerifications  atomic.Uint64
+		certificateVerification atomic.Uint64
+		ecdh, ecdhHits          atomic.Uint64
+		signatures, keys        atomic.Uint64
+		publicKeyOps            atomic.Uint64
+	}
+}
+
+// New returns an Engine.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Secrets == nil {
+		return nil, errors.New("tokens: no secrets")
+	}
+	node := cfg.Node
+	if n := cfg.Secrets.Node(); n != "" {
+		if node != "" && node != n {
+			return nil, errors.New("tokens: node name " + node + " differs from the certificate's " + n)
+		}
+		node = n
+	}
+	if node == "" {
+		return nil, errors.New("tokens: no node name")
+	}
+	if cfg.Refresh <= 0 {
+		cfg.Refresh = DefaultRefresh
+	}
+	if cfg.CacheSize <= 0 {
+		cfg.CacheSize = DefaultCacheSize
+	}
+	return &Engine{
+		node:    node,
+		secrets: cfg.Secrets,
+		refresh: cfg.Refresh,
+		seed:    maphash.MakeSeed(),
+		tokens:  newClockCache[*Peer](cfg.CacheSize),
+		shared:  newClockCache[*sharedSecret](cfg.CacheSize),
+		certs:   newClockCache[*verifiedCert](cfg.CacheSize),
+	}, nil
+}
+
+// Node returns the node name in this engine's tokens.
+func (e *Engine) Node() string { return e.node }
+
+// Stats counts the engine's work since it was made.
+type Stats struct {
+	TokenCacheHits   uint64 // identity tokens found verified in the cache
+	TokenCacheMisses uint64 // identity tokens verified from scratch
+	// SignatureVerifications counts JWT signature checks (ES256 or HS256).
+	SignatureVerifications uint64
+	// CertificateVerifications counts certificate chain checks (PKI).
+	CertificateVerifications uint64
+	ECDH                     uint64 // ECDH computations
+	ECDHCacheHits            uint64 // handshake keys from a cached ECDH result
+	Signatures               uint64 // identity tokens signed (once per PU per epoch)
+	KeyGenerations           uint64 // ephemeral ECDH keys generated
+	// PublicKeyOps counts every public-key operation: ECDSA signatures and
+	// verifications (tokens and certificates), ECDH, key generation.
+	PublicKeyOps uint64
+}
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() Stats {
+	s := &e.stats
+	return Stats{
+		TokenCacheHits:           s.tokenHits.Load(),
+		TokenCacheMisses:         s.tokenMisses.Load(),
+		SignatureVerifications:   s.signatureVerifications.Load(),
+		CertificateVerifications: s.certificateVerification.Load(),
+		ECDH:                     s.ecdh.Load(),
+		ECDHCacheHits:            s.ecdhHits.Load(),
+		Signatures:               s.signatures.Load(),
+		KeyGenerations:           s.keys.Load(),
+		PublicKeyOps:             s.publicKeyOps.Load(),
+	}
+}
+
+// Peer is a verified identity token: the remote PU's identity. It is
+// immutable and shared by every connection that presented the same token.
+type Peer struct {
+	Tags     policy.Tags
+	Identity *policy.Identity
+	Node     string
+	// Expires is when the verification stops holding (the token's exp, or
+	// the certificate's end if sooner).
+	Expires time.Time
+
+	token []byte          // the identity token bytes (cache hit check)
+	hash  [32]byte        // SHA-256 of token, in the MAC transcript
+	ek    *ecdh.PublicKey // ephemeral key (PKI)
+	ekID  [32]byte        // SHA-256 of the ephemeral key (ECDH cache key)
+	_     [0]func()       // not comparable
+}
+
+// sharedSecret is a cached ECDH result for a pair of ephemeral keys.
+type sharedSecret struct {
+	own, peer [32]byte // key ids
+	secret    [32]byte
+}
+
+// Local is a local PU's identity: its tags and its current epoch (identity
+// token and ephemeral key), made lazily and replaced when older than
+// Config.Refresh.
+type Local struct {
+	e    *Engine
+	tags policy.Tags
+	mu   sync.Mutex
+	cur  atomic.Pointer[epoch]
+}
+
+// epoch is one signed identity token of a Local and its ephemeral key.
+// Connections keep a pointer to the epoch they used, so that retransmissions
+// carry the same bytes after a refresh.
+type epoch struct {
+	token     []byte
+	hash      [32]byte
+	priv      *ecdh.PrivateKey // nil in PSK mode
+	ekID      [32]byte
+	refreshAt time.Time
+}
+
+// NewLocal returns the identity of a local PU with the given tags. The tags
+// are copied. The token is signed on first use.
+func (e *Engine) NewLocal(tags policy.Tags) *Local {
+	t := slices.Clone(tags)
+	slices.SortFunc(t, func(a, b policy.Tag) int { return strings.Compare(a.Key, b.Key) })
+	return &Local{e: e, tags: t}
+}
+
+// Tags returns the PU's tags.
+func (l *Local) Tags() policy.Tags { return l.tags }
+
+// epoch returns the current epoch, making a new one if none is current.
+func (l *Local) epoch(now time.Time) (*epoch, error) {
+	if ep := l.cur.Load(); ep != nil && now.Before(ep.refreshAt) {
+		return ep, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if ep := l.cur.Load(); ep != nil && now.Before(ep.refreshAt) {
+		return ep, nil
+	}
+	ep, err := l.e.newEpoch(l.tags, now)
+	if err != nil {
+		return nil, err
+	}
+	l.cur.Store(ep)
+	return ep, nil
+}
+
+func (e *Engine) newEpoch(tags policy.Tags, now time.Time) (*epoch, error) {
+	cl := &tokenClaims{T: make([]string, len(tags))}
+	for i, t := range tags {
+		if t.Key == "" || strings.Contains(t.Key, "=") {
+			return nil, reason.MalformedToken
+		}
+		cl.T[i] = t.Key + "=" + t.Value
+	}
+	cl.Issuer = e.node
+	iat := now.Truncate(time.Second)
+	cl.IssuedAt = jwt.NewNumericDate(iat)
+	cl.ExpiresAt = jwt.NewNumericDate(iat.Add(2 * e.refresh))
+	ep := &epoch{refreshAt: now.Add(e.refresh)}
+	if e.secrets.handshakeSecret() == nil {
+		k, err := ecdh.P256().GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		e.stats.keys.Add(1)
+		e.stats.publicKeyOps.Add(1)
+		ep.priv = k
+		pub := k.PublicKey().Bytes()
+		ep.ekID = sha256.Sum256(pub)
+		cl.EK = base64.RawURLEncoding.EncodeToString(pub)
+	}
+	tok, err := e.secrets.sign(cl)
+	if err != nil {
+		return nil, err
+	}
+	e.stats.signatures.Add(1)
+	if ep.priv != nil {
+		e.stats.publicKeyOps.Add(1)
+	}
+	if headerSize+synackFixed+len(tok) > MaxFrame {
+		return nil, reason.NoRoomForToken
+	}
+	ep.token = tok
+	ep.hash = sha256.Sum256(tok)
+	return ep, nil
+}
+
+// verifyToken returns the Peer of an identity token, from the cache when the
+// same bytes were verified before and have not expired.
+func (e *Engine) verifyToken(token []byte, now time.Time) (*Peer, error) {
+	h := maphash.Bytes(e.seed, token)
+	if p, ok := e.tokens.get(h); ok && bytes.Equal(p.token, token) && now.Before(p.Expires) {
+		e.stats.tokenHits.Add(1)
+		return p, nil
+	}
+	e.stats.tokenMisses.Add(1)
+	cl, until, err := e.secrets.verify(e, token, now)
+	if err != nil {
+		return nil, err
+	}
+	p := &Peer{Node: cl.Issuer, Expires: until, token: bytes.Clone(token), hash: sha256.Sum256(token)}
+	p.Tags = make(policy.Tags, len(cl.T))
+	for i, kv := range cl.T {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, reason.MalformedToken
+		}
+		p.Tags[i] = policy.Tag{Key: k, Value: v}
+	}
+	if p.Tags.Validate() != nil {
+		return nil, reason.MalformedToken
+	}
+	if e.secrets.handshakeSecret() == nil {
+		raw, err := base64.RawURLEncoding.Strict().DecodeString(cl.EK)
+		if err != nil {
+			return nil, reason.MalformedToken
+		}
+		if p.ek, err = ecdh.P256().NewPublicKey(raw); err != nil {
+			return nil, reason.MalformedToken
+		}
+		p.ekID = sha256.Sum256(raw)
+	}
+	p.Identity = policy.NewIdentity(p.Tags)
+	e.tokens.put(h, p)
+	return p, nil
+}
+
+// verifyCert returns a verified node certificate, from the cache when the
+// same DER was verified before.
+func (e *Engine) verifyCert(p *pkiSecrets, der []byte, now time.Time) (*verifiedCert, error) {
+	h := maphash.Bytes(e.seed, der)
+	if vc, ok := e.certs.get(h); ok && bytes.Equal(vc.der, der) {
+		if now.Before(vc.notBefore) || now.After(vc.notAfter) {
+			return nil, reason.UntrustedCertificate
+		}
+		return vc, nil
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, reason.MalformedToken
+	}
+	e.stats.certificateVerification.Add(1)
+	e.stats.publicKeyOps.Add(1)
+	vc, err := p.checkNodeCert(cert, now)
+	if err != nil {
+		return nil, err
+	}
+	vc.der = bytes.Clone(der)
+	e.certs.put(h, vc)
+	return vc, nil
+}
+
+// handshakeKey derives the connection's key K from the ECDH of the two
+// ephemeral keys (PKI) or the PSK, salted with both nonces.
+func (e *Engine) handshakeKey(own *epoch, peer *Peer, nc, ns *[NonceSize]byte) ([32]byte, error) {
+	ikm := e.secrets.handshakeSecret()
+	var secret [32]byte
+	if ikm == nil {
+		if own.priv == nil || peer.ek == nil {
+			return [32]byte{}, reason.MalformedToken
+		}
+		s, err := e.ecdh(own, peer)
+		if err != nil {
+			return [32]byte{}, err
+		}
+		secret = s
+		ikm = secret[:]
+	}
+	var salt [2 * NonceSize]byte
+	copy(salt[:], nc[:])
+	copy(salt[NonceSize:], ns[:])
+	return hkdfSHA256(ikm, salt[:], []byte(keyInfo)), nil
+}
+
+const keyInfo = "trireme/1 handshake key"
+
+// ecdh returns ECDH(own private, peer public), cached per pair of keys.
+func (e *Engine) ecdh(own *epoch, peer *Peer) ([32]byte, error) {
+	k := binary.LittleEndian.Uint64(own.ekID[:]) ^ binary.LittleEndian.Uint64(peer.ekID[8:])
+	if s, ok := e.shared.get(k); ok && s.own == own.ekID && s.peer == peer.ekID {
+		e.stats.ecdhHits.Add(1)
+		return s.secret, nil
+	}
+	e.stats.ecdh.Add(1)
+	e.stats.publicKeyOps.Add(1)
+	b, err := own.priv.ECDH(peer.ek)
+	if err != nil || len(b) != 32 {
+		return [32]byte{}, reason.MalformedToken
+	}
+	s := &sharedSecret{own: own.ekID, peer: peer.ekID}
+	copy(s.secret[:], b)
+	e.shared.put(k, s)
+	return s.secret, nil
+}
+
+// Transcript labels; they make the SYN-ACK and ACK MACs differ.
+const (
+	synackLabel = "trireme/1 SYN-ACK"
+	ackLabel    = "trireme/1 ACK"
+)
+
+// handshakeMACs returns the SYN-ACK MAC and the ACK MAC of a connection:
+//
+//	synack = HMAC(K, "trireme/1 SYN-ACK" ‖ Nc ‖ Ns ‖ H(client token) ‖ H(server token))[:16]
+//	ack    = HMAC(K, "trireme/1 ACK" ‖ Nc ‖ Ns ‖ H(client token) ‖ H(server token) ‖ synack)[:16]
+func handshakeMACs(k *[32]byte, nc, ns *[NonceSize]byte, hc, hs *[32]byte) (synack, ack [MACSize]byte) {
+	var t [maxMACInput]byte
+	n := copy(t[:], synackLabel)
+	n += copy(t[n:], nc[:])
+	n += copy(t[n:], ns[:])
+	n += copy(t[n:], hc[:])
+	n += copy(t[n:], hs[:])
+	m := hmacSHA256(k[:], t[:n])
+	copy(synack[:], m[:])
+
+	n = copy(t[:], ackLabel)
+	n += copy(t[n:], nc[:])
+	n += copy(t[n:], ns[:])
+	n += copy(t[n:], hc[:])
+	n += copy(t[n:], hs[:])
+	n += copy(t[n:], synack[:])
+	m = hmacSHA256(k[:], t[:n])
+	copy(ack[:], m[:])
+	return synack, ack
+}
+
+// Conn is one connection's handshake state, stored inline in the flow table.
+// The zero value is a fresh connection. It is not safe for concurrent use
+// (the flow table serializes a flow's packets).
+type Conn struct {
+	own    *epoch // our identity token (and ephemeral key) for this connection
+	peer   *Peer  // the peer's verified identity
+	nc, ns [NonceSize]byte
+	synack [MACSize]byte
+	ack    [MACSize]byte
+	state  connState
+}
+
+type connState uint8
+
+const (
+	stateNew connState = iota
+	stateSYNSent
+	stateClientDone // SYN-ACK verified; ACK ready
+	stateSYNReceived
+	stateSYNACKSent
+	stateServerDone // ACK verified
+)
+
+// Peer returns the connection's verified peer, or nil.
+func (c *Conn) Peer() *Peer { return c.peer }
+
+// Established reports whether this end has verified the whole handshake
+// (client: the SYN-ACK; server: the ACK).
+func (c *Conn) Established() bool {
+	return c.state == stateClientDone || c.state == stateServerDone
+}
+
+func newNonce(n *[NonceSize]byte) {
+	// crypto/rand never fails on Linux (getrandom); a failure aborts the
+	// program rather than returning a predictable nonce.
+	rand.Read(n[:])
+}
+
+// AppendSYN appends the SYN frame of a new client connection of PU l to dst.
+// On a Conn that already sent its SYN it appends the same bytes again.
+func (e *Engine) AppendSYN(dst []byte, l *Local, c *Conn, now time.Time) ([]byte, error) {
+	switch c.state {
+	case stateNew:
+		if l == nil {
+			return dst, reason.InvalidState
+		}
+		ep, err := l.epoch(now)
+		if err != nil {
+			return dst, err
+		}
+		newNonce(&c.nc)
+		c.own = ep
+		c.state = stateSYNSent
+	case stateSYNSent, stateClientDone:
+	default:
+		return dst, reason.InvalidState
+	}
+	return appendSYN(dst, &c.nc, c.own.token)
+}
+
+// VerifySYN verifies a SYN frame on the server side and returns the client
+// PU's identity. A retransmitted SYN (same nonce) leaves the connection as
+// it is; a SYN with another nonce starts the connection over. On error c is
+// unchanged.
+func (e *Engine) VerifySYN(frame []byte, c *Conn, now time.Time) (*Peer, error) {
+	switch c.state {
+	case stateNew, stateSYNReceived, stateSYNACKSent, stateServerDone:
+	default:
+		return nil, reason.InvalidState
+	}
+	f, err := parseFrame(frame, typeSYN)
+	if err != nil {
+		return nil, err
+	}
+	p, err := e.verifyToken(f.token, now)
+	if err != nil {
+		return nil, err
+	}
+	if c.state != stateNew && bytes.Equal(f.lcl, c.nc[:]) && p == c.peer {
+		return p, nil
+	}
+	*c = Conn{peer: p, state: stateSYNReceived}
+	copy(c.nc[:], f.lcl)
+	return p, nil
+}
+
+// AppendSYNACK appends the SYN-ACK frame of PU l answering the SYN that
+// VerifySYN accepted on c. On a Conn that already sent its SYN-ACK it appends
+// the same bytes again.
+func (e *Engine) AppendSYNACK(dst []byte, l *Local, c *Conn, now time.Time) ([]byte, error) {
+	switch c.state {
+	case stateSYNReceived:
+		if l == nil {
+			return dst, reason.InvalidState
+		}
+		ep, err := l.epoch(now)
+		if err != nil {
+			return dst, err
+		}
+		var ns [NonceSize]byte
+		newNonce(&ns)
+		k, err := e.handshakeKey(ep, c.peer, &c.nc, &ns)
+		if err != nil {
+			return dst, err
+		}
+		c.synack, c.ack = handshakeMACs(&k, &c.nc, &ns, &c.peer.hash, &ep.hash)
+		c.own, c.ns, c.state = ep, ns, stateSYNACKSent
+	case stateSYNACKSent, stateServerDone:
+	default:
+		return dst, reason.InvalidState
+	}
+	return appendSYNACK(dst, &c.ns, &c.nc, &c.synack, c.own.token)
+}
+
+// VerifySYNACK verifies the server's SYN-ACK frame on the client side: it
+// must answer this connection's nonce, carry a valid identity token, and a
+// MAC made with the key only the two ends share. It returns the server PU's
+// identity. On error c is unchanged.
+func (e *Engine) VerifySYNACK(frame []byte, c *Conn, now time.Time) (*Peer, error) {
+	if c.state != stateSYNSent && c.state != stateClientDone {
+		return nil, reason.InvalidState
+	}
+	f, err := parseFrame(frame, typeSYNACK)
+	if err != nil {
+		return nil, err
+	}
+	if !bytes.Equal(f.rmt, c.nc[:]) {
+		return nil, reason.NonceMismatch
+	}
+	p, err := e.verifyToken(f.token, now)
+	if err != nil {
+		return nil, err
+	}
+	var ns [NonceSize]byte
+	copy(ns[:], f.lcl)
+	k, err := e.handshakeKey(c.own, p, &c.nc, &ns)
+	if err != nil {
+		return nil, err
+	}
+	synack, ack := handshakeMACs(&k, &c.nc, &ns, &c.own.hash, &p.hash)
+	if !macEqual(synack[:], f.mac) {
+		return nil, reason.BadMAC
+	}
+	c.peer, c.ns, c.synack, c.ack, c.state = p, ns, synack, ack, stateClientDone
+	return p, nil
+}
+
+// AppendACK appends the handshake ACK frame of a client connection whose
+// SYN-ACK VerifySYNACK accepted.
+func (e *Engine) AppendACK(dst []byte, c *Conn) ([]byte, error) {
+	if c.state != stateClientDone {
+		return dst, reason.InvalidState
+	}
+	return appendACK(dst, &c.ns, &c.ack), nil
+}
+
+// VerifyACK verifies the client's handshake ACK frame on the server side: it
+// must answer this connection's server nonce with the expected MAC.
+func (e *Engine) VerifyACK(frame []byte, c *Conn) error {
+	if c.state != stateSYNACKSent && c.state != stateServerDone {
+		return reason.InvalidState
+	}
+	f, err := parseFrame(frame, typeACK)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(f.rmt, c.ns[:]) {
+		return reason.NonceMismatch
+	}
+	if !macEqual(f.mac, c.ack[:]) {
+		return reason.BadMAC
+	}
+	c.state = stateServerDone
+	return nil
+}
