@@ -1,0 +1,129 @@
+package monitor
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// NetnsDir is where named namespaces live (as `ip netns` makes them).
+const NetnsDir = "/var/run/netns"
+
+// NetnsPath turns a namespace name (under /var/run/netns) or a path
+// (/proc/PID/ns/net, a bind mount) into a path, and checks that it is a
+// network namespace.
+func NetnsPath(nameOrPath string) (string, error) {
+	if nameOrPath == "" {
+		return "", errors.New("empty network namespace")
+	}
+	p := nameOrPath
+	if !strings.Contains(nameOrPath, "/") {
+		if nameOrPath == "." || nameOrPath == ".." {
+			return "", fmt.Errorf("invalid network namespace name %q", nameOrPath)
+		}
+		p = filepath.Join(NetnsDir, nameOrPath)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(p, &st); err != nil {
+		return "", fmt.Errorf("network namespace %q: %w", nameOrPath, err)
+	}
+	if st.Type != unix.NSFS_MAGIC {
+		return "", fmt.Errorf("network namespace %q: %s is not a namespace file", nameOrPath, p)
+	}
+	return p, nil
+}
+
+// NetnsInfo is what a monitor learns by looking into a PU's namespace.
+type NetnsInfo struct {
+	// HostVeth / HostVethIndex: the peer, in the caller's namespace, of the
+	// namespace's veth (eth0 preferred when there are several).
+	HostVeth      string
+	HostVethIndex int
+	// Inside is the namespace-side interface of that veth.
+	Inside string
+	// IPs are the global unicast addresses of the namespace's interfaces
+	// other than loopback, sorted.
+	IPs []netip.Addr
+}
+
+// InspectNetns finds the host-side veth and the addresses of the namespace
+// at path. It reads the namespace through a netlink socket opened in it, so
+// no thread changes namespace. A namespace without a veth whose peer is in
+// the caller's namespace yields an empty HostVeth and no error.
+func InspectNetns(path string) (NetnsInfo, error) {
+	var info NetnsInfo
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return info, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return info, fmt.Errorf("netlink in netns %s: %w", path, err)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return info, fmt.Errorf("list links in netns %s: %w", path, err)
+	}
+	// eth0 first, then by index, so the choice is stable.
+	slices.SortFunc(links, func(a, b netlink.Link) int {
+		ae, be := a.Attrs().Name == "eth0", b.Attrs().Name == "eth0"
+		if ae != be {
+			if ae {
+				return -1
+			}
+			return 1
+		}
+		return a.Attrs().Index - b.Attrs().Index
+	})
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Flags&unix.IFF_LOOPBACK != 0 {
+			continue
+		}
+		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			return info, fmt.Errorf("list addresses of %s in netns %s: %w", a.Name, path, err)
+		}
+		for _, ad := range addrs {
+			ip, ok := netip.AddrFromSlice(ad.IP)
+			if ok && ip.Unmap().IsGlobalUnicast() {
+				info.IPs = append(info.IPs, ip.Unmap())
+			}
+		}
+		if info.HostVeth != "" || l.Type() != "veth" || a.ParentIndex == 0 {
+			continue
+		}
+		peer, err := netlink.LinkByIndex(a.ParentIndex)
+		if err != nil {
+			continue // the peer lives in another namespace
+		}
+		// An ifindex is per namespace: make sure the link found here really
+		// is the peer (a veth pointing back at this index).
+		if peer.Type() == "veth" && peer.Attrs().ParentIndex == a.Index {
+			info.HostVeth, info.HostVethIndex, info.Inside = peer.Attrs().Name, peer.Attrs().Index, a.Name
+		}
+	}
+	slices.SortFunc(info.IPs, netip.Addr.Compare)
+	return info, nil
+}
+
+// pidNetns is the namespace path of a running process.
+func pidNetns(pid int) string { return fmt.Sprintf("/proc/%d/ns/net", pid) }
+
+// sameNetns reports whether two namespace paths are the same namespace.
+func sameNetns(a, b string) bool {
+	var sa, sb unix.Stat_t
+	if unix.Stat(a, &sa) != nil || unix.Stat(b, &sb) != nil {
+		return false
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
