@@ -1,0 +1,101 @@
+package netsetup
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// MaxLinkName is the longest interface name the kernel accepts (IFNAMSIZ-1).
+const MaxLinkName = 15
+
+// CheckLinkName validates an interface name before it reaches the kernel.
+func CheckLinkName(name string) error {
+	if name == "" || len(name) > MaxLinkName || name == "." || name == ".." {
+		return fmt.Errorf("netsetup: invalid interface name %q (1..%d bytes)", name, MaxLinkName)
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c == '/' || c == ':' || c >= 0x7f {
+			return fmt.Errorf("netsetup: invalid interface name %q: byte %#x", name, c)
+		}
+	}
+	return nil
+}
+
+// DeleteLink deletes an interface by name; a missing one is not an error.
+func DeleteLink(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("netsetup: find %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("netsetup: delete %s: %w", name, err)
+	}
+	return nil
+}
+
+// LinkExists reports whether an interface of that name exists.
+func LinkExists(name string) bool {
+	_, err := netlink.LinkByName(name)
+	return err == nil
+}
+
+// DisableIPv6 turns IPv6 off on an interface, so the kernel sends nothing of
+// its own on it (router solicitations, MLD reports): capture and injection
+// devices must carry only the dataplane's packets.
+func DisableIPv6(name string) error {
+	return WriteSysctl(filepath.Join("/proc/sys/net/ipv6/conf", name, "disable_ipv6"), "1")
+}
+
+// WriteSysctl writes a value under /proc/sys. Network sysctls apply to the
+// namespace of the calling thread.
+func WriteSysctl(path, value string) error {
+	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("netsetup: sysctl %s=%s: %w", path, value, err)
+	}
+	return nil
+}
+
+// addAddr adds a prefix to a link without duplicate address detection, so
+// that IPv6 addresses are usable at once. Adding an existing one is fine.
+func addAddr(l netlink.Link, p netip.Prefix) error {
+	a := &netlink.Addr{IPNet: prefixToIPNet(p)}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	if err := netlink.AddrReplace(l, a); err != nil {
+		return fmt.Errorf("netsetup: address %s on %s: %w", p, l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// setBridgePortFlag sets one IFLA_BRPORT_* flag of a bridge port.
+// vishvananda/netlink exports setters for some flags only (learning, unicast
+// flood); multicast and broadcast flood need the raw attribute.
+func setBridgePortFlag(l netlink.Link, attr int, on bool) error {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_BRIDGE)
+	msg.Index = int32(l.Attrs().Index)
+	req.AddData(msg)
+	v := byte(0)
+	if on {
+		v = 1
+	}
+	br := nl.NewRtAttr(unix.IFLA_PROTINFO|unix.NLA_F_NESTED, nil)
+	br.AddRtAttr(attr, []byte{v})
+	req.AddData(br)
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		return fmt.Errorf("netsetup: bridge port flag %d on %s: %w", attr, l.Attrs().Name, err)
+	}
+	return nil
+}

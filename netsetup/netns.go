@@ -1,0 +1,131 @@
+// Package netsetup builds the kernel plumbing of a trireme node from Go:
+// named network namespaces, the node bridge, processing units (a namespace
+// joined to the bridge by a veth pair) and the injection port. Subpackages
+// hold the dataplane's kernel devices: tap (capture), inject (AF_PACKET
+// injection), steer (nftables steering) and vnet (virtio-net headers).
+//
+// Every function acts in the network namespace of the calling OS thread;
+// use InNetns to act in another one.
+package netsetup
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// NetnsDir is where named namespaces are bind-mounted, as `ip netns` does.
+const NetnsDir = "/var/run/netns"
+
+// CreateNetns creates a named network namespace (visible to `ip netns`) and
+// returns a handle to it. The calling goroutine's namespace is unchanged.
+// The caller closes the handle.
+func CreateNetns(name string) (netns.NsHandle, error) {
+	if err := checkName(name); err != nil {
+		return netns.None(), err
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return netns.None(), fmt.Errorf("netsetup: current netns: %w", err)
+	}
+	defer orig.Close()
+	h, err := netns.NewNamed(name)
+	// NewNamed switches the thread into the new namespace: switch back
+	// before anything else runs on this thread.
+	if serr := netns.Set(orig); serr != nil {
+		// The thread is stuck in the wrong namespace: do not unlock it, so
+		// the runtime kills it instead of reusing it.
+		runtime.LockOSThread()
+		return netns.None(), fmt.Errorf("netsetup: restore netns: %w", serr)
+	}
+	if err != nil {
+		return netns.None(), fmt.Errorf("netsetup: create netns %q: %w", name, err)
+	}
+	return h, nil
+}
+
+// DeleteNetns removes a named namespace. Deleting one that does not exist is
+// not an error. Links inside it disappear when its last user goes away.
+func DeleteNetns(name string) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	p := filepath.Join(NetnsDir, name)
+	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("netsetup: unmount %s: %w", p, err)
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("netsetup: delete netns %q: %w", name, err)
+	}
+	return nil
+}
+
+// NetnsExists reports whether a named namespace exists.
+func NetnsExists(name string) bool {
+	_, err := os.Stat(filepath.Join(NetnsDir, name))
+	return err == nil
+}
+
+// OpenNetns returns a handle to a named namespace.
+func OpenNetns(name string) (netns.NsHandle, error) {
+	if err := checkName(name); err != nil {
+		return netns.None(), err
+	}
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		return netns.None(), fmt.Errorf("netsetup: open netns %q: %w", name, err)
+	}
+	return h, nil
+}
+
+// InNetns runs fn on a locked OS thread switched into ns, and switches back
+// afterwards. Sockets and devices created by fn stay in ns. Goroutines
+// started by fn do not inherit ns.
+func InNetns(ns netns.NsHandle, fn func() error) error {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("netsetup: current netns: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("netsetup: enter netns: %w", err)
+	}
+	ferr := fn()
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: the runtime terminates it when the
+		// goroutine exits instead of reusing a thread in the wrong netns.
+		return errors.Join(ferr, fmt.Errorf("netsetup: restore netns: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// InNamedNetns is InNetns for a namespace given by name.
+func InNamedNetns(name string, fn func() error) error {
+	h, err := OpenNetns(name)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return InNetns(h, fn)
+}
+
+func checkName(name string) error {
+	if name == "" || name == "." || name == ".." || len(name) > 200 || filepath.Base(name) != name {
+		return fmt.Errorf("netsetup: invalid netns name %q", name)
+	}
+	return nil
+}

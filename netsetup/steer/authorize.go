@@ -1,0 +1,132 @@
+package steer
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/google/nftables"
+)
+
+// Authorize lets the flow of t stay in the kernel on the PU's chains, in
+// both directions (t and t.Reverse()), for timeout (0: until revoked).
+// Authorizing a flow again restarts its timeout: the dataplane refreshes
+// long-lived flows this way. TCP SYNs are steered even for authorized flows.
+func (s *Steerer) Authorize(pu string, t Tuple, timeout time.Duration) error {
+	b := s.NewBatch()
+	b.Authorize(pu, t, timeout)
+	return b.Commit()
+}
+
+// Revoke removes both directions of the flow of t from the PU's authorized
+// set. Revoking a flow that is not there (or expired) is not an error.
+func (s *Steerer) Revoke(pu string, t Tuple) error {
+	b := s.NewBatch()
+	b.Revoke(pu, t)
+	return b.Commit()
+}
+
+// Batch collects authorizations and revocations and applies them in one
+// nf_tables transaction (all or nothing) on Commit. A Batch is not safe for
+// concurrent use; Commit may run concurrently with other Steerer methods.
+type Batch struct {
+	s   *Steerer
+	ops []batchOp
+	err error
+}
+
+type batchOp struct {
+	pu      string
+	t       Tuple
+	timeout time.Duration
+	del     bool
+}
+
+// NewBatch starts a batch.
+func (s *Steerer) NewBatch() *Batch { return &Batch{s: s} }
+
+// Authorize queues Steerer.Authorize.
+func (b *Batch) Authorize(pu string, t Tuple, timeout time.Duration) {
+	if timeout < 0 || timeout > MaxTimeout {
+		b.setErr(fmt.Errorf("steer: timeout %v out of range [0, %v]", timeout, MaxTimeout))
+		return
+	}
+	b.ops = append(b.ops, batchOp{pu: pu, t: t, timeout: timeout})
+}
+
+// Revoke queues Steerer.Revoke.
+func (b *Batch) Revoke(pu string, t Tuple) {
+	b.ops = append(b.ops, batchOp{pu: pu, t: t, del: true})
+}
+
+// Len is the number of queued flows.
+func (b *Batch) Len() int { return len(b.ops) }
+
+func (b *Batch) setErr(err error) {
+	if b.err == nil {
+		b.err = err
+	}
+}
+
+// Commit applies the queued changes and empties the batch.
+func (b *Batch) Commit() error {
+	ops, err := b.ops, b.err
+	b.ops, b.err = b.ops[:0], nil
+	if err != nil {
+		return err
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	s := b.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	eops := make([]elemOp, 0, 2*len(ops))
+	s.keyBuf = s.keyBuf[:0]
+	for _, op := range ops {
+		st, ok := s.pus[op.pu]
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownPU, op.pu)
+		}
+		for _, t := range [2]Tuple{op.t, op.t.Reverse()} {
+			start := len(s.keyBuf)
+			var v6 bool
+			s.keyBuf, v6, err = appendKey(s.keyBuf, t)
+			if err != nil {
+				return fmt.Errorf("%w: %v", err, op.t)
+			}
+			set := st.sets.a4.Name
+			if v6 {
+				set = st.sets.a6.Name
+			}
+			eops = append(eops, elemOp{set: set, key: s.keyBuf[start:len(s.keyBuf):len(s.keyBuf)], timeout: op.timeout, del: op.del})
+		}
+	}
+	return s.elems.commit(eops)
+}
+
+// List returns the PU's authorized entries, both directions of each flow,
+// as the kernel holds them (expired entries are not listed). A restarted
+// daemon rebuilds its view of authorized flows from it.
+func (s *Steerer) List(pu string) ([]Entry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.pus[pu]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownPU, pu)
+	}
+	var out []Entry
+	for _, set := range []*nftables.Set{st.sets.a4, st.sets.a6} {
+		els, err := s.conn.GetSetElements(set)
+		if err != nil {
+			return nil, fmt.Errorf("steer: list %s: %w", set.Name, err)
+		}
+		for _, e := range els {
+			t, err := parseKey(e.Key)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, Entry{Tuple: t, Timeout: e.Timeout, Expires: e.Expires})
+		}
+	}
+	return out, nil
+}

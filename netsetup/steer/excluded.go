@@ -1,0 +1,155 @@
+package steer
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
+)
+
+// normalise validates prefixes, masks them, and drops duplicates and
+// prefixes contained in others (the kernel rejects overlapping intervals).
+func normalise(in []netip.Prefix) ([]netip.Prefix, error) {
+	ps := make([]netip.Prefix, 0, len(in))
+	for _, p := range in {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("steer: invalid excluded network %v", p)
+		}
+		n := netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p)).Masked()
+		if !n.IsValid() {
+			return nil, fmt.Errorf("steer: invalid excluded network %v", p)
+		}
+		ps = append(ps, n)
+	}
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	out := ps[:0]
+	for _, p := range ps {
+		if len(out) > 0 && out[len(out)-1].Contains(p.Addr()) && out[len(out)-1].Bits() <= p.Bits() {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func unmapBits(p netip.Prefix) int {
+	if p.Addr().Is4In6() {
+		return 96
+	}
+	return 0
+}
+
+// intervalElements encodes prefixes of one family as interval elements:
+// the first address, and the address after the last one flagged as an
+// interval end (omitted when the prefix reaches the top of the space).
+func intervalElements(ps []netip.Prefix) []nftables.SetElement {
+	var els []nftables.SetElement
+	for _, p := range ps {
+		els = append(els, nftables.SetElement{Key: p.Addr().AsSlice()})
+		last := lastAddr(p)
+		if next := last.Next(); next.IsValid() {
+			els = append(els, nftables.SetElement{Key: next.AsSlice(), IntervalEnd: true})
+		}
+	}
+	return els
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+func split(ps []netip.Prefix) (v4, v6 []netip.Prefix) {
+	for _, p := range ps {
+		if p.Addr().Is4() {
+			v4 = append(v4, p)
+		} else {
+			v6 = append(v6, p)
+		}
+	}
+	return v4, v6
+}
+
+func (s *Steerer) addExcludedSets(ex []netip.Prefix) (*nftables.Set, *nftables.Set, error) {
+	v4, v6 := split(ex)
+	x4 := &nftables.Set{Table: s.table, Name: "x4", KeyType: nftables.TypeIPAddr, Interval: true}
+	x6 := &nftables.Set{Table: s.table, Name: "x6", KeyType: nftables.TypeIP6Addr, Interval: true}
+	if err := s.conn.AddSet(x4, intervalElements(v4)); err != nil {
+		return nil, nil, fmt.Errorf("steer: set x4: %w", err)
+	}
+	if err := s.conn.AddSet(x6, intervalElements(v6)); err != nil {
+		return nil, nil, fmt.Errorf("steer: set x6: %w", err)
+	}
+	return x4, x6, nil
+}
+
+// Excluded returns the excluded networks.
+func (s *Steerer) Excluded() []netip.Prefix {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.excluded)
+}
+
+// AddExcluded excludes a network from steering at runtime: packets from or
+// to it stay in the kernel, unpoliced.
+func (s *Steerer) AddExcluded(p netip.Prefix) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.setExcluded(append(slices.Clone(s.excluded), p))
+}
+
+// RemoveExcluded removes a network added before (the same prefix); packets
+// from and to it are steered again. Removing an absent one is an error.
+func (s *Steerer) RemoveExcluded(p netip.Prefix) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := normalise([]netip.Prefix{p})
+	if err != nil {
+		return err
+	}
+	i := slices.Index(s.excluded, n[0])
+	if i < 0 {
+		return fmt.Errorf("steer: %v is not excluded", p)
+	}
+	return s.setExcluded(slices.Delete(slices.Clone(s.excluded), i, i+1))
+}
+
+// setExcluded rewrites both excluded sets in one batch (flush + add), so
+// no packet sees a half-updated set.
+func (s *Steerer) setExcluded(ps []netip.Prefix) error {
+	if s.x4 == nil {
+		return fmt.Errorf("steer: excluded networks changed before Apply")
+	}
+	ex, err := normalise(ps)
+	if err != nil {
+		return err
+	}
+	v4, v6 := split(ex)
+	s.conn.FlushSet(s.x4)
+	s.conn.FlushSet(s.x6)
+	if els := intervalElements(v4); len(els) > 0 {
+		if err := s.conn.SetAddElements(s.x4, els); err != nil {
+			return fmt.Errorf("steer: x4: %w", err)
+		}
+	}
+	if els := intervalElements(v6); len(els) > 0 {
+		if err := s.conn.SetAddElements(s.x6, els); err != nil {
+			return fmt.Errorf("steer: x6: %w", err)
+		}
+	}
+	if err := s.conn.Flush(); err != nil {
+		return fmt.Errorf("steer: excluded networks: %w", err)
+	}
+	s.excluded = ex
+	return nil
+}

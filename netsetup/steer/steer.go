@@ -1,0 +1,416 @@
+// Package steer programs the nftables netdev rules that steer a PU's
+// packets into the Go dataplane: every TCP SYN and SYN-ACK, and every
+// packet of a flow that is not (yet) authorized, is duplicated into a TAP
+// and dropped; packets of authorized flows, ARP, IPv6 neighbour discovery,
+// excluded networks and packets the dataplane injected itself stay in the
+// kernel. See docs/steering.md for the table layout.
+//
+// One table per node (family netdev, TablePrefix+node) holds everything.
+// Per PU there are two base chains on its host-side veth: "in_<pu>" (hook
+// ingress: traffic leaving the PU, steered to the PU's TapIn) and
+// "out_<pu>" (hook egress: traffic toward the PU, steered to TapOut), and
+// two authorized sets "a4_<pu>" / "a6_<pu>" (concatenated 5-tuple keys,
+// per-element timeouts) shared by both chains. The excluded networks are
+// the node-wide interval sets "x4" and "x6".
+package steer
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+)
+
+// TablePrefix starts the name of every nftables table trireme creates.
+const TablePrefix = "trireme_"
+
+// DefaultMark is the packet mark (SO_MARK) of injected packets ("trir").
+const DefaultMark uint32 = 0x74726972
+
+// Config of a node's steering table.
+type Config struct {
+	Node  string // table name is TablePrefix + Node
+	Mark  uint32 // mark of injected packets; 0: DefaultMark
+	NetNS int    // fd of the network namespace to program; 0: the caller's
+}
+
+// PU is what the steering rules of one PU need.
+type PU struct {
+	Name   string // [A-Za-z0-9_-], at most 64 bytes, unique on the node
+	Veth   string // host-side veth: the chains hook here
+	TapIn  int    // ifindex of the TAP for traffic leaving the PU
+	TapOut int    // ifindex of the TAP for traffic toward the PU
+}
+
+// Entry is one element of an authorized set.
+type Entry struct {
+	Tuple   Tuple
+	Timeout time.Duration // 0: none
+	Expires time.Duration // time left
+}
+
+// Counters of one PU, from the kernel's named counters.
+type Counters struct {
+	InSteered, InAuthorized   Packets // traffic leaving the PU
+	OutSteered, OutAuthorized Packets // traffic toward the PU
+}
+
+// Packets is a packet and byte count.
+type Packets struct{ Packets, Bytes uint64 }
+
+// Errors.
+var (
+	ErrUnknownPU = errors.New("steer: unknown PU")
+	ErrBadName   = errors.New("steer: invalid name")
+)
+
+type puSets struct{ a4, a6 *nftables.Set }
+
+type puState struct {
+	pu   PU
+	sets puSets
+}
+
+// Steerer owns a node's steering table. Its methods are safe for
+// concurrent use; kernel changes are serialised.
+type Steerer struct {
+	mu       sync.Mutex
+	cfg      Config
+	conn     *nftables.Conn
+	table    *nftables.Table
+	x4, x6   *nftables.Set
+	pus      map[string]*puState
+	excluded []netip.Prefix
+	elems    elemWriter
+	keyBuf   []byte
+}
+
+// Open connects to nftables for the node. It changes nothing in the kernel:
+// call Apply to (re)build the table.
+func Open(cfg Config) (*Steerer, error) {
+	if err := checkName(cfg.Node); err != nil {
+		return nil, err
+	}
+	if cfg.Mark == 0 {
+		cfg.Mark = DefaultMark
+	}
+	opts := []nftables.ConnOption{nftables.AsLasting()}
+	if cfg.NetNS != 0 {
+		opts = append(opts, nftables.WithNetNSFd(cfg.NetNS))
+	}
+	conn, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("steer: nftables: %w", err)
+	}
+	s := &Steerer{
+		cfg:   cfg,
+		conn:  conn,
+		table: &nftables.Table{Name: TablePrefix + cfg.Node, Family: nftables.TableFamilyNetdev},
+		pus:   map[string]*puState{},
+		elems: elemWriter{table: TablePrefix + cfg.Node, netns: cfg.NetNS},
+	}
+	return s, nil
+}
+
+// TableName is the node's nftables table.
+func (s *Steerer) TableName() string { return s.table.Name }
+
+// Mark is the mark injected packets must carry (inject.New's mark).
+func (s *Steerer) Mark() uint32 { return s.cfg.Mark }
+
+// Close closes the netlink sockets. The table stays in the kernel (so that
+// a daemon that stops or crashes keeps failing closed); Delete removes it.
+func (s *Steerer) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.elems.close()
+	return s.conn.CloseLasting()
+}
+
+func checkName(n string) error {
+	if n == "" || len(n) > 64 {
+		return fmt.Errorf("%w: %q (1..64 bytes)", ErrBadName, n)
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return fmt.Errorf("%w: %q", ErrBadName, n)
+		}
+	}
+	return nil
+}
+
+func counterName(pu, dir, what string) string { return pu + "_" + dir + "_" + what }
+
+// Apply atomically replaces the node's table with one for the given PUs and
+// excluded networks, in a single netlink batch: the table is deleted if it
+// exists (stale chains of a crashed run included) and created anew.
+// Authorized flows of PUs that exist before and after are carried over with
+// their remaining time, so a restarted daemon keeps established flows in
+// the kernel. Counters restart from zero.
+func (s *Steerer) Apply(pus []PU, excluded []netip.Prefix) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]bool{}
+	for _, pu := range pus {
+		if err := checkPU(pu); err != nil {
+			return err
+		}
+		if seen[pu.Name] {
+			return fmt.Errorf("steer: PU %q listed twice", pu.Name)
+		}
+		seen[pu.Name] = true
+	}
+	ex, err := normalise(excluded)
+	if err != nil {
+		return err
+	}
+	// Read what the current table authorizes, to carry it over.
+	carried := map[string][2][]nftables.SetElement{}
+	if s.tableExists() {
+		for _, pu := range pus {
+			var c [2][]nftables.SetElement
+			for i, name := range []string{"a4_" + pu.Name, "a6_" + pu.Name} {
+				els, err := s.conn.GetSetElements(&nftables.Set{Table: s.table, Name: name})
+				if err != nil {
+					continue // no such set: a new PU
+				}
+				for _, e := range els {
+					if e.Timeout > 0 {
+						if e.Expires <= 0 {
+							continue
+						}
+						e.Timeout = e.Expires
+					}
+					c[i] = append(c[i], nftables.SetElement{Key: e.Key, Timeout: e.Timeout})
+				}
+			}
+			carried[pu.Name] = c
+		}
+	}
+
+	t := s.table
+	s.conn.AddTable(t)
+	s.conn.DelTable(t)
+	s.conn.AddTable(t)
+	x4, x6, err := s.addExcludedSets(ex)
+	if err != nil {
+		return err
+	}
+	s.x4, s.x6 = x4, x6
+	states := map[string]*puState{}
+	for _, pu := range pus {
+		c := carried[pu.Name]
+		st, err := s.addPU(pu, c[0], c[1])
+		if err != nil {
+			return err
+		}
+		states[pu.Name] = st
+	}
+	if err := s.conn.Flush(); err != nil {
+		return fmt.Errorf("steer: replace table %s: %w", t.Name, err)
+	}
+	s.pus = states
+	s.excluded = ex
+	return nil
+}
+
+func (s *Steerer) tableExists() bool {
+	_, err := s.conn.ListTableOfFamily(s.table.Name, s.table.Family)
+	return err == nil
+}
+
+func checkPU(pu PU) error {
+	if err := checkName(pu.Name); err != nil {
+		return err
+	}
+	if pu.Veth == "" || len(pu.Veth) > 15 {
+		return fmt.Errorf("steer: PU %s: invalid veth name %q", pu.Name, pu.Veth)
+	}
+	if pu.TapIn <= 0 || pu.TapOut <= 0 {
+		return fmt.Errorf("steer: PU %s: TAP ifindexes must be set (in %d, out %d)", pu.Name, pu.TapIn, pu.TapOut)
+	}
+	return nil
+}
+
+var (
+	key4Type = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInetService)
+	key6Type = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInetService)
+)
+
+// addPU queues the sets, counters, chains and rules of one PU on s.conn.
+func (s *Steerer) addPU(pu PU, el4, el6 []nftables.SetElement) (*puState, error) {
+	sets := puSets{
+		a4: &nftables.Set{Table: s.table, Name: "a4_" + pu.Name, KeyType: key4Type, Concatenation: true, HasTimeout: true},
+		a6: &nftables.Set{Table: s.table, Name: "a6_" + pu.Name, KeyType: key6Type, Concatenation: true, HasTimeout: true},
+	}
+	if err := s.conn.AddSet(sets.a4, el4); err != nil {
+		return nil, fmt.Errorf("steer: set %s: %w", sets.a4.Name, err)
+	}
+	if err := s.conn.AddSet(sets.a6, el6); err != nil {
+		return nil, fmt.Errorf("steer: set %s: %w", sets.a6.Name, err)
+	}
+	for _, dir := range []string{"in", "out"} {
+		for _, what := range []string{"steer", "auth"} {
+			s.conn.AddObj(&nftables.CounterObj{Table: s.table, Name: counterName(pu.Name, dir, what)})
+		}
+	}
+	for _, egress := range []bool{false, true} {
+		name, hook := "in_"+pu.Name, nftables.ChainHookIngress
+		if egress {
+			name, hook = "out_"+pu.Name, nftables.ChainHookEgress
+		}
+		ch := s.conn.AddChain(&nftables.Chain{
+			Name:     name,
+			Table:    s.table,
+			Type:     nftables.ChainTypeFilter,
+			Hooknum:  hook,
+			Priority: nftables.ChainPriorityFilter,
+			Device:   pu.Veth,
+		})
+		for _, r := range s.chainRules(pu, egress, sets) {
+			s.conn.AddRule(&nftables.Rule{Table: s.table, Chain: ch, Exprs: r})
+		}
+	}
+	return &puState{pu: pu, sets: sets}, nil
+}
+
+// AddPU adds the chains and sets of one PU (one batch). The table must have
+// been created with Apply.
+func (s *Steerer) AddPU(pu PU) error {
+	if err := checkPU(pu); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.x4 == nil {
+		return fmt.Errorf("steer: AddPU %s before Apply", pu.Name)
+	}
+	if _, ok := s.pus[pu.Name]; ok {
+		return fmt.Errorf("steer: PU %s already present", pu.Name)
+	}
+	st, err := s.addPU(pu, nil, nil)
+	if err != nil {
+		return err
+	}
+	if err := s.conn.Flush(); err != nil {
+		return fmt.Errorf("steer: add PU %s: %w", pu.Name, err)
+	}
+	s.pus[pu.Name] = st
+	return nil
+}
+
+// RemovePU deletes the chains, sets and counters of one PU (one batch).
+func (s *Steerer) RemovePU(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.pus[name]
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownPU, name)
+	}
+	s.conn.DelChain(&nftables.Chain{Table: s.table, Name: "in_" + name})
+	s.conn.DelChain(&nftables.Chain{Table: s.table, Name: "out_" + name})
+	s.conn.DelSet(st.sets.a4)
+	s.conn.DelSet(st.sets.a6)
+	for _, dir := range []string{"in", "out"} {
+		for _, what := range []string{"steer", "auth"} {
+			s.conn.DeleteObject(&nftables.CounterObj{Table: s.table, Name: counterName(name, dir, what)})
+		}
+	}
+	if err := s.conn.Flush(); err != nil {
+		return fmt.Errorf("steer: remove PU %s: %w", name, err)
+	}
+	delete(s.pus, name)
+	return nil
+}
+
+// PUs returns the names of the PUs the table steers.
+func (s *Steerer) PUs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := make([]string, 0, len(s.pus))
+	for n := range s.pus {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Delete removes the node's table and everything in it (graceful stop).
+// Deleting a missing table is not an error.
+func (s *Steerer) Delete() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conn.AddTable(s.table)
+	s.conn.DelTable(s.table)
+	if err := s.conn.Flush(); err != nil {
+		return fmt.Errorf("steer: delete table %s: %w", s.table.Name, err)
+	}
+	s.pus = map[string]*puState{}
+	s.x4, s.x6 = nil, nil
+	return nil
+}
+
+// DeleteStaleTables removes every netdev table whose name starts with
+// TablePrefix except keep ("" removes all): leftovers of crashed runs or
+// renamed nodes in this namespace. It returns the names removed.
+func DeleteStaleTables(netnsFd int, keep string) ([]string, error) {
+	opts := []nftables.ConnOption{}
+	if netnsFd != 0 {
+		opts = append(opts, nftables.WithNetNSFd(netnsFd))
+	}
+	conn, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("steer: nftables: %w", err)
+	}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyNetdev)
+	if err != nil {
+		return nil, fmt.Errorf("steer: list tables: %w", err)
+	}
+	var removed []string
+	for _, t := range tables {
+		if strings.HasPrefix(t.Name, TablePrefix) && t.Name != keep {
+			conn.DelTable(t)
+			removed = append(removed, t.Name)
+		}
+	}
+	if err := conn.Flush(); err != nil {
+		return nil, fmt.Errorf("steer: delete stale tables %v: %w", removed, err)
+	}
+	return removed, nil
+}
+
+// Counters reads the kernel counters of one PU.
+func (s *Steerer) Counters(pu string) (Counters, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.pus[pu]; !ok {
+		return Counters{}, fmt.Errorf("%w: %s", ErrUnknownPU, pu)
+	}
+	objs, err := s.conn.GetObj(&nftables.CounterObj{Table: s.table})
+	if err != nil {
+		return Counters{}, fmt.Errorf("steer: counters: %w", err)
+	}
+	var c Counters
+	dst := map[string]*Packets{
+		counterName(pu, "in", "steer"):  &c.InSteered,
+		counterName(pu, "in", "auth"):   &c.InAuthorized,
+		counterName(pu, "out", "steer"): &c.OutSteered,
+		counterName(pu, "out", "auth"):  &c.OutAuthorized,
+	}
+	for _, o := range objs {
+		co, ok := o.(*nftables.CounterObj)
+		if !ok || co.Table == nil || co.Table.Name != s.table.Name {
+			continue
+		}
+		if p := dst[co.Name]; p != nil {
+			*p = Packets{Packets: co.Packets, Bytes: co.Bytes}
+		}
+	}
+	return c, nil
+}

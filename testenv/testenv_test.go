@@ -1,0 +1,69 @@
+package testenv
+
+import (
+	"io"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// roundTrip connects from a to b's listener and echoes a message.
+func roundTrip(t *testing.T, from, to *PU) {
+	t.Helper()
+	ln := to.Listen(0)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	}()
+	addr := netip.MustParseAddrPort(ln.Addr().String())
+	c, err := from.Dial(addr, 3*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s -> %s: %v", from.Addr, addr, err)
+	}
+	defer c.Close()
+	msg := []byte("hello across the bridge")
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
+		t.Fatalf("echo %s -> %s: %q, %v", from.Addr, addr, got, err)
+	}
+}
+
+func TestNodeConnectivity(t *testing.T) {
+	n := NewNode(t, NodeOptions{PUs: 3})
+	for _, tc := range []struct{ from, to int }{{0, 1}, {1, 2}, {2, 0}} {
+		roundTrip(t, n.PUs[tc.from], n.PUs[tc.to])
+	}
+	if n.PUs[0].Addr == n.PUs[1].Addr {
+		t.Fatalf("PUs share an address: %v", n.PUs[0].Addr)
+	}
+}
+
+func TestClusterCrossNode(t *testing.T) {
+	c := NewCluster(t, 3, 1)
+	for _, tc := range []struct{ from, to int }{{0, 1}, {1, 2}, {2, 0}} {
+		roundTrip(t, c.Nodes[tc.from].PUs[0], c.Nodes[tc.to].PUs[0])
+	}
+}
+
+func TestNothingLeftBehind(t *testing.T) {
+	var sfx string
+	t.Run("build", func(t *testing.T) {
+		n := NewNode(t, NodeOptions{PUs: 2})
+		sfx = n.Suffix
+		if len(Leftovers(sfx)) == 0 {
+			t.Fatal("Leftovers does not see a live topology")
+		}
+	})
+	// The subtest's cleanups ran (including its own AssertNothingLeft).
+	if left := Leftovers(sfx); len(left) != 0 {
+		t.Fatalf("left behind after cleanup: %v", left)
+	}
+}
