@@ -1,0 +1,249 @@
+package steer_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/trireme-go/trireme/netsetup"
+	"github.com/trireme-go/trireme/netsetup/inject"
+	"github.com/trireme-go/trireme/netsetup/steer"
+	"github.com/trireme-go/trireme/netsetup/tap"
+	"github.com/trireme-go/trireme/netsetup/vnet"
+	"github.com/trireme-go/trireme/testenv"
+)
+
+// rig is one node whose first nSteered PUs are steered into TAPs; the
+// other PUs are plain bridge ports ("external" hosts).
+type rig struct {
+	t      testing.TB
+	node   *testenv.Node
+	s      *steer.Steerer
+	pus    []steer.PU
+	taps   map[string]*tap.Tap // by TAP name
+	inj    netsetup.InjectionPort
+	toward []*inject.Injector // per steered PU
+	away   *inject.Injector
+	fwd    *forwarder
+}
+
+func tapNames(i int) (in, out string) { return fmt.Sprintf("t%di", i), fmt.Sprintf("t%do", i) }
+
+func newRig(t testing.TB, nPUs, nSteered int) *rig {
+	t.Helper()
+	r := &rig{t: t, node: testenv.NewNode(t, testenv.NodeOptions{PUs: nPUs}), taps: map[string]*tap.Tap{}}
+	r.node.MustDo(func() error {
+		var err error
+		r.inj, err = netsetup.EnsureInjectionPort(testenv.BridgeName, "inj", "injb")
+		if err != nil {
+			return err
+		}
+		for i := 0; i < nSteered; i++ {
+			in, out := tapNames(i)
+			for _, n := range []string{in, out} {
+				tp, err := tap.Open(n)
+				if err != nil {
+					return err
+				}
+				r.taps[n] = tp
+			}
+			r.pus = append(r.pus, steer.PU{
+				Name:   fmt.Sprintf("pu%d", i),
+				Veth:   r.node.PUs[i].Link.HostName,
+				TapIn:  r.taps[in].Index(),
+				TapOut: r.taps[out].Index(),
+			})
+		}
+		return nil
+	})
+	t.Cleanup(r.closeTaps)
+	r.openSteerer()
+	if err := r.s.Apply(r.pus, nil); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	r.openInjectors()
+	return r
+}
+
+func (r *rig) openSteerer() {
+	r.t.Helper()
+	s, err := steer.Open(steer.Config{Node: "test" + r.node.Suffix, NetNS: int(r.node.NS)})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.s = s
+	r.t.Cleanup(func() { s.Close() })
+}
+
+func (r *rig) openInjectors() {
+	r.t.Helper()
+	r.node.MustDo(func() error {
+		r.toward = r.toward[:0]
+		for i := range r.pus {
+			j, err := inject.New(r.node.PUs[i].Link.HostIndex, r.s.Mark())
+			if err != nil {
+				return err
+			}
+			r.toward = append(r.toward, j)
+			r.t.Cleanup(func() { j.Close() })
+		}
+		j, err := inject.New(r.inj.HostIndex, 0)
+		if err != nil {
+			return err
+		}
+		r.away = j
+		r.t.Cleanup(func() { j.Close() })
+		return nil
+	})
+}
+
+// reopenTaps attaches to the persistent TAPs again (a daemon restart).
+func (r *rig) reopenTaps() {
+	r.t.Helper()
+	r.node.MustDo(func() error {
+		for name := range r.taps {
+			tp, err := tap.Open(name)
+			if err != nil {
+				return err
+			}
+			r.taps[name] = tp
+		}
+		return nil
+	})
+}
+
+func (r *rig) closeTaps() {
+	for _, tp := range r.taps {
+		tp.Close()
+	}
+}
+
+// forwarder is the test's stand-in for the dataplane: it passes every
+// steered frame on in its direction, completing partial checksums of
+// non-GSO frames in software, and authorizes a flow once the packet after
+// the handshake (the first TCP packet without SYN, or the first packet of
+// a non-TCP flow) has been injected.
+type forwarder struct {
+	r     *rig
+	wg    sync.WaitGroup
+	reads atomic.Int64
+	errs  atomic.Int64
+	mu    sync.Mutex
+	authd map[string]bool
+	last  atomic.Value // error
+}
+
+func (r *rig) startForwarder() *forwarder {
+	f := &forwarder{r: r, authd: map[string]bool{}}
+	for i, pu := range r.pus {
+		in, out := tapNames(i)
+		f.run(pu.Name, r.taps[in], r.away)
+		f.run(pu.Name, r.taps[out], r.toward[i])
+	}
+	r.fwd = f
+	return f
+}
+
+// stop closes the TAPs (the dataplane dies) and waits for the readers.
+func (f *forwarder) stop() {
+	f.r.closeTaps()
+	f.wg.Wait()
+}
+
+func (f *forwarder) run(pu string, tp *tap.Tap, out *inject.Injector) {
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		buf := make([]byte, tap.MaxFrame)
+		for {
+			n, err := tp.Read(buf)
+			if err != nil {
+				if !tap.IsClosed(err) {
+					f.fail(err)
+				}
+				return
+			}
+			f.reads.Add(1)
+			if err := f.forward(pu, buf[:n], out); err != nil {
+				f.fail(err)
+			}
+		}
+	}()
+}
+
+func (f *forwarder) fail(err error) {
+	f.errs.Add(1)
+	f.last.Store(err)
+}
+
+func (f *forwarder) forward(pu string, pkt []byte, out *inject.Injector) error {
+	h, err := vnet.Decode(pkt)
+	if err != nil {
+		return err
+	}
+	frame := pkt[vnet.HdrLen:]
+	if h.Flags&vnet.FlagNeedsCsum != 0 && !h.IsGSO() {
+		if err := vnet.CompleteChecksum(&h, frame); err != nil {
+			return err
+		}
+		_ = h.Encode(pkt)
+	}
+	if err := out.Write(pkt); err != nil {
+		return fmt.Errorf("inject: %w", err)
+	}
+	t, flags, ok := parse(frame)
+	if !ok || (t.Proto == steer.ProtoTCP && flags&0x02 != 0) {
+		return nil
+	}
+	key := pu + t.String()
+	rkey := pu + t.Reverse().String()
+	f.mu.Lock()
+	done := f.authd[key] || f.authd[rkey]
+	f.authd[key] = true
+	f.mu.Unlock()
+	if done {
+		return nil
+	}
+	return f.r.s.Authorize(pu, t, time.Minute)
+}
+
+// parse extracts the 5-tuple and TCP flags of an IPv4 Ethernet frame.
+func parse(f []byte) (steer.Tuple, uint8, bool) {
+	if len(f) < 34 || binary.BigEndian.Uint16(f[12:]) != 0x0800 {
+		return steer.Tuple{}, 0, false
+	}
+	ip := f[14:]
+	ihl := int(ip[0]&0x0f) * 4
+	if ihl < 20 || len(ip) < ihl+4 {
+		return steer.Tuple{}, 0, false
+	}
+	t := steer.Tuple{
+		Src:   netip.AddrFrom4([4]byte(ip[12:16])),
+		Dst:   netip.AddrFrom4([4]byte(ip[16:20])),
+		Proto: ip[9],
+	}
+	var flags uint8
+	l4 := ip[ihl:]
+	if t.Proto == steer.ProtoTCP || t.Proto == steer.ProtoUDP {
+		t.SrcPort = binary.BigEndian.Uint16(l4[0:])
+		t.DstPort = binary.BigEndian.Uint16(l4[2:])
+	}
+	if t.Proto == steer.ProtoTCP && len(l4) >= 14 {
+		flags = l4[13]
+	}
+	return t, flags, true
+}
+
+func (f *forwarder) check(t testing.TB) {
+	t.Helper()
+	if n := f.errs.Load(); n != 0 {
+		t.Fatalf("forwarder: %d errors, last: %v", n, f.last.Load())
+	}
+}
+
+var errTimeout = errors.New("timeout")
