@@ -1,0 +1,490 @@
+// Package perf measures what trireme costs against the plain kernel path, in
+// the same run: each Variant (kernel, enforcer PSK, enforcer PKI, ...) gets
+// its own copy of a topology of network namespaces, and the rounds are
+// interleaved (A B C A B C ...) so that drift on a noisy machine hits every
+// variant alike. Each figure is reported as its median and range over the
+// rounds and as the median of the per-round ratios to the kernel path.
+package perf
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/trireme-go/trireme/perf/loadgen"
+)
+
+// Config says what to measure.
+type Config struct {
+	Topology TopologyKind
+	Variants []Variant // the one named "kernel" is the baseline of the ratios
+	Rounds   int
+	Duration time.Duration // per figure and round
+	Clients  int           // concurrent clients of the "N clients" figure
+	Streams  int           // streams of the multi-stream bulk figure
+	Port     uint16        // server port
+	// Progress, if set, is told what is being measured.
+	Progress func(msg string)
+}
+
+// Defaults of Config.
+const (
+	DefaultRounds   = 5
+	DefaultDuration = 3 * time.Second
+	DefaultClients  = 8
+	DefaultStreams  = 4
+	DefaultPort     = 5201
+	BaselineName    = "kernel"
+)
+
+func (c *Config) defaults() {
+	if c.Topology == "" {
+		c.Topology = OneNode
+	}
+	if c.Rounds <= 0 {
+		c.Rounds = DefaultRounds
+	}
+	if c.Duration <= 0 {
+		c.Duration = DefaultDuration
+	}
+	if c.Clients <= 0 {
+		c.Clients = DefaultClients
+	}
+	if c.Streams <= 0 {
+		c.Streams = DefaultStreams
+	}
+	if c.Port == 0 {
+		c.Port = DefaultPort
+	}
+	if c.Progress == nil {
+		c.Progress = func(string) {}
+	}
+}
+
+// FigureKey identifies a figure.
+type FigureKey string
+
+const (
+	ConnRate1    FigureKey = "conn_rate_1"
+	ConnRateN    FigureKey = "conn_rate_n"
+	ConnectP50   FigureKey = "connect_p50_us"
+	ConnectP90   FigureKey = "connect_p90_us"
+	ConnectP99   FigureKey = "connect_p99_us"
+	FirstByteP50 FigureKey = "first_byte_p50_us"
+	FirstByteP90 FigureKey = "first_byte_p90_us"
+	FirstByteP99 FigureKey = "first_byte_p99_us"
+	Bulk1        FigureKey = "bulk_1_gbps"
+	BulkN        FigureKey = "bulk_n_gbps"
+	RTTP50       FigureKey = "rtt_p50_us"
+	CPUPer1k     FigureKey = "cpu_s_per_1k_conns"
+	PeakRSS      FigureKey = "peak_rss_mib"
+)
+
+// FigureInfo describes a figure for people.
+type FigureInfo struct {
+	Key    FigureKey `json:"key"`
+	Label  string    `json:"label"`
+	Unit   string    `json:"unit"`
+	Higher bool      `json:"higherIsBetter"`
+	// Delta: also report the per-round difference to the baseline (the
+	// added latency).
+	Delta bool `json:"delta,omitempty"`
+	// Enforcer: only variants with an enforcer process have it.
+	Enforcer bool `json:"enforcer,omitempty"`
+}
+
+func figureInfos(c *Config) []FigureInfo {
+	return []FigureInfo{
+		{Key: ConnRate1, Label: "new conns/s, 1 client", Unit: "conn/s", Higher: true},
+		{Key: ConnRateN, Label: fmt.Sprintf("new conns/s, %d clients", c.Clients), Unit: "conn/s", Higher: true},
+		{Key: ConnectP50, Label: "connect p50", Unit: "µs", Delta: true},
+		{Key: ConnectP90, Label: "connect p90", Unit: "µs", Delta: true},
+		{Key: ConnectP99, Label: "connect p99", Unit: "µs", Delta: true},
+		{Key: FirstByteP50, Label: "first response p50", Unit: "µs", Delta: true},
+		{Key: FirstByteP90, Label: "first response p90", Unit: "µs", Delta: true},
+		{Key: FirstByteP99, Label: "first response p99", Unit: "µs", Delta: true},
+		{Key: Bulk1, Label: "bulk, 1 stream", Unit: "Gbit/s", Higher: true},
+		{Key: BulkN, Label: fmt.Sprintf("bulk, %d streams", c.Streams), Unit: "Gbit/s", Higher: true},
+		{Key: RTTP50, Label: "RTT (median)", Unit: "µs", Delta: true},
+		{Key: CPUPer1k, Label: "enforcer CPU per 1k conns", Unit: "s", Enforcer: true},
+		{Key: PeakRSS, Label: "enforcer peak RSS", Unit: "MiB", Enforcer: true},
+	}
+}
+
+// Machine describes where a run took place.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpuModel,omitempty"`
+	Kernel    string `json:"kernel"`
+	GoVersion string `json:"goVersion"`
+}
+
+// ThisMachine describes the machine the process runs on.
+func ThisMachine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version()}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		m.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	return m
+}
+
+// Value is a measured number; NaN (not measured) is null in JSON.
+type Value float64
+
+func (v Value) MarshalJSON() ([]byte, error) {
+	f := float64(v)
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return []byte("null"), nil
+	}
+	return fmt.Appendf(nil, "%g", f), nil
+}
+
+func (v *Value) UnmarshalJSON(b []byte) error {
+	if bytes.Equal(b, []byte("null")) {
+		*v = Value(math.NaN())
+		return nil
+	}
+	var f float64
+	if _, err := fmt.Sscan(string(b), &f); err != nil {
+		return err
+	}
+	*v = Value(f)
+	return nil
+}
+
+// VariantFigure is one figure of one variant over the rounds.
+type VariantFigure struct {
+	Rounds []Value   `json:"rounds"`
+	Value  *Summary  `json:"value,omitempty"`
+	Ratio  *Summary  `json:"ratio,omitempty"` // of per-round ratios to the baseline
+	Delta  *Summary  `json:"delta,omitempty"` // of per-round differences to the baseline
+	raw    []float64 // Rounds as float64
+}
+
+// FigureResult is one figure of every variant.
+type FigureResult struct {
+	FigureInfo
+	Variants map[string]*VariantFigure `json:"variants"`
+}
+
+// RoundNote is something that went wrong in a round, kept with the result.
+type RoundNote struct {
+	Round   int    `json:"round"`
+	Variant string `json:"variant"`
+	Message string `json:"message"`
+}
+
+// Result is the outcome of a run.
+type Result struct {
+	Topology TopologyKind   `json:"topology"`
+	Rounds   int            `json:"rounds"`
+	Duration string         `json:"durationPerFigure"`
+	Clients  int            `json:"clients"`
+	Streams  int            `json:"streams"`
+	Variants []string       `json:"variants"`
+	Baseline string         `json:"baseline,omitempty"`
+	Machine  Machine        `json:"machine"`
+	Started  time.Time      `json:"started"`
+	Elapsed  string         `json:"elapsed"`
+	Figures  []FigureResult `json:"figures"`
+	Notes    []RoundNote    `json:"notes,omitempty"`
+}
+
+// Figure returns the result of one figure (nil if absent).
+func (r *Result) Figure(k FigureKey) *FigureResult {
+	for i := range r.Figures {
+		if r.Figures[i].Key == k {
+			return &r.Figures[i]
+		}
+	}
+	return nil
+}
+
+// setup is a variant with its topology and load generator.
+type setup struct {
+	v      Variant
+	topo   *Topology
+	ns     []func() // closers
+	server *loadgen.Server
+	client *loadgen.Client
+}
+
+func (s *setup) close() error {
+	var errs []error
+	if s.server != nil {
+		s.server.Close()
+	}
+	for _, c := range s.ns {
+		c()
+	}
+	if err := s.v.Teardown(); err != nil {
+		errs = append(errs, fmt.Errorf("%s teardown: %w", s.v.Name(), err))
+	}
+	if s.topo != nil {
+		if err := s.topo.Destroy(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Run measures the variants. Whatever it set up is torn down before it
+// returns, also on error or cancellation.
+func Run(ctx context.Context, cfg Config) (res *Result, err error) {
+	cfg.defaults()
+	if len(cfg.Variants) == 0 {
+		return nil, errors.New("perf: no variants")
+	}
+	seen := map[string]bool{}
+	for _, v := range cfg.Variants {
+		if seen[v.Name()] {
+			return nil, fmt.Errorf("perf: variant %s twice", v.Name())
+		}
+		seen[v.Name()] = true
+	}
+	res = &Result{
+		Topology: cfg.Topology, Rounds: cfg.Rounds, Duration: cfg.Duration.String(),
+		Clients: cfg.Clients, Streams: cfg.Streams, Machine: ThisMachine(), Started: time.Now(),
+	}
+	if seen[BaselineName] {
+		res.Baseline = BaselineName
+	}
+	if err := CleanStale(); err != nil {
+		cfg.Progress(fmt.Sprintf("warning: %v", err))
+	}
+
+	var setups []*setup
+	defer func() {
+		for _, s := range setups {
+			if cerr := s.close(); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}
+	}()
+	for _, v := range cfg.Variants {
+		cfg.Progress(fmt.Sprintf("setting up %s on %s", v.Name(), cfg.Topology))
+		s, err := newSetup(ctx, cfg, v)
+		if s != nil {
+			setups = append(setups, s)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("perf: set up %s: %w", v.Name(), err)
+		}
+		res.Variants = append(res.Variants, v.Name())
+	}
+
+	infos := figureInfos(&cfg)
+	rounds := map[string]map[FigureKey][]float64{}
+	for _, s := range setups {
+		m := map[FigureKey][]float64{}
+		for _, fi := range infos {
+			m[fi.Key] = nanSlice(cfg.Rounds)
+		}
+		rounds[s.v.Name()] = m
+	}
+	for r := range cfg.Rounds {
+		for _, s := range setups {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			prog := func(what string) {
+				cfg.Progress(fmt.Sprintf("round %d/%d  %-8s %s", r+1, cfg.Rounds, s.v.Name(), what))
+			}
+			notes := measureRound(ctx, cfg, s, r, rounds[s.v.Name()], prog)
+			for _, n := range notes {
+				res.Notes = append(res.Notes, RoundNote{Round: r + 1, Variant: s.v.Name(), Message: n})
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	res.Figures = summarizeFigures(infos, res.Variants, res.Baseline, rounds)
+	res.Elapsed = time.Since(res.Started).Round(time.Millisecond).String()
+	return res, nil
+}
+
+func nanSlice(n int) []float64 {
+	s := make([]float64, n)
+	for i := range s {
+		s[i] = math.NaN()
+	}
+	return s
+}
+
+func newSetup(ctx context.Context, cfg Config, v Variant) (*setup, error) {
+	topo, err := NewTopology(cfg.Topology, v.Name())
+	if err != nil {
+		return nil, err
+	}
+	s := &setup{v: v, topo: topo}
+	if err := v.Setup(ctx, topo); err != nil {
+		return s, err
+	}
+	for _, p := range topo.PUs() {
+		if !p.Addr.IsValid() {
+			return s, fmt.Errorf("%s has no address after setup", p.Name)
+		}
+	}
+	srvNs, err := loadgen.OpenNetns(topo.Server.Netns)
+	if err != nil {
+		return s, err
+	}
+	s.ns = append(s.ns, func() { srvNs.Close() })
+	cliNs, err := loadgen.OpenNetns(topo.Client.Netns)
+	if err != nil {
+		return s, err
+	}
+	s.ns = append(s.ns, func() { cliNs.Close() })
+	if s.server, err = loadgen.Listen(srvNs, netip.AddrPortFrom(topo.Server.Addr, cfg.Port)); err != nil {
+		return s, err
+	}
+	if s.client, err = loadgen.NewClient(cliNs, s.server.Addr()); err != nil {
+		return s, err
+	}
+	if err := s.client.Probe(ctx, 10*time.Second); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+// measureRound takes every figure of one variant once. A figure that fails
+// stays NaN for the round and the failure becomes a note.
+func measureRound(ctx context.Context, cfg Config, s *setup, r int, out map[FigureKey][]float64, prog func(string)) (notes []string) {
+	d := cfg.Duration
+	pids := s.v.EnforcerPIDs()
+	before, perr := sampleProcs(pids)
+	if perr != nil {
+		notes = append(notes, perr.Error())
+	}
+	var conns uint64
+
+	prog("new connections, 1 client")
+	if cr, err := s.client.ConnRate(ctx, 1, d, true); err != nil {
+		notes = append(notes, fmt.Sprintf("conn rate 1: %v", err))
+	} else {
+		conns += cr.Conns + cr.Failed
+		if cr.Failed > 0 {
+			notes = append(notes, fmt.Sprintf("conn rate 1: %d of %d connections failed, first: %v", cr.Failed, cr.Conns+cr.Failed, cr.FirstErr))
+		}
+		out[ConnRate1][r] = cr.PerSecond()
+		if cr.Conns > 0 {
+			c := LatenciesOf(cr.Connect)
+			f := LatenciesOf(cr.FirstByte)
+			out[ConnectP50][r], out[ConnectP90][r], out[ConnectP99][r] = us(c.P50), us(c.P90), us(c.P99)
+			out[FirstByteP50][r], out[FirstByteP90][r], out[FirstByteP99][r] = us(f.P50), us(f.P90), us(f.P99)
+		}
+	}
+	prog(fmt.Sprintf("new connections, %d clients", cfg.Clients))
+	if cr, err := s.client.ConnRate(ctx, cfg.Clients, d, false); err != nil {
+		notes = append(notes, fmt.Sprintf("conn rate %d: %v", cfg.Clients, err))
+	} else {
+		conns += cr.Conns + cr.Failed
+		if cr.Failed > 0 {
+			notes = append(notes, fmt.Sprintf("conn rate %d: %d of %d connections failed, first: %v", cfg.Clients, cr.Failed, cr.Conns+cr.Failed, cr.FirstErr))
+		}
+		out[ConnRateN][r] = cr.PerSecond()
+	}
+	if len(pids) > 0 && perr == nil {
+		after, err := sampleProcs(pids)
+		if err != nil {
+			notes = append(notes, err.Error())
+		} else if conns > 0 {
+			out[CPUPer1k][r] = (after.CPU - before.CPU).Seconds() / float64(conns) * 1000
+			out[PeakRSS][r] = float64(after.PeakRSS) / (1 << 20)
+		}
+	}
+
+	for _, b := range []struct {
+		key     FigureKey
+		streams int
+	}{{Bulk1, 1}, {BulkN, cfg.Streams}} {
+		prog(fmt.Sprintf("bulk, %d stream(s)", b.streams))
+		br, err := s.client.Bulk(ctx, b.streams, d)
+		switch {
+		case err != nil:
+			notes = append(notes, fmt.Sprintf("bulk %d: %v", b.streams, err))
+		case br.Sent != br.Received:
+			notes = append(notes, fmt.Sprintf("bulk %d: sent %d bytes, server received %d", b.streams, br.Sent, br.Received))
+		default:
+			out[b.key][r] = br.Gbps()
+		}
+	}
+
+	prog("round-trip time")
+	if rt, err := s.client.RTT(ctx, d); err != nil {
+		notes = append(notes, fmt.Sprintf("rtt: %v", err))
+	} else if len(rt.Samples) > 0 {
+		out[RTTP50][r] = us(LatenciesOf(rt.Samples).P50)
+	}
+	return notes
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// sampleProcs sums the CPU time and peak RSS of the enforcer processes.
+func sampleProcs(pids []int) (loadgen.ProcSample, error) {
+	var sum loadgen.ProcSample
+	for _, pid := range pids {
+		s, err := loadgen.ReadProc(pid)
+		if err != nil {
+			return sum, fmt.Errorf("enforcer process %d: %w", pid, err)
+		}
+		sum.CPU += s.CPU
+		sum.PeakRSS += s.PeakRSS
+		sum.RSS += s.RSS
+	}
+	return sum, nil
+}
+
+func summarizeFigures(infos []FigureInfo, variants []string, baseline string, rounds map[string]map[FigureKey][]float64) []FigureResult {
+	var out []FigureResult
+	for _, fi := range infos {
+		fr := FigureResult{FigureInfo: fi, Variants: map[string]*VariantFigure{}}
+		for _, name := range variants {
+			raw := rounds[name][fi.Key]
+			vf := &VariantFigure{raw: raw, Rounds: make([]Value, len(raw))}
+			for i, x := range raw {
+				vf.Rounds[i] = Value(x)
+			}
+			if s := Summarize(raw); s.N > 0 {
+				vf.Value = &s
+			}
+			if baseline != "" && !fi.Enforcer {
+				base := rounds[baseline][fi.Key]
+				if s := Summarize(Ratios(raw, base)); s.N > 0 {
+					vf.Ratio = &s
+				}
+				if fi.Delta {
+					if s := Summarize(Deltas(raw, base)); s.N > 0 {
+						vf.Delta = &s
+					}
+				}
+			}
+			fr.Variants[name] = vf
+		}
+		out = append(out, fr)
+	}
+	return out
+}

@@ -1,0 +1,96 @@
+package perf
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"strings"
+	"text/tabwriter"
+)
+
+// WriteJSON writes the result as indented JSON.
+func (r *Result) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteTable writes the result as a table for people: per variant, the
+// ratio to the baseline (the headline), the difference for latencies, then
+// the median and the range over the rounds.
+func (r *Result) WriteTable(w io.Writer) error {
+	fmt.Fprintf(w, "trireme perf: %s, %d round(s) of %s per figure, %d clients, %d streams\n",
+		r.Topology, r.Rounds, r.Duration, r.Clients, r.Streams)
+	m := r.Machine
+	fmt.Fprintf(w, "machine: %d CPUs", m.CPUs)
+	if m.CPUModel != "" {
+		fmt.Fprintf(w, " (%s)", m.CPUModel)
+	}
+	fmt.Fprintf(w, ", kernel %s, %s\n", m.Kernel, m.GoVersion)
+	if r.Baseline != "" {
+		fmt.Fprintf(w, "cells: ×ratio to %s (median of per-round ratios) [+difference], then median (min–max)\n\n", r.Baseline)
+	} else {
+		fmt.Fprintf(w, "cells: median (min–max); no %s variant, so no ratios\n\n", BaselineName)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "figure\tunit")
+	for _, v := range r.Variants {
+		fmt.Fprintf(tw, "\t%s", v)
+	}
+	fmt.Fprintln(tw)
+	for _, f := range r.Figures {
+		dir := "↓"
+		if f.Higher {
+			dir = "↑"
+		}
+		fmt.Fprintf(tw, "%s %s\t%s", f.Label, dir, f.Unit)
+		for _, v := range r.Variants {
+			fmt.Fprintf(tw, "\t%s", cell(f, f.Variants[v], v == r.Baseline))
+		}
+		fmt.Fprintln(tw)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "↑ higher is better, ↓ lower is better")
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "note: round %d, %s: %s\n", n.Round, n.Variant, n.Message)
+	}
+	return nil
+}
+
+func cell(f FigureResult, vf *VariantFigure, baseline bool) string {
+	if vf == nil || vf.Value == nil {
+		return "–"
+	}
+	var b strings.Builder
+	if !baseline && vf.Ratio != nil {
+		fmt.Fprintf(&b, "×%.2f ", vf.Ratio.Median)
+		if vf.Delta != nil {
+			fmt.Fprintf(&b, "%+s ", num(vf.Delta.Median))
+		}
+	}
+	s := vf.Value
+	if s.N > 1 {
+		fmt.Fprintf(&b, "%s (%s–%s)", num(s.Median), num(s.Min), num(s.Max))
+	} else {
+		b.WriteString(num(s.Median))
+	}
+	return b.String()
+}
+
+// num prints a figure with about three significant digits.
+func num(x float64) string {
+	a := math.Abs(x)
+	switch {
+	case a >= 100:
+		return fmt.Sprintf("%.0f", x)
+	case a >= 10:
+		return fmt.Sprintf("%.1f", x)
+	case a >= 1:
+		return fmt.Sprintf("%.2f", x)
+	default:
+		return fmt.Sprintf("%.3f", x)
+	}
+}

@@ -1,0 +1,288 @@
+package perf
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"gopkg.in/yaml.v3"
+
+	"github.com/trireme-go/trireme/node"
+)
+
+// Variant is one way of carrying the traffic between the PUs of a topology:
+// the plain kernel path, or the enforcer in some mode. The harness creates a
+// fresh Topology for each variant, calls Setup once, measures it in every
+// round, and calls Teardown once before deleting the topology's namespaces.
+type Variant interface {
+	// Name is the variant's short name (column header, --variants value).
+	Name() string
+	// Setup joins t's PUs to their nodes (the namespaces exist, the
+	// underlay is up) and sets each PU's Addr. The harness then waits until
+	// a connection from t.Client to t.Server on a port of t.Server succeeds.
+	Setup(ctx context.Context, t *Topology) error
+	// EnforcerPIDs lists the processes whose CPU time and peak RSS are
+	// charged to the variant (one daemon per node); none for the kernel.
+	EnforcerPIDs() []int
+	// Teardown stops what Setup started. Links inside the topology's
+	// namespaces need not be removed: deleting the namespaces does it.
+	Teardown() error
+}
+
+// Kernel is the baseline: plain Linux bridges, no enforcer.
+type Kernel struct{}
+
+func (Kernel) Name() string                               { return "kernel" }
+func (Kernel) Setup(_ context.Context, t *Topology) error { return WireBridge(t) }
+func (Kernel) EnforcerPIDs() []int                        { return nil }
+func (Kernel) Teardown() error                            { return nil }
+
+// Daemon runs `trireme daemon --config FILE` in every node namespace of the
+// topology and attaches the PU namespaces through each daemon's control API
+// (`trireme pu attach`), which joins them to the daemon's bridge. PSK and
+// PKI differ only in Secrets.
+type Daemon struct {
+	// VariantName is the column name, e.g. "psk" or "pki".
+	VariantName string
+	// Binary is the trireme executable; "" means this executable.
+	Binary string
+	// Secrets writes the node's secrets into dir and returns the config's
+	// secrets section (paths may be relative to dir).
+	Secrets func(dir, node string) (node.Secrets, error)
+	// Policy is the policy file's content; "" means AllowPerfPolicy.
+	Policy string
+	// Extra is merged into every node's config (e.g. midStream).
+	Extra map[string]any
+	// StartTimeout bounds the wait for the control socket; 0 means 15s.
+	StartTimeout time.Duration
+
+	dir   string
+	procs []*exec.Cmd
+	exits []chan error
+}
+
+// AllowPerfPolicy lets the perf client connect to the perf server on any
+// TCP port, with mutual authorization.
+const AllowPerfPolicy = `policies:
+  - name: perf-server
+    selector: app=perf-server
+    ingress:
+      - name: from-perf-client
+        from:
+          - selector: app=perf-client
+        action: allow
+  - name: perf-client
+    selector: app=perf-client
+    egress:
+      - name: to-perf-server
+        to:
+          - selector: app=perf-server
+        action: allow
+`
+
+// PSKSecrets writes a fresh random 32-byte pre-shared key (hex) shared by
+// every node of a run.
+func PSKSecrets() func(dir, node string) (node.Secrets, error) {
+	key := make([]byte, 32)
+	rand.Read(key) // never fails on Linux
+	return func(dir, _ string) (node.Secrets, error) {
+		p := filepath.Join(dir, "psk")
+		if err := os.WriteFile(p, fmt.Appendf(nil, "%x\n", key), 0o600); err != nil {
+			return node.Secrets{}, err
+		}
+		return node.Secrets{PSKFile: p}, nil
+	}
+}
+
+func (d *Daemon) Name() string { return d.VariantName }
+
+func (d *Daemon) EnforcerPIDs() []int {
+	pids := make([]int, 0, len(d.procs))
+	for _, c := range d.procs {
+		pids = append(pids, c.Process.Pid)
+	}
+	return pids
+}
+
+// Setup starts one daemon per node and attaches the PUs of that node.
+func (d *Daemon) Setup(ctx context.Context, t *Topology) error {
+	if d.Secrets == nil {
+		return fmt.Errorf("perf: variant %s has no secrets", d.VariantName)
+	}
+	bin := d.Binary
+	if bin == "" {
+		var err error
+		if bin, err = os.Executable(); err != nil {
+			return err
+		}
+	}
+	dir, err := os.MkdirTemp("", "trireme-perf-"+d.VariantName+"-")
+	if err != nil {
+		return err
+	}
+	d.dir = dir
+	policy := d.Policy
+	if policy == "" {
+		policy = AllowPerfPolicy
+	}
+	for _, n := range t.Nodes {
+		ndir := filepath.Join(dir, n.Name)
+		if err := os.MkdirAll(ndir, 0o700); err != nil {
+			return err
+		}
+		cfgPath, socket, err := d.writeConfig(ndir, n, t, policy)
+		if err != nil {
+			return err
+		}
+		if err := d.start(bin, cfgPath, n, filepath.Join(ndir, "daemon.log")); err != nil {
+			return err
+		}
+		client := node.NewClient(socket)
+		if err := waitReady(ctx, client, d.startTimeout(), d.exits[len(d.exits)-1]); err != nil {
+			return fmt.Errorf("perf: daemon on %s (log %s): %w", n.Name, filepath.Join(ndir, "daemon.log"), err)
+		}
+		for _, p := range t.PUs() {
+			if p.Node != n {
+				continue
+			}
+			info, err := client.AttachPU(node.AttachRequest{NetNS: p.Netns, Name: p.Name, Labels: p.Labels})
+			if err != nil {
+				return fmt.Errorf("perf: attach %s on %s: %w", p.Name, n.Name, err)
+			}
+			if len(info.IPs) == 0 {
+				return fmt.Errorf("perf: attach %s on %s: the daemon gave it no address", p.Name, n.Name)
+			}
+			p.Addr = info.IPs[0]
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) startTimeout() time.Duration {
+	if d.StartTimeout > 0 {
+		return d.StartTimeout
+	}
+	return 15 * time.Second
+}
+
+func (d *Daemon) writeConfig(dir string, n *Node, t *Topology, policy string) (cfgPath, socket string, err error) {
+	sec, err := d.Secrets(dir, n.Name)
+	if err != nil {
+		return "", "", fmt.Errorf("perf: secrets for %s: %w", n.Name, err)
+	}
+	policyPath := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policyPath, []byte(policy), 0o600); err != nil {
+		return "", "", err
+	}
+	socket = filepath.Join(dir, "trireme.sock")
+	cfg := map[string]any{
+		"node":           n.Name,
+		"secrets":        sec,
+		"policy":         policyPath,
+		"socket":         socket,
+		"flowLog":        filepath.Join(dir, "flows.jsonl"),
+		"stateDir":       filepath.Join(dir, "state"),
+		"targetNetworks": []string{t.Targets.String()},
+		"bridge":         map[string]string{"name": n.Bridge, "subnet": n.Subnet.String()},
+	}
+	for k, v := range d.Extra {
+		cfg[k] = v
+	}
+	data, err := yaml.Marshal(cfg)
+	if err != nil {
+		return "", "", err
+	}
+	cfgPath = filepath.Join(dir, "config.yaml")
+	return cfgPath, socket, os.WriteFile(cfgPath, data, 0o600)
+}
+
+// start runs the daemon inside the node's namespace: the child inherits the
+// namespace of the thread that forks it. That thread stays alive (waiting
+// for the child) for the daemon's whole life, because Pdeathsig fires when
+// the forking thread, not the process, exits.
+func (d *Daemon) start(bin, cfg string, n *Node, logPath string) error {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "daemon", "--config", cfg)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	ns, err := netns.GetFromName(n.Netns)
+	if err != nil {
+		return err
+	}
+	started := make(chan error, 1)
+	exit := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		err := netns.Set(ns)
+		ns.Close()
+		if err == nil {
+			err = cmd.Start()
+		}
+		started <- err
+		if err == nil {
+			exit <- cmd.Wait()
+		}
+	}()
+	if err := <-started; err != nil {
+		return fmt.Errorf("perf: start daemon on %s: %w", n.Name, err)
+	}
+	d.procs = append(d.procs, cmd)
+	d.exits = append(d.exits, exit)
+	return nil
+}
+
+func waitReady(ctx context.Context, c *node.Client, timeout time.Duration, exit <-chan error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := c.Stats()
+		if err == nil {
+			return nil
+		}
+		select {
+		case e := <-exit:
+			return fmt.Errorf("daemon exited: %v", e)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("control API not ready after %v: %w", timeout, err)
+		}
+	}
+}
+
+// Teardown stops the daemons (SIGTERM, then SIGKILL after 5 s) and removes
+// their files.
+func (d *Daemon) Teardown() error {
+	var errs []error
+	for i, c := range d.procs {
+		c.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.exits[i]:
+		case <-time.After(5 * time.Second):
+			c.Process.Kill()
+			<-d.exits[i]
+			errs = append(errs, fmt.Errorf("perf: daemon %d did not stop on SIGTERM", c.Process.Pid))
+		}
+	}
+	d.procs, d.exits = nil, nil
+	if d.dir != "" && len(errs) == 0 {
+		if err := os.RemoveAll(d.dir); err != nil {
+			errs = append(errs, err)
+		}
+		d.dir = ""
+	}
+	return errors.Join(errs...)
+}
