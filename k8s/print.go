@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 
@@ -53,7 +54,7 @@ func MarshalSet(s *policy.Set) ([]byte, error) {
 		if p.Selector == nil {
 			return nil, fmt.Errorf("policy %q: no selector", p.Name)
 		}
-		fp := filePolicy{Name: p.Name, Description: descriptionOf(p.Name), Selector: p.Selector.Text}
+		fp := filePolicy{Name: p.Name, Description: descriptionOf(&p), Selector: p.Selector.Text}
 		if p.Ingress != nil {
 			rules := make([]fileRule, 0, len(p.Ingress))
 			for _, r := range p.Ingress {
@@ -123,19 +124,24 @@ func prefixStrings(ps []netip.Prefix) []string {
 	return out
 }
 
-// descriptionOf says where a generated policy comes from.
-func descriptionOf(name string) string {
-	for i := 0; i < len(name); i++ {
-		if name[i] == '#' {
-			switch rest := name[i+1:]; {
-			case rest == "not-isolated-ingress":
-				return "pods of namespace " + name[:i] + " no NetworkPolicy isolates for ingress"
-			case rest == "not-isolated-egress":
-				return "pods of namespace " + name[:i] + " no NetworkPolicy isolates for egress"
-			default:
-				return "named ports of NetworkPolicy " + name[:i] + " on the pods that resolve them alike"
-			}
+// descriptionOf says where a generated policy comes from (by the names
+// Translate gives).
+func descriptionOf(p *policy.Policy) string {
+	base, kind, generated := strings.Cut(p.Name, "#")
+	switch {
+	case !generated:
+		var dirs []string
+		if p.Ingress != nil {
+			dirs = append(dirs, "ingress")
 		}
+		if p.Egress != nil {
+			dirs = append(dirs, "egress")
+		}
+		return "NetworkPolicy " + base + ": isolates its pods for " + strings.Join(dirs, " and ")
+	case kind == "not-isolated-ingress", kind == "not-isolated-egress":
+		return "pods of namespace " + base + " that no NetworkPolicy isolates for " + strings.TrimPrefix(kind, "not-isolated-")
+	case strings.HasPrefix(kind, "named-ports-"):
+		return "named ports of NetworkPolicy " + base + ", resolved on the pods it names"
 	}
-	return "NetworkPolicy " + name
+	return ""
 }

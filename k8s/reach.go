@@ -50,26 +50,27 @@ func Reach(e *policy.Engine, pus []PU, proto policy.Protocol, port uint16) *Matr
 	return m
 }
 
-// Format prints the matrix as a table: rows are clients, columns servers;
-// "." allowed, "X" denied by both sides, "I" denied by the server's ingress
-// only, "E" by the client's egress only.
+// Format prints the matrix as a table: one row per client, numbered; one
+// column per server, by number. "." allowed, "I" denied by the server's
+// ingress only, "E" by the client's egress only, "X" by both.
 func (m *Matrix) Format(w io.Writer) error {
-	width := 3
+	width := 0
 	for i := range m.PUs {
 		width = max(width, len(m.PUs[i].ID()))
 	}
+	num := len(fmt.Sprint(len(m.PUs)))
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s/%d (rows: from, columns: to; . allowed, I denied by ingress, E denied by egress, X both)\n",
+	fmt.Fprintf(&b, "%s/%d: rows from, columns to; . allowed, I denied by ingress, E denied by egress, X both\n",
 		strings.ToLower(ProtocolName(m.Proto)), m.Port)
-	fmt.Fprintf(&b, "%-*s", width, "")
+	fmt.Fprintf(&b, "%*s", num+1+width, "")
 	for i := range m.PUs {
-		fmt.Fprintf(&b, " %-*s", width, m.PUs[i].ID())
+		fmt.Fprintf(&b, " %*d", num, i+1)
 	}
 	b.WriteByte('\n')
 	for from := range m.PUs {
-		fmt.Fprintf(&b, "%-*s", width, m.PUs[from].ID())
+		fmt.Fprintf(&b, "%*d %-*s", num, from+1, width, m.PUs[from].ID())
 		for to := range m.PUs {
-			fmt.Fprintf(&b, " %-*s", width, m.Cells[from][to].symbol())
+			fmt.Fprintf(&b, " %*s", num, m.Cells[from][to].symbol())
 		}
 		b.WriteByte('\n')
 	}

@@ -27,6 +27,7 @@ type PU struct {
 	Namespace, Name string
 	Tags            policy.Tags
 	IPs             []netip.Addr
+	Ports           []Port // container ports, for named ports and probes
 }
 
 // ID is "namespace/name".
@@ -124,7 +125,7 @@ func Translate(c *Cluster, opts Options) (*Translation, error) {
 	out := &Translation{Set: &policy.Set{}}
 	for i := range pods {
 		p := &pods[i]
-		out.PUs = append(out.PUs, PU{Namespace: p.Namespace, Name: p.Name, Tags: PodTags(*nsByName[p.Namespace], p), IPs: p.IPs})
+		out.PUs = append(out.PUs, PU{Namespace: p.Namespace, Name: p.Name, Tags: PodTags(*nsByName[p.Namespace], p), IPs: p.IPs, Ports: p.Ports})
 	}
 	set := out.Set
 	if len(opts.TargetNetworks) > 0 {
@@ -285,7 +286,7 @@ func (t *translator) ingressNamed(n *netpol) []policy.Policy {
 		groups[idx].pods = append(groups[idx].pods, pod)
 	}
 	var out []policy.Policy
-	for gi, g := range groups {
+	for _, g := range groups {
 		p := policy.Policy{Ingress: []policy.Rule{}}
 		for j, r := range n.ingRules {
 			if len(g.resolved[j]) > 0 {
@@ -299,7 +300,7 @@ func (t *translator) ingressNamed(n *netpol) []policy.Policy {
 		for i, pod := range g.pods {
 			names[i] = pod.Name
 		}
-		p.Name = fmt.Sprintf("%s#named-ports-%d", policyName(n.ns, n.name), gi+1)
+		p.Name = fmt.Sprintf("%s#named-ports-%d", policyName(n.ns, n.name), len(out)+1)
 		p.Selector = t.selector(n.selText + "," + TagName + " in (" + strings.Join(names, ",") + ")")
 		out = append(out, p)
 	}

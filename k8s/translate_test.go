@@ -3,6 +3,7 @@ package k8s
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -511,5 +512,56 @@ func TestDecodeErrorLines(t *testing.T) {
 	lines := strings.Split(err.Error(), "\n")
 	if len(lines) != 2 || !strings.HasPrefix(lines[0], "m.yaml:5: ") || !strings.HasPrefix(lines[1], "m.yaml:15: ") {
 		t.Fatalf("got %q, want errors at m.yaml:5 and m.yaml:15", lines)
+	}
+}
+
+// The example in examples/k8s does what its comments say.
+func TestExample(t *testing.T) {
+	dir := filepath.Join("..", "examples", "k8s")
+	c, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Translate(c, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := mustCompile(t, tr.Set)
+	const (
+		dns  = "kube-system/coredns-6f6b6"
+		prom = "monitoring/prometheus-0"
+		gw   = "payments/gateway-66f4c"
+		api  = "shop/api-5c6b7"
+		fe   = "shop/frontend-7d9f8"
+		db   = "shop/postgres-0"
+		web  = "ext:203.0.113.9"
+	)
+	checks := []check{
+		{web, fe, "tcp/8080", true, true},
+		{web, fe, "tcp/9090", false, true},
+		{web, api, "tcp/8080", false, true},
+		{fe, api, "tcp/8080", true, true},
+		{fe, db, "tcp/5432", false, false},
+		{fe, web, "tcp/443", true, false},
+		{api, db, "tcp/5432", true, true},
+		{api, gw, "tcp/8443", true, true},
+		{api, gw, "tcp/9090", false, false},
+		{gw, api, "tcp/8080", false, true},
+		{prom, api, "tcp/9090", true, true},
+		{prom, db, "tcp/9187", true, true},
+		{prom, db, "tcp/9090", false, true},
+		{prom, fe, "tcp/9090", false, true}, // the frontend names no metrics port
+		{prom, gw, "tcp/9090", true, true},
+		{api, dns, "udp/53", true, true},
+		{db, dns, "tcp/53", true, true},
+		{db, dns, "udp/54", true, false},
+		{fe, prom, "tcp/9090", true, false},
+		{gw, web, "tcp/443", true, true}, // payments is not isolated for egress
+	}
+	for _, ck := range checks {
+		in, eg := decide(t, tr, e, ck)
+		if in != ck.ingress || eg != ck.egress {
+			t.Errorf("%s -> %s %s: ingress %v egress %v, want %v %v", ck.from, ck.to, ck.port, in, eg, ck.ingress, ck.egress)
+		}
 	}
 }
