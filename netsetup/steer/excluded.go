@@ -8,9 +8,9 @@ import (
 	"github.com/google/nftables"
 )
 
-// normalise validates prefixes, masks them, and drops duplicates and
-// prefixes contained in others (the kernel rejects overlapping intervals).
-func normalise(in []netip.Prefix) ([]netip.Prefix, error) {
+// canonical validates prefixes, masks them, sorts them and drops
+// duplicates: the list as the user gave it.
+func canonical(in []netip.Prefix) ([]netip.Prefix, error) {
 	ps := make([]netip.Prefix, 0, len(in))
 	for _, p := range in {
 		if !p.IsValid() {
@@ -28,14 +28,20 @@ func normalise(in []netip.Prefix) ([]netip.Prefix, error) {
 		}
 		return a.Bits() - b.Bits()
 	})
-	out := ps[:0]
+	return slices.Compact(ps), nil
+}
+
+// merged drops prefixes contained in others (the kernel rejects
+// overlapping intervals); ps is canonical.
+func merged(ps []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
 	for _, p := range ps {
 		if len(out) > 0 && out[len(out)-1].Contains(p.Addr()) && out[len(out)-1].Bits() <= p.Bits() {
 			continue
 		}
 		out = append(out, p)
 	}
-	return out, nil
+	return out
 }
 
 func unmapBits(p netip.Prefix) int {
@@ -81,7 +87,7 @@ func split(ps []netip.Prefix) (v4, v6 []netip.Prefix) {
 }
 
 func (s *Steerer) addExcludedSets(ex []netip.Prefix) (*nftables.Set, *nftables.Set, error) {
-	v4, v6 := split(ex)
+	v4, v6 := split(merged(ex))
 	x4 := &nftables.Set{Table: s.table, Name: "x4", KeyType: nftables.TypeIPAddr, Interval: true}
 	x6 := &nftables.Set{Table: s.table, Name: "x6", KeyType: nftables.TypeIP6Addr, Interval: true}
 	if err := s.conn.AddSet(x4, intervalElements(v4)); err != nil {
@@ -109,11 +115,12 @@ func (s *Steerer) AddExcluded(p netip.Prefix) error {
 }
 
 // RemoveExcluded removes a network added before (the same prefix); packets
-// from and to it are steered again. Removing an absent one is an error.
+// from and to it are steered again unless another excluded network covers
+// them. Removing an absent one is an error.
 func (s *Steerer) RemoveExcluded(p netip.Prefix) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n, err := normalise([]netip.Prefix{p})
+	n, err := canonical([]netip.Prefix{p})
 	if err != nil {
 		return err
 	}
@@ -130,11 +137,11 @@ func (s *Steerer) setExcluded(ps []netip.Prefix) error {
 	if s.x4 == nil {
 		return fmt.Errorf("steer: excluded networks changed before Apply")
 	}
-	ex, err := normalise(ps)
+	ex, err := canonical(ps)
 	if err != nil {
 		return err
 	}
-	v4, v6 := split(ex)
+	v4, v6 := split(merged(ex))
 	s.conn.FlushSet(s.x4)
 	s.conn.FlushSet(s.x6)
 	if els := intervalElements(v4); len(els) > 0 {

@@ -166,7 +166,7 @@ func (s *Steerer) Apply(pus []PU, excluded []netip.Prefix) error {
 		}
 		seen[pu.Name] = true
 	}
-	ex, err := normalise(excluded)
+	ex, err := canonical(excluded)
 	if err != nil {
 		return err
 	}
