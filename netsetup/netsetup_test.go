@@ -1,0 +1,148 @@
+package netsetup_test
+
+import (
+	"context"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/trireme-go/trireme/netsetup"
+	"github.com/trireme-go/trireme/testenv"
+	"github.com/vishvananda/netlink"
+)
+
+func TestNetnsLifecycle(t *testing.T) {
+	testenv.RequireRoot(t)
+	name := testenv.NamePrefix + testenv.Suffix() + "-x"
+	testenv.AssertNothingLeft(t, name)
+	h, err := netsetup.CreateNetns(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(); _ = netsetup.DeleteNetns(name) })
+	if !netsetup.NetnsExists(name) {
+		t.Fatal("namespace not visible")
+	}
+	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), name) {
+		t.Fatalf("ip netns list does not show %s: %s %v", name, out, err)
+	}
+	if _, err := netsetup.CreateNetns(name); err == nil {
+		t.Error("creating an existing namespace succeeded")
+	}
+	// The caller's namespace is unchanged: the new one has only lo.
+	var names []string
+	if err := netsetup.InNamedNetns(name, func() error {
+		links, err := netlink.LinkList()
+		for _, l := range links {
+			names = append(names, l.Attrs().Name)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(names) != 1 || names[0] != "lo" {
+		t.Errorf("fresh namespace has links %v", names)
+	}
+	if err := netsetup.DeleteNetns(name); err != nil {
+		t.Fatal(err)
+	}
+	if err := netsetup.DeleteNetns(name); err != nil {
+		t.Errorf("second delete: %v", err)
+	}
+	if netsetup.NetnsExists(name) {
+		t.Error("namespace still there")
+	}
+	for _, bad := range []string{"", "..", "a/b", strings.Repeat("x", 300)} {
+		if _, err := netsetup.CreateNetns(bad); err == nil {
+			t.Errorf("CreateNetns(%q) accepted", bad)
+		}
+		if err := netsetup.DeleteNetns(bad); err == nil {
+			t.Errorf("DeleteNetns(%q) accepted", bad)
+		}
+	}
+}
+
+func TestHostVethOf(t *testing.T) {
+	n := testenv.NewNode(t, testenv.NodeOptions{PUs: 2})
+	for _, p := range n.PUs {
+		n.MustDo(func() error {
+			for _, ifName := range []string{"eth0", ""} {
+				got, err := netsetup.HostVethOf(p.NS, ifName)
+				if err != nil {
+					return err
+				}
+				if got.HostIndex != p.Link.HostIndex || got.HostName != p.Link.HostName || got.PUMAC.String() != p.Link.PUMAC.String() {
+					t.Errorf("HostVethOf(%s, %q) = %+v, want %+v", p.Name, ifName, got, p.Link)
+				}
+			}
+			if _, err := netsetup.HostVethOf(p.NS, "nope0"); err == nil {
+				t.Error("found a veth that does not exist")
+			}
+			return nil
+		})
+	}
+}
+
+func TestAttachPUErrors(t *testing.T) {
+	n := testenv.NewNode(t, testenv.NodeOptions{PUs: 1})
+	for _, tc := range []struct {
+		name string
+		cfg  netsetup.PUConfig
+	}{
+		{"no bridge", netsetup.PUConfig{Netns: n.PUs[0].Name, Bridge: "nobr", HostVeth: "vx"}},
+		{"no netns", netsetup.PUConfig{Netns: "trt-missing", Bridge: n.Bridge, HostVeth: "vx"}},
+		{"long name", netsetup.PUConfig{Netns: n.PUs[0].Name, Bridge: n.Bridge, HostVeth: "a-name-too-long-for-linux"}},
+		{"duplicate veth", netsetup.PUConfig{Netns: n.PUs[0].Name, Bridge: n.Bridge, HostVeth: n.PUs[0].Link.HostName, PUVeth: "eth1"}},
+		{"eth0 taken in the PU", netsetup.PUConfig{Netns: n.PUs[0].Name, Bridge: n.Bridge, HostVeth: "vx"}},
+		{"bad address", netsetup.PUConfig{Netns: n.PUs[0].Name, Bridge: n.Bridge, HostVeth: "vx", PUVeth: "eth9", Addrs: []netip.Prefix{{}}}},
+	} {
+		n.MustDo(func() error {
+			if _, err := netsetup.AttachPU(tc.cfg); err == nil {
+				t.Errorf("%s: AttachPU succeeded", tc.name)
+			}
+			if netsetup.LinkExists("vx") {
+				t.Errorf("%s: half-built veth left behind", tc.name)
+				_ = netsetup.DeleteLink("vx")
+			}
+			return nil
+		})
+	}
+	n.MustDo(func() error {
+		if err := netsetup.DetachPU(n.PUs[0].Link.HostName); err != nil {
+			return err
+		}
+		if netsetup.LinkExists(n.PUs[0].Link.HostName) {
+			t.Error("DetachPU left the veth")
+		}
+		return netsetup.DetachPU(n.PUs[0].Link.HostName) // idempotent
+	})
+}
+
+// TestInjectionPortFlags checks the bridge-port flags of the injection port
+// as the kernel reports them (`ip -d link`).
+func TestInjectionPortFlags(t *testing.T) {
+	n := testenv.NewNode(t, testenv.NodeOptions{})
+	n.MustDo(func() error {
+		for i := 0; i < 2; i++ { // idempotent
+			if _, err := netsetup.EnsureInjectionPort(n.Bridge, "inj", "injb"); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	out, err := n.Run(context.Background(), "ip", "-d", "link", "show", "injb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"master " + n.Bridge, "learning off", " flood off", "mcast_flood off", "bcast_flood off", "NOARP"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("injection port lacks %q:\n%s", want, out)
+		}
+	}
+	out, _ = n.Run(context.Background(), "ip", "-6", "addr", "show", "dev", "inj")
+	if strings.Contains(out, "inet6") {
+		t.Errorf("injection port has IPv6 addresses:\n%s", out)
+	}
+}
