@@ -36,7 +36,13 @@ func tapNames(i int) (in, out string) { return fmt.Sprintf("t%di", i), fmt.Sprin
 
 func newRig(t testing.TB, nPUs, nSteered int) *rig {
 	t.Helper()
-	r := &rig{t: t, node: testenv.NewNode(t, testenv.NodeOptions{PUs: nPUs}), taps: map[string]*tap.Tap{}}
+	return newRigOn(t, testenv.NewNode(t, testenv.NodeOptions{PUs: nPUs}), nSteered)
+}
+
+// newRigOn steers the first nSteered PUs of an existing node.
+func newRigOn(t testing.TB, node *testenv.Node, nSteered int) *rig {
+	t.Helper()
+	r := &rig{t: t, node: node, taps: map[string]*tap.Tap{}}
 	r.node.MustDo(func() error {
 		var err error
 		r.inj, err = netsetup.EnsureInjectionPort(testenv.BridgeName, "inj", "injb")

@@ -317,3 +317,34 @@ func TestSteeredUDP(t *testing.T) {
 		t.Errorf("UDP datagrams did not stay in the kernel: %+v", c0)
 	}
 }
+
+// TestSteeredCrossNode: two nodes, each with its own table, TAPs and
+// forwarder; a TCP connection between PUs on different nodes is steered on
+// both (client egress side on node 0, server side on node 1) and the bulk
+// data then stays in both kernels.
+func TestSteeredCrossNode(t *testing.T) {
+	c := testenv.NewCluster(t, 2, 1)
+	r0 := newRigOn(t, c.Nodes[0], 1)
+	r1 := newRigOn(t, c.Nodes[1], 1)
+	f0, f1 := r0.startForwarder(), r1.startForwarder()
+	t.Cleanup(f0.stop)
+	t.Cleanup(f1.stop)
+	client, server := c.Nodes[0].PUs[0], c.Nodes[1].PUs[0]
+	sink := server.Listen(0)
+	sinkServer(sink)
+	const size = 64 << 20
+	d := bulk(t, client, addrOf(sink), size)
+	f0.check(t)
+	f1.check(t)
+	t.Logf("cross-node bulk %d MiB in %v; TAP frames node0 %d, node1 %d", size>>20, d, f0.reads.Load(), f1.reads.Load())
+	for i, f := range []*forwarder{f0, f1} {
+		if n := f.reads.Load(); n < 2 || n > 32 {
+			t.Errorf("node %d: %d frames through the TAPs", i, n)
+		}
+	}
+	c0, _ := r0.s.Counters("pu0")
+	c1, _ := r1.s.Counters("pu0")
+	if c0.InAuthorized.Bytes < size || c1.OutAuthorized.Bytes < size {
+		t.Errorf("bulk data not on the authorized path: node0 %+v node1 %+v", c0, c1)
+	}
+}
