@@ -1,0 +1,566 @@
+// Package dataplane is trireme's I/O-free enforcement core. Frames go in
+// with their direction relative to a local PU; a verdict, the frame to
+// forward (possibly rewritten), frames to inject and notifications for the
+// kernel fast path come out. The same code runs live (behind the TAPs) and
+// offline (trireme replay). See docs/dataplane.md for the packet walk.
+package dataplane
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/trireme-go/trireme/dataplane/packet"
+	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/reason"
+	"github.com/trireme-go/trireme/tokens"
+)
+
+// Direction is a frame's direction relative to the PU it is processed for.
+type Direction uint8
+
+const (
+	// FromApp: leaving the PU (application path).
+	FromApp Direction = iota
+	// FromNet: arriving for the PU (network path).
+	FromNet
+)
+
+func (d Direction) String() string {
+	if d == FromApp {
+		return "app"
+	}
+	return "net"
+}
+
+// Verdict is what to do with the processed frame.
+type Verdict uint8
+
+const (
+	// Forward Output.Frame on its way.
+	Forward Verdict = iota
+	// Drop the frame. Output.Reason says why; reason.None means the enforcer
+	// consumed it on purpose (e.g. a retransmitted SYN-ACK answered by
+	// re-injecting the token-ACK).
+	Drop
+	// Reset: drop the frame; Output.Inject holds a TCP RST toward the local
+	// PU (its connection attempt was refused).
+	Reset
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Forward:
+		return "forward"
+	case Drop:
+		return "drop"
+	}
+	return "reset"
+}
+
+// Target says where an injected frame goes.
+type Target uint8
+
+const (
+	// ToPU: deliver to the local PU (as if arriving from the network).
+	ToPU Target = iota
+	// ToNet: send toward the network (as if leaving the PU).
+	ToNet
+)
+
+// Injected is an extra frame the enforcer wants sent.
+type Injected struct {
+	To    Target
+	Frame []byte
+}
+
+// NoteKind says what a Note asks of the live daemon.
+type NoteKind uint8
+
+const (
+	// Authorize: the flow is decided and its handshake complete; its packets
+	// may bypass the dataplane (add it to the kernel's authorized set).
+	Authorize NoteKind = iota + 1
+	// Revoke: the flow closed, expired, was evicted or denied; remove it.
+	Revoke
+)
+
+// Note is a notification for the kernel fast path.
+type Note struct {
+	Kind  NoteKind
+	PU    *PU
+	Proto uint8
+	// Local is the PU's end, Remote the peer's.
+	Local, Remote netip.AddrPort
+	VLAN          [2]uint16
+}
+
+// Output is the result of Process. Reuse one per goroutine: it owns the
+// buffers that rewritten and injected frames live in (valid until the next
+// Process or Expire call with the same Output) and a parser.
+type Output struct {
+	Verdict Verdict
+	Reason  reason.Code
+	// Frame is the frame to forward (Verdict Forward): the input frame,
+	// possibly shortened in place (token stripped), or a buffer of Output.
+	Frame []byte
+	// Inject lists extra frames, in order. A token-ACK injected before the
+	// data it precedes comes first.
+	Inject []Injected
+	// Notes for the live daemon (authorize / revoke a flow in the kernel).
+	Notes []Note
+
+	parser *packet.Parser
+	pkt    packet.Packet
+	main   []byte
+	tok    []byte
+	bufs   [4][]byte
+	nbuf   int
+}
+
+func (o *Output) reset() {
+	o.Verdict, o.Reason, o.Frame = Forward, reason.None, nil
+	o.Inject, o.Notes, o.nbuf = o.Inject[:0], o.Notes[:0], 0
+	if o.parser == nil {
+		o.parser = packet.NewParser()
+		o.main = make([]byte, 0, 2048)
+		o.tok = make([]byte, 0, 1280)
+		for i := range o.bufs {
+			o.bufs[i] = make([]byte, 0, 2048)
+		}
+	}
+}
+
+// injectBuf returns an empty buffer for a crafted frame.
+func (o *Output) injectBuf() []byte {
+	if o.nbuf == len(o.bufs) {
+		return nil // more injections than slots: allocate (never expected)
+	}
+	b := o.bufs[o.nbuf][:0]
+	o.nbuf++
+	return b
+}
+
+func (o *Output) inject(to Target, f []byte) {
+	o.Inject = append(o.Inject, Injected{To: to, Frame: f})
+}
+
+// MidStream is the rule for TCP packets of flows the table does not know
+// (e.g. after a restart): not a SYN, and no state.
+type MidStream uint8
+
+const (
+	// MidStreamDrop drops them (reason.UnknownFlow). The default: fail closed.
+	MidStreamDrop MidStream = iota
+	// MidStreamReset drops them and answers with a RST to the sender, so
+	// that both ends notice quickly and reconnect through a handshake.
+	MidStreamReset
+	// MidStreamAllowACL picks the flow up when the PU's CIDR rules (peer
+	// identity unknown: peer nil) allow it, either as a client (egress to
+	// the remote port) or as a server (ingress to the local port).
+	MidStreamAllowACL
+)
+
+// ParseMidStream reads "drop", "reset" or "allow-acl".
+func ParseMidStream(s string) (MidStream, error) {
+	switch s {
+	case "drop", "":
+		return MidStreamDrop, nil
+	case "reset":
+		return MidStreamReset, nil
+	case "allow-acl":
+		return MidStreamAllowACL, nil
+	}
+	return 0, errors.New("mid-stream rule must be drop, reset or allow-acl")
+}
+
+// Config configures an Enforcer.
+type Config struct {
+	// Tokens is the node's token engine.
+	Tokens *tokens.Engine
+	// Policy is the compiled policy (SetPolicy replaces it).
+	Policy *policy.Engine
+	// Flows sizes the flow table and sets its timeouts.
+	Flows flow.Config
+	// MidStream is the rule for packets of unknown TCP flows.
+	MidStream MidStream
+	// MTU bounds the IP packet a token insertion may produce (default 1500;
+	// negative: no bound).
+	MTU int
+	// Sink receives flow records (nil: none).
+	Sink Sink
+	// Fragments bounds the table of fragmented datagrams whose first
+	// fragment was allowed (default 1024).
+	Fragments int
+}
+
+// PU is a local processing unit known to the enforcer.
+type PU struct {
+	ID    string
+	Tags  policy.Tags
+	index uint32
+	local *tokens.Local
+	view  atomic.Pointer[puView]
+}
+
+type puView struct {
+	eng *policy.Engine
+	pol *policy.PUPolicy
+}
+
+// Enforcer is one node's enforcement core. Safe for concurrent use with one
+// Output per goroutine.
+type Enforcer struct {
+	tok       *tokens.Engine
+	node      string
+	policy    atomic.Pointer[policy.Engine]
+	table     *flow.Table[conn]
+	midStream MidStream
+	mtu       int
+	sink      Sink
+	frags     *fragTable
+
+	mu   sync.Mutex
+	pus  []*PU // by index; nil when removed
+	free []uint32
+
+	stats counters
+}
+
+// New returns an Enforcer.
+func New(cfg Config) (*Enforcer, error) {
+	if cfg.Tokens == nil || cfg.Policy == nil {
+		return nil, errors.New("dataplane: Tokens and Policy are required")
+	}
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = 1500
+	} else if mtu < 0 {
+		mtu = 0
+	}
+	e := &Enforcer{
+		tok:       cfg.Tokens,
+		node:      cfg.Tokens.Node(),
+		table:     flow.New[conn](cfg.Flows),
+		midStream: cfg.MidStream,
+		mtu:       mtu,
+		sink:      cfg.Sink,
+		frags:     newFragTable(cfg.Fragments),
+	}
+	e.policy.Store(cfg.Policy)
+	return e, nil
+}
+
+// AddPU registers a local PU; its policy view is computed now (once per PU
+// per policy engine).
+func (e *Enforcer) AddPU(id string, tags policy.Tags) *PU {
+	pu := &PU{ID: id, Tags: tags, local: e.tok.NewLocal(tags)}
+	eng := e.policy.Load()
+	pu.view.Store(&puView{eng: eng, pol: eng.ForPU(tags)})
+	e.mu.Lock()
+	if n := len(e.free); n > 0 {
+		pu.index = e.free[n-1]
+		e.free = e.free[:n-1]
+		e.pus[pu.index] = pu
+	} else {
+		pu.index = uint32(len(e.pus))
+		e.pus = append(e.pus, pu)
+	}
+	e.mu.Unlock()
+	return pu
+}
+
+// RemovePU forgets a PU: its flows are closed (records written, revoke
+// notes appended to out) and later packets for it are dropped (UnknownPU).
+func (e *Enforcer) RemovePU(pu *PU, now time.Time, out *Output) {
+	out.reset()
+	pu.view.Store(nil)
+	ns := now.UnixNano()
+	e.table.Range(func(ent *flow.Entry[conn]) bool {
+		if ent.Key.PU != pu.index {
+			return false
+		}
+		e.finish(pu, ent, EndPURemoved, ns, out)
+		return true
+	})
+	e.mu.Lock()
+	if int(pu.index) < len(e.pus) && e.pus[pu.index] == pu {
+		e.pus[pu.index] = nil
+		e.free = append(e.free, pu.index)
+	}
+	e.mu.Unlock()
+}
+
+// SetPolicy replaces the policy engine and every PU's view of it. Flows
+// already decided keep their decision; new connections use the new policy.
+func (e *Enforcer) SetPolicy(eng *policy.Engine) {
+	e.policy.Store(eng)
+	e.mu.Lock()
+	pus := append([]*PU(nil), e.pus...)
+	e.mu.Unlock()
+	for _, pu := range pus {
+		if pu != nil && pu.view.Load() != nil {
+			pu.view.Store(&puView{eng: eng, pol: eng.ForPU(pu.Tags)})
+		}
+	}
+}
+
+// Flows returns the number of tracked flows and evictions so far.
+func (e *Enforcer) Flows() (n int, evictions uint64) {
+	return e.table.Len(), e.table.Evictions()
+}
+
+func (e *Enforcer) puByIndex(i uint32) *PU {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if int(i) < len(e.pus) {
+		return e.pus[i]
+	}
+	return nil
+}
+
+// Expire removes flows whose timers ran out at now: records are written
+// and revoke notes appended to out. Call it periodically (the daemon: every
+// second; replay: as capture time advances).
+func (e *Enforcer) Expire(now time.Time, out *Output) int {
+	out.reset()
+	ns := now.UnixNano()
+	e.frags.expire(ns)
+	return e.table.Sweep(ns, func(ent *flow.Entry[conn]) {
+		e.finish(e.puByIndex(ent.Key.PU), ent, EndExpired, ns, out)
+	})
+}
+
+// Flush closes every flow (end of a replay): records with end "open" for
+// flows still alive.
+func (e *Enforcer) Flush(now time.Time, out *Output) {
+	out.reset()
+	ns := now.UnixNano()
+	e.table.Range(func(ent *flow.Entry[conn]) bool {
+		end := EndOpen
+		if ns > ent.Deadline() {
+			end = EndExpired
+		}
+		e.finish(e.puByIndex(ent.Key.PU), ent, end, ns, out)
+		return true
+	})
+}
+
+// Process runs one frame of PU pu in direction dir through the enforcer.
+// The frame may be modified in place (token stripping shortens it). now is
+// the packet's time (the flow timers' clock).
+func (e *Enforcer) Process(pu *PU, dir Direction, frame []byte, now time.Time, out *Output) {
+	if out.parser == nil || out.nbuf != 0 || len(out.Inject) != 0 || len(out.Notes) != 0 {
+		out.reset()
+	} else {
+		out.Verdict, out.Reason, out.Frame = Forward, reason.None, nil
+	}
+	if pu == nil {
+		e.drop(out, reason.UnknownPU)
+		return
+	}
+	ns := now.UnixNano()
+	p := &out.pkt
+	// Fast path: an established, authorized flow is one lookup.
+	if packet.ParseFast(frame, p) && (p.Proto != packet.ProtoTCP || p.Flags&(packet.SYN|packet.FIN|packet.RST) == 0) {
+		var k flow.Key
+		makeKey(&k, pu, dir, p)
+		sh := e.table.Shard(&k)
+		sh.Lock()
+		if ent := sh.Get(&k); ent != nil && ent.State == flow.Established && ent.Value.authorized && !sh.Expired(ent, ns) {
+			sh.Touch(ent, flow.Dir(dir), len(frame), ns)
+			sh.Unlock()
+			e.stats.forwarded.Add(1)
+			out.Frame = frame
+			return
+		}
+		sh.Unlock()
+	}
+	e.slowPath(pu, dir, frame, ns, now, out)
+}
+
+func (e *Enforcer) slowPath(pu *PU, dir Direction, frame []byte, ns int64, now time.Time, out *Output) {
+	p := &out.pkt
+	if code := out.parser.Parse(frame, p); code != reason.None {
+		e.drop(out, code)
+		return
+	}
+	if p.ARP {
+		e.forward(out, frame)
+		return
+	}
+	view := pu.view.Load()
+	if view == nil {
+		e.drop(out, reason.UnknownPU)
+		return
+	}
+	remote := p.Dst
+	if dir == FromNet {
+		remote = p.Src
+	}
+	if view.eng.IsExcluded(remote) {
+		e.forward(out, frame)
+		return
+	}
+	if p.IsNDP() {
+		// IPv6 neighbour discovery is link plumbing, not a connection.
+		e.forward(out, frame)
+		return
+	}
+	switch p.Frag {
+	case packet.LaterFragment:
+		if e.frags.allowed(pu.index, p, ns) {
+			e.forward(out, frame)
+		} else {
+			e.drop(out, reason.Fragment)
+		}
+		return
+	case packet.FirstFragment:
+		if p.Proto == packet.ProtoTCP && p.Flags&packet.SYN != 0 {
+			// The token and the options may be split across fragments: a
+			// fragmented SYN cannot be authorized.
+			e.drop(out, reason.Fragment)
+			return
+		}
+	}
+	c := ctx{e: e, pu: pu, view: view, dir: dir, p: p, frame: frame, ns: ns, now: now, out: out}
+	makeKey(&c.key, pu, dir, p)
+	c.remote = remote
+	if p.Proto == packet.ProtoTCP {
+		c.tcp()
+	} else {
+		c.datagram()
+	}
+	if p.Frag == packet.FirstFragment && out.Verdict == Forward {
+		e.frags.add(pu.index, p, ns)
+	}
+}
+
+func makeKey(k *flow.Key, pu *PU, dir Direction, p *packet.Packet) {
+	if dir == FromApp {
+		k.Local, k.Remote = p.Src.As16(), p.Dst.As16()
+		k.LocalPort, k.RemotePort = p.SrcPort, p.DstPort
+	} else {
+		k.Local, k.Remote = p.Dst.As16(), p.Src.As16()
+		k.LocalPort, k.RemotePort = p.DstPort, p.SrcPort
+	}
+	k.VLAN = p.VLAN
+	k.PU = pu.index
+	k.Proto = p.Proto
+}
+
+func (e *Enforcer) forward(out *Output, f []byte) {
+	out.Verdict, out.Reason, out.Frame = Forward, reason.None, f
+	e.stats.forwarded.Add(1)
+}
+
+func (e *Enforcer) drop(out *Output, code reason.Code) {
+	out.Verdict, out.Reason, out.Frame = Drop, code, nil
+	e.stats.count(code)
+}
+
+// counters are the enforcer's packet counters.
+type counters struct {
+	forwarded, consumed, injected, resets atomic.Uint64
+	drops                                          [reason.Count]atomic.Uint64
+}
+
+func (s *counters) count(code reason.Code) {
+	if code == reason.None {
+		s.consumed.Add(1)
+		return
+	}
+	if int(code) < len(s.drops) {
+		s.drops[code].Add(1)
+	}
+}
+
+// Stats is a snapshot of the enforcer's counters.
+type Stats struct {
+	// Packets is every processed frame: Forwarded + Consumed + all Drops
+	// (Reset verdicts count as drops of their reason).
+	Packets, Forwarded, Consumed, Injected, Resets uint64
+	// Drops counts dropped packets by reason (index: reason.Code).
+	Drops     [reason.Count]uint64
+	Flows     int
+	Evictions uint64
+}
+
+// Stats returns the counters.
+func (e *Enforcer) Stats() Stats {
+	s := Stats{
+		Forwarded: e.stats.forwarded.Load(),
+		Consumed: e.stats.consumed.Load(), Injected: e.stats.injected.Load(), Resets: e.stats.resets.Load(),
+		Flows: e.table.Len(), Evictions: e.table.Evictions(),
+	}
+	s.Packets = s.Forwarded + s.Consumed
+	for i := range s.Drops {
+		s.Drops[i] = e.stats.drops[i].Load()
+		s.Packets += s.Drops[i]
+	}
+	return s
+}
+
+// fragTable remembers fragmented datagrams whose first fragment was
+// allowed, so that their later fragments pass; bounded, entries expire.
+type fragTable struct {
+	mu  sync.Mutex
+	m   map[fragKey]int64
+	max int
+}
+
+type fragKey struct {
+	src, dst [16]byte
+	id       uint32
+	pu       uint32
+	proto    uint8
+}
+
+const fragTTL = int64(30 * time.Second)
+
+func newFragTable(max int) *fragTable {
+	if max <= 0 {
+		max = 1024
+	}
+	return &fragTable{m: make(map[fragKey]int64), max: max}
+}
+
+func fk(pu uint32, p *packet.Packet) fragKey {
+	return fragKey{src: p.Src.As16(), dst: p.Dst.As16(), id: p.FragID, pu: pu, proto: p.Proto}
+}
+
+func (f *fragTable) add(pu uint32, p *packet.Packet, now int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.m) >= f.max {
+		f.expireLocked(now)
+		if len(f.m) >= f.max {
+			return // full: later fragments will be dropped (fail closed)
+		}
+	}
+	f.m[fk(pu, p)] = now + fragTTL
+}
+
+func (f *fragTable) allowed(pu uint32, p *packet.Packet, now int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, ok := f.m[fk(pu, p)]
+	return ok && now <= d
+}
+
+func (f *fragTable) expire(now int64) {
+	f.mu.Lock()
+	f.expireLocked(now)
+	f.mu.Unlock()
+}
+
+func (f *fragTable) expireLocked(now int64) {
+	for k, d := range f.m {
+		if now > d {
+			delete(f.m, k)
+		}
+	}
+}

@@ -1,0 +1,734 @@
+package dataplane
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+
+	"github.com/trireme-go/trireme/dataplane/packet"
+	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/reason"
+	"github.com/trireme-go/trireme/tokens"
+)
+
+const allowAll = `
+targetNetworks: [10.0.0.0/8]
+policies:
+  - name: all
+    selector: "*"
+    ingress: [{name: any-in, action: allow}]
+    egress: [{name: any-out, action: allow}]
+`
+
+// Server (app=db) accepts only app=web on tcp/5432; the client (app=web or
+// app=bad) may go anywhere; 192.0.2.0/24 is an external network the client
+// may reach on tcp/80 and udp/53.
+const webDB = `
+targetNetworks: [10.0.0.0/8]
+excludedNetworks: [10.255.0.0/16]
+policies:
+  - name: db
+    selector: app=db
+    ingress:
+      - name: from-web
+        from: [{selector: app=web}]
+        ports: [tcp/5432]
+        action: allow
+  - name: clients
+    selector: app in (web, bad)
+    egress:
+      - name: to-db
+        to: [{selector: app=db}]
+        action: allow
+      - name: ext-http
+        to: [{cidr: 192.0.2.0/24}]
+        ports: [tcp/80, udp/53]
+        action: allow
+`
+
+var psk = bytes.Repeat([]byte("k"), 32)
+
+type memSink struct {
+	mu sync.Mutex
+	rs []Record
+}
+
+func (m *memSink) Record(r *Record) { m.mu.Lock(); m.rs = append(m.rs, *r); m.mu.Unlock() }
+func (m *memSink) all() []Record {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]Record(nil), m.rs...)
+}
+
+type side struct {
+	e    *Enforcer
+	pu   *PU
+	sink *memSink
+	out  Output
+}
+
+func compile(t testing.TB, yaml string) *policy.Engine {
+	t.Helper()
+	set, err := policy.Parse("test.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := policy.Compile(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eng
+}
+
+func newSide(t testing.TB, node, yaml string, tags map[string]string, mode MidStream, flows flow.Config) *side {
+	t.Helper()
+	sec, err := tokens.NewPSK(psk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	te, err := tokens.New(tokens.Config{Node: node, Secrets: sec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &side{sink: &memSink{}}
+	s.e, err = New(Config{Tokens: te, Policy: compile(t, yaml), Sink: s.sink, MidStream: mode, Flows: flows})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.pu = s.e.AddPU(node+"-pu", policy.NewTags(tags))
+	return s
+}
+
+var (
+	cIP   = netip.MustParseAddr("10.0.1.1")
+	sIP   = netip.MustParseAddr("10.0.2.2")
+	extIP = netip.MustParseAddr("192.0.2.9")
+	cMAC  = net.HardwareAddr{2, 0, 0, 0, 0, 1}
+	sMAC  = net.HardwareAddr{2, 0, 0, 0, 0, 2}
+)
+
+type seg struct {
+	src, dst     netip.Addr
+	sport, dport uint16
+	flags        uint8
+	seq, ack     uint32
+	payload      []byte
+	opts         []layers.TCPOption
+}
+
+func tcpFrame(t testing.TB, s seg) []byte {
+	t.Helper()
+	eth := &layers.Ethernet{SrcMAC: cMAC, DstMAC: sMAC, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: s.src.AsSlice(), DstIP: s.dst.AsSlice(), Flags: layers.IPv4DontFragment}
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(s.sport), DstPort: layers.TCPPort(s.dport), Seq: s.seq, Ack: s.ack, Window: 64240,
+		FIN: s.flags&packet.FIN != 0, SYN: s.flags&packet.SYN != 0, RST: s.flags&packet.RST != 0,
+		PSH: s.flags&packet.PSH != 0, ACK: s.flags&packet.ACK != 0, Options: s.opts}
+	if s.flags&packet.SYN != 0 && s.opts == nil {
+		tcp.Options = []layers.TCPOption{{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: []byte{5, 0xb4}},
+			{OptionType: layers.TCPOptionKindSACKPermitted, OptionLength: 2}, {OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop}}
+	}
+	tcp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		eth, ip, tcp, gopacket.Payload(s.payload)); err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Clone(buf.Bytes())
+}
+
+func udpFrame(t testing.TB, src, dst netip.Addr, sport, dport uint16) []byte {
+	eth := &layers.Ethernet{SrcMAC: cMAC, DstMAC: sMAC, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	udp := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
+	udp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, udp, gopacket.Payload("hello")); err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Clone(buf.Bytes())
+}
+
+var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+// result is a cloned Output.
+type result struct {
+	v      Verdict
+	code   reason.Code
+	frame  []byte
+	inject []Injected
+	notes  []Note
+}
+
+func (s *side) run(dir Direction, f []byte, now time.Time) result {
+	s.e.Process(s.pu, dir, bytes.Clone(f), now, &s.out)
+	r := result{v: s.out.Verdict, code: s.out.Reason, frame: bytes.Clone(s.out.Frame), notes: append([]Note(nil), s.out.Notes...)}
+	for _, in := range s.out.Inject {
+		r.inject = append(r.inject, Injected{To: in.To, Frame: bytes.Clone(in.Frame)})
+	}
+	return r
+}
+
+// pair is a client PU and a server PU on two nodes.
+type pair struct {
+	t    *testing.T
+	c, s *side
+	now  time.Time
+}
+
+func newPair(t *testing.T, yaml string, ctags, stags map[string]string) *pair {
+	return &pair{t: t, now: t0,
+		c: newSide(t, "node-c", yaml, ctags, MidStreamDrop, flow.Config{}),
+		s: newSide(t, "node-s", yaml, stags, MidStreamDrop, flow.Config{})}
+}
+
+// c2s sends a frame from the client PU through both enforcers; it returns
+// the wire frame, what the server PU got, and both results.
+func (p *pair) c2s(f []byte) (wire []byte, a, b result) {
+	a = p.c.run(FromApp, f, p.now)
+	if a.v != Forward {
+		return nil, a, result{}
+	}
+	b = p.s.run(FromNet, a.frame, p.now)
+	return a.frame, a, b
+}
+
+func (p *pair) s2c(f []byte) (wire []byte, a, b result) {
+	a = p.s.run(FromApp, f, p.now)
+	if a.v != Forward {
+		return nil, a, result{}
+	}
+	b = p.c.run(FromNet, a.frame, p.now)
+	return a.frame, a, b
+}
+
+func (p *pair) frames() (syn, synack, ack, data, reply []byte) {
+	t := p.t
+	syn = tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.SYN, seq: 100})
+	synack = tcpFrame(t, seg{src: sIP, dst: cIP, sport: 5432, dport: 40000, flags: packet.SYN | packet.ACK, seq: 700, ack: 101})
+	ack = tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.ACK, seq: 101, ack: 701})
+	data = tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.ACK | packet.PSH, seq: 101, ack: 701, payload: []byte("SELECT 1")})
+	reply = tcpFrame(t, seg{src: sIP, dst: cIP, sport: 5432, dport: 40000, flags: packet.ACK | packet.PSH, seq: 701, ack: 109, payload: []byte("one")})
+	return
+}
+
+func mustDeliver(t *testing.T, what string, r result, want []byte) {
+	t.Helper()
+	if r.v != Forward {
+		t.Fatalf("%s: verdict %v reason %v", what, r.v, r.code)
+	}
+	if !bytes.Equal(r.frame, want) {
+		t.Fatalf("%s: delivered frame differs\n got %x\nwant %x", what, r.frame, want)
+	}
+}
+
+// handshake runs SYN, SYN-ACK, ACK and checks each is delivered unchanged.
+func (p *pair) handshake() {
+	t := p.t
+	syn, synack, ack, _, _ := p.frames()
+	wire, _, b := p.c2s(syn)
+	if len(wire) <= len(syn) {
+		t.Fatal("SYN on the wire carries no token")
+	}
+	mustDeliver(t, "SYN", b, syn)
+	wire, _, b = p.s2c(synack)
+	if len(wire) <= len(synack) {
+		t.Fatal("SYN-ACK on the wire carries no token")
+	}
+	mustDeliver(t, "SYN-ACK", b, synack)
+	_, a, b := p.c2s(ack)
+	mustDeliver(t, "ACK", b, ack)
+	if len(a.notes) != 1 || a.notes[0].Kind != Authorize || len(b.notes) != 1 || b.notes[0].Kind != Authorize {
+		t.Fatalf("authorize notes: client %v server %v", a.notes, b.notes)
+	}
+	if b.notes[0].Local != netip.AddrPortFrom(sIP, 5432) || b.notes[0].Remote != netip.AddrPortFrom(cIP, 40000) {
+		t.Fatalf("server note: %+v", b.notes[0])
+	}
+}
+
+func TestHandshakeAllowed(t *testing.T) {
+	p := newPair(t, webDB, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	p.handshake()
+	_, _, _, data, reply := p.frames()
+	_, a, b := p.c2s(data)
+	mustDeliver(t, "data", b, data)
+	mustDeliver(t, "data on the wire", a, data)
+	_, _, b = p.s2c(reply)
+	mustDeliver(t, "reply", b, reply)
+	// FIN both ways, then the closing timer: records with counters.
+	fin1 := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.FIN | packet.ACK, seq: 109, ack: 704})
+	fin2 := tcpFrame(t, seg{src: sIP, dst: cIP, sport: 5432, dport: 40000, flags: packet.FIN | packet.ACK, seq: 704, ack: 110})
+	_, _, b = p.c2s(fin1)
+	mustDeliver(t, "fin1", b, fin1)
+	_, _, b = p.s2c(fin2)
+	mustDeliver(t, "fin2", b, fin2)
+	var out Output
+	p.s.e.Expire(p.now.Add(time.Minute), &out)
+	if len(out.Notes) != 1 || out.Notes[0].Kind != Revoke {
+		t.Fatalf("revoke on close: %+v", out.Notes)
+	}
+	rs := p.s.sink.all()
+	if len(rs) != 1 {
+		t.Fatalf("server records: %+v", rs)
+	}
+	r := rs[0]
+	if r.Action != "allow" || r.End != EndClosed || r.Direction != "ingress" || r.Rule == nil || r.Rule.Name != "from-web" ||
+		r.PacketsIn != 4 || r.PacketsOut != 3 || r.Remote.External || r.Remote.Node != "node-c" || len(r.Remote.Tags) != 1 ||
+		r.Client != netip.AddrPortFrom(cIP, 40000) {
+		t.Fatalf("server record: %+v", r)
+	}
+	if n, _ := p.s.e.Flows(); n != 0 {
+		t.Fatalf("%d flows left", n)
+	}
+}
+
+func TestServerDeniesClient(t *testing.T) {
+	p := newPair(t, webDB, map[string]string{"app": "bad"}, map[string]string{"app": "db"})
+	syn, _, _, _, _ := p.frames()
+	_, a, b := p.c2s(syn)
+	if a.v != Forward || b.v != Drop || b.code != reason.PolicyDenied {
+		t.Fatalf("client %v / server %v %v", a.v, b.v, b.code)
+	}
+	if len(b.inject) != 1 || b.inject[0].To != ToNet {
+		t.Fatalf("server must send a RST toward the client: %+v", b.inject)
+	}
+	// The RST reaches the client PU through its enforcer and ends its flow.
+	rst := p.c.run(FromNet, b.inject[0].Frame, p.now)
+	if rst.v != Forward {
+		t.Fatalf("RST to client: %v %v", rst.v, rst.code)
+	}
+	var q packet.Packet
+	if packet.NewParser().Parse(rst.frame, &q) != reason.None || q.Flags != packet.RST|packet.ACK || q.Ack != 101 || q.Src != sIP {
+		t.Fatalf("RST: %+v", q)
+	}
+	// A retransmitted SYN gets the same answer, without a new record.
+	_, _, b = p.c2s(syn)
+	if b.v != Drop || b.code != reason.PolicyDenied || len(b.inject) != 1 {
+		t.Fatalf("retransmitted SYN: %v %v", b.v, b.code)
+	}
+	rs := p.s.sink.all()
+	if len(rs) != 1 || rs[0].Action != "deny" || rs[0].Reason != "policy-denied" || rs[0].End != EndDenied || rs[0].Remote.Tags[0] != "app=bad" {
+		t.Fatalf("records: %+v", rs)
+	}
+	if s := p.s.e.Stats(); s.Drops[reason.PolicyDenied] != 2 || s.Resets != 2 {
+		t.Fatalf("stats: %+v", s)
+	}
+}
+
+func TestClientDeniesServer(t *testing.T) {
+	// The server is app=web (not db): the client's egress rule to-db does
+	// not match it, so the client refuses at the SYN-ACK.
+	yaml := webDB + `
+  - name: web-in
+    selector: app=web
+    ingress: [{name: any, action: allow}]
+`
+	p := newPair(t, yaml, map[string]string{"app": "bad"}, map[string]string{"app": "web"})
+	syn, synack, _, _, _ := p.frames()
+	_, _, b := p.c2s(syn)
+	mustDeliver(t, "SYN", b, syn)
+	_, a, b := p.s2c(synack)
+	if a.v != Forward || b.v != Reset || b.code != reason.PolicyDenied {
+		t.Fatalf("SYN-ACK: %v / %v %v", a.v, b.v, b.code)
+	}
+	if len(b.inject) != 2 || b.inject[0].To != ToPU || b.inject[1].To != ToNet {
+		t.Fatalf("injections: %+v", b.inject)
+	}
+	var q packet.Packet
+	ps := packet.NewParser()
+	if ps.Parse(b.inject[0].Frame, &q); q.Flags&packet.RST == 0 || q.Dst != cIP || q.Ack != 101 {
+		t.Fatalf("RST to PU: %+v", q)
+	}
+	if ps.Parse(b.inject[1].Frame, &q); q.Flags != packet.RST || q.Dst != sIP || q.Seq != 101 {
+		t.Fatalf("RST to server: %+v", q)
+	}
+	// The RST toward the server clears its half-open flow.
+	r := p.s.run(FromNet, b.inject[1].Frame, p.now)
+	if r.v != Forward {
+		t.Fatalf("server RST: %v %v", r.v, r.code)
+	}
+	if n, _ := p.s.e.Flows(); n != 0 {
+		t.Fatalf("server kept %d flows", n)
+	}
+	rs := p.c.sink.all()
+	if len(rs) != 1 || rs[0].Direction != "egress" || rs[0].Action != "deny" || rs[0].Remote.Tags[0] != "app=web" {
+		t.Fatalf("client record: %+v", rs)
+	}
+}
+
+func TestMissingAndBadToken(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	syn, _, _, _, _ := p.frames()
+	// A SYN from inside the target networks without a token.
+	r := p.s.run(FromNet, syn, p.now)
+	if r.v != Drop || r.code != reason.MissingToken || len(r.inject) != 1 {
+		t.Fatalf("missing token: %v %v", r.v, r.code)
+	}
+	// A token made with another key.
+	other := newSide(t, "node-x", allowAll, map[string]string{"app": "web"}, MidStreamDrop, flow.Config{})
+	sec, _ := tokens.NewPSK(bytes.Repeat([]byte("z"), 32))
+	te, _ := tokens.New(tokens.Config{Node: "node-x", Secrets: sec})
+	other.e.tok = te
+	other.pu.local = te.NewLocal(other.pu.Tags)
+	w := other.run(FromApp, syn, p.now)
+	r = p.s.run(FromNet, w.frame, p.now)
+	if r.v != Drop || r.code != reason.BadSignature {
+		t.Fatalf("bad token: %v %v", r.v, r.code)
+	}
+	// Token failures keep no state.
+	if n, _ := p.s.e.Flows(); n != 0 {
+		t.Fatalf("%d flows after failed tokens", n)
+	}
+	if rs := p.s.sink.all(); len(rs) != 2 || rs[0].Reason != "missing-token" || rs[1].Reason != "bad-signature" {
+		t.Fatalf("records: %+v", rs)
+	}
+}
+
+func TestRetransmissionsAreIdempotent(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	syn, synack, ack, _, _ := p.frames()
+	w1, _, b := p.c2s(syn)
+	mustDeliver(t, "SYN", b, syn)
+	w2, _, b := p.c2s(syn)
+	mustDeliver(t, "SYN again", b, syn)
+	if !bytes.Equal(w1, w2) {
+		t.Fatal("retransmitted SYN carries different token bytes")
+	}
+	s1, _, b := p.s2c(synack)
+	mustDeliver(t, "SYN-ACK", b, synack)
+	s2, _, b := p.s2c(synack)
+	mustDeliver(t, "SYN-ACK again (before the ACK)", b, synack)
+	if !bytes.Equal(s1, s2) {
+		t.Fatal("retransmitted SYN-ACK carries different token bytes")
+	}
+	a1, _, b := p.c2s(ack)
+	mustDeliver(t, "ACK", b, ack)
+	// The ACK again (kernel dup-ACK) on an established flow passes as is.
+	_, a, b := p.c2s(ack)
+	mustDeliver(t, "dup ACK", b, ack)
+	mustDeliver(t, "dup ACK on the wire", a, ack)
+	if len(a1) <= len(ack) {
+		t.Fatal("handshake ACK carried no token")
+	}
+}
+
+func TestLostTokenACK(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	syn, synack, ack, data, _ := p.frames()
+	p.c2s(syn)
+	p.s2c(synack)
+	a := p.c.run(FromApp, ack, p.now) // the token-ACK is lost on the wire
+	if a.v != Forward || len(a.notes) != 1 {
+		t.Fatalf("client ACK: %+v", a)
+	}
+	// Data without a token while the server waits for it: dropped, pending.
+	_, _, b := p.c2s(data)
+	if b.v != Drop || b.code != reason.MissingToken {
+		t.Fatalf("data before token-ACK: %v %v", b.v, b.code)
+	}
+	// The server's kernel retransmits its SYN-ACK; the client's enforcer
+	// consumes it and injects the same token-ACK.
+	sa := p.s.run(FromApp, synack, p.now.Add(time.Second))
+	r := p.c.run(FromNet, sa.frame, p.now.Add(time.Second))
+	if r.v != Drop || r.code != reason.None || len(r.inject) != 1 || r.inject[0].To != ToNet {
+		t.Fatalf("retransmitted SYN-ACK: %v %v %+v", r.v, r.code, r.inject)
+	}
+	b = p.s.run(FromNet, r.inject[0].Frame, p.now.Add(time.Second))
+	if b.v != Forward || len(b.notes) != 1 || b.notes[0].Kind != Authorize {
+		t.Fatalf("re-injected token-ACK: %v %v", b.v, b.code)
+	}
+	var q packet.Packet
+	if packet.NewParser().Parse(b.frame, &q) != reason.None || q.Flags != packet.ACK || q.Seq != 101 || q.Ack != 701 || q.PayloadLen() != 0 {
+		t.Fatalf("delivered token-ACK: %+v", q)
+	}
+	_, _, b = p.c2s(data)
+	mustDeliver(t, "data after recovery", b, data)
+}
+
+func TestDataOnHandshakeACK(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	syn, synack, _, data, _ := p.frames()
+	p.c2s(syn)
+	p.s2c(synack)
+	a := p.c.run(FromApp, data, p.now) // kernel's first ACK carries data
+	mustDeliver(t, "data untouched on the wire", a, data)
+	if len(a.inject) != 1 || a.inject[0].To != ToNet {
+		t.Fatalf("token-ACK not injected: %+v", a.inject)
+	}
+	b := p.s.run(FromNet, a.inject[0].Frame, p.now)
+	if b.v != Forward || len(b.notes) != 1 {
+		t.Fatalf("token-ACK at server: %v %v", b.v, b.code)
+	}
+	b = p.s.run(FromNet, a.frame, p.now)
+	mustDeliver(t, "data at server", b, data)
+}
+
+func TestRSTInEveryState(t *testing.T) {
+	syn0 := func(p *pair) []byte { s, _, _, _, _ := p.frames(); return s }
+	rstC := func(p *pair) []byte {
+		return tcpFrame(p.t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.RST, seq: 101})
+	}
+	rstS := func(p *pair) []byte {
+		return tcpFrame(p.t, seg{src: sIP, dst: cIP, sport: 5432, dport: 40000, flags: packet.RST | packet.ACK, ack: 101})
+	}
+	cases := []struct {
+		name  string
+		setup func(p *pair)
+		fromC bool
+	}{
+		{"syn-sent, server RST (closed port)", func(p *pair) { p.c2s(syn0(p)) }, false},
+		{"syn-ack-sent, client RST", func(p *pair) { _, sa, _, _, _ := p.frames(); p.c2s(syn0(p)); p.s2c(sa) }, true},
+		{"established, server RST", func(p *pair) { p.handshake() }, false},
+		{"established, client RST", func(p *pair) { p.handshake() }, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+			tc.setup(p)
+			var a, b result
+			var f []byte
+			if tc.fromC {
+				f = rstC(p)
+				_, a, b = p.c2s(f)
+			} else {
+				f = rstS(p)
+				_, a, b = p.s2c(f)
+			}
+			mustDeliver(t, "RST on the wire", a, f)
+			mustDeliver(t, "RST delivered", b, f)
+			for _, s := range []*side{p.c, p.s} {
+				if n, _ := s.e.Flows(); n != 0 {
+					t.Fatalf("%d flows left after RST", n)
+				}
+				for _, r := range s.sink.all() {
+					if r.End != EndReset {
+						t.Fatalf("record end %v", r.End)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestSimultaneousOpen(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	// Both PUs send a SYN for the same 4-tuple at once.
+	sc := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 5000, dport: 6000, flags: packet.SYN, seq: 100})
+	ss := tcpFrame(t, seg{src: sIP, dst: cIP, sport: 6000, dport: 5000, flags: packet.SYN, seq: 900})
+	wc := p.c.run(FromApp, sc, p.now)
+	ws := p.s.run(FromApp, ss, p.now)
+	// cIP < sIP: the server side (higher) yields and accepts the client's SYN;
+	// the client side drops the crossing SYN.
+	rc := p.c.run(FromNet, ws.frame, p.now)
+	rs := p.s.run(FromNet, wc.frame, p.now)
+	if rc.v != Drop || rc.code != reason.InvalidState {
+		t.Fatalf("lower end: %v %v", rc.v, rc.code)
+	}
+	mustDeliver(t, "higher end yields", rs, sc)
+	// The yielded side's kernel answers with a SYN-ACK: the handshake goes on.
+	sa := tcpFrame(t, seg{src: sIP, dst: cIP, sport: 6000, dport: 5000, flags: packet.SYN | packet.ACK, seq: 900, ack: 101})
+	_, _, b := p.s2c(sa)
+	mustDeliver(t, "SYN-ACK", b, sa)
+	ack := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 5000, dport: 6000, flags: packet.ACK, seq: 101, ack: 901})
+	_, _, b = p.c2s(ack)
+	mustDeliver(t, "ACK", b, ack)
+	if len(b.notes) != 1 {
+		t.Fatal("not established")
+	}
+}
+
+func TestExternalPeers(t *testing.T) {
+	p := newPair(t, webDB, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	// Egress to an external host on tcp/80: allowed by CIDR, no token added.
+	syn := tcpFrame(t, seg{src: cIP, dst: extIP, sport: 40001, dport: 80, flags: packet.SYN, seq: 1})
+	r := p.c.run(FromApp, syn, p.now)
+	mustDeliver(t, "external SYN", r, syn)
+	// tcp/443 is not allowed: RST to the PU at once.
+	syn443 := tcpFrame(t, seg{src: cIP, dst: extIP, sport: 40002, dport: 443, flags: packet.SYN, seq: 1})
+	r = p.c.run(FromApp, syn443, p.now)
+	if r.v != Reset || r.code != reason.PolicyDenied || len(r.inject) != 1 || r.inject[0].To != ToPU {
+		t.Fatalf("denied external SYN: %v %v", r.v, r.code)
+	}
+	// Excluded networks bypass everything.
+	exSyn := tcpFrame(t, seg{src: netip.MustParseAddr("10.255.0.1"), dst: sIP, sport: 1, dport: 22, flags: packet.SYN})
+	r = p.s.run(FromNet, exSyn, p.now)
+	mustDeliver(t, "excluded", r, exSyn)
+	// An external client may not reach the db (no cidr ingress rule).
+	extSyn := tcpFrame(t, seg{src: extIP, dst: sIP, sport: 1, dport: 5432, flags: packet.SYN})
+	r = p.s.run(FromNet, extSyn, p.now)
+	if r.v != Drop || r.code != reason.PolicyDenied {
+		t.Fatalf("external client: %v %v", r.v, r.code)
+	}
+	// UDP: first packet decided by CIDR, the reply of the allowed flow passes.
+	q := udpFrame(t, cIP, extIP, 5353, 53)
+	r = p.c.run(FromApp, q, p.now)
+	mustDeliver(t, "udp query", r, q)
+	if len(r.notes) != 1 || r.notes[0].Kind != Authorize || r.notes[0].Proto != 17 {
+		t.Fatalf("udp authorize: %+v", r.notes)
+	}
+	ans := udpFrame(t, extIP, cIP, 53, 5353)
+	r = p.c.run(FromNet, ans, p.now)
+	mustDeliver(t, "udp answer", r, ans)
+	bad := udpFrame(t, cIP, extIP, 5353, 54)
+	if r = p.c.run(FromApp, bad, p.now); r.v != Drop || r.code != reason.PolicyDenied {
+		t.Fatalf("udp/54: %v %v", r.v, r.code)
+	}
+	// The flow expires after the datagram timeout; the reply then is a new,
+	// unsolicited flow that ingress does not allow.
+	later := p.now.Add(2 * time.Minute)
+	if r = p.c.run(FromNet, ans, later); r.v != Drop || r.code != reason.PolicyDenied {
+		t.Fatalf("late udp answer: %v %v", r.v, r.code)
+	}
+}
+
+func TestMidStreamModes(t *testing.T) {
+	data := func(t *testing.T) []byte {
+		return tcpFrame(t, seg{src: cIP, dst: extIP, sport: 40000, dport: 80, flags: packet.ACK | packet.PSH, seq: 5, ack: 9, payload: []byte("x")})
+	}
+	cases := []struct {
+		mode   MidStream
+		v      Verdict
+		code   reason.Code
+		inject int
+	}{
+		{MidStreamDrop, Drop, reason.UnknownFlow, 0},
+		{MidStreamReset, Reset, reason.UnknownFlow, 1},
+		{MidStreamAllowACL, Forward, reason.None, 0},
+	}
+	for _, tc := range cases {
+		s := newSide(t, "n", webDB, map[string]string{"app": "web"}, tc.mode, flow.Config{})
+		f := data(t)
+		r := s.run(FromApp, f, t0)
+		if r.v != tc.v || r.code != tc.code || len(r.inject) != tc.inject {
+			t.Fatalf("mode %d: %v %v %d", tc.mode, r.v, r.code, len(r.inject))
+		}
+		if tc.mode == MidStreamReset {
+			var q packet.Packet
+			packet.NewParser().Parse(r.inject[0].Frame, &q)
+			if q.Flags != packet.RST || q.Seq != 9 || q.Dst != cIP {
+				t.Fatalf("mid-stream RST: %+v", q)
+			}
+		}
+		if tc.mode == MidStreamAllowACL {
+			// Now established: the next packet takes the fast path.
+			if r = s.run(FromApp, f, t0); r.v != Forward || len(r.notes) != 0 {
+				t.Fatal("picked-up flow not established")
+			}
+			// ...but a flow the ACL does not allow is dropped.
+			g := tcpFrame(t, seg{src: cIP, dst: extIP, sport: 40000, dport: 81, flags: packet.ACK, seq: 5, ack: 9})
+			if r = s.run(FromApp, g, t0); r.v != Drop || r.code != reason.UnknownFlow {
+				t.Fatalf("acl-denied pickup: %v %v", r.v, r.code)
+			}
+		}
+	}
+}
+
+func TestTableFullEvictsHalfOpen(t *testing.T) {
+	s := newSide(t, "n", allowAll, map[string]string{"app": "db"}, MidStreamDrop, flow.Config{Capacity: 16})
+	cl := newSide(t, "c", allowAll, map[string]string{"app": "web"}, MidStreamDrop, flow.Config{})
+	// 40 SYNs: the table (16 flows) evicts the oldest half-open ones.
+	for i := 0; i < 40; i++ {
+		syn := tcpFrame(t, seg{src: cIP, dst: sIP, sport: uint16(1000 + i), dport: 5432, flags: packet.SYN, seq: 1})
+		w := cl.run(FromApp, syn, t0)
+		r := s.run(FromNet, w.frame, t0)
+		if r.v != Forward {
+			t.Fatalf("SYN %d: %v %v", i, r.v, r.code)
+		}
+	}
+	n, ev := s.e.Flows()
+	if n > 16 || ev == 0 || uint64(n)+ev != 40 {
+		t.Fatalf("flows %d evictions %d", n, ev)
+	}
+	evicted := 0
+	for _, r := range s.sink.all() {
+		if r.End == EndEvicted {
+			evicted++
+		}
+	}
+	if uint64(evicted) != ev {
+		t.Fatalf("%d eviction records for %d evictions", evicted, ev)
+	}
+}
+
+func TestHalfOpenTimeout(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	syn, synack, _, _, _ := p.frames()
+	p.c2s(syn)
+	p.s2c(synack)
+	var out Output
+	if n := p.s.e.Expire(t0.Add(59*time.Second), &out); n != 0 {
+		t.Fatalf("expired early: %d", n)
+	}
+	if n := p.s.e.Expire(t0.Add(61*time.Second), &out); n != 1 {
+		t.Fatalf("half-open flow not expired: %d", n)
+	}
+	rs := p.s.sink.all()
+	if len(rs) != 1 || rs[0].End != EndExpired {
+		t.Fatalf("records: %+v", rs)
+	}
+}
+
+func TestFastPathNoAlloc(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	p.handshake()
+	_, _, _, data, _ := p.frames()
+	var out Output
+	p.s.e.Process(p.s.pu, FromNet, data, t0, &out)
+	allocs := testing.AllocsPerRun(1000, func() {
+		p.s.e.Process(p.s.pu, FromNet, data, t0, &out)
+	})
+	if allocs != 0 || out.Verdict != Forward {
+		t.Fatalf("%v allocs, verdict %v", allocs, out.Verdict)
+	}
+}
+
+func BenchmarkEstablished(b *testing.B) {
+	p := &pair{now: t0}
+	tt := &testing.T{}
+	p.t = tt
+	p.c = newSide(b, "node-c", allowAll, map[string]string{"app": "web"}, MidStreamDrop, flow.Config{})
+	p.s = newSide(b, "node-s", allowAll, map[string]string{"app": "db"}, MidStreamDrop, flow.Config{})
+	syn, synack, ack, data, _ := p.frames()
+	p.c2s(syn)
+	p.s2c(synack)
+	p.c2s(ack)
+	var out Output
+	b.ReportAllocs()
+	for b.Loop() {
+		p.s.e.Process(p.s.pu, FromNet, data, t0, &out)
+	}
+	if out.Verdict != Forward {
+		b.Fatal(out.Reason)
+	}
+}
+
+func BenchmarkSYNWarmCache(b *testing.B) {
+	c := newSide(b, "node-c", allowAll, map[string]string{"app": "web"}, MidStreamDrop, flow.Config{})
+	s := newSide(b, "node-s", allowAll, map[string]string{"app": "db"}, MidStreamDrop, flow.Config{})
+	tt := &testing.T{}
+	syn := tcpFrame(tt, seg{src: cIP, dst: sIP, sport: 1, dport: 5432, flags: packet.SYN, seq: 1})
+	var co, so Output
+	wire := make([]byte, 0, 2048)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		syn[34], syn[35] = byte(i>>8), byte(i) // new source port: a new connection
+		syn[50], syn[51] = 0, 0
+		c.e.Process(c.pu, FromApp, syn, t0, &co)
+		wire = append(wire[:0], co.Frame...)
+		s.e.Process(s.pu, FromNet, wire, t0, &so)
+		if so.Verdict != Forward {
+			b.Fatal(so.Reason)
+		}
+		var tmp Output
+		c.e.Expire(t0.Add(time.Hour), &tmp)
+		s.e.Expire(t0.Add(time.Hour), &tmp)
+	}
+}

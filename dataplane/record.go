@@ -1,0 +1,230 @@
+package dataplane
+
+import (
+	"encoding/json"
+	"io"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/reason"
+)
+
+// End says how a flow's record came to be written.
+type End string
+
+const (
+	EndClosed    End = "closed"     // FINs both ways, then the closing timer
+	EndReset     End = "reset"      // a RST
+	EndExpired   End = "expired"    // a timer ran out (idle, or a handshake never finished)
+	EndEvicted   End = "evicted"    // removed to make room (table full)
+	EndDenied    End = "denied"     // refused at the decision
+	EndReplaced  End = "replaced"   // a new SYN reused the 4-tuple
+	EndPURemoved End = "pu-removed" // its PU went away
+	EndOpen      End = "open"       // still open when the replay ended
+)
+
+// Record is one flow record: what was decided about a connection (or
+// datagram flow) as seen by one local PU's enforcer, and its counters.
+type Record struct {
+	Time time.Time `json:"time"` // when it was decided (or first seen)
+	End  End       `json:"end"`
+	// EndTime is when the record was written.
+	EndTime time.Time `json:"endTime"`
+	Proto   string    `json:"proto"`
+	// Client and Server are the connection's ends (for datagrams: the
+	// sender of the first packet is the client).
+	Client netip.AddrPort `json:"client"`
+	Server netip.AddrPort `json:"server"`
+	VLAN   []uint16       `json:"vlan,omitempty"`
+	// Direction is the local PU's view: "egress" when it is the client.
+	Direction string    `json:"direction"`
+	Local     PUInfo    `json:"local"`
+	Remote    PeerInfo  `json:"remote"`
+	Action    string    `json:"action"`
+	Reason    string    `json:"reason"`
+	Rule      *RuleInfo `json:"rule,omitempty"`
+	Observed  *RuleInfo `json:"observed,omitempty"`
+	// Packets and bytes from and to the local PU.
+	PacketsOut uint64 `json:"packetsOut"`
+	PacketsIn  uint64 `json:"packetsIn"`
+	BytesOut   uint64 `json:"bytesOut"`
+	BytesIn    uint64 `json:"bytesIn"`
+	MidStream  bool   `json:"midStream,omitempty"`
+}
+
+// PUInfo identifies the local PU.
+type PUInfo struct {
+	ID   string   `json:"id"`
+	Node string   `json:"node,omitempty"`
+	Tags []string `json:"tags,omitempty"`
+}
+
+// PeerInfo identifies the remote end: a PU (verified tags and node) or an
+// external address.
+type PeerInfo struct {
+	IP       netip.Addr `json:"ip"`
+	External bool       `json:"external"`
+	Node     string     `json:"node,omitempty"`
+	Tags     []string   `json:"tags,omitempty"`
+}
+
+// RuleInfo names a policy rule.
+type RuleInfo struct {
+	Policy    string `json:"policy"`
+	Direction string `json:"direction"`
+	Index     int    `json:"index"`
+	Name      string `json:"name,omitempty"`
+	Action    string `json:"action"`
+}
+
+// Sink receives flow records. Record is called with enforcer locks held:
+// implementations must be quick (buffer, or hand off to a goroutine) and
+// must not call back into the Enforcer.
+type Sink interface {
+	Record(r *Record)
+}
+
+// JSONLSink writes records as JSON lines.
+type JSONLSink struct {
+	mu  sync.Mutex
+	enc *json.Encoder
+	err error
+}
+
+// NewJSONLSink writes to w.
+func NewJSONLSink(w io.Writer) *JSONLSink { return &JSONLSink{enc: json.NewEncoder(w)} }
+
+// Record writes r as one line.
+func (s *JSONLSink) Record(r *Record) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = s.enc.Encode(r)
+	}
+	s.mu.Unlock()
+}
+
+// Err returns the first write error.
+func (s *JSONLSink) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}
+
+func actionName(a policy.Action) string {
+	switch a {
+	case policy.Allow:
+		return "allow"
+	case policy.Reject:
+		return "reject"
+	}
+	return "deny"
+}
+
+func ruleInfo(r *policy.RuleRef) *RuleInfo {
+	if r == nil {
+		return nil
+	}
+	return &RuleInfo{Policy: r.Policy, Direction: r.Direction.String(), Index: r.Index, Name: r.Name, Action: actionName(r.Action)}
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	case 1:
+		return "icmp"
+	case 58:
+		return "icmpv6"
+	}
+	return "ip-" + itoa(int(p))
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b [8]byte
+	i := len(b)
+	for n > 0 && i > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}
+
+// finish ends a flow: its record (unless written at the denial) and, when
+// it was authorized, a revoke note. The caller deletes the entry.
+func (e *Enforcer) finish(pu *PU, ent *flow.Entry[conn], end End, ns int64, out *Output) {
+	if end == EndExpired && ent.State == flow.Closing {
+		end = EndClosed
+	}
+	if !ent.Value.recorded {
+		e.record(pu, ent, end, ns)
+	}
+	if ent.Value.authorized {
+		ent.Value.authorized = false
+		if out != nil {
+			out.Notes = append(out.Notes, note(Revoke, pu, &ent.Key))
+		}
+	}
+}
+
+// record writes the flow record of ent (once).
+func (e *Enforcer) record(pu *PU, ent *flow.Entry[conn], end End, ns int64) {
+	v := &ent.Value
+	v.recorded = true
+	if e.sink == nil || (v.role == roleNone) {
+		return
+	}
+	k := &ent.Key
+	local := netip.AddrPortFrom(k.LocalAddr(), k.LocalPort)
+	remote := netip.AddrPortFrom(k.RemoteAddr(), k.RemotePort)
+	at := v.decidedAt
+	if at == 0 {
+		at = ent.Created
+	}
+	r := &Record{
+		Time: time.Unix(0, at).UTC(), End: end, EndTime: time.Unix(0, ns).UTC(),
+		Proto:      protoName(k.Proto),
+		Direction:  "egress",
+		Client:     local,
+		Server:     remote,
+		Action:     actionName(v.dec.Action),
+		Reason:     v.reason.String(),
+		Rule:       ruleInfo(v.dec.Rule),
+		Observed:   ruleInfo(v.dec.Observed),
+		PacketsOut: ent.Packets[flow.FromPU], PacketsIn: ent.Packets[flow.FromNet],
+		BytesOut: ent.Bytes[flow.FromPU], BytesIn: ent.Bytes[flow.FromNet],
+		MidStream: v.pickedUp,
+		Remote:    PeerInfo{IP: remote.Addr(), External: !v.target},
+	}
+	if !v.decided {
+		r.Action = "deny"
+	}
+	if v.reason == reason.None && !v.dec.Allowed() {
+		r.Reason = reason.PolicyDenied.String()
+	}
+	if v.role == roleServer {
+		r.Direction, r.Client, r.Server = "ingress", remote, local
+	}
+	if k.VLAN != ([2]uint16{}) {
+		r.VLAN = []uint16{k.VLAN[0]}
+		if k.VLAN[1] != 0 {
+			r.VLAN = append(r.VLAN, k.VLAN[1])
+		}
+	}
+	if pu != nil {
+		r.Local = PUInfo{ID: pu.ID, Node: e.node, Tags: pu.Tags.Strings()}
+	}
+	if v.peer != nil {
+		r.Remote.Node = v.peer.Node
+		r.Remote.Tags = v.peer.Tags.Strings()
+	}
+	e.sink.Record(r)
+}

@@ -1,0 +1,801 @@
+package dataplane
+
+import (
+	"bytes"
+	"net/netip"
+	"time"
+
+	"github.com/trireme-go/trireme/dataplane/packet"
+	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/reason"
+	"github.com/trireme-go/trireme/tokens"
+)
+
+// role is the local PU's part in a flow.
+type role uint8
+
+const (
+	roleNone   role = iota
+	roleClient      // the PU sent the SYN
+	roleServer      // the PU received the SYN
+	roleDatagram
+)
+
+// conn is the enforcer's per-flow state, stored inline in the flow table.
+type conn struct {
+	tok        tokens.Conn
+	peer       *tokens.Peer
+	dec        policy.Decision
+	decided    bool
+	authorized bool
+	target     bool // the peer is inside the target networks (tokens)
+	pickedUp   bool // mid-stream pickup (MidStreamAllowACL)
+	role       role
+	reason     reason.Code // why the flow was denied
+	clientISN  uint32
+	serverISN  uint32
+	synLen     uint32 // sequence space of the SYN (1 + TFO data)
+	ackWindow  uint16 // window of the client's handshake ACK (token-ACK re-injection)
+	decidedAt  int64
+	recorded   bool // the flow record was written (at the denial)
+}
+
+// ctx carries one slow-path packet through the handlers.
+type ctx struct {
+	e      *Enforcer
+	pu     *PU
+	view   *puView
+	dir    Direction
+	p      *packet.Packet
+	frame  []byte
+	ns     int64
+	now    time.Time
+	out    *Output
+	key    flow.Key
+	remote netip.Addr
+	sh     *flow.Shard[conn]
+}
+
+func (c *ctx) localPort() uint16 {
+	if c.dir == FromApp {
+		return c.p.SrcPort
+	}
+	return c.p.DstPort
+}
+
+func (c *ctx) remotePort() uint16 {
+	if c.dir == FromApp {
+		return c.p.DstPort
+	}
+	return c.p.SrcPort
+}
+
+// insert adds a flow, evicting (half-open first) when the shard is full.
+func (c *ctx) insert() *flow.Entry[conn] {
+	ent := c.sh.Insert(&c.key, c.ns)
+	if ent == nil {
+		v := c.sh.Victim(c.ns)
+		if v == nil {
+			return nil
+		}
+		c.e.finish(c.e.puByIndex(v.Key.PU), v, EndEvicted, c.ns, c.out)
+		c.sh.Evict(v)
+		ent = c.sh.Insert(&c.key, c.ns)
+	}
+	return ent
+}
+
+func (c *ctx) touch(ent *flow.Entry[conn], n int) {
+	c.sh.Touch(ent, flow.Dir(c.dir), n, c.ns)
+}
+
+func (c *ctx) tcp() {
+	c.sh = c.e.table.Shard(&c.key)
+	c.sh.Lock()
+	defer c.sh.Unlock()
+	p := c.p
+	ent := c.sh.Get(&c.key)
+	if ent != nil && c.sh.Expired(ent, c.ns) {
+		c.e.finish(c.pu, ent, EndExpired, c.ns, c.out)
+		c.sh.Delete(ent)
+		ent = nil
+	}
+	syn, ack, rst := p.Flags&packet.SYN != 0, p.Flags&packet.ACK != 0, p.Flags&packet.RST != 0
+	if ent == nil {
+		switch {
+		case syn && !ack && !rst:
+			c.newConnection()
+		default:
+			c.midStream()
+		}
+		return
+	}
+	if rst {
+		// RST in any state ends the flow; it is passed on (the other end
+		// must learn of it too).
+		c.touch(ent, len(c.frame))
+		if ent.State == flow.Denied {
+			c.e.drop(c.out, ent.Value.reason)
+			return
+		}
+		c.e.finish(c.pu, ent, EndReset, c.ns, c.out)
+		c.sh.Delete(ent)
+		c.e.forward(c.out, c.frame)
+		return
+	}
+	switch ent.Value.role {
+	case roleClient:
+		c.client(ent)
+	case roleServer:
+		c.server(ent)
+	default:
+		c.e.drop(c.out, reason.InvalidState)
+	}
+}
+
+// newConnection handles a SYN without state: an app SYN makes the PU a
+// client, a net SYN a server.
+func (c *ctx) newConnection() {
+	ent := c.insert()
+	if ent == nil {
+		c.refuse(reason.TableFull, nil)
+		return
+	}
+	p := c.p
+	ent.Value.target = c.view.eng.IsTarget(c.remote)
+	ent.Value.clientISN = p.Seq
+	ent.Value.synLen = 1 + uint32(c.dataLen())
+	if c.dir == FromApp {
+		ent.Value.role = roleClient
+		c.clientSYN(ent)
+	} else {
+		ent.Value.role = roleServer
+		c.serverSYN(ent)
+	}
+}
+
+// clientSYN adds the SYN token toward a target peer; toward an external one
+// the PU's egress CIDR rules decide now.
+func (c *ctx) clientSYN(ent *flow.Entry[conn]) {
+	v := &ent.Value
+	c.touch(ent, len(c.frame))
+	if !v.target {
+		if !v.decided {
+			c.decide(ent, c.view.pol.Egress(nil, c.remote, policy.ProtoTCP, c.remotePort()))
+		}
+		if !v.dec.Allowed() {
+			c.deny(ent, v.reason)
+			return
+		}
+		c.sh.SetState(ent, flow.SynSent, c.ns)
+		c.e.forward(c.out, c.frame)
+		return
+	}
+	tok, err := c.e.tok.AppendSYN(c.out.tok[:0], c.pu.local, &v.tok, c.now)
+	if err != nil {
+		c.denyCode(ent, code(err))
+		return
+	}
+	f, rc := packet.InsertToken(c.out.main[:0], c.p, tokens.Option, tok, c.e.mtu)
+	if rc != reason.None {
+		c.denyCode(ent, rc)
+		return
+	}
+	c.sh.SetState(ent, flow.SynSent, c.ns)
+	c.e.forward(c.out, f)
+}
+
+// serverSYN verifies the client's token and applies the PU's ingress rules.
+func (c *ctx) serverSYN(ent *flow.Entry[conn]) {
+	v := &ent.Value
+	c.touch(ent, len(c.frame))
+	if !v.target {
+		if !v.decided {
+			c.decide(ent, c.view.pol.Ingress(nil, c.remote, policy.ProtoTCP, c.localPort()))
+		}
+		if !v.dec.Allowed() {
+			c.deny(ent, v.reason)
+			return
+		}
+		c.sh.SetState(ent, flow.SynReceived, c.ns)
+		c.e.forward(c.out, c.frame)
+		return
+	}
+	off, tokLen, rc := c.findToken()
+	if rc != reason.None {
+		c.denyCode(ent, rc)
+		return
+	}
+	payload := c.p.Frame[c.p.Payload:c.p.End]
+	peer, err := c.e.tok.VerifySYN(payload[:tokLen], &v.tok, c.now)
+	if err != nil {
+		c.denyCode(ent, code(err))
+		return
+	}
+	if !v.decided {
+		v.peer = peer
+		c.decide(ent, c.view.pol.Ingress(peer.Identity, c.remote, policy.ProtoTCP, c.localPort()))
+	}
+	if !v.dec.Allowed() {
+		c.deny(ent, v.reason)
+		return
+	}
+	f, rc := packet.StripToken(c.p, off, tokLen)
+	if rc != reason.None {
+		c.denyCode(ent, rc)
+		return
+	}
+	c.sh.SetState(ent, flow.SynReceived, c.ns)
+	c.e.forward(c.out, f)
+}
+
+// dataLen is the TCP payload length without our token frame (the
+// sequence space the peer's kernel used).
+func (c *ctx) dataLen() int {
+	n := c.p.PayloadLen()
+	if _, ok := packet.FindOption(c.p, tokens.Option); ok {
+		if t, err := tokens.FrameLen(c.p.Frame[c.p.Payload:c.p.End]); err == nil {
+			n -= t
+		}
+	}
+	return n
+}
+
+// findToken locates the marker option and the token frame of c.p.
+func (c *ctx) findToken() (off, n int, rc reason.Code) {
+	off, ok := packet.FindOption(c.p, tokens.Option)
+	if !ok {
+		return 0, 0, reason.MissingToken
+	}
+	n, err := tokens.FrameLen(c.p.Frame[c.p.Payload:c.p.End])
+	if err != nil {
+		return 0, 0, code(err)
+	}
+	return off, n, reason.None
+}
+
+func code(err error) reason.Code {
+	if rc, ok := err.(reason.Code); ok {
+		return rc
+	}
+	return reason.MalformedToken
+}
+
+// decide records the policy decision of a flow.
+func (c *ctx) decide(ent *flow.Entry[conn], d policy.Decision) {
+	v := &ent.Value
+	v.dec, v.decided, v.decidedAt = d, true, c.ns
+	if !d.Allowed() {
+		v.reason = d.Reason
+		if v.reason == reason.None {
+			v.reason = reason.PolicyDenied
+		}
+	}
+}
+
+// denyCode refuses a connection for a token or packet problem (no policy
+// decision was made).
+func (c *ctx) denyCode(ent *flow.Entry[conn], rc reason.Code) {
+	ent.Value.reason = rc
+	if !ent.Value.decided {
+		ent.Value.decidedAt = c.ns
+	}
+	c.deny(ent, rc)
+}
+
+// deny refuses the connection of ent: the client gets a RST now. A net SYN
+// (server side) is answered by a RST toward the client through the network;
+// an app SYN gets a RST toward the PU. The flow stays in Denied for the
+// closing timeout so that retransmissions get the same answer. A denial
+// for a token failure (peer unverified) keeps no state: it is recorded and
+// the entry removed, so that forged SYNs cannot fill the table.
+func (c *ctx) deny(ent *flow.Entry[conn], rc reason.Code) {
+	c.refuse(rc, ent)
+	if ent.State != flow.Denied {
+		c.sh.SetState(ent, flow.Denied, c.ns)
+		c.e.record(c.pu, ent, EndDenied, c.ns)
+	}
+	if !ent.Value.decided {
+		c.sh.Delete(ent)
+	}
+}
+
+// refuse drops the SYN and answers it with a RST to the client.
+func (c *ctx) refuse(rc reason.Code, ent *flow.Entry[conn]) {
+	p := c.p
+	rst := packet.BuildTCP(c.out.injectBuf(), p, &packet.Segment{
+		Reverse: true, Flags: packet.RST | packet.ACK,
+		Ack: p.Seq + 1 + uint32(c.dataLen()),
+	})
+	c.e.stats.resets.Add(1)
+	c.e.stats.injected.Add(1)
+	if c.dir == FromApp {
+		c.out.inject(ToPU, rst)
+		c.out.Verdict, c.out.Reason, c.out.Frame = Reset, rc, nil
+		c.e.stats.count(rc)
+		return
+	}
+	c.out.inject(ToNet, rst)
+	c.e.drop(c.out, rc)
+}
+
+// client handles a packet of a flow the PU opened.
+func (c *ctx) client(ent *flow.Entry[conn]) {
+	p, v := c.p, &ent.Value
+	syn, ack := p.Flags&packet.SYN != 0, p.Flags&packet.ACK != 0
+	if ent.State == flow.Denied {
+		c.touch(ent, len(c.frame))
+		if c.dir == FromApp && syn && !ack && p.Seq == v.clientISN {
+			// Retransmitted SYN of a refused connection: same answer.
+			c.refuse(v.reason, ent)
+			return
+		}
+		c.e.drop(c.out, v.reason)
+		return
+	}
+	if c.dir == FromApp && syn && !ack {
+		if p.Seq != v.clientISN {
+			// A new connection on the same 4-tuple: start over.
+			c.e.finish(c.pu, ent, EndReplaced, c.ns, c.out)
+			c.sh.Delete(ent)
+			c.newConnection()
+			return
+		}
+		if ent.State == flow.SynSent {
+			c.clientSYN(ent) // retransmission: the same token bytes
+			return
+		}
+		c.touch(ent, len(c.frame))
+		c.e.drop(c.out, reason.InvalidState)
+		return
+	}
+	if c.dir == FromNet && syn && !ack {
+		c.simultaneousOpen(ent)
+		return
+	}
+	if c.dir == FromNet && syn && ack {
+		c.clientSYNACK(ent)
+		return
+	}
+	switch ent.State {
+	case flow.SynSent:
+		c.touch(ent, len(c.frame))
+		c.e.drop(c.out, reason.InvalidState)
+	case flow.SynAckReceived:
+		if c.dir == FromApp && ack && p.Ack == v.serverISN+1 {
+			c.clientACK(ent)
+			return
+		}
+		c.touch(ent, len(c.frame))
+		c.e.drop(c.out, reason.InvalidState)
+	default:
+		c.established(ent)
+	}
+}
+
+// clientSYNACK: the server's SYN-ACK. Verify its token and apply the PU's
+// egress rules (mutual authorization).
+func (c *ctx) clientSYNACK(ent *flow.Entry[conn]) {
+	p, v := c.p, &ent.Value
+	c.touch(ent, len(c.frame))
+	switch ent.State {
+	case flow.SynSent:
+	case flow.SynAckReceived:
+		if p.Seq != v.serverISN {
+			c.e.drop(c.out, reason.InvalidState)
+			return
+		}
+		// Retransmitted before the PU acknowledged it: deliver again.
+		c.deliverSYNACK(ent, false)
+		return
+	case flow.Established, flow.Closing:
+		if p.Seq != v.serverISN {
+			c.e.drop(c.out, reason.InvalidState)
+			return
+		}
+		// The server did not get our token-ACK (lost): send it again.
+		if v.target {
+			c.injectTokenACK(ent, true)
+			c.e.drop(c.out, reason.None)
+			return
+		}
+		c.e.forward(c.out, c.frame)
+		return
+	default:
+		c.e.drop(c.out, reason.InvalidState)
+		return
+	}
+	v.serverISN = p.Seq
+	c.deliverSYNACK(ent, true)
+}
+
+func (c *ctx) deliverSYNACK(ent *flow.Entry[conn], first bool) {
+	v := &ent.Value
+	if !v.target {
+		if first {
+			c.sh.SetState(ent, flow.SynAckReceived, c.ns)
+		}
+		c.e.forward(c.out, c.frame)
+		return
+	}
+	off, n, rc := c.findToken()
+	if rc == reason.None {
+		_, err := c.e.tok.VerifySYNACK(c.p.Frame[c.p.Payload:c.p.Payload+n], &v.tok, c.now)
+		if err != nil {
+			rc = code(err)
+		}
+	}
+	if rc != reason.None {
+		if first {
+			c.clientRefuse(ent, rc)
+		} else {
+			c.e.drop(c.out, rc)
+		}
+		return
+	}
+	if first {
+		v.peer = v.tok.Peer()
+		c.decide(ent, c.view.pol.Egress(v.peer.Identity, c.remote, policy.ProtoTCP, c.remotePort()))
+		if !v.dec.Allowed() {
+			c.clientRefuse(ent, v.reason)
+			return
+		}
+	}
+	f, rc := packet.StripToken(c.p, off, n)
+	if rc != reason.None {
+		c.e.drop(c.out, rc)
+		return
+	}
+	if first {
+		c.sh.SetState(ent, flow.SynAckReceived, c.ns)
+	}
+	c.e.forward(c.out, f)
+}
+
+// clientRefuse denies a connection at the SYN-ACK: a RST to the PU (its
+// connect fails now) and one to the server (its half-open state goes).
+func (c *ctx) clientRefuse(ent *flow.Entry[conn], rc reason.Code) {
+	p, v := c.p, &ent.Value
+	v.reason = rc
+	if !v.decided {
+		v.decidedAt = c.ns
+	}
+	toPU := packet.BuildTCP(c.out.injectBuf(), p, &packet.Segment{
+		Flags: packet.RST | packet.ACK, Seq: p.Seq + 1, Ack: p.Ack,
+	})
+	toServer := packet.BuildTCP(c.out.injectBuf(), p, &packet.Segment{
+		Reverse: true, Flags: packet.RST, Seq: p.Ack,
+	})
+	c.out.inject(ToPU, toPU)
+	c.out.inject(ToNet, toServer)
+	c.e.stats.resets.Add(2)
+	c.e.stats.injected.Add(2)
+	c.out.Verdict, c.out.Reason, c.out.Frame = Reset, rc, nil
+	c.e.stats.count(rc)
+	c.sh.SetState(ent, flow.Denied, c.ns)
+	c.e.record(c.pu, ent, EndDenied, c.ns)
+}
+
+// clientACK: the PU's handshake ACK carries the ACK token. If the kernel
+// put data on it, a separate token-ACK goes first and the data is
+// forwarded untouched.
+func (c *ctx) clientACK(ent *flow.Entry[conn]) {
+	p, v := c.p, &ent.Value
+	c.touch(ent, len(c.frame))
+	v.ackWindow = p.Window
+	f := c.frame
+	if v.target {
+		pure := p.PayloadLen() == 0 && p.Flags&(packet.FIN|packet.RST|packet.SYN) == 0
+		if pure {
+			tok, err := c.e.tok.AppendACK(c.out.tok[:0], &v.tok)
+			if err != nil {
+				c.e.drop(c.out, code(err))
+				return
+			}
+			var rc reason.Code
+			f, rc = packet.InsertToken(c.out.main[:0], p, tokens.Option, tok, c.e.mtu)
+			if rc != reason.None {
+				// No room in this ACK's options: send the token separately.
+				f = c.frame
+				c.injectTokenACK(ent, false)
+			}
+		} else {
+			c.injectTokenACK(ent, false)
+		}
+	}
+	c.establish(ent)
+	c.e.forward(c.out, f)
+}
+
+// injectTokenACK crafts a pure ACK carrying the ACK token. fromSYNACK: the
+// template is the server's retransmitted SYN-ACK (reverse it); otherwise the
+// PU's own ACK.
+func (c *ctx) injectTokenACK(ent *flow.Entry[conn], fromSYNACK bool) {
+	p, v := c.p, &ent.Value
+	tok, err := c.e.tok.AppendACK(c.out.tok[:0], &v.tok)
+	if err != nil {
+		return
+	}
+	seg := packet.Segment{Flags: packet.ACK, Seq: p.Seq, Ack: p.Ack, Window: p.Window,
+		Options: tokens.Option[:], Payload: tok}
+	if fromSYNACK {
+		seg = packet.Segment{Reverse: true, Flags: packet.ACK, Seq: p.Ack, Ack: p.Seq + 1,
+			Window: v.ackWindow, Options: tokens.Option[:], Payload: tok}
+	}
+	c.out.inject(ToNet, packet.BuildTCP(c.out.injectBuf(), p, &seg))
+	c.e.stats.injected.Add(1)
+}
+
+// simultaneousOpen: a net SYN on a flow where the PU sent its own SYN. Both
+// enforcers apply the same rule: the end with the higher (address, port)
+// yields and becomes the server; the other drops the crossing SYN. The
+// handshake then completes as an ordinary one.
+func (c *ctx) simultaneousOpen(ent *flow.Entry[conn]) {
+	c.touch(ent, len(c.frame))
+	if ent.State != flow.SynSent {
+		c.e.drop(c.out, reason.InvalidState)
+		return
+	}
+	k := &ent.Key
+	if cmpEnd(k.Local, k.LocalPort, k.Remote, k.RemotePort) > 0 {
+		c.sh.Delete(ent)
+		c.newConnection()
+		return
+	}
+	c.e.drop(c.out, reason.InvalidState)
+}
+
+func cmpEnd(a [16]byte, ap uint16, b [16]byte, bp uint16) int {
+	if r := bytes.Compare(a[:], b[:]); r != 0 {
+		return r
+	}
+	switch {
+	case ap > bp:
+		return 1
+	case ap < bp:
+		return -1
+	}
+	return 0
+}
+
+// server handles a packet of a flow the PU accepted.
+func (c *ctx) server(ent *flow.Entry[conn]) {
+	p, v := c.p, &ent.Value
+	syn, ack := p.Flags&packet.SYN != 0, p.Flags&packet.ACK != 0
+	if c.dir == FromNet && syn && !ack {
+		if p.Seq != v.clientISN {
+			c.e.finish(c.pu, ent, EndReplaced, c.ns, c.out)
+			c.sh.Delete(ent)
+			c.newConnection()
+			return
+		}
+		switch ent.State {
+		case flow.Denied:
+			c.touch(ent, len(c.frame))
+			c.refuse(v.reason, ent)
+		case flow.SynReceived, flow.SynAckSent:
+			c.serverSYN(ent) // retransmission: verified again, not re-decided
+		default:
+			c.touch(ent, len(c.frame))
+			c.e.drop(c.out, reason.InvalidState)
+		}
+		return
+	}
+	if ent.State == flow.Denied {
+		c.touch(ent, len(c.frame))
+		c.e.drop(c.out, v.reason)
+		return
+	}
+	if c.dir == FromApp && syn && ack {
+		c.touch(ent, len(c.frame))
+		if ent.State != flow.SynReceived && ent.State != flow.SynAckSent {
+			c.e.drop(c.out, reason.InvalidState)
+			return
+		}
+		v.serverISN = p.Seq
+		if !v.target {
+			c.sh.SetState(ent, flow.SynAckSent, c.ns)
+			c.e.forward(c.out, c.frame)
+			return
+		}
+		tok, err := c.e.tok.AppendSYNACK(c.out.tok[:0], c.pu.local, &v.tok, c.now)
+		if err != nil {
+			c.e.drop(c.out, code(err))
+			return
+		}
+		f, rc := packet.InsertToken(c.out.main[:0], p, tokens.Option, tok, c.e.mtu)
+		if rc != reason.None {
+			c.e.drop(c.out, rc)
+			return
+		}
+		c.sh.SetState(ent, flow.SynAckSent, c.ns)
+		c.e.forward(c.out, f)
+		return
+	}
+	switch ent.State {
+	case flow.SynReceived:
+		c.touch(ent, len(c.frame))
+		c.e.drop(c.out, reason.InvalidState)
+	case flow.SynAckSent:
+		if c.dir == FromNet && ack && !syn {
+			c.serverACK(ent)
+			return
+		}
+		c.touch(ent, len(c.frame))
+		c.e.drop(c.out, reason.InvalidState)
+	default:
+		c.established(ent)
+	}
+}
+
+// serverACK: the client's handshake ACK must carry the ACK token; until it
+// arrives the flow stays pending (the server's kernel retransmits its
+// SYN-ACK, which the client's enforcer answers with the token-ACK again).
+func (c *ctx) serverACK(ent *flow.Entry[conn]) {
+	v := &ent.Value
+	c.touch(ent, len(c.frame))
+	if !v.target {
+		c.establish(ent)
+		c.e.forward(c.out, c.frame)
+		return
+	}
+	off, n, rc := c.findToken()
+	if rc == reason.None {
+		if err := c.e.tok.VerifyACK(c.p.Frame[c.p.Payload:c.p.Payload+n], &v.tok); err != nil {
+			rc = code(err)
+		}
+	}
+	if rc != reason.None {
+		c.e.drop(c.out, rc)
+		return
+	}
+	f, rc := packet.StripToken(c.p, off, n)
+	if rc != reason.None {
+		c.e.drop(c.out, rc)
+		return
+	}
+	c.establish(ent)
+	c.e.forward(c.out, f)
+}
+
+// establish marks the flow authorized and asks the daemon to let its
+// packets bypass the dataplane.
+func (c *ctx) establish(ent *flow.Entry[conn]) {
+	ent.Value.authorized = true
+	c.sh.SetState(ent, flow.Established, c.ns)
+	c.out.Notes = append(c.out.Notes, note(Authorize, c.pu, &ent.Key))
+}
+
+func note(kind NoteKind, pu *PU, k *flow.Key) Note {
+	return Note{Kind: kind, PU: pu, Proto: k.Proto,
+		Local:  netip.AddrPortFrom(k.LocalAddr(), k.LocalPort),
+		Remote: netip.AddrPortFrom(k.RemoteAddr(), k.RemotePort), VLAN: k.VLAN}
+}
+
+// established handles the slow-path packets of an established or closing
+// flow: FINs (both seen: closing), anything unusual the fast path skipped.
+func (c *ctx) established(ent *flow.Entry[conn]) {
+	p := c.p
+	c.touch(ent, len(c.frame))
+	if p.Flags&packet.SYN != 0 {
+		c.e.drop(c.out, reason.InvalidState)
+		return
+	}
+	if !ent.Value.authorized {
+		c.e.drop(c.out, reason.InvalidState)
+		return
+	}
+	if p.Flags&packet.FIN != 0 {
+		ent.FIN[c.dir&1] = true
+		if ent.FIN[0] && ent.FIN[1] && ent.State != flow.Closing {
+			c.sh.SetState(ent, flow.Closing, c.ns)
+		}
+	}
+	c.e.forward(c.out, c.frame)
+}
+
+// midStream applies the configured rule to a TCP packet without state.
+func (c *ctx) midStream() {
+	p := c.p
+	rst := p.Flags&packet.RST != 0
+	switch c.e.midStream {
+	case MidStreamReset:
+		if rst {
+			break
+		}
+		seg := packet.Segment{Reverse: true, Flags: packet.RST, Seq: p.Ack}
+		if p.Flags&packet.ACK == 0 {
+			seg = packet.Segment{Reverse: true, Flags: packet.RST | packet.ACK,
+				Ack: p.Seq + uint32(p.PayloadLen())}
+		}
+		f := packet.BuildTCP(c.out.injectBuf(), p, &seg)
+		c.e.stats.resets.Add(1)
+		c.e.stats.injected.Add(1)
+		if c.dir == FromApp {
+			c.out.inject(ToPU, f)
+			c.out.Verdict, c.out.Reason = Reset, reason.UnknownFlow
+			c.e.stats.count(reason.UnknownFlow)
+			return
+		}
+		c.out.inject(ToNet, f)
+	case MidStreamAllowACL:
+		if rst {
+			break
+		}
+		d := c.view.pol.Egress(nil, c.remote, policy.ProtoTCP, c.remotePort())
+		if !d.Allowed() {
+			d = c.view.pol.Ingress(nil, c.remote, policy.ProtoTCP, c.localPort())
+		}
+		if !d.Allowed() {
+			break
+		}
+		ent := c.insert()
+		if ent == nil {
+			c.e.drop(c.out, reason.TableFull)
+			return
+		}
+		ent.Value.role, ent.Value.pickedUp = roleClient, true
+		ent.Value.target = c.view.eng.IsTarget(c.remote)
+		c.decide(ent, d)
+		c.establish(ent)
+		c.touch(ent, len(c.frame))
+		c.e.forward(c.out, c.frame)
+		return
+	}
+	c.e.drop(c.out, reason.UnknownFlow)
+}
+
+// datagram handles UDP, ICMP and other non-TCP protocols: the PU's CIDR
+// rules decide on a flow's first packet (peer identity is not carried),
+// later packets and replies of an allowed flow pass.
+func (c *ctx) datagram() {
+	c.sh = c.e.table.Shard(&c.key)
+	c.sh.Lock()
+	defer c.sh.Unlock()
+	ent := c.sh.Get(&c.key)
+	if ent != nil && c.sh.Expired(ent, c.ns) {
+		c.e.finish(c.pu, ent, EndExpired, c.ns, c.out)
+		c.sh.Delete(ent)
+		ent = nil
+	}
+	if ent != nil {
+		c.touch(ent, len(c.frame))
+		if ent.State == flow.Denied {
+			c.e.drop(c.out, ent.Value.reason)
+			return
+		}
+		c.e.forward(c.out, c.frame)
+		return
+	}
+	ent = c.insert()
+	if ent == nil {
+		c.e.drop(c.out, reason.TableFull)
+		return
+	}
+	ent.Value.role = roleDatagram
+	proto := policy.Protocol(c.p.Proto)
+	var port uint16
+	var d policy.Decision
+	if c.dir == FromApp {
+		if c.p.Proto == packet.ProtoTCP || c.p.Proto == packet.ProtoUDP {
+			port = c.remotePort()
+		}
+		d = c.view.pol.Egress(nil, c.remote, proto, port)
+	} else {
+		if c.p.Proto == packet.ProtoUDP {
+			port = c.localPort()
+		}
+		d = c.view.pol.Ingress(nil, c.remote, proto, port)
+	}
+	c.decide(ent, d)
+	c.touch(ent, len(c.frame))
+	if !d.Allowed() {
+		c.sh.SetState(ent, flow.Denied, c.ns)
+		c.e.record(c.pu, ent, EndDenied, c.ns)
+		c.e.drop(c.out, ent.Value.reason)
+		return
+	}
+	c.establish(ent)
+	c.e.forward(c.out, c.frame)
+}
