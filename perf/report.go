@@ -68,7 +68,10 @@ func cell(f FigureResult, vf *VariantFigure, baseline bool) string {
 	if !baseline && vf.Ratio != nil {
 		fmt.Fprintf(&b, "×%.2f ", vf.Ratio.Median)
 		if vf.Delta != nil {
-			fmt.Fprintf(&b, "%+s ", num(vf.Delta.Median))
+			if vf.Delta.Median >= 0 {
+				b.WriteByte('+')
+			}
+			fmt.Fprintf(&b, "%s ", num(vf.Delta.Median))
 		}
 	}
 	s := vf.Value

@@ -467,3 +467,13 @@ func (c *Client) Probe(ctx context.Context, timeout time.Duration) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// To returns a client in the same namespace aimed at another server.
+func (c *Client) To(server netip.AddrPort) (*Client, error) {
+	n, err := NewClient(c.ns, server)
+	if err != nil {
+		return nil, err
+	}
+	n.Timeout = c.Timeout
+	return n, nil
+}

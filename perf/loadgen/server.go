@@ -141,11 +141,11 @@ func (s *Server) handle(c net.Conn) {
 		binary.BigEndian.PutUint64(out[:], n)
 		c.Write(out[:])
 	case modePing:
-		for {
-			if _, err := io.ReadFull(c, b[:]); err != nil {
+		for { // the mode byte is echoed too
+			if _, err := c.Write(b[:]); err != nil {
 				return
 			}
-			if _, err := c.Write(b[:]); err != nil {
+			if _, err := io.ReadFull(c, b[:]); err != nil {
 				return
 			}
 		}

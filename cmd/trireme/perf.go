@@ -1,0 +1,103 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/trireme-go/trireme/perf"
+)
+
+// perfVariants maps --variants names to the variants that measure them.
+// The enforcer variants are registered by the daemon's wiring (see
+// perf.Daemon); until then only the kernel path can be measured.
+var perfVariants = map[string]func() perf.Variant{
+	perf.BaselineName: func() perf.Variant { return perf.Kernel{} },
+}
+
+func init() {
+	var (
+		rounds   int
+		duration time.Duration
+		variants string
+		topology string
+		clients  int
+		streams  int
+		asJSON   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "perf",
+		Short: "Measure the enforcer against the plain kernel path, interleaved, in network namespaces (root)",
+		Long: `perf builds one copy of a topology of network namespaces per variant, then
+measures every variant in turn, round after round (A B C A B C ...), so that
+drift on a noisy machine hits them alike: new connections per second with 1
+and N clients, connect latency, bulk throughput with 1 and several streams,
+round-trip time, and the enforcer's CPU time and peak RSS. Each figure is
+reported as the median of the per-round ratios to the kernel path (the
+headline), then as median and range over the rounds.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			topo, err := perf.ParseTopology(topology)
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			var vs []perf.Variant
+			for _, name := range strings.Split(variants, ",") {
+				name = strings.TrimSpace(name)
+				mk, ok := perfVariants[name]
+				if !ok {
+					return &exitError{code: 2, err: fmt.Errorf("unknown variant %q (known: %s)", name, knownVariants())}
+				}
+				vs = append(vs, mk())
+			}
+			if rounds < 1 || duration <= 0 || clients < 1 || streams < 1 {
+				return &exitError{code: 2, err: fmt.Errorf("--rounds, --duration, --clients and --streams must be positive")}
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			cfg := perf.Config{
+				Topology: topo, Variants: vs, Rounds: rounds, Duration: duration,
+				Clients: clients, Streams: streams,
+			}
+			if term.IsTerminal(int(os.Stderr.Fd())) {
+				cfg.Progress = func(msg string) { fmt.Fprintf(os.Stderr, "\r\033[K%s", msg) }
+			}
+			res, err := perf.Run(ctx, cfg)
+			if cfg.Progress != nil {
+				fmt.Fprint(os.Stderr, "\r\033[K")
+			}
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return res.WriteJSON(os.Stdout)
+			}
+			return res.WriteTable(os.Stdout)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&rounds, "rounds", perf.DefaultRounds, "interleaved rounds")
+	f.DurationVar(&duration, "duration", perf.DefaultDuration, "duration of each figure in each round")
+	f.StringVar(&variants, "variants", perf.BaselineName, "comma-separated variants to compare ("+knownVariants()+")")
+	f.StringVar(&topology, "topology", string(perf.OneNode), "one-node or two-nodes")
+	f.IntVar(&clients, "clients", perf.DefaultClients, "concurrent clients of the N-client connection rate")
+	f.IntVar(&streams, "streams", perf.DefaultStreams, "streams of the multi-stream bulk figure")
+	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	rootCmd.AddCommand(cmd)
+}
+
+func knownVariants() string {
+	names := make([]string, 0, len(perfVariants))
+	for n := range perfVariants {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ",")
+}
