@@ -94,7 +94,7 @@ func Compile(s *Set) (*Engine, error) {
 		if err := checkSelector(p.Selector); err != nil {
 			return nil, fmt.Errorf("policy %q: %w", p.Name, err)
 		}
-		e.policies.add(int32(pi), p.Selector)
+		e.policies.add(int32(pi), compileSelector(p.Selector), true, false)
 		var refs [2][]*RuleRef
 		for d, rules := range [2][]Rule{p.Ingress, p.Egress} {
 			for ri := range rules {
@@ -121,7 +121,7 @@ func Compile(s *Set) (*Engine, error) {
 		}
 		e.refs = append(e.refs, refs)
 	}
-	e.policies.build()
+	e.policies.build([2]func(*clause) uint32{})
 	return e, nil
 }
 
@@ -149,10 +149,11 @@ func (p *PUPolicy) Policies() []string { return p.policies }
 
 type dirPolicy struct {
 	rules  []crule
-	anyEnf []int32 // rules without peers that can decide, best first
-	anyObs []int32 // observed rules without peers, best first
-	sel    selIndex
+	anyEnf []int32  // rules without peers that can decide, best first
+	anyObs []int32  // observed rules without peers, best first
+	sel    selIndex // selector peers: list 0 rules that may decide, by rank; list 1 observed rules, by obsRank
 	v4, v6 cidrTable
+	ports  *portIndex // nil when too large
 }
 
 // crule is a rule inside a PUPolicy. rank orders the rules that may decide
@@ -163,6 +164,9 @@ type crule struct {
 	ref           *RuleRef
 	ports         []PortRange
 	rank, obsRank uint32
+	anyPeer       bool
+	sels          [][]creq // selector peers
+	cidrs         []Peer   // cidr peers
 }
 
 const noRank = ^uint32(0)
@@ -185,7 +189,13 @@ func (r *crule) portMatch(proto Protocol, port uint16) bool {
 func (e *Engine) ForPU(tags Tags) *PUPolicy {
 	id := NewIdentity(tags)
 	selected := make([]bool, len(e.set.Policies))
-	e.policies.match(id, func(owner int32) { selected[owner] = true })
+	e.policies.lists(id, func(list, _ []int32) {
+		for _, ci := range list {
+			if c := &e.policies.clauses[ci]; c.matches(id) {
+				selected[c.owner] = true
+			}
+		}
+	})
 	var key strings.Builder
 	var idx []int
 	for i, ok := range selected {
@@ -245,6 +255,7 @@ func (e *Engine) build(policies []int) *PUPolicy {
 				owner := int32(len(dp.rules))
 				dp.rules = append(dp.rules, cr)
 				if len(r.Peers) == 0 {
+					dp.rules[owner].anyPeer = true
 					if cr.rank != noRank {
 						dp.anyEnf = append(dp.anyEnf, owner)
 					}
@@ -254,19 +265,34 @@ func (e *Engine) build(policies []int) *PUPolicy {
 					continue
 				}
 				for _, pe := range r.Peers {
+					cr := &dp.rules[owner]
 					if pe.Selector != nil {
-						dp.sel.add(owner, pe.Selector)
+						reqs := compileSelector(pe.Selector)
+						cr.sels = append(cr.sels, reqs)
+						dp.sel.add(owner, reqs, cr.rank != noRank, cr.obsRank != noRank)
 						continue
 					}
-					cidrs = append(cidrs, cidrEntry{prefix: pe.CIDR.Masked(), clause: cidrClause{owner: owner, except: pe.Except}})
+					pe.CIDR = pe.CIDR.Masked()
+					cr.cidrs = append(cr.cidrs, pe)
+					cidrs = append(cidrs, cidrEntry{prefix: pe.CIDR, clause: cidrClause{owner: owner, except: pe.Except}})
 				}
 			}
 		}
 		sort.SliceStable(dp.anyEnf, func(i, j int) bool { return dp.rules[dp.anyEnf[i]].rank < dp.rules[dp.anyEnf[j]].rank })
 		sort.SliceStable(dp.anyObs, func(i, j int) bool { return dp.rules[dp.anyObs[i]].obsRank < dp.rules[dp.anyObs[j]].obsRank })
-		dp.sel.build()
 		dp.v4 = buildCIDRTable(cidrs, true)
 		dp.v6 = buildCIDRTable(cidrs, false)
+		dp.sel.build([2]func(*clause) uint32{
+			func(c *clause) uint32 { return dp.rules[c.owner].rank },
+			func(c *clause) uint32 { return dp.rules[c.owner].obsRank },
+		})
+		for _, t := range []*cidrTable{&dp.v4, &dp.v6} {
+			for ni := range t.nodes {
+				cl := t.nodes[ni].clauses
+				sort.SliceStable(cl, func(i, j int) bool { return dp.rules[cl[i].owner].rank < dp.rules[cl[j].owner].rank })
+			}
+		}
+		dp.ports = buildPortIndex(dp.rules)
 	}
 	return p
 }
@@ -304,8 +330,41 @@ func (v *verdict) consider(d *dirPolicy, ri int32, proto Protocol, port uint16) 
 	}
 }
 
+// portFirstMax: up to this many candidate rules on the connection's port, a
+// decision checks those rules' peers, best rule first, rather than
+// enumerating every rule whose peers match.
+// It is a variable only so that tests can force either plan.
+var portFirstMax = 32
+
+// decide finds the best rule matching (peer, addr, proto/port) and the best
+// observed one. Two plans give the same answer (the property test holds both
+// to the naive evaluator): port-first walks the rules covering the port in
+// precedence order and stops at the first whose peers match; peer-first
+// enumerates the rules whose peers match (inverted index over the peer's
+// tags, prefix table over its address) and keeps the best one covering the
+// port. Port-first is taken when few rules cover the port.
 func (d *dirPolicy) decide(peer *Identity, addr netip.Addr, proto Protocol, port uint16) Decision {
 	v := verdict{best: noRank, obs: noRank}
+	addr = addr.Unmap()
+	if d.ports != nil {
+		t, i := d.ports.lookup(proto, port)
+		dec, obs := t.dec[i], t.obs[i]
+		if int(dec.end-dec.start+obs.end-obs.start) <= portFirstMax {
+			for _, ri := range d.ports.list[dec.start:dec.end] {
+				if d.peerMatch(&d.rules[ri], peer, addr) {
+					v.best, v.bestI = d.rules[ri].rank, ri
+					break
+				}
+			}
+			for _, ri := range d.ports.list[obs.start:obs.end] {
+				if d.peerMatch(&d.rules[ri], peer, addr) {
+					v.obs, v.obsI = d.rules[ri].obsRank, ri
+					break
+				}
+			}
+			return d.decision(&v)
+		}
+	}
 	for _, ri := range d.anyEnf {
 		if r := &d.rules[ri]; r.portMatch(proto, port) {
 			v.best, v.bestI = r.rank, ri
@@ -318,24 +377,76 @@ func (d *dirPolicy) decide(peer *Identity, addr netip.Addr, proto Protocol, port
 			break
 		}
 	}
-	if peer != nil && len(d.sel.clauses) > 0 {
-		d.sel.match(peer, func(owner int32) { v.consider(d, owner, proto, port) })
+	if peer != nil {
+		// Each list is sorted best first: stop at the first match, or as
+		// soon as nothing in the list can beat what is already found.
+		if len(d.sel.clauses) > 0 {
+			d.sel.lists(peer, func(dec, obs []int32) {
+				for _, ci := range dec {
+					c := &d.sel.clauses[ci]
+					r := &d.rules[c.owner]
+					if r.rank >= v.best {
+						break
+					}
+					if r.portMatch(proto, port) && c.matches(peer) {
+						v.best, v.bestI = r.rank, c.owner
+						break
+					}
+				}
+				for _, ci := range obs {
+					c := &d.sel.clauses[ci]
+					r := &d.rules[c.owner]
+					if r.obsRank >= v.obs {
+						break
+					}
+					if r.portMatch(proto, port) && c.matches(peer) {
+						v.obs, v.obsI = r.obsRank, c.owner
+						break
+					}
+				}
+			})
+		}
 	}
 	if addr.IsValid() {
-		a := addr.Unmap()
 		t := &d.v6
-		if a.Is4() {
+		if addr.Is4() {
 			t = &d.v4
 		}
-		for n := t.lookup(addrU128(a)); n >= 0; n = t.nodes[n].parent {
+		for n := t.lookup(addrU128(addr)); n >= 0; n = t.nodes[n].parent {
 			for ci := range t.nodes[n].clauses {
 				c := &t.nodes[n].clauses[ci]
-				if !inAny(c.except, a) {
+				if !inAny(c.except, addr) {
 					v.consider(d, c.owner, proto, port)
 				}
 			}
 		}
 	}
+	return d.decision(&v)
+}
+
+// peerMatch reports whether one of the rule's peers matches.
+func (d *dirPolicy) peerMatch(r *crule, peer *Identity, a netip.Addr) bool {
+	if r.anyPeer {
+		return true
+	}
+	if peer != nil {
+		for _, reqs := range r.sels {
+			if reqsMatch(reqs, peer) {
+				return true
+			}
+		}
+	}
+	if a.IsValid() {
+		for i := range r.cidrs {
+			if c := &r.cidrs[i]; c.CIDR.Contains(a) && !inAny(c.Except, a) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (d *dirPolicy) decision(v *verdict) Decision {
 	var dec Decision
 	if v.obs != noRank {
 		dec.Observed = d.rules[v.obsI].ref

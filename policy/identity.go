@@ -98,9 +98,13 @@ func hash32(x uint32) uint32 {
 	return x ^ x>>16
 }
 
+// hash64 is the splitmix64 finalizer: index keys are pairs of small
+// integers, which weaker mixes cluster badly in linear probing.
 func hash64(x uint64) uint64 {
-	x ^= x >> 29
+	x ^= x >> 30
 	x *= 0xBF58476D1CE4E5B9
-	x ^= x >> 32
+	x ^= x >> 27
+	x *= 0x94D049BB133111EB
+	x ^= x >> 31
 	return x
 }

@@ -17,10 +17,11 @@ import "sort"
 // allocation-free and safe for concurrent use without scratch state.
 type selIndex struct {
 	clauses []clause
-	always  []int32   // clauses with no positive requirement
-	keys    []uint32  // distinct anchor keys
-	keyBits []uint64  // bitset over key symbols: is it an anchor key?
-	table   []posting // open addressing on key<<32|value (value 0 = any)
+	always  [2][]int32 // clauses with no positive requirement (two orders)
+	keys    []uint32   // distinct anchor keys
+	keyBits []uint64   // bitset over key symbols: is it an anchor key?
+	anyBits []uint64   // bitset over key symbols: has it an exists anchor?
+	table   []posting  // open addressing on key<<32|value (value 0 = any)
 	mask    uint64
 	list    []int32 // clause indices, grouped per posting
 }
@@ -28,6 +29,7 @@ type selIndex struct {
 type clause struct {
 	owner int32 // rule (or policy) the clause belongs to
 	reqs  []creq
+	in    [2]bool // which of the index's two lists hold it
 }
 
 type creq struct {
@@ -36,9 +38,12 @@ type creq struct {
 	vals []uint32 // sorted
 }
 
+// posting is the clauses filed under one anchor, as two lists (e.g. rules
+// that may decide, by rank, and observed rules, by observed rank).
 type posting struct {
-	key        uint64
-	start, end uint32 // end == 0: empty slot
+	key  uint64
+	span [2]span
+	used bool // false: empty slot
 }
 
 func hasSym(sorted []uint32, v uint32) bool {
@@ -54,9 +59,11 @@ func hasSym(sorted []uint32, v uint32) bool {
 	return lo < len(sorted) && sorted[lo] == v
 }
 
-func (c *clause) matches(id *Identity) bool {
-	for i := range c.reqs {
-		r := &c.reqs[i]
+func (c *clause) matches(id *Identity) bool { return reqsMatch(c.reqs, id) }
+
+func reqsMatch(reqs []creq, id *Identity) bool {
+	for i := range reqs {
+		r := &reqs[i]
 		v, ok := id.value(r.key)
 		switch r.op {
 		case OpIn:
@@ -95,12 +102,15 @@ func compileSelector(s *Selector) []creq {
 
 func anchorKey(k, v uint32) uint64 { return uint64(k)<<32 | uint64(v) }
 
-// add files a clause; call build when all are added.
-func (x *selIndex) add(owner int32, s *Selector) {
-	x.clauses = append(x.clauses, clause{owner: owner, reqs: compileSelector(s)})
+// add files a clause in list 0, list 1 or both; call build when all are added.
+func (x *selIndex) add(owner int32, reqs []creq, in0, in1 bool) {
+	x.clauses = append(x.clauses, clause{owner: owner, reqs: reqs, in: [2]bool{in0, in1}})
 }
 
-func (x *selIndex) build() {
+// build files every clause under its anchor. order[i], if not nil, sorts
+// list i of each posting (and of always), so that callers looking for the
+// best match can stop early.
+func (x *selIndex) build(order [2]func(c *clause) uint32) {
 	// How many clauses each anchor would carry, to file every clause under
 	// its most selective positive requirement.
 	freq := map[uint64]int{}
@@ -137,7 +147,11 @@ func (x *selIndex) build() {
 			}
 		}
 		if best < 0 {
-			x.always = append(x.always, int32(ci))
+			for l := range x.always {
+				if c.in[l] {
+					x.always[l] = append(x.always[l], int32(ci))
+				}
+			}
 			continue
 		}
 		r := c.reqs[best]
@@ -148,6 +162,21 @@ func (x *selIndex) build() {
 				groups[anchorKey(r.key, v)] = append(groups[anchorKey(r.key, v)], int32(ci))
 			}
 		}
+	}
+	split := func(list []int32, l int) []int32 {
+		var out []int32
+		for _, ci := range list {
+			if x.clauses[ci].in[l] {
+				out = append(out, ci)
+			}
+		}
+		if order[l] != nil {
+			sort.SliceStable(out, func(i, j int) bool { return order[l](&x.clauses[out[i]]) < order[l](&x.clauses[out[j]]) })
+		}
+		return out
+	}
+	for l := range x.always {
+		x.always[l] = split(x.always[l], l)
 	}
 	if len(groups) == 0 {
 		return
@@ -165,11 +194,13 @@ func (x *selIndex) build() {
 	sort.Slice(anchors, func(i, j int) bool { return anchors[i] < anchors[j] })
 	seenKey := map[uint32]bool{}
 	for _, k := range anchors {
-		start := uint32(len(x.list))
-		x.list = append(x.list, groups[k]...)
+		p := posting{key: k, used: true}
+		for l := range p.span {
+			p.span[l] = appendSpan(&x.list, split(groups[k], l))
+		}
 		for j := hash64(k) & x.mask; ; j = (j + 1) & x.mask {
-			if x.table[j].end == 0 {
-				x.table[j] = posting{key: k, start: start, end: uint32(len(x.list))}
+			if !x.table[j].used {
+				x.table[j] = p
 				break
 			}
 		}
@@ -183,16 +214,23 @@ func (x *selIndex) build() {
 			}
 			x.keyBits[w] |= 1 << (key & 63)
 		}
+		if uint32(k) == 0 {
+			w := int(key >> 6)
+			for len(x.anyBits) <= w {
+				x.anyBits = append(x.anyBits, 0)
+			}
+			x.anyBits[w] |= 1 << (key & 63)
+		}
 	}
 }
 
-// match calls visit with the owner of every clause that matches id (an owner
-// may be visited more than once).
-func (x *selIndex) match(id *Identity, visit func(owner int32)) {
-	for _, ci := range x.always {
-		if c := &x.clauses[ci]; c.matches(id) {
-			visit(c.owner)
-		}
+// lists calls visit with every list of clauses that may match id: the
+// clauses without positive requirements, then the postings of id's tags.
+// A clause is filed under one anchor and id has at most one value per key,
+// so every clause that matches id is in exactly one visited list.
+func (x *selIndex) lists(id *Identity, visit func(l0, l1 []int32)) {
+	if len(x.always[0])+len(x.always[1]) > 0 {
+		visit(x.always[0], x.always[1])
 	}
 	if len(x.table) == 0 {
 		return
@@ -200,35 +238,40 @@ func (x *selIndex) match(id *Identity, visit func(owner int32)) {
 	if len(x.keys) < len(id.pairs) {
 		for _, k := range x.keys {
 			if v, ok := id.value(k); ok {
-				x.probe(anchorKey(k, v), id, visit)
-				x.probe(anchorKey(k, 0), id, visit)
+				x.probe(anchorKey(k, v), visit)
+				if hasBit(x.anyBits, k) {
+					x.probe(anchorKey(k, 0), visit)
+				}
 			}
 		}
 		return
 	}
 	for _, e := range id.pairs {
 		k := uint32(e >> 32)
-		if w := int(k >> 6); w >= len(x.keyBits) || x.keyBits[w]&(1<<(k&63)) == 0 {
+		if !hasBit(x.keyBits, k) {
 			continue
 		}
-		x.probe(e, id, visit)
-		x.probe(e&^0xffffffff, id, visit)
+		x.probe(e, visit)
+		if hasBit(x.anyBits, k) {
+			x.probe(e&^0xffffffff, visit)
+		}
 	}
 }
 
-func (x *selIndex) probe(key uint64, id *Identity, visit func(owner int32)) {
+func (x *selIndex) probe(key uint64, visit func(l0, l1 []int32)) {
 	for j := hash64(key) & x.mask; ; j = (j + 1) & x.mask {
 		p := &x.table[j]
-		if p.end == 0 {
+		if !p.used {
 			return
 		}
 		if p.key == key {
-			for _, ci := range x.list[p.start:p.end] {
-				if c := &x.clauses[ci]; c.matches(id) {
-					visit(c.owner)
-				}
-			}
+			visit(x.list[p.span[0].start:p.span[0].end], x.list[p.span[1].start:p.span[1].end])
 			return
 		}
 	}
+}
+
+func hasBit(bits []uint64, k uint32) bool {
+	w := int(k >> 6)
+	return w < len(bits) && bits[w]&(1<<(k&63)) != 0
 }

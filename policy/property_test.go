@@ -184,6 +184,7 @@ func (g gen) port() (Protocol, uint16) {
 // of the documented semantics agree on every decision.
 func TestPropertyEngineMatchesNaive(t *testing.T) {
 	g := gen{rand.New(rand.NewSource(20261123))}
+	t.Cleanup(func() { portFirstMax = 32 })
 	const sets, pus, decisions = 400, 4, 40
 	checked, allowed, rejected, observed := 0, 0, 0, 0
 	for si := 0; si < sets; si++ {
@@ -206,18 +207,22 @@ func TestPropertyEngineMatchesNaive(t *testing.T) {
 				addr := g.addr()
 				proto, port := g.port()
 				for _, dir := range []Direction{Ingress, Egress} {
-					var got Decision
-					if dir == Ingress {
-						got = pp.Ingress(id, addr, proto, port)
-					} else {
-						got = pp.Egress(id, addr, proto, port)
-					}
 					want := n.decide(local, dir, peerTags, hasPeer, addr, proto, port)
-					checked++
-					if got.Action != want.action || got.Reason != want.reason || got.Log != want.log ||
-						!sameRef(got.Rule, want.rule) || !sameRef(got.Observed, want.observed) {
-						t.Fatalf("set %d: disagreement for local %v %s peer %v (identity %v) addr %v %v/%d:\nengine %+v rule %+v observed %+v\nnaive  %+v rule %+v observed %+v",
-							si, local, dir, peerTags, hasPeer, addr, proto, port, got, got.Rule, got.Observed, want, want.rule, want.observed)
+					var got Decision
+					// Both decision plans, and the automatic choice.
+					for _, plan := range []int{-1, 1 << 30, 32} {
+						portFirstMax = plan
+						if dir == Ingress {
+							got = pp.Ingress(id, addr, proto, port)
+						} else {
+							got = pp.Egress(id, addr, proto, port)
+						}
+						checked++
+						if got.Action != want.action || got.Reason != want.reason || got.Log != want.log ||
+							!sameRef(got.Rule, want.rule) || !sameRef(got.Observed, want.observed) {
+							t.Fatalf("set %d plan %d: disagreement for local %v %s peer %v (identity %v) addr %v %v/%d:\nengine %+v rule %+v observed %+v\nnaive  %+v rule %+v observed %+v",
+								si, plan, local, dir, peerTags, hasPeer, addr, proto, port, got, got.Rule, got.Observed, want, want.rule, want.observed)
+						}
 					}
 					switch got.Action {
 					case Allow:
