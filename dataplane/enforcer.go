@@ -465,7 +465,7 @@ func (e *Enforcer) drop(out *Output, code reason.Code) {
 // counters are the enforcer's packet counters.
 type counters struct {
 	forwarded, consumed, injected, resets atomic.Uint64
-	drops                                          [reason.Count]atomic.Uint64
+	drops                                 [reason.Count]atomic.Uint64
 }
 
 func (s *counters) count(code reason.Code) {
@@ -493,7 +493,7 @@ type Stats struct {
 func (e *Enforcer) Stats() Stats {
 	s := Stats{
 		Forwarded: e.stats.forwarded.Load(),
-		Consumed: e.stats.consumed.Load(), Injected: e.stats.injected.Load(), Resets: e.stats.resets.Load(),
+		Consumed:  e.stats.consumed.Load(), Injected: e.stats.injected.Load(), Resets: e.stats.resets.Load(),
 		Flows: e.table.Len(), Evictions: e.table.Evictions(),
 	}
 	s.Packets = s.Forwarded + s.Consumed
