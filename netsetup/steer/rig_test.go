@@ -138,6 +138,10 @@ type forwarder struct {
 	r     *rig
 	wg    sync.WaitGroup
 	reads atomic.Int64
+	// byProto counts IPv4 frames per IP protocol: the PUs' own IPv6
+	// chatter (MLD reports, router solicitations) is steered too, and
+	// tests must not count it as their flow's frames.
+	byProto [256]atomic.Int64
 	errs  atomic.Int64
 	mu    sync.Mutex
 	authd map[string]bool
@@ -203,6 +207,9 @@ func (f *forwarder) forward(pu string, pkt []byte, out *inject.Injector) error {
 		return fmt.Errorf("inject: %w", err)
 	}
 	t, flags, ok := parse(frame)
+	if ok {
+		f.byProto[t.Proto].Add(1)
+	}
 	if !ok || (t.Proto == steer.ProtoTCP && flags&0x02 != 0) {
 		return nil
 	}

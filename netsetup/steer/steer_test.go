@@ -127,9 +127,9 @@ func TestSteeredTCP(t *testing.T) {
 	sink := server.Listen(0)
 	sinkServer(sink)
 	const size = 256 << 20
-	readsBefore := f.reads.Load()
+	readsBefore := f.byProto[steer.ProtoTCP].Load()
 	d := bulk(t, client, addrOf(sink), size)
-	reads := f.reads.Load() - readsBefore
+	reads := f.byProto[steer.ProtoTCP].Load() - readsBefore
 	f.check(t)
 	t.Logf("bulk %d MiB in %v (%.2f Gbit/s), %d frames through the TAPs", size>>20, d, float64(size)*8/d.Seconds()/1e9, reads)
 	// The handshake crosses 4 TAPs (client in, server out, and back) and
@@ -307,10 +307,11 @@ func TestSteeredUDP(t *testing.T) {
 	}
 	f.check(t)
 	c0, _ := r.s.Counters("pu0")
-	t.Logf("UDP: %d frames through the TAPs for %d round trips; pu0 counters %+v", f.reads.Load(), rounds, c0)
+	n := f.byProto[steer.ProtoUDP].Load()
+	t.Logf("UDP: %d UDP frames (%d in all) through the TAPs for %d round trips; pu0 counters %+v", n, f.reads.Load(), rounds, c0)
 	// The first datagram crosses 2 TAPs (pu0 in, pu1 out), the first
 	// answer 2 more; a handful more may race the authorization.
-	if n := f.reads.Load(); n < 2 || n > 12 {
+	if n < 2 || n > 12 {
 		t.Errorf("%d frames through the TAPs for a %d-round UDP flow", n, rounds)
 	}
 	if c0.InAuthorized.Packets < rounds-6 {
@@ -336,9 +337,9 @@ func TestSteeredCrossNode(t *testing.T) {
 	d := bulk(t, client, addrOf(sink), size)
 	f0.check(t)
 	f1.check(t)
-	t.Logf("cross-node bulk %d MiB in %v; TAP frames node0 %d, node1 %d", size>>20, d, f0.reads.Load(), f1.reads.Load())
+	t.Logf("cross-node bulk %d MiB in %v; TCP frames through the TAPs: node0 %d, node1 %d", size>>20, d, f0.byProto[steer.ProtoTCP].Load(), f1.byProto[steer.ProtoTCP].Load())
 	for i, f := range []*forwarder{f0, f1} {
-		if n := f.reads.Load(); n < 2 || n > 32 {
+		if n := f.byProto[steer.ProtoTCP].Load(); n < 2 || n > 32 {
 			t.Errorf("node %d: %d frames through the TAPs", i, n)
 		}
 	}
