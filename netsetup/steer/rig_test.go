@@ -142,10 +142,10 @@ type forwarder struct {
 	// chatter (MLD reports, router solicitations) is steered too, and
 	// tests must not count it as their flow's frames.
 	byProto [256]atomic.Int64
-	errs  atomic.Int64
-	mu    sync.Mutex
-	authd map[string]bool
-	last  atomic.Value // error
+	errs    atomic.Int64
+	mu      sync.Mutex
+	authd   map[string]bool
+	last    atomic.Value // error
 }
 
 func (r *rig) startForwarder() *forwarder {
