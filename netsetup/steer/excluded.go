@@ -160,3 +160,107 @@ func (s *Steerer) setExcluded(ps []netip.Prefix) error {
 	s.excluded = ex
 	return nil
 }
+
+// State is what an existing table in the kernel holds, as a restarted
+// daemon finds it.
+type State struct {
+	PUs      []string       // PUs with chains in the table
+	Excluded []netip.Prefix // excluded networks (as merged in the kernel)
+}
+
+// Existing reads the node's table as the kernel has it (left by a previous
+// run) without changing it. ok is false if there is no table. A restarted
+// daemon merges this with its configuration and calls Apply, which keeps
+// the authorized flows of the PUs it re-attaches.
+func (s *Steerer) Existing() (st State, ok bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.tableExists() {
+		return State{}, false, nil
+	}
+	chains, err := s.conn.ListChainsOfTableFamily(s.table.Family)
+	if err != nil {
+		return State{}, true, fmt.Errorf("steer: list chains: %w", err)
+	}
+	for _, c := range chains {
+		if c.Table != nil && c.Table.Name == s.table.Name && len(c.Name) > 3 && c.Name[:3] == "in_" {
+			st.PUs = append(st.PUs, c.Name[3:])
+		}
+	}
+	slices.Sort(st.PUs)
+	for _, name := range []string{"x4", "x6"} {
+		els, err := s.conn.GetSetElements(&nftables.Set{Table: s.table, Name: name, Interval: true})
+		if err != nil {
+			return State{}, true, fmt.Errorf("steer: read %s: %w", name, err)
+		}
+		ps, err := prefixesOf(els)
+		if err != nil {
+			return State{}, true, fmt.Errorf("steer: %s: %w", name, err)
+		}
+		st.Excluded = append(st.Excluded, ps...)
+	}
+	return st, true, nil
+}
+
+// prefixesOf turns interval-set elements back into the prefixes
+// intervalElements made of them.
+func prefixesOf(els []nftables.SetElement) ([]netip.Prefix, error) {
+	type bound struct {
+		a   netip.Addr
+		end bool
+	}
+	var bs []bound
+	for _, e := range els {
+		a, ok := netip.AddrFromSlice(e.Key)
+		if !ok {
+			return nil, fmt.Errorf("element key of %d bytes", len(e.Key))
+		}
+		bs = append(bs, bound{a, e.IntervalEnd})
+	}
+	// Sort by address; at equal addresses an end closes the previous
+	// interval before the next one starts.
+	slices.SortFunc(bs, func(x, y bound) int {
+		if c := x.a.Compare(y.a); c != 0 {
+			return c
+		}
+		if x.end == y.end {
+			return 0
+		}
+		if x.end {
+			return -1
+		}
+		return 1
+	})
+	var out []netip.Prefix
+	for i := 0; i < len(bs); i++ {
+		if bs[i].end {
+			continue // the kernel's own zero-start marker or a stray end
+		}
+		start := bs[i].a
+		var end netip.Addr // exclusive; invalid = to the top of the space
+		if i+1 < len(bs) && bs[i+1].end {
+			end = bs[i+1].a
+			i++
+		}
+		p, ok := rangePrefix(start, end)
+		if !ok {
+			return nil, fmt.Errorf("interval %v-%v is not a prefix", start, end)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func rangePrefix(start, endExcl netip.Addr) (netip.Prefix, bool) {
+	for bits := 0; bits <= start.BitLen(); bits++ {
+		p := netip.PrefixFrom(start, bits).Masked()
+		if p.Addr() != start {
+			continue
+		}
+		next := lastAddr(p).Next()
+		if next == endExcl || (!next.IsValid() && !endExcl.IsValid()) {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
+}

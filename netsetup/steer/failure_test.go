@@ -3,6 +3,7 @@ package steer_test
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +33,13 @@ func TestFailClosedAndRestart(t *testing.T) {
 	echo(t, old, "established")
 	f.check(t)
 
+	excl := []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("ffff::/16")}
+	for _, p := range []netip.Prefix{excl[0], excl[2], excl[3]} {
+		if err := r.s.AddExcluded(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	// The dataplane dies.
 	f.stop()
 	indexes := map[string]int{}
@@ -54,6 +62,23 @@ func TestFailClosedAndRestart(t *testing.T) {
 	}
 	r.s.Close()
 	r.openSteerer()
+	st, ok, err := r.s.Existing()
+	if err != nil || !ok {
+		t.Fatalf("Existing: %v %v", ok, err)
+	}
+	if !slices.Equal(st.PUs, []string{"pu0", "pu1"}) || !slices.Equal(st.Excluded, []netip.Prefix{excl[0], excl[2], excl[3]}) {
+		t.Fatalf("Existing = %+v", st)
+	}
+	if err := r.s.Apply(r.pus, st.Excluded); err != nil {
+		t.Fatal(err)
+	}
+	// Intervals reaching the top of the space read back too.
+	if err := r.s.AddExcluded(excl[1]); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, err = r.s.Existing(); err != nil || !slices.Equal(st.Excluded, []netip.Prefix{excl[1], excl[2], excl[3]}) {
+		t.Fatalf("Existing after 0/0 = %+v, %v", st, err)
+	}
 	if err := r.s.Apply(r.pus, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -344,5 +369,8 @@ func TestAtomicReplaceAndStale(t *testing.T) {
 	}
 	if err := r.s.Delete(); err != nil {
 		t.Errorf("second Delete: %v", err)
+	}
+	if _, ok, err := r.s.Existing(); ok || err != nil {
+		t.Errorf("Existing after Delete: %v %v", ok, err)
 	}
 }
