@@ -270,12 +270,12 @@ policies:
 		{"10.255.255.255", ProtoTCP, 80, Allow, "ten"},
 		{"11.0.0.0", ProtoTCP, 80, Deny, ""},
 		{"9.255.255.255", ProtoTCP, 80, Deny, ""},
-		{"10.9.0.1", ProtoTCP, 80, Deny, ""},           // except carves a hole
+		{"10.9.0.1", ProtoTCP, 80, Deny, ""},               // except carves a hole
 		{"10.9.9.9", ProtoTCP, 80, Allow, "hole-refilled"}, // another rule fills it
-		{"10.8.8.8", ProtoTCP, 80, Deny, ""},             // bare address except = /32
+		{"10.8.8.8", ProtoTCP, 80, Deny, ""},               // bare address except = /32
 		{"10.8.8.9", ProtoTCP, 80, Allow, "ten"},
-		{"10.1.0.1", ProtoTCP, 80, Reject, "ten-one"},    // overlapping: reject beats allow
-		{"10.1.2.3", ProtoTCP, 80, Reject, "ten-one"},    // deeper allow does not beat reject
+		{"10.1.0.1", ProtoTCP, 80, Reject, "ten-one"}, // overlapping: reject beats allow
+		{"10.1.2.3", ProtoTCP, 80, Reject, "ten-one"}, // deeper allow does not beat reject
 		{"192.168.1.1", ProtoTCP, 80, Allow, "host"},
 		{"192.168.1.2", ProtoTCP, 80, Deny, ""},
 		{"192.168.1.0", ProtoTCP, 80, Deny, ""},
