@@ -32,7 +32,10 @@ type Config struct {
 	Duration time.Duration // per figure and round
 	Clients  int           // concurrent clients of the "N clients" figure
 	Streams  int           // streams of the multi-stream bulk figure
-	Port     uint16        // server port
+	Port     uint16        // server port (iperf3 uses the next one)
+	// Iperf3 is the iperf3 binary for a cross-check of the 1-stream bulk
+	// figure; "" leaves it out.
+	Iperf3 string
 	// Progress, if set, is told what is being measured.
 	Progress func(msg string)
 }
@@ -88,6 +91,7 @@ const (
 	RTTP50       FigureKey = "rtt_p50_us"
 	CPUPer1k     FigureKey = "cpu_s_per_1k_conns"
 	PeakRSS      FigureKey = "peak_rss_mib"
+	Iperf3Bulk1  FigureKey = "iperf3_bulk_1_gbps"
 )
 
 // FigureInfo describes a figure for people.
@@ -104,7 +108,7 @@ type FigureInfo struct {
 }
 
 func figureInfos(c *Config) []FigureInfo {
-	return []FigureInfo{
+	fs := []FigureInfo{
 		{Key: ConnRate1, Label: "new conns/s, 1 client", Unit: "conn/s", Higher: true},
 		{Key: ConnRateN, Label: fmt.Sprintf("new conns/s, %d clients", c.Clients), Unit: "conn/s", Higher: true},
 		{Key: ConnectP50, Label: "connect p50", Unit: "µs", Delta: true},
@@ -119,6 +123,10 @@ func figureInfos(c *Config) []FigureInfo {
 		{Key: CPUPer1k, Label: "enforcer CPU per 1k conns", Unit: "s", Enforcer: true},
 		{Key: PeakRSS, Label: "enforcer peak RSS", Unit: "MiB", Enforcer: true},
 	}
+	if c.Iperf3 != "" {
+		fs = append(fs, FigureInfo{Key: Iperf3Bulk1, Label: "iperf3 bulk, 1 stream", Unit: "Gbit/s", Higher: true})
+	}
+	return fs
 }
 
 // Machine describes where a run took place.
@@ -429,6 +437,15 @@ func measureRound(ctx context.Context, cfg Config, s *setup, r int, out map[Figu
 			notes = append(notes, fmt.Sprintf("bulk %d: sent %d bytes, server received %d", b.streams, br.Sent, br.Received))
 		default:
 			out[b.key][r] = br.Gbps()
+		}
+	}
+
+	if cfg.Iperf3 != "" {
+		prog("iperf3, 1 stream")
+		if g, err := iperf3Bulk(ctx, cfg.Iperf3, s.topo, cfg.Port+1, d); err != nil {
+			notes = append(notes, err.Error())
+		} else {
+			out[Iperf3Bulk1][r] = g
 		}
 	}
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -168,12 +169,14 @@ func TestRunKernelOneNode(t *testing.T) {
 	}
 }
 
-// The two-node topology routes between the node namespaces.
+// The two-node topology routes between the node namespaces. iperf3, an
+// optional cross-check, is measured when it is installed.
 func TestRunKernelTwoNodes(t *testing.T) {
 	noLeftovers(t)
+	iperf, _ := exec.LookPath("iperf3")
 	res, err := Run(context.Background(), Config{
 		Topology: TwoNodes, Variants: []Variant{Kernel{}}, Rounds: 1,
-		Duration: 300 * time.Millisecond, Clients: 2, Streams: 2,
+		Duration: 300 * time.Millisecond, Clients: 2, Streams: 2, Iperf3: iperf,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +184,13 @@ func TestRunKernelTwoNodes(t *testing.T) {
 	for _, n := range res.Notes {
 		t.Errorf("note: %s", n.Message)
 	}
-	for _, k := range []FigureKey{ConnRate1, ConnRateN, Bulk1, BulkN, RTTP50} {
+	keys := []FigureKey{ConnRate1, ConnRateN, Bulk1, BulkN, RTTP50}
+	if iperf != "" {
+		keys = append(keys, Iperf3Bulk1)
+	} else if res.Figure(Iperf3Bulk1) != nil {
+		t.Error("an iperf3 figure without iperf3")
+	}
+	for _, k := range keys {
 		if v := res.Figure(k).Variants["kernel"].Value; v == nil || v.Median <= 0 {
 			t.Errorf("%s: %+v", k, v)
 		}

@@ -66,7 +66,7 @@ type Daemon struct {
 
 	dir   string
 	procs []*exec.Cmd
-	exits []chan error
+	exits []<-chan error
 }
 
 // AllowPerfPolicy lets the perf client connect to the perf server on any
@@ -204,10 +204,7 @@ func (d *Daemon) writeConfig(dir string, n *Node, t *Topology, policy string) (c
 	return cfgPath, socket, os.WriteFile(cfgPath, data, 0o600)
 }
 
-// start runs the daemon inside the node's namespace: the child inherits the
-// namespace of the thread that forks it. That thread stays alive (waiting
-// for the child) for the daemon's whole life, because Pdeathsig fires when
-// the forking thread, not the process, exits.
+// start runs the daemon inside the node's namespace.
 func (d *Daemon) start(bin, cfg string, n *Node, logPath string) error {
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -217,25 +214,8 @@ func (d *Daemon) start(bin, cfg string, n *Node, logPath string) error {
 	cmd := exec.Command(bin, "daemon", "--config", cfg)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	ns, err := netns.GetFromName(n.Netns)
+	exit, err := startIn(n.Netns, cmd)
 	if err != nil {
-		return err
-	}
-	started := make(chan error, 1)
-	exit := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		err := netns.Set(ns)
-		ns.Close()
-		if err == nil {
-			err = cmd.Start()
-		}
-		started <- err
-		if err == nil {
-			exit <- cmd.Wait()
-		}
-	}()
-	if err := <-started; err != nil {
 		return fmt.Errorf("perf: start daemon on %s: %w", n.Name, err)
 	}
 	d.procs = append(d.procs, cmd)
@@ -285,4 +265,34 @@ func (d *Daemon) Teardown() error {
 		d.dir = ""
 	}
 	return errors.Join(errs...)
+}
+
+// startIn starts cmd inside a named network namespace: a child inherits the
+// namespace of the thread that forks it. That thread stays alive, waiting
+// for the child, for the child's whole life, because Pdeathsig fires when
+// the forking thread (not the process) exits. The channel gets cmd.Wait's
+// result.
+func startIn(nsName string, cmd *exec.Cmd) (<-chan error, error) {
+	ns, err := netns.GetFromName(nsName)
+	if err != nil {
+		return nil, err
+	}
+	started := make(chan error, 1)
+	exit := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		err := netns.Set(ns)
+		ns.Close()
+		if err == nil {
+			err = cmd.Start()
+		}
+		started <- err
+		if err == nil {
+			exit <- cmd.Wait()
+		}
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return exit, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"slices"
 	"strings"
@@ -31,6 +32,7 @@ func init() {
 		clients  int
 		streams  int
 		asJSON   bool
+		iperf3   string
 	)
 	cmd := &cobra.Command{
 		Use:   "perf",
@@ -66,6 +68,15 @@ headline), then as median and range over the rounds.`,
 				Topology: topo, Variants: vs, Rounds: rounds, Duration: duration,
 				Clients: clients, Streams: streams,
 			}
+			switch iperf3 {
+			case "auto":
+				cfg.Iperf3, _ = exec.LookPath("iperf3") // optional: left out when absent
+			case "off", "":
+			default:
+				if cfg.Iperf3, err = exec.LookPath(iperf3); err != nil {
+					return &exitError{code: 2, err: err}
+				}
+			}
 			if term.IsTerminal(int(os.Stderr.Fd())) {
 				cfg.Progress = func(msg string) { fmt.Fprintf(os.Stderr, "\r\033[K%s", msg) }
 			}
@@ -90,6 +101,7 @@ headline), then as median and range over the rounds.`,
 	f.IntVar(&clients, "clients", perf.DefaultClients, "concurrent clients of the N-client connection rate")
 	f.IntVar(&streams, "streams", perf.DefaultStreams, "streams of the multi-stream bulk figure")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	f.StringVar(&iperf3, "iperf3", "auto", "iperf3 binary for a cross-check of bulk throughput: auto (if installed), off, or a path")
 	rootCmd.AddCommand(cmd)
 }
 
