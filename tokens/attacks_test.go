@@ -66,7 +66,7 @@ func validClaims(t *testing.T, node string, now time.Time, withEK bool) *tokenCl
 		if err != nil {
 			t.Fatal(err)
 		}
-		cl.EK = base64.RawURLEncoding.EncodeToString(k.PublicKey().Bytes())
+		cl.EK = base64.RawURLEncoding.EncodeToString(compressP256(k.PublicKey().Bytes()))
 	}
 	return cl
 }
@@ -242,6 +242,16 @@ func TestAttacksOnSYN(t *testing.T) {
 		{"no ephemeral key", "pki", func(t *testing.T, p pair, valid []byte) []byte {
 			n, _ := synParts(t, valid)
 			tok, err := p.client.secrets.sign(validClaims(t, "node-a", base, false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return mustSYN(t, n, tok)
+		}, 0, reason.MalformedToken},
+		{"ephemeral key not a point", "pki", func(t *testing.T, p pair, valid []byte) []byte {
+			n, _ := synParts(t, valid)
+			cl := validClaims(t, "node-a", base, false)
+			cl.EK = base64.RawURLEncoding.EncodeToString(append([]byte{5}, make([]byte, 32)...))
+			tok, err := p.client.secrets.sign(cl)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -14,6 +14,7 @@ package tokens
 import (
 	"bytes"
 	"crypto/ecdh"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -241,7 +242,7 @@ func (e *Engine) newEpoch(tags policy.Tags, now time.Time) (*epoch, error) {
 		ep.priv = k
 		pub := k.PublicKey().Bytes()
 		ep.ekID = sha256.Sum256(pub)
-		cl.EK = base64.RawURLEncoding.EncodeToString(pub)
+		cl.EK = base64.RawURLEncoding.EncodeToString(compressP256(pub))
 	}
 	tok, err := e.secrets.sign(cl)
 	if err != nil {
@@ -289,10 +290,14 @@ func (e *Engine) verifyToken(token []byte, now time.Time) (*Peer, error) {
 		if err != nil {
 			return nil, reason.MalformedToken
 		}
-		if p.ek, err = ecdh.P256().NewPublicKey(raw); err != nil {
+		pub := decompressP256(raw)
+		if pub == nil {
 			return nil, reason.MalformedToken
 		}
-		p.ekID = sha256.Sum256(raw)
+		if p.ek, err = ecdh.P256().NewPublicKey(pub); err != nil {
+			return nil, reason.MalformedToken
+		}
+		p.ekID = sha256.Sum256(pub)
 	}
 	p.Identity = policy.NewIdentity(p.Tags)
 	e.tokens.put(h, p)
@@ -476,7 +481,7 @@ func (e *Engine) VerifySYN(frame []byte, c *Conn, now time.Time) (*Peer, error) 
 	if err != nil {
 		return nil, err
 	}
-	if c.state != stateNew && bytes.Equal(f.lcl, c.nc[:]) && p == c.peer {
+	if c.state != stateNew && bytes.Equal(f.lcl, c.nc[:]) && p.hash == c.peer.hash {
 		return p, nil
 	}
 	*c = Conn{peer: p, state: stateSYNReceived}
@@ -572,4 +577,28 @@ func (e *Engine) VerifyACK(frame []byte, c *Conn) error {
 	}
 	c.state = stateServerDone
 	return nil
+}
+
+// compressP256 returns the SEC 1 compressed form (33 bytes) of an
+// uncompressed P-256 point (65 bytes): it saves 43 base64 characters of every
+// PKI token, and crypto/ecdh speaks only the uncompressed form.
+func compressP256(pub []byte) []byte {
+	c := make([]byte, 33)
+	c[0] = 2 | pub[64]&1
+	copy(c[1:], pub[1:33])
+	return c
+}
+
+// decompressP256 returns the uncompressed form of a compressed P-256 point,
+// or nil if it is not one (cold path: a square root mod p).
+func decompressP256(c []byte) []byte {
+	x, y := elliptic.UnmarshalCompressed(elliptic.P256(), c)
+	if x == nil {
+		return nil
+	}
+	pub := make([]byte, 65)
+	pub[0] = 4
+	x.FillBytes(pub[1:33])
+	y.FillBytes(pub[33:])
+	return pub
 }

@@ -6,10 +6,12 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
@@ -227,6 +229,10 @@ func TestFrameSizes(t *testing.T) {
 			}
 			t.Logf("%s: SYN %d bytes, SYN-ACK %d bytes, ACK %d bytes (client tags %q)",
 				mode, len(fr.syn), len(fr.synack), len(fr.ack), clientTags.String())
+			cert, jws := tokenJWT(cc.own.token)
+			parts := strings.Split(jws, ".")
+			t.Logf("%s: client token %d bytes = 2 + certificate %d + JWT %d (header %d, claims %d, signature %d)",
+				mode, len(cc.own.token), len(cert), len(jws), len(parts[0]), len(parts[1]), len(parts[2]))
 			if len(fr.syn) > 1000 {
 				t.Errorf("SYN frame %d bytes, budget 1000", len(fr.syn))
 			}
@@ -243,6 +249,13 @@ func TestFrameSizes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestConnSize: Conn is a small fixed-size value for the flow table.
+func TestConnSize(t *testing.T) {
+	if n := unsafe.Sizeof(Conn{}); n > 96 {
+		t.Errorf("Conn is %d bytes, want at most 96", n)
 	}
 }
 

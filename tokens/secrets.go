@@ -281,8 +281,8 @@ type verifiedCert struct {
 type tokenClaims struct {
 	// T are the PU's identity tags as "key=value", sorted by key.
 	T []string `json:"T"`
-	// EK is the PU's ephemeral ECDH P-256 public key (uncompressed point,
-	// base64url), PKI mode only.
+	// EK is the PU's ephemeral ECDH P-256 public key (SEC 1 compressed
+	// point, base64url), PKI mode only.
 	EK string `json:"EK,omitempty"`
 	jwt.RegisteredClaims
 }
