@@ -67,3 +67,17 @@ func TestNothingLeftBehind(t *testing.T) {
 		t.Fatalf("left behind after cleanup: %v", left)
 	}
 }
+
+func TestEchoHelpers(t *testing.T) {
+	n := NewNode(t, NodeOptions{PUs: 2})
+	addr := n.PUs[1].ServeEcho(0)
+	for _, msg := range []string{"a", "a longer message with some bytes"} {
+		if err := n.PUs[0].Echo(addr, msg, 3*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Nothing listens on port 1: the probe fails instead of hanging.
+	if err := n.PUs[0].Echo(netip.AddrPortFrom(n.PUs[1].Addr, 1), "x", 2*time.Second); err == nil {
+		t.Fatal("echo to a closed port succeeded")
+	}
+}

@@ -1,0 +1,75 @@
+package dockerenv
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+)
+
+// The engine runs a labelled container reachable on the test bridge, and
+// cleanup leaves nothing behind: no directory, bridge, process or mount.
+func TestEngineLifecycle(t *testing.T) {
+	var dir, bridge string
+	t.Run("engine", func(t *testing.T) {
+		start := time.Now()
+		e := Start(t)
+		t.Logf("engine up with image in %v (dir %s, bridge %s, subnet %s)", time.Since(start), e.Dir, e.Bridge, e.Subnet)
+		dir, bridge = e.Dir, e.Bridge
+
+		id := e.Run(Container{Name: "probe-1", Labels: map[string]string{"app": "web"}})
+		c := e.Inspect(id)
+		if !c.State.Running || c.Config.Labels["app"] != "web" || c.Config.Image != Image {
+			t.Fatalf("container state %+v labels %v image %s", c.State, c.Config.Labels, c.Config.Image)
+		}
+		var ip netip.Addr
+		for _, ep := range c.NetworkSettings.Networks {
+			ip = ep.IPAddress
+		}
+		if !e.Subnet.Contains(ip) {
+			t.Fatalf("container IP %v not in %v", ip, e.Subnet)
+		}
+		// The probe server in the container answers with its name.
+		var reply string
+		err := waitFor(5*time.Second, func() error {
+			conn, err := net.DialTimeout("tcp", netip.AddrPortFrom(ip, 80).String(), time.Second)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(2 * time.Second))
+			conn.Write([]byte("hi\n"))
+			reply, err = bufio.NewReader(conn).ReadString('\n')
+			return err
+		})
+		if err != nil || reply != "probe-1\n" {
+			t.Fatalf("probe reply %q, %v", reply, err)
+		}
+	})
+	if dir == "" {
+		return // skipped
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("%s left behind (%v)", dir, err)
+	}
+	if _, err := netlink.LinkByName(bridge); err == nil {
+		t.Errorf("bridge %s left behind", bridge)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mounts), dir) {
+		t.Errorf("mounts under %s left behind", dir)
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(dir)) {
+			t.Errorf("process left behind: %s", bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		}
+	}
+}
