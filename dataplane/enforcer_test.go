@@ -291,7 +291,7 @@ func TestHandshakeAllowed(t *testing.T) {
 func TestServerDeniesClient(t *testing.T) {
 	p := newPair(t, webDB, map[string]string{"app": "bad"}, map[string]string{"app": "db"})
 	syn, _, _, _, _ := p.frames()
-	_, a, b := p.c2s(syn)
+	wire, a, b := p.c2s(syn)
 	if a.v != Forward || b.v != Drop || b.code != reason.PolicyDenied {
 		t.Fatalf("client %v / server %v %v", a.v, b.v, b.code)
 	}
@@ -308,7 +308,7 @@ func TestServerDeniesClient(t *testing.T) {
 		t.Fatalf("RST: %+v", q)
 	}
 	// A retransmitted SYN gets the same answer, without a new record.
-	_, _, b = p.c2s(syn)
+	b = p.s.run(FromNet, wire, p.now)
 	if b.v != Drop || b.code != reason.PolicyDenied || len(b.inject) != 1 {
 		t.Fatalf("retransmitted SYN: %v %v", b.v, b.code)
 	}
@@ -353,8 +353,8 @@ func TestClientDeniesServer(t *testing.T) {
 	if r.v != Forward {
 		t.Fatalf("server RST: %v %v", r.v, r.code)
 	}
-	if n, _ := p.s.e.Flows(); n != 0 {
-		t.Fatalf("server kept %d flows", n)
+	if rs := p.s.sink.all(); len(rs) != 1 || rs[0].End != EndReset || rs[0].Action != "allow" {
+		t.Fatalf("server's half-open flow not ended by the RST: %+v", rs)
 	}
 	rs := p.c.sink.all()
 	if len(rs) != 1 || rs[0].Direction != "egress" || rs[0].Action != "deny" || rs[0].Remote.Tags[0] != "app=web" {
@@ -503,13 +503,28 @@ func TestRSTInEveryState(t *testing.T) {
 			mustDeliver(t, "RST on the wire", a, f)
 			mustDeliver(t, "RST delivered", b, f)
 			for _, s := range []*side{p.c, p.s} {
-				if n, _ := s.e.Flows(); n != 0 {
-					t.Fatalf("%d flows left after RST", n)
+				rs := s.sink.all()
+				if len(rs) != 1 || rs[0].End != EndReset {
+					t.Fatalf("records after RST: %+v", rs)
 				}
-				for _, r := range s.sink.all() {
-					if r.End != EndReset {
-						t.Fatalf("record end %v", r.End)
-					}
+			}
+			// A repeated RST passes; anything else on the reset flow does not.
+			if tc.fromC {
+				_, _, b = p.c2s(f)
+			} else {
+				_, _, b = p.s2c(f)
+			}
+			mustDeliver(t, "repeated RST", b, f)
+			_, _, _, data, _ := p.frames()
+			if _, a, _ = p.c2s(data); a.v != Drop || a.code != reason.InvalidState {
+				t.Fatalf("data after RST: %v %v", a.v, a.code)
+			}
+			// The lingering flows go at the closing timeout, without new records.
+			var out Output
+			for _, s := range []*side{p.c, p.s} {
+				s.e.Expire(p.now.Add(time.Minute), &out)
+				if n, _ := s.e.Flows(); n != 0 || len(s.sink.all()) != 1 {
+					t.Fatalf("%d flows, %d records after the linger", n, len(s.sink.all()))
 				}
 			}
 		})

@@ -205,7 +205,15 @@ func (e *Enforcer) record(pu *PU, ent *flow.Entry[conn], end End, ns int64) {
 		Remote:    PeerInfo{IP: remote.Addr(), External: !v.target},
 	}
 	if !v.decided {
+		// Refused before any policy decision (token or packet problem), or
+		// a handshake that never completed.
 		r.Action = "deny"
+		if v.reason == reason.None {
+			r.Action = "none"
+			if end == EndExpired || end == EndEvicted {
+				r.Reason = reason.Timeout.String()
+			}
+		}
 	}
 	if v.reason == reason.None && !v.dec.Allowed() {
 		r.Reason = reason.PolicyDenied.String()

@@ -38,7 +38,8 @@ type conn struct {
 	synLen     uint32 // sequence space of the SYN (1 + TFO data)
 	ackWindow  uint16 // window of the client's handshake ACK (token-ACK re-injection)
 	decidedAt  int64
-	recorded   bool // the flow record was written (at the denial)
+	recorded   bool // the flow record was written (at the denial or the RST)
+	reset      bool // a RST ended the flow; it lingers for the closing timeout
 }
 
 // ctx carries one slow-path packet through the handlers.
@@ -113,15 +114,24 @@ func (c *ctx) tcp() {
 	}
 	if rst {
 		// RST in any state ends the flow; it is passed on (the other end
-		// must learn of it too).
+		// must learn of it too). The flow lingers, unauthorized, for the
+		// closing timeout so that repeated RSTs still pass.
 		c.touch(ent, len(c.frame))
 		if ent.State == flow.Denied {
 			c.e.drop(c.out, ent.Value.reason)
 			return
 		}
-		c.e.finish(c.pu, ent, EndReset, c.ns, c.out)
-		c.sh.Delete(ent)
+		if !ent.Value.reset {
+			c.e.finish(c.pu, ent, EndReset, c.ns, c.out)
+			ent.Value.reset = true
+			c.sh.SetState(ent, flow.Closing, c.ns)
+		}
 		c.e.forward(c.out, c.frame)
+		return
+	}
+	if ent.Value.reset && !(syn && !ack) {
+		c.touch(ent, len(c.frame))
+		c.e.drop(c.out, reason.InvalidState)
 		return
 	}
 	switch ent.Value.role {
@@ -368,6 +378,12 @@ func (c *ctx) client(ent *flow.Entry[conn]) {
 			return
 		}
 		c.touch(ent, len(c.frame))
+		if c.dir == FromNet {
+			// The server sent data before our ACK (TCP Fast Open): both
+			// ends have decided, the data passes.
+			c.e.forward(c.out, c.frame)
+			return
+		}
 		c.e.drop(c.out, reason.InvalidState)
 	default:
 		c.established(ent)
@@ -623,6 +639,13 @@ func (c *ctx) server(ent *flow.Entry[conn]) {
 			return
 		}
 		c.touch(ent, len(c.frame))
+		if c.dir == FromApp {
+			// Data (or a FIN) before the handshake ACK (TCP Fast Open
+			// server): the PU accepted the connection; the client's
+			// enforcer still decides whether it gets it.
+			c.e.forward(c.out, c.frame)
+			return
+		}
 		c.e.drop(c.out, reason.InvalidState)
 	default:
 		c.established(ent)

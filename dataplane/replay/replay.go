@@ -1,0 +1,404 @@
+// Package replay runs packet captures through per-node enforcers: each
+// captured frame goes through its sender's enforcer (application path) when
+// the sender is a PU, onto the wire, then through its receiver's enforcer
+// (network path) when the receiver is a PU. It is the engine behind
+// `trireme replay` and the dataplane's capture tests.
+package replay
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/dataplane/packet"
+	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/reason"
+	"github.com/trireme-go/trireme/tokens"
+)
+
+// Output receives what the replay produces. Frames are only valid during
+// the call.
+type Output interface {
+	// Wire is a frame as it crossed the network between enforcers.
+	Wire(t time.Time, frame []byte)
+	// Delivered is a frame handed to a PU. origin is the index (0-based) of
+	// the captured packet it comes from, or -1 for frames an enforcer made
+	// (RSTs, injected token-ACKs).
+	Delivered(pu string, t time.Time, frame []byte, origin int)
+	// Record is a flow record (from any node).
+	Record(r *dataplane.Record)
+}
+
+// Options configure a Replayer.
+type Options struct {
+	Topology *Topology
+	Policy   *policy.Set
+	// PKI: nodes get certificates from a throwaway CA (default: one PSK).
+	PKI       bool
+	MidStream dataplane.MidStream
+	Flows     flow.Config
+	// MTU for token insertion (0: 1500; negative: none).
+	MTU int
+	Out Output
+}
+
+type node struct {
+	name string
+	enf  *dataplane.Enforcer
+	out  dataplane.Output
+	last time.Time // last expiry sweep
+}
+
+type pu struct {
+	name string
+	node *node
+	pu   *dataplane.PU
+}
+
+// Replayer runs packets through the enforcers of a topology.
+type Replayer struct {
+	nodes  []*node
+	byIP   map[netip.Addr]*pu
+	first  *pu
+	out    Output
+	parser *packet.Parser
+	pkt    packet.Packet
+	sum    Summary
+	recs   *recordSink
+	last   time.Time
+}
+
+// Summary counts what happened.
+type Summary struct {
+	PacketsIn int `json:"packetsIn"`
+	// Forwarded: captured packets that reached their destination (a PU, or
+	// the wire toward an external host).
+	Forwarded int `json:"forwarded"`
+	// Consumed: captured packets an enforcer absorbed on purpose.
+	Consumed int `json:"consumed"`
+	// Dropped counts captured packets dropped, by reason name.
+	Dropped map[string]int `json:"dropped"`
+	// Injected counts frames enforcers made (RSTs, token-ACKs).
+	Injected int `json:"injected"`
+	// Unreadable counts capture records of unsupported link types.
+	Unreadable int `json:"unreadable"`
+	// Connections counts TCP connections by outcome; Flows every flow
+	// record (one per enforcer side).
+	ConnectionsAllowed int `json:"connectionsAllowed"`
+	ConnectionsDenied  int `json:"connectionsDenied"`
+	// ConnectionsIncomplete: no side decided (the handshake never finished).
+	ConnectionsIncomplete int    `json:"connectionsIncomplete"`
+	Flows                 int    `json:"flows"`
+	Evictions             uint64 `json:"evictions"`
+}
+
+// New builds the nodes, enforcers and PUs of the topology.
+func New(o Options) (*Replayer, error) {
+	if o.Topology == nil || o.Policy == nil {
+		return nil, errors.New("replay: topology and policy are required")
+	}
+	set := *o.Policy
+	if len(o.Topology.TargetNetworks) > 0 {
+		set.TargetNetworks = o.Topology.TargetNetworks
+	}
+	if len(o.Topology.ExcludedNetworks) > 0 {
+		set.ExcludedNetworks = o.Topology.ExcludedNetworks
+	}
+	eng, err := policy.Compile(&set)
+	if err != nil {
+		return nil, err
+	}
+	r := &Replayer{byIP: map[netip.Addr]*pu{}, out: o.Out, parser: packet.NewParser(),
+		sum: Summary{Dropped: map[string]int{}}}
+	r.recs = &recordSink{r: r, conns: map[connKey]connState{}}
+	secrets, err := newSecrets(o.PKI, o.Topology)
+	if err != nil {
+		return nil, err
+	}
+	nodes := map[string]*node{}
+	for _, spec := range o.Topology.PUs {
+		n := nodes[spec.Node]
+		if n == nil {
+			te, err := tokens.New(tokens.Config{Node: spec.Node, Secrets: secrets[spec.Node]})
+			if err != nil {
+				return nil, err
+			}
+			enf, err := dataplane.New(dataplane.Config{Tokens: te, Policy: eng, Flows: o.Flows,
+				MidStream: o.MidStream, MTU: o.MTU, Sink: r.recs})
+			if err != nil {
+				return nil, err
+			}
+			n = &node{name: spec.Node, enf: enf}
+			nodes[spec.Node] = n
+			r.nodes = append(r.nodes, n)
+		}
+		p := &pu{name: spec.Name, node: n, pu: n.enf.AddPU(spec.Name, spec.Tags)}
+		if r.first == nil {
+			r.first = p
+		}
+		for _, a := range spec.IPs {
+			r.byIP[a] = p
+		}
+	}
+	if r.first == nil {
+		return nil, errors.New("replay: the topology has no PU")
+	}
+	return r, nil
+}
+
+func newSecrets(pki bool, t *Topology) (map[string]tokens.Secrets, error) {
+	out := map[string]tokens.Secrets{}
+	if !pki {
+		key := make([]byte, 32)
+		rand.Read(key)
+		s, err := tokens.NewPSK(key)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range t.PUs {
+			out[p.Node] = s
+		}
+		return out, nil
+	}
+	// A throwaway CA valid across any capture's timestamps.
+	from := time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC)
+	validity := 100 * 365 * 24 * time.Hour
+	ca, caKey, err := tokens.NewCA("trireme-replay", from, validity)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range t.PUs {
+		if out[p.Node] != nil {
+			continue
+		}
+		cert, key, err := tokens.IssueNode(ca, caKey, p.Node, from, validity)
+		if err != nil {
+			return nil, err
+		}
+		s, err := tokens.NewPKI(ca, cert, key)
+		if err != nil {
+			return nil, err
+		}
+		out[p.Node] = s
+	}
+	return out, nil
+}
+
+// endpoints reads a frame's source and destination addresses (IP, or the
+// protocol addresses of an ARP packet).
+func (r *Replayer) endpoints(frame []byte) (src, dst netip.Addr, ok bool) {
+	p := &r.pkt
+	if r.parser.Parse(frame, p) != reason.None {
+		return src, dst, false
+	}
+	if p.ARP {
+		b := frame[p.L3:]
+		if len(b) >= 28 && b[4] == 6 && b[5] == 4 {
+			return netip.AddrFrom4([4]byte(b[14:18])), netip.AddrFrom4([4]byte(b[24:28])), true
+		}
+		return src, dst, false
+	}
+	return p.Src, p.Dst, true
+}
+
+// Packet runs captured packet number idx (0-based) with timestamp t.
+func (r *Replayer) Packet(idx int, t time.Time, frame []byte) {
+	r.sum.PacketsIn++
+	r.expire(t)
+	frame = bytes.Clone(frame)
+	src, dst, ok := r.endpoints(frame)
+	var from, to *pu
+	if ok {
+		from, to = r.byIP[src], r.byIP[dst]
+	} else {
+		// Frames whose addresses cannot be read are given to one enforcer
+		// as network input: it drops them with the reason.
+		to = r.first
+	}
+	wire := [][]byte{frame}
+	if from != nil {
+		n := from.node
+		n.enf.Process(from.pu, dataplane.FromApp, frame, t, &n.out)
+		wire = wire[:0]
+		for _, in := range n.out.Inject {
+			r.sum.Injected++
+			if in.To == dataplane.ToPU {
+				r.deliver(from, t, in.Frame, -1)
+			} else {
+				wire = append(wire, bytes.Clone(in.Frame))
+			}
+		}
+		if n.out.Verdict == dataplane.Forward {
+			wire = append(wire, bytes.Clone(n.out.Frame))
+		} else {
+			r.count(n.out.Verdict, n.out.Reason)
+			for _, w := range wire {
+				r.send(w, t, -1, 0)
+			}
+			return
+		}
+	}
+	last := len(wire) - 1
+	for i, w := range wire {
+		origin := -1
+		if i == last {
+			origin = idx
+		}
+		if !ok && i == last {
+			r.receive(to, w, t, origin, 0)
+			continue
+		}
+		r.send(w, t, origin, 0)
+	}
+}
+
+func (r *Replayer) count(v dataplane.Verdict, code reason.Code) {
+	if v != dataplane.Forward && code == reason.None {
+		r.sum.Consumed++
+		return
+	}
+	r.sum.Dropped[code.String()]++
+}
+
+// send puts a frame on the wire and hands it to its receiver's enforcer.
+func (r *Replayer) send(w []byte, t time.Time, origin, depth int) {
+	if r.out != nil {
+		r.out.Wire(t, w)
+	}
+	_, dst, ok := r.endpoints(w)
+	to := r.byIP[dst]
+	if !ok || to == nil {
+		if origin >= 0 {
+			r.sum.Forwarded++
+		}
+		return
+	}
+	r.receive(to, w, t, origin, depth)
+}
+
+func (r *Replayer) receive(to *pu, w []byte, t time.Time, origin, depth int) {
+	n := to.node
+	n.enf.Process(to.pu, dataplane.FromNet, w, t, &n.out)
+	back := [][]byte{}
+	for _, in := range n.out.Inject {
+		r.sum.Injected++
+		if in.To == dataplane.ToPU {
+			r.deliver(to, t, in.Frame, -1)
+		} else {
+			back = append(back, bytes.Clone(in.Frame))
+		}
+	}
+	if n.out.Verdict == dataplane.Forward {
+		r.deliver(to, t, n.out.Frame, origin)
+		if origin >= 0 {
+			r.sum.Forwarded++
+		}
+	} else if origin >= 0 {
+		r.count(n.out.Verdict, n.out.Reason)
+	}
+	if depth < 4 {
+		for _, b := range back {
+			r.send(b, t, -1, depth+1)
+		}
+	}
+}
+
+func (r *Replayer) deliver(p *pu, t time.Time, f []byte, origin int) {
+	if r.out != nil {
+		r.out.Delivered(p.name, t, f, origin)
+	}
+}
+
+// expire sweeps the flow tables as capture time advances (every second).
+func (r *Replayer) expire(t time.Time) {
+	if t.After(r.last) {
+		r.last = t
+	}
+	for _, n := range r.nodes {
+		if n.last.IsZero() {
+			n.last = t
+			continue
+		}
+		if t.Sub(n.last) >= time.Second {
+			n.enf.Expire(t, &n.out)
+			n.last = t
+		}
+	}
+}
+
+// Finish flushes every flow (records for flows still open) and returns the
+// summary.
+func (r *Replayer) Finish() Summary {
+	for _, n := range r.nodes {
+		n.enf.Flush(r.last, &n.out)
+		_, ev := n.enf.Flows()
+		r.sum.Evictions += ev
+	}
+	for _, st := range r.recs.conns {
+		switch {
+		case st.denied:
+			r.sum.ConnectionsDenied++
+		case st.allowed:
+			r.sum.ConnectionsAllowed++
+		default:
+			r.sum.ConnectionsIncomplete++
+		}
+	}
+	return r.sum
+}
+
+// NodeStats returns each node's enforcer counters, by node name.
+func (r *Replayer) NodeStats() map[string]dataplane.Stats {
+	m := map[string]dataplane.Stats{}
+	for _, n := range r.nodes {
+		m[n.name] = n.enf.Stats()
+	}
+	return m
+}
+
+type connKey struct {
+	client, server netip.AddrPort
+}
+
+// recordSink forwards records and tallies TCP connections: a connection
+// is denied when any side denied it.
+type recordSink struct {
+	r     *Replayer
+	conns map[connKey]connState
+}
+
+type connState struct{ allowed, denied bool }
+
+func (s *recordSink) Record(rec *dataplane.Record) {
+	s.r.sum.Flows++
+	if rec.Proto == "tcp" {
+		k := connKey{rec.Client, rec.Server}
+		st := s.conns[k]
+		st.allowed = st.allowed || rec.Action == "allow"
+		st.denied = st.denied || rec.Action == "deny" || rec.Action == "reject"
+		s.conns[k] = st
+	}
+	if s.r.out != nil {
+		s.r.out.Record(rec)
+	}
+}
+
+// DroppedString renders the drop counts sorted by name.
+func (s Summary) DroppedString() string {
+	names := make([]string, 0, len(s.Dropped))
+	for k := range s.Dropped {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b bytes.Buffer
+	for _, k := range names {
+		fmt.Fprintf(&b, "  %-22s %d\n", k, s.Dropped[k])
+	}
+	return b.String()
+}
