@@ -1,11 +1,14 @@
 package steer_test
 
 import (
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/testenv"
 )
 
@@ -86,6 +89,36 @@ func BenchmarkConnect(b *testing.B) {
 				c.(*net.TCPConn).SetLinger(0)
 				c.Close()
 			}
+		})
+	}
+}
+
+func benchTuple(i int) steer.Tuple {
+	return steer.Tuple{
+		Src:   netip.AddrFrom4([4]byte{10, 77, 0, 2}),
+		Dst:   netip.AddrFrom4([4]byte{10, 78, byte(i >> 8), byte(i)}),
+		Proto: steer.ProtoTCP, SrcPort: uint16(1024 + i%60000), DstPort: 443,
+	}
+}
+
+// BenchmarkAuthorize: cost of authorizing one flow (both directions) in the
+// kernel set, alone and in batches.
+func BenchmarkAuthorize(b *testing.B) {
+	r := newRig(b, 1, 1)
+	for _, size := range []int{1, 64} {
+		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				bt := r.s.NewBatch()
+				for k := 0; k < size; k++ {
+					bt.Authorize("pu0", benchTuple(i), time.Minute)
+					i++
+				}
+				if err := bt.Commit(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(i), "ns/flow")
 		})
 	}
 }

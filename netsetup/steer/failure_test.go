@@ -374,3 +374,42 @@ func TestAtomicReplaceAndStale(t *testing.T) {
 		t.Errorf("Existing after Delete: %v %v", ok, err)
 	}
 }
+
+// TestBatchLarge: a batch spanning several netlink messages is applied
+// whole, and a revocation batch removes everything again.
+func TestBatchLarge(t *testing.T) {
+	r := newRig(t, 1, 1)
+	const n = 600
+	b := r.s.NewBatch()
+	for i := 0; i < n; i++ {
+		b.Authorize("pu0", benchTuple(i), time.Minute)
+	}
+	if b.Len() != n {
+		t.Fatalf("Len = %d", b.Len())
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	es, err := r.s.List("pu0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 2*n {
+		t.Fatalf("%d entries, want %d", len(es), 2*n)
+	}
+	// A batch with one bad flow changes nothing.
+	b.Authorize("pu0", steer.Tuple{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("192.0.2.9"), Proto: 6, SrcPort: 1, DstPort: 2}, time.Minute)
+	b.Authorize("nope", benchTuple(0), time.Minute)
+	if err := b.Commit(); err == nil {
+		t.Fatal("batch with an unknown PU committed")
+	}
+	for i := 0; i < n; i++ {
+		b.Revoke("pu0", benchTuple(i))
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if es, _ = r.s.List("pu0"); len(es) != 0 {
+		t.Fatalf("%d entries left after revoking all", len(es))
+	}
+}
