@@ -345,10 +345,18 @@ var (
 	buildErr  error
 )
 
+// BinaryEnv names a prebuilt static trireme binary to put in the image
+// instead of building one (e.g. `make test` builds it once for all packages).
+const BinaryEnv = "TRIREME_TEST_BINARY"
+
 // Binary returns the static (CGO_ENABLED=0) trireme binary, built once per
-// test process from the module the test runs in.
+// test process from the module the test runs in, or read from $BinaryEnv.
 func Binary() ([]byte, error) {
 	buildOnce.Do(func() {
+		if p := os.Getenv(BinaryEnv); p != "" {
+			binary, buildErr = os.ReadFile(p)
+			return
+		}
 		root, err := moduleRoot()
 		if err != nil {
 			buildErr = err
