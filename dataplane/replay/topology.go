@@ -51,8 +51,17 @@ type rawPU struct {
 func (r *rawPU) UnmarshalYAML(n *yaml.Node) error {
 	type plain rawPU
 	var p plain
-	dec := n.Decode
-	if err := dec(&p); err != nil {
+	// node.Decode does not inherit the decoder's KnownFields: check keys.
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			switch k := n.Content[i]; k.Value {
+			case "name", "node", "ip", "ips", "tags":
+			default:
+				return fmt.Errorf("line %d:%d: field %s not found in a PU (name, node, ip, ips, tags)", k.Line, k.Column, k.Value)
+			}
+		}
+	}
+	if err := n.Decode(&p); err != nil {
 		return err
 	}
 	*r = rawPU(p)
