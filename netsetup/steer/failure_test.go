@@ -413,3 +413,38 @@ func TestBatchLarge(t *testing.T) {
 		t.Fatalf("%d entries left after revoking all", len(es))
 	}
 }
+
+// TestVethGone: a PU whose veth disappeared (the workload died) can still
+// be removed, and a PU whose veth does not exist cannot be added; a failed
+// Apply leaves the previous table working.
+func TestVethGone(t *testing.T) {
+	r := newRig(t, 2, 2)
+	r.node.MustDo(func() error { return netsetup.DeleteLink(r.pus[0].Veth) })
+	if err := r.s.RemovePU("pu0"); err != nil {
+		t.Fatalf("RemovePU after the veth vanished: %v", err)
+	}
+	if strings.Contains(nftList(t, r), "pu0") {
+		t.Error("pu0 objects left in the table")
+	}
+	ghost := r.pus[0]
+	ghost.Name = "ghost"
+	if err := r.s.AddPU(ghost); err == nil {
+		t.Error("AddPU on a missing veth succeeded")
+	}
+	if err := r.s.Apply([]steer.PU{r.pus[1], ghost}, nil); err == nil {
+		t.Error("Apply with a missing veth succeeded")
+	}
+	// The previous table is intact and usable.
+	if got := r.s.PUs(); len(got) != 1 || got[0] != "pu1" {
+		t.Errorf("PUs after failed Apply: %v", got)
+	}
+	if !strings.Contains(nftList(t, r), "in_pu1") {
+		t.Error("failed Apply changed the table")
+	}
+	if err := r.s.AddExcluded(netip.MustParsePrefix("192.0.2.0/24")); err != nil {
+		t.Errorf("AddExcluded after failed Apply: %v", err)
+	}
+	if err := r.s.Authorize("pu1", benchTuple(1), time.Minute); err != nil {
+		t.Errorf("Authorize after failed Apply: %v", err)
+	}
+}

@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 )
 
 // TablePrefix starts the name of every nftables table trireme creates.
@@ -88,6 +90,7 @@ type Steerer struct {
 	excluded []netip.Prefix
 	elems    elemWriter
 	keyBuf   []byte
+	links    *netlink.Handle // rtnetlink in the node's namespace
 }
 
 // Open connects to nftables for the node. It changes nothing in the kernel:
@@ -107,7 +110,18 @@ func Open(cfg Config) (*Steerer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("steer: nftables: %w", err)
 	}
+	var links *netlink.Handle
+	if cfg.NetNS != 0 {
+		links, err = netlink.NewHandleAt(netns.NsHandle(cfg.NetNS))
+	} else {
+		links, err = netlink.NewHandle()
+	}
+	if err != nil {
+		conn.CloseLasting()
+		return nil, fmt.Errorf("steer: rtnetlink: %w", err)
+	}
 	s := &Steerer{
+		links: links,
 		cfg:   cfg,
 		conn:  conn,
 		table: &nftables.Table{Name: TablePrefix + cfg.Node, Family: nftables.TableFamilyNetdev},
@@ -129,6 +143,7 @@ func (s *Steerer) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.elems.close()
+	s.links.Close()
 	return s.conn.CloseLasting()
 }
 
@@ -158,7 +173,7 @@ func (s *Steerer) Apply(pus []PU, excluded []netip.Prefix) error {
 	defer s.mu.Unlock()
 	seen := map[string]bool{}
 	for _, pu := range pus {
-		if err := checkPU(pu); err != nil {
+		if err := s.checkPU(pu); err != nil {
 			return err
 		}
 		if seen[pu.Name] {
@@ -202,17 +217,23 @@ func (s *Steerer) Apply(pus []PU, excluded []netip.Prefix) error {
 	if err != nil {
 		return err
 	}
+	// The PU rules look the excluded sets up through s.x4/s.x6; restore the
+	// old ones if the batch fails.
+	oldX4, oldX6 := s.x4, s.x6
 	s.x4, s.x6 = x4, x6
 	states := map[string]*puState{}
 	for _, pu := range pus {
 		c := carried[pu.Name]
 		st, err := s.addPU(pu, c[0], c[1])
 		if err != nil {
+			s.x4, s.x6 = oldX4, oldX6
+			_ = s.conn.Flush() // drop the queued messages (the batch fails or is harmless)
 			return err
 		}
 		states[pu.Name] = st
 	}
 	if err := s.conn.Flush(); err != nil {
+		s.x4, s.x6 = oldX4, oldX6
 		return fmt.Errorf("steer: replace table %s: %w", t.Name, err)
 	}
 	s.pus = states
@@ -225,15 +246,31 @@ func (s *Steerer) tableExists() bool {
 	return err == nil
 }
 
-func checkPU(pu PU) error {
+// checkPU validates a PU and checks that its veth and TAPs exist. The
+// kernel (6.18) accepts netdev chains for devices that do not exist yet and
+// binds them when a device of that name appears: a typo would silently
+// leave a PU unpoliced until then, so it is refused here.
+func (s *Steerer) checkPU(pu PU) error {
 	if err := checkName(pu.Name); err != nil {
 		return err
 	}
 	if pu.Veth == "" || len(pu.Veth) > 15 {
 		return fmt.Errorf("steer: PU %s: invalid veth name %q", pu.Name, pu.Veth)
 	}
-	if pu.TapIn <= 0 || pu.TapOut <= 0 {
-		return fmt.Errorf("steer: PU %s: TAP ifindexes must be set (in %d, out %d)", pu.Name, pu.TapIn, pu.TapOut)
+	if pu.TapIn <= 0 || pu.TapOut <= 0 || pu.TapIn == pu.TapOut {
+		return fmt.Errorf("steer: PU %s: two distinct TAP ifindexes needed (in %d, out %d)", pu.Name, pu.TapIn, pu.TapOut)
+	}
+	if _, err := s.links.LinkByName(pu.Veth); err != nil {
+		return fmt.Errorf("steer: PU %s: veth %s: %w", pu.Name, pu.Veth, err)
+	}
+	for _, idx := range []int{pu.TapIn, pu.TapOut} {
+		l, err := s.links.LinkByIndex(idx)
+		if err != nil {
+			return fmt.Errorf("steer: PU %s: TAP ifindex %d: %w", pu.Name, idx, err)
+		}
+		if l.Type() != "tuntap" {
+			return fmt.Errorf("steer: PU %s: ifindex %d is a %s, not a TAP", pu.Name, idx, l.Type())
+		}
 	}
 	return nil
 }
@@ -283,11 +320,11 @@ func (s *Steerer) addPU(pu PU, el4, el6 []nftables.SetElement) (*puState, error)
 // AddPU adds the chains and sets of one PU (one batch). The table must have
 // been created with Apply.
 func (s *Steerer) AddPU(pu PU) error {
-	if err := checkPU(pu); err != nil {
-		return err
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.checkPU(pu); err != nil {
+		return err
+	}
 	if s.x4 == nil {
 		return fmt.Errorf("steer: AddPU %s before Apply", pu.Name)
 	}
