@@ -51,3 +51,24 @@ func TestInjectorErrors(t *testing.T) {
 		return j.Close()
 	})
 }
+
+// TestWriteDoesNotAllocate: the injection path is per packet.
+func TestWriteDoesNotAllocate(t *testing.T) {
+	n := testenv.NewNode(t, testenv.NodeOptions{PUs: 1})
+	var j *inject.Injector
+	n.MustDo(func() error {
+		var err error
+		j, err = inject.New(n.PUs[0].Link.HostIndex, 7)
+		return err
+	})
+	defer j.Close()
+	frame := make([]byte, vnet.HdrLen+60)
+	copy(frame[vnet.HdrLen:], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 1, 0x88, 0xb5})
+	if a := testing.AllocsPerRun(200, func() {
+		if err := j.Write(frame); err != nil {
+			t.Fatal(err)
+		}
+	}); a != 0 {
+		t.Errorf("Write allocates %.1f times per packet", a)
+	}
+}
