@@ -565,3 +565,73 @@ func TestExample(t *testing.T) {
 		}
 	}
 }
+
+func TestPodObjects(t *testing.T) {
+	doc := `
+apiVersion: v1
+kind: PodList
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: dual, labels: {app: a}}
+  spec:
+    initContainers: [{name: sidecar, restartPolicy: Always, ports: [{name: proxy, containerPort: 15001}]}]
+    containers: [{name: c, ports: [{name: dns, containerPort: 53, protocol: UDP}, {containerPort: 80}]}]
+  status: {podIP: 10.0.0.5, podIPs: [{ip: 10.0.0.5}, {ip: "fd00::5"}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: host, namespace: default}
+  spec: {hostNetwork: true, containers: [{name: c}]}
+  status: {podIP: 192.0.2.1}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: pending}
+  spec: {containers: [{name: c}]}
+`
+	c := &Cluster{}
+	if err := c.Decode("pods.yaml", []byte(doc)); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range c.Pods {
+		got = append(got, fmt.Sprintf("%s %v %v", p.ID(), p.IPs, p.Ports))
+	}
+	want := []string{
+		"default/dual [10.0.0.5 fd00::5] [{proxy tcp 15001} {dns udp 53} { tcp 80}]",
+		"default/pending [] []",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("pods:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	tr, err := Translate(c, Options{TargetNetworks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(tr.Set.TargetNetworks); got != "[10.0.0.0/16]" {
+		t.Errorf("target networks %s, want the option's", got)
+	}
+}
+
+// The same universe always translates to the same text.
+func TestTranslateDeterministic(t *testing.T) {
+	var first []byte
+	for i := range 5 {
+		c, err := Load(filepath.Join("..", "examples", "k8s"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := Translate(c, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		text, err := MarshalSet(tr.Set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = text
+		} else if string(text) != string(first) {
+			t.Fatalf("translation %d differs:\n%s\nfirst:\n%s", i, text, first)
+		}
+	}
+}
