@@ -163,10 +163,11 @@ type Peer struct {
 	_     [0]func()       // not comparable
 }
 
-// sharedSecret is a cached ECDH result for a pair of ephemeral keys.
+// sharedSecret is a cached ECDH result for a pair of ephemeral keys, as
+// the HKDF pseudorandom key the connections' keys are expanded from.
 type sharedSecret struct {
 	own, peer [32]byte // key ids
-	secret    [32]byte
+	prk       [32]byte
 }
 
 // Local is a local PU's identity: its tags and its current epoch (identity
@@ -232,7 +233,7 @@ func (e *Engine) newEpoch(tags policy.Tags, now time.Time) (*epoch, error) {
 	cl.IssuedAt = jwt.NewNumericDate(iat)
 	cl.ExpiresAt = jwt.NewNumericDate(iat.Add(2 * e.refresh))
 	ep := &epoch{refreshAt: now.Add(e.refresh)}
-	if e.secrets.handshakeSecret() == nil {
+	if e.secrets.handshakePRK() == nil {
 		k, err := ecdh.P256().GenerateKey(rand.Reader)
 		if err != nil {
 			return nil, err
@@ -285,7 +286,7 @@ func (e *Engine) verifyToken(token []byte, now time.Time) (*Peer, error) {
 	if p.Tags.Validate() != nil {
 		return nil, reason.MalformedToken
 	}
-	if e.secrets.handshakeSecret() == nil {
+	if e.secrets.handshakePRK() == nil {
 		raw, err := base64.RawURLEncoding.Strict().DecodeString(cl.EK)
 		if err != nil {
 			return nil, reason.MalformedToken
@@ -329,12 +330,16 @@ func (e *Engine) verifyCert(p *pkiSecrets, der []byte, now time.Time) (*verified
 	return vc, nil
 }
 
-// handshakeKey derives the connection's key K from the ECDH of the two
-// ephemeral keys (PKI) or the PSK, salted with both nonces.
+// handshakeKey derives the connection's key
+//
+//	K = HKDF-Expand(PRK, "trireme/1 handshake key" ‖ Nc ‖ Ns, 32)
+//
+// where PRK = HKDF-Extract("trireme/1 ecdh", ECDH(own ephemeral, peer EK))
+// in PKI mode (cached per pair of ephemeral keys) and the PSK's handshake key
+// in PSK mode. Per connection this is one HMAC.
 func (e *Engine) handshakeKey(own *epoch, peer *Peer, nc, ns *[NonceSize]byte) ([32]byte, error) {
-	ikm := e.secrets.handshakeSecret()
-	var secret [32]byte
-	if ikm == nil {
+	prk := e.secrets.handshakePRK()
+	if prk == nil {
 		if own.priv == nil || peer.ek == nil {
 			return [32]byte{}, reason.MalformedToken
 		}
@@ -342,34 +347,37 @@ func (e *Engine) handshakeKey(own *epoch, peer *Peer, nc, ns *[NonceSize]byte) (
 		if err != nil {
 			return [32]byte{}, err
 		}
-		secret = s
-		ikm = secret[:]
+		prk = &s.prk
 	}
-	var salt [2 * NonceSize]byte
-	copy(salt[:], nc[:])
-	copy(salt[NonceSize:], ns[:])
-	return hkdfSHA256(ikm, salt[:], []byte(keyInfo)), nil
+	var info [len(keyInfo) + 2*NonceSize]byte
+	n := copy(info[:], keyInfo)
+	n += copy(info[n:], nc[:])
+	copy(info[n:], ns[:])
+	return hkdfExpand32(prk, info[:]), nil
 }
 
-const keyInfo = "trireme/1 handshake key"
+const (
+	keyInfo  = "trireme/1 handshake key"
+	ecdhSalt = "trireme/1 ecdh"
+)
 
-// ecdh returns ECDH(own private, peer public), cached per pair of keys.
-func (e *Engine) ecdh(own *epoch, peer *Peer) ([32]byte, error) {
+// ecdh returns the PRK of ECDH(own private, peer public), cached per pair of
+// keys.
+func (e *Engine) ecdh(own *epoch, peer *Peer) (*sharedSecret, error) {
 	k := binary.LittleEndian.Uint64(own.ekID[:]) ^ binary.LittleEndian.Uint64(peer.ekID[8:])
 	if s, ok := e.shared.get(k); ok && s.own == own.ekID && s.peer == peer.ekID {
 		e.stats.ecdhHits.Add(1)
-		return s.secret, nil
+		return s, nil
 	}
 	e.stats.ecdh.Add(1)
 	e.stats.publicKeyOps.Add(1)
 	b, err := own.priv.ECDH(peer.ek)
-	if err != nil || len(b) != 32 {
-		return [32]byte{}, reason.MalformedToken
+	if err != nil {
+		return nil, reason.MalformedToken
 	}
-	s := &sharedSecret{own: own.ekID, peer: peer.ekID}
-	copy(s.secret[:], b)
+	s := &sharedSecret{own: own.ekID, peer: peer.ekID, prk: hkdfExtract([]byte(ecdhSalt), b)}
 	e.shared.put(k, s)
-	return s.secret, nil
+	return s, nil
 }
 
 // Transcript labels; they make the SYN-ACK and ACK MACs differ.

@@ -287,14 +287,23 @@ func TestMACMatchesStdlib(t *testing.T) {
 		}
 	}
 	secret := bytes.Repeat([]byte{3}, 32)
-	salt := bytes.Repeat([]byte{4}, 32)
-	want, err := hkdf.Key(sha256.New, secret, salt, keyInfo, 32)
+	salt := []byte(ecdhSalt)
+	wantPRK, err := hkdf.Extract(sha256.New, secret, salt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := hkdfSHA256(secret, salt, []byte(keyInfo))
+	prk := hkdfExtract(salt, secret)
+	if !bytes.Equal(prk[:], wantPRK) {
+		t.Error("HKDF-Extract differs from crypto/hkdf")
+	}
+	info := keyInfo + string(bytes.Repeat([]byte{5}, 2*NonceSize))
+	want, err := hkdf.Expand(sha256.New, wantPRK, info, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := hkdfExpand32(&prk, []byte(info))
 	if !bytes.Equal(got[:], want) {
-		t.Error("HKDF differs from crypto/hkdf")
+		t.Error("HKDF-Expand differs from crypto/hkdf")
 	}
 }
 

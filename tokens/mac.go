@@ -30,9 +30,12 @@ func hmacSHA256(key, msg []byte) [32]byte {
 	return sha256.Sum256(buf[:64+32])
 }
 
-// hkdfSHA256 is HKDF-SHA256 (RFC 5869) producing one 32-byte block.
-func hkdfSHA256(secret, salt, info []byte) [32]byte {
-	prk := hmacSHA256(salt, secret)
+// hkdfExtract is HKDF-Extract-SHA256(salt, ikm) (RFC 5869); salt is at most
+// 64 bytes.
+func hkdfExtract(salt, ikm []byte) [32]byte { return hmacSHA256(salt, ikm) }
+
+// hkdfExpand32 is HKDF-Expand-SHA256(prk, info, 32): one block.
+func hkdfExpand32(prk *[32]byte, info []byte) [32]byte {
 	var in [maxMACInput]byte
 	n := copy(in[:], info)
 	in[n] = 1

@@ -36,9 +36,9 @@ type Secrets interface {
 	// verify checks an identity token (cold path) and returns its claims and
 	// the time until which the verification holds.
 	verify(e *Engine, token []byte, now time.Time) (*tokenClaims, time.Time, error)
-	// handshakeSecret is the input keying material of the handshake key, or
-	// nil when it comes from ECDH of the two ephemeral keys.
-	handshakeSecret() []byte
+	// handshakePRK is the HKDF pseudorandom key the connections' keys are
+	// expanded from, or nil when it comes from ECDH of the two ephemeral keys.
+	handshakePRK() *[32]byte
 }
 
 // MinPSKSize is the smallest accepted pre-shared key.
@@ -55,8 +55,8 @@ const (
 )
 
 type pskSecrets struct {
-	tokenKey     []byte // HS256 key
-	handshakeKey []byte // IKM of the handshake key K
+	tokenKey     []byte   // HS256 key
+	handshakeKey [32]byte // PRK of the connections' keys K
 }
 
 // NewPSK returns secrets from a pre-shared key of at least MinPSKSize bytes.
@@ -74,7 +74,9 @@ func NewPSK(key []byte) (Secrets, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &pskSecrets{tokenKey: tk, handshakeKey: hk}, nil
+	p := &pskSecrets{tokenKey: tk}
+	copy(p.handshakeKey[:], hk)
+	return p, nil
 }
 
 // LoadPSK reads a pre-shared key from a file. Leading and trailing white
@@ -119,7 +121,7 @@ func (p *pskSecrets) verify(e *Engine, token []byte, now time.Time) (*tokenClaim
 	return cl, cl.ExpiresAt.Time, nil
 }
 
-func (p *pskSecrets) handshakeSecret() []byte { return p.handshakeKey }
+func (p *pskSecrets) handshakePRK() *[32]byte { return &p.handshakeKey }
 
 type pkiSecrets struct {
 	ca    *x509.Certificate
@@ -225,7 +227,7 @@ func (p *pkiSecrets) verify(e *Engine, token []byte, now time.Time) (*tokenClaim
 	return cl, until, nil
 }
 
-func (p *pkiSecrets) handshakeSecret() []byte { return nil }
+func (p *pkiSecrets) handshakePRK() *[32]byte { return nil }
 
 // NodeExtKeyUsages are the extended key usages a node certificate must carry:
 // every node is a client (SYN) and a server (SYN-ACK) of the handshake.
