@@ -75,6 +75,9 @@ const (
 type Injected struct {
 	To    Target
 	Frame []byte
+	// PU is the local PU the frame concerns (the one it is delivered to
+	// when To is ToPU).
+	PU *PU
 }
 
 // NoteKind says what a Note asks of the live daemon.
@@ -144,8 +147,8 @@ func (o *Output) injectBuf() []byte {
 	return b
 }
 
-func (o *Output) inject(to Target, f []byte) {
-	o.Inject = append(o.Inject, Injected{To: to, Frame: f})
+func (o *Output) inject(pu *PU, to Target, f []byte) {
+	o.Inject = append(o.Inject, Injected{To: to, Frame: f, PU: pu})
 }
 
 // MidStream is the rule for TCP packets of flows the table does not know
@@ -563,4 +566,109 @@ func (f *fragTable) expireLocked(now int64) {
 			delete(f.m, k)
 		}
 	}
+}
+
+// Restore re-creates an established, authorized flow that the kernel still
+// holds after a dataplane restart (the daemon lists its authorized set), so
+// that its packets, should they come back to the dataplane, are not treated
+// as mid-stream. local is the PU's end. It returns false when the flow is
+// already known, the PU unknown, or the table full. The flow has no
+// recorded decision: its record says "restored".
+func (e *Enforcer) Restore(pu *PU, proto uint8, local, remote netip.AddrPort, now time.Time) bool {
+	if pu == nil || pu.view.Load() == nil {
+		return false
+	}
+	ns := now.UnixNano()
+	k := flow.Key{Local: local.Addr().As16(), Remote: remote.Addr().As16(),
+		LocalPort: local.Port(), RemotePort: remote.Port(), PU: pu.index, Proto: proto}
+	sh := e.table.Shard(&k)
+	sh.Lock()
+	defer sh.Unlock()
+	if sh.Get(&k) != nil {
+		return false
+	}
+	ent := sh.Insert(&k, ns)
+	if ent == nil {
+		return false
+	}
+	v := &ent.Value
+	v.role, v.restored, v.authorized, v.decided, v.decidedAt = roleClient, true, true, true, ns
+	v.dec.Action = policy.Allow
+	v.target = pu.view.Load().eng.IsTarget(remote.Addr())
+	if proto != packet.ProtoTCP {
+		v.role = roleDatagram
+	}
+	sh.SetState(ent, flow.Established, ns)
+	return true
+}
+
+// Reevaluate applies the current policy to every established flow. Flows
+// the policy no longer allows are revoked (a Revoke note each, for the
+// daemon to take them out of the kernel's authorized set), recorded as
+// denied, and kept in Denied for the closing timeout: their next packet,
+// steered back to the dataplane, is dropped and both ends get a RST. Flows
+// whose peer identity is unknown (restored, picked up mid-stream) are
+// judged by CIDR rules. It returns the number of flows revoked.
+func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
+	out.reset()
+	ns := now.UnixNano()
+	n := 0
+	e.table.Range(func(ent *flow.Entry[conn]) bool {
+		v := &ent.Value
+		if ent.State != flow.Established || !v.authorized {
+			return false
+		}
+		pu := e.puByIndex(ent.Key.PU)
+		if pu == nil {
+			return false
+		}
+		view := pu.view.Load()
+		if view == nil {
+			return false
+		}
+		var id *policy.Identity
+		if v.peer != nil {
+			id = v.peer.Identity
+		}
+		k := &ent.Key
+		remote := k.RemoteAddr()
+		proto := policy.Protocol(k.Proto)
+		var d policy.Decision
+		switch {
+		case v.restored || v.pickedUp:
+			d = view.pol.Egress(nil, remote, proto, k.RemotePort)
+			if !d.Allowed() {
+				d = view.pol.Ingress(nil, remote, proto, k.LocalPort)
+			}
+		case v.role == roleServer || v.role == roleDatagram && v.firstDir == FromNet:
+			port := k.LocalPort
+			if k.Proto != packet.ProtoTCP && k.Proto != packet.ProtoUDP {
+				port = 0
+			}
+			d = view.pol.Ingress(id, remote, proto, port)
+		default:
+			port := k.RemotePort
+			if k.Proto != packet.ProtoTCP && k.Proto != packet.ProtoUDP {
+				port = 0
+			}
+			d = view.pol.Egress(id, remote, proto, port)
+		}
+		if d.Allowed() {
+			return false
+		}
+		n++
+		v.authorized = false
+		out.Notes = append(out.Notes, note(Revoke, pu, k))
+		v.dec, v.revoked = d, true
+		v.reason = d.Reason
+		if v.reason == reason.None {
+			v.reason = reason.PolicyDenied
+		}
+		v.decidedAt = ns
+		sh := e.table.Shard(k)
+		sh.SetState(ent, flow.Denied, ns)
+		e.record(pu, ent, EndRevoked, ns)
+		return false
+	})
+	return n
 }

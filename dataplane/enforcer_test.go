@@ -747,3 +747,56 @@ func BenchmarkSYNWarmCache(b *testing.B) {
 		s.e.Expire(t0.Add(time.Hour), &tmp)
 	}
 }
+
+func TestReevaluateRevokes(t *testing.T) {
+	p := newPair(t, webDB, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	p.handshake()
+	// Nothing changes under the same policy.
+	var out Output
+	if n := p.s.e.Reevaluate(p.now, &out); n != 0 {
+		t.Fatalf("revoked %d under the same policy", n)
+	}
+	// The db stops accepting web.
+	p.s.e.SetPolicy(compile(t, `
+targetNetworks: [10.0.0.0/8]
+policies:
+  - name: db
+    selector: app=db
+    ingress: [{name: nobody, from: [{selector: app=nobody}], action: allow}]
+`))
+	if n := p.s.e.Reevaluate(p.now, &out); n != 1 || len(out.Notes) != 1 || out.Notes[0].Kind != Revoke {
+		t.Fatalf("revoked %d, notes %+v", n, out.Notes)
+	}
+	rs := p.s.sink.all()
+	if len(rs) != 1 || rs[0].End != EndRevoked || rs[0].Action != "deny" || rs[0].PacketsIn != 2 || rs[0].PacketsOut != 1 {
+		t.Fatalf("records: %+v", rs)
+	}
+	// The next packet (steered back) is dropped; both ends get a RST.
+	_, _, _, data, _ := p.frames()
+	_, _, b := p.c2s(data)
+	if b.v != Drop || b.code != reason.PolicyDenied || len(b.inject) != 2 {
+		t.Fatalf("packet of a revoked flow: %v %v %d", b.v, b.code, len(b.inject))
+	}
+	var q packet.Packet
+	ps := packet.NewParser()
+	ps.Parse(b.inject[0].Frame, &q)
+	if b.inject[0].To != ToNet || q.Flags != packet.RST || q.Dst != cIP || q.Seq != 701 {
+		t.Fatalf("RST to client: %+v", q)
+	}
+	ps.Parse(b.inject[1].Frame, &q)
+	if b.inject[1].To != ToPU || b.inject[1].PU != p.s.pu || q.Flags != packet.RST || q.Dst != sIP || q.Seq != 101 {
+		t.Fatalf("RST to server PU: %+v", q)
+	}
+}
+
+func TestRestore(t *testing.T) {
+	s := newSide(t, "n", allowAll, map[string]string{"app": "db"}, MidStreamDrop, flow.Config{})
+	local, remote := netip.AddrPortFrom(sIP, 5432), netip.AddrPortFrom(cIP, 40000)
+	if !s.e.Restore(s.pu, 6, local, remote, t0) || s.e.Restore(s.pu, 6, local, remote, t0) {
+		t.Fatal("restore: want true once, then false")
+	}
+	_, _, _, data, _ := (&pair{t: t}).frames()
+	if r := s.run(FromNet, data, t0); r.v != Forward || len(r.notes) != 0 {
+		t.Fatalf("restored flow: %v %v", r.v, r.code)
+	}
+}

@@ -24,6 +24,7 @@ const (
 	EndReplaced  End = "replaced"   // a new SYN reused the 4-tuple
 	EndPURemoved End = "pu-removed" // its PU went away
 	EndOpen      End = "open"       // still open when the replay ended
+	EndRevoked   End = "revoked"    // a policy change denied it after it was established
 )
 
 // Record is one flow record: what was decided about a connection (or
@@ -53,6 +54,7 @@ type Record struct {
 	BytesOut   uint64 `json:"bytesOut"`
 	BytesIn    uint64 `json:"bytesIn"`
 	MidStream  bool   `json:"midStream,omitempty"`
+	Restored   bool   `json:"restored,omitempty"`
 }
 
 // PUInfo identifies the local PU.
@@ -202,6 +204,7 @@ func (e *Enforcer) record(pu *PU, ent *flow.Entry[conn], end End, ns int64) {
 		PacketsOut: ent.Packets[flow.FromPU], PacketsIn: ent.Packets[flow.FromNet],
 		BytesOut: ent.Bytes[flow.FromPU], BytesIn: ent.Bytes[flow.FromNet],
 		MidStream: v.pickedUp,
+		Restored:  v.restored,
 		Remote:    PeerInfo{IP: remote.Addr(), External: !v.target},
 	}
 	if !v.decided {

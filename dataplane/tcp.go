@@ -39,6 +39,9 @@ type conn struct {
 	ackWindow  uint16 // window of the client's handshake ACK (token-ACK re-injection)
 	decidedAt  int64
 	recorded   bool // the flow record was written (at the denial or the RST)
+	revoked    bool // denied by a policy change after it was established
+	restored   bool // re-created from the kernel's authorized set (restart)
+	firstDir   Direction
 	reset      bool // a RST ended the flow; it lingers for the closing timeout
 }
 
@@ -110,6 +113,10 @@ func (c *ctx) tcp() {
 		default:
 			c.midStream()
 		}
+		return
+	}
+	if ent.Value.revoked && !rst && !(syn && !ack) {
+		c.revokedPacket(ent)
 		return
 	}
 	if rst {
@@ -321,12 +328,12 @@ func (c *ctx) refuse(rc reason.Code, ent *flow.Entry[conn]) {
 	c.e.stats.resets.Add(1)
 	c.e.stats.injected.Add(1)
 	if c.dir == FromApp {
-		c.out.inject(ToPU, rst)
+		c.out.inject(c.pu, ToPU, rst)
 		c.out.Verdict, c.out.Reason, c.out.Frame = Reset, rc, nil
 		c.e.stats.count(rc)
 		return
 	}
-	c.out.inject(ToNet, rst)
+	c.out.inject(c.pu, ToNet, rst)
 	c.e.drop(c.out, rc)
 }
 
@@ -483,8 +490,8 @@ func (c *ctx) clientRefuse(ent *flow.Entry[conn], rc reason.Code) {
 	toServer := packet.BuildTCP(c.out.injectBuf(), p, &packet.Segment{
 		Reverse: true, Flags: packet.RST, Seq: p.Ack,
 	})
-	c.out.inject(ToPU, toPU)
-	c.out.inject(ToNet, toServer)
+	c.out.inject(c.pu, ToPU, toPU)
+	c.out.inject(c.pu, ToNet, toServer)
 	c.e.stats.resets.Add(2)
 	c.e.stats.injected.Add(2)
 	c.out.Verdict, c.out.Reason, c.out.Frame = Reset, rc, nil
@@ -539,7 +546,7 @@ func (c *ctx) injectTokenACK(ent *flow.Entry[conn], fromSYNACK bool) {
 		seg = packet.Segment{Reverse: true, Flags: packet.ACK, Seq: p.Ack, Ack: p.Seq + 1,
 			Window: v.ackWindow, Options: tokens.Option[:], Payload: tok}
 	}
-	c.out.inject(ToNet, packet.BuildTCP(c.out.injectBuf(), p, &seg))
+	c.out.inject(c.pu, ToNet, packet.BuildTCP(c.out.injectBuf(), p, &seg))
 	c.e.stats.injected.Add(1)
 }
 
@@ -736,12 +743,12 @@ func (c *ctx) midStream() {
 		c.e.stats.resets.Add(1)
 		c.e.stats.injected.Add(1)
 		if c.dir == FromApp {
-			c.out.inject(ToPU, f)
+			c.out.inject(c.pu, ToPU, f)
 			c.out.Verdict, c.out.Reason = Reset, reason.UnknownFlow
 			c.e.stats.count(reason.UnknownFlow)
 			return
 		}
-		c.out.inject(ToNet, f)
+		c.out.inject(c.pu, ToNet, f)
 	case MidStreamAllowACL:
 		if rst {
 			break
@@ -797,6 +804,7 @@ func (c *ctx) datagram() {
 		return
 	}
 	ent.Value.role = roleDatagram
+	ent.Value.firstDir = c.dir
 	proto := policy.Protocol(c.p.Proto)
 	var port uint16
 	var d policy.Decision
@@ -821,4 +829,28 @@ func (c *ctx) datagram() {
 	}
 	c.establish(ent)
 	c.e.forward(c.out, c.frame)
+}
+
+// revokedPacket answers a packet of a flow a policy change denied after it
+// was established: the packet is dropped and both ends get a RST whose
+// sequence number comes from it (the enforcer does not track sequence
+// numbers of established flows; the kernel steers the flow back to the
+// dataplane once it is revoked).
+func (c *ctx) revokedPacket(ent *flow.Entry[conn]) {
+	p := c.p
+	c.touch(ent, len(c.frame))
+	back := packet.BuildTCP(c.out.injectBuf(), p, &packet.Segment{Reverse: true, Flags: packet.RST, Seq: p.Ack})
+	fwd := packet.BuildTCP(c.out.injectBuf(), p, &packet.Segment{Flags: packet.RST, Seq: p.Seq})
+	c.e.stats.resets.Add(2)
+	c.e.stats.injected.Add(2)
+	if c.dir == FromApp {
+		c.out.inject(c.pu, ToPU, back)
+		c.out.inject(c.pu, ToNet, fwd)
+		c.out.Verdict, c.out.Reason, c.out.Frame = Reset, ent.Value.reason, nil
+		c.e.stats.count(ent.Value.reason)
+		return
+	}
+	c.out.inject(c.pu, ToNet, back)
+	c.out.inject(c.pu, ToPU, fwd)
+	c.e.drop(c.out, ent.Value.reason)
 }

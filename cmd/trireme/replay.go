@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/dataplane/pcapio"
+	"github.com/trireme-go/trireme/dataplane/replay"
+	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/reason"
+)
+
+func init() {
+	var (
+		topoPath, policyPath, outDir, midStream string
+		asJSON, pki                             bool
+		mtu                                     int
+	)
+	cmd := &cobra.Command{
+		Use:   "replay --topology FILE --policy FILE [--out DIR] CAPTURE...",
+		Short: "Run packet captures through the enforcers of a topology, offline",
+		Long: `replay runs each captured packet through its sender's enforcer (application
+path) when the sender is a PU, then through its receiver's enforcer (network
+path) when the receiver is a PU, with the capture's timestamps as the clock.
+The topology file maps addresses to PUs (name, tags, node); other addresses
+are external hosts. With --out it writes wire.pcap (frames between
+enforcers, tokens included), delivered-<pu>.pcap (what each PU received)
+and flows.jsonl (flow records). pcap and pcapng; Ethernet, raw IP and Linux
+cooked captures.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, captures []string) error {
+			if topoPath == "" || policyPath == "" {
+				return &exitError{code: 2, err: errors.New("--topology and --policy are required")}
+			}
+			topo, err := replay.LoadTopology(topoPath)
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			set, err := policy.Load(policyPath)
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			mode, err := dataplane.ParseMidStream(midStream)
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			var out *replayFiles
+			if outDir != "" {
+				if out, err = newReplayFiles(outDir); err != nil {
+					return err
+				}
+			}
+			total := replay.Summary{Dropped: map[string]int{}}
+			for _, path := range captures {
+				var o replay.Output
+				if out != nil {
+					o = out
+				}
+				r, err := replay.New(replay.Options{Topology: topo, Policy: set, PKI: pki, MidStream: mode, MTU: mtu, Out: o})
+				if err != nil {
+					return &exitError{code: 2, err: err}
+				}
+				if err := replayFile(r, path, &total); err != nil {
+					if out != nil {
+						out.Close()
+					}
+					return err
+				}
+				add(&total, r.Finish())
+			}
+			if out != nil {
+				if err := out.Close(); err != nil {
+					return err
+				}
+			}
+			w := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(w)
+				enc.SetIndent("", "  ")
+				return enc.Encode(total)
+			}
+			printSummary(w, total)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&topoPath, "topology", "", "topology YAML: PUs (name, ip/ips, tags, node), optional target/excluded networks")
+	f.StringVar(&policyPath, "policy", "", "policy YAML")
+	f.StringVar(&outDir, "out", "", "directory for wire.pcap, delivered-<pu>.pcap and flows.jsonl")
+	f.BoolVar(&asJSON, "json", false, "print the summary as JSON")
+	f.BoolVar(&pki, "pki", false, "give nodes certificates from a throwaway in-memory CA (default: a shared PSK)")
+	f.StringVar(&midStream, "mid-stream", "drop", "rule for packets of unknown TCP flows: drop, reset or allow-acl")
+	f.IntVar(&mtu, "mtu", 0, "largest IP packet a token insertion may make (0: 1500, -1: no limit)")
+	rootCmd.AddCommand(cmd)
+}
+
+func add(t *replay.Summary, s replay.Summary) {
+	t.PacketsIn += s.PacketsIn
+	t.Forwarded += s.Forwarded
+	t.Consumed += s.Consumed
+	t.Injected += s.Injected
+	t.ConnectionsAllowed += s.ConnectionsAllowed
+	t.ConnectionsDenied += s.ConnectionsDenied
+	t.ConnectionsIncomplete += s.ConnectionsIncomplete
+	t.Flows += s.Flows
+	t.Evictions += s.Evictions
+	for k, v := range s.Dropped {
+		t.Dropped[k] += v
+	}
+}
+
+// countingReader counts bytes for the progress bar.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func replayFile(r *replay.Replayer, path string, total *replay.Summary) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	cr := &countingReader{r: f}
+	rd, err := pcapio.NewReader(bufio.NewReaderSize(cr, 1<<16))
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	progress := term.IsTerminal(int(os.Stderr.Fd())) && st.Size() > 1<<20
+	lastDraw := time.Time{}
+	name := filepath.Base(path)
+	for i := 0; ; i++ {
+		p, err := rd.Next()
+		if err == io.EOF {
+			break
+		}
+		if errors.Is(err, pcapio.ErrLinkType) {
+			total.Unreadable++
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		r.Packet(i, p.Time, p.Frame)
+		if progress && time.Since(lastDraw) > 100*time.Millisecond {
+			lastDraw = time.Now()
+			drawProgress(name, cr.n, st.Size(), i+1)
+		}
+	}
+	if progress {
+		drawProgress(name, st.Size(), st.Size(), -1)
+		fmt.Fprintln(os.Stderr)
+	}
+	return nil
+}
+
+func drawProgress(name string, done, size int64, pkts int) {
+	const width = 30
+	frac := float64(done) / float64(max(size, 1))
+	frac = min(frac, 1)
+	bar := make([]byte, width)
+	for i := range bar {
+		if float64(i) < frac*width {
+			bar[i] = '#'
+		} else {
+			bar[i] = '.'
+		}
+	}
+	count := ""
+	if pkts >= 0 {
+		count = fmt.Sprintf(" %d packets", pkts)
+	}
+	fmt.Fprintf(os.Stderr, "\r%s [%s] %3.0f%%%s", name, bar, frac*100, count)
+}
+
+func printSummary(w io.Writer, s replay.Summary) {
+	dropped := 0
+	for _, n := range s.Dropped {
+		dropped += n
+	}
+	fmt.Fprintf(w, "packets in     %d\n", s.PacketsIn)
+	fmt.Fprintf(w, "forwarded      %d\n", s.Forwarded)
+	fmt.Fprintf(w, "consumed       %d\n", s.Consumed)
+	fmt.Fprintf(w, "dropped        %d\n", dropped)
+	names := make([]string, 0, len(s.Dropped))
+	for k := range s.Dropped {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		fmt.Fprintf(w, "  %-22s %d\n", k, s.Dropped[k])
+	}
+	fmt.Fprintf(w, "injected       %d\n", s.Injected)
+	if s.Unreadable > 0 {
+		fmt.Fprintf(w, "unreadable     %d (unsupported link type)\n", s.Unreadable)
+	}
+	fmt.Fprintf(w, "connections    %d allowed, %d denied, %d incomplete\n", s.ConnectionsAllowed, s.ConnectionsDenied, s.ConnectionsIncomplete)
+	fmt.Fprintf(w, "flow records   %d\n", s.Flows)
+	if s.Evictions > 0 {
+		fmt.Fprintf(w, "evictions      %d\n", s.Evictions)
+	}
+}
+
+// replayFiles writes the replay's pcaps and flow records.
+type replayFiles struct {
+	dir       string
+	wire      *pcapio.Writer
+	delivered map[string]*pcapio.Writer
+	flows     *os.File
+	sink      *dataplane.JSONLSink
+	bw        *bufio.Writer
+	err       error
+}
+
+func newReplayFiles(dir string) (*replayFiles, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	w, err := pcapio.Create(filepath.Join(dir, "wire.pcap"))
+	if err != nil {
+		return nil, err
+	}
+	fl, err := os.Create(filepath.Join(dir, "flows.jsonl"))
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	bw := bufio.NewWriter(fl)
+	return &replayFiles{dir: dir, wire: w, delivered: map[string]*pcapio.Writer{}, flows: fl, bw: bw,
+		sink: dataplane.NewJSONLSink(bw)}, nil
+}
+
+var unsafeName = regexp.MustCompile(`[^A-Za-z0-9._-]`)
+
+func (o *replayFiles) Wire(t time.Time, f []byte) {
+	if err := o.wire.Write(t, f); err != nil && o.err == nil {
+		o.err = err
+	}
+}
+
+func (o *replayFiles) Delivered(pu string, t time.Time, f []byte, _ int) {
+	w := o.delivered[pu]
+	if w == nil {
+		var err error
+		w, err = pcapio.Create(filepath.Join(o.dir, "delivered-"+unsafeName.ReplaceAllString(pu, "_")+".pcap"))
+		if err != nil {
+			if o.err == nil {
+				o.err = err
+			}
+			return
+		}
+		o.delivered[pu] = w
+	}
+	if err := w.Write(t, f); err != nil && o.err == nil {
+		o.err = err
+	}
+}
+
+func (o *replayFiles) Record(r *dataplane.Record) { o.sink.Record(r) }
+
+func (o *replayFiles) Close() error {
+	err := o.err
+	keep := func(e error) {
+		if err == nil {
+			err = e
+		}
+	}
+	keep(o.wire.Close())
+	for _, w := range o.delivered {
+		keep(w.Close())
+	}
+	keep(o.sink.Err())
+	keep(o.bw.Flush())
+	keep(o.flows.Close())
+	return err
+}
+
+var _ = reason.None
