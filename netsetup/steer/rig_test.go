@@ -145,11 +145,17 @@ type forwarder struct {
 	errs    atomic.Int64
 	mu      sync.Mutex
 	authd   map[string]bool
+	// noAuth: never authorize, every packet crosses userspace.
+	noAuth  bool
+	gso     atomic.Int64 // GSO super-packets read
+	maxRead atomic.Int64 // largest frame read
 	last    atomic.Value // error
 }
 
-func (r *rig) startForwarder() *forwarder {
-	f := &forwarder{r: r, authd: map[string]bool{}}
+func (r *rig) startForwarder() *forwarder { return r.startForwarderOpts(false) }
+
+func (r *rig) startForwarderOpts(noAuth bool) *forwarder {
+	f := &forwarder{r: r, authd: map[string]bool{}, noAuth: noAuth}
 	for i, pu := range r.pus {
 		in, out := tapNames(i)
 		f.run(pu.Name, r.taps[in], r.away)
@@ -197,6 +203,12 @@ func (f *forwarder) forward(pu string, pkt []byte, out *inject.Injector) error {
 		return err
 	}
 	frame := pkt[vnet.HdrLen:]
+	if h.IsGSO() {
+		f.gso.Add(1)
+	}
+	if n := int64(len(pkt)); n > f.maxRead.Load() {
+		f.maxRead.Store(n)
+	}
 	if h.Flags&vnet.FlagNeedsCsum != 0 && !h.IsGSO() {
 		if err := vnet.CompleteChecksum(&h, frame); err != nil {
 			return err
@@ -210,7 +222,7 @@ func (f *forwarder) forward(pu string, pkt []byte, out *inject.Injector) error {
 	if ok {
 		f.byProto[t.Proto].Add(1)
 	}
-	if !ok || (t.Proto == steer.ProtoTCP && flags&0x02 != 0) {
+	if !ok || f.noAuth || (t.Proto == steer.ProtoTCP && flags&0x02 != 0) {
 		return nil
 	}
 	key := pu + t.String()

@@ -349,3 +349,28 @@ func TestSteeredCrossNode(t *testing.T) {
 		t.Errorf("bulk data not on the authorized path: node0 %+v node1 %+v", c0, c1)
 	}
 }
+
+// TestSteeredUnauthorizedBulk: a flow the dataplane never authorizes
+// crosses userspace packet by packet. The PU's TCP stack sends GSO
+// super-packets (up to 64 KB) with partial checksums; they must arrive
+// whole on the TAP with their virtio-net header and be re-injected intact
+// (the kernel segments them on the way out). The sink verifies the count.
+func TestSteeredUnauthorizedBulk(t *testing.T) {
+	r := newRig(t, 2, 2)
+	f := r.startForwarderOpts(true)
+	t.Cleanup(f.stop)
+	client, server := r.node.PUs[0], r.node.PUs[1]
+	sink := server.Listen(0)
+	sinkServer(sink)
+	const size = 32 << 20
+	d := bulk(t, client, addrOf(sink), size)
+	f.check(t)
+	t.Logf("unauthorized bulk %d MiB in %v (%.2f Gbit/s) through Go: %d frames, %d GSO, largest %d bytes",
+		size>>20, d, float64(size)*8/d.Seconds()/1e9, f.byProto[steer.ProtoTCP].Load(), f.gso.Load(), f.maxRead.Load())
+	if f.gso.Load() == 0 || f.maxRead.Load() <= 1514+vnet.HdrLen {
+		t.Errorf("no GSO super-packet read from the TAPs (largest frame %d)", f.maxRead.Load())
+	}
+	if es, _ := r.s.List("pu0"); len(es) != 0 {
+		t.Errorf("flows authorized although the forwarder never authorizes: %+v", es)
+	}
+}
