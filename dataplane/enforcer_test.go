@@ -170,7 +170,7 @@ func (s *side) run(dir Direction, f []byte, now time.Time) result {
 	s.e.Process(s.pu, dir, bytes.Clone(f), now, &s.out)
 	r := result{v: s.out.Verdict, code: s.out.Reason, frame: bytes.Clone(s.out.Frame), notes: append([]Note(nil), s.out.Notes...)}
 	for _, in := range s.out.Inject {
-		r.inject = append(r.inject, Injected{To: in.To, Frame: bytes.Clone(in.Frame)})
+		r.inject = append(r.inject, Injected{To: in.To, Frame: bytes.Clone(in.Frame), PU: in.PU})
 	}
 	return r
 }
