@@ -99,3 +99,21 @@ func setBridgePortFlag(l netlink.Link, attr int, on bool) error {
 	}
 	return nil
 }
+
+// DeviceName derives a stable interface name of at most 15 bytes for an
+// object with an arbitrary id (a PU name, a container id): prefix + 8 hex
+// digits of a hash of id + suffix. prefix and suffix together must leave
+// room for the hash (at most 7 bytes).
+func DeviceName(prefix, id, suffix string) (string, error) {
+	if len(prefix)+len(suffix) > MaxLinkName-8 {
+		return "", fmt.Errorf("netsetup: device name prefix %q + suffix %q too long", prefix, suffix)
+	}
+	// FNV-1a, 32 bits.
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h ^= uint32(id[i])
+		h *= 16777619
+	}
+	name := fmt.Sprintf("%s%08x%s", prefix, h, suffix)
+	return name, CheckLinkName(name)
+}

@@ -146,3 +146,31 @@ func TestInjectionPortFlags(t *testing.T) {
 		t.Errorf("injection port has IPv6 addresses:\n%s", out)
 	}
 }
+
+func TestDeviceName(t *testing.T) {
+	seen := map[string]string{}
+	for _, id := range []string{"web", "db", "frontend", strings.Repeat("c0ffee", 12), ""} {
+		for _, sfx := range []string{"i", "o"} {
+			n, err := netsetup.DeviceName("tr", id, sfx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(n) > netsetup.MaxLinkName || netsetup.CheckLinkName(n) != nil {
+				t.Errorf("DeviceName(%q) = %q: not a valid interface name", id, n)
+			}
+			if again, _ := netsetup.DeviceName("tr", id, sfx); again != n {
+				t.Errorf("DeviceName not stable: %q vs %q", n, again)
+			}
+			if prev, dup := seen[n]; dup {
+				t.Errorf("%q and %q both map to %q", prev, id, n)
+			}
+			seen[n] = id
+		}
+	}
+	if _, err := netsetup.DeviceName("toolong", "x", "-in"); err == nil {
+		t.Error("prefix+suffix that leave no room accepted")
+	}
+	if _, err := netsetup.DeviceName("a/", "x", ""); err == nil {
+		t.Error("prefix with a slash accepted")
+	}
+}
