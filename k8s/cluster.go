@@ -207,21 +207,19 @@ func ProtocolName(p policy.Protocol) string {
 	return fmt.Sprintf("proto-%d", p)
 }
 
-// sorted returns the namespaces and pods sorted by name, every namespace
-// with its kubernetes.io/metadata.name label. Pods and policies must be in a
-// defined namespace (as the API server insists), except "default", which
-// always exists.
-func (c *Cluster) sorted() ([]Namespace, []Pod, error) {
-	nss := make(map[string]map[string]string, len(c.Namespaces)+1)
+// CheckNamespaces reports pods and policies in a namespace the cluster does
+// not define ("default" always exists), as the API server refuses them.
+// Load applies it; Translate does not: there, an undefined namespace has only
+// its kubernetes.io/metadata.name label (a policy in a namespace without pods
+// selects nothing).
+func (c *Cluster) CheckNamespaces() error {
+	defined := map[string]bool{DefaultNamespace: true}
 	for _, ns := range c.Namespaces {
-		nss[ns.Name] = ns.Labels
-	}
-	if _, ok := nss[DefaultNamespace]; !ok {
-		nss[DefaultNamespace] = nil
+		defined[ns.Name] = true
 	}
 	var errs []error
 	undefined := func(what, ns string) {
-		if _, ok := nss[ns]; !ok {
+		if !defined[ns] {
 			errs = append(errs, fmt.Errorf("%s: namespace %q is not defined (add a Namespace object; "+
 				"note that YAML reads an unquoted y, n, yes, no, on or off as a boolean)", what, ns))
 		}
@@ -233,8 +231,27 @@ func (c *Cluster) sorted() ([]Namespace, []Pod, error) {
 		ns := cmp.Or(np.Namespace, DefaultNamespace)
 		undefined("networkpolicy "+ns+"/"+np.Name, ns)
 	}
-	if len(errs) > 0 {
-		return nil, nil, errors.Join(errs...)
+	return errors.Join(errs...)
+}
+
+// sorted returns the namespaces and pods sorted by name, every namespace
+// with its kubernetes.io/metadata.name label, undefined namespaces that pods
+// or policies name included.
+func (c *Cluster) sorted() ([]Namespace, []Pod) {
+	nss := make(map[string]map[string]string, len(c.Namespaces)+1)
+	for _, ns := range c.Namespaces {
+		nss[ns.Name] = ns.Labels
+	}
+	for _, p := range c.Pods {
+		if _, ok := nss[p.Namespace]; !ok {
+			nss[p.Namespace] = nil
+		}
+	}
+	for _, np := range c.Policies {
+		ns := cmp.Or(np.Namespace, DefaultNamespace)
+		if _, ok := nss[ns]; !ok {
+			nss[ns] = nil
+		}
 	}
 	out := make([]Namespace, 0, len(nss))
 	for name, l := range nss {
@@ -250,5 +267,5 @@ func (c *Cluster) sorted() ([]Namespace, []Pod, error) {
 	slices.SortFunc(pods, func(a, b Pod) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
-	return out, pods, nil
+	return out, pods
 }

@@ -24,7 +24,8 @@ const MaxFileSize = 16 << 20
 // Load reads a manifest file, or every *.yaml, *.yml and *.json file of a
 // directory (not its subdirectories, as `kubectl apply -f DIR`), in name
 // order. Every problem of every file is reported (errors.Join), each as
-// "file:line: ..."; on error there is no partial result.
+// "file:line: ..."; pods and policies must be in a defined namespace
+// (CheckNamespaces). On error there is no partial result.
 func Load(path string) (*Cluster, error) {
 	st, err := os.Stat(path)
 	if err != nil {
@@ -64,6 +65,9 @@ func Load(path string) (*Cluster, error) {
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
+	}
+	if err := c.CheckNamespaces(); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

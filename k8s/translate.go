@@ -96,10 +96,7 @@ func policyName(ns, name string) string { return ns + "/" + name }
 // Every problem of every object is reported (errors.Join); on error there is
 // no partial result.
 func Translate(c *Cluster, opts Options) (*Translation, error) {
-	nss, pods, err := c.sorted()
-	if err != nil {
-		return nil, err
-	}
+	nss, pods := c.sorted()
 	nsByName := make(map[string]*Namespace, len(nss))
 	for i := range nss {
 		nsByName[nss[i].Name] = &nss[i]

@@ -3,6 +3,7 @@ package k8s
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -632,6 +633,41 @@ func TestTranslateDeterministic(t *testing.T) {
 			first = text
 		} else if string(text) != string(first) {
 			t.Fatalf("translation %d differs:\n%s\nfirst:\n%s", i, text, first)
+		}
+	}
+}
+
+// Load insists on defined namespaces (the API server does; and an unquoted
+// "y" is the boolean true); Translate treats a policy in a namespace without
+// pods as selecting nothing.
+func TestUndefinedNamespace(t *testing.T) {
+	dir := t.TempDir()
+	policyDoc := "kind: NetworkPolicy\napiVersion: networking.k8s.io/v1\nmetadata: {name: p, namespace: y}\nspec: {podSelector: {}}\n"
+	if err := os.WriteFile(filepath.Join(dir, "a.yaml"), []byte(universe), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "b.yml"), []byte(policyDoc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(dir)
+	if err == nil || !strings.Contains(err.Error(), `networkpolicy true/p: namespace "true" is not defined`) {
+		t.Fatalf("Load: got %v, want the undefined namespace", err)
+	}
+	c := &Cluster{}
+	if err := c.Decode("a.yaml", []byte(universe)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Decode("b.yaml", []byte(policyDoc)); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := Translate(c, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := mustCompile(t, tr.Set)
+	for _, ck := range []check{{"x/web", "y/web", "tcp/9090", true, true}, {"y/client", "x/db", "tcp/5432", true, true}} {
+		if in, eg := decide(t, tr, e, ck); in != ck.ingress || eg != ck.egress {
+			t.Errorf("%s -> %s: ingress %v egress %v, want %v %v", ck.from, ck.to, in, eg, ck.ingress, ck.egress)
 		}
 	}
 }
