@@ -26,7 +26,8 @@ func (s *Steerer) Revoke(pu string, t Tuple) error {
 }
 
 // Batch collects authorizations and revocations and applies them in one
-// nf_tables transaction (all or nothing) on Commit. A Batch is not safe for
+// nf_tables transaction (all or nothing) on Commit; batches of more than
+// 512 flows are split into several transactions of 512. A Batch is not safe for
 // concurrent use; Commit may run concurrently with other Steerer methods.
 type Batch struct {
 	s   *Steerer

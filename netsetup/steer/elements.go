@@ -20,6 +20,10 @@ const (
 	msgDestroySetElem = 30 // NFT_MSG_DESTROYSETELEM
 	nftaListElem      = 1  // NFTA_LIST_ELEM
 	maxElemsPerMsg    = 256
+	// maxElemsPerTxn keeps one transaction (one sendmsg) well under the
+	// default netlink send buffer (wmem_max, 208 KiB): a v6 element takes
+	// about 90 bytes on the wire.
+	maxElemsPerTxn = 1024
 	// MaxTimeout bounds per-element timeouts (the kernel rejects values
 	// that overflow its jiffies conversion).
 	MaxTimeout = 30 * 24 * time.Hour
@@ -63,8 +67,19 @@ func nfgen(family uint8, resID uint16) []byte {
 	return []byte{family, unix.NFNETLINK_V0, byte(resID >> 8), byte(resID)}
 }
 
-// commit applies ops in order in one nf_tables transaction: all or nothing.
+// commit applies ops in order, in one nf_tables transaction (all or
+// nothing) per maxElemsPerTxn elements.
 func (w *elemWriter) commit(ops []elemOp) error {
+	for len(ops) > maxElemsPerTxn {
+		if err := w.commitTxn(ops[:maxElemsPerTxn]); err != nil {
+			return err
+		}
+		ops = ops[maxElemsPerTxn:]
+	}
+	return w.commitTxn(ops)
+}
+
+func (w *elemWriter) commitTxn(ops []elemOp) error {
 	if len(ops) == 0 {
 		return nil
 	}

@@ -379,7 +379,7 @@ func TestAtomicReplaceAndStale(t *testing.T) {
 // whole, and a revocation batch removes everything again.
 func TestBatchLarge(t *testing.T) {
 	r := newRig(t, 1, 1)
-	const n = 600
+	const n = 2000 // several messages and several transactions
 	b := r.s.NewBatch()
 	for i := 0; i < n; i++ {
 		b.Authorize("pu0", benchTuple(i), time.Minute)
