@@ -285,6 +285,19 @@ func (e *Env) StopDaemon() error {
 	return err
 }
 
+// KillDaemon kills dockerd with SIGKILL: it sends no events and its
+// containers keep running under containerd until StartDaemon, where the
+// engine (without live-restore) stops them and restarts those with a
+// restart policy.
+func (e *Env) KillDaemon() {
+	if e.dockerd == nil {
+		return
+	}
+	e.dockerd.Process.Kill()
+	<-e.waits[e.dockerd]
+	e.dockerd = nil
+}
+
 func (e *Env) exited(cmd *exec.Cmd) bool {
 	select {
 	case <-e.waits[cmd]:
@@ -448,8 +461,8 @@ type Container struct {
 
 // Run creates (and starts) a container from the test image and returns its
 // ID. It is removed at cleanup (cleanup removes every container anyway).
-func (e *Env) Run(c Container) string {
-	e.t.Helper()
+func (e *Env) Run(t testing.TB, c Container) string {
+	t.Helper()
 	cmd := c.Cmd
 	if cmd == nil {
 		cmd = []string{"probe", "serve", "--tcp", "80", "--udp", "80", "--name", c.Name}
@@ -467,35 +480,35 @@ func (e *Env) Run(c Container) string {
 		NetworkingConfig: &network.NetworkingConfig{},
 	})
 	if err != nil {
-		e.t.Fatalf("dockerenv: create %s: %v", c.Name, err)
+		t.Fatalf("dockerenv: create %s: %v", c.Name, err)
 	}
 	if !c.CreateOnly {
 		if _, err := e.Client.ContainerStart(ctx, res.ID, client.ContainerStartOptions{}); err != nil {
-			e.t.Fatalf("dockerenv: start %s: %v", c.Name, err)
+			t.Fatalf("dockerenv: start %s: %v", c.Name, err)
 		}
 	}
 	return res.ID
 }
 
 // Inspect returns the engine's view of a container.
-func (e *Env) Inspect(id string) container.InspectResponse {
-	e.t.Helper()
+func (e *Env) Inspect(t testing.TB, id string) container.InspectResponse {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	res, err := e.Client.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
 	if err != nil {
-		e.t.Fatalf("dockerenv: inspect %s: %v", id, err)
+		t.Fatalf("dockerenv: inspect %s: %v", id, err)
 	}
 	return res.Container
 }
 
 // Do runs one engine call with a timeout and fails the test on error.
-func (e *Env) Do(what string, fn func(ctx context.Context, c *client.Client) error) {
-	e.t.Helper()
+func (e *Env) Do(t testing.TB, what string, fn func(ctx context.Context, c *client.Client) error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := fn(ctx, e.Client); err != nil {
-		e.t.Fatalf("dockerenv: %s: %v", what, err)
+		t.Fatalf("dockerenv: %s: %v", what, err)
 	}
 }
 

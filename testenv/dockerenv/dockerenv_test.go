@@ -24,8 +24,8 @@ func TestEngineLifecycle(t *testing.T) {
 		t.Logf("engine up with image in %v (dir %s, bridge %s, subnet %s)", time.Since(start), e.Dir, e.Bridge, e.Subnet)
 		dir, bridge = e.Dir, e.Bridge
 
-		id := e.Run(Container{Name: "probe-1", Labels: map[string]string{"app": "web"}})
-		c := e.Inspect(id)
+		id := e.Run(t, Container{Name: "probe-1", Labels: map[string]string{"app": "web"}})
+		c := e.Inspect(t, id)
 		if !c.State.Running || c.Config.Labels["app"] != "web" || c.Config.Image != Image {
 			t.Fatalf("container state %+v labels %v image %s", c.State, c.Config.Labels, c.Config.Image)
 		}
