@@ -76,7 +76,7 @@ func Parse(filename string, data []byte) (*Set, error) {
 			break
 		}
 		if err != nil {
-			p.errs = append(p.errs, &Error{Pos: yamlErrorPos(filename, err), Msg: strings.TrimPrefix(err.Error(), "yaml: ")})
+			p.errs = append(p.errs, &Error{Pos: yamlErrorPos(filename, err), Msg: yamlLine.ReplaceAllString(strings.TrimPrefix(err.Error(), "yaml: "), "")})
 			break
 		}
 		p.document(&n)
@@ -102,7 +102,7 @@ func decodeNode(dec *yaml.Decoder, n *yaml.Node) (err error) {
 	return dec.Decode(n)
 }
 
-var yamlLine = regexp.MustCompile(`line (\d+)`)
+var yamlLine = regexp.MustCompile(`line (\d+): `)
 
 func yamlErrorPos(file string, err error) Position {
 	if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
@@ -209,7 +209,7 @@ func (p *parser) str(n *yaml.Node, field, what string) (string, bool) {
 		return "", false
 	}
 	if strings.TrimSpace(n.Value) == "" {
-		p.errorf(n, field, "empty %s", what)
+		p.errorf(n, field, "empty value, want %s", what)
 		return "", false
 	}
 	return n.Value, true
@@ -335,11 +335,11 @@ func (p *parser) policy(n *yaml.Node, field string) {
 	ok := p.mapping(n, field, "a policy", policyKeys, func(key string, k, v *yaml.Node, f string) {
 		switch key {
 		case "name":
+			haveName = true
 			name, ok := p.str(v, f, "a policy name")
 			if !ok {
 				return
 			}
-			haveName = true
 			if first, dup := p.names[name]; dup {
 				p.errorf(v, f, "duplicate policy name %q (first defined at %d:%d)", name, first.Line, first.Column)
 				return
@@ -562,11 +562,11 @@ func (p *parser) rule(n *yaml.Node, field string, dir Direction, idx int) (Rule,
 		case "ports":
 			r.Ports = p.ports(v, f)
 		case "action":
+			haveAction = true
 			s, ok := p.str(v, f, "an action (allow or reject)")
 			if !ok {
 				return
 			}
-			haveAction = true
 			switch s {
 			case "allow":
 				r.Action = Allow

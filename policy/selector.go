@@ -114,6 +114,9 @@ func ParseSelector(text string) (*Selector, error) {
 	lreqs, _ := sel.Requirements()
 	reqs := make([]Requirement, 0, len(lreqs))
 	for i := range lreqs {
+		if _, ours := back[lreqs[i].Key()]; !ours && isReservedDomain(lreqs[i].Key()) {
+			return nil, fmt.Errorf("key %q uses the reserved domain %s; write reserved keys as @word:key", lreqs[i].Key(), reservedDomain)
+		}
 		r, err := fromLabelRequirement(&lreqs[i])
 		if err != nil {
 			return nil, errors.New(decodeMessage(err.Error(), back))
@@ -162,11 +165,7 @@ func newStructuredSelector(reqs []Requirement) (*Selector, error) {
 }
 
 func fromLabelRequirement(lr *labels.Requirement) (Requirement, error) {
-	key := decodeKey(lr.Key())
-	if key == lr.Key() && isReservedDomain(key) {
-		return Requirement{}, fmt.Errorf("key %q uses the reserved domain reserved.trireme; write reserved keys as @word:key", key)
-	}
-	r := Requirement{Key: key}
+	r := Requirement{Key: decodeKey(lr.Key())}
 	switch lr.Operator() {
 	case selection.In, selection.Equals, selection.DoubleEquals:
 		r.Op = OpIn
