@@ -196,8 +196,19 @@ func TestAttacksOnSYN(t *testing.T) {
 			return synFrom(t, pkiSecretsFor(t, rogue, rogue.cert, "node-a", time.Hour), base)
 		}, 0, reason.UntrustedCertificate},
 		{"expired certificate", "pki", func(t *testing.T, p pair, valid []byte) []byte {
-			// Valid until base+1h; the token is fresh at base+1h+1m.
-			return synFrom(t, pkiSecretsFor(t, ca, ca.cert, "node-a", time.Hour), base.Add(time.Hour+time.Minute))
+			// The certificate is valid until base+1h; the token is fresh at
+			// base+1h+1m (our own enforcer refuses to sign it, see
+			// TestOwnCertificateExpired; an attacker's would not).
+			n, _ := synParts(t, valid)
+			cert, key, err := IssueNode(ca.cert, ca.key, "node-a", base, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			jws, err := signJWT(jwt.SigningMethodES256, key, validClaims(t, "node-a", base.Add(time.Hour+time.Minute), true))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return mustSYN(t, n, makeToken(cert.Raw, jws))
 		}, time.Hour + time.Minute, reason.UntrustedCertificate},
 		{"certificate without clientAuth", "pki", func(t *testing.T, p pair, valid []byte) []byte {
 			c, k := customCert(t, ca, func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth} })
@@ -469,6 +480,24 @@ func TestAttacksOnACK(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestOwnCertificateExpired: a node does not sign tokens its peers would
+// reject for its expired certificate; Prepare reports it.
+func TestOwnCertificateExpired(t *testing.T) {
+	ca, _ := cas(t)
+	e := engine(t, "node-a", pkiSecretsFor(t, ca, ca.cert, "node-a", time.Hour))
+	l := e.NewLocal(clientTags)
+	if err := l.Prepare(base); err != nil {
+		t.Fatalf("Prepare while valid: %v", err)
+	}
+	if err := l.Prepare(base.Add(time.Hour + time.Minute)); err != reason.UntrustedCertificate {
+		t.Errorf("Prepare after expiry: %v, want %v", err, reason.UntrustedCertificate)
+	}
+	var c Conn
+	if _, err := e.AppendSYN(nil, l, &c, base.Add(time.Hour+time.Minute)); err != reason.UntrustedCertificate {
+		t.Errorf("AppendSYN after expiry: %v, want %v", err, reason.UntrustedCertificate)
 	}
 }
 

@@ -202,6 +202,14 @@ func (e *Engine) NewLocal(tags policy.Tags) *Local {
 // Tags returns the PU's tags.
 func (l *Local) Tags() policy.Tags { return l.tags }
 
+// Prepare makes the PU's identity token now if it has none current, so that
+// the cost of signing (and a problem such as tags too long for a frame) shows
+// when the PU is set up rather than on its first SYN.
+func (l *Local) Prepare(now time.Time) error {
+	_, err := l.epoch(now)
+	return err
+}
+
 // epoch returns the current epoch, making a new one if none is current.
 func (l *Local) epoch(now time.Time) (*epoch, error) {
 	if ep := l.cur.Load(); ep != nil && now.Before(ep.refreshAt) {

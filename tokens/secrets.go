@@ -182,6 +182,10 @@ func (*pkiSecrets) Kind() string   { return "pki" }
 func (p *pkiSecrets) Node() string { return p.node }
 
 func (p *pkiSecrets) sign(cl *tokenClaims) ([]byte, error) {
+	if cl.IssuedAt != nil && !cl.IssuedAt.Before(p.cert.NotAfter) {
+		// Peers would reject it; fail here with the reason they would give.
+		return nil, reason.UntrustedCertificate
+	}
 	jws, err := signJWT(jwt.SigningMethodES256, p.key, cl)
 	if err != nil {
 		return nil, err
