@@ -229,6 +229,9 @@ func (l *Local) epoch(now time.Time) (*epoch, error) {
 }
 
 func (e *Engine) newEpoch(tags policy.Tags, now time.Time) (*epoch, error) {
+	if tags.Validate() != nil { // a key twice: peers would reject the token
+		return nil, reason.MalformedToken
+	}
 	cl := &tokenClaims{T: make([]string, len(tags))}
 	for i, t := range tags {
 		if t.Key == "" || strings.Contains(t.Key, "=") {

@@ -259,6 +259,25 @@ func TestConnSize(t *testing.T) {
 	}
 }
 
+// TestBadLocalTags: tags a peer would reject are refused when signing.
+func TestBadLocalTags(t *testing.T) {
+	p := newPair(t, "psk")
+	for _, tags := range []policy.Tags{
+		{{Key: "app", Value: "a"}, {Key: "app", Value: "b"}},
+		{{Key: "", Value: "a"}},
+		{{Key: "a=b", Value: "c"}},
+	} {
+		if err := p.client.NewLocal(tags).Prepare(base); err != reason.MalformedToken {
+			t.Errorf("tags %v: %v, want %v", tags, err, reason.MalformedToken)
+		}
+	}
+	// Unsorted tags are sorted.
+	l := p.client.NewLocal(policy.Tags{{Key: "b", Value: "2"}, {Key: "a", Value: "1"}})
+	if err := l.Prepare(base); err != nil || l.Tags()[0].Key != "a" {
+		t.Errorf("unsorted tags: %v %v", l.Tags(), err)
+	}
+}
+
 func TestTooManyTags(t *testing.T) {
 	p := newPair(t, "pki")
 	big := make(policy.Tags, 40)
