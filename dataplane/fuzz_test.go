@@ -1,0 +1,82 @@
+package dataplane
+
+import (
+	"io"
+	"testing"
+
+	"github.com/trireme-go/trireme/dataplane/internal/fixtures"
+	"github.com/trireme-go/trireme/dataplane/packet"
+	"github.com/trireme-go/trireme/dataplane/pcapio"
+	"github.com/trireme-go/trireme/flow"
+)
+
+// FuzzProcess feeds arbitrary frames to an enforcer in both directions,
+// after a real handshake so that established-flow paths are reachable too.
+// It must never panic, and its outputs must be consistent.
+func FuzzProcess(f *testing.F) {
+	files, err := fixtures.Captures()
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, file := range files {
+		r, c, err := pcapio.Open(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		for i := 0; i < 6; i++ {
+			p, err := r.Next()
+			if err == io.EOF {
+				break
+			}
+			if err == nil {
+				f.Add(p.Frame, true)
+			}
+		}
+		c.Close()
+	}
+	// Token-carrying frames from a real handshake.
+	p := &pair{t: &testing.T{}, now: t0}
+	p.c = newSide(f, "node-c", allowAll, map[string]string{"app": "web"}, MidStreamReset, flow.Config{Capacity: 64})
+	p.s = newSide(f, "node-s", allowAll, map[string]string{"app": "db"}, MidStreamAllowACL, flow.Config{Capacity: 64})
+	syn, synack, ack, data, _ := p.frames()
+	w1, _, _ := p.c2s(syn)
+	w2, _, _ := p.s2c(synack)
+	w3, _, _ := p.c2s(ack)
+	for _, w := range [][]byte{w1, w2, w3, data} {
+		f.Add(w, false)
+	}
+	var out Output
+	f.Fuzz(func(t *testing.T, frame []byte, fromApp bool) {
+		for _, s := range []*side{p.c, p.s} {
+			dir := FromNet
+			if fromApp {
+				dir = FromApp
+			}
+			in := append([]byte(nil), frame...)
+			s.e.Process(s.pu, dir, in, t0, &out)
+			switch out.Verdict {
+			case Forward:
+				if out.Frame == nil {
+					t.Fatal("forward without a frame")
+				}
+				var q packet.Packet
+				_ = packet.NewParser().Parse(out.Frame, &q)
+			case Drop, Reset:
+				if out.Frame != nil {
+					t.Fatal("drop with a frame")
+				}
+				if out.Verdict == Reset && (len(out.Inject) == 0 || out.Inject[0].To != ToPU) {
+					t.Fatal("reset without a RST toward the PU")
+				}
+			default:
+				t.Fatalf("verdict %d", out.Verdict)
+			}
+			for _, in := range out.Inject {
+				var q packet.Packet
+				if packet.NewParser().Parse(in.Frame, &q) != 0 || q.Proto != packet.ProtoTCP || !packet.VerifyTCPChecksum(&q) {
+					t.Fatalf("injected frame does not parse or has a bad checksum: %x", in.Frame)
+				}
+			}
+		}
+	})
+}
