@@ -14,7 +14,9 @@ import (
 // Cluster is several nodes joined by an underlay: a namespace with a bridge
 // ("ul0") that every node reaches through a veth ("ul" in the node, with an
 // address of 10.255.0.0/24). Each node routes the other nodes' PU subnets
-// (10.(80+i).0.0/24) via their underlay addresses and forwards IPv4.
+// (10.(80+i).0.0/24) via their underlay addresses and forwards IPv4. PUs
+// also have IPv6 addresses (fd00:0:0:80+i::/64), reachable within a node
+// only (the underlay is IPv4).
 type Cluster struct {
 	Nodes    []*Node
 	Underlay string // underlay namespace name
@@ -48,10 +50,11 @@ func NewCluster(t testing.TB, nodes, pusPerNode int) *Cluster {
 	ulAddr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 255, 0, byte(i + 1)}) }
 	for i := 0; i < nodes; i++ {
 		n := NewNode(t, NodeOptions{
-			PUs:    pusPerNode,
-			Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(80 + i), 0, 0}), 24),
-			Suffix: sfx,
-			Index:  i,
+			PUs:     pusPerNode,
+			Subnet:  netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(80 + i), 0, 0}), 24),
+			Subnet6: netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, byte(80 + i)}), 64),
+			Suffix:  sfx,
+			Index:   i,
 		})
 		c.Nodes = append(c.Nodes, n)
 		// The underlay veth: "ul" in the node, "n<i>" in the underlay bridge.

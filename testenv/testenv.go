@@ -60,26 +60,34 @@ type Node struct {
 	Bridge  string
 	Subnet  netip.Prefix // PU subnet; the bridge holds its first address
 	Gateway netip.Addr
-	PUs     []*PU
-	nextIP  netip.Addr
+	// IPv6: every PU also gets an address of Subnet6 (a /64), the bridge
+	// its first one.
+	Subnet6  netip.Prefix
+	Gateway6 netip.Addr
+	nextIP6  netip.Addr
+	PUs      []*PU
+	nextIP   netip.Addr
 }
 
 // PU is a namespace attached to a node's bridge.
 type PU struct {
-	t    testing.TB
-	Name string // namespace name
-	NS   netns.NsHandle
-	Addr netip.Addr
-	Link netsetup.PULink // host side (in the node namespace)
-	Node *Node
+	t     testing.TB
+	Name  string // namespace name
+	NS    netns.NsHandle
+	Addr  netip.Addr
+	Addr6 netip.Addr
+	Link  netsetup.PULink // host side (in the node namespace)
+	Node  *Node
 }
 
 // NodeOptions configure NewNode.
 type NodeOptions struct {
 	PUs    int          // number of PUs to create
 	Subnet netip.Prefix // default 10.77.0.0/24
-	Suffix string       // name suffix; default Suffix()
-	Index  int          // node number within a cluster (part of the name)
+	// Subnet6 is the IPv6 /64 of the PUs; default fd00:77::/64.
+	Subnet6 netip.Prefix
+	Suffix  string // name suffix; default Suffix()
+	Index   int    // node number within a cluster (part of the name)
 }
 
 // NewNode creates a node namespace with a bridge and opts.PUs PUs.
@@ -89,6 +97,9 @@ func NewNode(t testing.TB, opts NodeOptions) *Node {
 	if !opts.Subnet.IsValid() {
 		opts.Subnet = netip.MustParsePrefix("10.77.0.0/24")
 	}
+	if !opts.Subnet6.IsValid() {
+		opts.Subnet6 = netip.MustParsePrefix("fd00:77::/64")
+	}
 	if opts.Suffix == "" {
 		opts.Suffix = Suffix()
 		AssertNothingLeft(t, opts.Suffix) // registered first: runs last
@@ -97,6 +108,9 @@ func NewNode(t testing.TB, opts NodeOptions) *Node {
 	n := &Node{t: t, Name: name, Suffix: opts.Suffix, Bridge: BridgeName, Subnet: opts.Subnet.Masked()}
 	n.Gateway = n.Subnet.Addr().Next()
 	n.nextIP = n.Gateway.Next()
+	n.Subnet6 = opts.Subnet6.Masked()
+	n.Gateway6 = n.Subnet6.Addr().Next()
+	n.nextIP6 = n.Gateway6.Next()
 	h, err := netsetup.CreateNetns(name)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
@@ -116,7 +130,7 @@ func NewNode(t testing.TB, opts NodeOptions) *Node {
 		}
 		_, err := netsetup.EnsureBridge(netsetup.BridgeConfig{
 			Name:     BridgeName,
-			Gateways: []netip.Prefix{netip.PrefixFrom(n.Gateway, n.Subnet.Bits())},
+			Gateways: []netip.Prefix{netip.PrefixFrom(n.Gateway, n.Subnet.Bits()), netip.PrefixFrom(n.Gateway6, n.Subnet6.Bits())},
 		})
 		return err
 	})
@@ -156,16 +170,16 @@ func (n *Node) AddPU() *PU {
 			n.t.Errorf("testenv: cleanup: %v", err)
 		}
 	})
-	addr := n.nextIP
-	n.nextIP = addr.Next()
-	p := &PU{t: n.t, Name: name, NS: h, Addr: addr, Node: n}
+	addr, addr6 := n.nextIP, n.nextIP6
+	n.nextIP, n.nextIP6 = addr.Next(), addr6.Next()
+	p := &PU{t: n.t, Name: name, NS: h, Addr: addr, Addr6: addr6, Node: n}
 	err = n.Do(func() error {
 		l, err := netsetup.AttachPU(netsetup.PUConfig{
 			Netns:    name,
 			Bridge:   n.Bridge,
 			HostVeth: fmt.Sprintf("vp%d", i),
-			Addrs:    []netip.Prefix{netip.PrefixFrom(addr, n.Subnet.Bits())},
-			Gateways: []netip.Addr{n.Gateway},
+			Addrs:    []netip.Prefix{netip.PrefixFrom(addr, n.Subnet.Bits()), netip.PrefixFrom(addr6, n.Subnet6.Bits())},
+			Gateways: []netip.Addr{n.Gateway, n.Gateway6},
 		})
 		p.Link = l
 		return err
@@ -180,14 +194,17 @@ func (n *Node) AddPU() *PU {
 // Do runs fn inside the PU namespace.
 func (p *PU) Do(fn func() error) error { return netsetup.InNetns(p.NS, fn) }
 
-// Listen opens a TCP listener in the PU on port (0: any); it is closed by
-// t.Cleanup.
-func (p *PU) Listen(port int) net.Listener {
+// Listen opens a TCP listener on the PU's IPv4 address and port (0: any);
+// it is closed by t.Cleanup.
+func (p *PU) Listen(port int) net.Listener { return p.ListenOn(p.Addr, port) }
+
+// ListenOn opens a TCP listener in the PU on addr (p.Addr or p.Addr6).
+func (p *PU) ListenOn(addr netip.Addr, port int) net.Listener {
 	p.t.Helper()
 	var ln net.Listener
 	err := p.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(p.Addr, uint16(port)).String())
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, uint16(port)).String())
 		return err
 	})
 	if err != nil {

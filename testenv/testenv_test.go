@@ -46,6 +46,24 @@ func TestNodeConnectivity(t *testing.T) {
 	}
 }
 
+func TestNodeIPv6(t *testing.T) {
+	n := NewNode(t, NodeOptions{PUs: 2})
+	ln := n.PUs[1].ListenOn(n.PUs[1].Addr6, 0)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			_, _ = io.Copy(c, c)
+			c.Close()
+		}
+	}()
+	if !n.PUs[1].Addr6.Is6() || !n.Subnet6.Contains(n.PUs[1].Addr6) {
+		t.Fatalf("PU IPv6 address %v not in %v", n.PUs[1].Addr6, n.Subnet6)
+	}
+	if err := n.PUs[0].Echo(netip.MustParseAddrPort(ln.Addr().String()), "v6", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestClusterCrossNode(t *testing.T) {
 	c := NewCluster(t, 3, 1)
 	for _, tc := range []struct{ from, to int }{{0, 1}, {1, 2}, {2, 0}} {

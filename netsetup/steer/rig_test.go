@@ -138,7 +138,7 @@ type forwarder struct {
 	r     *rig
 	wg    sync.WaitGroup
 	reads atomic.Int64
-	// byProto counts IPv4 frames per IP protocol: the PUs' own IPv6
+	// byProto counts IP frames per IP protocol: the PUs' own IPv6
 	// chatter (MLD reports, router solicitations) is steered too, and
 	// tests must not count it as their flow's frames.
 	byProto [256]atomic.Int64
@@ -237,23 +237,33 @@ func (f *forwarder) forward(pu string, pkt []byte, out *inject.Injector) error {
 	return f.r.s.Authorize(pu, t, time.Minute)
 }
 
-// parse extracts the 5-tuple and TCP flags of an IPv4 Ethernet frame.
+// parse extracts the 5-tuple and TCP flags of an IPv4 or IPv6 (without
+// extension headers) Ethernet frame.
 func parse(f []byte) (steer.Tuple, uint8, bool) {
-	if len(f) < 34 || binary.BigEndian.Uint16(f[12:]) != 0x0800 {
+	if len(f) < 34 {
 		return steer.Tuple{}, 0, false
 	}
 	ip := f[14:]
-	ihl := int(ip[0]&0x0f) * 4
-	if ihl < 20 || len(ip) < ihl+4 {
+	var t steer.Tuple
+	var l4 []byte
+	switch binary.BigEndian.Uint16(f[12:]) {
+	case 0x0800:
+		ihl := int(ip[0]&0x0f) * 4
+		if ihl < 20 || len(ip) < ihl+4 {
+			return steer.Tuple{}, 0, false
+		}
+		t = steer.Tuple{Src: netip.AddrFrom4([4]byte(ip[12:16])), Dst: netip.AddrFrom4([4]byte(ip[16:20])), Proto: ip[9]}
+		l4 = ip[ihl:]
+	case 0x86dd:
+		if len(ip) < 44 {
+			return steer.Tuple{}, 0, false
+		}
+		t = steer.Tuple{Src: netip.AddrFrom16([16]byte(ip[8:24])), Dst: netip.AddrFrom16([16]byte(ip[24:40])), Proto: ip[6]}
+		l4 = ip[40:]
+	default:
 		return steer.Tuple{}, 0, false
 	}
-	t := steer.Tuple{
-		Src:   netip.AddrFrom4([4]byte(ip[12:16])),
-		Dst:   netip.AddrFrom4([4]byte(ip[16:20])),
-		Proto: ip[9],
-	}
 	var flags uint8
-	l4 := ip[ihl:]
 	if t.Proto == steer.ProtoTCP || t.Proto == steer.ProtoUDP {
 		t.SrcPort = binary.BigEndian.Uint16(l4[0:])
 		t.DstPort = binary.BigEndian.Uint16(l4[2:])

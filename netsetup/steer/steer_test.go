@@ -374,3 +374,79 @@ func TestSteeredUnauthorizedBulk(t *testing.T) {
 		t.Errorf("flows authorized although the forwarder never authorizes: %+v", es)
 	}
 }
+
+// TestSteeredICMP: the portless rule. The first echo request goes through
+// the dataplane, which authorizes (src, dst, icmp) with zero ports; the
+// following requests and replies stay in the kernel.
+func TestSteeredICMP(t *testing.T) {
+	r := newRig(t, 2, 2)
+	f := r.startForwarder()
+	t.Cleanup(f.stop)
+	client, server := r.node.PUs[0], r.node.PUs[1]
+	var conn net.PacketConn
+	if err := client.Do(func() error {
+		var err error
+		conn, err = net.ListenPacket("ip4:icmp", client.Addr.String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	const rounds = 50
+	buf := make([]byte, 1500)
+	for i := 0; i < rounds; i++ {
+		req := []byte{8, 0, 0, 0, 0x12, 0x34, 0, byte(i), 't', 'r', 'i'}
+		cs := ^vnet.Checksum(req, 0)
+		req[2], req[3] = byte(cs>>8), byte(cs)
+		if _, err := conn.WriteTo(req, &net.IPAddr{IP: server.Addr.AsSlice()}); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+			n, _, err := conn.ReadFrom(buf)
+			if err != nil {
+				t.Fatalf("echo %d: %v", i, err)
+			}
+			if n >= 8 && buf[0] == 0 && buf[7] == byte(i) {
+				break // our reply
+			}
+		}
+	}
+	f.check(t)
+	c0, _ := r.s.Counters("pu0")
+	n := f.byProto[1].Load()
+	t.Logf("ICMP: %d ICMP frames through the TAPs for %d echoes; pu0 %+v", n, rounds, c0)
+	if n < 2 || n > 8 {
+		t.Errorf("%d ICMP frames through the TAPs for %d echoes", n, rounds)
+	}
+	if c0.InAuthorized.Packets < rounds-4 {
+		t.Errorf("echo requests did not stay in the kernel: %+v", c0)
+	}
+}
+
+// TestSteeredTCP6: the same over IPv6 (the a6 sets, 44-byte keys), with
+// neighbour discovery passing in the kernel.
+func TestSteeredTCP6(t *testing.T) {
+	r := newRig(t, 2, 2)
+	f := r.startForwarder()
+	t.Cleanup(f.stop)
+	client, server := r.node.PUs[0], r.node.PUs[1]
+	sink := server.ListenOn(server.Addr6, 0)
+	sinkServer(sink)
+	const size = 64 << 20
+	before := f.byProto[steer.ProtoTCP].Load()
+	d := bulk(t, client, addrOf(sink), size)
+	reads := f.byProto[steer.ProtoTCP].Load() - before
+	f.check(t)
+	t.Logf("IPv6 bulk %d MiB in %v, %d TCP frames through the TAPs", size>>20, d, reads)
+	if reads < 2 || reads > 64 {
+		t.Errorf("%d TCP frames through the TAPs over IPv6", reads)
+	}
+	es, err := r.s.List("pu1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasFlow(es, client.Addr6, addrOf(sink)) {
+		t.Errorf("IPv6 flow not in pu1's set: %+v", es)
+	}
+}
