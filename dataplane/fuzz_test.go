@@ -4,7 +4,7 @@ import (
 	"io"
 	"testing"
 
-	"github.com/trireme-go/trireme/dataplane/internal/fixtures"
+	"github.com/trireme-go/trireme/dataplane/fixtures"
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/dataplane/pcapio"
 	"github.com/trireme-go/trireme/flow"

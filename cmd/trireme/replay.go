@@ -19,10 +19,11 @@ import (
 	"github.com/trireme-go/trireme/dataplane/pcapio"
 	"github.com/trireme-go/trireme/dataplane/replay"
 	"github.com/trireme-go/trireme/policy"
-	"github.com/trireme-go/trireme/reason"
 )
 
-func init() {
+func init() { rootCmd.AddCommand(newReplayCmd()) }
+
+func newReplayCmd() *cobra.Command {
 	var (
 		topoPath, policyPath, outDir, midStream string
 		asJSON, pki                             bool
@@ -103,7 +104,7 @@ cooked captures.`,
 	f.BoolVar(&pki, "pki", false, "give nodes certificates from a throwaway in-memory CA (default: a shared PSK)")
 	f.StringVar(&midStream, "mid-stream", "drop", "rule for packets of unknown TCP flows: drop, reset or allow-acl")
 	f.IntVar(&mtu, "mtu", 0, "largest IP packet a token insertion may make (0: 1500, -1: no limit)")
-	rootCmd.AddCommand(cmd)
+	return cmd
 }
 
 func add(t *replay.Summary, s replay.Summary) {
@@ -296,5 +297,3 @@ func (o *replayFiles) Close() error {
 	keep(o.flows.Close())
 	return err
 }
-
-var _ = reason.None

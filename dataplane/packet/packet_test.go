@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/trireme-go/trireme/dataplane/internal/fixtures"
+	"github.com/trireme-go/trireme/dataplane/fixtures"
 	"github.com/trireme-go/trireme/dataplane/pcapio"
 	"github.com/trireme-go/trireme/reason"
 )

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
-	"github.com/trireme-go/trireme/dataplane/internal/fixtures"
+	"github.com/trireme-go/trireme/dataplane/fixtures"
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/dataplane/pcapio"
 	"github.com/trireme-go/trireme/policy"

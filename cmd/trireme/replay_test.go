@@ -1,0 +1,183 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/dataplane/fixtures"
+	"github.com/trireme-go/trireme/dataplane/pcapio"
+	"github.com/trireme-go/trireme/dataplane/replay"
+)
+
+func runReplay(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	cmd := newReplayCmd()
+	cmd.SilenceUsage, cmd.SilenceErrors = true, true
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func frames(t *testing.T, path string) [][]byte {
+	t.Helper()
+	r, c, err := pcapio.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var out [][]byte
+	for {
+		p, err := r.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, p.Frame)
+	}
+}
+
+func records(t *testing.T, path string) []dataplane.Record {
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var rs []dataplane.Record
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r dataplane.Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+// TestReplayCommand runs `trireme replay` on the example topology and policy
+// with the capture they were written for, then with the client moved to
+// env=dev (which the web tier rejects).
+func TestReplayCommand(t *testing.T) {
+	dir, err := fixtures.PcapDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	capture := filepath.Join(dir, "zeek-http-get.pcap")
+	orig := frames(t, capture)
+	examples := filepath.Join("..", "..", "examples")
+
+	t.Run("allowed", func(t *testing.T) {
+		out := t.TempDir()
+		stdout, err := runReplay(t, "--topology", filepath.Join(examples, "topology.yaml"),
+			"--policy", filepath.Join(examples, "policy.yaml"), "--out", out, "--json", capture)
+		if err != nil {
+			t.Fatal(err, stdout)
+		}
+		var sum replay.Summary
+		if err := json.Unmarshal([]byte(stdout), &sum); err != nil {
+			t.Fatal(err, stdout)
+		}
+		if sum.PacketsIn != 14 || sum.Forwarded != 14 || len(sum.Dropped) != 0 || sum.ConnectionsAllowed != 1 || sum.Flows != 2 {
+			t.Fatalf("summary: %+v", sum)
+		}
+		// Each PU got exactly the frames the other end's kernel sent.
+		web, fe := frames(t, filepath.Join(out, "delivered-web.pcap")), frames(t, filepath.Join(out, "delivered-frontend.pcap"))
+		if len(web)+len(fe) != 14 {
+			t.Fatalf("delivered %d + %d", len(web), len(fe))
+		}
+		wi, fi := 0, 0
+		for _, f := range orig {
+			if bytes.Equal(f[26:30], []byte{141, 142, 228, 5}) { // from the frontend
+				if !bytes.Equal(web[wi], f) {
+					t.Fatalf("web got %x want %x", web[wi], f)
+				}
+				wi++
+			} else {
+				if !bytes.Equal(fe[fi], f) {
+					t.Fatalf("frontend got %x want %x", fe[fi], f)
+				}
+				fi++
+			}
+		}
+		wire := frames(t, filepath.Join(out, "wire.pcap"))
+		if len(wire) != 14 || len(wire[0]) <= len(orig[0]) || len(wire[1]) <= len(orig[1]) || len(wire[2]) <= len(orig[2]) || !bytes.Equal(wire[3], orig[3]) {
+			t.Fatal("wire: tokens expected on SYN, SYN-ACK and ACK only")
+		}
+		rs := records(t, filepath.Join(out, "flows.jsonl"))
+		if len(rs) != 2 {
+			t.Fatalf("records: %+v", rs)
+		}
+		for _, r := range rs {
+			if r.Action != "allow" || r.Rule == nil || r.End != dataplane.EndOpen && r.End != dataplane.EndClosed {
+				t.Fatalf("record: %+v", r)
+			}
+			if r.Direction == "ingress" && (r.Rule.Policy != "web" || r.Rule.Name != "from-frontend" || r.Local.ID != "web") {
+				t.Fatalf("web's record: %+v", r)
+			}
+		}
+		// Text summary.
+		stdout, err = runReplay(t, "--topology", filepath.Join(examples, "topology.yaml"),
+			"--policy", filepath.Join(examples, "policy.yaml"), capture)
+		if err != nil || !strings.Contains(stdout, "forwarded      14") || !strings.Contains(stdout, "1 allowed, 0 denied") {
+			t.Fatalf("text summary: %v\n%s", err, stdout)
+		}
+	})
+
+	t.Run("rejected", func(t *testing.T) {
+		topo, err := os.ReadFile(filepath.Join(examples, "topology.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tp := filepath.Join(t.TempDir(), "topo.yaml")
+		os.WriteFile(tp, bytes.Replace(topo, []byte("{app: frontend, env: prod"), []byte("{app: frontend, env: dev"), 1), 0o644)
+		out := t.TempDir()
+		stdout, err := runReplay(t, "--topology", tp, "--policy", filepath.Join(examples, "policy.yaml"), "--out", out, "--json", "--pki", capture)
+		if err != nil {
+			t.Fatal(err, stdout)
+		}
+		var sum replay.Summary
+		json.Unmarshal([]byte(stdout), &sum)
+		if sum.ConnectionsDenied != 1 || sum.Dropped["policy-rejected"] < 1 || sum.Forwarded != 0 {
+			t.Fatalf("summary: %+v", sum)
+		}
+		if _, err := os.Stat(filepath.Join(out, "delivered-web.pcap")); !os.IsNotExist(err) {
+			t.Fatal("the web PU received something")
+		}
+		fe := frames(t, filepath.Join(out, "delivered-frontend.pcap"))
+		if len(fe) != 1 || fe[0][47]&0x04 == 0 { // TCP flags: RST
+			t.Fatalf("frontend should get exactly one RST, got %d frames", len(fe))
+		}
+		rs := records(t, filepath.Join(out, "flows.jsonl"))
+		if len(rs) < 1 || rs[0].Action != "reject" || rs[0].Reason != "policy-rejected" || rs[0].Rule.Name != "no-dev-clients" {
+			t.Fatalf("records: %+v", rs)
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		if _, err := runReplay(t, "--policy", filepath.Join(examples, "policy.yaml"), capture); err == nil {
+			t.Fatal("missing --topology accepted")
+		}
+		bad := filepath.Join(t.TempDir(), "bad.yaml")
+		os.WriteFile(bad, []byte("pus:\n  - name: x\n    ip: 300.1.1.1\n"), 0o644)
+		_, err := runReplay(t, "--topology", bad, "--policy", filepath.Join(examples, "policy.yaml"), capture)
+		if err == nil || !strings.Contains(err.Error(), "bad.yaml:2:5") {
+			t.Fatalf("bad topology: %v", err)
+		}
+		_, err = runReplay(t, "--topology", filepath.Join(examples, "topology.yaml"), "--policy", filepath.Join(examples, "policy.yaml"), "/nonexistent.pcap")
+		if err == nil {
+			t.Fatal("missing capture accepted")
+		}
+	})
+}
