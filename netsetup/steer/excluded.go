@@ -146,15 +146,17 @@ func (s *Steerer) setExcluded(ps []netip.Prefix) error {
 	s.conn.FlushSet(s.x6)
 	if els := intervalElements(v4); len(els) > 0 {
 		if err := s.conn.SetAddElements(s.x4, els); err != nil {
+			s.discard()
 			return fmt.Errorf("steer: x4: %w", err)
 		}
 	}
 	if els := intervalElements(v6); len(els) > 0 {
 		if err := s.conn.SetAddElements(s.x6, els); err != nil {
+			s.discard()
 			return fmt.Errorf("steer: x6: %w", err)
 		}
 	}
-	if err := s.conn.Flush(); err != nil {
+	if err := s.flush(); err != nil {
 		return fmt.Errorf("steer: excluded networks: %w", err)
 	}
 	s.excluded = ex

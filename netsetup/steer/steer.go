@@ -91,6 +91,7 @@ type Steerer struct {
 	elems    elemWriter
 	keyBuf   []byte
 	links    *netlink.Handle // rtnetlink in the node's namespace
+	broken   error           // set when a discarded batch could not be dropped
 }
 
 // Open connects to nftables for the node. It changes nothing in the kernel:
@@ -102,13 +103,9 @@ func Open(cfg Config) (*Steerer, error) {
 	if cfg.Mark == 0 {
 		cfg.Mark = DefaultMark
 	}
-	opts := []nftables.ConnOption{nftables.AsLasting()}
-	if cfg.NetNS != 0 {
-		opts = append(opts, nftables.WithNetNSFd(cfg.NetNS))
-	}
-	conn, err := nftables.New(opts...)
+	conn, err := dialNft(cfg.NetNS)
 	if err != nil {
-		return nil, fmt.Errorf("steer: nftables: %w", err)
+		return nil, err
 	}
 	var links *netlink.Handle
 	if cfg.NetNS != 0 {
@@ -129,6 +126,40 @@ func Open(cfg Config) (*Steerer, error) {
 		elems: elemWriter{table: TablePrefix + cfg.Node, netns: cfg.NetNS},
 	}
 	return s, nil
+}
+
+func dialNft(netnsFd int) (*nftables.Conn, error) {
+	opts := []nftables.ConnOption{nftables.AsLasting()}
+	if netnsFd != 0 {
+		opts = append(opts, nftables.WithNetNSFd(netnsFd))
+	}
+	conn, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("steer: nftables: %w", err)
+	}
+	return conn, nil
+}
+
+// discard drops the messages queued on s.conn after a failure while
+// building a batch: google/nftables has no way to empty its queue, and the
+// next Flush would send them. A fresh connection forgets them.
+func (s *Steerer) discard() {
+	s.conn.CloseLasting()
+	if c, err := dialNft(s.cfg.NetNS); err == nil {
+		s.conn = c
+		return
+	}
+	// Could not reconnect: the old queue must never be sent, so every
+	// later change fails.
+	s.broken = fmt.Errorf("steer: nftables connection lost after a failed batch")
+}
+
+// flush sends the queued batch, unless discard could not reconnect.
+func (s *Steerer) flush() error {
+	if s.broken != nil {
+		return s.broken
+	}
+	return s.conn.Flush()
 }
 
 // TableName is the node's nftables table.
@@ -215,6 +246,7 @@ func (s *Steerer) Apply(pus []PU, excluded []netip.Prefix) error {
 	s.conn.AddTable(t)
 	x4, x6, err := s.addExcludedSets(ex)
 	if err != nil {
+		s.discard()
 		return err
 	}
 	// The PU rules look the excluded sets up through s.x4/s.x6; restore the
@@ -227,12 +259,12 @@ func (s *Steerer) Apply(pus []PU, excluded []netip.Prefix) error {
 		st, err := s.addPU(pu, c[0], c[1])
 		if err != nil {
 			s.x4, s.x6 = oldX4, oldX6
-			_ = s.conn.Flush() // drop the queued messages (the batch fails or is harmless)
+			s.discard()
 			return err
 		}
 		states[pu.Name] = st
 	}
-	if err := s.conn.Flush(); err != nil {
+	if err := s.flush(); err != nil {
 		s.x4, s.x6 = oldX4, oldX6
 		return fmt.Errorf("steer: replace table %s: %w", t.Name, err)
 	}
@@ -333,9 +365,10 @@ func (s *Steerer) AddPU(pu PU) error {
 	}
 	st, err := s.addPU(pu, nil, nil)
 	if err != nil {
+		s.discard()
 		return err
 	}
-	if err := s.conn.Flush(); err != nil {
+	if err := s.flush(); err != nil {
 		return fmt.Errorf("steer: add PU %s: %w", pu.Name, err)
 	}
 	s.pus[pu.Name] = st
@@ -359,7 +392,7 @@ func (s *Steerer) RemovePU(name string) error {
 			s.conn.DeleteObject(&nftables.CounterObj{Table: s.table, Name: counterName(name, dir, what)})
 		}
 	}
-	if err := s.conn.Flush(); err != nil {
+	if err := s.flush(); err != nil {
 		return fmt.Errorf("steer: remove PU %s: %w", name, err)
 	}
 	delete(s.pus, name)
@@ -385,7 +418,7 @@ func (s *Steerer) Delete() error {
 	defer s.mu.Unlock()
 	s.conn.AddTable(s.table)
 	s.conn.DelTable(s.table)
-	if err := s.conn.Flush(); err != nil {
+	if err := s.flush(); err != nil {
 		return fmt.Errorf("steer: delete table %s: %w", s.table.Name, err)
 	}
 	s.pus = map[string]*puState{}
