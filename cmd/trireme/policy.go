@@ -1,0 +1,375 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/reason"
+)
+
+func init() { rootCmd.AddCommand(newPolicyCmd()) }
+
+func newPolicyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Validate policy files and explain decisions",
+	}
+	cmd.AddCommand(newPolicyCheckCmd(), newPolicyExplainCmd())
+	return cmd
+}
+
+func newPolicyCheckCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "check FILE...",
+		Short: "Validate policy files; print every problem as file:line:col: field: what is wrong",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			bad := 0
+			for _, file := range args {
+				s, err := policy.Load(file)
+				if err != nil {
+					bad++
+					fmt.Fprintln(cmd.ErrOrStderr(), err)
+					continue
+				}
+				rules := 0
+				for _, p := range s.Policies {
+					rules += len(p.Ingress) + len(p.Egress)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok (%d policies, %d rules, %d target networks, %d excluded networks)\n",
+					file, len(s.Policies), rules, len(s.TargetNetworks), len(s.ExcludedNetworks))
+			}
+			if bad > 0 {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+}
+
+func newPolicyExplainCmd() *cobra.Command {
+	var file, from, to, port, fromIP, toIP string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "explain --policy FILE --from TAGS|IP --to TAGS|IP --port tcp/80",
+		Short: "Explain why a connection is allowed or denied: server ingress, client egress, verdict",
+		Long: `Explain decides one connection from --from (the client) to --to (the server)
+as trireme would: the server's ingress rules and the client's egress rules,
+then the verdict (allowed only when both halves allow).
+
+TAGS is a comma-separated list of key=value (a PU inside the target
+networks, which presents its tags in a token); IP is a host without tags
+(outside the target networks it is matched by CIDR rules only; inside them a
+host that sends no token is denied with missing-token). --from-ip/--to-ip
+give a PU's address, for CIDR rules.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := policy.Load(file)
+			if err != nil {
+				return &exitError{code: 1, err: err}
+			}
+			e, err := policy.Compile(s)
+			if err != nil {
+				return err
+			}
+			client, err := parseEndpoint("--from", from, fromIP)
+			if err != nil {
+				return err
+			}
+			server, err := parseEndpoint("--to", to, toIP)
+			if err != nil {
+				return err
+			}
+			proto, p, err := parseFlowPort(port)
+			if err != nil {
+				return err
+			}
+			f, err := explainFlow(e, client, server, proto, p)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(f)
+			}
+			f.print(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&file, "policy", "", "policy file")
+	fl.StringVar(&from, "from", "", "client: TAGS (k=v,k=v) or IP")
+	fl.StringVar(&to, "to", "", "server: TAGS (k=v,k=v) or IP")
+	fl.StringVar(&port, "port", "", "protocol and destination port, e.g. tcp/80, udp/53, icmp")
+	fl.StringVar(&fromIP, "from-ip", "", "the client PU's address (for CIDR rules)")
+	fl.StringVar(&toIP, "to-ip", "", "the server PU's address (for CIDR rules)")
+	fl.BoolVar(&asJSON, "json", false, "print JSON")
+	for _, f := range []string{"policy", "from", "to", "port"} {
+		_ = cmd.MarkFlagRequired(f)
+	}
+	return cmd
+}
+
+// endpoint is one side of a connection: a PU (tags, maybe an address) or a
+// host known only by its address.
+type endpoint struct {
+	Name string      `json:"name,omitempty"`
+	Tags policy.Tags `json:"-"`
+	PU   bool        `json:"pu"`
+	Addr netip.Addr  `json:"ip,omitzero"`
+}
+
+func (ep endpoint) MarshalJSON() ([]byte, error) {
+	type plain endpoint
+	out := struct {
+		plain
+		Tags []string `json:"tags,omitempty"`
+	}{plain(ep), ep.Tags.Strings()}
+	return json.Marshal(out)
+}
+
+func (ep endpoint) String() string {
+	var b strings.Builder
+	if ep.Name != "" {
+		b.WriteString(ep.Name)
+	}
+	if ep.PU {
+		fmt.Fprintf(&b, "[%s]", ep.Tags)
+	}
+	if ep.Addr.IsValid() {
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(ep.Addr.String())
+	}
+	return b.String()
+}
+
+func parseEndpoint(flag, value, ip string) (endpoint, error) {
+	if a, err := netip.ParseAddr(value); err == nil {
+		if ip != "" {
+			return endpoint{}, fmt.Errorf("%s is an address; %s-ip is for PUs given by tags", flag, flag)
+		}
+		return endpoint{Addr: a.Unmap()}, nil
+	}
+	tags, err := policy.ParseTags(strings.Split(value, ","))
+	if err != nil {
+		return endpoint{}, fmt.Errorf("%s: want TAGS (k=v,k=v) or an IP: %v", flag, err)
+	}
+	ep := endpoint{Tags: tags, PU: true}
+	if ip != "" {
+		a, err := netip.ParseAddr(ip)
+		if err != nil {
+			return endpoint{}, fmt.Errorf("%s-ip: bad address %q", flag, ip)
+		}
+		ep.Addr = a.Unmap()
+	}
+	return ep, nil
+}
+
+// parseFlowPort parses one destination port: "tcp/80", "udp/53", "icmp".
+func parseFlowPort(s string) (policy.Protocol, uint16, error) {
+	pr, err := policy.ParsePortRange(s)
+	if err != nil {
+		return 0, 0, fmt.Errorf("--port: %v", err)
+	}
+	if pr.Protocol == policy.ProtoICMP || pr.Protocol == policy.ProtoICMPv6 {
+		return pr.Protocol, 0, nil
+	}
+	if pr.First != pr.Last {
+		return 0, 0, fmt.Errorf("--port %s: give one port, e.g. %s/80", s, pr.Protocol)
+	}
+	return pr.Protocol, pr.First, nil
+}
+
+// half is one side's decision: the server's ingress or the client's egress.
+type half struct {
+	Applies  bool     `json:"applies"`          // false: that side runs no enforcer
+	Note     string   `json:"note,omitempty"`   // why it does not apply, or a special verdict
+	Policies []string `json:"policies"`         // policies selecting the PU
+	Verdict  string   `json:"verdict"`          // allow, reject, deny
+	Reason   string   `json:"reason,omitempty"` // a reason code name
+	Rule     *ruleOut `json:"rule,omitempty"`
+	Observed *ruleOut `json:"observed,omitempty"`
+	Log      bool     `json:"log,omitempty"`
+
+	allowed bool
+}
+
+type ruleOut struct {
+	Policy    string `json:"policy"`
+	Direction string `json:"direction"`
+	Index     int    `json:"index"`
+	Name      string `json:"name,omitempty"`
+	Action    string `json:"action"`
+	Observe   string `json:"observe,omitempty"`
+	Log       bool   `json:"log,omitempty"`
+	Pos       string `json:"pos"`
+}
+
+func newRuleOut(r *policy.RuleRef) *ruleOut {
+	if r == nil {
+		return nil
+	}
+	out := &ruleOut{Policy: r.Policy, Direction: r.Direction.String(), Index: r.Index, Name: r.Name,
+		Action: r.Action.String(), Log: r.Log, Pos: r.Pos.String()}
+	if r.Observe != policy.Enforce {
+		out.Observe = r.Observe.String()
+	}
+	return out
+}
+
+func (r *ruleOut) String() string {
+	if r == nil {
+		return "-"
+	}
+	s := fmt.Sprintf("%s %s[%d]", r.Policy, r.Direction, r.Index)
+	if r.Name != "" {
+		s += fmt.Sprintf(" %q", r.Name)
+	}
+	s += " " + r.Action
+	if r.Observe != "" {
+		s += " (observe: " + r.Observe + ")"
+	}
+	return s + " at " + r.Pos
+}
+
+// short names a rule in tables: policy/name or policy/ingress[i].
+func (r *ruleOut) short() string {
+	if r == nil {
+		return ""
+	}
+	if r.Name != "" {
+		return r.Policy + "/" + r.Name
+	}
+	return fmt.Sprintf("%s/%s[%d]", r.Policy, r.Direction, r.Index)
+}
+
+// flow is the explanation of one connection.
+type flow struct {
+	From      endpoint `json:"from"`
+	To        endpoint `json:"to"`
+	Port      string   `json:"port"`
+	Ingress   half     `json:"serverIngress"`
+	Egress    half     `json:"clientEgress"`
+	Verdict   string   `json:"verdict"`
+	Reason    string   `json:"reason,omitempty"`
+	DecidedBy string   `json:"decidedBy,omitempty"` // which half denied, or "excluded-network"
+}
+
+func portString(proto policy.Protocol, port uint16) string {
+	if proto == policy.ProtoICMP || proto == policy.ProtoICMPv6 {
+		return proto.String()
+	}
+	return fmt.Sprintf("%s/%d", proto, port)
+}
+
+// explainFlow decides a connection from client to server the way the
+// enforcers on both sides do (docs/policy.md).
+func explainFlow(e *policy.Engine, client, server endpoint, proto policy.Protocol, port uint16) (*flow, error) {
+	if !client.PU && !server.PU {
+		return nil, errors.New("neither side is a PU (give TAGS for --from or --to): no enforcer decides this connection")
+	}
+	f := &flow{From: client, To: server, Port: portString(proto, port)}
+	if e.IsExcluded(client.Addr) || e.IsExcluded(server.Addr) {
+		f.Verdict, f.DecidedBy = "allow", "excluded-network"
+		note := "an address is in the excluded networks: no check"
+		f.Ingress = half{Note: note, Verdict: "allow", allowed: true}
+		f.Egress = half{Note: note, Verdict: "allow", allowed: true}
+		return f, nil
+	}
+	f.Ingress = decideHalf(e, server, client, policy.Ingress, proto, port)
+	f.Egress = decideHalf(e, client, server, policy.Egress, proto, port)
+	f.Verdict = "allow"
+	for _, h := range []struct {
+		name string
+		h    *half
+	}{{"server-ingress", &f.Ingress}, {"client-egress", &f.Egress}} {
+		if !h.h.allowed {
+			f.Verdict, f.Reason, f.DecidedBy = h.h.Verdict, h.h.Reason, h.name
+			break
+		}
+	}
+	return f, nil
+}
+
+// decideHalf is the decision of local's enforcer about peer: local's
+// ingress (local is the server) or egress (local is the client).
+func decideHalf(e *policy.Engine, local, peer endpoint, dir policy.Direction, proto policy.Protocol, port uint16) half {
+	if !local.PU {
+		return half{Note: "no enforcer on this side (not a PU)", Verdict: "allow", allowed: true}
+	}
+	pu := e.ForPU(local.Tags)
+	h := half{Applies: true, Policies: pu.Policies()}
+	if h.Policies == nil {
+		h.Policies = []string{}
+	}
+	var id *policy.Identity
+	if peer.PU {
+		id = policy.NewIdentity(peer.Tags)
+	} else if e.IsTarget(peer.Addr) {
+		// Inside the target networks every host must run an enforcer: no
+		// token is a failure whatever CIDR rules say.
+		h.Verdict, h.Reason = "deny", reason.MissingToken.String()
+		h.Note = peer.Addr.String() + " is inside the target networks but presents no token"
+		return h
+	}
+	var d policy.Decision
+	if dir == policy.Ingress {
+		d = pu.Ingress(id, peer.Addr, proto, port)
+	} else {
+		d = pu.Egress(id, peer.Addr, proto, port)
+	}
+	h.Verdict = d.Action.String()
+	if d.Reason != reason.None {
+		h.Reason = d.Reason.String()
+	}
+	h.Rule, h.Observed, h.Log = newRuleOut(d.Rule), newRuleOut(d.Observed), d.Log
+	h.allowed = d.Action == policy.Allow
+	return h
+}
+
+func (f *flow) print(w io.Writer) {
+	fmt.Fprintf(w, "flow      %s -> %s %s\n", f.From, f.To, f.Port)
+	for _, h := range []struct {
+		title string
+		h     *half
+	}{{"server ingress", &f.Ingress}, {"client egress", &f.Egress}} {
+		fmt.Fprintf(w, "%s:\n", h.title)
+		if h.h.Applies {
+			fmt.Fprintf(w, "  policies  %s\n", strings.Join(h.h.Policies, ", "))
+		}
+		v := h.h.Verdict
+		if h.h.Reason != "" {
+			v += " (" + h.h.Reason + ")"
+		}
+		fmt.Fprintf(w, "  verdict   %s\n", v)
+		if h.h.Note != "" {
+			fmt.Fprintf(w, "  note      %s\n", h.h.Note)
+		}
+		if h.h.Applies && h.h.Note == "" {
+			fmt.Fprintf(w, "  rule      %s\n", h.h.Rule)
+			fmt.Fprintf(w, "  observed  %s\n", h.h.Observed)
+			if h.h.Log {
+				fmt.Fprintf(w, "  log       yes\n")
+			}
+		}
+	}
+	v := f.Verdict
+	if f.DecidedBy != "" {
+		v += " (" + f.DecidedBy
+		if f.Reason != "" {
+			v += ": " + f.Reason
+		}
+		v += ")"
+	}
+	fmt.Fprintf(w, "verdict   %s\n", v)
+}
