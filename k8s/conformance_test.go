@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -36,6 +37,7 @@ func casesDir(t testing.TB) string {
 
 type tally struct {
 	cases, casesOK, steps, stepsOK, probes int
+	named                                  int // probes of a named port
 	cells, cellsOK                         int // every cell of ingress, egress and reachable
 	reach, reachOK                         int // the reachable table alone
 	diag, diagOK                           int // reachable cells on the diagonal
@@ -64,8 +66,8 @@ func TestConformance(t *testing.T) {
 			all.casesOK++
 		}
 	}
-	t.Logf("conformance: cases %d/%d, steps %d/%d, probes %d, cells %d/%d (reachable %d/%d, diagonal %d/%d)",
-		all.casesOK, all.cases, all.stepsOK, all.steps, all.probes, all.cellsOK, all.cells,
+	t.Logf("conformance: cases %d/%d, steps %d/%d, probes %d (%d of a named port), cells %d/%d (reachable %d/%d, diagonal %d/%d)",
+		all.casesOK, all.cases, all.stepsOK, all.steps, all.probes, all.named, all.cellsOK, all.cells,
 		all.reachOK, all.reach, all.diagOK, all.diag)
 }
 
@@ -139,8 +141,15 @@ func runStep(t *testing.T, si int, st *Step, all *tally) bool {
 			ok = false
 			continue
 		}
-		m := Reach(eng, tr.PUs, proto, uint16(pr.ResolvedPort))
-		m2 := Reach(eng2, tr.PUs, proto, uint16(pr.ResolvedPort))
+		// A probe of a named port goes through ReachNamed (resolved on each
+		// server); cyclonus resolved it to ResolvedPort on every pod.
+		var m, m2 *Matrix
+		if name := ""; json.Unmarshal(pr.Port, &name) == nil && name != "" {
+			m, m2 = ReachNamed(eng, tr.PUs, proto, name), ReachNamed(eng2, tr.PUs, proto, name)
+			all.named++
+		} else {
+			m, m2 = Reach(eng, tr.PUs, proto, uint16(pr.ResolvedPort)), Reach(eng2, tr.PUs, proto, uint16(pr.ResolvedPort))
+		}
 		var diffs []string
 		for fi, from := range ids {
 			for ti, to := range ids {

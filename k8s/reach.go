@@ -3,6 +3,7 @@ package k8s
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"github.com/trireme-go/trireme/policy"
@@ -12,19 +13,31 @@ import (
 // and the client's egress.
 type Cell struct {
 	Ingress, Egress policy.Decision
+	// NotServed: the probe names a port the server does not declare (no
+	// decision was made).
+	NotServed bool
 }
 
 // Allowed reports whether the connection is allowed: both halves allow it.
 func (c *Cell) Allowed() bool {
-	return c.Ingress.Action == policy.Allow && c.Egress.Action == policy.Allow
+	return !c.NotServed && c.Ingress.Action == policy.Allow && c.Egress.Action == policy.Allow
 }
 
 // Matrix is the reachability of every pod from every pod on one port.
 type Matrix struct {
-	Proto policy.Protocol
-	Port  uint16
-	PUs   []PU
-	Cells [][]Cell // [from][to]
+	Proto    policy.Protocol
+	Port     uint16 // 0 when PortName is set
+	PortName string // a named port, resolved on each server
+	PUs      []PU
+	Cells    [][]Cell // [from][to]
+}
+
+// Label is the probed port as "tcp/80" or "tcp/http".
+func (m *Matrix) Label() string {
+	if m.PortName != "" {
+		return strings.ToLower(ProtocolName(m.Proto)) + "/" + m.PortName
+	}
+	return fmt.Sprintf("%s/%d", strings.ToLower(ProtocolName(m.Proto)), m.Port)
 }
 
 // Reach decides every ordered pair of PUs (the diagonal included: a pod's
@@ -32,27 +45,72 @@ type Matrix struct {
 // the enforcers do: the client's egress against the server's identity and
 // address, the server's ingress against the client's.
 func Reach(e *policy.Engine, pus []PU, proto policy.Protocol, port uint16) *Matrix {
-	m := &Matrix{Proto: proto, Port: port, PUs: pus, Cells: make([][]Cell, len(pus))}
-	pols := make([]*policy.PUPolicy, len(pus))
-	ids := make([]*policy.Identity, len(pus))
-	for i := range pus {
-		pols[i] = e.ForPU(pus[i].Tags)
-		ids[i] = policy.NewIdentity(pus[i].Tags)
-	}
-	for from := range pus {
-		m.Cells[from] = make([]Cell, len(pus))
-		for to := range pus {
-			c := &m.Cells[from][to]
-			c.Egress = pols[from].Egress(ids[to], pus[to].IP(), proto, port)
-			c.Ingress = pols[to].Ingress(ids[from], pus[from].IP(), proto, port)
-		}
+	m := newMatrix(pus, proto)
+	m.Port = port
+	r := newReacher(e, pus)
+	for to := range pus {
+		r.column(m, to, port)
 	}
 	return m
 }
 
+// ReachNamed is Reach on a named port: each server's container port of that
+// name and protocol (as cyclonus probes "serve-80-tcp"). Servers without one
+// are NotServed.
+func ReachNamed(e *policy.Engine, pus []PU, proto policy.Protocol, name string) *Matrix {
+	m := newMatrix(pus, proto)
+	m.PortName = name
+	r := newReacher(e, pus)
+	for to := range pus {
+		i := slices.IndexFunc(pus[to].Ports, func(p Port) bool { return p.Name == name && p.Protocol == proto })
+		if i < 0 {
+			for from := range pus {
+				m.Cells[from][to].NotServed = true
+			}
+			continue
+		}
+		r.column(m, to, pus[to].Ports[i].Port)
+	}
+	return m
+}
+
+func newMatrix(pus []PU, proto policy.Protocol) *Matrix {
+	m := &Matrix{Proto: proto, PUs: pus, Cells: make([][]Cell, len(pus))}
+	for i := range m.Cells {
+		m.Cells[i] = make([]Cell, len(pus))
+	}
+	return m
+}
+
+// reacher holds each PU's policy and identity, prepared once.
+type reacher struct {
+	pus  []PU
+	pols []*policy.PUPolicy
+	ids  []*policy.Identity
+}
+
+func newReacher(e *policy.Engine, pus []PU) *reacher {
+	r := &reacher{pus: pus, pols: make([]*policy.PUPolicy, len(pus)), ids: make([]*policy.Identity, len(pus))}
+	for i := range pus {
+		r.pols[i] = e.ForPU(pus[i].Tags)
+		r.ids[i] = policy.NewIdentity(pus[i].Tags)
+	}
+	return r
+}
+
+// column decides every client toward server "to" on port.
+func (r *reacher) column(m *Matrix, to int, port uint16) {
+	for from := range r.pus {
+		c := &m.Cells[from][to]
+		c.Egress = r.pols[from].Egress(r.ids[to], r.pus[to].IP(), m.Proto, port)
+		c.Ingress = r.pols[to].Ingress(r.ids[from], r.pus[from].IP(), m.Proto, port)
+	}
+}
+
 // Format prints the matrix as a table: one row per client, numbered; one
 // column per server, by number. "." allowed, "I" denied by the server's
-// ingress only, "E" by the client's egress only, "X" by both.
+// ingress only, "E" by the client's egress only, "X" by both, "-" a named
+// port the server does not declare.
 func (m *Matrix) Format(w io.Writer) error {
 	width := 0
 	for i := range m.PUs {
@@ -60,8 +118,8 @@ func (m *Matrix) Format(w io.Writer) error {
 	}
 	num := len(fmt.Sprint(len(m.PUs)))
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s/%d: rows from, columns to; . allowed, I denied by ingress, E denied by egress, X both\n",
-		strings.ToLower(ProtocolName(m.Proto)), m.Port)
+	fmt.Fprintf(&b, "%s: rows from, columns to; . allowed, I denied by ingress, E denied by egress, X both, - port not served\n",
+		m.Label())
 	fmt.Fprintf(&b, "%*s", num+1+width, "")
 	for i := range m.PUs {
 		fmt.Fprintf(&b, " %*d", num, i+1)
@@ -79,6 +137,9 @@ func (m *Matrix) Format(w io.Writer) error {
 }
 
 func (c *Cell) symbol() string {
+	if c.NotServed {
+		return "-"
+	}
 	in, eg := c.Ingress.Action == policy.Allow, c.Egress.Action == policy.Allow
 	switch {
 	case in && eg:

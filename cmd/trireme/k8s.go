@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/trireme-go/trireme/k8s"
 	"github.com/trireme-go/trireme/policy"
@@ -110,7 +111,12 @@ every port the pods declare is probed.`,
 			w := cmd.OutOrStdout()
 			var out []reachJSON
 			for i, pr := range probes {
-				m := k8s.Reach(eng, tr.PUs, pr.Protocol, pr.First)
+				var m *k8s.Matrix
+				if pr.name != "" {
+					m = k8s.ReachNamed(eng, tr.PUs, pr.proto, pr.name)
+				} else {
+					m = k8s.Reach(eng, tr.PUs, pr.proto, pr.port)
+				}
 				if asJSON {
 					out = append(out, toReachJSON(m))
 					continue
@@ -131,7 +137,7 @@ every port the pods declare is probed.`,
 		},
 	}
 	addNetFlags(reach)
-	reach.Flags().StringArrayVar(&ports, "port", nil, "port to probe, e.g. tcp/80, udp/53, sctp/9 (repeatable)")
+	reach.Flags().StringArrayVar(&ports, "port", nil, "port to probe, e.g. tcp/80, udp/53, sctp/9, or a named port such as tcp/http (repeatable)")
 	reach.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 
 	k8sCmd.AddCommand(translate, reach)
@@ -149,39 +155,59 @@ func addrs(ips []netip.Addr) string {
 	return strings.Join(s, ",")
 }
 
-// probePorts parses --port values (single ports), or collects every port
-// the pods declare.
-func probePorts(flags []string, tr *k8s.Translation) ([]policy.PortRange, error) {
-	var out []policy.PortRange
+// probe is one --port: a number, or a named port resolved on each server.
+type probe struct {
+	proto policy.Protocol
+	port  uint16
+	name  string
+}
+
+// probePorts parses --port values (tcp/80, udp/53, tcp/http), or collects
+// every numeric port the pods declare.
+func probePorts(flags []string, tr *k8s.Translation) ([]probe, error) {
+	var out []probe
 	for _, s := range flags {
+		proto, name, ok := strings.Cut(s, "/")
+		// Port names hold a letter; numbers and ranges do not.
+		if ok && strings.ContainsFunc(name, func(r rune) bool { return (r < '0' || r > '9') && r != '-' }) {
+			pr, err := policy.ParsePortRange(proto)
+			if err != nil || (pr.Protocol != policy.ProtoTCP && pr.Protocol != policy.ProtoUDP && pr.Protocol != policy.ProtoSCTP) {
+				return nil, fmt.Errorf("--port %q: want tcp, udp or sctp before the port", s)
+			}
+			if msgs := validation.IsValidPortName(name); len(msgs) > 0 {
+				return nil, fmt.Errorf("--port %q: bad port name: %s", s, strings.Join(msgs, "; "))
+			}
+			out = append(out, probe{proto: pr.Protocol, name: name})
+			continue
+		}
 		pr, err := policy.ParsePortRange(s)
 		if err != nil {
 			return nil, fmt.Errorf("--port: %v", err)
 		}
 		if pr.First != pr.Last || pr.First == 0 {
-			return nil, fmt.Errorf("--port %q: want one port, e.g. tcp/80", s)
+			return nil, fmt.Errorf("--port %q: want one port, e.g. tcp/80 or tcp/http", s)
 		}
-		out = append(out, pr)
+		out = append(out, probe{proto: pr.Protocol, port: pr.First})
 	}
 	if len(flags) > 0 {
 		return out, nil
 	}
 	for _, pu := range tr.PUs {
 		for _, cp := range pu.Ports {
-			pr := policy.PortRange{Protocol: cp.Protocol, First: cp.Port, Last: cp.Port}
-			if !slices.Contains(out, pr) {
-				out = append(out, pr)
+			p := probe{proto: cp.Protocol, port: cp.Port}
+			if !slices.Contains(out, p) {
+				out = append(out, p)
 			}
 		}
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("the pods declare no container port: give --port")
 	}
-	slices.SortFunc(out, func(a, b policy.PortRange) int {
-		if a.Protocol != b.Protocol {
-			return int(a.Protocol) - int(b.Protocol)
+	slices.SortFunc(out, func(a, b probe) int {
+		if a.proto != b.proto {
+			return int(a.proto) - int(b.proto)
 		}
-		return int(a.First) - int(b.First)
+		return int(a.port) - int(b.port)
 	})
 	return out, nil
 }
@@ -196,7 +222,7 @@ type reachJSON struct {
 }
 
 func toReachJSON(m *k8s.Matrix) reachJSON {
-	r := reachJSON{Port: fmt.Sprintf("%s/%d", strings.ToLower(k8s.ProtocolName(m.Proto)), m.Port)}
+	r := reachJSON{Port: m.Label()}
 	for i := range m.PUs {
 		r.Pods = append(r.Pods, m.PUs[i].ID())
 	}

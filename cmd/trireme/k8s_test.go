@@ -131,3 +131,35 @@ func TestK8sErrors(t *testing.T) {
 		}
 	}
 }
+
+// A named port resolves on each server: "metrics" is 9090 on the API and the
+// gateway, 9187 on the database's exporter, and absent elsewhere (Prometheus
+// names its port "web").
+func TestK8sReachNamedPort(t *testing.T) {
+	out, err := runK8s(t, "k8s", "reach", exampleDir, "--port", "tcp/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"monitoring/prometheus-0": "- - . . - .", // scrapes gateway, api and db
+		"shop/api-5c6b7":          "- - X X - X", // isolated both ways
+	}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) != 8 {
+			continue
+		}
+		if w, ok := want[f[1]]; ok {
+			if got := strings.Join(f[2:], " "); got != w {
+				t.Errorf("row %s: %q, want %q\n%s", f[1], got, w, out)
+			}
+			delete(want, f[1])
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("rows missing: %v\n%s", want, out)
+	}
+	if _, err := runK8s(t, "k8s", "reach", exampleDir, "--port", "tcp/Bad_Name"); err == nil {
+		t.Error("a bad port name was accepted")
+	}
+}
