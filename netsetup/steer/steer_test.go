@@ -405,7 +405,10 @@ func TestSteeredICMP(t *testing.T) {
 			_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
 			n, _, err := conn.ReadFrom(buf)
 			if err != nil {
-				t.Fatalf("echo %d: %v", i, err)
+				c, _ := r.s.Counters("pu0")
+				c1, _ := r.s.Counters("pu1")
+				t.Fatalf("echo %d: %v (forwarder: %d reads, %d ICMP, %d errors, last %v; pu0 %+v; pu1 %+v)",
+					i, err, f.reads.Load(), f.byProto[1].Load(), f.errs.Load(), f.last.Load(), c, c1)
 			}
 			if n >= 8 && buf[0] == 0 && buf[7] == byte(i) {
 				break // our reply
