@@ -395,6 +395,11 @@ func TestConcurrent(t *testing.T) {
 			for err := range errs {
 				t.Error(err)
 			}
+			// 4 PUs per node over 40 s with a 10 s refresh: tokens were
+			// re-signed while other goroutines used them.
+			if s := p.client.Stats(); s.Signatures <= 4 {
+				t.Errorf("client signed %d tokens for 4 PUs: no refresh happened", s.Signatures)
+			}
 		})
 	}
 }
