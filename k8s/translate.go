@@ -102,6 +102,18 @@ func Translate(c *Cluster, opts Options) (*Translation, error) {
 		nsByName[nss[i].Name] = &nss[i]
 	}
 	var errs []error
+	// Labels again, for clusters built without AddPod/AddNamespace: a label
+	// key with '@' would forge a reserved tag (another namespace's identity).
+	for _, ns := range nss {
+		if err := validateLabels(ns.Labels); err != nil {
+			errs = append(errs, fmt.Errorf("namespace %s: %v", ns.Name, err))
+		}
+	}
+	for i := range pods {
+		if err := validateLabels(pods[i].Labels); err != nil {
+			errs = append(errs, fmt.Errorf("pod %s: %v", pods[i].ID(), err))
+		}
+	}
 	nps := make([]*netpol, 0, len(c.Policies))
 	for i := range c.Policies {
 		n, err := parseNetpol(&c.Policies[i])
@@ -182,7 +194,7 @@ func (t *translator) peers(ps []peer) []policy.Peer {
 	return out
 }
 
-// podsSelector selects exactly the given pods (one selector per namespace).
+// podPeers selects exactly the given pods (one selector per namespace).
 func (t *translator) podPeers(pods []*Pod) []policy.Peer {
 	byNS := map[string][]string{}
 	var order []string

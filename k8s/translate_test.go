@@ -448,9 +448,14 @@ func TestPodTags(t *testing.T) {
 // A namespace label cannot be forged by a pod: pods cannot carry '@' keys.
 func TestReservedLabelsRejected(t *testing.T) {
 	c := &Cluster{}
-	err := c.AddPod(Pod{Namespace: "x", Name: "evil", Labels: map[string]string{"@ns:team": "b"}})
+	evil := Pod{Namespace: "x", Name: "evil", Labels: map[string]string{"@ns:team": "b"}}
+	err := c.AddPod(evil)
 	if err == nil || !strings.Contains(err.Error(), "label key") {
-		t.Fatalf("got %v, want a label key error", err)
+		t.Fatalf("AddPod: got %v, want a label key error", err)
+	}
+	c.Pods = append(c.Pods, evil) // bypassing AddPod
+	if _, err := Translate(c, Options{}); err == nil || !strings.Contains(err.Error(), `pod x/evil: label key "@ns:team"`) {
+		t.Fatalf("Translate: got %v, want a label key error", err)
 	}
 }
 
