@@ -800,3 +800,204 @@ func TestRestore(t *testing.T) {
 		t.Fatalf("restored flow: %v %v", r.v, r.code)
 	}
 }
+
+func TestNoRoomForToken(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	// 40 bytes of options: MSS, SACK-permitted, timestamps, window scale, NOPs,
+	// and a 12-byte experimental option.
+	opts := []layers.TCPOption{
+		{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: []byte{5, 0xb4}},
+		{OptionType: layers.TCPOptionKindSACKPermitted, OptionLength: 2},
+		{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10, OptionData: make([]byte, 8)},
+		{OptionType: layers.TCPOptionKindNop},
+		{OptionType: layers.TCPOptionKindWindowScale, OptionLength: 3, OptionData: []byte{7}},
+		{OptionType: 254, OptionLength: 12, OptionData: make([]byte, 10)},
+		{OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop},
+		{OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop},
+	}
+	syn := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 1, dport: 5432, flags: packet.SYN, seq: 1, opts: opts})
+	r := p.c.run(FromApp, syn, p.now)
+	if r.v != Reset || r.code != reason.NoRoomForToken || len(r.inject) != 1 {
+		t.Fatalf("full options: %v %v", r.v, r.code)
+	}
+	if rs := p.c.sink.all(); len(rs) != 1 || rs[0].Reason != "no-room-for-token" {
+		t.Fatalf("records: %+v", rs)
+	}
+}
+
+func TestTableFullNothingEvictable(t *testing.T) {
+	s := newSide(t, "n", webDB, map[string]string{"app": "web"}, MidStreamDrop, flow.Config{Capacity: 16})
+	// Fill with established UDP flows (not half-open, not expired).
+	full := 0
+	for i := 0; i < 200; i++ {
+		r := s.run(FromApp, udpFrame(t, cIP, extIP, uint16(2000+i), 53), t0)
+		if r.v == Drop {
+			if r.code != reason.TableFull {
+				t.Fatalf("udp %d: %v", i, r.code)
+			}
+			full++
+		}
+	}
+	n, ev := s.e.Flows()
+	if full == 0 || n > 16 || ev != 0 || n+full != 200 {
+		t.Fatalf("flows %d evictions %d refused %d", n, ev, full)
+	}
+	if got := s.e.Stats().Drops[reason.TableFull]; got != uint64(full) {
+		t.Fatalf("table-full counter %d", got)
+	}
+	// A SYN to a full table is refused with a RST (fail closed, promptly).
+	syn := tcpFrame(t, seg{src: cIP, dst: extIP, sport: 9, dport: 80, flags: packet.SYN, seq: 1})
+	found := false
+	for port := uint16(9); port < 400 && !found; port++ {
+		syn = tcpFrame(t, seg{src: cIP, dst: extIP, sport: port, dport: 80, flags: packet.SYN, seq: 1})
+		r := s.run(FromApp, syn, t0)
+		if r.v == Reset && r.code == reason.TableFull {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("no SYN refused with table-full")
+	}
+}
+
+func fragFrame(t *testing.T, src, dst netip.Addr, proto layers.IPProtocol, id uint16, flags layers.IPv4Flag, off uint16, payload []byte) []byte {
+	eth := &layers.Ethernet{SrcMAC: cMAC, DstMAC: sMAC, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: proto, SrcIP: src.AsSlice(), DstIP: dst.AsSlice(), Id: id, Flags: flags, FragOffset: off}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Clone(buf.Bytes())
+}
+
+func TestFragments(t *testing.T) {
+	s := newSide(t, "n", webDB, map[string]string{"app": "web"}, MidStreamDrop, flow.Config{})
+	// The first fragment of a TCP SYN: the token cannot be authorized.
+	synHdr := tcpFrame(t, seg{src: cIP, dst: extIP, sport: 7, dport: 80, flags: packet.SYN, seq: 1})[34:]
+	r := s.run(FromApp, fragFrame(t, cIP, extIP, layers.IPProtocolTCP, 1, layers.IPv4MoreFragments, 0, synHdr), t0)
+	if r.v != Drop || r.code != reason.Fragment {
+		t.Fatalf("fragmented SYN: %v %v", r.v, r.code)
+	}
+	// A later fragment without an allowed first one.
+	r = s.run(FromApp, fragFrame(t, cIP, extIP, layers.IPProtocolUDP, 2, 0, 100, make([]byte, 64)), t0)
+	if r.v != Drop || r.code != reason.Fragment {
+		t.Fatalf("orphan fragment: %v %v", r.v, r.code)
+	}
+	// A UDP datagram to an allowed port in two fragments: both pass.
+	udpHdr := udpFrame(t, cIP, extIP, 5000, 53)[34:]
+	first := fragFrame(t, cIP, extIP, layers.IPProtocolUDP, 3, layers.IPv4MoreFragments, 0, append(udpHdr, make([]byte, 3)...))
+	if r = s.run(FromApp, first, t0); r.v != Forward {
+		t.Fatalf("first fragment: %v %v", r.v, r.code)
+	}
+	later := fragFrame(t, cIP, extIP, layers.IPProtocolUDP, 3, 0, 2, make([]byte, 64))
+	if r = s.run(FromApp, later, t0); r.v != Forward {
+		t.Fatalf("later fragment of an allowed datagram: %v %v", r.v, r.code)
+	}
+	// ...but not after the fragment timer, nor with another ID.
+	if r = s.run(FromApp, later, t0.Add(time.Minute)); r.v != Drop || r.code != reason.Fragment {
+		t.Fatalf("late fragment: %v %v", r.v, r.code)
+	}
+	// A denied datagram's fragments are dropped too.
+	deniedFirst := fragFrame(t, cIP, extIP, layers.IPProtocolUDP, 4, layers.IPv4MoreFragments, 0, udpFrame(t, cIP, extIP, 5000, 99)[34:])
+	if r = s.run(FromApp, deniedFirst, t0); r.v != Drop || r.code != reason.PolicyDenied {
+		t.Fatalf("denied first fragment: %v %v", r.v, r.code)
+	}
+	if r = s.run(FromApp, fragFrame(t, cIP, extIP, layers.IPProtocolUDP, 4, 0, 2, make([]byte, 8)), t0); r.v != Drop || r.code != reason.Fragment {
+		t.Fatalf("fragment of a denied datagram: %v %v", r.v, r.code)
+	}
+}
+
+func TestMalformedAndUnknownPU(t *testing.T) {
+	s := newSide(t, "n", allowAll, map[string]string{"app": "web"}, MidStreamDrop, flow.Config{})
+	good := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 1, dport: 2, flags: packet.SYN, seq: 1})
+	cases := []struct {
+		name  string
+		frame []byte
+		want  reason.Code
+	}{
+		{"empty", nil, reason.Malformed},
+		{"ethernet only", good[:14], reason.Malformed},
+		{"truncated ip", good[:30], reason.Malformed},
+		{"truncated tcp", good[:40], reason.Malformed},
+		{"lldp", append(append([]byte{}, good[:12]...), 0x88, 0xcc, 1, 2, 3), reason.Unsupported},
+	}
+	for _, c := range cases {
+		r := s.run(FromNet, c.frame, t0)
+		if r.v != Drop || r.code != c.want {
+			t.Fatalf("%s: %v %v", c.name, r.v, r.code)
+		}
+	}
+	var out Output
+	s.e.Process(nil, FromNet, good, t0, &out)
+	if out.Verdict != Drop || out.Reason != reason.UnknownPU {
+		t.Fatalf("nil PU: %v", out.Reason)
+	}
+	s.e.RemovePU(s.pu, t0, &out)
+	s.e.Process(s.pu, FromNet, good, t0, &out)
+	if out.Verdict != Drop || out.Reason != reason.UnknownPU {
+		t.Fatalf("removed PU: %v", out.Reason)
+	}
+}
+
+// TestConcurrentHandshakes runs many connections through the same pair of
+// enforcers from several goroutines (under -race in make test).
+func TestConcurrentHandshakes(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	const workers, conns = 4, 50
+	var wg sync.WaitGroup
+	errs := make(chan string, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			var co, so Output
+			for i := 0; i < conns; i++ {
+				port := uint16(10000 + w*conns + i)
+				steps := []struct {
+					f     []byte
+					fromC bool
+				}{
+					{tcpFrame(t, seg{src: cIP, dst: sIP, sport: port, dport: 80, flags: packet.SYN, seq: 1}), true},
+					{tcpFrame(t, seg{src: sIP, dst: cIP, sport: 80, dport: port, flags: packet.SYN | packet.ACK, seq: 9, ack: 2}), false},
+					{tcpFrame(t, seg{src: cIP, dst: sIP, sport: port, dport: 80, flags: packet.ACK, seq: 2, ack: 10}), true},
+					{tcpFrame(t, seg{src: cIP, dst: sIP, sport: port, dport: 80, flags: packet.ACK | packet.PSH, seq: 2, ack: 10, payload: []byte("hi")}), true},
+				}
+				for _, st := range steps {
+					a, b, ao, bo := p.c, p.s, &co, &so
+					if !st.fromC {
+						a, b, ao, bo = p.s, p.c, &so, &co
+					}
+					a.e.Process(a.pu, FromApp, bytes.Clone(st.f), t0, ao)
+					wire := bytes.Clone(ao.Frame)
+					b.e.Process(b.pu, FromNet, wire, t0, bo)
+					if bo.Verdict != Forward || !bytes.Equal(bo.Frame, st.f) {
+						errs <- "handshake step failed"
+						return
+					}
+				}
+			}
+		}(w)
+	}
+	done := make(chan struct{})
+	go func() {
+		var out Output
+		for {
+			select {
+			case <-done:
+				return
+			default:
+				p.s.e.Expire(t0, &out)
+				p.s.e.Stats()
+			}
+		}
+	}()
+	wg.Wait()
+	close(done)
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+	if n, _ := p.s.e.Flows(); n != workers*conns {
+		t.Fatalf("%d flows", n)
+	}
+}

@@ -180,10 +180,16 @@ func (ps *Parser) Parse(frame []byte, pkt *Packet) reason.Code {
 		}
 	}
 	if l3 == 0 {
-		if ps.decoded[len(ps.decoded)-1] == layers.LayerTypeEthernet || ps.decoded[len(ps.decoded)-1] == layers.LayerTypeDot1Q {
-			return reason.Unsupported // neither IP nor ARP
+		next := ps.eth.EthernetType
+		if ps.decoded[len(ps.decoded)-1] == layers.LayerTypeDot1Q {
+			next = ps.vlan.next
 		}
-		return reason.Malformed
+		switch next {
+		case layers.EthernetTypeIPv4, layers.EthernetTypeIPv6, layers.EthernetTypeARP,
+			layers.EthernetTypeDot1Q, layers.EthernetTypeQinQ:
+			return reason.Malformed // a protocol we parse, but its header is missing
+		}
+		return reason.Unsupported // neither IP nor ARP
 	}
 	if pkt.L4 > pkt.End {
 		return reason.Malformed
