@@ -26,6 +26,7 @@ func TestBuildTags(t *testing.T) {
 		{"reserved labels dropped", map[string]string{"@sys:name": "db", "@ns:x": "y", "app": "web"}, SysTags(KindNetns, "n1", "n1", ""),
 			"@sys:id=n1,@sys:kind=netns,@sys:name=n1,app=web"},
 		{"empty key dropped", map[string]string{"": "x", " ": "y", "k": ""}, nil, "k="},
+		{"key with = dropped", map[string]string{"a=b": "c", "a": "b=c"}, nil, "a=b=c"},
 		{"no labels", nil, SysTags(KindProcess, "p", "p", ""), "@sys:id=p,@sys:kind=process,@sys:name=p"},
 	}
 	for _, tc := range tests {

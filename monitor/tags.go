@@ -18,7 +18,8 @@ const (
 
 // BuildTags makes a PU identity from user labels and system values. Labels
 // with a reserved key ('@...') are dropped and logged (with the PU id), so a
-// workload cannot claim a system identity; empty keys are dropped too. Empty
+// workload cannot claim a system identity; empty keys and keys containing
+// '=' (tags travel as key=value) are dropped too. Empty
 // system values (e.g. no image) are left out.
 func BuildTags(log *slog.Logger, puID string, labels map[string]string, sys map[string]string) policy.Tags {
 	m := make(map[string]string, len(labels)+len(sys))
@@ -29,9 +30,10 @@ func BuildTags(log *slog.Logger, puID string, labels map[string]string, sys map[
 				log.Warn("dropping label with a reserved key", "pu", puID, "key", k)
 			}
 			continue
-		case strings.TrimSpace(k) == "":
+		case strings.TrimSpace(k) == "" || strings.Contains(k, "="):
+			// Tags travel as "key=value": such a key cannot be signed.
 			if log != nil {
-				log.Warn("dropping label with an empty key", "pu", puID)
+				log.Warn("dropping label with an empty key or a key containing '='", "pu", puID, "key", k)
 			}
 			continue
 		}

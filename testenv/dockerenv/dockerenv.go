@@ -34,6 +34,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
@@ -488,6 +489,58 @@ func (e *Env) Run(t testing.TB, c Container) string {
 		}
 	}
 	return res.ID
+}
+
+// RunToExit runs a short-lived container (e.g. `probe connect`) to its end
+// and returns its exit code and output (stdout and stderr); the container is
+// removed. For `probe connect`: 0 ok, 1 refused, 2 reset, 3 timeout.
+func (e *Env) RunToExit(t testing.TB, c Container, limit time.Duration) (int, string) {
+	t.Helper()
+	c.CreateOnly = true
+	id := e.Run(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	defer e.Client.ContainerRemove(context.Background(), id, client.ContainerRemoveOptions{Force: true})
+	// Wait for the next exit before starting: no race with a fast exit.
+	wait := e.Client.ContainerWait(ctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
+	if _, err := e.Client.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
+		t.Fatalf("dockerenv: start %s: %v", c.Name, err)
+	}
+	var code int
+	select {
+	case res := <-wait.Result:
+		if res.Error != nil {
+			t.Fatalf("dockerenv: wait %s: %s", c.Name, res.Error.Message)
+		}
+		code = int(res.StatusCode)
+	case err := <-wait.Error:
+		t.Fatalf("dockerenv: wait %s: %v", c.Name, err)
+	}
+	logs, err := e.Client.ContainerLogs(ctx, id, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true})
+	if err != nil {
+		t.Fatalf("dockerenv: logs %s: %v", c.Name, err)
+	}
+	defer logs.Close()
+	var out bytes.Buffer
+	if _, err := stdcopy.StdCopy(&out, &out, logs); err != nil {
+		t.Fatalf("dockerenv: logs %s: %v", c.Name, err)
+	}
+	return code, out.String()
+}
+
+// IP returns a running container's address on its (first) network.
+func (e *Env) IP(t testing.TB, id string) netip.Addr {
+	t.Helper()
+	c := e.Inspect(t, id)
+	if c.NetworkSettings != nil {
+		for _, ep := range c.NetworkSettings.Networks {
+			if ep != nil && ep.IPAddress.IsValid() {
+				return ep.IPAddress
+			}
+		}
+	}
+	t.Fatalf("dockerenv: container %s has no IP", id)
+	return netip.Addr{}
 }
 
 // Inspect returns the engine's view of a container.

@@ -52,6 +52,26 @@ func TestEngineLifecycle(t *testing.T) {
 		if err != nil || reply != "probe-1\n" {
 			t.Fatalf("probe reply %q, %v", reply, err)
 		}
+		// Container to container with the probe client: the outcome is
+		// the exit code (ok 0, refused 1).
+		if got := e.IP(t, id); got != ip {
+			t.Errorf("IP %v, inspect says %v", got, ip)
+		}
+		tests := []struct {
+			target string
+			code   int
+			out    string
+		}{
+			{netip.AddrPortFrom(ip, 80).String(), 0, "ok probe-1\n"},
+			{netip.AddrPortFrom(ip, 81).String(), 1, "refused\n"},
+		}
+		for _, tc := range tests {
+			code, out := e.RunToExit(t, Container{Name: "client", Labels: map[string]string{"app": "client"},
+				Cmd: []string{"probe", "connect", "--tcp", tc.target, "--timeout", "2s"}}, 30*time.Second)
+			if code != tc.code || out != tc.out {
+				t.Errorf("connect %s: exit %d %q, want %d %q", tc.target, code, out, tc.code, tc.out)
+			}
+		}
 	})
 	if dir == "" {
 		return // skipped
