@@ -34,6 +34,31 @@ func intern(s string) uint32 {
 	return id
 }
 
+// internAll interns the keys and values of t into syms (key, value, ...),
+// taking the read lock once for the common case where all are known.
+func internAll(t Tags, syms []uint32) {
+	missing := false
+	symbols.RLock()
+	for i, tag := range t {
+		var ok1, ok2 bool
+		syms[2*i], ok1 = symbols.ids[tag.Key]
+		syms[2*i+1], ok2 = symbols.ids[tag.Value]
+		missing = missing || !ok1 || !ok2
+	}
+	symbols.RUnlock()
+	if !missing {
+		return
+	}
+	for i, tag := range t {
+		if syms[2*i] == 0 {
+			syms[2*i] = intern(tag.Key)
+		}
+		if syms[2*i+1] == 0 {
+			syms[2*i+1] = intern(tag.Value)
+		}
+	}
+}
+
 // Identity is a peer's tags prepared once for every decision about it: keys
 // and values interned, in a small open-addressing table keyed by key symbol.
 // It is immutable and safe to share.
@@ -49,7 +74,9 @@ type Identity struct {
 func NewIdentity(tags Tags) *Identity {
 	t := make(Tags, len(tags))
 	copy(t, tags)
-	sort.SliceStable(t, func(i, j int) bool { return t[i].Key < t[j].Key })
+	if !sort.SliceIsSorted(t, func(i, j int) bool { return t[i].Key < t[j].Key }) {
+		sort.SliceStable(t, func(i, j int) bool { return t[i].Key < t[j].Key })
+	}
 	uniq := t[:0]
 	for i, tag := range t {
 		if i > 0 && tag.Key == t[i-1].Key {
@@ -63,8 +90,10 @@ func NewIdentity(tags Tags) *Identity {
 		n <<= 1
 	}
 	id := &Identity{tags: t, pairs: make([]uint64, len(t)), slots: make([]uint64, n), mask: uint32(n - 1)}
-	for i, tag := range t {
-		k, v := intern(tag.Key), intern(tag.Value)
+	syms := make([]uint32, 2*len(t))
+	internAll(t, syms)
+	for i := range t {
+		k, v := syms[2*i], syms[2*i+1]
 		e := uint64(k)<<32 | uint64(v)
 		id.pairs[i] = e
 		for j := hash32(k) & id.mask; ; j = (j + 1) & id.mask {

@@ -79,41 +79,64 @@ func buildPortTable(rules []crule, proto Protocol, list *[]int32) (portTable, in
 		}
 	}
 	sort.SliceStable(ev, func(i, j int) bool { return ev[i].at < ev[j].at })
-	count := map[int32]int{}
+	// Sweep the port space keeping the covering rules sorted by rank (a rule
+	// with several overlapping ranges is counted, not repeated).
+	count := make([]int32, len(rules))
+	var dec, obs []int32
+	rankOf := func(ri int32) uint32 { return rules[ri].rank }
+	obsRankOf := func(ri int32) uint32 { return rules[ri].obsRank }
 	var t portTable
 	entries := 0
-	snapshot := func(at uint32) {
-		var dec, obs []int32
-		for ri := range count {
-			if rules[ri].rank != noRank {
-				dec = append(dec, ri)
-			}
-			if rules[ri].obsRank != noRank {
-				obs = append(obs, ri)
+	i := 0
+	for _, at := range boundaries(ev) {
+		for ; i < len(ev) && ev[i].at == at; i++ {
+			ri := ev[i].rule
+			if ev[i].add {
+				if count[ri]++; count[ri] == 1 {
+					if rules[ri].rank != noRank {
+						dec = insertSorted(dec, ri, rankOf)
+					}
+					if rules[ri].obsRank != noRank {
+						obs = insertSorted(obs, ri, obsRankOf)
+					}
+				}
+			} else if count[ri]--; count[ri] == 0 {
+				if rules[ri].rank != noRank {
+					dec = removeSorted(dec, ri, rankOf)
+				}
+				if rules[ri].obsRank != noRank {
+					obs = removeSorted(obs, ri, obsRankOf)
+				}
 			}
 		}
-		sort.Slice(dec, func(i, j int) bool { return rules[dec[i]].rank < rules[dec[j]].rank })
-		sort.Slice(obs, func(i, j int) bool { return rules[obs[i]].obsRank < rules[obs[j]].obsRank })
 		entries += len(dec) + len(obs)
+		if entries > maxPortEntries {
+			break
+		}
 		t.starts = append(t.starts, uint16(at))
 		t.dec = append(t.dec, appendSpan(list, dec))
 		t.obs = append(t.obs, appendSpan(list, obs))
 	}
-	i := 0
-	for _, at := range boundaries(ev) {
-		for ; i < len(ev) && ev[i].at == at; i++ {
-			if ev[i].add {
-				count[ev[i].rule]++
-			} else if count[ev[i].rule]--; count[ev[i].rule] == 0 {
-				delete(count, ev[i].rule)
-			}
-		}
-		snapshot(at)
-		if entries > maxPortEntries {
-			break
+	return t, entries
+}
+
+func insertSorted(s []int32, ri int32, key func(int32) uint32) []int32 {
+	k := key(ri)
+	i := sort.Search(len(s), func(i int) bool { return key(s[i]) >= k })
+	s = append(s, 0)
+	copy(s[i+1:], s[i:])
+	s[i] = ri
+	return s
+}
+
+func removeSorted(s []int32, ri int32, key func(int32) uint32) []int32 {
+	k := key(ri)
+	for i := sort.Search(len(s), func(i int) bool { return key(s[i]) >= k }); i < len(s); i++ {
+		if s[i] == ri {
+			return append(s[:i], s[i+1:]...)
 		}
 	}
-	return t, entries
+	return s
 }
 
 // boundaries returns 0 and every event position, ascending, unique.
