@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -715,36 +716,46 @@ func BenchmarkEstablished(b *testing.B) {
 	p.c2s(ack)
 	var out Output
 	b.ReportAllocs()
+	cpu0 := cpuTime()
 	for b.Loop() {
 		p.s.e.Process(p.s.pu, FromNet, data, t0, &out)
 	}
+	// The machine is shared: CPU time per packet is the number to compare
+	// with the 100 ns target; ns/op includes waiting for a core.
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
 	if out.Verdict != Forward {
 		b.Fatal(out.Reason)
 	}
 }
 
+// BenchmarkSYNWarmCache: one new connection's SYN through the client's
+// enforcer (token added) and the server's (token verified from the warm
+// cache, ingress decided, token stripped).
 func BenchmarkSYNWarmCache(b *testing.B) {
 	c := newSide(b, "node-c", allowAll, map[string]string{"app": "web"}, MidStreamDrop, flow.Config{})
 	s := newSide(b, "node-s", allowAll, map[string]string{"app": "db"}, MidStreamDrop, flow.Config{})
-	tt := &testing.T{}
-	syn := tcpFrame(tt, seg{src: cIP, dst: sIP, sport: 1, dport: 5432, flags: packet.SYN, seq: 1})
-	var co, so Output
+	c.e.sink, s.e.sink = nil, nil
+	syn := tcpFrame(&testing.T{}, seg{src: cIP, dst: sIP, sport: 1, dport: 5432, flags: packet.SYN, seq: 1})
+	var co, so, tmp Output
 	wire := make([]byte, 0, 2048)
-	b.ReportAllocs()
 	i := 0
+	b.ReportAllocs()
 	for b.Loop() {
 		i++
-		syn[34], syn[35] = byte(i>>8), byte(i) // new source port: a new connection
-		syn[50], syn[51] = 0, 0
+		syn[28], syn[29] = byte(i>>16), byte(i>>8) // new source address and port:
+		syn[34], syn[35] = byte(i>>8), byte(i)     // a new connection each time
 		c.e.Process(c.pu, FromApp, syn, t0, &co)
 		wire = append(wire[:0], co.Frame...)
 		s.e.Process(s.pu, FromNet, wire, t0, &so)
 		if so.Verdict != Forward {
 			b.Fatal(so.Reason)
 		}
-		var tmp Output
-		c.e.Expire(t0.Add(time.Hour), &tmp)
-		s.e.Expire(t0.Add(time.Hour), &tmp)
+		if i%20000 == 0 { // keep the table from filling: steady state
+			b.StopTimer()
+			c.e.Expire(t0.Add(time.Hour), &tmp)
+			s.e.Expire(t0.Add(time.Hour), &tmp)
+			b.StartTimer()
+		}
 	}
 }
 
@@ -1000,4 +1011,11 @@ func TestConcurrentHandshakes(t *testing.T) {
 	if n, _ := p.s.e.Flows(); n != workers*conns {
 		t.Fatalf("%d flows", n)
 	}
+}
+
+// cpuTime is the process's user+system CPU time in nanoseconds.
+func cpuTime() int64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
