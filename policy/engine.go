@@ -384,23 +384,21 @@ func (d *dirPolicy) decide(peer *Identity, addr netip.Addr, proto Protocol, port
 			d.sel.lists(peer, func(dec, obs []int32) {
 				for _, ci := range dec {
 					c := &d.sel.clauses[ci]
-					r := &d.rules[c.owner]
-					if r.rank >= v.best {
+					if c.order[0] >= v.best {
 						break
 					}
-					if r.portMatch(proto, port) && c.matches(peer) {
-						v.best, v.bestI = r.rank, c.owner
+					if d.rules[c.owner].portMatch(proto, port) && c.matches(peer) {
+						v.best, v.bestI = c.order[0], c.owner
 						break
 					}
 				}
 				for _, ci := range obs {
 					c := &d.sel.clauses[ci]
-					r := &d.rules[c.owner]
-					if r.obsRank >= v.obs {
+					if c.order[1] >= v.obs {
 						break
 					}
-					if r.portMatch(proto, port) && c.matches(peer) {
-						v.obs, v.obsI = r.obsRank, c.owner
+					if d.rules[c.owner].portMatch(proto, port) && c.matches(peer) {
+						v.obs, v.obsI = c.order[1], c.owner
 						break
 					}
 				}

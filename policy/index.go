@@ -29,7 +29,8 @@ type selIndex struct {
 type clause struct {
 	owner int32 // rule (or policy) the clause belongs to
 	reqs  []creq
-	in    [2]bool // which of the index's two lists hold it
+	in    [2]bool   // which of the index's two lists hold it
+	order [2]uint32 // its sort key in each list (set by build)
 }
 
 type creq struct {
@@ -163,6 +164,13 @@ func (x *selIndex) build(order [2]func(c *clause) uint32) {
 			}
 		}
 	}
+	for ci := range x.clauses {
+		for l := range order {
+			if order[l] != nil {
+				x.clauses[ci].order[l] = order[l](&x.clauses[ci])
+			}
+		}
+	}
 	split := func(list []int32, l int) []int32 {
 		var out []int32
 		for _, ci := range list {
@@ -170,9 +178,7 @@ func (x *selIndex) build(order [2]func(c *clause) uint32) {
 				out = append(out, ci)
 			}
 		}
-		if order[l] != nil {
-			sort.SliceStable(out, func(i, j int) bool { return order[l](&x.clauses[out[i]]) < order[l](&x.clauses[out[j]]) })
-		}
+		sort.SliceStable(out, func(i, j int) bool { return x.clauses[out[i]].order[l] < x.clauses[out[j]].order[l] })
 		return out
 	}
 	for l := range x.always {
