@@ -92,6 +92,7 @@ type Steerer struct {
 	keyBuf   []byte
 	links    *netlink.Handle // rtnetlink in the node's namespace
 	broken   error           // set when a discarded batch could not be dropped
+	closed   bool
 }
 
 // Open connects to nftables for the node. It changes nothing in the kernel:
@@ -173,6 +174,10 @@ func (s *Steerer) Mark() uint32 { return s.cfg.Mark }
 func (s *Steerer) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
 	s.elems.close()
 	s.links.Close()
 	return s.conn.CloseLasting()
