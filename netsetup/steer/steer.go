@@ -433,7 +433,9 @@ func (s *Steerer) Delete() error {
 
 // DeleteStaleTables removes every netdev table whose name starts with
 // TablePrefix except keep ("" removes all): leftovers of crashed runs or
-// renamed nodes in this namespace. It returns the names removed.
+// renamed nodes in this namespace. It returns the names removed. It
+// assumes one trireme node per network namespace: a second daemon running
+// in the same namespace would lose its table.
 func DeleteStaleTables(netnsFd int, keep string) ([]string, error) {
 	opts := []nftables.ConnOption{}
 	if netnsFd != 0 {
