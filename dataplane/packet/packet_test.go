@@ -259,3 +259,37 @@ func BenchmarkParse(b *testing.B) {
 		ps.Parse(frame, &p)
 	}
 }
+
+// TestChecksumZeroForms pins the one documented corner of incremental
+// updates: ones' complement has two zeros, so a stored 0xFFFF (which no
+// correct checksum can be) comes back as 0x0000; every other value,
+// including 0x0000, comes back as it was.
+func TestChecksumZeroForms(t *testing.T) {
+	dir, err := fixtures.PcapDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := readAll(t, filepath.Join(dir, "zeek-http-get.pcap"))[0]
+	ps := NewParser()
+	for _, ck := range []uint16{0x0000, 0x0001, 0x7fff, 0xfffe, 0xffff} {
+		for _, tok := range [][]byte{{1, 2}, {1, 2, 3}} {
+			f := bytes.Clone(frame)
+			var p Packet
+			ps.Parse(f, &p)
+			f[p.L4+16], f[p.L4+17] = byte(ck>>8), byte(ck)
+			ins, _ := InsertToken(nil, &p, testMarker, tok, 0)
+			var q Packet
+			ps.Parse(ins, &q)
+			off, _ := FindOption(&q, testMarker)
+			out, _ := StripToken(&q, off, len(tok))
+			got := uint16(out[p.L4+16])<<8 | uint16(out[p.L4+17])
+			want := ck
+			if ck == 0xffff {
+				want = 0
+			}
+			if got != want || !bytes.Equal(out[:p.L4+16], f[:p.L4+16]) || !bytes.Equal(out[p.L4+18:], f[p.L4+18:]) {
+				t.Fatalf("checksum %#04x token %d: came back %#04x", ck, len(tok), got)
+			}
+		}
+	}
+}
