@@ -1019,3 +1019,39 @@ func cpuTime() int64 {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return ru.Utime.Nano() + ru.Stime.Nano()
 }
+
+func icmpErrorFrame(t *testing.T, src, dst netip.Addr, typ, code uint8, quoted []byte) []byte {
+	eth := &layers.Ethernet{SrcMAC: sMAC, DstMAC: cMAC, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	icmp := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(typ, code)}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, icmp, gopacket.Payload(quoted)); err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Clone(buf.Bytes())
+}
+
+// ICMP errors about an allowed flow reach the PU (path MTU discovery) even
+// though the rules allow no ICMP; unrelated ones are decided by the rules.
+func TestICMPErrorsOfAllowedFlows(t *testing.T) {
+	s := newSide(t, "n", webDB, map[string]string{"app": "web"}, MidStreamDrop, flow.Config{})
+	q := udpFrame(t, cIP, extIP, 5353, 53)
+	if r := s.run(FromApp, q, t0); r.v != Forward {
+		t.Fatalf("udp: %v %v", r.v, r.code)
+	}
+	router := netip.MustParseAddr("192.0.2.1")
+	needFrag := icmpErrorFrame(t, router, cIP, 3, 4, q[14:14+28])
+	if r := s.run(FromNet, needFrag, t0); r.v != Forward {
+		t.Fatalf("fragmentation-needed for an allowed flow: %v %v", r.v, r.code)
+	}
+	other := icmpErrorFrame(t, router, cIP, 3, 4, udpFrame(t, cIP, extIP, 5354, 53)[14:14+28])
+	if r := s.run(FromNet, other, t0); r.v != Drop || r.code != reason.PolicyDenied {
+		t.Fatalf("unrelated ICMP error: %v %v", r.v, r.code)
+	}
+	// The same for TCP: an established external connection.
+	syn := tcpFrame(t, seg{src: cIP, dst: extIP, sport: 40001, dport: 80, flags: packet.SYN, seq: 1})
+	s.run(FromApp, syn, t0)
+	if r := s.run(FromNet, icmpErrorFrame(t, router, cIP, 11, 0, syn[14:14+28]), t0); r.v != Forward {
+		t.Fatalf("time exceeded for a TCP flow: %v %v", r.v, r.code)
+	}
+}

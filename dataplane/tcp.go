@@ -780,6 +780,9 @@ func (c *ctx) midStream() {
 // rules decide on a flow's first packet (peer identity is not carried),
 // later packets and replies of an allowed flow pass.
 func (c *ctx) datagram() {
+	if c.p.IsICMPError() && c.related() {
+		return
+	}
 	c.sh = c.e.table.Shard(&c.key)
 	c.sh.Lock()
 	defer c.sh.Unlock()
@@ -853,4 +856,34 @@ func (c *ctx) revokedPacket(ent *flow.Entry[conn]) {
 	c.out.inject(c.pu, ToNet, back)
 	c.out.inject(c.pu, ToPU, fwd)
 	c.e.drop(c.out, ent.Value.reason)
+}
+
+// related forwards an ICMP error about a packet of a flow the PU has and
+// that is not denied (path MTU discovery, unreachable ports and hosts of
+// allowed connections must reach their ends). It reports whether it decided;
+// unrelated errors are decided by the rules like any datagram.
+func (c *ctx) related() bool {
+	src, dst, proto, sport, dport, ok := c.p.Quoted()
+	if !ok {
+		return false
+	}
+	var k flow.Key
+	if c.dir == FromNet {
+		// The quoted packet is one the PU sent.
+		k.Local, k.Remote, k.LocalPort, k.RemotePort = src.As16(), dst.As16(), sport, dport
+	} else {
+		// The PU reports on a packet it received.
+		k.Local, k.Remote, k.LocalPort, k.RemotePort = dst.As16(), src.As16(), dport, sport
+	}
+	k.VLAN, k.PU, k.Proto = c.key.VLAN, c.key.PU, proto
+	sh := c.e.table.Shard(&k)
+	sh.Lock()
+	defer sh.Unlock()
+	ent := sh.Get(&k)
+	if ent == nil || sh.Expired(ent, c.ns) || ent.State == flow.Denied || ent.Value.reset {
+		return false
+	}
+	sh.Touch(ent, flow.Dir(c.dir), len(c.frame), c.ns)
+	c.e.forward(c.out, c.frame)
+	return true
 }

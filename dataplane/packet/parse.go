@@ -280,3 +280,67 @@ func (p *Packet) IsEcho() bool {
 func (p *Packet) IsNDP() bool {
 	return p.Proto == ProtoICMPv6 && p.ICMPType >= 133 && p.ICMPType <= 137
 }
+
+// IsICMPError reports whether the packet is an ICMP error message that
+// quotes the packet it is about: destination unreachable (incl. IPv4
+// fragmentation needed), source quench, redirect, time exceeded, parameter
+// problem; ICMPv6 destination unreachable, packet too big, time exceeded,
+// parameter problem.
+func (p *Packet) IsICMPError() bool {
+	switch p.Proto {
+	case ProtoICMP:
+		switch p.ICMPType {
+		case 3, 4, 5, 11, 12:
+			return true
+		}
+	case ProtoICMPv6:
+		return p.ICMPType >= 1 && p.ICMPType <= 4
+	}
+	return false
+}
+
+// Quoted reads the 5-tuple of the packet an ICMP error quotes (its IP
+// header and the first 8 bytes of its transport header). ok is false when
+// the quote is too short or not TCP/UDP/ICMP echo over the same IP version.
+func (p *Packet) Quoted() (src, dst netip.Addr, proto uint8, sport, dport uint16, ok bool) {
+	if !p.IsICMPError() || p.L4+8 > p.End {
+		return
+	}
+	q := p.Frame[p.L4+8 : p.End]
+	var l4 []byte
+	if p.IPv6 {
+		if len(q) < 40 || q[0]>>4 != 6 {
+			return
+		}
+		proto = q[6]
+		src, dst = netip.AddrFrom16([16]byte(q[8:24])), netip.AddrFrom16([16]byte(q[24:40]))
+		l4 = q[40:]
+	} else {
+		if len(q) < 20 || q[0]>>4 != 4 {
+			return
+		}
+		hl := int(q[0]&0x0f) * 4
+		if hl < 20 || len(q) < hl {
+			return
+		}
+		proto = q[9]
+		src, dst = netip.AddrFrom4([4]byte(q[12:16])), netip.AddrFrom4([4]byte(q[16:20]))
+		l4 = q[hl:]
+	}
+	switch proto {
+	case ProtoTCP, ProtoUDP:
+		if len(l4) < 4 {
+			return
+		}
+		sport, dport = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
+	case ProtoICMP, ProtoICMPv6:
+		if len(l4) < 8 || !isEcho(proto, l4[0]) {
+			return
+		}
+		id := binary.BigEndian.Uint16(l4[4:])
+		sport, dport = id, id
+	default:
+		return
+	}
+	return src, dst, proto, sport, dport, true
+}
