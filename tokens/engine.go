@@ -397,6 +397,13 @@ const (
 	ackLabel    = "trireme/1 ACK"
 )
 
+// The MAC inputs must fit hmacSHA256's buffer (a compile-time check).
+var (
+	_ [maxMACInput - (len(synackLabel) + 2*NonceSize + 2*sha256.Size)]byte
+	_ [maxMACInput - (len(ackLabel) + 2*NonceSize + 2*sha256.Size + MACSize)]byte
+	_ [maxMACInput - (len(keyInfo) + 2*NonceSize + 1)]byte
+)
+
 // handshakeMACs returns the SYN-ACK MAC and the ACK MAC of a connection:
 //
 //	synack = HMAC(K, "trireme/1 SYN-ACK" ‖ Nc ‖ Ns ‖ H(client token) ‖ H(server token))[:16]
