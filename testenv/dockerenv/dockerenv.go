@@ -59,11 +59,34 @@ type Env struct {
 	dockerd *exec.Cmd
 	created []string // host paths dockerd makes outside Dir, to remove
 	waits   map[*exec.Cmd]chan struct{}
+
+	ownBridge bool
+	fixedCIDR netip.Prefix
+}
+
+// Options change where containers are attached.
+type Options struct {
+	// Bridge, when set, is an existing bridge (e.g. the node bridge a
+	// trireme daemon made) to attach containers to instead of a new one;
+	// it is left in place at cleanup. Its first IPv4 address is the
+	// containers' gateway.
+	Bridge string
+	// FixedCIDR restricts the container addresses to a part of the
+	// bridge's subnet (dockerd --fixed-cidr), so they do not collide with
+	// addresses the daemon gives its own PUs.
+	FixedCIDR netip.Prefix
 }
 
 // Start installs docker.io if needed, starts a private containerd and
-// dockerd, and imports the test image. It skips the test when not root.
+// dockerd on a new bridge, and imports the test image. It skips the test
+// when not root.
 func Start(t testing.TB) *Env {
+	t.Helper()
+	return StartWith(t, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, opts Options) *Env {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (runs a private dockerd)")
@@ -82,9 +105,14 @@ func Start(t testing.TB) *Env {
 			e.created = append(e.created, p)
 		}
 	}
-	if err := e.makeBridge(); err != nil {
+	if opts.Bridge == "" {
+		if err := e.makeBridge(); err != nil {
+			t.Fatal(err)
+		}
+	} else if err := e.useBridge(opts.Bridge); err != nil {
 		t.Fatal(err)
 	}
+	e.fixedCIDR = opts.FixedCIDR
 	if err := e.startContainerd(); err != nil {
 		t.Fatal(err)
 	}
@@ -164,12 +192,29 @@ func (e *Env) makeBridge() error {
 	if err := netlink.LinkAdd(br); err != nil {
 		return fmt.Errorf("dockerenv: add bridge %s: %w", e.Bridge, err)
 	}
+	e.ownBridge = true
 	gw := e.Subnet.Addr().Next()
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(24, 32)}}
 	if err := netlink.AddrAdd(br, addr); err != nil {
 		return fmt.Errorf("dockerenv: address on %s: %w", e.Bridge, err)
 	}
 	return netlink.LinkSetUp(br)
+}
+
+// useBridge attaches containers to an existing bridge with an IPv4 address.
+func (e *Env) useBridge(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("dockerenv: bridge %s: %w", name, err)
+	}
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	if err != nil || len(addrs) == 0 {
+		return fmt.Errorf("dockerenv: bridge %s has no IPv4 address (%v)", name, err)
+	}
+	ip, _ := netip.AddrFromSlice(addrs[0].IP.To4())
+	ones, _ := addrs[0].Mask.Size()
+	e.Bridge, e.Subnet = name, netip.PrefixFrom(ip, ones).Masked()
+	return nil
 }
 
 func (e *Env) startContainerd() error {
@@ -241,7 +286,7 @@ func (e *Env) spawn(logName string, name string, args ...string) (*exec.Cmd, err
 // StartDaemon starts dockerd (again) on the same state and waits until it
 // answers. Containers with a restart policy come back up.
 func (e *Env) StartDaemon() error {
-	cmd, err := e.spawn("dockerd.log", "dockerd",
+	args := []string{
 		"--data-root", filepath.Join(e.Dir, "data"),
 		"--exec-root", filepath.Join(e.Dir, "exec"),
 		"--pidfile", filepath.Join(e.Dir, "docker.pid"),
@@ -253,7 +298,11 @@ func (e *Env) StartDaemon() error {
 		"--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
 		"--userland-proxy=false",
 		"--shutdown-timeout=2",
-	)
+	}
+	if e.fixedCIDR.IsValid() {
+		args = append(args, "--fixed-cidr", e.fixedCIDR.String())
+	}
+	cmd, err := e.spawn("dockerd.log", "dockerd", args...)
 	if err != nil {
 		return err
 	}
@@ -599,7 +648,7 @@ func (e *Env) cleanup() {
 	if err := os.RemoveAll(e.Dir); err != nil {
 		t.Errorf("dockerenv: remove %s: %v", e.Dir, err)
 	}
-	if e.Bridge != "" {
+	if e.ownBridge {
 		if l, err := netlink.LinkByName(e.Bridge); err == nil {
 			if err := netlink.LinkDel(l); err != nil {
 				t.Errorf("dockerenv: delete bridge %s: %v", e.Bridge, err)

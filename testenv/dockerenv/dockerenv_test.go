@@ -3,6 +3,7 @@ package dockerenv
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -91,5 +92,44 @@ func TestEngineLifecycle(t *testing.T) {
 		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(dir)) {
 			t.Errorf("process left behind: %s", bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
 		}
+	}
+}
+
+// Containers can join an existing bridge (a trireme node's) on a part of
+// its subnet; that bridge is left in place.
+func TestExistingBridge(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	name := fmt.Sprintf("trdnode%d", os.Getpid()%100000)
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
+	if err := netlink.LinkAdd(br); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netlink.LinkDel(br) })
+	addr, _ := netlink.ParseAddr("10.211.0.1/16")
+	if err := netlink.AddrAdd(br, addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		t.Fatal(err)
+	}
+	fixed := netip.MustParsePrefix("10.211.128.0/24")
+	t.Run("engine", func(t *testing.T) {
+		e := StartWith(t, Options{Bridge: name, FixedCIDR: fixed})
+		if e.Bridge != name || e.Subnet != netip.MustParsePrefix("10.211.0.0/16") {
+			t.Fatalf("bridge %s subnet %v", e.Bridge, e.Subnet)
+		}
+		id := e.Run(t, Container{Name: "on-node-bridge"})
+		if ip := e.IP(t, id); !fixed.Contains(ip) {
+			t.Errorf("container IP %v not in %v", ip, fixed)
+		}
+		code, out := e.RunToExit(t, Container{Name: "client", Cmd: []string{"probe", "connect", "--tcp", netip.AddrPortFrom(e.IP(t, id), 80).String()}}, 30*time.Second)
+		if code != 0 || out != "ok on-node-bridge\n" {
+			t.Errorf("connect: exit %d %q", code, out)
+		}
+	})
+	if _, err := netlink.LinkByName(name); err != nil {
+		t.Errorf("existing bridge removed: %v", err)
 	}
 }
