@@ -3,6 +3,8 @@ package resolver
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -348,5 +350,30 @@ func TestStaticKeepsNewest(t *testing.T) {
 	}
 	if _, pp := s.Resolve(&web); pp.Ingress(frontend, peerAddr, policy.ProtoTCP, 83).Action != policy.Allow {
 		t.Error("Resolve does not use the newest policy")
+	}
+}
+
+// BenchmarkFileReload: read, hash, parse and compile a changed file and
+// put it in force (what an edit costs, debounce aside).
+func BenchmarkFileReload(b *testing.B) {
+	dir := b.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	contents := [2][]byte{[]byte(policyFile(80)), []byte(policyFile(81))}
+	if err := os.WriteFile(path, contents[0], 0o644); err != nil {
+		b.Fatal(err)
+	}
+	f, err := NewFile(path, FileOptions{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if err := os.WriteFile(path, contents[(i+1)%2], 0o644); err != nil {
+			b.Fatal(err)
+		}
+		if ok, err := f.Reload(); !ok || err != nil {
+			b.Fatalf("reload: %v %v", ok, err)
+		}
+		<-f.Updates()
 	}
 }

@@ -121,7 +121,7 @@ func (m *Monitor) Run(ctx context.Context, out chan<- monitor.Event) error {
 }
 
 // session runs one connection to the engine. connected reports whether it
-// got as far as subscribing to events.
+// got as far as a complete resync (then the backoff starts over).
 func (m *Monitor) session(ctx context.Context, out chan<- monitor.Event) (connected bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -139,7 +139,7 @@ func (m *Monitor) session(ctx context.Context, out chan<- monitor.Event) (connec
 	sub := m.cli.Events(ctx, client.EventsListOptions{Filters: filters})
 	m.log.Info("connected to the docker engine", "api", m.cli.ClientVersion(), "server_api", ping.APIVersion)
 	if err := m.resync(ctx, out); err != nil {
-		return true, err
+		return false, err // an engine that cannot list: keep backing off
 	}
 	for {
 		select {
