@@ -87,5 +87,8 @@ func EnsureInjectionPort(bridge, name, brName string) (InjectionPort, error) {
 			return fail(fmt.Errorf("netsetup: %s up: %w", l.Attrs().Name, err))
 		}
 	}
+	if err := WaitForwarding(brName, PortUpTimeout); err != nil {
+		return fail(err)
+	}
 	return InjectionPort{HostIndex: host.Attrs().Index, HostName: name, BrName: brName}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -116,4 +117,73 @@ func DeviceName(prefix, id, suffix string) (string, error) {
 	}
 	name := fmt.Sprintf("%s%08x%s", prefix, h, suffix)
 	return name, CheckLinkName(name)
+}
+
+// Bridge port states (linux/if_bridge.h).
+const (
+	brStateForwarding = 3
+	iflaBrportState   = 1 // IFLA_BRPORT_STATE
+)
+
+// WaitForwarding waits until the bridge port name is in the forwarding
+// state. A new veth's carrier reaches the bridge through the kernel's
+// linkwatch work, up to a second later; until then the port is disabled
+// and the bridge drops every frame that enters through it. Without this
+// wait the first packets through a fresh PU port or injection port are
+// lost (seen as a lost first datagram).
+func WaitForwarding(name string, timeout time.Duration) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("netsetup: %s: %w", name, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := bridgePortState(l.Attrs().Index)
+		if err != nil {
+			return fmt.Errorf("netsetup: bridge port state of %s: %w", name, err)
+		}
+		if st == brStateForwarding {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("netsetup: bridge port %s not forwarding after %v (state %d)", name, timeout, st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// bridgePortState reads IFLA_BRPORT_STATE from an AF_BRIDGE link dump
+// (vishvananda/netlink's Protinfo does not carry it). -1: not a port.
+func bridgePortState(index int) (int, error) {
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_DUMP)
+	req.AddData(nl.NewIfInfomsg(unix.AF_BRIDGE))
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if err != nil {
+		return -1, err
+	}
+	for _, m := range msgs {
+		info := nl.DeserializeIfInfomsg(m)
+		if int(info.Index) != index {
+			continue
+		}
+		attrs, err := nl.ParseRouteAttr(m[info.Len():])
+		if err != nil {
+			return -1, err
+		}
+		for _, a := range attrs {
+			if a.Attr.Type&^unix.NLA_F_NESTED != unix.IFLA_PROTINFO {
+				continue
+			}
+			nested, err := nl.ParseRouteAttr(a.Value)
+			if err != nil {
+				return -1, err
+			}
+			for _, n := range nested {
+				if n.Attr.Type == iflaBrportState && len(n.Value) >= 1 {
+					return int(n.Value[0]), nil
+				}
+			}
+		}
+	}
+	return -1, nil
 }

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/testenv"
@@ -136,7 +137,9 @@ func TestInjectionPortFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"master " + n.Bridge, "learning off", " flood off", "mcast_flood off", "bcast_flood off", "NOARP"} {
+	// "state forwarding": EnsureInjectionPort returns only once the bridge
+	// forwards frames entering through the port.
+	for _, want := range []string{"master " + n.Bridge, "state forwarding", "learning off", " flood off", "mcast_flood off", "bcast_flood off", "NOARP"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("injection port lacks %q:\n%s", want, out)
 		}
@@ -173,4 +176,22 @@ func TestDeviceName(t *testing.T) {
 	if _, err := netsetup.DeviceName("a/", "x", ""); err == nil {
 		t.Error("prefix with a slash accepted")
 	}
+}
+
+func TestWaitForwarding(t *testing.T) {
+	n := testenv.NewNode(t, testenv.NodeOptions{PUs: 1})
+	n.MustDo(func() error {
+		// AttachPU waited already: the PU port forwards.
+		if err := netsetup.WaitForwarding(n.PUs[0].Link.HostName, 0); err != nil {
+			t.Errorf("PU port: %v", err)
+		}
+		// Not a bridge port: an error after the timeout, not a hang.
+		if err := netsetup.WaitForwarding("lo", 50*time.Millisecond); err == nil {
+			t.Error("lo reported as a forwarding bridge port")
+		}
+		if err := netsetup.WaitForwarding("nope0", time.Second); err == nil {
+			t.Error("missing link reported as forwarding")
+		}
+		return nil
+	})
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -20,6 +21,9 @@ type PUConfig struct {
 	Gateways []netip.Addr   // default routes (one per family), optional
 	MTU      int            // 0: kernel default
 }
+
+// PortUpTimeout bounds the wait for a new bridge port to forward.
+const PortUpTimeout = 5 * time.Second
 
 // PULink is what the node knows of an attached PU's veth pair.
 type PULink struct {
@@ -105,6 +109,9 @@ func AttachPU(cfg PUConfig) (PULink, error) {
 	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return fail(fmt.Errorf("netsetup: %s up: %w", cfg.HostVeth, err))
+	}
+	if err := WaitForwarding(cfg.HostVeth, PortUpTimeout); err != nil {
+		return fail(err)
 	}
 	return PULink{
 		HostIndex: host.Attrs().Index,

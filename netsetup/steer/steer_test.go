@@ -310,7 +310,10 @@ func TestSteeredUDP(t *testing.T) {
 		_ = cl.SetReadDeadline(time.Now().Add(3 * time.Second))
 		n, _, err := cl.ReadFromUDPAddrPort(buf)
 		if err != nil || string(buf[:n]) != string(msg) {
-			t.Fatalf("round %d: %q, %v", i, buf[:n], err)
+			c0, _ := r.s.Counters("pu0")
+			c1, _ := r.s.Counters("pu1")
+			t.Fatalf("round %d: %q, %v (forwarder: %d reads, %d UDP, %d errors, last %v; pu0 %+v; pu1 %+v)",
+				i, buf[:n], err, f.reads.Load(), f.byProto[steer.ProtoUDP].Load(), f.errs.Load(), f.last.Load(), c0, c1)
 		}
 	}
 	f.check(t)
