@@ -1055,3 +1055,17 @@ func TestICMPErrorsOfAllowedFlows(t *testing.T) {
 		t.Fatalf("time exceeded for a TCP flow: %v %v", r.v, r.code)
 	}
 }
+
+// A server enforcer restarted during a handshake, with the allow-acl
+// mid-stream rule: the client's token-ACK is picked up and its token
+// stripped before it reaches the PU.
+func TestPickupStripsToken(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	syn, synack, ack, _, _ := p.frames()
+	p.c2s(syn)
+	p.s2c(synack)
+	a := p.c.run(FromApp, ack, p.now)
+	fresh := newSide(t, "node-s", allowAll, map[string]string{"app": "db"}, MidStreamAllowACL, flow.Config{})
+	r := fresh.run(FromNet, a.frame, p.now)
+	mustDeliver(t, "picked-up token-ACK", r, ack)
+}

@@ -527,6 +527,9 @@ func (c *ctx) clientACK(ent *flow.Entry[conn]) {
 			c.injectTokenACK(ent, false)
 		}
 	}
+	if p.Flags&packet.FIN != 0 {
+		ent.FIN[c.dir&1] = true
+	}
 	c.establish(ent)
 	c.e.forward(c.out, f)
 }
@@ -680,10 +683,14 @@ func (c *ctx) serverACK(ent *flow.Entry[conn]) {
 		c.e.drop(c.out, rc)
 		return
 	}
+	fin := c.p.Flags&packet.FIN != 0
 	f, rc := packet.StripToken(c.p, off, n)
 	if rc != reason.None {
 		c.e.drop(c.out, rc)
 		return
+	}
+	if fin {
+		ent.FIN[c.dir&1] = true
 	}
 	c.establish(ent)
 	c.e.forward(c.out, f)
@@ -770,7 +777,15 @@ func (c *ctx) midStream() {
 		c.decide(ent, d)
 		c.establish(ent)
 		c.touch(ent, len(c.frame))
-		c.e.forward(c.out, c.frame)
+		f := c.frame
+		if off, n, rc := c.findToken(); rc == reason.None {
+			// A peer's enforcer still had state (e.g. our restart in the
+			// middle of its handshake): its token must not reach the PU.
+			if g, rc := packet.StripToken(c.p, off, n); rc == reason.None {
+				f = g
+			}
+		}
+		c.e.forward(c.out, f)
 		return
 	}
 	c.e.drop(c.out, reason.UnknownFlow)
