@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -186,17 +187,28 @@ func TestPropertyEngineMatchesNaive(t *testing.T) {
 	g := gen{rand.New(rand.NewSource(20261123))}
 	t.Cleanup(func() { portFirstMax = 32 })
 	const sets, pus, decisions = 400, 4, 40
-	checked, allowed, rejected, observed := 0, 0, 0, 0
+	compared, checked, allowed, rejected, observed := 0, 0, 0, 0, 0
 	for si := 0; si < sets; si++ {
 		s := g.set()
 		e, err := Compile(s)
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The same set written as YAML and parsed back must decide the same:
+		// this holds the parser to the model.
+		text := g.format(s)
+		s2, err := Parse("gen.yaml", []byte(text))
+		if err != nil {
+			t.Fatalf("generated file does not parse: %v\n%s", err, text)
+		}
+		e2, err := Compile(s2)
+		if err != nil {
+			t.Fatal(err)
+		}
 		n := naive{s}
 		for pi := 0; pi < pus; pi++ {
 			local := g.tags()
-			pp := e.ForPU(local)
+			pp, pp2 := e.ForPU(local), e2.ForPU(local)
 			for di := 0; di < decisions; di++ {
 				peerTags := g.tags()
 				var id *Identity
@@ -209,21 +221,27 @@ func TestPropertyEngineMatchesNaive(t *testing.T) {
 				for _, dir := range []Direction{Ingress, Egress} {
 					want := n.decide(local, dir, peerTags, hasPeer, addr, proto, port)
 					var got Decision
-					// Both decision plans, and the automatic choice.
-					for _, plan := range []int{-1, 1 << 30, 32} {
+					// Both decision plans, the automatic choice, and the
+					// engine of the parsed YAML.
+					for _, plan := range []int{-1, 1 << 30, 32, 0} {
 						portFirstMax = plan
-						if dir == Ingress {
-							got = pp.Ingress(id, addr, proto, port)
-						} else {
-							got = pp.Egress(id, addr, proto, port)
+						p := pp
+						if plan == 0 {
+							p, portFirstMax = pp2, 32
 						}
-						checked++
+						if dir == Ingress {
+							got = p.Ingress(id, addr, proto, port)
+						} else {
+							got = p.Egress(id, addr, proto, port)
+						}
+						compared++
 						if got.Action != want.action || got.Reason != want.reason || got.Log != want.log ||
 							!sameRef(got.Rule, want.rule) || !sameRef(got.Observed, want.observed) {
 							t.Fatalf("set %d plan %d: disagreement for local %v %s peer %v (identity %v) addr %v %v/%d:\nengine %+v rule %+v observed %+v\nnaive  %+v rule %+v observed %+v",
 								si, plan, local, dir, peerTags, hasPeer, addr, proto, port, got, got.Rule, got.Observed, want, want.rule, want.observed)
 						}
 					}
+					checked++
 					switch got.Action {
 					case Allow:
 						allowed++
@@ -237,9 +255,87 @@ func TestPropertyEngineMatchesNaive(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d decisions agree (%d allow, %d reject, %d with an observed rule)", checked, allowed, rejected, observed)
+	t.Logf("%d decisions, %d comparisons (2 plans, automatic plan, parsed YAML) agree: %d allow, %d reject, %d with an observed rule",
+		checked, compared, allowed, rejected, observed)
 	// The generator must exercise every outcome, or the comparison proves little.
 	if allowed < checked/20 || rejected < checked/50 || observed < checked/50 || allowed+rejected > checked*19/20 {
 		t.Fatalf("unbalanced generator: %d allow, %d reject, %d observed of %d", allowed, rejected, observed, checked)
 	}
+}
+
+// format writes a Set as a policy file, choosing randomly between the
+// string and the structured selector forms.
+func (g gen) format(s *Set) string {
+	var b strings.Builder
+	b.WriteString("policies:\n")
+	for _, p := range s.Policies {
+		fmt.Fprintf(&b, "  - name: %q\n    selector: %s\n", p.Name, g.selectorYAML(p.Selector))
+		for d, rules := range [2][]Rule{p.Ingress, p.Egress} {
+			if len(rules) == 0 {
+				continue
+			}
+			peersKey := "from"
+			if d == 1 {
+				peersKey = "to"
+			}
+			fmt.Fprintf(&b, "    %s:\n", Direction(d))
+			for _, r := range rules {
+				fmt.Fprintf(&b, "      - action: %s\n", r.Action)
+				if r.Name != "" {
+					fmt.Fprintf(&b, "        name: %q\n", r.Name)
+				}
+				if r.Log {
+					b.WriteString("        log: true\n")
+				}
+				if r.Observe != Enforce {
+					fmt.Fprintf(&b, "        observe: %s\n", r.Observe)
+				}
+				if len(r.Ports) > 0 {
+					var ports []string
+					for _, pr := range r.Ports {
+						ports = append(ports, strconv.Quote(pr.String()))
+					}
+					fmt.Fprintf(&b, "        ports: [%s]\n", strings.Join(ports, ", "))
+				}
+				if len(r.Peers) > 0 {
+					fmt.Fprintf(&b, "        %s:\n", peersKey)
+					for _, pe := range r.Peers {
+						if pe.Selector != nil {
+							fmt.Fprintf(&b, "          - selector: %s\n", g.selectorYAML(pe.Selector))
+							continue
+						}
+						fmt.Fprintf(&b, "          - cidr: %q\n", pe.CIDR)
+						if len(pe.Except) > 0 {
+							var ex []string
+							for _, e := range pe.Except {
+								ex = append(ex, strconv.Quote(e.String()))
+							}
+							fmt.Fprintf(&b, "            except: [%s]\n", strings.Join(ex, ", "))
+						}
+					}
+				}
+			}
+		}
+	}
+	return b.String()
+}
+
+func (g gen) selectorYAML(s *Selector) string {
+	reqs := s.Requirements()
+	if len(reqs) == 0 || g.r.Intn(2) == 0 {
+		return strconv.Quote(requirementsText(reqs)) // "*" when empty
+	}
+	var exprs []string
+	for _, r := range reqs {
+		e := fmt.Sprintf("{key: %q, operator: %s", r.Key, r.Op)
+		if len(r.Values) > 0 {
+			var vs []string
+			for _, v := range r.Values {
+				vs = append(vs, strconv.Quote(v))
+			}
+			e += ", values: [" + strings.Join(vs, ", ") + "]"
+		}
+		exprs = append(exprs, e+"}")
+	}
+	return "{matchExpressions: [" + strings.Join(exprs, ", ") + "]}"
 }
