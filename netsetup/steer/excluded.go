@@ -90,11 +90,11 @@ func (s *Steerer) addExcludedSets(ex []netip.Prefix) (*nftables.Set, *nftables.S
 	v4, v6 := split(merged(ex))
 	x4 := &nftables.Set{Table: s.table, Name: "x4", KeyType: nftables.TypeIPAddr, Interval: true}
 	x6 := &nftables.Set{Table: s.table, Name: "x6", KeyType: nftables.TypeIP6Addr, Interval: true}
-	if err := s.conn.AddSet(x4, intervalElements(v4)); err != nil {
-		return nil, nil, fmt.Errorf("steer: set x4: %w", err)
+	if err := s.addSet(x4, intervalElements(v4)); err != nil {
+		return nil, nil, err
 	}
-	if err := s.conn.AddSet(x6, intervalElements(v6)); err != nil {
-		return nil, nil, fmt.Errorf("steer: set x6: %w", err)
+	if err := s.addSet(x6, intervalElements(v6)); err != nil {
+		return nil, nil, err
 	}
 	return x4, x6, nil
 }
@@ -144,16 +144,17 @@ func (s *Steerer) setExcluded(ps []netip.Prefix) error {
 	v4, v6 := split(merged(ex))
 	s.conn.FlushSet(s.x4)
 	s.conn.FlushSet(s.x6)
-	if els := intervalElements(v4); len(els) > 0 {
-		if err := s.conn.SetAddElements(s.x4, els); err != nil {
-			s.discard()
-			return fmt.Errorf("steer: x4: %w", err)
-		}
-	}
-	if els := intervalElements(v6); len(els) > 0 {
-		if err := s.conn.SetAddElements(s.x6, els); err != nil {
-			s.discard()
-			return fmt.Errorf("steer: x6: %w", err)
+	for _, x := range []struct {
+		set *nftables.Set
+		els []nftables.SetElement
+	}{{s.x4, intervalElements(v4)}, {s.x6, intervalElements(v6)}} {
+		for els := x.els; len(els) > 0; {
+			n := min(len(els), maxElemsPerMsg)
+			if err := s.conn.SetAddElements(x.set, els[:n]); err != nil {
+				s.discard()
+				return fmt.Errorf("steer: %s: %w", x.set.Name, err)
+			}
+			els = els[n:]
 		}
 	}
 	if err := s.flush(); err != nil {

@@ -448,3 +448,41 @@ func TestVethGone(t *testing.T) {
 		t.Errorf("Authorize after failed Apply: %v", err)
 	}
 }
+
+// TestApplyCarriesManyFlows: a restart with many authorized flows (and
+// many excluded networks) carries them all over in the one atomic batch,
+// far larger than the default netlink send buffer and than one netlink
+// attribute.
+func TestApplyCarriesManyFlows(t *testing.T) {
+	r := newRig(t, 1, 1)
+	const n = 20000
+	b := r.s.NewBatch()
+	for i := 0; i < n; i++ {
+		b.Authorize("pu0", benchTuple(i), 10*time.Minute)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	r.s.Close()
+	r.openSteerer()
+	var excl []netip.Prefix
+	for i := 0; i < 3000; i++ {
+		excl = append(excl, netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32))
+	}
+	if err := r.s.Apply(r.pus, excl); err != nil {
+		t.Fatalf("Apply carrying %d flows and %d exclusions: %v", n, len(excl), err)
+	}
+	if err := r.s.AddExcluded(netip.MustParsePrefix("203.0.113.0/24")); err != nil {
+		t.Fatalf("AddExcluded with %d exclusions: %v", len(excl), err)
+	}
+	if st, _, err := r.s.Existing(); err != nil || len(st.Excluded) != len(excl)+1 {
+		t.Fatalf("Existing: %d exclusions, %v", len(st.Excluded), err)
+	}
+	es, err := r.s.List("pu0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 2*n {
+		t.Fatalf("%d entries after the restart, want %d", len(es), 2*n)
+	}
+}

@@ -24,8 +24,10 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	mnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // TablePrefix starts the name of every nftables table trireme creates.
@@ -129,8 +131,32 @@ func Open(cfg Config) (*Steerer, error) {
 	return s, nil
 }
 
+// sendBuffer is the netlink send buffer forced on our sockets: an Apply
+// that carries the authorized flows over is one transaction, hence one
+// sendmsg, of about 60 bytes per flow direction; the default (wmem_max,
+// 208 KiB) fails with EMSGSIZE at ~1800 flows. Memory is only used while a
+// message is in flight.
+const sendBuffer = 64 << 20
+
+func forceSendBuffer(c *mnl.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("steer: SO_SNDBUFFORCE: %w", serr)
+	}
+	return nil
+}
+
 func dialNft(netnsFd int) (*nftables.Conn, error) {
-	opts := []nftables.ConnOption{nftables.AsLasting()}
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(forceSendBuffer)}
 	if netnsFd != 0 {
 		opts = append(opts, nftables.WithNetNSFd(netnsFd))
 	}
@@ -323,11 +349,11 @@ func (s *Steerer) addPU(pu PU, el4, el6 []nftables.SetElement) (*puState, error)
 		a4: &nftables.Set{Table: s.table, Name: "a4_" + pu.Name, KeyType: key4Type, Concatenation: true, HasTimeout: true},
 		a6: &nftables.Set{Table: s.table, Name: "a6_" + pu.Name, KeyType: key6Type, Concatenation: true, HasTimeout: true},
 	}
-	if err := s.conn.AddSet(sets.a4, el4); err != nil {
-		return nil, fmt.Errorf("steer: set %s: %w", sets.a4.Name, err)
+	if err := s.addSet(sets.a4, el4); err != nil {
+		return nil, err
 	}
-	if err := s.conn.AddSet(sets.a6, el6); err != nil {
-		return nil, fmt.Errorf("steer: set %s: %w", sets.a6.Name, err)
+	if err := s.addSet(sets.a6, el6); err != nil {
+		return nil, err
 	}
 	for _, dir := range []string{"in", "out"} {
 		for _, what := range []string{"steer", "auth"} {
@@ -352,6 +378,23 @@ func (s *Steerer) addPU(pu PU, el4, el6 []nftables.SetElement) (*puState, error)
 		}
 	}
 	return &puState{pu: pu, sets: sets}, nil
+}
+
+// addSet queues a set and its elements. The elements go in messages of
+// maxElemsPerMsg: a netlink attribute (here the element list) cannot exceed
+// 64 KiB, and google/nftables puts all elements given to AddSet in one.
+func (s *Steerer) addSet(set *nftables.Set, els []nftables.SetElement) error {
+	if err := s.conn.AddSet(set, nil); err != nil {
+		return fmt.Errorf("steer: set %s: %w", set.Name, err)
+	}
+	for len(els) > 0 {
+		n := min(len(els), maxElemsPerMsg)
+		if err := s.conn.SetAddElements(set, els[:n]); err != nil {
+			return fmt.Errorf("steer: set %s: %w", set.Name, err)
+		}
+		els = els[n:]
+	}
+	return nil
 }
 
 // AddPU adds the chains and sets of one PU (one batch). The table must have
