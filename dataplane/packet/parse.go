@@ -132,6 +132,9 @@ func (ps *Parser) Parse(frame []byte, pkt *Packet) reason.Code {
 			l3 = t
 			ip := &ps.ip4
 			pkt.L3 = offset(frame, ip.Contents)
+			if ip.Version != 4 {
+				return reason.Malformed
+			}
 			total := int(binary.BigEndian.Uint16(frame[pkt.L3+2:]))
 			if total < len(ip.Contents) || pkt.L3+total > len(frame) {
 				return reason.Malformed
@@ -152,6 +155,9 @@ func (ps *Parser) Parse(frame []byte, pkt *Packet) reason.Code {
 			ip := &ps.ip6
 			pkt.IPv6 = true
 			pkt.L3 = offset(frame, ip.Contents)
+			if ip.Version != 6 {
+				return reason.Malformed
+			}
 			plen := int(binary.BigEndian.Uint16(frame[pkt.L3+4:]))
 			if plen == 0 || pkt.L3+40+plen > len(frame) { // jumbograms are not supported
 				return reason.Malformed
