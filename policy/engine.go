@@ -333,8 +333,10 @@ func (v *verdict) consider(d *dirPolicy, ri int32, proto Protocol, port uint16) 
 // portFirstMax: up to this many candidate rules on the connection's port, a
 // decision checks those rules' peers, best rule first, rather than
 // enumerating every rule whose peers match.
-// It is a variable only so that tests can force either plan.
-var portFirstMax = 32
+// portFirstProbe: past portFirstMax, how many of the best rules on the port
+// are tried before peer-first.
+// They are variables only so that tests can force either plan.
+var portFirstMax, portFirstProbe = 32, 8
 
 // decide finds the best rule matching (peer, addr, proto/port) and the best
 // observed one. Two plans give the same answer (the property test holds both
@@ -348,20 +350,30 @@ func (d *dirPolicy) decide(peer *Identity, addr netip.Addr, proto Protocol, port
 	addr = addr.Unmap()
 	if d.ports != nil {
 		t, i := d.ports.lookup(proto, port)
-		dec, obs := t.dec[i], t.obs[i]
-		if int(dec.end-dec.start+obs.end-obs.start) <= portFirstMax {
-			for _, ri := range d.ports.list[dec.start:dec.end] {
-				if d.peerMatch(&d.rules[ri], peer, addr) {
-					v.best, v.bestI = d.rules[ri].rank, ri
-					break
-				}
+		decL := d.ports.list[t.dec[i].start:t.dec[i].end]
+		obsL := d.ports.list[t.obs[i].start:t.obs[i].end]
+		// The lists hold every rule covering the port, best first: the
+		// first whose peers match is the answer. Walk them whole when short;
+		// when long, try the best few, then fall back to peer-first for
+		// whichever answer is still open.
+		decN, obsN := len(decL), len(obsL)
+		if decN+obsN > portFirstMax {
+			decN, obsN = min(decN, portFirstProbe), min(obsN, portFirstProbe)
+		}
+		decDone, obsDone := decN == len(decL), obsN == len(obsL)
+		for _, ri := range decL[:decN] {
+			if d.peerMatch(&d.rules[ri], peer, addr) {
+				v.best, v.bestI, decDone = d.rules[ri].rank, ri, true
+				break
 			}
-			for _, ri := range d.ports.list[obs.start:obs.end] {
-				if d.peerMatch(&d.rules[ri], peer, addr) {
-					v.obs, v.obsI = d.rules[ri].obsRank, ri
-					break
-				}
+		}
+		for _, ri := range obsL[:obsN] {
+			if d.peerMatch(&d.rules[ri], peer, addr) {
+				v.obs, v.obsI, obsDone = d.rules[ri].obsRank, ri, true
+				break
 			}
+		}
+		if decDone && obsDone {
 			return d.decision(&v)
 		}
 	}

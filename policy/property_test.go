@@ -185,7 +185,7 @@ func (g gen) port() (Protocol, uint16) {
 // of the documented semantics agree on every decision.
 func TestPropertyEngineMatchesNaive(t *testing.T) {
 	g := gen{rand.New(rand.NewSource(20261123))}
-	t.Cleanup(func() { portFirstMax = 32 })
+	t.Cleanup(func() { portFirstMax, portFirstProbe = 32, 8 })
 	const sets, pus, decisions = 400, 4, 40
 	compared, checked, allowed, rejected, observed := 0, 0, 0, 0, 0
 	for si := 0; si < sets; si++ {
@@ -223,11 +223,11 @@ func TestPropertyEngineMatchesNaive(t *testing.T) {
 					var got Decision
 					// Both decision plans, the automatic choice, and the
 					// engine of the parsed YAML.
-					for _, plan := range []int{-1, 1 << 30, 32, 0} {
-						portFirstMax = plan
+					for plan, knobs := range [][2]int{{-1, 0}, {1 << 30, 0}, {-1, 2}, {32, 8}, {32, 8}} {
+						portFirstMax, portFirstProbe = knobs[0], knobs[1]
 						p := pp
-						if plan == 0 {
-							p, portFirstMax = pp2, 32
+						if plan == 4 {
+							p = pp2
 						}
 						if dir == Ingress {
 							got = p.Ingress(id, addr, proto, port)
@@ -255,7 +255,7 @@ func TestPropertyEngineMatchesNaive(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d decisions, %d comparisons (2 plans, automatic plan, parsed YAML) agree: %d allow, %d reject, %d with an observed rule",
+	t.Logf("%d decisions, %d comparisons (peer-first, port-first, hybrid, automatic, parsed YAML) agree: %d allow, %d reject, %d with an observed rule",
 		checked, compared, allowed, rejected, observed)
 	// The generator must exercise every outcome, or the comparison proves little.
 	if allowed < checked/20 || rejected < checked/50 || observed < checked/50 || allowed+rejected > checked*19/20 {
