@@ -99,7 +99,11 @@ type PU struct {
 	// joins the namespace to its bridge ("" / 0 when there is none).
 	HostVeth      string
 	HostVethIndex int
-	IPs           []netip.Addr
+	// Bridge is the bridge the host-side veth is a port of (Docker's
+	// docker0/br-*, or the node bridge); the daemon injects traffic away
+	// from the PU through a port on it.
+	Bridge string
+	IPs    []netip.Addr
 	// Tags is the PU's identity: user tags from labels plus @sys: tags.
 	Tags policy.Tags
 	// Image is the image the container runs (Docker only).

@@ -79,7 +79,7 @@ func run(t *testing.T, args ...string) {
 
 // testNetns makes a named namespace; with addr, a veth pair (host side
 // returned) with addr on the namespace's eth0.
-func testNetns(t *testing.T, tag string, addr string) (name, hostVeth string) {
+func testNetns(t *testing.T, tag, addr, bridge string) (name, hostVeth string) {
 	t.Helper()
 	name = fmt.Sprintf("trmon-%s-%d", tag, os.Getpid())
 	run(t, "ip", "netns", "add", name)
@@ -90,6 +90,9 @@ func testNetns(t *testing.T, tag string, addr string) (name, hostVeth string) {
 	hostVeth = fmt.Sprintf("trm%s%d", tag, os.Getpid()%100000)
 	run(t, "ip", "link", "add", hostVeth, "type", "veth", "peer", "name", "eth0", "netns", name)
 	t.Cleanup(func() { exec.Command("ip", "link", "del", hostVeth).Run() })
+	if bridge != "" {
+		run(t, "ip", "link", "set", hostVeth, "master", bridge)
+	}
 	run(t, "ip", "-n", name, "addr", "add", addr, "dev", "eth0")
 	run(t, "ip", "-n", name, "link", "set", "eth0", "up")
 	run(t, "ip", "link", "set", hostVeth, "up")
@@ -109,8 +112,11 @@ func recv(t *testing.T, ch <-chan Event) Event {
 
 func TestSourceAttachDetach(t *testing.T) {
 	needRoot(t)
-	nsVeth, hostVeth := testNetns(t, "a", "10.77.0.2/24")
-	nsBare, _ := testNetns(t, "b", "")
+	br := fmt.Sprintf("trmbr%d", os.Getpid()%100000)
+	run(t, "ip", "link", "add", br, "type", "bridge")
+	t.Cleanup(func() { exec.Command("ip", "link", "del", br).Run() })
+	nsVeth, hostVeth := testNetns(t, "a", "10.77.0.2/24", br)
+	nsBare, _ := testNetns(t, "b", "", "")
 
 	src := NewSource("attach", KindNetns, nil)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -148,8 +154,8 @@ func TestSourceAttachDetach(t *testing.T) {
 		t.Fatal(res.err)
 	}
 	pu := res.pu
-	if pu.HostVeth != hostVeth || pu.HostVethIndex == 0 || pu.Network != NetworkBridge || pu.Kind != KindNetns {
-		t.Errorf("pu %+v: want host veth %s, bridge, netns", pu, hostVeth)
+	if pu.HostVeth != hostVeth || pu.HostVethIndex == 0 || pu.Bridge != br || pu.Network != NetworkBridge || pu.Kind != KindNetns {
+		t.Errorf("pu %+v: want host veth %s on %s, bridge network, netns", pu, hostVeth, br)
 	}
 	if len(pu.IPs) != 1 || pu.IPs[0] != netip.MustParseAddr("10.77.0.2") {
 		t.Errorf("IPs %v", pu.IPs)

@@ -48,6 +48,8 @@ type NetnsInfo struct {
 	HostVethIndex int
 	// Inside is the namespace-side interface of that veth.
 	Inside string
+	// Bridge is the bridge the host-side veth is a port of ("" if none).
+	Bridge string
 	// IPs are the global unicast addresses of the namespace's interfaces
 	// other than loopback, sorted.
 	IPs []netip.Addr
@@ -110,6 +112,11 @@ func InspectNetns(path string) (NetnsInfo, error) {
 		// is the peer (a veth pointing back at this index).
 		if peer.Type() == "veth" && peer.Attrs().ParentIndex == a.Index {
 			info.HostVeth, info.HostVethIndex, info.Inside = peer.Attrs().Name, peer.Attrs().Index, a.Name
+			if m := peer.Attrs().MasterIndex; m != 0 {
+				if br, err := netlink.LinkByIndex(m); err == nil && br.Type() == "bridge" {
+					info.Bridge = br.Attrs().Name
+				}
+			}
 		}
 	}
 	slices.SortFunc(info.IPs, netip.Addr.Compare)

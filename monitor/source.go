@@ -178,7 +178,7 @@ func NetnsPU(log *slog.Logger, kind Kind, name, path string, labels map[string]s
 	}
 	pu := PU{
 		ID: name, Name: name, Kind: kind, PID: pid, NetNS: path,
-		HostVeth: info.HostVeth, HostVethIndex: info.HostVethIndex, IPs: info.IPs,
+		HostVeth: info.HostVeth, HostVethIndex: info.HostVethIndex, Bridge: info.Bridge, IPs: info.IPs,
 		Tags: BuildTags(log, name, labels, SysTags(kind, name, name, "")),
 	}
 	switch {

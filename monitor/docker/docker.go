@@ -348,7 +348,7 @@ func (m *Monitor) runningPU(ctx context.Context, c *container.InspectResponse) (
 	if err != nil {
 		return pu, err
 	}
-	pu.HostVeth, pu.HostVethIndex = info.HostVeth, info.HostVethIndex
+	pu.HostVeth, pu.HostVethIndex, pu.Bridge = info.HostVeth, info.HostVethIndex, info.Bridge
 	if len(pu.IPs) == 0 {
 		pu.IPs = info.IPs
 	}

@@ -129,6 +129,9 @@ func checkRunning(t *testing.T, env *dockerenv.Env, pu monitor.PU, wantTags stri
 		t.Fatalf("%s: host veth %q: %v", pu.Name, pu.HostVeth, err)
 	}
 	br, _ := netlink.LinkByName(env.Bridge)
+	if pu.Bridge != env.Bridge {
+		t.Errorf("%s: bridge %q, want %s", pu.Name, pu.Bridge, env.Bridge)
+	}
 	if l.Attrs().Index != pu.HostVethIndex || l.Type() != "veth" || br == nil || l.Attrs().MasterIndex != br.Attrs().Index {
 		t.Errorf("%s: host veth %s (index %d, type %s, master %d) is not a port of %s", pu.Name, pu.HostVeth, l.Attrs().Index, l.Type(), l.Attrs().MasterIndex, env.Bridge)
 	}
