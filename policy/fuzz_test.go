@@ -35,6 +35,8 @@ func FuzzParse(f *testing.F) {
 		"\t{]",
 		"policies: !!binary aGVsbG8=",
 		"? [a]\n: b\n",
+		"policies: " + strings.Repeat("[", 12000),
+		"policies:\n- name: a\n  selector: '*'\n  ingress:\n  - ports: [tcp/1-65535, udp, sctp, icmp]\n    action: allow\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))

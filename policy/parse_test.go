@@ -170,6 +170,9 @@ policies:
 		{"aliases", "policies:\n  - &p\n    name: a\n    selector: \"*\"\n  - *p\n", []string{
 			`f.yaml:5:5: policies[1]: YAML aliases are not supported`,
 		}},
+		{"hostile nesting", strings.Repeat("[", 20000), []string{
+			`f.yaml:1:1: exceeded max depth of 10000`,
+		}},
 		{"not a mapping", "- a\n- b\n---\n42\n", []string{
 			`f.yaml:1:1: want a policy document (a mapping), got a list`,
 			`f.yaml:4:1: want a policy document (a mapping), got a number`,
