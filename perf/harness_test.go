@@ -58,8 +58,29 @@ type renamed struct {
 
 func (r renamed) Name() string { return r.name }
 
+// threadNamespaces returns the network namespaces the process's threads
+// are in.
+func threadNamespaces(t *testing.T) map[string]bool {
+	t.Helper()
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, task := range tasks {
+		if ns, err := os.Readlink(filepath.Join("/proc/self/task", task.Name(), "ns/net")); err == nil {
+			out[ns] = true
+		}
+	}
+	return out
+}
+
 func TestRunKernelOneNode(t *testing.T) {
 	noLeftovers(t)
+	self, err := os.Readlink("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var mu sync.Mutex
 	var progress []string
 	cfg := Config{
@@ -77,6 +98,10 @@ func TestRunKernelOneNode(t *testing.T) {
 	}
 	if len(ourNamespaces(t)) != 0 {
 		t.Fatalf("namespaces left after Run: %v", ourNamespaces(t))
+	}
+	// No thread stayed in a topology namespace (it would keep it alive).
+	if got := threadNamespaces(t); len(got) != 1 || !got[self] {
+		t.Fatalf("threads in namespaces %v after Run, want only %s", got, self)
 	}
 	for _, n := range res.Notes {
 		t.Errorf("note: round %d %s: %s", n.Round, n.Variant, n.Message)
@@ -197,47 +222,60 @@ func TestRunKernelTwoNodes(t *testing.T) {
 	}
 }
 
-// A Daemon variant runs its binary inside the node namespace, and a daemon
-// that never serves its control API fails the run, which then stops the
-// process and removes every namespace.
+// A Daemon variant runs its binary inside the node namespace with a config
+// file, and a daemon that exits or never serves its control API fails the
+// run, which then stops the process and removes every namespace.
 func TestDaemonVariantFailsCleanly(t *testing.T) {
-	noLeftovers(t)
-	dir := t.TempDir()
-	script := filepath.Join(dir, "fake-trireme")
-	// It records its namespace and pid, checks it got a config, then hangs.
-	body := fmt.Sprintf("#!/bin/sh\n[ \"$1 $2\" = \"daemon --config\" ] && [ -f \"$3\" ] || exit 3\nreadlink /proc/self/ns/net > %s/ns\necho $$ > %s/pid\nexec sleep 60\n", dir, dir)
-	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	var nodeNs string
-	v := &Daemon{VariantName: "fake", Binary: script, Secrets: PSKSecrets(), StartTimeout: time.Second}
-	_, err := Run(context.Background(), Config{
-		Variants: []Variant{&probe{Variant: v, seen: func(t *Topology) { nodeNs = t.Nodes[0].Netns }}},
-		Rounds:   1, Duration: 100 * time.Millisecond,
-	})
-	if err == nil || !strings.Contains(err.Error(), "control API not ready") {
-		t.Fatalf("Run: %v, want a daemon start failure", err)
-	}
-	got, err := os.ReadFile(filepath.Join(dir, "ns"))
-	if err != nil {
-		t.Fatalf("the fake daemon did not run: %v", err)
-	}
-	if len(ourNamespaces(t)) != 0 {
-		t.Fatalf("namespaces left: %v", ourNamespaces(t))
-	}
-	// The namespace it ran in was the node's, not ours.
-	self, _ := os.Readlink("/proc/self/ns/net")
-	if strings.TrimSpace(string(got)) == self || nodeNs == "" {
-		t.Fatalf("fake daemon ran in %s (ours %s), node %q", got, self, nodeNs)
-	}
-	pidb, err := os.ReadFile(filepath.Join(dir, "pid"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pid int
-	fmt.Sscan(string(pidb), &pid)
-	if pid <= 0 || syscall.Kill(pid, 0) == nil {
-		t.Fatalf("fake daemon %d still running after Run", pid)
+	for _, tc := range []struct {
+		name, tail, want string
+	}{
+		{"exits at once", "echo bad config >&2\nexit 1\n", "daemon exited: exit status 1"},
+		{"never ready", "exec sleep 60\n", "control API not ready"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			noLeftovers(t)
+			dir := t.TempDir()
+			script := filepath.Join(dir, "fake-trireme")
+			// It records its namespace and pid, checks its arguments, then fails.
+			body := fmt.Sprintf("#!/bin/sh\n[ \"$1 $2\" = \"daemon --config\" ] && [ -f \"$3\" ] || exit 3\n"+
+				"readlink /proc/self/ns/net > %s/ns\necho $$ > %s/pid\n%s", dir, dir, tc.tail)
+			if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			var nodeNs string // as readlink shows it
+			v := &Daemon{VariantName: "fake", Binary: script, Secrets: PSKSecrets(), StartTimeout: time.Second}
+			_, err := Run(context.Background(), Config{
+				Variants: []Variant{&probe{Variant: v, seen: func(t *Topology) {
+					var st syscall.Stat_t
+					if syscall.Stat(filepath.Join("/run/netns", t.Nodes[0].Netns), &st) == nil {
+						nodeNs = fmt.Sprintf("net:[%d]", st.Ino)
+					}
+				}}},
+				Rounds: 1, Duration: 100 * time.Millisecond,
+			})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Run: %v, want %q", err, tc.want)
+			}
+			got, err := os.ReadFile(filepath.Join(dir, "ns"))
+			if err != nil {
+				t.Fatalf("the fake daemon did not run: %v", err)
+			}
+			if len(ourNamespaces(t)) != 0 {
+				t.Fatalf("namespaces left: %v", ourNamespaces(t))
+			}
+			if ns := strings.TrimSpace(string(got)); ns != nodeNs {
+				t.Fatalf("fake daemon ran in %s, want the node's namespace %s", ns, nodeNs)
+			}
+			pidb, err := os.ReadFile(filepath.Join(dir, "pid"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pid int
+			fmt.Sscan(string(pidb), &pid)
+			if pid <= 0 || syscall.Kill(pid, 0) == nil {
+				t.Fatalf("fake daemon %d still running after Run", pid)
+			}
+		})
 	}
 }
 

@@ -29,7 +29,7 @@ func iperf3Bulk(ctx context.Context, bin string, t *Topology, port uint16, d tim
 	}
 	defer func() {
 		srv.Process.Kill()
-		<-srvExit
+		<-srvExit.done
 	}()
 
 	// The server needs a moment to listen: retry while the client fails.
@@ -44,7 +44,8 @@ func iperf3Bulk(ctx context.Context, bin string, t *Topology, port uint16, d tim
 		if err != nil {
 			return 0, fmt.Errorf("iperf3 client: %w", err)
 		}
-		err = <-exit
+		<-exit.done
+		err = exit.err
 		r = iperfReport{}
 		if jerr := json.Unmarshal(cliOut.Bytes(), &r); jerr != nil && err == nil {
 			err = fmt.Errorf("output: %w", jerr)

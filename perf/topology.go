@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -176,15 +175,7 @@ func (t *Topology) build() error {
 // newNetns creates a named namespace with loopback up and IPv6 off (no
 // router solicitations or DAD traffic to disturb the measurement).
 func (t *Topology) newNetns(name string) error {
-	err := lockedThread(func() error {
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			return fmt.Errorf("perf: create netns %s: %w", name, err)
-		}
-		h.Close()
-		return nil
-	})
-	if err != nil {
+	if err := createNamed(name); err != nil {
 		return err
 	}
 	t.created = append(t.created, name)
@@ -294,15 +285,22 @@ func CleanStale() error {
 	return errors.Join(errs...)
 }
 
-// lockedThread runs fn on a thread of its own that is thrown away after
-// (fn may switch the thread's namespace).
-func lockedThread(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		errc <- fn()
-	}()
-	return <-errc
+// createNamed creates a named namespace. netns.NewNamed switches the
+// calling thread into it: switch back.
+func createNamed(name string) error {
+	self, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer self.Close()
+	return loadgen.InNetns(self, func() error {
+		h, err := netns.NewNamed(name)
+		if err != nil {
+			return fmt.Errorf("perf: create netns %s: %w", name, err)
+		}
+		h.Close()
+		return nil
+	})
 }
 
 // withHandle runs fn with a netlink handle bound to a named namespace.

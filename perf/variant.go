@@ -8,7 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -16,6 +16,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/trireme-go/trireme/node"
+	"github.com/trireme-go/trireme/perf/loadgen"
+	"github.com/trireme-go/trireme/tokens"
 )
 
 // Variant is one way of carrying the traffic between the PUs of a topology:
@@ -66,7 +68,7 @@ type Daemon struct {
 
 	dir   string
 	procs []*exec.Cmd
-	exits []<-chan error
+	exits []*exited
 }
 
 // AllowPerfPolicy lets the perf client connect to the perf server on any
@@ -100,6 +102,38 @@ func PSKSecrets() func(dir, node string) (node.Secrets, error) {
 		}
 		return node.Secrets{PSKFile: p}, nil
 	}
+}
+
+// PKISecrets makes a CA for the run and, for each node, a certificate and
+// key signed by it.
+func PKISecrets() (func(dir, node string) (node.Secrets, error), error) {
+	now := time.Now()
+	ca, caKey, err := tokens.NewCA("trireme-perf", now, 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	caPEM := tokens.CertificatePEM(ca)
+	return func(dir, nodeName string) (node.Secrets, error) {
+		cert, key, err := tokens.IssueNode(ca, caKey, nodeName, now, 24*time.Hour)
+		if err != nil {
+			return node.Secrets{}, err
+		}
+		keyPEM, err := tokens.KeyPEM(key)
+		if err != nil {
+			return node.Secrets{}, err
+		}
+		s := node.Secrets{
+			CACert:   filepath.Join(dir, "ca.pem"),
+			NodeCert: filepath.Join(dir, "node.pem"),
+			NodeKey:  filepath.Join(dir, "node-key.pem"),
+		}
+		for path, data := range map[string][]byte{s.CACert: caPEM, s.NodeCert: tokens.CertificatePEM(cert), s.NodeKey: keyPEM} {
+			if err := os.WriteFile(path, data, 0o600); err != nil {
+				return node.Secrets{}, err
+			}
+		}
+		return s, nil
+	}, nil
 }
 
 func (d *Daemon) Name() string { return d.VariantName }
@@ -147,7 +181,7 @@ func (d *Daemon) Setup(ctx context.Context, t *Topology) error {
 		}
 		client := node.NewClient(socket)
 		if err := waitReady(ctx, client, d.startTimeout(), d.exits[len(d.exits)-1]); err != nil {
-			return fmt.Errorf("perf: daemon on %s (log %s): %w", n.Name, filepath.Join(ndir, "daemon.log"), err)
+			return fmt.Errorf("perf: daemon on %s: %w; end of its log:\n%s", n.Name, err, logTail(filepath.Join(ndir, "daemon.log"), 10))
 		}
 		for _, p := range t.PUs() {
 			if p.Node != n {
@@ -223,7 +257,20 @@ func (d *Daemon) start(bin, cfg string, n *Node, logPath string) error {
 	return nil
 }
 
-func waitReady(ctx context.Context, c *node.Client, timeout time.Duration, exit <-chan error) error {
+// logTail returns the last lines of a log file, for error messages.
+func logTail(path string, lines int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	ls := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+func waitReady(ctx context.Context, c *node.Client, timeout time.Duration, exit *exited) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		_, err := c.Stats()
@@ -231,8 +278,8 @@ func waitReady(ctx context.Context, c *node.Client, timeout time.Duration, exit 
 			return nil
 		}
 		select {
-		case e := <-exit:
-			return fmt.Errorf("daemon exited: %v", e)
+		case <-exit.done:
+			return fmt.Errorf("daemon exited: %v", exit.err)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
@@ -250,10 +297,10 @@ func (d *Daemon) Teardown() error {
 	for i, c := range d.procs {
 		c.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-d.exits[i]:
+		case <-d.exits[i].done:
 		case <-time.After(5 * time.Second):
 			c.Process.Kill()
-			<-d.exits[i]
+			<-d.exits[i].done
 			errs = append(errs, fmt.Errorf("perf: daemon %d did not stop on SIGTERM", c.Process.Pid))
 		}
 	}
@@ -267,29 +314,40 @@ func (d *Daemon) Teardown() error {
 	return errors.Join(errs...)
 }
 
+// exited tells when a started process has exited, to any number of
+// waiters: done is closed after err is set to cmd.Wait's result.
+type exited struct {
+	done chan struct{}
+	err  error
+}
+
 // startIn starts cmd inside a named network namespace: a child inherits the
 // namespace of the thread that forks it. That thread stays alive, waiting
 // for the child, for the child's whole life, because Pdeathsig fires when
-// the forking thread (not the process) exits. The channel gets cmd.Wait's
-// result.
-func startIn(nsName string, cmd *exec.Cmd) (<-chan error, error) {
+// the forking thread (not the process) exits.
+func startIn(nsName string, cmd *exec.Cmd) (*exited, error) {
 	ns, err := netns.GetFromName(nsName)
 	if err != nil {
 		return nil, err
 	}
 	started := make(chan error, 1)
-	exit := make(chan error, 1)
+	exit := &exited{done: make(chan struct{})}
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		err := netns.Set(ns)
+		leave, err := loadgen.EnterNetns(ns)
 		ns.Close()
 		if err == nil {
 			err = cmd.Start()
 		}
 		started <- err
-		if err == nil {
-			exit <- cmd.Wait()
+		if err != nil {
+			if leave != nil {
+				leave()
+			}
+			return
 		}
+		exit.err = cmd.Wait()
+		leave()
+		close(exit.done)
 	}()
 	if err := <-started; err != nil {
 		return nil, err

@@ -17,10 +17,17 @@ import (
 )
 
 // perfVariants maps --variants names to the variants that measure them.
-// The enforcer variants are registered by the daemon's wiring (see
-// perf.Daemon); until then only the kernel path can be measured.
-var perfVariants = map[string]func() perf.Variant{
-	perf.BaselineName: func() perf.Variant { return perf.Kernel{} },
+// psk and pki run this binary's `trireme daemon` in each node namespace
+// (see perf.Daemon).
+var perfVariants = map[string]func() (perf.Variant, error){
+	perf.BaselineName: func() (perf.Variant, error) { return perf.Kernel{}, nil },
+	"psk": func() (perf.Variant, error) {
+		return &perf.Daemon{VariantName: "psk", Secrets: perf.PSKSecrets()}, nil
+	},
+	"pki": func() (perf.Variant, error) {
+		sec, err := perf.PKISecrets()
+		return &perf.Daemon{VariantName: "pki", Secrets: sec}, err
+	},
 }
 
 func init() {
@@ -57,7 +64,11 @@ headline), then as median and range over the rounds.`,
 				if !ok {
 					return &exitError{code: 2, err: fmt.Errorf("unknown variant %q (known: %s)", name, knownVariants())}
 				}
-				vs = append(vs, mk())
+				v, err := mk()
+				if err != nil {
+					return err
+				}
+				vs = append(vs, v)
 			}
 			if rounds < 1 || duration <= 0 || clients < 1 || streams < 1 {
 				return &exitError{code: 2, err: fmt.Errorf("--rounds, --duration, --clients and --streams must be positive")}

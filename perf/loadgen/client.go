@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,12 +65,13 @@ func (c *Client) startFactory(buffer int) (*socketFactory, error) {
 	f := &socketFactory{fds: make(chan int, buffer), stop: make(chan struct{})}
 	ready := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
 		defer close(f.fds)
-		if err := netns.Set(c.ns); err != nil {
-			ready <- fmt.Errorf("loadgen: setns: %w", err)
+		leave, err := EnterNetns(c.ns)
+		if err != nil {
+			ready <- err
 			return
 		}
+		defer leave()
 		ready <- nil
 		for {
 			fd, err := unix.Socket(c.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)

@@ -34,18 +34,42 @@ func OpenNetns(nameOrPath string) (netns.NsHandle, error) {
 	return h, nil
 }
 
-// InNetns runs fn on a new OS thread switched into ns. The goroutine exits
-// without unlocking its thread, so the runtime discards the thread instead
-// of reusing it in the wrong namespace.
-func InNetns(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("loadgen: setns: %w", err)
-			return
+// EnterNetns locks the calling goroutine to its OS thread and switches the
+// thread into ns. leave switches it back and unlocks it. If switching back
+// fails, leave keeps the thread locked, so that the runtime discards the
+// thread when the goroutine exits instead of reusing it in the wrong
+// namespace.
+//
+// Exiting a goroutine while locked is not the way to drop a switched
+// thread: on the main thread the runtime cannot exit and parks it forever,
+// still in the namespace, which then outlives its deletion.
+func EnterNetns(ns netns.NsHandle) (leave func(), err error) {
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("loadgen: current netns: %w", err)
+	}
+	if err := netns.Set(ns); err != nil {
+		orig.Close()
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("loadgen: setns: %w", err)
+	}
+	return func() {
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
 		}
-		errc <- fn()
-	}()
-	return <-errc
+		orig.Close()
+	}, nil
+}
+
+// InNetns runs fn on the calling goroutine's thread switched into ns, and
+// switches back.
+func InNetns(ns netns.NsHandle, fn func() error) error {
+	leave, err := EnterNetns(ns)
+	if err != nil {
+		return err
+	}
+	defer leave()
+	return fn()
 }
