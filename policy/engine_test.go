@@ -475,6 +475,8 @@ func TestCompileRefusesBadSets(t *testing.T) {
 	for name, s := range map[string]*Set{
 		"foreign selector": {Policies: []Policy{{Name: "p", Selector: bad}}},
 		"nil selector":     {Policies: []Policy{{Name: "p"}}},
+		"zero selector":    {Policies: []Policy{{Name: "p", Selector: &Selector{}}}},
+		"zero peer":        {Policies: []Policy{{Name: "p", Selector: good, Egress: []Rule{{Action: Allow, Peers: []Peer{{Selector: &Selector{Text: "x"}}}}}}}},
 		"duplicate":        {Policies: []Policy{{Name: "p", Selector: good}, {Name: "p", Selector: good}}},
 		"peer both":        {Policies: []Policy{{Name: "p", Selector: good, Ingress: []Rule{{Action: Allow, Peers: []Peer{{Selector: good, CIDR: netip.MustParsePrefix("10.0.0.0/8")}}}}}}},
 		"deny action":      {Policies: []Policy{{Name: "p", Selector: good, Ingress: []Rule{{Action: Deny}}}}},
