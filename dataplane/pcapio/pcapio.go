@@ -149,7 +149,7 @@ func ToEthernet(linkType int, data []byte) ([]byte, error) {
 		if len(data) < 20 {
 			return synth(nil, 0, nil), nil
 		}
-		addr := sllAddr(data[16:17], data[12:20])
+		addr := sllAddr(data[11:12], data[12:20])
 		return synth(addr, uint16(data[0])<<8|uint16(data[1]), data[20:]), nil
 	}
 	return nil, fmt.Errorf("%w %d", ErrLinkType, linkType)
