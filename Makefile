@@ -11,8 +11,9 @@ FUZZTIME ?= 30s
 
 all: build
 
+# Static, so the same binary runs in FROM-scratch test images.
 build:
-	$(GO) build -o $(BIN) ./cmd/trireme
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/trireme
 
 # deps installs what the tests need on a fresh Debian machine (as root).
 deps:
@@ -22,6 +23,8 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 
+# Tests that run the binary (daemon, Docker images) use this one build.
+test: export TRIREME_TEST_BINARY = $(abspath $(BIN))
 test: deps vet build
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)
