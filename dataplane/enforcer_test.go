@@ -1069,3 +1069,40 @@ func TestPickupStripsToken(t *testing.T) {
 	r := fresh.run(FromNet, a.frame, p.now)
 	mustDeliver(t, "picked-up token-ACK", r, ack)
 }
+
+// A SYN retransmitted after the server's SYN-ACK went out does not set the
+// flow back: the token-ACK that follows is still accepted.
+func TestRetransmittedSYNAfterSYNACK(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	syn, synack, ack, _, _ := p.frames()
+	p.c2s(syn)
+	lost := p.s.run(FromApp, synack, p.now) // the SYN-ACK is lost on the wire
+	_, _, b := p.c2s(syn)                   // so the client's kernel retransmits its SYN
+	mustDeliver(t, "retransmitted SYN", b, syn)
+	wire, _, b := p.s2c(synack) // and the server's kernel its SYN-ACK
+	mustDeliver(t, "retransmitted SYN-ACK", b, synack)
+	if !bytes.Equal(wire, lost.frame) {
+		t.Fatal("retransmitted SYN-ACK carries other token bytes")
+	}
+	_, _, b = p.c2s(ack)
+	mustDeliver(t, "ACK", b, ack)
+	if len(b.notes) != 1 || b.notes[0].Kind != Authorize {
+		t.Fatal("not established")
+	}
+}
+
+// A duplicate SYN delayed in the network reaches the server after its
+// SYN-ACK: it is delivered (the kernel ignores it) and the handshake ACK
+// that follows is still accepted.
+func TestDelayedDuplicateSYN(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	syn, synack, ack, _, _ := p.frames()
+	w1, _, _ := p.c2s(syn)
+	p.s2c(synack)
+	mustDeliver(t, "duplicate SYN", p.s.run(FromNet, w1, p.now), syn)
+	_, _, b := p.c2s(ack)
+	mustDeliver(t, "ACK", b, ack)
+	if len(b.notes) != 1 || b.notes[0].Kind != Authorize {
+		t.Fatal("not established")
+	}
+}

@@ -215,7 +215,7 @@ func (c *ctx) serverSYN(ent *flow.Entry[conn]) {
 			c.deny(ent, v.reason)
 			return
 		}
-		c.sh.SetState(ent, flow.SynReceived, c.ns)
+		c.synReceived(ent)
 		c.e.forward(c.out, c.frame)
 		return
 	}
@@ -243,7 +243,7 @@ func (c *ctx) serverSYN(ent *flow.Entry[conn]) {
 		c.denyCode(ent, rc)
 		return
 	}
-	c.sh.SetState(ent, flow.SynReceived, c.ns)
+	c.synReceived(ent)
 	c.e.forward(c.out, f)
 }
 
@@ -257,6 +257,14 @@ func (c *ctx) dataLen() int {
 		}
 	}
 	return n
+}
+
+// synReceived enters syn-received for a new SYN; a retransmitted SYN
+// leaves a flow that got further (syn-ack-sent) where it is.
+func (c *ctx) synReceived(ent *flow.Entry[conn]) {
+	if ent.State == flow.StateNew {
+		c.sh.SetState(ent, flow.SynReceived, c.ns)
+	}
 }
 
 // findToken locates the marker option and the token frame of c.p.

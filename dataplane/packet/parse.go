@@ -280,11 +280,16 @@ func (p *Packet) IsEcho() bool {
 	return (p.Proto == ProtoICMP || p.Proto == ProtoICMPv6) && isEcho(p.Proto, p.ICMPType)
 }
 
-// IsNDP reports whether the packet is ICMPv6 neighbour discovery (router
-// solicitation/advertisement, neighbour solicitation/advertisement,
-// redirect): link-local plumbing that IPv6 needs to work at all.
+// IsNDP reports whether the packet is ICMPv6 link plumbing that IPv6 needs
+// to work at all: neighbour discovery (router and neighbour solicitation
+// and advertisement, redirect) and multicast listener discovery (MLD query,
+// report, done, MLDv2 report).
 func (p *Packet) IsNDP() bool {
-	return p.Proto == ProtoICMPv6 && p.ICMPType >= 133 && p.ICMPType <= 137
+	if p.Proto != ProtoICMPv6 {
+		return false
+	}
+	t := p.ICMPType
+	return t >= 130 && t <= 137 || t == 143
 }
 
 // IsICMPError reports whether the packet is an ICMP error message that
