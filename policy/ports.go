@@ -78,7 +78,7 @@ func buildPortTable(rules []crule, proto Protocol, list *[]int32) (portTable, in
 			}
 		}
 	}
-	sort.SliceStable(ev, func(i, j int) bool { return ev[i].at < ev[j].at })
+	sort.Slice(ev, func(i, j int) bool { return ev[i].at < ev[j].at })
 	// Sweep the port space keeping the covering rules sorted by rank (a rule
 	// with several overlapping ranges is counted, not repeated).
 	count := make([]int32, len(rules))
