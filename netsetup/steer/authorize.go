@@ -108,6 +108,11 @@ func (b *Batch) Commit() error {
 // List returns the PU's authorized entries, both directions of each flow,
 // as the kernel holds them (expired entries are not listed). A restarted
 // daemon rebuilds its view of authorized flows from it.
+//
+// A dump of a hash set that the kernel is resizing (as after many inserts)
+// returns duplicates and misses entries (seen on 6.18: 40000 entries dumped,
+// 34715 distinct). List therefore dumps until two dumps in a row are
+// duplicate-free and agree.
 func (s *Steerer) List(pu string) ([]Entry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -115,6 +120,49 @@ func (s *Steerer) List(pu string) ([]Entry, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownPU, pu)
 	}
+	var prev map[Tuple]time.Duration // expiry of each entry of the last clean dump
+	var prevAt time.Time
+	for attempt := 0; attempt < 50; attempt++ {
+		at := time.Now()
+		es, err := s.listOnce(st)
+		if err != nil {
+			return nil, err
+		}
+		cur := make(map[Tuple]time.Duration, len(es))
+		for _, e := range es {
+			cur[e.Tuple] = e.Expires
+		}
+		if len(cur) != len(es) {
+			prev = nil // duplicates: a resize is under way
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		if prev != nil && agree(prev, cur, at.Sub(prevAt)) {
+			return es, nil
+		}
+		prev, prevAt = cur, at
+	}
+	return nil, fmt.Errorf("steer: list %s: no consistent dump of the authorized sets", pu)
+}
+
+// agree reports whether two clean dumps taken elapsed apart describe the
+// same set: nothing appeared (nobody else adds while we hold the lock), and
+// whatever disappeared was due to expire by then.
+func agree(prev, cur map[Tuple]time.Duration, elapsed time.Duration) bool {
+	for k := range cur {
+		if _, ok := prev[k]; !ok {
+			return false
+		}
+	}
+	for k, exp := range prev {
+		if _, ok := cur[k]; !ok && (exp == 0 || exp > elapsed+250*time.Millisecond) {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Steerer) listOnce(st *puState) ([]Entry, error) {
 	var out []Entry
 	for _, set := range []*nftables.Set{st.sets.a4, st.sets.a6} {
 		els, err := s.conn.GetSetElements(set)

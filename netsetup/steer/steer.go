@@ -224,12 +224,15 @@ func checkName(n string) error {
 
 func counterName(pu, dir, what string) string { return pu + "_" + dir + "_" + what }
 
-// Apply atomically replaces the node's table with one for the given PUs and
-// excluded networks, in a single netlink batch: the table is deleted if it
-// exists (stale chains of a crashed run included) and created anew.
-// Authorized flows of PUs that exist before and after are carried over with
-// their remaining time, so a restarted daemon keeps established flows in
-// the kernel. Counters restart from zero.
+// Apply atomically replaces everything in the node's table with the rules
+// for the given PUs and excluded networks, in a single nf_tables
+// transaction: the chains, counters and sets of a previous or crashed run
+// that are not wanted are deleted, the chains of the wanted PUs are built
+// anew. The authorized sets (and counters) of PUs present before and after
+// are kept in place, elements untouched, so a restarted daemon keeps its
+// established flows in the kernel. (Reading the elements out and writing
+// them back is not an option: a dump of a hash set that is being resized,
+// as after many inserts, returns duplicates and misses entries.)
 func (s *Steerer) Apply(pus []PU, excluded []netip.Prefix) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -247,34 +250,63 @@ func (s *Steerer) Apply(pus []PU, excluded []netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	// Read what the current table authorizes, to carry it over.
-	carried := map[string][2][]nftables.SetElement{}
+	// What the table holds now: chains, set definitions and objects (small
+	// dumps, no elements).
+	keepSets := map[string]bool{}
+	keepObjs := map[string]bool{}
+	t := s.table
+	var delChains []*nftables.Chain
+	var delSets []*nftables.Set
+	var delObjs []nftables.Obj
 	if s.tableExists() {
-		for _, pu := range pus {
-			var c [2][]nftables.SetElement
-			for i, name := range []string{"a4_" + pu.Name, "a6_" + pu.Name} {
-				els, err := s.conn.GetSetElements(&nftables.Set{Table: s.table, Name: name})
-				if err != nil {
-					continue // no such set: a new PU
-				}
-				for _, e := range els {
-					if e.Timeout > 0 {
-						if e.Expires <= 0 {
-							continue
-						}
-						e.Timeout = e.Expires
-					}
-					c[i] = append(c[i], nftables.SetElement{Key: e.Key, Timeout: e.Timeout})
-				}
+		chains, err := s.conn.ListChainsOfTableFamily(t.Family)
+		if err != nil {
+			return fmt.Errorf("steer: list chains: %w", err)
+		}
+		for _, c := range chains {
+			if c.Table != nil && c.Table.Name == t.Name {
+				delChains = append(delChains, &nftables.Chain{Table: t, Name: c.Name})
 			}
-			carried[pu.Name] = c
+		}
+		sets, err := s.conn.GetSets(t)
+		if err != nil {
+			return fmt.Errorf("steer: list sets: %w", err)
+		}
+		for _, set := range sets {
+			if want, ok := wantedSet(set.Name, seen); ok && set.HasTimeout && set.Concatenation && set.KeyType.Bytes == want {
+				keepSets[set.Name] = true
+				continue
+			}
+			delSets = append(delSets, &nftables.Set{Table: t, Name: set.Name})
+		}
+		objs, err := s.conn.GetObjects(t)
+		if err != nil {
+			return fmt.Errorf("steer: list objects: %w", err)
+		}
+		for _, o := range objs {
+			co, ok := o.(*nftables.CounterObj)
+			if ok && seen[puOfCounter(co.Name)] {
+				keepObjs[co.Name] = true
+				continue
+			}
+			if ok {
+				delObjs = append(delObjs, &nftables.CounterObj{Table: t, Name: co.Name})
+			}
 		}
 	}
 
-	t := s.table
-	s.conn.AddTable(t)
-	s.conn.DelTable(t)
-	s.conn.AddTable(t)
+	s.conn.AddTable(t) // no-op if it exists
+	// Chains first: deleting a chain deletes its rules, which releases the
+	// sets they look up.
+	for _, c := range delChains {
+		s.conn.DelChain(c)
+	}
+	for _, set := range delSets {
+		s.conn.DelSet(set)
+	}
+	for _, o := range delObjs {
+		s.conn.DeleteObject(o)
+	}
 	x4, x6, err := s.addExcludedSets(ex)
 	if err != nil {
 		s.discard()
@@ -286,8 +318,7 @@ func (s *Steerer) Apply(pus []PU, excluded []netip.Prefix) error {
 	s.x4, s.x6 = x4, x6
 	states := map[string]*puState{}
 	for _, pu := range pus {
-		c := carried[pu.Name]
-		st, err := s.addPU(pu, c[0], c[1])
+		st, err := s.addPU(pu, keepSets, keepObjs)
 		if err != nil {
 			s.x4, s.x6 = oldX4, oldX6
 			s.discard()
@@ -302,6 +333,28 @@ func (s *Steerer) Apply(pus []PU, excluded []netip.Prefix) error {
 	s.pus = states
 	s.excluded = ex
 	return nil
+}
+
+// wantedSet reports whether a set of that name belongs to a wanted PU, and
+// the key length it must have.
+func wantedSet(name string, pus map[string]bool) (uint32, bool) {
+	switch {
+	case strings.HasPrefix(name, "a4_") && pus[name[3:]]:
+		return key4Len, true
+	case strings.HasPrefix(name, "a6_") && pus[name[3:]]:
+		return key6Len, true
+	}
+	return 0, false
+}
+
+// puOfCounter returns the PU a counter name "<pu>_<dir>_<what>" belongs to.
+func puOfCounter(name string) string {
+	for _, sfx := range []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth"} {
+		if p, ok := strings.CutSuffix(name, sfx); ok {
+			return p
+		}
+	}
+	return ""
 }
 
 func (s *Steerer) tableExists() bool {
@@ -344,20 +397,26 @@ var (
 )
 
 // addPU queues the sets, counters, chains and rules of one PU on s.conn.
-func (s *Steerer) addPU(pu PU, el4, el6 []nftables.SetElement) (*puState, error) {
+// Sets and counters named in keepSets/keepObjs exist already and are left
+// as they are.
+func (s *Steerer) addPU(pu PU, keepSets, keepObjs map[string]bool) (*puState, error) {
 	sets := puSets{
 		a4: &nftables.Set{Table: s.table, Name: "a4_" + pu.Name, KeyType: key4Type, Concatenation: true, HasTimeout: true},
 		a6: &nftables.Set{Table: s.table, Name: "a6_" + pu.Name, KeyType: key6Type, Concatenation: true, HasTimeout: true},
 	}
-	if err := s.addSet(sets.a4, el4); err != nil {
-		return nil, err
-	}
-	if err := s.addSet(sets.a6, el6); err != nil {
-		return nil, err
+	for _, set := range []*nftables.Set{sets.a4, sets.a6} {
+		if keepSets[set.Name] {
+			continue
+		}
+		if err := s.addSet(set, nil); err != nil {
+			return nil, err
+		}
 	}
 	for _, dir := range []string{"in", "out"} {
 		for _, what := range []string{"steer", "auth"} {
-			s.conn.AddObj(&nftables.CounterObj{Table: s.table, Name: counterName(pu.Name, dir, what)})
+			if name := counterName(pu.Name, dir, what); !keepObjs[name] {
+				s.conn.AddObj(&nftables.CounterObj{Table: s.table, Name: name})
+			}
 		}
 	}
 	for _, egress := range []bool{false, true} {
