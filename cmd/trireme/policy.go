@@ -255,6 +255,7 @@ func (r *ruleOut) short() string {
 
 // flow is the explanation of one connection.
 type flow struct {
+	Notes     []string `json:"notes,omitempty"`
 	From      endpoint `json:"from"`
 	To        endpoint `json:"to"`
 	Port      string   `json:"port"`
@@ -279,6 +280,17 @@ func explainFlow(e *policy.Engine, client, server endpoint, proto policy.Protoco
 		return nil, errors.New("neither side is a PU (give TAGS for --from or --to): no enforcer decides this connection")
 	}
 	f := &flow{From: client, To: server, Port: portString(proto, port)}
+	for _, ep := range []struct {
+		flag string
+		ep   endpoint
+	}{{"--from", client}, {"--to", server}} {
+		switch {
+		case ep.ep.PU && !ep.ep.Addr.IsValid():
+			f.Notes = append(f.Notes, fmt.Sprintf("%s has no address (%s-ip): CIDR rules cannot match it", ep.flag, ep.flag))
+		case ep.ep.PU && !e.IsTarget(ep.ep.Addr) && !e.IsExcluded(ep.ep.Addr):
+			f.Notes = append(f.Notes, fmt.Sprintf("%s is outside the target networks: peers will not exchange tokens with it", ep.ep.Addr))
+		}
+	}
 	if e.IsExcluded(client.Addr) || e.IsExcluded(server.Addr) {
 		f.Verdict, f.DecidedBy = "allow", "excluded-network"
 		note := "an address is in the excluded networks: no check"
@@ -339,6 +351,9 @@ func decideHalf(e *policy.Engine, local, peer endpoint, dir policy.Direction, pr
 
 func (f *flow) print(w io.Writer) {
 	fmt.Fprintf(w, "flow      %s -> %s %s\n", f.From, f.To, f.Port)
+	for _, n := range f.Notes {
+		fmt.Fprintf(w, "note      %s\n", n)
+	}
 	for _, h := range []struct {
 		title string
 		h     *half

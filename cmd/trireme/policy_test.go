@@ -71,6 +71,7 @@ func TestPolicyExplain(t *testing.T) {
 			"verdict   allow",
 		}},
 		{"admin ssh to db is rejected", []string{"--from", "192.168.100.5", "--to", "app=db,@sys:kind=container", "--port", "tcp/22"}, []string{
+			"note      --to has no address (--to-ip): CIDR rules cannot match it",
 			"  verdict   reject (policy-rejected)",
 			`  rule      db ingress[2] "never-ssh" reject at ` + examplePolicy + ":74:9",
 			"  log       yes",
@@ -108,7 +109,17 @@ func TestPolicyExplain(t *testing.T) {
 		{"excluded", []string{"--from", "10.0.255.9", "--to", "app=db", "--port", "tcp/5432"}, []string{
 			"verdict   allow (excluded-network)",
 		}},
-		{"client egress denies", []string{"--from", "app=db", "--to", "app=web,env=prod", "--port", "tcp/80"}, []string{
+		{"client egress denies", []string{"--from", "app=web,env=prod", "--from-ip", "10.0.2.10", "--to", "app=frontend", "--to-ip", "10.0.1.10", "--port", "tcp/443"}, []string{
+			"server ingress:",
+			"  verdict   allow",
+			`  rule      frontend ingress[0] "public-https" allow at ` + examplePolicy + ":20:9",
+			"client egress:",
+			"  verdict   deny (policy-denied)",
+			"verdict   deny (client-egress: policy-denied)",
+		}},
+		{"both deny", []string{"--from", "app=db", "--to", "app=web,env=prod", "--port", "tcp/80", "--to-ip", "192.0.2.80"}, []string{
+			"note      --from has no address (--from-ip): CIDR rules cannot match it",
+			"note      192.0.2.80 is outside the target networks: peers will not exchange tokens with it",
 			"verdict   deny (server-ingress: policy-denied)",
 		}},
 	}
