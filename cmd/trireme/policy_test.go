@@ -112,7 +112,7 @@ func TestPolicyExplain(t *testing.T) {
 		{"client egress denies", []string{"--from", "app=web,env=prod", "--from-ip", "10.0.2.10", "--to", "app=frontend", "--to-ip", "10.0.1.10", "--port", "tcp/443"}, []string{
 			"server ingress:",
 			"  verdict   allow",
-			`  rule      frontend ingress[0] "public-https" allow at ` + examplePolicy + ":20:9",
+			`  rule      frontend ingress[0] "public-https" allow at ` + examplePolicy + ":19:9",
 			"client egress:",
 			"  verdict   deny (policy-denied)",
 			"verdict   deny (client-egress: policy-denied)",
