@@ -254,35 +254,47 @@ func (t *Topology) Destroy() error {
 // Namespaces lists the namespaces the topology created.
 func (t *Topology) Namespaces() []string { return append([]string(nil), t.created...) }
 
-// CleanStale deletes namespaces left by perf runs whose process is gone
-// (a crashed or killed run); those of live runs are left alone.
+// CleanStale deletes namespaces and daemon directories left by perf runs
+// whose process is gone (a crashed or killed run); those of live runs are
+// left alone.
 func CleanStale() error {
-	ents, err := os.ReadDir(filepath.Join("/run", "netns"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
 	var errs []error
-	for _, e := range ents {
-		rest, ok := strings.CutPrefix(e.Name(), nsPrefix)
-		if !ok {
-			continue
+	if ents, err := os.ReadDir(filepath.Join("/run", "netns")); err == nil {
+		for _, e := range ents {
+			if staleName(e.Name(), nsPrefix, "x") {
+				if err := netns.DeleteNamed(e.Name()); err != nil {
+					errs = append(errs, fmt.Errorf("perf: delete stale netns %s: %w", e.Name(), err))
+				}
+			}
 		}
-		pidStr, _, ok := strings.Cut(rest, "x")
-		pid, err := strconv.Atoi(pidStr)
-		if !ok || err != nil || pid <= 0 {
-			continue
-		}
-		if syscall.Kill(pid, 0) == nil || pid == os.Getpid() {
-			continue
-		}
-		if err := netns.DeleteNamed(e.Name()); err != nil {
-			errs = append(errs, fmt.Errorf("perf: delete stale netns %s: %w", e.Name(), err))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if ents, err := os.ReadDir(os.TempDir()); err == nil {
+		for _, e := range ents {
+			if e.IsDir() && staleName(e.Name(), tmpPrefix, "-") {
+				if err := os.RemoveAll(filepath.Join(os.TempDir(), e.Name())); err != nil {
+					errs = append(errs, err)
+				}
+			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// staleName reports whether name is prefix, a pid, sep, ... and that
+// process is gone.
+func staleName(name, prefix, sep string) bool {
+	rest, ok := strings.CutPrefix(name, prefix)
+	if !ok {
+		return false
+	}
+	pidStr, _, ok := strings.Cut(rest, sep)
+	pid, err := strconv.Atoi(pidStr)
+	if !ok || err != nil || pid <= 0 || pid == os.Getpid() {
+		return false
+	}
+	return syscall.Kill(pid, 0) == syscall.ESRCH
 }
 
 // createNamed creates a named namespace. netns.NewNamed switches the

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -47,10 +48,11 @@ func (Kernel) Setup(_ context.Context, t *Topology) error { return WireBridge(t)
 func (Kernel) EnforcerPIDs() []int                        { return nil }
 func (Kernel) Teardown() error                            { return nil }
 
-// Daemon runs `trireme daemon --config FILE` in every node namespace of the
-// topology and attaches the PU namespaces through each daemon's control API
-// (`trireme pu attach`), which joins them to the daemon's bridge. PSK and
-// PKI differ only in Secrets.
+// Daemon plumbs the PUs to their node bridges as the kernel path does
+// (WireBridge), runs `trireme daemon --config FILE` in every node namespace
+// with that bridge and subnet in its config, and attaches the PU namespaces
+// through each daemon's control API (what `trireme pu attach NETNS --label
+// k=v` does). PSK and PKI differ only in Secrets.
 type Daemon struct {
 	// VariantName is the column name, e.g. "psk" or "pki".
 	VariantName string
@@ -70,6 +72,10 @@ type Daemon struct {
 	procs []*exec.Cmd
 	exits []*exited
 }
+
+// tmpPrefix starts the names of the daemons' directories under os.TempDir,
+// followed by the pid of the perf run (for CleanStale).
+const tmpPrefix = "trireme-perf-"
 
 // AllowPerfPolicy lets the perf client connect to the perf server on any
 // TCP port, with mutual authorization.
@@ -158,7 +164,7 @@ func (d *Daemon) Setup(ctx context.Context, t *Topology) error {
 			return err
 		}
 	}
-	dir, err := os.MkdirTemp("", "trireme-perf-"+d.VariantName+"-")
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-%s-", tmpPrefix, os.Getpid(), sanitize(d.VariantName)))
 	if err != nil {
 		return err
 	}
@@ -166,6 +172,11 @@ func (d *Daemon) Setup(ctx context.Context, t *Topology) error {
 	policy := d.Policy
 	if policy == "" {
 		policy = AllowPerfPolicy
+	}
+	// The daemon attaches namespaces that already have a veth on its
+	// bridge; it takes the bridge as it finds it.
+	if err := WireBridge(t); err != nil {
+		return err
 	}
 	for _, n := range t.Nodes {
 		ndir := filepath.Join(dir, n.Name)
@@ -191,10 +202,9 @@ func (d *Daemon) Setup(ctx context.Context, t *Topology) error {
 			if err != nil {
 				return fmt.Errorf("perf: attach %s on %s: %w", p.Name, n.Name, err)
 			}
-			if len(info.IPs) == 0 {
-				return fmt.Errorf("perf: attach %s on %s: the daemon gave it no address", p.Name, n.Name)
+			if !slices.Contains(info.IPs, p.Addr) {
+				return fmt.Errorf("perf: attach %s on %s: the daemon sees addresses %v, not %v", p.Name, n.Name, info.IPs, p.Addr)
 			}
-			p.Addr = info.IPs[0]
 		}
 	}
 	return nil
