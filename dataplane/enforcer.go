@@ -195,6 +195,11 @@ type Config struct {
 	MTU int
 	// Sink receives flow records (nil: none).
 	Sink Sink
+	// RecordEstablished writes an interim record ("end": "established")
+	// when a flow is established, besides its final record. The live
+	// daemon sets it: its flows close in the kernel, so their final
+	// records come late.
+	RecordEstablished bool
 	// Fragments bounds the table of fragmented datagrams whose first
 	// fragment was allowed (default 1024).
 	Fragments int
@@ -217,14 +222,15 @@ type puView struct {
 // Enforcer is one node's enforcement core. Safe for concurrent use with one
 // Output per goroutine.
 type Enforcer struct {
-	tok       *tokens.Engine
-	node      string
-	policy    atomic.Pointer[policy.Engine]
-	table     *flow.Table[conn]
-	midStream MidStream
-	mtu       int
-	sink      Sink
-	frags     *fragTable
+	tok        *tokens.Engine
+	node       string
+	policy     atomic.Pointer[policy.Engine]
+	table      *flow.Table[conn]
+	midStream  MidStream
+	mtu        int
+	sink       Sink
+	recordOpen bool
+	frags      *fragTable
 
 	mu   sync.Mutex
 	pus  []*PU // by index; nil when removed
@@ -245,13 +251,14 @@ func New(cfg Config) (*Enforcer, error) {
 		mtu = 0
 	}
 	e := &Enforcer{
-		tok:       cfg.Tokens,
-		node:      cfg.Tokens.Node(),
-		table:     flow.New[conn](cfg.Flows),
-		midStream: cfg.MidStream,
-		mtu:       mtu,
-		sink:      cfg.Sink,
-		frags:     newFragTable(cfg.Fragments),
+		tok:        cfg.Tokens,
+		node:       cfg.Tokens.Node(),
+		table:      flow.New[conn](cfg.Flows),
+		midStream:  cfg.MidStream,
+		mtu:        mtu,
+		sink:       cfg.Sink,
+		recordOpen: cfg.RecordEstablished,
+		frags:      newFragTable(cfg.Fragments),
 	}
 	e.policy.Store(cfg.Policy)
 	return e, nil

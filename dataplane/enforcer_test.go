@@ -1106,3 +1106,29 @@ func TestDelayedDuplicateSYN(t *testing.T) {
 		t.Fatal("not established")
 	}
 }
+
+// TestRecordEstablished: with RecordEstablished (the live daemon), each end
+// writes an interim record when the flow is established, and its final
+// record when the flow ends.
+func TestRecordEstablished(t *testing.T) {
+	p := newPair(t, webDB, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	for _, s := range []*side{p.c, p.s} {
+		s.e.recordOpen = true
+	}
+	p.handshake()
+	for name, s := range map[string]*side{"client": p.c, "server": p.s} {
+		rs := s.sink.all()
+		if len(rs) != 1 || rs[0].End != EndEstablished || rs[0].Action != "allow" {
+			t.Fatalf("%s records after the handshake: %+v", name, rs)
+		}
+	}
+	if r := p.s.sink.all()[0]; r.Direction != "ingress" || r.Rule == nil || r.Rule.Name != "from-web" {
+		t.Fatalf("server interim record: %+v", r)
+	}
+	rst := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.RST, seq: 101})
+	p.c2s(rst)
+	rs := p.s.sink.all()
+	if len(rs) != 2 || rs[1].End != EndReset || rs[1].Action != "allow" {
+		t.Fatalf("server records after RST: %+v", rs)
+	}
+}

@@ -25,6 +25,9 @@ const (
 	EndPURemoved End = "pu-removed" // its PU went away
 	EndOpen      End = "open"       // still open when the replay ended
 	EndRevoked   End = "revoked"    // a policy change denied it after it was established
+	// EndEstablished marks the interim record written when a flow is
+	// established (Config.RecordEstablished); its final record follows.
+	EndEstablished End = "established"
 )
 
 // Record is one flow record: what was decided about a connection (or
@@ -175,6 +178,16 @@ func (e *Enforcer) finish(pu *PU, ent *flow.Entry[conn], end End, ns int64, out 
 			out.Notes = append(out.Notes, note(Revoke, pu, &ent.Key))
 		}
 	}
+}
+
+// recordEstablished writes the interim record of a flow just established,
+// for a live daemon whose flows then close in the kernel: the flow log
+// shows the decision at once, the final record (with counters) comes when
+// the flow ends.
+func (e *Enforcer) recordEstablished(pu *PU, ent *flow.Entry[conn], ns int64) {
+	done := ent.Value.recorded
+	e.record(pu, ent, EndEstablished, ns)
+	ent.Value.recorded = done
 }
 
 // record writes the flow record of ent (once).

@@ -710,6 +710,9 @@ func (c *ctx) establish(ent *flow.Entry[conn]) {
 	ent.Value.authorized = true
 	c.sh.SetState(ent, flow.Established, c.ns)
 	c.out.Notes = append(c.out.Notes, note(Authorize, c.pu, &ent.Key))
+	if c.e.recordOpen {
+		c.e.recordEstablished(c.pu, ent, c.ns)
+	}
 }
 
 func note(kind NoteKind, pu *PU, k *flow.Key) Note {
