@@ -143,8 +143,11 @@ type forwarder struct {
 	// tests must not count it as their flow's frames.
 	byProto [256]atomic.Int64
 	errs    atomic.Int64
-	mu      sync.Mutex
-	authd   map[string]bool
+	// closes counts TCP frames with FIN or RST: they are steered even for
+	// authorized flows.
+	closes atomic.Int64
+	mu     sync.Mutex
+	authd  map[string]bool
 	// noAuth: never authorize, every packet crosses userspace.
 	noAuth  bool
 	gso     atomic.Int64 // GSO super-packets read
@@ -221,6 +224,9 @@ func (f *forwarder) forward(pu string, pkt []byte, out *inject.Injector) error {
 	t, flags, ok := parse(frame)
 	if ok {
 		f.byProto[t.Proto].Add(1)
+		if t.Proto == steer.ProtoTCP && flags&0x05 != 0 {
+			f.closes.Add(1)
+		}
 	}
 	if !ok || f.noAuth || (t.Proto == steer.ProtoTCP && flags&0x02 != 0) {
 		return nil

@@ -19,7 +19,9 @@ const (
 	ethARP  = unix.ETH_P_ARP
 
 	protoICMPv6 = 58
+	tcpFlagFIN  = 0x01
 	tcpFlagSYN  = 0x02
+	tcpFlagRST  = 0x04
 )
 
 func ethProto(p uint16) []expr.Any {
@@ -119,10 +121,13 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 			}, accept))
 		}
 	}
-	// 4. Every TCP SYN (and SYN-ACK) goes to the dataplane, authorized or not.
+	// 4. Every TCP SYN (and SYN-ACK) goes to the dataplane, authorized or
+	//    not, and so do FIN and RST: the enforcer sees every connection
+	//    end, so its table and flow records follow the kernel's flows
+	//    (a few packets per connection, none on the data path).
 	rules = append(rules, cat(l4Proto(expr.CmpOpEq, unix.IPPROTO_TCP), []expr.Any{
 		loadTransport(13, 1, regScratch),
-		&expr.Bitwise{SourceRegister: regScratch, DestRegister: regScratch, Len: 1, Mask: []byte{tcpFlagSYN}, Xor: []byte{0}},
+		&expr.Bitwise{SourceRegister: regScratch, DestRegister: regScratch, Len: 1, Mask: []byte{tcpFlagSYN | tcpFlagFIN | tcpFlagRST}, Xor: []byte{0}},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: regScratch, Data: []byte{0}},
 	}, steerTo(tap, steerCounter)))
 	// 5. Packets of authorized flows stay in the kernel.

@@ -181,6 +181,18 @@ func TestSteeredTCP(t *testing.T) {
 	if !hasFlow(entries, client.Addr, addrOf(sink)) || !hasFlow(entries, client.Addr, addrOf(ln)) {
 		t.Errorf("pu0 authorized set lacks the flows: %+v", entries)
 	}
+	// Closing the authorized echo connection: its FINs leave the kernel
+	// path and reach the dataplane (the enforcer sees every end), on the
+	// way out of the client and into the server, and back.
+	before := f.closes.Load()
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for f.closes.Load()-before < 4 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := f.closes.Load() - before; n < 4 {
+		t.Errorf("%d FIN/RST frames of an authorized flow reached the TAPs, want both FINs through both PUs' TAPs (4)", n)
+	}
 }
 
 func hasFlow(es []steer.Entry, src netip.Addr, dst netip.AddrPort) bool {
