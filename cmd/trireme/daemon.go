@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/trireme-go/trireme/node"
+)
+
+func init() {
+	var configPath, logLevel string
+	daemon := &cobra.Command{
+		Use:   "daemon --config FILE",
+		Short: "Run the node daemon: discover PUs and enforce their policy",
+		Long: `Run the node daemon. It creates the node bridge, steers each PU's handshakes
+into the enforcement core, and serves the control API on a unix socket.
+
+On SIGTERM or SIGINT it stops gracefully and leaves the steering in place:
+until a daemon runs again, policed PUs cannot open new connections (fail
+closed) while their established ones continue. A restarted daemon picks its
+PUs and their authorized flows up again. 'trireme daemon purge' removes
+everything the daemon put in the kernel.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := newLogger(logLevel)
+			if err != nil {
+				return err
+			}
+			cfg, err := node.LoadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			d, err := node.New(cfg, log)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			if err := d.Start(ctx); err != nil {
+				d.Stop()
+				return err
+			}
+			<-ctx.Done()
+			log.Info("signal received, stopping")
+			d.Stop()
+			return nil
+		},
+	}
+	daemon.Flags().StringVar(&configPath, "config", "/etc/trireme/config.yaml", "daemon configuration file")
+	daemon.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+
+	purge := &cobra.Command{
+		Use:   "purge --config FILE",
+		Short: "Remove everything a stopped daemon left in the kernel (steering table, TAPs, bridge, created PUs)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := node.LoadConfig(configPath)
+			if err != nil {
+				return err
+			}
+			return node.Purge(cfg)
+		},
+	}
+	purge.Flags().StringVar(&configPath, "config", "/etc/trireme/config.yaml", "daemon configuration file")
+	daemon.AddCommand(purge)
+	rootCmd.AddCommand(daemon)
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}

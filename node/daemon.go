@@ -1,0 +1,802 @@
+package node
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/monitor"
+	"github.com/trireme-go/trireme/netsetup"
+	"github.com/trireme-go/trireme/netsetup/inject"
+	"github.com/trireme-go/trireme/netsetup/steer"
+	"github.com/trireme-go/trireme/netsetup/tap"
+	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/reason"
+	"github.com/trireme-go/trireme/resolver"
+	"github.com/trireme-go/trireme/tokens"
+)
+
+// Kernel timeouts of authorized flows. When an entry expires while its flow
+// is still alive, the next packet reaches the dataplane, which still tracks
+// the flow and authorizes it again: one packet per timeout goes through
+// userspace, and a flow that really ended leaves the kernel on its own.
+const (
+	kernelTCPTimeout      = 5 * time.Minute
+	kernelDatagramTimeout = 60 * time.Second
+)
+
+// Daemon is one node's enforcer: it owns the node bridge, the steering
+// table, one pair of TAPs per PU and the enforcement core, and serves the
+// control API.
+type Daemon struct {
+	cfg *Config
+	log *slog.Logger
+
+	res   *resolver.File
+	tok   *tokens.Engine
+	enf   *dataplane.Enforcer
+	steer *steer.Steerer
+	toNet *inject.Injector // the injection port: frames leaving PUs
+	sink  *asyncSink
+	api   *Server
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	ops        chan kernelOp // to kernelLoop
+	steerNames sync.Map      // *dataplane.PU -> steering name
+
+	mu         sync.Mutex
+	pus        map[string]*livePU // by PU ID
+	excluded   []netip.Prefix     // added at runtime
+	policyExcl []netip.Prefix     // excluded by the policy in force (and the config)
+	ipam       *ipam
+	started    time.Time
+}
+
+// livePU is a PU being enforced.
+type livePU struct {
+	info   PUInfo
+	steer  string // name in the steering table
+	tapIn  string // TAP names (persistent)
+	tapOut string
+	owned  bool // the namespace and veth were created by trireme
+
+	dp      *dataplane.PU
+	in      *tap.Tap
+	out     *tap.Tap
+	toPU    *inject.Injector
+	readers sync.WaitGroup
+}
+
+// Names of node-level devices, derived from the bridge name so that several
+// daemons (one per node namespace) never collide.
+func (c *Config) injectionPort() (host, br string) {
+	return c.Bridge.Name + "-ih", c.Bridge.Name + "-ib"
+}
+
+// puNames derives the steering name and the TAP and veth names of a PU from
+// its ID: stable across restarts, at most 15 bytes for interface names.
+func puNames(id string) (steerName, tapIn, tapOut, veth string) {
+	h := sha256.Sum256([]byte(id))
+	x := hex.EncodeToString(h[:5])
+	return "pu" + x, "tri" + x, "tro" + x, "trv" + x
+}
+
+// New prepares a daemon from a validated config: it loads the secrets and
+// the policy, and fails without changing anything in the kernel if either
+// is bad.
+func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	var sec tokens.Secrets
+	var err error
+	if cfg.Secrets.PKI() {
+		sec, err = tokens.LoadPKI(cfg.Secrets.CACert, cfg.Secrets.NodeCert, cfg.Secrets.NodeKey)
+	} else {
+		sec, err = tokens.LoadPSK(cfg.Secrets.PSKFile)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("secrets: %w", err)
+	}
+	tok, err := tokens.New(tokens.Config{Node: tokenNode(cfg, sec), Secrets: sec, Refresh: cfg.TokenRefresh})
+	if err != nil {
+		return nil, fmt.Errorf("tokens: %w", err)
+	}
+	res, err := resolver.NewFile(cfg.Policy, resolver.FileOptions{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	mid, err := dataplane.ParseMidStream(midStreamName(cfg.MidStream))
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, log: log, res: res, tok: tok, pus: map[string]*livePU{}, ops: make(chan kernelOp, 4096)}
+	d.sink = newAsyncSink(log)
+	eff := d.effectivePolicy(res.Current())
+	d.policyExcl = eff.Set().ExcludedNetworks
+	d.enf, err = dataplane.New(dataplane.Config{
+		Tokens:    tok,
+		Policy:    eff,
+		MidStream: mid,
+		Sink:      d.sink,
+		Flows:     flow.Config{},
+		// Flows close in the kernel: record each decision when it is made.
+		RecordEstablished: true,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.ipam = newIPAM(cfg.Bridge.Subnet.Prefix)
+	return d, nil
+}
+
+// tokenNode: in PKI mode the certificate names the node, and the config's
+// node name is only used for local names.
+func tokenNode(cfg *Config, sec tokens.Secrets) string {
+	if cfg.Secrets.PKI() {
+		return ""
+	}
+	return cfg.Node
+}
+
+func midStreamName(s string) string {
+	if s == "acl" {
+		return "allow-acl"
+	}
+	return s
+}
+
+// effectivePolicy adds the config's target and excluded networks to the
+// policy file's.
+func (d *Daemon) effectivePolicy(e *policy.Engine) *policy.Engine {
+	if len(d.cfg.TargetNetworks) == 0 && len(d.cfg.ExcludedNetworks) == 0 {
+		return e
+	}
+	s := *e.Set()
+	s.TargetNetworks = append(append([]netip.Prefix(nil), s.TargetNetworks...), d.cfg.TargetNetworks...)
+	s.ExcludedNetworks = append(append([]netip.Prefix(nil), s.ExcludedNetworks...), d.cfg.ExcludedNetworks...)
+	merged, err := policy.Compile(&s)
+	if err != nil {
+		// The file compiled alone; adding valid prefixes cannot break it.
+		d.log.Error("merging config networks into the policy", "err", err)
+		return e
+	}
+	return merged
+}
+
+// Start plumbs the node, restores the PUs of a previous run, and starts
+// enforcing and serving the control API.
+func (d *Daemon) Start(ctx context.Context) error {
+	d.ctx, d.cancel = context.WithCancel(ctx)
+	d.started = time.Now()
+	if err := os.MkdirAll(d.cfg.StateDir, 0o700); err != nil {
+		return err
+	}
+	if err := d.sink.open(d.cfg.FlowLog); err != nil {
+		return fmt.Errorf("flow log: %w", err)
+	}
+	if _, err := netsetup.EnsureBridge(netsetup.BridgeConfig{Name: d.cfg.Bridge.Name, Gateways: []netip.Prefix{d.ipam.gatewayPrefix()}}); err != nil {
+		return fmt.Errorf("bridge %s: %w", d.cfg.Bridge.Name, err)
+	}
+	host, br := d.cfg.injectionPort()
+	port, err := netsetup.EnsureInjectionPort(d.cfg.Bridge.Name, host, br)
+	if err != nil {
+		return fmt.Errorf("injection port: %w", err)
+	}
+	// Frames sent into the bridge carry no mark: a PU on this node that
+	// receives them must still see them steered into its own enforcer.
+	if d.toNet, err = inject.New(port.HostIndex, 0); err != nil {
+		return fmt.Errorf("injection port: %w", err)
+	}
+	if d.steer, err = steer.Open(steer.Config{Node: d.cfg.Node}); err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	if removed, err := steer.DeleteStaleTables(0, d.steer.TableName()); err != nil {
+		return fmt.Errorf("nftables: removing stale tables: %w", err)
+	} else if len(removed) > 0 {
+		d.log.Info("removed stale nftables tables", "tables", removed)
+	}
+
+	restored := d.loadState()
+	var steered []steer.PU
+	for _, p := range restored {
+		if err := d.openPU(p); err != nil {
+			d.log.Warn("not restoring PU", "pu", p.info.ID, "err", err)
+			continue
+		}
+		steered = append(steered, p.steerPU())
+	}
+	excluded := append(append([]netip.Prefix(nil), d.policyExcl...), d.excluded...)
+	if err := d.steer.Apply(steered, excluded); err != nil {
+		for _, p := range restored {
+			p.close()
+		}
+		return fmt.Errorf("nftables: %w", err)
+	}
+	now := time.Now()
+	for _, p := range restored {
+		if p.in == nil {
+			continue
+		}
+		d.pus[p.info.ID] = p
+		d.enforce(p)
+		d.restoreFlows(p, now)
+		d.log.Info("restored PU", "pu", p.info.ID, "name", p.info.Name)
+	}
+	d.saveState()
+
+	if d.api, err = Serve(d.cfg.Socket, d); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	d.wg.Add(4)
+	go d.kernelLoop()
+	go d.expireLoop()
+	go d.policyLoop()
+	go func() { defer d.wg.Done(); _ = d.res.Run(d.ctx) }()
+	d.log.Info("daemon started", "node", d.cfg.Node, "bridge", d.cfg.Bridge.Name, "pus", len(d.pus), "socket", d.cfg.Socket)
+	return nil
+}
+
+// Stop stops enforcing. The steering table and the TAPs stay: until a
+// daemon runs again, policed PUs cannot open new connections (fail closed)
+// while their authorized flows continue. Purge removes everything.
+func (d *Daemon) Stop() {
+	if d.api != nil {
+		d.api.Close()
+	}
+	d.cancel()
+	d.mu.Lock()
+	for _, p := range d.pus {
+		p.close()
+	}
+	d.mu.Unlock()
+	d.wg.Wait()
+	d.mu.Lock()
+	for _, p := range d.pus {
+		p.readers.Wait()
+	}
+	d.mu.Unlock()
+	if d.steer != nil {
+		d.steer.Close()
+	}
+	if d.toNet != nil {
+		d.toNet.Close()
+	}
+	d.sink.close()
+	d.log.Info("daemon stopped; steering stays in place (fail closed)")
+}
+
+// Purge removes what the daemon put in the kernel: the steering table, the
+// TAPs, the veths and namespaces it created, the injection port and the
+// bridge, and its state file. The daemon must be stopped.
+func Purge(cfg *Config) error {
+	var errs []error
+	s, err := steer.Open(steer.Config{Node: cfg.Node})
+	if err == nil {
+		errs = append(errs, s.Delete())
+		s.Close()
+	} else {
+		errs = append(errs, err)
+	}
+	for _, p := range readState(cfg.StateDir) {
+		_, tin, tout, _ := puNames(p.ID)
+		errs = append(errs, tap.Delete(tin), tap.Delete(tout))
+		if p.Owned {
+			errs = append(errs, netsetup.DetachPU(p.Veth))
+			if name, ok := strings.CutPrefix(p.NetNS, netsetup.NetnsDir+"/"); ok {
+				errs = append(errs, netsetup.DeleteNetns(name))
+			}
+		}
+	}
+	host, _ := cfg.injectionPort()
+	errs = append(errs, netsetup.DeleteLink(host), netsetup.DeleteLink(cfg.Bridge.Name))
+	errs = append(errs, os.Remove(statePath(cfg.StateDir)))
+	var out []error
+	for _, e := range errs {
+		if e != nil && !errors.Is(e, os.ErrNotExist) {
+			out = append(out, e)
+		}
+	}
+	return errors.Join(out...)
+}
+
+// ---- PUs ----
+
+func (p *livePU) steerPU() steer.PU {
+	return steer.PU{Name: p.steer, Veth: p.info.Veth, TapIn: p.in.Index(), TapOut: p.out.Index()}
+}
+
+func (p *livePU) close() {
+	if p.in != nil {
+		p.in.Close()
+	}
+	if p.out != nil {
+		p.out.Close()
+	}
+	if p.toPU != nil {
+		p.toPU.Close()
+	}
+}
+
+// openPU opens (creating if needed) the PU's TAPs and its injector.
+func (d *Daemon) openPU(p *livePU) error {
+	idx, err := linkIndex(p.info.Veth)
+	if err != nil {
+		return fmt.Errorf("host veth %s: %w", p.info.Veth, err)
+	}
+	if p.in, err = tap.Open(p.tapIn); err != nil {
+		return err
+	}
+	if p.out, err = tap.Open(p.tapOut); err != nil {
+		p.close()
+		return err
+	}
+	if p.toPU, err = inject.New(idx, d.steer.Mark()); err != nil {
+		p.close()
+		return err
+	}
+	return nil
+}
+
+// enforce registers the PU with the enforcement core and starts its readers.
+func (d *Daemon) enforce(p *livePU) {
+	p.dp = d.enf.AddPU(p.info.ID, policy.NewTags(p.info.Tags))
+	d.steerNames.Store(p.dp, p.steer)
+	p.info.State = "running"
+	p.readers.Add(2)
+	go d.readLoop(p, p.in, dataplane.FromApp)
+	go d.readLoop(p, p.out, dataplane.FromNet)
+}
+
+// restoreFlows gives the enforcer back the flows the kernel still holds as
+// authorized, so that established connections survive a restart.
+func (d *Daemon) restoreFlows(p *livePU, now time.Time) {
+	entries, err := d.steer.List(p.steer)
+	if err != nil {
+		d.log.Warn("listing authorized flows", "pu", p.info.ID, "err", err)
+		return
+	}
+	n := 0
+	for _, e := range entries {
+		t := e.Tuple
+		// Each flow is listed in both directions; keep the one that
+		// starts at the PU.
+		if !containsAddr(p.info.IPs, t.Src) {
+			continue
+		}
+		if d.enf.Restore(p.dp, t.Proto, netip.AddrPortFrom(t.Src, t.SrcPort), netip.AddrPortFrom(t.Dst, t.DstPort), now) {
+			n++
+		}
+	}
+	if n > 0 {
+		d.log.Info("restored authorized flows", "pu", p.info.ID, "flows", n)
+	}
+}
+
+func containsAddr(ips []netip.Addr, a netip.Addr) bool {
+	for _, ip := range ips {
+		if ip == a {
+			return true
+		}
+	}
+	return false
+}
+
+// addPU starts enforcing a running PU described by a monitor.
+func (d *Daemon) addPU(mp monitor.PU, owned bool) (PUInfo, error) {
+	if ok, why := mp.Enforceable(); !ok {
+		return PUInfo{}, fmt.Errorf("%w: %s: %s", ErrInvalid, mp.Name, why)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if old, ok := d.pus[mp.ID]; ok {
+		return old.info, nil // monitors resync: a known PU is not an error
+	}
+	steerName, tin, tout, _ := puNames(mp.ID)
+	p := &livePU{
+		info: PUInfo{ID: mp.ID, Name: mp.Name, Kind: mp.Kind.String(), NetNS: mp.NetNS, PID: mp.PID,
+			IPs: mp.IPs, Tags: tagMap(mp.Tags), Veth: mp.HostVeth, State: "starting", Created: time.Now()},
+		steer: steerName, tapIn: tin, tapOut: tout, owned: owned,
+	}
+	if err := d.openPU(p); err != nil {
+		return PUInfo{}, err
+	}
+	if err := d.steer.AddPU(p.steerPU()); err != nil {
+		p.close()
+		return PUInfo{}, fmt.Errorf("steering: %w", err)
+	}
+	d.pus[p.info.ID] = p
+	d.enforce(p)
+	d.saveStateLocked()
+	d.log.Info("enforcing PU", "pu", p.info.ID, "name", p.info.Name, "kind", p.info.Kind, "veth", p.info.Veth, "tags", policy.NewTags(p.info.Tags).String())
+	return p.info, nil
+}
+
+func tagMap(t policy.Tags) map[string]string {
+	m := make(map[string]string, len(t))
+	for _, tag := range t {
+		m[tag.Key] = tag.Value
+	}
+	return m
+}
+
+// removePU stops enforcing a PU: its flows are closed, its chains and TAPs
+// removed, and a namespace trireme created is deleted.
+func (d *Daemon) removePU(id string) error {
+	d.mu.Lock()
+	p, ok := d.pus[id]
+	if !ok {
+		d.mu.Unlock()
+		return fmt.Errorf("PU %s: %w", id, ErrNotFound)
+	}
+	delete(d.pus, id)
+	d.saveStateLocked()
+	d.mu.Unlock()
+
+	d.steerNames.Delete(p.dp)
+	var out dataplane.Output
+	d.enf.RemovePU(p.dp, time.Now(), &out)
+	p.close()
+	p.readers.Wait()
+	err := d.steer.RemovePU(p.steer)
+	err = errors.Join(err, tap.Delete(p.tapIn), tap.Delete(p.tapOut))
+	if p.owned {
+		err = errors.Join(err, netsetup.DetachPU(p.info.Veth))
+		if name, ok := strings.CutPrefix(p.info.NetNS, netsetup.NetnsDir+"/"); ok {
+			err = errors.Join(err, netsetup.DeleteNetns(name))
+		}
+		for _, ip := range p.info.IPs {
+			d.ipam.release(ip)
+		}
+	}
+	d.log.Info("stopped enforcing PU", "pu", id)
+	return err
+}
+
+// ---- packet loops ----
+
+// readLoop reads one TAP and runs each frame through the enforcer.
+func (d *Daemon) readLoop(p *livePU, t *tap.Tap, dir dataplane.Direction) {
+	defer p.readers.Done()
+	io := newFrameIO(d, p)
+	for {
+		n, err := t.Read(io.buf)
+		if err != nil {
+			if tap.IsClosed(err) || d.ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, tap.ErrTruncated) {
+				continue // counted by the TAP; a frame we cannot hold whole is dropped
+			}
+			d.log.Error("tap read", "tap", t.Name(), "err", err)
+			return
+		}
+		io.process(dir, n, time.Now())
+	}
+}
+
+// expireLoop runs the flow timers once a second.
+func (d *Daemon) expireLoop() {
+	defer d.wg.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var out dataplane.Output
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case now := <-tick.C:
+			out.Notes = out.Notes[:0]
+			d.enf.Expire(now, &out)
+			d.queueNotes(out.Notes)
+		}
+	}
+}
+
+// kernelOp is one change to a PU's authorized set.
+type kernelOp struct {
+	authorize bool
+	pu        string // steering name
+	tuple     steer.Tuple
+	timeout   time.Duration
+}
+
+// queueNotes hands the enforcer's notes to kernelLoop. The packet path
+// never waits for a netlink transaction; when the queue is full it waits
+// for room (back-pressure), as dropping a revoke would leave a flow in the
+// kernel.
+func (d *Daemon) queueNotes(notes []dataplane.Note) {
+	for i := range notes {
+		n := &notes[i]
+		if n.PU == nil {
+			continue
+		}
+		name, ok := d.steerNames.Load(n.PU)
+		if !ok {
+			continue // the PU is being removed: its set goes with it
+		}
+		op := kernelOp{authorize: n.Kind == dataplane.Authorize, pu: name.(string),
+			tuple: steer.Tuple{Src: n.Local.Addr(), Dst: n.Remote.Addr(), Proto: n.Proto, SrcPort: n.Local.Port(), DstPort: n.Remote.Port()}}
+		if op.authorize {
+			op.timeout = kernelDatagramTimeout
+			if n.Proto == steer.ProtoTCP {
+				op.timeout = kernelTCPTimeout
+			}
+		}
+		select {
+		case d.ops <- op:
+		case <-d.ctx.Done():
+			return
+		}
+	}
+}
+
+// kernelLoop applies queued authorizations and revocations in batches, in
+// the order they were queued.
+func (d *Daemon) kernelLoop() {
+	defer d.wg.Done()
+	b := d.steer.NewBatch()
+	add := func(op kernelOp) {
+		if op.authorize {
+			b.Authorize(op.pu, op.tuple, op.timeout)
+		} else {
+			b.Revoke(op.pu, op.tuple)
+		}
+	}
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case op := <-d.ops:
+			add(op)
+		drain:
+			for b.Len() < 256 {
+				select {
+				case op := <-d.ops:
+					add(op)
+				default:
+					break drain
+				}
+			}
+			if err := b.Commit(); err != nil && d.ctx.Err() == nil {
+				kernelErrors.Add(1)
+				d.log.Warn("updating authorized flows", "err", err)
+			}
+		}
+	}
+}
+
+// policyLoop puts each new policy in force.
+func (d *Daemon) policyLoop() {
+	defer d.wg.Done()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case e := <-d.res.Updates():
+			eff := d.effectivePolicy(e)
+			d.updatePolicyExcluded(eff.Set().ExcludedNetworks)
+			d.enf.SetPolicy(eff)
+			d.log.Info("policy updated", "policies", len(eff.Set().Policies))
+			if d.cfg.OnPolicyChange == "reset" {
+				var out dataplane.Output
+				n := d.enf.Reevaluate(time.Now(), &out)
+				d.sendInjected(&out, nil)
+				d.queueNotes(out.Notes)
+				if n > 0 {
+					d.log.Info("reset flows the new policy denies", "flows", n)
+				}
+			}
+		}
+	}
+}
+
+// updatePolicyExcluded brings the kernel's excluded sets in line with a new
+// policy's excluded networks (runtime exclusions stay).
+func (d *Daemon) updatePolicyExcluded(next []netip.Prefix) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range diffPrefixes(d.policyExcl, next) {
+		if !containsPrefix(d.excluded, p) {
+			if err := d.steer.RemoveExcluded(p); err != nil {
+				d.log.Warn("removing excluded network", "prefix", p, "err", err)
+			}
+		}
+	}
+	for _, p := range diffPrefixes(next, d.policyExcl) {
+		if !containsPrefix(d.excluded, p) {
+			if err := d.steer.AddExcluded(p); err != nil {
+				d.log.Warn("adding excluded network", "prefix", p, "err", err)
+			}
+		}
+	}
+	d.policyExcl = next
+}
+
+// diffPrefixes returns the prefixes of a that are not in b.
+func diffPrefixes(a, b []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range a {
+		if !containsPrefix(b, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
+	for _, q := range ps {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+// ---- Controller ----
+
+// ListPUs implements Controller.
+func (d *Daemon) ListPUs() []PUInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]PUInfo, 0, len(d.pus))
+	for _, p := range d.pus {
+		out = append(out, p.info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// AttachPU implements Controller: police an existing namespace. A namespace
+// that has no veth yet is joined to the node bridge with an address from
+// the node subnet.
+func (d *Daemon) AttachPU(req AttachRequest) (PUInfo, error) {
+	path, err := monitor.NetnsPath(req.NetNS)
+	if err != nil {
+		return PUInfo{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if err := checkLabels(req.Labels); err != nil {
+		return PUInfo{}, err
+	}
+	mp, err := monitor.NetnsPU(d.log, monitor.KindNetns, req.Name, path, req.Labels)
+	if err != nil {
+		return PUInfo{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	mp.ID = "netns-" + mp.Name
+	if mp.HostVeth == "" {
+		return PUInfo{}, fmt.Errorf("%w: namespace %s has no veth joined to this node (create PUs with `trireme run` or plumb the namespace first)", ErrInvalid, req.NetNS)
+	}
+	return d.addPU(mp, false)
+}
+
+// CreatePU implements Controller: a new namespace on the node bridge.
+func (d *Daemon) CreatePU(req CreateRequest) (PUInfo, error) {
+	if err := checkLabels(req.Labels); err != nil {
+		return PUInfo{}, err
+	}
+	if !puName.MatchString(req.Name) {
+		return PUInfo{}, fmt.Errorf("%w: name %q: want 1-32 of [a-z0-9-]", ErrInvalid, req.Name)
+	}
+	id := "proc-" + req.Name
+	d.mu.Lock()
+	_, exists := d.pus[id]
+	d.mu.Unlock()
+	if exists {
+		return PUInfo{}, fmt.Errorf("%w: a PU named %s exists", ErrInvalid, req.Name)
+	}
+	_, _, _, veth := puNames(id)
+	nsName := "trireme-" + req.Name
+	ip, err := d.ipam.allocate()
+	if err != nil {
+		return PUInfo{}, err
+	}
+	ns, err := netsetup.CreateNetns(nsName)
+	if err != nil {
+		d.ipam.release(ip)
+		return PUInfo{}, err
+	}
+	ns.Close()
+	fail := func(err error) (PUInfo, error) {
+		netsetup.DetachPU(veth)
+		netsetup.DeleteNetns(nsName)
+		d.ipam.release(ip)
+		return PUInfo{}, err
+	}
+	if _, err := netsetup.AttachPU(netsetup.PUConfig{Netns: nsName, Bridge: d.cfg.Bridge.Name, HostVeth: veth,
+		Addrs: []netip.Prefix{netip.PrefixFrom(ip, d.ipam.subnet.Bits())}, Gateways: []netip.Addr{d.ipam.gateway()}}); err != nil {
+		return fail(err)
+	}
+	mp, err := monitor.NetnsPU(d.log, monitor.KindProcess, req.Name, filepath.Join(netsetup.NetnsDir, nsName), req.Labels)
+	if err != nil {
+		return fail(err)
+	}
+	mp.ID = id
+	info, err := d.addPU(mp, true)
+	if err != nil {
+		return fail(err)
+	}
+	return info, nil
+}
+
+// DetachPU implements Controller.
+func (d *Daemon) DetachPU(id string) error { return d.removePU(id) }
+
+// AddExcluded implements Controller.
+func (d *Daemon) AddExcluded(p netip.Prefix) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, q := range d.excluded {
+		if q == p {
+			return nil
+		}
+	}
+	if !containsPrefix(d.policyExcl, p) {
+		if err := d.steer.AddExcluded(p); err != nil {
+			return err
+		}
+	}
+	d.excluded = append(d.excluded, p)
+	d.saveStateLocked()
+	return nil
+}
+
+// RemoveExcluded implements Controller.
+func (d *Daemon) RemoveExcluded(p netip.Prefix) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, q := range d.excluded {
+		if q == p {
+			if !containsPrefix(d.policyExcl, p) {
+				if err := d.steer.RemoveExcluded(p); err != nil {
+					return err
+				}
+			}
+			d.excluded = append(d.excluded[:i], d.excluded[i+1:]...)
+			d.saveStateLocked()
+			return nil
+		}
+	}
+	return fmt.Errorf("excluded network %s: %w", p, ErrNotFound)
+}
+
+// Stats implements Controller.
+func (d *Daemon) Stats() Stats {
+	s := d.enf.Stats()
+	st := d.res.Status()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := Stats{
+		Node: d.cfg.Node, Started: d.started, PUs: len(d.pus), Flows: s.Flows,
+		Counters: map[string]uint64{
+			"packets": s.Packets, "forwarded": s.Forwarded, "consumed": s.Consumed,
+			"injected": s.Injected, "resets": s.Resets, "evictions": s.Evictions,
+			"records-dropped": d.sink.dropped.Load(),
+			"io-errors":       ioErrors.Load(),
+			"kernel-errors":   kernelErrors.Load(),
+		},
+		Drops:    map[string]uint64{},
+		Policy:   PolicyStatus{File: st.File, LoadedAt: st.LoadedAt, Policies: st.Policies, LastError: st.LastError, ErrorAt: st.ErrorAt},
+		Excluded: append([]netip.Prefix(nil), d.excluded...),
+	}
+	for i, n := range s.Drops {
+		if n > 0 {
+			out.Drops[reason.Code(i).String()] = n
+		}
+	}
+	return out
+}

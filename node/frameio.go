@@ -1,0 +1,125 @@
+package node
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/netsetup/tap"
+	"github.com/trireme-go/trireme/netsetup/vnet"
+)
+
+// ioErrors counts frames the daemon could not read or send; they are
+// reported in stats rather than logged per packet.
+var ioErrors, kernelErrors atomic.Uint64
+
+// frameIO is one TAP reader's buffers: a frame is read, decided and written
+// without allocation.
+type frameIO struct {
+	d    *Daemon
+	p    *livePU
+	buf  []byte // virtio-net header + frame, as read
+	wbuf []byte // virtio-net header + frame, for frames not in buf
+	out  dataplane.Output
+}
+
+func newFrameIO(d *Daemon, p *livePU) *frameIO {
+	return &frameIO{d: d, p: p, buf: make([]byte, tap.MaxFrame), wbuf: make([]byte, tap.MaxFrame)}
+}
+
+// process runs the frame in buf[:n] through the enforcer and sends what it
+// decided.
+func (f *frameIO) process(dir dataplane.Direction, n int, now time.Time) {
+	hdr, err := vnet.Decode(f.buf[:n])
+	if err != nil {
+		ioErrors.Add(1)
+		return
+	}
+	frame := f.buf[vnet.HdrLen:n]
+	// A partial checksum (the sender's offload) is completed here, so that
+	// the core sees and rewrites whole packets. Super-packets keep theirs:
+	// the core never rewrites them.
+	if hdr.Flags&vnet.FlagNeedsCsum != 0 && !hdr.IsGSO() {
+		if vnet.CompleteChecksum(&hdr, frame) != nil {
+			ioErrors.Add(1)
+			return
+		}
+	}
+	f.d.enf.Process(f.p.dp, dir, frame, now, &f.out)
+	f.send(&f.out, dir, hdr, frame)
+	// Notes after the frames: a flow is released to the kernel only once
+	// its handshake ACK is on its way, or data could overtake it.
+	f.d.queueNotes(f.out.Notes)
+}
+
+// send writes the injected frames (in order: a token-ACK precedes the data
+// it belongs to) and then the forwarded frame.
+func (f *frameIO) send(out *dataplane.Output, dir dataplane.Direction, hdr vnet.Hdr, in []byte) {
+	for i := range out.Inject {
+		f.write(out.Inject[i].To, vnet.Hdr{}, out.Inject[i].Frame)
+	}
+	if out.Verdict != dataplane.Forward || out.Frame == nil {
+		return
+	}
+	to := dataplane.ToNet
+	if dir == dataplane.FromNet {
+		to = dataplane.ToPU
+	}
+	fr := out.Frame
+	if len(fr) != len(in) || &fr[0] != &in[0] {
+		// Rewritten (a token added or stripped): the checksums are
+		// whole and it is no super-packet.
+		hdr = vnet.Hdr{}
+	}
+	f.write(to, hdr, fr)
+}
+
+func (f *frameIO) write(to dataplane.Target, hdr vnet.Hdr, frame []byte) {
+	var b []byte
+	if len(frame) > 0 && &frame[0] == &f.buf[vnet.HdrLen] {
+		b = f.buf[:vnet.HdrLen+len(frame)] // in place: only the header is written
+	} else {
+		b = f.wbuf[:vnet.HdrLen+len(frame)]
+		copy(b[vnet.HdrLen:], frame)
+	}
+	if hdr.Encode(b) != nil {
+		ioErrors.Add(1)
+		return
+	}
+	inj := f.d.toNet
+	if to == dataplane.ToPU {
+		inj = f.p.toPU
+	}
+	if inj.Write(b) != nil {
+		ioErrors.Add(1)
+	}
+}
+
+// sendInjected writes frames the enforcer produced outside a TAP read (policy
+// re-evaluation, PU removal): toward the network, or toward their PU.
+func (d *Daemon) sendInjected(out *dataplane.Output, _ *livePU) {
+	for i := range out.Inject {
+		in := &out.Inject[i]
+		buf := make([]byte, vnet.HdrLen+len(in.Frame))
+		copy(buf[vnet.HdrLen:], in.Frame)
+		_ = vnet.Hdr{}.Encode(buf)
+		if in.To == dataplane.ToNet {
+			if d.toNet.Write(buf) != nil {
+				ioErrors.Add(1)
+			}
+			continue
+		}
+		if p := d.puForFrame(in.PU); p != nil && p.toPU.Write(buf) != nil {
+			ioErrors.Add(1)
+		}
+	}
+}
+
+func (d *Daemon) puForFrame(pu *dataplane.PU) *livePU {
+	if pu == nil {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.pus[pu.ID]
+}
