@@ -67,6 +67,9 @@ type Daemon struct {
 	Extra map[string]any
 	// StartTimeout bounds the wait for the control socket; 0 means 15s.
 	StartTimeout time.Duration
+	// Keep leaves the daemons' directory (configs, daemon.log, flow logs)
+	// in place after Teardown, for diagnosis; KeptDir names it.
+	Keep bool
 
 	dir   string
 	procs []*exec.Cmd
@@ -143,6 +146,14 @@ func PKISecrets() (func(dir, node string) (node.Secrets, error), error) {
 }
 
 func (d *Daemon) Name() string { return d.VariantName }
+
+// KeptDir is the daemons' directory left by a Keep variant ("" if none).
+func (d *Daemon) KeptDir() string {
+	if d.Keep {
+		return d.dir
+	}
+	return ""
+}
 
 func (d *Daemon) EnforcerPIDs() []int {
 	pids := make([]int, 0, len(d.procs))
@@ -315,7 +326,7 @@ func (d *Daemon) Teardown() error {
 		}
 	}
 	d.procs, d.exits = nil, nil
-	if d.dir != "" && len(errs) == 0 {
+	if d.dir != "" && len(errs) == 0 && !d.Keep {
 		if err := os.RemoveAll(d.dir); err != nil {
 			errs = append(errs, err)
 		}

@@ -40,6 +40,7 @@ func init() {
 		streams  int
 		asJSON   bool
 		iperf3   string
+		keep     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "perf",
@@ -68,6 +69,9 @@ headline), then as median and range over the rounds.`,
 				if err != nil {
 					return err
 				}
+				if d, ok := v.(*perf.Daemon); ok {
+					d.Keep = keep
+				}
 				vs = append(vs, v)
 			}
 			if rounds < 1 || duration <= 0 || clients < 1 || streams < 1 {
@@ -95,6 +99,11 @@ headline), then as median and range over the rounds.`,
 			if cfg.Progress != nil {
 				fmt.Fprint(os.Stderr, "\r\033[K")
 			}
+			for _, v := range vs {
+				if d, ok := v.(*perf.Daemon); ok && d.KeptDir() != "" {
+					fmt.Fprintf(os.Stderr, "%s: daemon files kept in %s\n", d.Name(), d.KeptDir())
+				}
+			}
 			if err != nil {
 				return err
 			}
@@ -112,6 +121,7 @@ headline), then as median and range over the rounds.`,
 	f.IntVar(&clients, "clients", perf.DefaultClients, "concurrent clients of the N-client connection rate")
 	f.IntVar(&streams, "streams", perf.DefaultStreams, "streams of the multi-stream bulk figure")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	f.BoolVar(&keep, "keep", false, "keep the enforcer daemons' configs, logs and flow logs (under $TMPDIR)")
 	f.StringVar(&iperf3, "iperf3", "auto", "iperf3 binary for a cross-check of bulk throughput: auto (if installed), off, or a path")
 	rootCmd.AddCommand(cmd)
 }
