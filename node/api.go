@@ -22,6 +22,7 @@ type PUInfo struct {
 	IPs     []netip.Addr      `json:"ips"`
 	Tags    map[string]string `json:"tags"`
 	Veth    string            `json:"veth,omitempty"`
+	Bridge  string            `json:"bridge,omitempty"`
 	State   string            `json:"state"`
 	Created time.Time         `json:"created"`
 }

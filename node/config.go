@@ -42,6 +42,10 @@ type Config struct {
 
 	Bridge Bridge `yaml:"bridge"`
 
+	// Docker, when enabled, polices the containers of a Docker engine on
+	// this node (their bridge and veths must be in the daemon's namespace).
+	Docker Docker `yaml:"docker"`
+
 	// MidStream says what happens to packets of a flow the enforcer does not
 	// know (e.g. after a restart): drop, reset or acl.
 	MidStream string `yaml:"midStream"`
@@ -61,6 +65,13 @@ type Secrets struct {
 	CACert   string `yaml:"caCert"`
 	NodeCert string `yaml:"nodeCert"`
 	NodeKey  string `yaml:"nodeKey"`
+}
+
+// Docker configures the Docker monitor.
+type Docker struct {
+	Enabled bool `yaml:"enabled"`
+	// Host is the engine's address (default unix:///var/run/docker.sock).
+	Host string `yaml:"host"`
 }
 
 // PKI reports whether the secrets are in PKI mode.
@@ -257,6 +268,9 @@ func (c *Config) Validate() error {
 	case "keep", "reset":
 	default:
 		bad("onPolicyChange", "%q: want keep or reset", c.OnPolicyChange)
+	}
+	if c.Docker.Host != "" && !strings.HasPrefix(c.Docker.Host, "unix://") && !strings.HasPrefix(c.Docker.Host, "tcp://") {
+		bad("docker.host", "%q: want unix:///path or tcp://host:port", c.Docker.Host)
 	}
 	if c.TokenRefresh < 10*time.Second || c.TokenRefresh > 24*time.Hour {
 		bad("tokenRefresh", "%v: want between 10s and 24h", c.TokenRefresh)

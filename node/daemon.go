@@ -18,6 +18,7 @@ import (
 	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/flow"
 	"github.com/trireme-go/trireme/monitor"
+	"github.com/trireme-go/trireme/monitor/docker"
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/inject"
 	"github.com/trireme-go/trireme/netsetup/steer"
@@ -48,9 +49,12 @@ type Daemon struct {
 	tok   *tokens.Engine
 	enf   *dataplane.Enforcer
 	steer *steer.Steerer
-	toNet *inject.Injector // the injection port: frames leaving PUs
-	sink  *asyncSink
-	api   *Server
+	// Frames leaving a PU are injected into the PU's own bridge (the node
+	// bridge, or Docker's) through an injection port on that bridge.
+	injMu    sync.Mutex
+	injPorts map[string]*inject.Injector // by bridge name
+	sink     *asyncSink
+	api      *Server
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -79,13 +83,8 @@ type livePU struct {
 	in      *tap.Tap
 	out     *tap.Tap
 	toPU    *inject.Injector
+	toNet   *inject.Injector // the injection port of the PU's bridge (shared)
 	readers sync.WaitGroup
-}
-
-// Names of node-level devices, derived from the bridge name so that several
-// daemons (one per node namespace) never collide.
-func (c *Config) injectionPort() (host, br string) {
-	return c.Bridge.Name + "-ih", c.Bridge.Name + "-ib"
 }
 
 // puNames derives the steering name and the TAP and veth names of a PU from
@@ -193,16 +192,10 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if _, err := netsetup.EnsureBridge(netsetup.BridgeConfig{Name: d.cfg.Bridge.Name, Gateways: []netip.Prefix{d.ipam.gatewayPrefix()}}); err != nil {
 		return fmt.Errorf("bridge %s: %w", d.cfg.Bridge.Name, err)
 	}
-	host, br := d.cfg.injectionPort()
-	port, err := netsetup.EnsureInjectionPort(d.cfg.Bridge.Name, host, br)
-	if err != nil {
-		return fmt.Errorf("injection port: %w", err)
+	if _, err := d.injectorFor(d.cfg.Bridge.Name); err != nil {
+		return err
 	}
-	// Frames sent into the bridge carry no mark: a PU on this node that
-	// receives them must still see them steered into its own enforcer.
-	if d.toNet, err = inject.New(port.HostIndex, 0); err != nil {
-		return fmt.Errorf("injection port: %w", err)
-	}
+	var err error
 	if d.steer, err = steer.Open(steer.Config{Node: d.cfg.Node}); err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
@@ -243,6 +236,16 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if d.api, err = Serve(d.cfg.Socket, d); err != nil {
 		return fmt.Errorf("control socket: %w", err)
 	}
+	if d.cfg.Docker.Enabled {
+		mon, err := docker.New(docker.Config{Host: d.cfg.Docker.Host, Logger: d.log})
+		if err != nil {
+			return fmt.Errorf("docker monitor: %w", err)
+		}
+		events := make(chan monitor.Event, 256)
+		d.wg.Add(2)
+		go func() { defer d.wg.Done(); monitor.RunAll(d.ctx, events, d.log, time.Second, mon) }()
+		go d.eventLoop(events)
+	}
 	d.wg.Add(4)
 	go d.kernelLoop()
 	go d.expireLoop()
@@ -274,9 +277,11 @@ func (d *Daemon) Stop() {
 	if d.steer != nil {
 		d.steer.Close()
 	}
-	if d.toNet != nil {
-		d.toNet.Close()
+	d.injMu.Lock()
+	for _, j := range d.injPorts {
+		j.Close()
 	}
+	d.injMu.Unlock()
 	d.sink.close()
 	d.log.Info("daemon stopped; steering stays in place (fail closed)")
 }
@@ -303,8 +308,18 @@ func Purge(cfg *Config) error {
 			}
 		}
 	}
-	host, _ := cfg.injectionPort()
-	errs = append(errs, netsetup.DeleteLink(host), netsetup.DeleteLink(cfg.Bridge.Name))
+	bridges := map[string]bool{cfg.Bridge.Name: true}
+	for _, p := range readState(cfg.StateDir) {
+		if p.Bridge != "" {
+			bridges[p.Bridge] = true
+		}
+	}
+	for b := range bridges {
+		if host, _, err := injectionPortNames(b); err == nil {
+			errs = append(errs, netsetup.DeleteLink(host))
+		}
+	}
+	errs = append(errs, netsetup.DeleteLink(cfg.Bridge.Name))
 	errs = append(errs, os.Remove(statePath(cfg.StateDir)))
 	var out []error
 	for _, e := range errs {
@@ -313,6 +328,44 @@ func Purge(cfg *Config) error {
 		}
 	}
 	return errors.Join(out...)
+}
+
+// injectorFor returns the injector of the bridge's injection port, creating
+// the port on first use.
+func (d *Daemon) injectorFor(bridge string) (*inject.Injector, error) {
+	d.injMu.Lock()
+	defer d.injMu.Unlock()
+	if j, ok := d.injPorts[bridge]; ok {
+		return j, nil
+	}
+	host, br, err := injectionPortNames(bridge)
+	if err != nil {
+		return nil, err
+	}
+	port, err := netsetup.EnsureInjectionPort(bridge, host, br)
+	if err != nil {
+		return nil, fmt.Errorf("injection port on %s: %w", bridge, err)
+	}
+	// Frames sent into the bridge carry no mark: a PU on this node that
+	// receives them must still see them steered into its own enforcer.
+	j, err := inject.New(port.HostIndex, 0)
+	if err != nil {
+		return nil, fmt.Errorf("injection port on %s: %w", bridge, err)
+	}
+	if d.injPorts == nil {
+		d.injPorts = map[string]*inject.Injector{}
+	}
+	d.injPorts[bridge] = j
+	return j, nil
+}
+
+// injectionPortNames: the veth pair of a bridge's injection port.
+func injectionPortNames(bridge string) (host, br string, err error) {
+	if host, err = netsetup.DeviceName("tij", bridge, "h"); err != nil {
+		return "", "", err
+	}
+	br, err = netsetup.DeviceName("tij", bridge, "b")
+	return host, br, err
 }
 
 // ---- PUs ----
@@ -347,6 +400,14 @@ func (d *Daemon) openPU(p *livePU) error {
 		return err
 	}
 	if p.toPU, err = inject.New(idx, d.steer.Mark()); err != nil {
+		p.close()
+		return err
+	}
+	bridge := p.info.Bridge
+	if bridge == "" {
+		bridge = d.cfg.Bridge.Name
+	}
+	if p.toNet, err = d.injectorFor(bridge); err != nil {
 		p.close()
 		return err
 	}
@@ -410,7 +471,7 @@ func (d *Daemon) addPU(mp monitor.PU, owned bool) (PUInfo, error) {
 	steerName, tin, tout, _ := puNames(mp.ID)
 	p := &livePU{
 		info: PUInfo{ID: mp.ID, Name: mp.Name, Kind: mp.Kind.String(), NetNS: mp.NetNS, PID: mp.PID,
-			IPs: mp.IPs, Tags: tagMap(mp.Tags), Veth: mp.HostVeth, State: "starting", Created: time.Now()},
+			IPs: mp.IPs, Tags: tagMap(mp.Tags), Veth: mp.HostVeth, Bridge: mp.Bridge, State: "starting", Created: time.Now()},
 		steer: steerName, tapIn: tin, tapOut: tout, owned: owned,
 	}
 	if err := d.openPU(p); err != nil {
@@ -646,6 +707,46 @@ func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
 		}
 	}
 	return false
+}
+
+// eventLoop applies the monitors' PU events.
+func (d *Daemon) eventLoop(events <-chan monitor.Event) {
+	defer d.wg.Done()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case ev := <-events:
+			switch ev.Type {
+			case monitor.Start:
+				if ok, why := ev.PU.Enforceable(); !ok {
+					d.log.Info("not policing PU", "pu", ev.PU.ID, "name", ev.PU.Name, "source", ev.Source, "why", why)
+					continue
+				}
+				if _, err := d.addPU(ev.PU, false); err != nil {
+					d.log.Error("policing PU", "pu", ev.PU.ID, "name", ev.PU.Name, "source", ev.Source, "err", err)
+				}
+			case monitor.Stop, monitor.Destroy:
+				if err := d.removePU(ev.PU.ID); err != nil && !errors.Is(err, ErrNotFound) {
+					d.log.Warn("removing PU", "pu", ev.PU.ID, "err", err)
+				}
+			case monitor.Pause, monitor.Unpause:
+				// A paused PU keeps its namespace, its flows and its policy.
+				d.setState(ev.PU.ID, strings.ToLower(ev.Type.String()+"d"))
+			}
+		}
+	}
+}
+
+func (d *Daemon) setState(id, state string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p, ok := d.pus[id]; ok {
+		if state == "unpaused" {
+			state = "running"
+		}
+		p.info.State = state
+	}
 }
 
 // ---- Controller ----

@@ -86,7 +86,7 @@ func (f *frameIO) write(to dataplane.Target, hdr vnet.Hdr, frame []byte) {
 		ioErrors.Add(1)
 		return
 	}
-	inj := f.d.toNet
+	inj := f.p.toNet
 	if to == dataplane.ToPU {
 		inj = f.p.toPU
 	}
@@ -103,13 +103,15 @@ func (d *Daemon) sendInjected(out *dataplane.Output, _ *livePU) {
 		buf := make([]byte, vnet.HdrLen+len(in.Frame))
 		copy(buf[vnet.HdrLen:], in.Frame)
 		_ = vnet.Hdr{}.Encode(buf)
-		if in.To == dataplane.ToNet {
-			if d.toNet.Write(buf) != nil {
-				ioErrors.Add(1)
-			}
+		p := d.puForFrame(in.PU)
+		if p == nil {
 			continue
 		}
-		if p := d.puForFrame(in.PU); p != nil && p.toPU.Write(buf) != nil {
+		inj := p.toPU
+		if in.To == dataplane.ToNet {
+			inj = p.toNet
+		}
+		if inj.Write(buf) != nil {
 			ioErrors.Add(1)
 		}
 	}

@@ -24,15 +24,16 @@ type state struct {
 }
 
 type statePU struct {
-	ID    string            `json:"id"`
-	Name  string            `json:"name"`
-	Kind  string            `json:"kind"`
-	NetNS string            `json:"netns"`
-	PID   int               `json:"pid,omitempty"`
-	IPs   []netip.Addr      `json:"ips"`
-	Tags  map[string]string `json:"tags"`
-	Veth  string            `json:"veth"`
-	Owned bool              `json:"owned,omitempty"`
+	ID     string            `json:"id"`
+	Name   string            `json:"name"`
+	Kind   string            `json:"kind"`
+	NetNS  string            `json:"netns"`
+	PID    int               `json:"pid,omitempty"`
+	IPs    []netip.Addr      `json:"ips"`
+	Tags   map[string]string `json:"tags"`
+	Veth   string            `json:"veth"`
+	Bridge string            `json:"bridge,omitempty"`
+	Owned  bool              `json:"owned,omitempty"`
 }
 
 func statePath(dir string) string { return filepath.Join(dir, "state.json") }
@@ -80,7 +81,7 @@ func (d *Daemon) loadState() []*livePU {
 			}
 		}
 		out = append(out, &livePU{
-			info:  PUInfo{ID: sp.ID, Name: sp.Name, Kind: sp.Kind, NetNS: sp.NetNS, PID: sp.PID, IPs: sp.IPs, Tags: sp.Tags, Veth: sp.Veth, State: "restoring"},
+			info:  PUInfo{ID: sp.ID, Name: sp.Name, Kind: sp.Kind, NetNS: sp.NetNS, PID: sp.PID, IPs: sp.IPs, Tags: sp.Tags, Veth: sp.Veth, Bridge: sp.Bridge, State: "restoring"},
 			steer: steerName, tapIn: tin, tapOut: tout, owned: sp.Owned,
 		})
 	}
@@ -98,7 +99,7 @@ func (d *Daemon) saveStateLocked() {
 	s := state{Excluded: d.excluded}
 	for _, p := range d.pus {
 		s.PUs = append(s.PUs, statePU{ID: p.info.ID, Name: p.info.Name, Kind: p.info.Kind, NetNS: p.info.NetNS, PID: p.info.PID,
-			IPs: p.info.IPs, Tags: p.info.Tags, Veth: p.info.Veth, Owned: p.owned})
+			IPs: p.info.IPs, Tags: p.info.Tags, Veth: p.info.Veth, Bridge: p.info.Bridge, Owned: p.owned})
 	}
 	b, err := json.MarshalIndent(s, "", "  ")
 	if err == nil {
