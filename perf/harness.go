@@ -33,6 +33,10 @@ type Config struct {
 	Clients  int           // concurrent clients of the "N clients" figure
 	Streams  int           // streams of the multi-stream bulk figure
 	Port     uint16        // server port (iperf3 uses the next one)
+	// NoTimeWaitReuse keeps the client from reusing ports in TIME_WAIT
+	// (tcp_tw_reuse=0): no 5-tuple then recurs within a minute, and long or
+	// fast runs may run out of ports.
+	NoTimeWaitReuse bool
 	// Iperf3 is the iperf3 binary for a cross-check of the 1-stream bulk
 	// figure; "" leaves it out.
 	Iperf3 string
@@ -347,6 +351,11 @@ func newSetup(ctx context.Context, cfg Config, v Variant) (*setup, error) {
 		return nil, err
 	}
 	s := &setup{v: v, topo: topo}
+	if cfg.NoTimeWaitReuse {
+		if err := sysctlsIn(topo.Client.Netns, map[string]string{"net/ipv4/tcp_tw_reuse": "0"}); err != nil {
+			return s, err
+		}
+	}
 	if err := v.Setup(ctx, topo); err != nil {
 		return s, err
 	}

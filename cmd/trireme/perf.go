@@ -41,6 +41,8 @@ func init() {
 		asJSON   bool
 		iperf3   string
 		keep     bool
+		twReuse  bool
+		daemon   string
 	)
 	cmd := &cobra.Command{
 		Use:   "perf",
@@ -71,6 +73,7 @@ headline), then as median and range over the rounds.`,
 				}
 				if d, ok := v.(*perf.Daemon); ok {
 					d.Keep = keep
+					d.Binary = daemon
 				}
 				vs = append(vs, v)
 			}
@@ -81,7 +84,7 @@ headline), then as median and range over the rounds.`,
 			defer stop()
 			cfg := perf.Config{
 				Topology: topo, Variants: vs, Rounds: rounds, Duration: duration,
-				Clients: clients, Streams: streams,
+				Clients: clients, Streams: streams, NoTimeWaitReuse: !twReuse,
 			}
 			switch iperf3 {
 			case "auto":
@@ -121,6 +124,8 @@ headline), then as median and range over the rounds.`,
 	f.IntVar(&clients, "clients", perf.DefaultClients, "concurrent clients of the N-client connection rate")
 	f.IntVar(&streams, "streams", perf.DefaultStreams, "streams of the multi-stream bulk figure")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	f.BoolVar(&twReuse, "tw-reuse", true, "let the client reuse ports in TIME_WAIT (tcp_tw_reuse=1); false: no 5-tuple recurs within a minute")
+	f.StringVar(&daemon, "daemon-binary", "", "trireme binary that runs the enforcer daemons (default: this one)")
 	f.BoolVar(&keep, "keep", false, "keep the enforcer daemons' configs, logs and flow logs (under $TMPDIR)")
 	f.StringVar(&iperf3, "iperf3", "auto", "iperf3 binary for a cross-check of bulk throughput: auto (if installed), off, or a path")
 	rootCmd.AddCommand(cmd)
