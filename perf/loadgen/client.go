@@ -357,22 +357,17 @@ func (c *Client) Bulk(ctx context.Context, streams int, d time.Duration) (Bulk, 
 }
 
 func (c *Client) bulkStream(ctx context.Context, f *os.File, until time.Time, sent, received *uint64) error {
+	f.SetDeadline(time.Now().Add(c.Timeout))
+	if _, err := f.Write([]byte{modeBulk}); err != nil { // not payload: not counted
+		return fmt.Errorf("loadgen: bulk write: %w", err)
+	}
 	buf := make([]byte, bulkChunk)
-	buf[0] = modeBulk
-	first := true
 	for time.Now().Before(until) && ctx.Err() == nil {
 		f.SetDeadline(time.Now().Add(c.Timeout))
 		n, err := f.Write(buf)
-		if first && n > 0 {
-			n-- // the mode byte is not payload
-			first = false
-		}
 		*sent += uint64(n)
 		if err != nil {
 			return fmt.Errorf("loadgen: bulk write: %w", err)
-		}
-		if !first && buf[0] == modeBulk {
-			buf[0] = 0
 		}
 	}
 	rc, err := f.SyscallConn()
