@@ -30,7 +30,9 @@ var perfVariants = map[string]func() (perf.Variant, error){
 	},
 }
 
-func init() {
+func init() { rootCmd.AddCommand(newPerfCmd()) }
+
+func newPerfCmd() *cobra.Command {
 	var (
 		rounds   int
 		duration time.Duration
@@ -111,15 +113,15 @@ headline), then as median and range over the rounds.`,
 				return err
 			}
 			if asJSON {
-				return res.WriteJSON(os.Stdout)
+				return res.WriteJSON(cmd.OutOrStdout())
 			}
-			return res.WriteTable(os.Stdout)
+			return res.WriteTable(cmd.OutOrStdout())
 		},
 	}
 	f := cmd.Flags()
 	f.IntVar(&rounds, "rounds", perf.DefaultRounds, "interleaved rounds")
 	f.DurationVar(&duration, "duration", perf.DefaultDuration, "duration of each figure in each round")
-	f.StringVar(&variants, "variants", perf.BaselineName, "comma-separated variants to compare ("+knownVariants()+")")
+	f.StringVar(&variants, "variants", "kernel,psk,pki", "comma-separated variants to compare ("+knownVariants()+")")
 	f.StringVar(&topology, "topology", string(perf.OneNode), "one-node or two-nodes")
 	f.IntVar(&clients, "clients", perf.DefaultClients, "concurrent clients of the N-client connection rate")
 	f.IntVar(&streams, "streams", perf.DefaultStreams, "streams of the multi-stream bulk figure")
@@ -128,7 +130,7 @@ headline), then as median and range over the rounds.`,
 	f.StringVar(&daemon, "daemon-binary", "", "trireme binary that runs the enforcer daemons (default: this one)")
 	f.BoolVar(&keep, "keep", false, "keep the enforcer daemons' configs, logs and flow logs (under $TMPDIR)")
 	f.StringVar(&iperf3, "iperf3", "auto", "iperf3 binary for a cross-check of bulk throughput: auto (if installed), off, or a path")
-	rootCmd.AddCommand(cmd)
+	return cmd
 }
 
 func knownVariants() string {
