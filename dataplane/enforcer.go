@@ -91,6 +91,10 @@ const (
 	Revoke
 )
 
+// reauthorizeEvery bounds how often a flow's packets reaching the dataplane
+// renew its kernel authorization.
+const reauthorizeEvery = time.Second
+
 // Note is a notification for the kernel fast path.
 type Note struct {
 	Kind  NoteKind
@@ -382,6 +386,14 @@ func (e *Enforcer) Process(pu *PU, dir Direction, frame []byte, now time.Time, o
 		sh.Lock()
 		if ent := sh.Get(&k); ent != nil && ent.State == flow.Established && ent.Value.authorized && !sh.Expired(ent, ns) {
 			sh.Touch(ent, flow.Dir(dir), len(frame), ns)
+			// Live, an authorized flow's packets stay in the kernel until
+			// its entry there times out: a packet here means the entry is
+			// gone while the flow lives on, so authorize it again (at most
+			// once a second per flow).
+			if ns-ent.Value.authNoteAt >= int64(reauthorizeEvery) {
+				ent.Value.authNoteAt = ns
+				out.Notes = append(out.Notes, note(Authorize, pu, &ent.Key))
+			}
 			sh.Unlock()
 			e.stats.forwarded.Add(1)
 			out.Frame = frame
@@ -599,7 +611,7 @@ func (e *Enforcer) Restore(pu *PU, proto uint8, local, remote netip.AddrPort, no
 		return false
 	}
 	v := &ent.Value
-	v.role, v.restored, v.authorized, v.decided, v.decidedAt = roleClient, true, true, true, ns
+	v.role, v.restored, v.authorized, v.decided, v.decidedAt, v.authNoteAt = roleClient, true, true, true, ns, ns
 	v.dec.Action = policy.Allow
 	v.target = pu.view.Load().eng.IsTarget(remote.Addr())
 	if proto != packet.ProtoTCP {

@@ -1132,3 +1132,30 @@ func TestRecordEstablished(t *testing.T) {
 		t.Fatalf("server records after RST: %+v", rs)
 	}
 }
+
+// TestReauthorize: live, an authorized flow's packets reach the dataplane
+// only when its kernel entry has timed out; the enforcer then authorizes the
+// flow again, at most once a second.
+func TestReauthorize(t *testing.T) {
+	p := newPair(t, webDB, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	p.handshake()
+	_, _, _, data, _ := p.frames()
+	for _, step := range []struct {
+		after time.Duration
+		notes int
+	}{
+		{100 * time.Millisecond, 0}, // just authorized
+		{2 * time.Second, 1},        // the kernel entry is gone: renew
+		{2500 * time.Millisecond, 0},
+		{4 * time.Second, 1},
+	} {
+		p.now = t0.Add(step.after)
+		_, a, b := p.c2s(data)
+		mustDeliver(t, "data", b, data)
+		for side, r := range map[string]result{"client": a, "server": b} {
+			if len(r.notes) != step.notes || (step.notes == 1 && r.notes[0].Kind != Authorize) {
+				t.Fatalf("at +%v, %s notes: %+v, want %d authorize", step.after, side, r.notes, step.notes)
+			}
+		}
+	}
+}

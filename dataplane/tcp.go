@@ -38,6 +38,8 @@ type conn struct {
 	synLen     uint32 // sequence space of the SYN (1 + TFO data)
 	ackWindow  uint16 // window of the client's handshake ACK (token-ACK re-injection)
 	decidedAt  int64
+	// authNoteAt is when the last Authorize note was emitted (ns).
+	authNoteAt int64
 	recorded   bool // the flow record was written (at the denial or the RST)
 	revoked    bool // denied by a policy change after it was established
 	restored   bool // re-created from the kernel's authorized set (restart)
@@ -708,6 +710,7 @@ func (c *ctx) serverACK(ent *flow.Entry[conn]) {
 // packets bypass the dataplane.
 func (c *ctx) establish(ent *flow.Entry[conn]) {
 	ent.Value.authorized = true
+	ent.Value.authNoteAt = c.ns
 	c.sh.SetState(ent, flow.Established, c.ns)
 	c.out.Notes = append(c.out.Notes, note(Authorize, c.pu, &ent.Key))
 	if c.e.recordOpen {
