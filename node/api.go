@@ -33,6 +33,12 @@ type AttachRequest struct {
 	NetNS  string            `json:"netns"`
 	Name   string            `json:"name,omitempty"`
 	Labels map[string]string `json:"labels"`
+	// Tags are identity tags set by an orchestrator integration (e.g. a
+	// pod's @sys:namespace, @sys:name and @ns:<label>): reserved ('@')
+	// keys are allowed, user keys too, and they win over the labels and
+	// the tags the monitor sets. Only a trusted caller can set them: the
+	// control socket is root-only. Labels still cannot carry '@' keys.
+	Tags map[string]string `json:"tags,omitempty"`
 }
 
 // CreateRequest asks the daemon to create a new PU namespace on the node

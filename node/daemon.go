@@ -496,6 +496,27 @@ func tagMap(t policy.Tags) map[string]string {
 	return m
 }
 
+// checkTags validates orchestrator-set tags: any key, reserved ones
+// included, except an empty key or one containing '=' (tags travel signed
+// as key=value).
+func checkTags(m map[string]string) error {
+	for k := range m {
+		if strings.TrimSpace(k) == "" || strings.Contains(k, "=") {
+			return fmt.Errorf("%w: tag %q: want a non-empty key without '='", ErrInvalid, k)
+		}
+	}
+	return nil
+}
+
+// mergeTags overlays orchestrator-set tags on a PU's tags (they win).
+func mergeTags(base policy.Tags, over map[string]string) policy.Tags {
+	m := tagMap(base)
+	for k, v := range over {
+		m[k] = v
+	}
+	return policy.NewTags(m)
+}
+
 // removePU stops enforcing a PU: its flows are closed, its chains and TAPs
 // removed, and a namespace trireme created is deleted.
 func (d *Daemon) removePU(id string) error {
@@ -774,11 +795,17 @@ func (d *Daemon) AttachPU(req AttachRequest) (PUInfo, error) {
 	if err := checkLabels(req.Labels); err != nil {
 		return PUInfo{}, err
 	}
+	if err := checkTags(req.Tags); err != nil {
+		return PUInfo{}, err
+	}
 	mp, err := monitor.NetnsPU(d.log, monitor.KindNetns, req.Name, path, req.Labels)
 	if err != nil {
 		return PUInfo{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	mp.ID = "netns-" + mp.Name
+	if len(req.Tags) > 0 {
+		mp.Tags = mergeTags(mp.Tags, req.Tags)
+	}
 	if mp.HostVeth == "" {
 		return PUInfo{}, fmt.Errorf("%w: namespace %s has no veth joined to this node (create PUs with `trireme run` or plumb the namespace first)", ErrInvalid, req.NetNS)
 	}

@@ -49,7 +49,7 @@ func init() {
 	}
 	ls.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 
-	var labels []string
+	var labels, tags []string
 	var name string
 	attach := &cobra.Command{
 		Use:   "attach NETNS",
@@ -60,7 +60,11 @@ func init() {
 			if err != nil {
 				return err
 			}
-			p, err := node.NewClient(socketPath).AttachPU(node.AttachRequest{NetNS: args[0], Name: name, Labels: m})
+			tm, err := tagMap(tags)
+			if err != nil {
+				return err
+			}
+			p, err := node.NewClient(socketPath).AttachPU(node.AttachRequest{NetNS: args[0], Name: name, Labels: m, Tags: tm})
 			if err != nil {
 				return err
 			}
@@ -69,6 +73,7 @@ func init() {
 		},
 	}
 	attach.Flags().StringArrayVarP(&labels, "label", "l", nil, "identity label key=value (repeatable)")
+	attach.Flags().StringArrayVar(&tags, "tag", nil, "identity tag key=value set by an orchestrator integration; reserved keys (@sys:namespace, @ns:...) allowed (repeatable)")
 	attach.Flags().StringVar(&name, "name", "", "PU name (default: the namespace name)")
 
 	detach := &cobra.Command{
@@ -157,6 +162,20 @@ func labelMap(kvs []string) (map[string]string, error) {
 		if strings.HasPrefix(t.Key, "@") {
 			return nil, fmt.Errorf("label %q: keys starting with '@' are reserved for trireme", t.Key)
 		}
+		m[t.Key] = t.Value
+	}
+	return m, nil
+}
+
+// tagMap parses --tag key=value flags: reserved keys allowed (the caller
+// is trusted: the control socket is root-only).
+func tagMap(kvs []string) (map[string]string, error) {
+	tags, err := policy.ParseTags(kvs)
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]string, len(tags))
+	for _, t := range tags {
 		m[t.Key] = t.Value
 	}
 	return m, nil
