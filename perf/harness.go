@@ -15,8 +15,12 @@ import (
 	"math"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -37,6 +41,11 @@ type Config struct {
 	// (tcp_tw_reuse=0): no 5-tuple then recurs within a minute, and long or
 	// fast runs may run out of ports.
 	NoTimeWaitReuse bool
+	// ProfileDir, if set, gets a Linux `perf record -g` profile of the
+	// enforcer processes during an extra, unmeasured pair of
+	// connection-rate runs after the rounds (the profiler's own cost stays
+	// out of the figures): DIR/VARIANT.perf.data, for `perf report -i`.
+	ProfileDir string
 	// Iperf3 is the iperf3 binary for a cross-check of the 1-stream bulk
 	// figure; "" leaves it out.
 	Iperf3 string
@@ -329,6 +338,13 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 			}
 		}
 	}
+	if cfg.ProfileDir != "" {
+		for _, s := range setups {
+			if err := profileSetup(ctx, cfg, s); err != nil {
+				res.Notes = append(res.Notes, RoundNote{Round: cfg.Rounds + 1, Variant: s.v.Name(), Message: err.Error()})
+			}
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -396,7 +412,6 @@ func measureRound(ctx context.Context, cfg Config, s *setup, r int, out map[Figu
 		notes = append(notes, perr.Error())
 	}
 	var conns uint64
-
 	prog("new connections, 1 client")
 	if cr, err := s.client.ConnRate(ctx, 1, d, true); err != nil {
 		notes = append(notes, fmt.Sprintf("conn rate 1: %v", err))
@@ -465,6 +480,54 @@ func measureRound(ctx context.Context, cfg Config, s *setup, r int, out map[Figu
 		out[RTTP50][r] = us(LatenciesOf(rt.Samples).P50)
 	}
 	return notes
+}
+
+// profileSetup records a profile of the variant's enforcers while they
+// handle new connections from 1 and from N clients.
+func profileSetup(ctx context.Context, cfg Config, s *setup) error {
+	pids := s.v.EnforcerPIDs()
+	if len(pids) == 0 {
+		return nil
+	}
+	cfg.Progress(fmt.Sprintf("profiling %s", s.v.Name()))
+	stop, err := profile(pids, filepath.Join(cfg.ProfileDir, sanitize(s.v.Name())+".perf.data"))
+	if err != nil {
+		return err
+	}
+	_, err1 := s.client.ConnRate(ctx, 1, cfg.Duration, false)
+	_, err2 := s.client.ConnRate(ctx, cfg.Clients, cfg.Duration, false)
+	return errors.Join(err1, err2, stop())
+}
+
+// profile starts `perf record` on pids; stop ends it and waits for it to
+// write its file.
+func profile(pids []int, out string) (stop func() error, err error) {
+	ps := make([]string, len(pids))
+	for i, p := range pids {
+		ps[i] = strconv.Itoa(p)
+	}
+	cmd := exec.Command("perf", "record", "--quiet", "-g", "-F", "999", "-p", strings.Join(ps, ","), "-o", out)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("perf record: %w", err)
+	}
+	time.Sleep(200 * time.Millisecond) // let it attach before the load starts
+	return func() error {
+		cmd.Process.Signal(os.Interrupt)
+		err := cmd.Wait()
+		// perf record writes its file and then dies of the SIGINT.
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGINT {
+				err = nil
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("perf record: %v: %s", err, bytes.TrimSpace(stderr.Bytes()))
+		}
+		return nil
+	}, nil
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }

@@ -289,3 +289,47 @@ func (p *probe) Setup(ctx context.Context, t *Topology) error {
 	p.seen(t)
 	return p.Variant.Setup(ctx, t)
 }
+
+// selfEnforcer is the kernel path that names the test process (which runs
+// the load generator, so it does burn CPU per connection) as its enforcer:
+// it exercises the enforcer figures and the profiler without a daemon.
+type selfEnforcer struct{ Kernel }
+
+func (selfEnforcer) Name() string        { return "self" }
+func (selfEnforcer) EnforcerPIDs() []int { return []int{os.Getpid()} }
+
+func TestEnforcerFiguresAndProfile(t *testing.T) {
+	noLeftovers(t)
+	dir := t.TempDir()
+	_, perfErr := exec.LookPath("perf")
+	res, err := Run(context.Background(), Config{
+		Variants: []Variant{Kernel{}, selfEnforcer{}}, Rounds: 1, Duration: 300 * time.Millisecond,
+		Clients: 2, Streams: 1, ProfileDir: dir,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []FigureKey{CPUPer1k, PeakRSS} {
+		f := res.Figure(k)
+		if v := f.Variants["self"].Value; v == nil || v.Median <= 0 {
+			t.Errorf("%s of the self enforcer: %+v", k, v)
+		}
+		if f.Variants["kernel"].Value != nil || f.Variants["self"].Ratio != nil {
+			t.Errorf("%s: a kernel value or a ratio for an enforcer-only figure", k)
+		}
+	}
+	st, err := os.Stat(filepath.Join(dir, "self.perf.data"))
+	if perfErr == nil {
+		if err != nil || st.Size() == 0 {
+			t.Errorf("profile: %v, %v", st, err)
+		}
+		for _, n := range res.Notes {
+			t.Errorf("note: %+v", n)
+		}
+	} else if len(res.Notes) != 1 || !strings.Contains(res.Notes[0].Message, "perf record") {
+		t.Errorf("without perf: notes %+v, want one perf record failure", res.Notes)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "kernel.perf.data")); err == nil {
+		t.Error("a profile of the kernel path, which has no enforcer")
+	}
+}

@@ -45,6 +45,7 @@ func newPerfCmd() *cobra.Command {
 		keep     bool
 		twReuse  bool
 		daemon   string
+		profDir  string
 	)
 	cmd := &cobra.Command{
 		Use:   "perf",
@@ -87,6 +88,12 @@ headline), then as median and range over the rounds.`,
 			cfg := perf.Config{
 				Topology: topo, Variants: vs, Rounds: rounds, Duration: duration,
 				Clients: clients, Streams: streams, NoTimeWaitReuse: !twReuse,
+				ProfileDir: profDir,
+			}
+			if profDir != "" {
+				if err := os.MkdirAll(profDir, 0o755); err != nil {
+					return err
+				}
 			}
 			switch iperf3 {
 			case "auto":
@@ -128,6 +135,7 @@ headline), then as median and range over the rounds.`,
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	f.BoolVar(&twReuse, "tw-reuse", true, "let the client reuse ports in TIME_WAIT (tcp_tw_reuse=1); false: no 5-tuple recurs within a minute")
 	f.StringVar(&daemon, "daemon-binary", "", "trireme binary that runs the enforcer daemons (default: this one)")
+	f.StringVar(&profDir, "profile", "", "directory for `perf record -g` profiles of the enforcers during the last round's connection runs")
 	f.BoolVar(&keep, "keep", false, "keep the enforcer daemons' configs, logs and flow logs (under $TMPDIR)")
 	f.StringVar(&iperf3, "iperf3", "auto", "iperf3 binary for a cross-check of bulk throughput: auto (if installed), off, or a path")
 	return cmd
