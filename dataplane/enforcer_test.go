@@ -265,14 +265,27 @@ func TestHandshakeAllowed(t *testing.T) {
 	// FIN both ways, then the closing timer: records with counters.
 	fin1 := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.FIN | packet.ACK, seq: 109, ack: 704})
 	fin2 := tcpFrame(t, seg{src: sIP, dst: cIP, sport: 5432, dport: 40000, flags: packet.FIN | packet.ACK, seq: 704, ack: 110})
-	_, _, b = p.c2s(fin1)
+	_, a, b = p.c2s(fin1)
 	mustDeliver(t, "fin1", b, fin1)
-	_, _, b = p.s2c(fin2)
+	if len(a.notes)+len(b.notes) != 0 {
+		t.Fatalf("notes on the first FIN: client %+v server %+v", a.notes, b.notes)
+	}
+	_, a, b = p.s2c(fin2)
 	mustDeliver(t, "fin2", b, fin2)
+	// Both FINs seen: each enforcer takes the flow out of the kernel at
+	// once (a new connection may reuse the 4-tuple), not at the timer.
+	for side, r := range map[string]result{"server": a, "client": b} {
+		if len(r.notes) != 1 || r.notes[0].Kind != Revoke {
+			t.Fatalf("%s notes on the second FIN: %+v, want one revoke", side, r.notes)
+		}
+	}
+	lastACK := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.ACK, seq: 110, ack: 705})
+	_, _, b = p.c2s(lastACK)
+	mustDeliver(t, "last ACK", b, lastACK)
 	var out Output
 	p.s.e.Expire(p.now.Add(time.Minute), &out)
-	if len(out.Notes) != 1 || out.Notes[0].Kind != Revoke {
-		t.Fatalf("revoke on close: %+v", out.Notes)
+	if len(out.Notes) != 0 {
+		t.Fatalf("notes at the closing timer: %+v (the flow left the kernel at its second FIN)", out.Notes)
 	}
 	rs := p.s.sink.all()
 	if len(rs) != 1 {
@@ -280,7 +293,7 @@ func TestHandshakeAllowed(t *testing.T) {
 	}
 	r := rs[0]
 	if r.Action != "allow" || r.End != EndClosed || r.Direction != "ingress" || r.Rule == nil || r.Rule.Name != "from-web" ||
-		r.PacketsIn != 4 || r.PacketsOut != 3 || r.Remote.External || r.Remote.Node != "node-c" || len(r.Remote.Tags) != 1 ||
+		r.PacketsIn != 5 || r.PacketsOut != 3 || r.Remote.External || r.Remote.Node != "node-c" || len(r.Remote.Tags) != 1 ||
 		r.Client != netip.AddrPortFrom(cIP, 40000) {
 		t.Fatalf("server record: %+v", r)
 	}

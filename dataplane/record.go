@@ -174,7 +174,7 @@ func (e *Enforcer) finish(pu *PU, ent *flow.Entry[conn], end End, ns int64, out 
 	}
 	if ent.Value.authorized {
 		ent.Value.authorized = false
-		if out != nil {
+		if out != nil && !ent.Value.released {
 			out.Notes = append(out.Notes, note(Revoke, pu, &ent.Key))
 		}
 	}

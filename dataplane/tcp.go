@@ -40,6 +40,9 @@ type conn struct {
 	decidedAt  int64
 	// authNoteAt is when the last Authorize note was emitted (ns).
 	authNoteAt int64
+	// released: the kernel no longer holds the flow (revoked when it
+	// started closing), though the enforcer still forwards its last packets.
+	released bool
 	recorded   bool // the flow record was written (at the denial or the RST)
 	revoked    bool // denied by a policy change after it was established
 	restored   bool // re-created from the kernel's authorized set (restart)
@@ -741,6 +744,14 @@ func (c *ctx) established(ent *flow.Entry[conn]) {
 		ent.FIN[c.dir&1] = true
 		if ent.FIN[0] && ent.FIN[1] && ent.State != flow.Closing {
 			c.sh.SetState(ent, flow.Closing, c.ns)
+			// Take the flow out of the kernel now, not at the end of the
+			// closing timer: a new connection may reuse the 4-tuple
+			// (TIME_WAIT reuse) and its handshake must reach the
+			// enforcers. The last ACKs come here and are forwarded.
+			if !ent.Value.released {
+				ent.Value.released = true
+				c.out.Notes = append(c.out.Notes, note(Revoke, c.pu, &ent.Key))
+			}
 		}
 	}
 	c.e.forward(c.out, c.frame)
