@@ -43,11 +43,11 @@ type conn struct {
 	// released: the kernel no longer holds the flow (revoked when it
 	// started closing), though the enforcer still forwards its last packets.
 	released bool
-	recorded   bool // the flow record was written (at the denial or the RST)
-	revoked    bool // denied by a policy change after it was established
-	restored   bool // re-created from the kernel's authorized set (restart)
-	firstDir   Direction
-	reset      bool // a RST ended the flow; it lingers for the closing timeout
+	recorded bool // the flow record was written (at the denial or the RST)
+	revoked  bool // denied by a policy change after it was established
+	restored bool // re-created from the kernel's authorized set (restart)
+	firstDir Direction
+	reset    bool // a RST ended the flow; it lingers for the closing timeout
 }
 
 // ctx carries one slow-path packet through the handlers.
