@@ -190,6 +190,28 @@ func (d *Daemon) WritePolicy(policy string) {
 	}
 }
 
+// SetPolicy replaces the policy file of the running daemon and waits (up
+// to 10 s) until the new policy is in force: the daemon logged one more
+// "policy updated". The same content as the file's is a no-op (the daemon
+// does not reload unchanged content).
+func (d *Daemon) SetPolicy(policy string) {
+	d.t.Helper()
+	if old, err := os.ReadFile(d.PolicyPath); err == nil && string(old) == policy {
+		return
+	}
+	const updated = "policy updated"
+	before := strings.Count(d.Logs(), updated)
+	d.WritePolicy(policy)
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(d.Logs(), updated) <= before {
+		if time.Now().After(deadline) {
+			st, err := d.Client().Stats()
+			d.t.Fatalf("the daemon did not put the new policy in force within 10 s (policy status %+v, %v)", st.Policy, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Logs returns what the daemon printed so far.
 func (d *Daemon) Logs() string { return d.logs.String() }
 

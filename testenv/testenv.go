@@ -158,6 +158,32 @@ func (n *Node) MustDo(fn func() error) {
 // address; its host-side veth in the node namespace is "vp<i>".
 func (n *Node) AddPU() *PU {
 	n.t.Helper()
+	addr, addr6 := n.nextIP, n.nextIP6
+	n.nextIP, n.nextIP6 = addr.Next(), addr6.Next()
+	return n.addPU(addr, addr6)
+}
+
+// AddPUAddr creates one more PU namespace on the node with the given IPv4
+// address of the node subnet (and no IPv6 address), e.g. to lay out a
+// universe whose addresses are fixed (the cyclonus pods' 192.168.<ns>.<pod>
+// on a node subnet 192.168.0.0/16). The address must be free.
+func (n *Node) AddPUAddr(addr netip.Addr) *PU {
+	n.t.Helper()
+	if !addr.Is4() || !n.Subnet.Contains(addr) || addr == n.Gateway || addr == n.Subnet.Addr() {
+		n.t.Fatalf("testenv: PU address %v: want a free IPv4 host address of %v", addr, n.Subnet)
+	}
+	for _, p := range n.PUs {
+		if p.Addr == addr {
+			n.t.Fatalf("testenv: PU address %v is taken by %s", addr, p.Name)
+		}
+	}
+	return n.addPU(addr, netip.Addr{})
+}
+
+// addPU creates PU namespace number len(n.PUs) with addr and, when valid,
+// addr6.
+func (n *Node) addPU(addr, addr6 netip.Addr) *PU {
+	n.t.Helper()
 	i := len(n.PUs)
 	name := fmt.Sprintf("%s-p%d", n.Name, i)
 	h, err := netsetup.CreateNetns(name)
@@ -170,16 +196,20 @@ func (n *Node) AddPU() *PU {
 			n.t.Errorf("testenv: cleanup: %v", err)
 		}
 	})
-	addr, addr6 := n.nextIP, n.nextIP6
-	n.nextIP, n.nextIP6 = addr.Next(), addr6.Next()
 	p := &PU{t: n.t, Name: name, NS: h, Addr: addr, Addr6: addr6, Node: n}
+	addrs := []netip.Prefix{netip.PrefixFrom(addr, n.Subnet.Bits())}
+	gws := []netip.Addr{n.Gateway}
+	if addr6.IsValid() {
+		addrs = append(addrs, netip.PrefixFrom(addr6, n.Subnet6.Bits()))
+		gws = append(gws, n.Gateway6)
+	}
 	err = n.Do(func() error {
 		l, err := netsetup.AttachPU(netsetup.PUConfig{
 			Netns:    name,
 			Bridge:   n.Bridge,
 			HostVeth: fmt.Sprintf("vp%d", i),
-			Addrs:    []netip.Prefix{netip.PrefixFrom(addr, n.Subnet.Bits()), netip.PrefixFrom(addr6, n.Subnet6.Bits())},
-			Gateways: []netip.Addr{n.Gateway, n.Gateway6},
+			Addrs:    addrs,
+			Gateways: gws,
 		})
 		p.Link = l
 		return err
