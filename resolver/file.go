@@ -207,6 +207,19 @@ func (f *File) Run(ctx context.Context) error {
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	// The debounce restarts at every event in the watched directories, but
+	// a burst is read at the latest maxWait after its first event: a
+	// directory that never settles (a flow log or a socket beside the
+	// policy file) must not postpone a reload for ever.
+	maxWait := 4 * f.debounce
+	var burst time.Time
+	arm := func() {
+		now := time.Now()
+		if burst.IsZero() {
+			burst = now
+		}
+		timer.Reset(min(f.debounce, max(burst.Add(maxWait).Sub(now), 0)))
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -220,14 +233,15 @@ func (f *File) Run(ctx context.Context) error {
 					delete(watched, ev.Name) // a watched directory went away
 				}
 			}
-			timer.Reset(f.debounce)
+			arm()
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
 			}
 			f.log.Warn("policy watch", "error", err)
-			timer.Reset(f.debounce)
+			arm()
 		case <-timer.C:
+			burst = time.Time{}
 			f.Reload()
 			if err := f.watchDirs(w, watched); err != nil {
 				// e.g. the directory itself was replaced: retry until it is back.

@@ -217,6 +217,40 @@ func TestFileResolverEdits(t *testing.T) {
 // Kubernetes ConfigMap volumes: dir/policy.yaml -> ..data/policy.yaml,
 // ..data -> ..<timestamp>; an update writes a new timestamped directory and
 // renames a new ..data symlink over the old one.
+// TestFileResolverBusyDirectory: another file in the policy's directory
+// changing all the time (a flow log) does not postpone a reload beyond the
+// bound: the debounce is capped.
+func TestFileResolverBusyDirectory(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	write(t, path, policyFile(80))
+	f := startFile(t, path)
+	log, err := os.Create(filepath.Join(dir, "flows.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(testDebounce / 5):
+				log.WriteString("{\"flow\":1}\n")
+			}
+		}
+	}()
+	defer func() { close(stop); <-done }()
+	time.Sleep(3 * testDebounce) // the writes are going on
+	write(t, path, policyFile(81))
+	waitUpdate(t, f, "edit beside a busy log", 81)
+	write(t, path, policyFile(82))
+	waitUpdate(t, f, "second edit beside a busy log", 82)
+}
+
 func TestFileResolverConfigMapSwap(t *testing.T) {
 	dir := t.TempDir()
 	version := func(n, port int) string {
