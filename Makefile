@@ -7,7 +7,7 @@ BIN := bin/trireme
 RACE_PKGS := ./tokens/... ./flow/... ./dataplane/... ./policy/...
 FUZZTIME ?= 30s
 
-.PHONY: all build test vet deps bench demo fuzz clean
+.PHONY: all build test vet deps bench demo fuzz perf clean
 
 all: build
 
@@ -38,6 +38,11 @@ fuzz:
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 2s $$pkg || exit 1; \
 	  done; \
 	done
+
+# The side-by-side comparison of the kernel path, PSK and PKI (docs/perf.md).
+perf: build
+	./$(BIN) perf --rounds 5 --duration 3s --topology one-node
+	./$(BIN) perf --rounds 5 --duration 3s --topology two-nodes
 
 demo: build
 	./$(BIN) demo --examples examples
