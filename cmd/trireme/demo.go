@@ -44,6 +44,8 @@ prints client -> server:port, the verdict, the deciding rules and the reason.`,
 	}
 	cmd.Flags().StringVar(&examples, "examples", "examples", "directory with policy.yaml and pus.yaml")
 	cmd.Flags().BoolVar(&offline, "offline", false, "only show the policy engine's decisions (no namespaces, no packets)")
+	cmd.Flags().StringVar(&liveResults, "results", "", "write the live demo's rows as JSON to this file")
+	cmd.Flags().MarkHidden("results")
 	return cmd
 }
 
@@ -62,6 +64,26 @@ type demoHost struct {
 type demoHosts struct {
 	PUs      []demoHost `yaml:"pus"`
 	External []demoHost `yaml:"external"`
+	// Live lists the connections the live demo makes, as
+	// "client -> server:tcp/PORT".
+	Live []string `yaml:"live"`
+}
+
+// loadLiveDemo reads the hosts and the live connections of pus.yaml.
+func loadLiveDemo(path string) ([]demoHost, []string, error) {
+	hosts, err := loadDemoHosts(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	var doc demoHosts
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, nil, fmt.Errorf("%s: %v", path, err)
+	}
+	return hosts, doc.Live, nil
 }
 
 func loadDemoHosts(path string) ([]demoHost, error) {

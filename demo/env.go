@@ -1,0 +1,487 @@
+// Package demo builds and runs the live demo of `trireme demo`: a node (a
+// network namespace with a bridge) running the real trireme daemon in PKI
+// mode, hosts (PUs and unenforced external hosts, each a namespace on the
+// node bridge), probe servers in them, real TCP and UDP connections between
+// them, and the daemon's flow log to explain each outcome. Nothing touches
+// the host's own network, and everything is torn down by Env.Close, also
+// after an error or an interrupt.
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/trireme-go/trireme/monitor/process"
+	"github.com/trireme-go/trireme/netsetup"
+	"github.com/trireme-go/trireme/node"
+	"github.com/trireme-go/trireme/tokens"
+)
+
+// NamePrefix starts the name of every namespace the demo creates.
+const NamePrefix = "trdemo-"
+
+// NodeName is the demo node's name (its certificate's CN).
+const NodeName = "demo"
+
+// bridgeName is the node bridge inside the node namespace.
+const bridgeName = "br0"
+
+// Host is a host of the demo: a PU (enforced, with labels) or an external
+// host (no enforcer).
+type Host struct {
+	Name   string
+	Addr   netip.Addr
+	PU     bool
+	Labels map[string]string // user labels of a PU
+	TCP    []int             // ports it serves
+	UDP    []int
+}
+
+// Env is a running demo topology.
+type Env struct {
+	Suffix string
+	Node   string // node namespace
+	Dir    string // config, PKI, flow log, socket, daemon log
+	Config *node.Config
+	// ConfigPath is the daemon's config file.
+	ConfigPath string
+	Binary     string
+	Subnet     netip.Prefix
+	// Excluded are the excluded networks: connections there bypass
+	// trireme and leave no record.
+	Excluded []netip.Prefix
+
+	progress io.Writer
+	hostNS   map[string]string // host name -> namespace
+	hosts    map[string]*Host
+	nextVeth int
+
+	mu      sync.Mutex
+	procs   []*proc // servers and other helpers, stopped at Close
+	daemon  *proc
+	closed  bool
+	created []string // namespaces, in creation order
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Options configure New.
+type Options struct {
+	Binary string       // the trireme binary (daemon, probes)
+	Policy string       // policy file the daemon enforces
+	Subnet netip.Prefix // node bridge subnet (hosts' addresses must be on it or external)
+	// Docker enables the daemon's Docker monitor on this engine address.
+	DockerHost string
+	Progress   io.Writer
+}
+
+// New creates the node namespace, a fresh CA and node certificate, and the
+// daemon's config, and starts the daemon in the node. On error, what was
+// created is removed.
+func New(ctx context.Context, opts Options) (e *Env, err error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the live demo needs root (network namespaces, nftables); use --offline to see the policy engine's decisions only")
+	}
+	if opts.Progress == nil {
+		opts.Progress = io.Discard
+	}
+	e = &Env{Suffix: suffix(), Binary: opts.Binary, Subnet: opts.Subnet.Masked(), progress: opts.Progress,
+		hostNS: map[string]string{}, hosts: map[string]*Host{}}
+	e.Node = NamePrefix + e.Suffix + "-node"
+	defer func() {
+		if err != nil {
+			if cerr := e.Close(); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+			e = nil
+		}
+	}()
+	if e.Dir, err = os.MkdirTemp("", "trireme-demo-"); err != nil {
+		return e, err
+	}
+	if err := e.newNetns(e.Node); err != nil {
+		return e, err
+	}
+	if err := netsetup.InNamedNetns(e.Node, func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(lo)
+	}); err != nil {
+		return e, fmt.Errorf("node %s: %w", e.Node, err)
+	}
+	e.Progressf("node %s: network namespace created", e.Node)
+
+	if err := e.writePKI(); err != nil {
+		return e, err
+	}
+	e.Progressf("PKI: CA and certificate of node %q generated in %s", NodeName, filepath.Join(e.Dir, "pki"))
+	if err := e.writeConfig(opts); err != nil {
+		return e, err
+	}
+	if err := e.startDaemon(ctx); err != nil {
+		return e, err
+	}
+	e.Progressf("trireme daemon running in %s (PKI mode, policy %s)", e.Node, opts.Policy)
+	return e, nil
+}
+
+// Progressf prints one progress line.
+func (e *Env) Progressf(format string, args ...any) {
+	fmt.Fprintf(e.progress, "  • "+format+"\n", args...)
+}
+
+func suffix() string {
+	var b [3]byte
+	f, err := os.Open("/dev/urandom")
+	if err == nil {
+		io.ReadFull(f, b[:])
+		f.Close()
+	}
+	return fmt.Sprintf("%02x%02x%02x", b[0], b[1], b[2])
+}
+
+func (e *Env) newNetns(name string) error {
+	h, err := netsetup.CreateNetns(name)
+	if err != nil {
+		return err
+	}
+	h.Close()
+	e.mu.Lock()
+	e.created = append(e.created, name)
+	e.mu.Unlock()
+	return nil
+}
+
+// NetnsPath is the path of a named namespace.
+func NetnsPath(name string) string { return filepath.Join(netsetup.NetnsDir, name) }
+
+func (e *Env) writePKI() error {
+	now := time.Now()
+	ca, caKey, err := tokens.NewCA("trireme demo CA", now.Add(-time.Minute), 24*time.Hour)
+	if err != nil {
+		return err
+	}
+	cert, key, err := tokens.IssueNode(ca, caKey, NodeName, now.Add(-time.Minute), 12*time.Hour)
+	if err != nil {
+		return err
+	}
+	keyPEM, err := tokens.KeyPEM(key)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(e.Dir, "pki")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for name, data := range map[string][]byte{"ca.crt": tokens.CertificatePEM(ca), "node.crt": tokens.CertificatePEM(cert), "node.key": keyPEM} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *Env) writeConfig(opts Options) error {
+	policy, err := filepath.Abs(opts.Policy)
+	if err != nil {
+		return err
+	}
+	docker := ""
+	if opts.DockerHost != "" {
+		docker = fmt.Sprintf("docker: {enabled: true, host: %q}\n", opts.DockerHost)
+	}
+	pki := filepath.Join(e.Dir, "pki")
+	cfg := fmt.Sprintf(`node: %s
+secrets: {caCert: %s, nodeCert: %s, nodeKey: %s}
+policy: %s
+flowLog: %s
+socket: %s
+stateDir: %s
+bridge: {name: %s, subnet: %s}
+%s`, NodeName, filepath.Join(pki, "ca.crt"), filepath.Join(pki, "node.crt"), filepath.Join(pki, "node.key"),
+		policy, e.FlowLog(), e.Socket(), filepath.Join(e.Dir, "state"), bridgeName, e.Subnet, docker)
+	e.ConfigPath = filepath.Join(e.Dir, "config.yaml")
+	if err := os.WriteFile(e.ConfigPath, []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	c, err := node.LoadConfig(e.ConfigPath)
+	if err != nil {
+		return err
+	}
+	e.Config = c
+	return nil
+}
+
+// FlowLog is the daemon's flow log.
+func (e *Env) FlowLog() string { return filepath.Join(e.Dir, "flows.jsonl") }
+
+// Socket is the daemon's control socket.
+func (e *Env) Socket() string { return filepath.Join(e.Dir, "trireme.sock") }
+
+// Client talks to the daemon.
+func (e *Env) Client() *node.Client { return node.NewClient(e.Socket()) }
+
+// DaemonLog returns the end of the daemon's log.
+func (e *Env) DaemonLog() string {
+	b, _ := os.ReadFile(filepath.Join(e.Dir, "daemon.log"))
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}
+
+// start runs a command in the namespace ns with its output to the file
+// logName in Dir (or to out when not nil).
+func (e *Env) start(ns, name string, out io.Writer, args ...string) (*proc, error) {
+	cmd := exec.Command(e.Binary, args...)
+	if out == nil {
+		f, err := os.OpenFile(filepath.Join(e.Dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		out = f
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	// Own process group: the terminal's ^C reaches the demo only, which
+	// then stops everything in order. Pdeathsig: nothing outlives a demo
+	// that was killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := process.Start(NetnsPath(ns), cmd); err != nil {
+		return nil, fmt.Errorf("start %s in %s: %w", name, ns, err)
+	}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
+	if p.exited() {
+		return
+	}
+	p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (e *Env) startDaemon(ctx context.Context) error {
+	p, err := e.start(e.Node, "daemon", nil, "daemon", "--config", e.ConfigPath, "--log-level", "info")
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.daemon = p
+	e.mu.Unlock()
+	c := e.Client()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := c.Stats(); err == nil {
+			return nil
+		}
+		if p.exited() {
+			return fmt.Errorf("the daemon exited at start:\n%s", e.DaemonLog())
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the daemon did not answer on %s:\n%s", e.Socket(), e.DaemonLog())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// AddHost creates a host's namespace and joins it to the node bridge: its
+// address on eth0 (with the subnet's length when it is in the node subnet,
+// else /32) and an on-link default route, so that every host reaches every
+// other over the bridge without a router.
+func (e *Env) AddHost(h *Host) error {
+	ns := fmt.Sprintf("%s%s-%s", NamePrefix, e.Suffix, h.Name)
+	if len(ns) > 60 {
+		return fmt.Errorf("host name %q too long", h.Name)
+	}
+	if err := e.newNetns(ns); err != nil {
+		return err
+	}
+	e.hostNS[h.Name] = ns
+	e.hosts[h.Name] = h
+	bits := h.Addr.BitLen()
+	if e.Subnet.Contains(h.Addr) {
+		bits = e.Subnet.Bits()
+	}
+	veth := fmt.Sprintf("dh%d", e.nextVeth)
+	e.nextVeth++
+	err := netsetup.InNamedNetns(e.Node, func() error {
+		_, err := netsetup.AttachPU(netsetup.PUConfig{Netns: ns, Bridge: bridgeName, HostVeth: veth,
+			Addrs: []netip.Prefix{netip.PrefixFrom(h.Addr, bits)}})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("host %s: %w", h.Name, err)
+	}
+	return netsetup.InNamedNetns(ns, func() error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Scope: netlink.SCOPE_LINK,
+			Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("host %s: default route: %w", h.Name, err)
+		}
+		return nil
+	})
+}
+
+// Namespace returns the namespace of a host added with AddHost.
+func (e *Env) Namespace(host string) string { return e.hostNS[host] }
+
+// Attach asks the daemon to police a host as a PU with its labels.
+func (e *Env) Attach(h *Host) (node.PUInfo, error) {
+	return e.Client().AttachPU(node.AttachRequest{NetNS: e.hostNS[h.Name], Name: h.Name, Labels: h.Labels})
+}
+
+// Serve starts `trireme probe serve` in a host on its ports and waits until
+// it is ready.
+func (e *Env) Serve(ctx context.Context, h *Host) error {
+	args := []string{"probe", "serve", "--name", h.Name}
+	if len(h.TCP) > 0 {
+		args = append(args, "--tcp", joinInts(h.TCP))
+	}
+	if len(h.UDP) > 0 {
+		args = append(args, "--udp", joinInts(h.UDP))
+	}
+	ready := &readyWriter{ch: make(chan struct{})}
+	p, err := e.start(e.hostNS[h.Name], "serve-"+h.Name, ready, args...)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.procs = append(e.procs, p)
+	e.mu.Unlock()
+	select {
+	case <-ready.ch:
+		return nil
+	case <-p.done:
+		return fmt.Errorf("probe server in %s exited: %s", h.Name, ready.String())
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("probe server in %s not ready: %s", h.Name, ready.String())
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func joinInts(xs []int) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprint(x)
+	}
+	return strings.Join(s, ",")
+}
+
+// readyWriter closes ch when "ready" has been written.
+type readyWriter struct {
+	mu   sync.Mutex
+	b    strings.Builder
+	ch   chan struct{}
+	done bool
+}
+
+func (w *readyWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.b.Write(p)
+	if !w.done && strings.Contains(w.b.String(), "ready\n") {
+		w.done = true
+		close(w.ch)
+	}
+	return len(p), nil
+}
+
+func (w *readyWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// Close stops the servers and the daemon, purges what the daemon put in
+// the node (`trireme daemon purge`), deletes every namespace and the
+// working directory. It is safe to call more than once.
+func (e *Env) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	procs, daemon, created := e.procs, e.daemon, e.created
+	e.mu.Unlock()
+	var errs []error
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.stop(syscall.SIGTERM, 2*time.Second) }()
+	}
+	wg.Wait()
+	if daemon != nil {
+		daemon.stop(syscall.SIGTERM, 10*time.Second)
+	}
+	if e.Config != nil && netsetup.NetnsExists(e.Node) {
+		if err := netsetup.InNamedNetns(e.Node, func() error { return node.Purge(e.Config) }); err != nil {
+			errs = append(errs, fmt.Errorf("purge: %w", err))
+		}
+	}
+	// Hosts first, the node last: the veths go with the host namespaces.
+	for i := len(created) - 1; i >= 0; i-- {
+		if err := netsetup.DeleteNetns(created[i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if keep := os.Getenv("TRIREME_DEMO_KEEP_LOGS"); keep != "" && e.Dir != "" {
+		// For diagnosis: keep the flow log and the daemon log.
+		for _, f := range []string{"flows.jsonl", "daemon.log"} {
+			if b, err := os.ReadFile(filepath.Join(e.Dir, f)); err == nil {
+				os.WriteFile(filepath.Join(keep, f), b, 0o600)
+			}
+		}
+	}
+	if e.Dir != "" {
+		if err := os.RemoveAll(e.Dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
