@@ -179,4 +179,3 @@ func testPolicyChange(t *testing.T, mode string) {
 		t.Errorf("client -> server:7001 under the new policy: %v", err)
 	}
 }
-
