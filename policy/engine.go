@@ -131,7 +131,7 @@ func checkSelector(s *Selector) error {
 	if s == nil {
 		return errors.New("missing selector")
 	}
-	if s.Selector == nil || len(s.reqs) == 0 && !s.Selector.Empty() {
+	if !s.built {
 		return errors.New("selector not built by ParseSelector")
 	}
 	return nil

@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/labels"
 )
 
 // FuzzParse: no input may panic the parser or the compiler; an accepted
@@ -74,17 +76,40 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
-// FuzzParseSelector: the string form never panics; what parses has a text
-// that parses to the same requirements.
+// FuzzParseSelector: the string form never panics; what parses has values
+// within the value rule and a text that parses to the same requirements;
+// whatever apimachinery accepts (keys encoded) parses to apimachinery's
+// requirements; the scan of values never disagrees with apimachinery.
 func FuzzParseSelector(f *testing.F) {
 	for _, s := range []string{"app=web, env in (prod,staging), tier!=db, !legacy", "@sys:image=nginx", "@ns:kubernetes.io/metadata.name",
-		"a notin (b,c)", "*", "", "@:x", "@a:", "x>1", "a,,b", "a in ()", "@sys:a/b/c=d"} {
+		"a notin (b,c)", "*", "", "@:x", "@a:", "x>1", "a,,b", "a in ()", "@sys:a/b/c=d",
+		`@sys:image="registry.local:5000/team/nginx:1.25"`, "@sys:image=registry.local:5000/team/nginx:1.25", `@sys:name in (/web-1, "/web 2")`,
+		`a notin ("x\"y", "\\", "")`, `a="x`, `"a"=b`, `a=b"c`, "x in (foo,,baz),y,z notin ()", `a in ("x" "y")`, "a=in", "a in (in,notin)",
+		"@sys:id=" + strings.Repeat("ab", 32), "a=\"é\u00a0\"", "!a=b", "a==,b!=", `a>"1"`, "a=tq0q0z"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, text string) {
 		s, err := ParseSelector(text)
+		if err != nil && strings.Contains(err.Error(), "cannot tell the values") {
+			t.Fatalf("%q: the value scan disagrees with apimachinery: %v", text, err)
+		}
+		if k8s, ok := apimachineryReqs(text); ok {
+			if err != nil {
+				t.Fatalf("%q: apimachinery accepts it (%s), ParseSelector does not: %v", text, k8s, err)
+			}
+			if got := requirementsText(s.Requirements()); got != k8s {
+				t.Fatalf("%q: %s, apimachinery %s", text, got, k8s)
+			}
+		}
 		if err != nil {
 			return
+		}
+		for _, r := range s.Requirements() {
+			for _, v := range r.Values {
+				if checkValue(v) != nil {
+					t.Fatalf("%q: accepted value %q: %v", text, v, checkValue(v))
+				}
+			}
 		}
 		again, err := ParseSelector(requirementsText(s.Requirements()))
 		if err != nil {
@@ -94,4 +119,34 @@ func FuzzParseSelector(f *testing.F) {
 			t.Fatalf("%q: %q != %q", text, requirementsText(again.Requirements()), requirementsText(s.Requirements()))
 		}
 	})
+}
+
+// apimachineryReqs is what apimachinery alone makes of a selector (reserved
+// keys encoded), when it accepts it and trireme supports every operator.
+func apimachineryReqs(text string) (string, bool) {
+	t := strings.TrimSpace(text)
+	if t == "" || t == everything {
+		return "", false
+	}
+	enc, back, err := encodeKeysInText(t)
+	if err != nil {
+		return "", false
+	}
+	sel, err := labels.Parse(enc)
+	if err != nil {
+		return "", false
+	}
+	lreqs, _ := sel.Requirements()
+	var reqs []Requirement
+	for i := range lreqs {
+		if _, ours := back[lreqs[i].Key()]; !ours && isReservedDomain(lreqs[i].Key()) {
+			return "", false
+		}
+		r, err := fromLabelRequirement(&lreqs[i])
+		if err != nil {
+			return "", false
+		}
+		reqs = append(reqs, r)
+	}
+	return requirementsText(reqs), true
 }

@@ -32,7 +32,7 @@ func (n naive) decide(local Tags, dir Direction, peer Tags, hasPeer bool, addr n
 	// "reject beats allow; among equals the first in file order".
 	better := func(cur *naiveRef, r *Rule) bool { return cur == nil || cur.rule.Action == Allow && r.Action == Reject }
 	for _, pol := range n.set.Policies {
-		if !pol.Selector.Selector.Matches(local) {
+		if !naiveSelects(pol.Selector, local) {
 			continue
 		}
 		rules := pol.Ingress
@@ -86,7 +86,7 @@ func naivePeer(r *Rule, peer Tags, hasPeer bool, addr netip.Addr) bool {
 	}
 	for _, pe := range r.Peers {
 		if pe.Selector != nil {
-			if hasPeer && pe.Selector.Selector.Matches(peer) {
+			if hasPeer && naiveSelects(pe.Selector, peer) {
 				return true
 			}
 			continue
@@ -124,4 +124,33 @@ func sameRef(a *RuleRef, b *naiveRef) bool {
 		return a == nil && b == nil
 	}
 	return a.Policy == b.policy && a.Direction == b.dir && a.Index == b.index
+}
+
+// naiveSelects matches with apimachinery's own matcher when the selector's
+// values are all Kubernetes label values, and otherwise straight from the
+// table in docs/policy.md.
+func naiveSelects(s *Selector, tags Tags) bool {
+	if s.k8s != nil {
+		return s.k8s.Matches(tags)
+	}
+	for _, r := range s.Requirements() {
+		has, v := false, ""
+		for _, t := range tags {
+			if t.Key == r.Key {
+				has, v = true, t.Value
+			}
+		}
+		in := false
+		for _, w := range r.Values {
+			in = in || w == v
+		}
+		switch {
+		case r.Op == OpIn && !(has && in),
+			r.Op == OpNotIn && has && in,
+			r.Op == OpExists && !has,
+			r.Op == OpDoesNotExist && has:
+			return false
+		}
+	}
+	return true
 }

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -63,7 +64,7 @@ func Load(path string) (*Set, error) {
 // returns no Set and an ErrorList naming every problem found, each as
 // "file:line:col: field: what is wrong".
 func Parse(filename string, data []byte) (*Set, error) {
-	p := &parser{file: filename, set: &Set{}, names: map[string]Position{}}
+	p := &parser{file: filename, src: data, set: &Set{}, names: map[string]Position{}}
 	if len(data) > MaxFileSize {
 		p.errs = append(p.errs, &Error{Pos: Position{filename, 1, 1}, Msg: fmt.Sprintf("file larger than %d bytes", MaxFileSize)})
 		return nil, p.errs
@@ -115,6 +116,7 @@ func yamlErrorPos(file string, err error) Position {
 
 type parser struct {
 	file  string
+	src   []byte
 	set   *Set
 	errs  ErrorList
 	names map[string]Position
@@ -371,6 +373,38 @@ func (p *parser) policy(n *yaml.Node, field string) {
 	p.set.Policies = append(p.set.Policies, pol)
 }
 
+// valueColumn returns the column of byte offset off of a scalar's value,
+// when the value stands verbatim on the scalar's line (plain, or quoted
+// without escapes); otherwise the scalar's own column.
+func (p *parser) valueColumn(n *yaml.Node, off int) int {
+	line := n.Line
+	rest := p.src
+	for ; line > 1; line-- {
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			return n.Column
+		}
+		rest = rest[i+1:]
+	}
+	if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+		rest = rest[:i]
+	}
+	col := 1
+	for col < n.Column && len(rest) > 0 { // columns count characters
+		_, size := utf8.DecodeRune(rest)
+		rest = rest[size:]
+		col++
+	}
+	q := 0
+	if n.Style == yaml.SingleQuotedStyle || n.Style == yaml.DoubleQuotedStyle {
+		q = 1
+	}
+	if col != n.Column || len(rest) < q || !bytes.HasPrefix(rest[q:], []byte(n.Value)) {
+		return n.Column
+	}
+	return n.Column + q + utf8.RuneCountInString(n.Value[:off])
+}
+
 // selector parses a selector in string or structured form. Empty selectors
 // are refused: "*" says "every PU" explicitly.
 func (p *parser) selector(n *yaml.Node, field string) *Selector {
@@ -381,7 +415,11 @@ func (p *parser) selector(n *yaml.Node, field string) *Selector {
 		}
 		sel, err := ParseSelector(s)
 		if err != nil {
-			p.errorf(n, field, "bad selector %q: %v", s, err)
+			e := &Error{Pos: p.pos(n), Field: field, Msg: fmt.Sprintf("bad selector %q: %v", s, err)}
+			if se, ok := err.(*selError); ok && se.Offset <= len(n.Value) {
+				e.Pos.Column = p.valueColumn(n, se.Offset)
+			}
+			p.errs = append(p.errs, e)
 			return nil
 		}
 		return sel
@@ -444,6 +482,8 @@ func (p *parser) matchLabels(n *yaml.Node, field string) ([]Requirement, bool) {
 			p.errorf(k, f, "duplicate key")
 		case v.Kind != yaml.ScalarNode || v.ShortTag() == "!!null":
 			p.errorf(v, f, "want a tag value, got %s", kindName(v))
+		case checkValue(v.Value) != nil:
+			p.errorf(v, f, "%v", checkValue(v.Value))
 		default:
 			seen[k.Value] = true
 			out = append(out, Requirement{Key: k.Value, Op: OpIn, Values: []string{v.Value}})
@@ -496,6 +536,11 @@ func (p *parser) expression(n *yaml.Node, field string) (Requirement, bool) {
 			for i, item := range items {
 				if item.Kind != yaml.ScalarNode || item.ShortTag() == "!!null" {
 					p.errorf(item, index(f, i), "want a value, got %s", kindName(item))
+					good = false
+					continue
+				}
+				if err := checkValue(item.Value); err != nil {
+					p.errorf(item, index(f, i), "%v", err)
 					good = false
 					continue
 				}

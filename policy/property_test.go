@@ -15,7 +15,9 @@ type gen struct{ r *rand.Rand }
 
 var (
 	genKeys   = []string{"app", "env", "tier", "team", "@sys:name", "@ns:kubernetes.io/metadata.name"}
-	genValues = []string{"a", "b", "c", "d"}
+	// Label values, and values only a trireme selector can hold (images,
+	// names, container IDs, quotes, separators, non-ASCII, empty).
+	genValues = []string{"a", "b", "c", "nginx:1.25", "/web-1", strings.Repeat("0f", 32), `say "hi", (x)=!y \z`, "é", ""}
 	genCIDRs  = []string{"0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32", "10.1.2.128/25",
 		"192.168.0.0/16", "::/0", "fd00::/8", "fd00:1::/32", "fd00:1::/64", "fd00:1::1/128"}
 	genPorts = []string{"tcp/80", "tcp/80-90", "tcp/85", "udp/53", "tcp", "udp", "icmp", "sctp/1-100", "tcp/1-65535"}
@@ -30,6 +32,24 @@ func (g gen) values() []string {
 		out = append(out, g.pick(genValues))
 	}
 	return out
+}
+
+// write writes a value for the string form: bare when it can be, or in
+// double quotes.
+func (g gen) write(v string) string {
+	bare := v != "" && !strings.ContainsAny(v, " \t\r\n\"=!(),<>")
+	if bare && g.r.Intn(2) == 0 {
+		return v
+	}
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(v) + `"`
+}
+
+func (g gen) writeAll(vs []string) string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = g.write(v)
+	}
+	return strings.Join(out, ", ")
 }
 
 func (g gen) selector() *Selector {
@@ -58,15 +78,15 @@ func (g gen) selector() *Selector {
 		k := g.pick(genKeys)
 		switch g.r.Intn(7) {
 		case 0:
-			terms = append(terms, k+"="+g.pick(genValues))
+			terms = append(terms, k+"="+g.write(g.pick(genValues)))
 		case 1:
-			terms = append(terms, k+"=="+g.pick(genValues))
+			terms = append(terms, k+" == "+g.write(g.pick(genValues)))
 		case 2:
-			terms = append(terms, k+"!="+g.pick(genValues))
+			terms = append(terms, k+"!="+g.write(g.pick(genValues)))
 		case 3:
-			terms = append(terms, k+" in ("+strings.Join(g.values(), ",")+")")
+			terms = append(terms, k+" in ("+g.writeAll(g.values())+")")
 		case 4:
-			terms = append(terms, k+" notin ("+strings.Join(g.values(), ",")+")")
+			terms = append(terms, k+" notin ( "+g.writeAll(g.values())+" )")
 		case 5:
 			terms = append(terms, k)
 		case 6:
@@ -188,8 +208,12 @@ func TestPropertyEngineMatchesNaive(t *testing.T) {
 	t.Cleanup(func() { portFirstMax, portFirstProbe = 32, 8 })
 	const sets, pus, decisions = 400, 4, 40
 	compared, checked, allowed, rejected, observed := 0, 0, 0, 0, 0
+	wide := map[bool]int{} // policy selectors with values apimachinery cannot hold, and the others
 	for si := 0; si < sets; si++ {
 		s := g.set()
+		for _, pol := range s.Policies {
+			wide[pol.Selector.k8s == nil]++
+		}
 		e, err := Compile(s)
 		if err != nil {
 			t.Fatal(err)
@@ -257,6 +281,9 @@ func TestPropertyEngineMatchesNaive(t *testing.T) {
 	}
 	t.Logf("%d decisions, %d comparisons (peer-first, port-first, hybrid, automatic, parsed YAML) agree: %d allow, %d reject, %d with an observed rule",
 		checked, compared, allowed, rejected, observed)
+	if wide[true] < sets/4 || wide[false] < sets/4 {
+		t.Fatalf("generator: %d selectors with wide values, %d without", wide[true], wide[false])
+	}
 	// The generator must exercise every outcome, or the comparison proves little.
 	if allowed < checked/20 || rejected < checked/50 || observed < checked/50 || allowed+rejected > checked*19/20 {
 		t.Fatalf("unbalanced generator: %d allow, %d reject, %d observed of %d", allowed, rejected, observed, checked)

@@ -4,11 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Operator is the operator of one selector requirement. The string form's
@@ -63,20 +68,25 @@ func containsString(sorted []string, v string) bool {
 }
 
 // Selector is a Kubernetes label selector over tags, kept with the text it was
-// written as, for messages and `policy explain`.
-//
-// The embedded labels.Selector is apimachinery's own matcher (over encoded
-// reserved keys; Tags decodes them on lookup); the engine compiles the decoded
-// Requirements instead.
+// written as, for messages and `policy explain`. Its values may be any tag
+// value (checkValue), not only Kubernetes label values.
 type Selector struct {
-	labels.Selector
 	Text string
 	reqs []Requirement
+	// k8s is apimachinery's matcher for the same requirements (over encoded
+	// reserved keys; Tags decodes them on lookup) when every value is a
+	// Kubernetes label value, nil otherwise. The engine compiles reqs; the
+	// tests hold it to apimachinery through k8s.
+	k8s   labels.Selector
+	built bool // made by this package (Compile refuses others)
 }
 
-// Requirements returns the selector's terms (decoded keys). None means the
-// selector matches every tag set.
+// Requirements returns the selector's terms (decoded keys and values). None
+// means the selector matches every tag set.
 func (s *Selector) Requirements() []Requirement { return s.reqs }
+
+// Empty reports whether the selector matches every tag set.
+func (s *Selector) Empty() bool { return len(s.reqs) == 0 }
 
 // MatchesTags reports whether the selector matches tags, by the decoded
 // requirements (the semantics the engine compiles).
@@ -89,27 +99,125 @@ func (s *Selector) MatchesTags(tags Tags) bool {
 	return true
 }
 
+// Matches reports whether the selector matches any labels.Labels whose keys
+// are tag keys (reserved keys as "@word:key").
+func (s *Selector) Matches(l labels.Labels) bool {
+	for _, r := range s.reqs {
+		ok := l.Has(r.Key)
+		var v string
+		if ok {
+			v = l.Get(r.Key)
+		}
+		switch r.Op {
+		case OpIn:
+			ok = ok && containsString(r.Values, v)
+		case OpNotIn:
+			ok = !ok || !containsString(r.Values, v)
+		case OpExists:
+		case OpDoesNotExist:
+			ok = !ok
+		default:
+			ok = false
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
 func (s *Selector) String() string { return s.Text }
 
 // everything is the text of the selector that matches every tag set.
 const everything = "*"
 
+// newSelector wraps parsed requirements (decoded, values sorted and unique).
+func newSelector(text string, reqs []Requirement) *Selector {
+	s := &Selector{Text: text, reqs: reqs, built: true}
+	k := labels.NewSelector()
+	for _, r := range reqs {
+		ek, err := encodeKey(r.Key)
+		if err != nil {
+			return s
+		}
+		lr, err := labels.NewRequirement(ek, labelOps[r.Op], r.Values)
+		if err != nil { // a value that is no label value
+			return s
+		}
+		k = k.Add(*lr)
+	}
+	s.k8s = k
+	return s
+}
+
+var labelOps = [...]selection.Operator{OpIn: selection.In, OpNotIn: selection.NotIn, OpExists: selection.Exists, OpDoesNotExist: selection.DoesNotExist}
+
 // ParseSelector parses the Kubernetes string form of a label selector
 // ("app=web, env in (prod,staging), tier!=db, !legacy"). Keys may be reserved
-// keys such as "@sys:image". "" and "*" match every tag set. The numeric
-// operators gt/lt are not supported.
+// keys such as "@sys:image". Values may be any tag value (checkValue):
+// written bare when they hold no separator, space or '"', else in double
+// quotes (`@sys:image="registry.local:5000/nginx:1.25"`). "" and "*" match
+// every tag set. The numeric operators gt/lt are not supported.
+//
+// apimachinery's parser stays the judge of the grammar, the operators and
+// the keys: each value is replaced by a placeholder that is a valid label
+// value before it parses, and mapped back afterwards. A selector whose
+// values are all Kubernetes label values therefore means exactly what
+// apimachinery makes of it.
 func ParseSelector(text string) (*Selector, error) {
 	t := strings.TrimSpace(text)
 	if t == "" || t == everything {
-		return &Selector{Selector: labels.Everything(), Text: everything}, nil
+		return &Selector{Text: everything, built: true, k8s: labels.Everything()}, nil
 	}
-	enc, back, err := encodeKeysInText(t)
+	toks, err := lexSelector(t)
+	if err == nil {
+		err = markValues(toks)
+	}
+	if se, ok := err.(*selError); ok {
+		se.Offset += strings.Index(text, t) // offsets count from the untrimmed text
+		return nil, se
+	}
+	// Placeholder i is marker+i+"z", where marker occurs nowhere in the
+	// text: no placeholder is part of the text or of another placeholder.
+	marker := "tq0q"
+	for n := 1; strings.Contains(t, marker); n++ {
+		marker = "tq" + strconv.Itoa(n) + "q"
+	}
+	var sub strings.Builder
+	var vals, written []string // placeholder i stands for vals[i], written as written[i]
+	at := 0
+	for i := range toks {
+		tk := &toks[i]
+		if !tk.value && tk.kind != tokQuoted {
+			continue
+		}
+		sub.WriteString(t[at:tk.start])
+		sub.WriteString(marker + strconv.Itoa(len(vals)) + "z")
+		vals = append(vals, tk.text)
+		written = append(written, t[tk.start:tk.end])
+		at = tk.end
+	}
+	sub.WriteString(t[at:])
+	placeholders := make(map[string]int, len(vals))
+	for i := range vals {
+		placeholders[marker+strconv.Itoa(i)+"z"] = i
+	}
+	unplace := func(msg string) string {
+		if len(vals) == 0 {
+			return msg
+		}
+		for p, i := range placeholders {
+			msg = strings.ReplaceAll(msg, p, written[i])
+		}
+		return msg
+	}
+	enc, back, err := encodeKeysInText(sub.String())
 	if err != nil {
-		return nil, err
+		return nil, errors.New(unplace(err.Error()))
 	}
 	sel, err := labels.Parse(enc)
 	if err != nil {
-		return nil, errors.New(decodeMessage(err.Error(), back))
+		return nil, errors.New(unplace(decodeMessage(err.Error(), back)))
 	}
 	lreqs, _ := sel.Requirements()
 	reqs := make([]Requirement, 0, len(lreqs))
@@ -119,49 +227,301 @@ func ParseSelector(text string) (*Selector, error) {
 		}
 		r, err := fromLabelRequirement(&lreqs[i])
 		if err != nil {
-			return nil, errors.New(decodeMessage(err.Error(), back))
+			return nil, errors.New(unplace(decodeMessage(err.Error(), back)))
 		}
+		for j, v := range r.Values {
+			if v == "" { // apimachinery's implicit empty value ("k=", "k in ()")
+				continue
+			}
+			vi, ok := placeholders[v]
+			if !ok {
+				// The scan and apimachinery disagree on what a value is:
+				// refuse rather than guess.
+				return nil, fmt.Errorf("cannot tell the values of this selector apart at %q; quote the values", unplace(v))
+			}
+			r.Values[j] = vals[vi]
+		}
+		sort.Strings(r.Values)
+		r.Values = slices.Compact(r.Values)
 		reqs = append(reqs, r)
 	}
-	return &Selector{Selector: sel, Text: t, reqs: reqs}, nil
+	return newSelector(t, reqs), nil
+}
+
+// selError is a problem at a byte offset of a selector's text, so that a
+// file's error can point at the column.
+type selError struct {
+	Offset int
+	Msg    string
+}
+
+func (e *selError) Error() string { return e.Msg }
+
+// MaxValueLen is the longest tag value a selector accepts, in bytes: enough
+// for any container image reference (name ≤ 255, ":" tag ≤ 128, "@" digest).
+const MaxValueLen = 512
+
+// checkValue is the rule for a value in a selector: valid UTF-8 without
+// control characters (Unicode category Cc), at most MaxValueLen bytes. The
+// empty value is allowed.
+func checkValue(v string) error {
+	if len(v) > MaxValueLen {
+		return fmt.Errorf("value %q... is longer than %d bytes", truncate(v, 32), MaxValueLen)
+	}
+	if !utf8.ValidString(v) {
+		return fmt.Errorf("value %q is not valid UTF-8", truncate(v, 64))
+	}
+	for _, r := range v {
+		if unicode.IsControl(r) {
+			return fmt.Errorf("value %q contains the control character %U", truncate(v, 64), r)
+		}
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// The string form's tokens: as apimachinery's lexer splits the text, plus
+// double-quoted values.
+type tokKind uint8
+
+const (
+	tokIdent  tokKind = iota // a run of bytes that are neither space nor special
+	tokQuoted                // "..." with \" and \\ escapes; text is the value
+	tokSymbol                // ! != ( ) , = == > <
+	tokEnd
+)
+
+type selToken struct {
+	kind       tokKind
+	text       string
+	start, end int  // byte span in the selector text
+	value      bool // read as a value by the grammar
+}
+
+func isSelSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+func isSelSpecial(c byte) bool {
+	switch c {
+	case '=', '!', '(', ')', ',', '>', '<':
+		return true
+	}
+	return false
+}
+
+// lexSelector splits the text like apimachinery's lexer (identifiers, and
+// symbols with "!=" and "==" as one token), and reads a token that starts
+// with '"' as a quoted value.
+func lexSelector(s string) ([]selToken, error) {
+	var toks []selToken
+	i := 0
+	for {
+		for i < len(s) && isSelSpace(s[i]) {
+			i++
+		}
+		if i == len(s) {
+			return append(toks, selToken{kind: tokEnd, start: i, end: i}), nil
+		}
+		start := i
+		switch c := s[i]; {
+		case isSelSpecial(c):
+			i++
+			if i < len(s) && s[i] == '=' && (c == '!' || c == '=') {
+				i++
+			}
+			toks = append(toks, selToken{kind: tokSymbol, text: s[start:i], start: start, end: i})
+		case c == '"':
+			var b strings.Builder
+			for i++; ; i++ {
+				if i == len(s) {
+					return nil, &selError{start, "unterminated quoted value"}
+				}
+				c := s[i]
+				if c == '"' {
+					i++
+					break
+				}
+				if c == '\\' {
+					if i+1 == len(s) || s[i+1] != '"' && s[i+1] != '\\' {
+						return nil, &selError{i, `bad escape in a quoted value: only \" and \\ are allowed`}
+					}
+					i++
+					c = s[i]
+				}
+				b.WriteByte(c)
+			}
+			if i < len(s) && !isSelSpace(s[i]) && !isSelSpecial(s[i]) {
+				return nil, &selError{i, fmt.Sprintf("quoted value followed by %q: want a space, ',' or ')'", s[i])}
+			}
+			toks = append(toks, selToken{kind: tokQuoted, text: b.String(), start: start, end: i})
+		default:
+			for i < len(s) && !isSelSpace(s[i]) && !isSelSpecial(s[i]) {
+				i++
+			}
+			toks = append(toks, selToken{kind: tokIdent, text: s[start:i], start: start, end: i})
+		}
+	}
+}
+
+// markValues walks the tokens the way apimachinery's recursive-descent
+// parser does and marks the tokens it reads as values, checking each
+// against the value rule. Where the grammar breaks it stops: apimachinery
+// then reports the syntax error. A quoted token is refused as a key.
+func markValues(toks []selToken) error {
+	ident := func(t *selToken) bool { return t.kind == tokIdent || t.kind == tokQuoted }
+	sym := func(t *selToken, s string) bool { return t.kind == tokSymbol && t.text == s }
+	value := func(t *selToken) error {
+		t.value = true
+		if t.kind == tokIdent {
+			if strings.ContainsRune(t.text, '"') {
+				return &selError{t.start, fmt.Sprintf(`value %q contains '"': write the value in double quotes, with \" for '"' and \\ for '\'`, truncate(t.text, 64))}
+			}
+			if strings.IndexFunc(t.text, unicode.IsSpace) >= 0 {
+				return &selError{t.start, fmt.Sprintf("value %q contains a space: write it in double quotes", truncate(t.text, 64))}
+			}
+		}
+		if err := checkValue(t.text); err != nil {
+			return &selError{t.start, err.Error()}
+		}
+		return nil
+	}
+	p := 0
+	for {
+		t := &toks[p]
+		if t.kind == tokEnd || !ident(t) && !sym(t, "!") {
+			return nil
+		}
+		// <requirement> ::= [!] KEY [ in|notin ( values ) | =|==|!= VALUE ]
+		p++
+		dne := sym(t, "!")
+		if dne {
+			t = &toks[p]
+			p++
+		}
+		if t.kind == tokQuoted {
+			return &selError{t.start, fmt.Sprintf("key %q: keys cannot be quoted", truncate(t.text, 64))}
+		}
+		if t.kind != tokIdent {
+			return nil
+		}
+		if la := &toks[p]; dne || la.kind == tokEnd || sym(la, ",") {
+			// exists or does-not-exist: nothing more to read
+		} else {
+			op := &toks[p]
+			p++
+			switch {
+			case op.kind == tokIdent && (op.text == "in" || op.text == "notin"):
+				if !sym(&toks[p], "(") {
+					return nil
+				}
+				p++
+				if sym(&toks[p], ")") {
+					p++
+					break
+				}
+				if !ident(&toks[p]) && !sym(&toks[p], ",") {
+					return nil
+				}
+			list:
+				for {
+					t := &toks[p]
+					p++
+					switch {
+					case ident(t):
+						if err := value(t); err != nil {
+							return err
+						}
+						switch la := &toks[p]; {
+						case sym(la, ","):
+						case sym(la, ")"):
+							break list
+						default:
+							return nil
+						}
+					case sym(t, ","):
+						if sym(&toks[p], ")") {
+							break list
+						}
+					default:
+						return nil
+					}
+				}
+				if !sym(&toks[p], ")") {
+					return nil
+				}
+				p++
+			case sym(op, "="), sym(op, "=="), sym(op, "!="):
+				if la := &toks[p]; la.kind == tokEnd || sym(la, ",") {
+					break // the empty value
+				}
+				if !ident(&toks[p]) {
+					return nil
+				}
+				if err := value(&toks[p]); err != nil {
+					return err
+				}
+				p++
+			default:
+				// > and < (refused after parsing, with their own message),
+				// or no operator: apimachinery reports it.
+				return nil
+			}
+		}
+		// After a requirement: "," and the next one, or the end.
+		switch t := &toks[p]; {
+		case t.kind == tokEnd:
+			return nil
+		case sym(t, ","):
+			p++
+		default:
+			return nil
+		}
+	}
 }
 
 // newStructuredSelector builds a selector from the structured form
-// (matchLabels, matchExpressions); keys may be reserved keys.
+// (matchLabels, matchExpressions); keys may be reserved keys, values any tag
+// values.
 func newStructuredSelector(reqs []Requirement) (*Selector, error) {
-	sel := labels.NewSelector()
 	out := make([]Requirement, 0, len(reqs))
 	for _, r := range reqs {
 		ek, err := encodeKey(r.Key)
 		if err != nil {
 			return nil, err
 		}
-		var op selection.Operator
-		switch r.Op {
-		case OpIn:
-			op = selection.In
-		case OpNotIn:
-			op = selection.NotIn
-		case OpExists:
-			op = selection.Exists
-		case OpDoesNotExist:
-			op = selection.DoesNotExist
-		default:
+		if int(r.Op) >= len(labelOps) {
 			return nil, fmt.Errorf("bad operator %d", r.Op)
 		}
-		lr, err := labels.NewRequirement(ek, op, r.Values)
-		if err != nil {
+		// apimachinery checks the key and the operator's arity; the values
+		// are checked here, against the wider rule.
+		stand := make([]string, len(r.Values))
+		for i, v := range r.Values {
+			if err := checkValue(v); err != nil {
+				return nil, fmt.Errorf("key %s: %v", r.Key, err)
+			}
+			stand[i] = "v"
+		}
+		if _, err := labels.NewRequirement(ek, labelOps[r.Op], stand); err != nil {
 			return nil, errors.New(decodeMessage(err.Error(), map[string]string{ek: r.Key}))
 		}
-		sel = sel.Add(*lr)
-		dr, err := fromLabelRequirement(lr)
-		if err != nil {
-			return nil, err
+		dr := Requirement{Key: r.Key, Op: r.Op}
+		if r.Op == OpIn || r.Op == OpNotIn {
+			dr.Values = slices.Clone(r.Values)
+			sort.Strings(dr.Values)
+			dr.Values = slices.Compact(dr.Values)
 		}
 		out = append(out, dr)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-	return &Selector{Selector: sel, Text: requirementsText(out), reqs: out}, nil
+	return newSelector(requirementsText(out), out), nil
 }
 
 func fromLabelRequirement(lr *labels.Requirement) (Requirement, error) {
@@ -184,25 +544,48 @@ func fromLabelRequirement(lr *labels.Requirement) (Requirement, error) {
 	return r, nil
 }
 
-// requirementsText renders requirements in the Kubernetes string form.
+// quoteValue writes a value so that ParseSelector reads it back: bare when
+// it is a Kubernetes label value, else in double quotes.
+func quoteValue(v string) string {
+	if len(validation.IsValidLabelValue(v)) == 0 {
+		return v
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(v); i++ {
+		if v[i] == '"' || v[i] == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(v[i])
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// requirementsText renders requirements in the string form (values quoted
+// where needed).
 func requirementsText(reqs []Requirement) string {
 	if len(reqs) == 0 {
 		return everything
 	}
 	parts := make([]string, len(reqs))
 	for i, r := range reqs {
+		vals := make([]string, len(r.Values))
+		for j, v := range r.Values {
+			vals[j] = quoteValue(v)
+		}
 		switch r.Op {
 		case OpIn:
-			if len(r.Values) == 1 {
-				parts[i] = r.Key + "=" + r.Values[0]
+			if len(vals) == 1 {
+				parts[i] = r.Key + "=" + vals[0]
 			} else {
-				parts[i] = r.Key + " in (" + strings.Join(r.Values, ",") + ")"
+				parts[i] = r.Key + " in (" + strings.Join(vals, ",") + ")"
 			}
 		case OpNotIn:
-			if len(r.Values) == 1 {
-				parts[i] = r.Key + "!=" + r.Values[0]
+			if len(vals) == 1 {
+				parts[i] = r.Key + "!=" + vals[0]
 			} else {
-				parts[i] = r.Key + " notin (" + strings.Join(r.Values, ",") + ")"
+				parts[i] = r.Key + " notin (" + strings.Join(vals, ",") + ")"
 			}
 		case OpExists:
 			parts[i] = r.Key
