@@ -14,7 +14,7 @@ import (
 type gen struct{ r *rand.Rand }
 
 var (
-	genKeys   = []string{"app", "env", "tier", "team", "@sys:name", "@ns:kubernetes.io/metadata.name"}
+	genKeys = []string{"app", "env", "tier", "team", "@sys:name", "@ns:kubernetes.io/metadata.name"}
 	// Label values, and values only a trireme selector can hold (images,
 	// names, container IDs, quotes, separators, non-ASCII, empty).
 	genValues = []string{"a", "b", "c", "nginx:1.25", "/web-1", strings.Repeat("0f", 32), `say "hi", (x)=!y \z`, "é", ""}
