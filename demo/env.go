@@ -352,6 +352,24 @@ func (e *Env) AddHost(h *Host) error {
 	if err != nil {
 		return fmt.Errorf("host %s: %w", h.Name, err)
 	}
+	if bits == h.Addr.BitLen() {
+		// Outside the node subnet: the node routes to it over the bridge,
+		// for PUs that use the node as their gateway (trireme run's).
+		err := netsetup.InNamedNetns(e.Node, func() error {
+			br, err := netlink.LinkByName(bridgeName)
+			if err != nil {
+				return err
+			}
+			if err := netsetup.WriteSysctl("/proc/sys/net/ipv4/ip_forward", "1"); err != nil {
+				return err
+			}
+			return netlink.RouteReplace(&netlink.Route{LinkIndex: br.Attrs().Index, Scope: netlink.SCOPE_LINK,
+				Dst: &net.IPNet{IP: net.IP(h.Addr.AsSlice()), Mask: net.CIDRMask(32, 32)}})
+		})
+		if err != nil {
+			return fmt.Errorf("host %s: route on the node: %w", h.Name, err)
+		}
+	}
 	return netsetup.InNamedNetns(ns, func() error {
 		l, err := netlink.LinkByName("eth0")
 		if err != nil {
@@ -364,6 +382,14 @@ func (e *Env) AddHost(h *Host) error {
 		}
 		return nil
 	})
+}
+
+// Addr returns the address of a host added with AddHost.
+func (e *Env) Addr(host string) netip.Addr {
+	if h := e.hosts[host]; h != nil {
+		return h.Addr
+	}
+	return netip.Addr{}
 }
 
 // Namespace returns the namespace of a host added with AddHost.

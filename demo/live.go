@@ -61,8 +61,33 @@ type Row struct {
 	// ObservedRules are observe-mode rules that matched.
 	ObservedRules []string   `json:"observedRules,omitempty"`
 	Records       int        `json:"records"`
-	clientAddr    netip.Addr `json:"-"`
+	clientAddr    netip.Addr
 	server        netip.AddrPort
+	since         time.Time // with no clientAddr: records since then
+}
+
+// NewRunRow makes a row for a connection from a PU whose address the demo
+// does not know (one `trireme run` made): the server's records of
+// connections from any other address since `since` are its.
+func (e *Env) NewRunRow(c Conn, observed, answer string, since time.Time) Row {
+	sv := e.hosts[c.Server]
+	return Row{Conn: c, Observed: observed, Answer: answer, since: since, server: netip.AddrPortFrom(sv.Addr, uint16(c.Port))}
+}
+
+func (e *Env) isPU(name string) bool {
+	if h := e.hosts[name]; h != nil {
+		return h.PU
+	}
+	return true // a PU trireme run made
+}
+
+func (e *Env) known(a netip.Addr) bool {
+	for _, h := range e.hosts {
+		if h.Addr == a {
+			return true
+		}
+	}
+	return false
 }
 
 // ProbeTimeout bounds each connection attempt.
@@ -174,7 +199,10 @@ func (e *Env) Explain(rows []Row, wait time.Duration) error {
 func (e *Env) explain(r *Row, recs []dataplane.Record) bool {
 	var mine []dataplane.Record
 	for _, rec := range recs {
-		if rec.Client.Addr() == r.clientAddr && rec.Server == r.server && strings.EqualFold(rec.Proto, r.Conn.Proto) {
+		if rec.Server != r.server || !strings.EqualFold(rec.Proto, r.Conn.Proto) {
+			continue
+		}
+		if rec.Client.Addr() == r.clientAddr || (!r.clientAddr.IsValid() && !rec.Time.Before(r.since) && !e.known(rec.Client.Addr())) {
 			mine = append(mine, rec)
 		}
 	}
@@ -234,19 +262,18 @@ func (e *Env) explain(r *Row, recs []dataplane.Record) bool {
 			r.Rules = append(r.Rules, ruleName(rec.Rule))
 		}
 	}
-	cl, sv := e.hosts[r.Conn.Client], e.hosts[r.Conn.Server]
-	return (!cl.PU || out != nil) && (!sv.PU || in != nil)
+	return (!e.isPU(r.Conn.Client) || out != nil) && (!e.isPU(r.Conn.Server) || in != nil)
 }
 
 // enforcedEnds reports whether an enforcer should have recorded the
 // connection: a PU is one of its ends and neither end is excluded.
 func (e *Env) enforcedEnds(r *Row) bool {
 	for _, p := range e.Excluded {
-		if p.Contains(r.clientAddr) || p.Contains(r.server.Addr()) {
+		if (r.clientAddr.IsValid() && p.Contains(r.clientAddr)) || p.Contains(r.server.Addr()) {
 			return false
 		}
 	}
-	return e.hosts[r.Conn.Client].PU || e.hosts[r.Conn.Server].PU
+	return e.isPU(r.Conn.Client) || e.isPU(r.Conn.Server)
 }
 
 func ruleName(ri *dataplane.RuleInfo) string {

@@ -85,7 +85,7 @@ func demoNamespaces() []string {
 	var out []string
 	ents, _ := os.ReadDir(netsetup.NetnsDir)
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), demo.NamePrefix) {
+		if strings.HasPrefix(e.Name(), demo.NamePrefix) || strings.HasPrefix(e.Name(), "trireme-reports-") {
 			out = append(out, e.Name())
 		}
 	}
@@ -111,10 +111,11 @@ func TestLiveDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rows []demo.Row
-	if err := json.Unmarshal(b, &rows); err != nil {
+	var res demoResults
+	if err := json.Unmarshal(b, &res); err != nil {
 		t.Fatal(err)
 	}
+	rows := append(append([]demo.Row(nil), res.Live...), res.Run...)
 	type want struct {
 		observed, decision, reason, side string
 		rules                            []string
@@ -138,6 +139,9 @@ func TestLiveDemo(t *testing.T) {
 		"legacy-vm -> web:tcp/80":         {demo.Refused, "deny", "missing-token", "server", nil, nil},
 		"web -> legacy-vm:tcp/80":         {demo.Refused, "deny", "missing-token", "client", nil, nil},
 		"monitor -> db:tcp/5432":          {demo.Connected, "", "", "", nil, nil},
+		// trireme run --label app=reports
+		"reports (run) -> db:tcp/5432": {demo.Refused, "deny", "policy-denied", "server", nil, []string{"db/from-reports"}},
+		"reports (run) -> api:tcp/443": {demo.Connected, "allow", "", "", []string{"external-services/https-apis"}, nil},
 	}
 	seen := map[string]bool{}
 	for _, r := range rows {
@@ -165,7 +169,7 @@ func TestLiveDemo(t *testing.T) {
 			t.Errorf("no row for %s", k)
 		}
 	}
-	for _, s := range []string{"CLIENT -> SERVER:PORT", "frontend -> web:tcp/80", "torn down", "demo finished"} {
+	for _, s := range []string{"CLIENT -> SERVER:PORT", "frontend -> web:tcp/80", "$ trireme run --label app=reports", "torn down", "demo finished"} {
 		if !strings.Contains(out, s) {
 			t.Errorf("output lacks %q:\n%s", s, out)
 		}
@@ -174,7 +178,7 @@ func TestLiveDemo(t *testing.T) {
 		t.Logf("demo output:\n%s", out)
 	}
 
-	// Nothing left: no demo namespace, no new link or nftables table in
+	// Nothing left: no demo namespace (nor one trireme run made), no new link or nftables table in
 	// the host namespace.
 	if ns := demoNamespaces(); !slices.Equal(ns, nsBefore) {
 		t.Errorf("namespaces left: %v (before: %v)", ns, nsBefore)
