@@ -59,8 +59,8 @@ type Row struct {
 	// Rules are the deciding rules ("policy/rule"), ingress then egress.
 	Rules []string `json:"rules,omitempty"`
 	// ObservedRules are observe-mode rules that matched.
-	ObservedRules []string   `json:"observedRules,omitempty"`
-	Records       int        `json:"records"`
+	ObservedRules []string `json:"observedRules,omitempty"`
+	Records       int      `json:"records"`
 	clientAddr    netip.Addr
 	server        netip.AddrPort
 	since         time.Time // with no clientAddr: records since then
