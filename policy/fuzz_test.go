@@ -125,7 +125,7 @@ func FuzzParseSelector(f *testing.F) {
 // keys encoded), when it accepts it and trireme supports every operator.
 func apimachineryReqs(text string) (string, bool) {
 	t := strings.TrimSpace(text)
-	if t == "" || t == everything {
+	if t == "" || t == everything || strings.IndexByte(t, 0) >= 0 { // apimachinery stops at a NUL
 		return "", false
 	}
 	enc, back, err := encodeKeysInText(t)

@@ -169,6 +169,11 @@ func ParseSelector(text string) (*Selector, error) {
 	if t == "" || t == everything {
 		return &Selector{Text: everything, built: true, k8s: labels.Everything()}, nil
 	}
+	if i := strings.IndexByte(text, 0); i >= 0 {
+		// apimachinery's lexer takes NUL for the end of the text and would
+		// ignore what follows.
+		return nil, &selError{i, "NUL byte in the selector"}
+	}
 	toks, err := lexSelector(t)
 	if err == nil {
 		err = markValues(toks)
@@ -176,6 +181,9 @@ func ParseSelector(text string) (*Selector, error) {
 	if se, ok := err.(*selError); ok {
 		se.Offset += strings.Index(text, t) // offsets count from the untrimmed text
 		return nil, se
+	}
+	if err != nil {
+		return nil, err
 	}
 	// Placeholder i is marker+i+"z", where marker occurs nowhere in the
 	// text: no placeholder is part of the text or of another placeholder.

@@ -113,7 +113,9 @@ func TestSelectorValueErrors(t *testing.T) {
 		{"a=x\u00a0y", "contains a space"},
 		{"a=\"x\ty\"", "control character U+0009"},
 		{"a=\"x\u0085\"", "control character U+0085"},
-		{"a=x\x00", "control character U+0000"},
+		{"a=x\x00", "NUL byte"},
+		{"a\x00b", "NUL byte"}, // apimachinery would read "a"
+		{"a=\"x\x00\"", "NUL byte"},
 		{"a=\"\xff\"", "not valid UTF-8"},
 		{`a=` + longValue + `y`, "longer than 512 bytes"},
 		{`a in ("x", ` + longValue + `y)`, "longer than 512 bytes"},
