@@ -39,6 +39,7 @@ import (
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -62,6 +63,8 @@ type Env struct {
 
 	ownBridge bool
 	fixedCIDR netip.Prefix
+	netns     netns.NsHandle // -1: the test's own
+	nl        *netlink.Handle
 }
 
 // Options change where containers are attached.
@@ -75,6 +78,13 @@ type Options struct {
 	// bridge's subnet (dockerd --fixed-cidr), so they do not collide with
 	// addresses the daemon gives its own PUs.
 	FixedCIDR netip.Prefix
+	// Netns, when set, names a network namespace (under /run/netns, e.g. a
+	// testenv node) that containerd and dockerd run in: the bridge, the
+	// containers' veths and everything dockerd does to the network are
+	// there and nothing is on the host. Only their network namespace
+	// changes (the mount namespace is the test's, so cleanup sees their
+	// mounts).
+	Netns string
 }
 
 // Start installs docker.io if needed, starts a private containerd and
@@ -98,8 +108,19 @@ func StartWith(t testing.TB, opts Options) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Env{Dir: dir, Host: "unix://" + filepath.Join(dir, "docker.sock"), t: t, waits: map[*exec.Cmd]chan struct{}{}}
+	e := &Env{Dir: dir, Host: "unix://" + filepath.Join(dir, "docker.sock"), t: t, waits: map[*exec.Cmd]chan struct{}{}, netns: netns.None()}
 	t.Cleanup(e.cleanup)
+	if opts.Netns != "" {
+		if e.netns, err = netns.GetFromName(opts.Netns); err != nil {
+			t.Fatalf("dockerenv: netns %s: %v", opts.Netns, err)
+		}
+		e.nl, err = netlink.NewHandleAt(e.netns)
+	} else {
+		e.nl, err = netlink.NewHandle()
+	}
+	if err != nil {
+		t.Fatalf("dockerenv: netlink: %v", err)
+	}
 	for _, p := range []string{"/etc/docker/key.json", "/run/docker/plugins", "/run/docker"} {
 		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
 			e.created = append(e.created, p)
@@ -189,25 +210,25 @@ func (e *Env) makeBridge() error {
 	}
 	e.Bridge = "trd" + randHex(5)
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: e.Bridge}}
-	if err := netlink.LinkAdd(br); err != nil {
+	if err := e.nl.LinkAdd(br); err != nil {
 		return fmt.Errorf("dockerenv: add bridge %s: %w", e.Bridge, err)
 	}
 	e.ownBridge = true
 	gw := e.Subnet.Addr().Next()
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(24, 32)}}
-	if err := netlink.AddrAdd(br, addr); err != nil {
+	if err := e.nl.AddrAdd(br, addr); err != nil {
 		return fmt.Errorf("dockerenv: address on %s: %w", e.Bridge, err)
 	}
-	return netlink.LinkSetUp(br)
+	return e.nl.LinkSetUp(br)
 }
 
 // useBridge attaches containers to an existing bridge with an IPv4 address.
 func (e *Env) useBridge(name string) error {
-	l, err := netlink.LinkByName(name)
+	l, err := e.nl.LinkByName(name)
 	if err != nil {
 		return fmt.Errorf("dockerenv: bridge %s: %w", name, err)
 	}
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := e.nl.AddrList(l, netlink.FAMILY_V4)
 	if err != nil || len(addrs) == 0 {
 		return fmt.Errorf("dockerenv: bridge %s has no IPv4 address (%v)", name, err)
 	}
@@ -266,9 +287,17 @@ func (e *Env) spawn(logName string, name string, args ...string) (*exec.Cmd, err
 	done := make(chan struct{})
 	go func() {
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+		if !e.netns.IsOpen() {
+			defer runtime.UnlockOSThread()
+		} // else: a thread switched into another namespace is never reused; it exits with this goroutine
 		defer close(done)
 		defer logf.Close()
+		if e.netns.IsOpen() {
+			if err := netns.Set(e.netns); err != nil {
+				started <- fmt.Errorf("enter netns: %w", err)
+				return
+			}
+		}
 		if err := cmd.Start(); err != nil {
 			started <- err
 			return
@@ -649,11 +678,17 @@ func (e *Env) cleanup() {
 		t.Errorf("dockerenv: remove %s: %v", e.Dir, err)
 	}
 	if e.ownBridge {
-		if l, err := netlink.LinkByName(e.Bridge); err == nil {
-			if err := netlink.LinkDel(l); err != nil {
+		if l, err := e.nl.LinkByName(e.Bridge); err == nil {
+			if err := e.nl.LinkDel(l); err != nil {
 				t.Errorf("dockerenv: delete bridge %s: %v", e.Bridge, err)
 			}
 		}
+	}
+	if e.nl != nil {
+		e.nl.Close()
+	}
+	if e.netns.IsOpen() {
+		e.netns.Close()
 	}
 	for _, p := range e.created {
 		if p == "/run/docker/plugins" || p == "/run/docker" {
@@ -697,5 +732,41 @@ func unmountUnder(dir string) {
 	sort.Sort(sort.Reverse(sort.StringSlice(mounts)))
 	for _, m := range mounts {
 		unix.Unmount(m, unix.MNT_DETACH)
+	}
+}
+
+// Exec runs cmd in a running container (`docker exec`) and returns its exit
+// code and output (stdout and stderr).
+func (e *Env) Exec(t testing.TB, id string, limit time.Duration, cmd ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	ex, err := e.Client.ExecCreate(ctx, id, client.ExecCreateOptions{Cmd: cmd, AttachStdout: true, AttachStderr: true})
+	if err != nil {
+		t.Fatalf("dockerenv: exec in %.12s: %v", id, err)
+	}
+	att, err := e.Client.ExecAttach(ctx, ex.ID, client.ExecAttachOptions{})
+	if err != nil {
+		t.Fatalf("dockerenv: exec in %.12s: %v", id, err)
+	}
+	defer att.Close()
+	var out bytes.Buffer
+	if _, err := stdcopy.StdCopy(&out, &out, att.Reader); err != nil {
+		t.Fatalf("dockerenv: exec in %.12s: output: %v", id, err)
+	}
+	// The stream ends when the process does; its status follows shortly.
+	for {
+		res, err := e.Client.ExecInspect(ctx, ex.ID, client.ExecInspectOptions{})
+		if err != nil {
+			t.Fatalf("dockerenv: exec in %.12s: inspect: %v", id, err)
+		}
+		if !res.Running {
+			return res.ExitCode, out.String()
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("dockerenv: exec in %.12s: still running after %v", id, limit)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
