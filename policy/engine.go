@@ -85,6 +85,8 @@ func Compile(s *Set) (*Engine, error) {
 	e := &Engine{set: s, target: newPrefixSet(s.TargetNetworks), excluded: newPrefixSet(s.ExcludedNetworks),
 		cache: map[string]*PUPolicy{}}
 	names := map[string]bool{}
+	var held []uint32 // symbols of the policy selectors, released with e
+	defer func() { holdSymbols(e, held) }()
 	for pi := range s.Policies {
 		p := &s.Policies[pi]
 		if names[p.Name] {
@@ -94,7 +96,7 @@ func Compile(s *Set) (*Engine, error) {
 		if err := checkSelector(p.Selector); err != nil {
 			return nil, fmt.Errorf("policy %q: %w", p.Name, err)
 		}
-		e.policies.add(int32(pi), compileSelector(p.Selector), true, false)
+		e.policies.add(int32(pi), compileSelector(p.Selector, &held), true, false)
 		var refs [2][]*RuleRef
 		for d, rules := range [2][]Rule{p.Ingress, p.Egress} {
 			for ri := range rules {
@@ -222,6 +224,8 @@ func (e *Engine) ForPU(tags Tags) *PUPolicy {
 
 func (e *Engine) build(policies []int) *PUPolicy {
 	p := &PUPolicy{}
+	var held []uint32 // symbols of the peer selectors, released with p
+	defer func() { holdSymbols(p, held) }()
 	for _, pi := range policies {
 		p.policies = append(p.policies, e.set.Policies[pi].Name)
 	}
@@ -267,7 +271,7 @@ func (e *Engine) build(policies []int) *PUPolicy {
 				for _, pe := range r.Peers {
 					cr := &dp.rules[owner]
 					if pe.Selector != nil {
-						reqs := compileSelector(pe.Selector)
+						reqs := compileSelector(pe.Selector, &held)
 						cr.sels = append(cr.sels, reqs)
 						dp.sel.add(owner, reqs, cr.rank != noRank, cr.obsRank != noRank)
 						continue

@@ -1,24 +1,42 @@
 package policy
 
 import (
+	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 )
 
 // Tag keys and values are interned into uint32 symbols so that the decision
-// path compares integers, never strings. The table is global and
-// append-only: a symbol means the same string to every Engine, so an
-// Identity prepared under one Engine stays valid after a policy swap.
+// path compares integers, never strings. The table is global, so a symbol
+// means the same string to every Engine and an Identity prepared under one
+// Engine stays valid after a policy swap.
+//
+// It does not grow forever with the tags it has seen (a new @sys:name per
+// container, say): each symbol counts its holders (Identities, Engines,
+// PUPolicies), every holder releases its symbols when the garbage collector
+// finds it unreachable (runtime.AddCleanup), and a symbol nobody holds is
+// dropped and its number reused. The table is thus bounded by the strings
+// of the live holders (plus holders not yet collected), and symbol numbers
+// by the largest number of strings live at once.
+//
 // Symbol 0 is "no symbol" (and, in index keys, "any value").
 var symbols = struct {
 	sync.RWMutex
 	ids   map[string]uint32
-	names []string
-}{ids: map[string]uint32{}, names: []string{""}}
+	names []string // by symbol; "" when free
+	refs  []int32  // holders of each symbol; changed atomically under RLock
+	free  []uint32 // released symbols, reused first
+}{ids: map[string]uint32{}, names: []string{""}, refs: []int32{0}}
 
-func intern(s string) uint32 {
+// acquire returns the symbol of s and counts one more holder of it. The
+// holder must release it (releaseSymbols) when it is done.
+func acquire(s string) uint32 {
 	symbols.RLock()
 	id, ok := symbols.ids[s]
+	if ok { // in the table, so held: it cannot be dropped under the read lock
+		atomic.AddInt32(&symbols.refs[id], 1)
+	}
 	symbols.RUnlock()
 	if ok {
 		return id
@@ -26,23 +44,71 @@ func intern(s string) uint32 {
 	symbols.Lock()
 	defer symbols.Unlock()
 	if id, ok := symbols.ids[s]; ok {
+		atomic.AddInt32(&symbols.refs[id], 1)
 		return id
 	}
-	id = uint32(len(symbols.names))
-	symbols.names = append(symbols.names, s)
+	if n := len(symbols.free); n > 0 {
+		id = symbols.free[n-1]
+		symbols.free = symbols.free[:n-1]
+		symbols.names[id] = s
+		symbols.refs[id] = 1
+	} else {
+		id = uint32(len(symbols.names))
+		symbols.names = append(symbols.names, s)
+		symbols.refs = append(symbols.refs, 1)
+	}
 	symbols.ids[s] = id
 	return id
 }
 
-// internAll interns the keys and values of t into syms (key, value, ...),
+// releaseSymbols drops one hold on each symbol (a symbol may repeat, once
+// per acquire). It runs as the cleanup of a holder.
+func releaseSymbols(syms []uint32) {
+	symbols.Lock()
+	defer symbols.Unlock()
+	for _, id := range syms {
+		if id == 0 || int(id) >= len(symbols.refs) || symbols.refs[id] <= 0 {
+			continue // not acquired; never happens
+		}
+		symbols.refs[id]--
+		if symbols.refs[id] == 0 {
+			delete(symbols.ids, symbols.names[id])
+			symbols.names[id] = ""
+			symbols.free = append(symbols.free, id)
+		}
+	}
+}
+
+// holdSymbols releases syms when holder becomes unreachable. Every
+// structure that keeps symbols must be reachable from holder while it is
+// used.
+func holdSymbols[T any](holder *T, syms []uint32) {
+	if len(syms) > 0 {
+		runtime.AddCleanup(holder, releaseSymbols, syms)
+	}
+}
+
+// SymbolStats reports the interned strings now held (live) and the largest
+// symbol number in use so far (span), for metrics.
+func SymbolStats() (live, span int) {
+	symbols.RLock()
+	defer symbols.RUnlock()
+	return len(symbols.ids), len(symbols.names) - 1
+}
+
+// internAll acquires the keys and values of t into syms (key, value, ...),
 // taking the read lock once for the common case where all are known.
 func internAll(t Tags, syms []uint32) {
 	missing := false
 	symbols.RLock()
 	for i, tag := range t {
 		var ok1, ok2 bool
-		syms[2*i], ok1 = symbols.ids[tag.Key]
-		syms[2*i+1], ok2 = symbols.ids[tag.Value]
+		if syms[2*i], ok1 = symbols.ids[tag.Key]; ok1 {
+			atomic.AddInt32(&symbols.refs[syms[2*i]], 1)
+		}
+		if syms[2*i+1], ok2 = symbols.ids[tag.Value]; ok2 {
+			atomic.AddInt32(&symbols.refs[syms[2*i+1]], 1)
+		}
 		missing = missing || !ok1 || !ok2
 	}
 	symbols.RUnlock()
@@ -51,10 +117,10 @@ func internAll(t Tags, syms []uint32) {
 	}
 	for i, tag := range t {
 		if syms[2*i] == 0 {
-			syms[2*i] = intern(tag.Key)
+			syms[2*i] = acquire(tag.Key)
 		}
 		if syms[2*i+1] == 0 {
-			syms[2*i+1] = intern(tag.Value)
+			syms[2*i+1] = acquire(tag.Value)
 		}
 	}
 }
@@ -92,6 +158,7 @@ func NewIdentity(tags Tags) *Identity {
 	id := &Identity{tags: t, pairs: make([]uint64, len(t)), slots: make([]uint64, n), mask: uint32(n - 1)}
 	syms := make([]uint32, 2*len(t))
 	internAll(t, syms)
+	holdSymbols(id, syms)
 	for i := range t {
 		k, v := syms[2*i], syms[2*i+1]
 		e := uint64(k)<<32 | uint64(v)

@@ -88,13 +88,17 @@ func reqsMatch(reqs []creq, id *Identity) bool {
 	return true
 }
 
-func compileSelector(s *Selector) []creq {
+// compileSelector acquires the selector's symbols, appending them to *held
+// for the holder of the result to release.
+func compileSelector(s *Selector, held *[]uint32) []creq {
 	reqs := make([]creq, len(s.reqs))
 	for i, r := range s.reqs {
-		c := creq{key: intern(r.Key), op: r.Op}
+		c := creq{key: acquire(r.Key), op: r.Op}
+		*held = append(*held, c.key)
 		for _, v := range r.Values {
-			c.vals = append(c.vals, intern(v))
+			c.vals = append(c.vals, acquire(v))
 		}
+		*held = append(*held, c.vals...)
 		sort.Slice(c.vals, func(a, b int) bool { return c.vals[a] < c.vals[b] })
 		reqs[i] = c
 	}
