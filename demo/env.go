@@ -33,6 +33,10 @@ import (
 // NamePrefix starts the name of every namespace the demo creates.
 const NamePrefix = "trdemo-"
 
+// DockerCIDR is where Docker puts its containers on the node bridge (the
+// rest of the node subnet is the demo's hosts' and trireme run's).
+var DockerCIDR = netip.MustParsePrefix("10.0.200.0/24")
+
 // NodeName is the demo node's name (its certificate's CN).
 const NodeName = "demo"
 
@@ -69,9 +73,13 @@ type Env struct {
 	hosts    map[string]*Host
 	nextVeth int
 
+	// DockerErr says why the Docker engine did not start (Options.Docker).
+	DockerErr error
+
 	mu      sync.Mutex
 	procs   []*proc // servers and other helpers, stopped at Close
 	daemon  *proc
+	docker  *dockerEngine
 	closed  bool
 	created []string // namespaces, in creation order
 }
@@ -87,8 +95,10 @@ type Options struct {
 	Binary string       // the trireme binary (daemon, probes)
 	Policy string       // policy file the daemon enforces
 	Subnet netip.Prefix // node bridge subnet (hosts' addresses must be on it or external)
-	// Docker enables the daemon's Docker monitor on this engine address.
-	DockerHost string
+	// Docker starts a private Docker engine in the node, on the node
+	// bridge, and has the daemon police its containers. When the engine
+	// cannot start, DockerErr says why and the demo goes on without it.
+	Docker   bool
 	Progress   io.Writer
 }
 
@@ -134,6 +144,20 @@ func New(ctx context.Context, opts Options) (e *Env, err error) {
 		return e, err
 	}
 	e.Progressf("PKI: CA and certificate of node %q generated in %s", NodeName, filepath.Join(e.Dir, "pki"))
+	if opts.Docker {
+		t := time.Now()
+		if e.DockerErr = e.startNodeDocker(ctx); e.DockerErr != nil {
+			if d := e.docker; d != nil {
+				d.stop()
+				e.docker = nil
+			}
+			if ctx.Err() != nil {
+				return e, ctx.Err()
+			}
+		} else {
+			e.Progressf("private Docker engine running in %s on its bridge, image %s imported (%.1fs)", e.Node, DockerImage, time.Since(t).Seconds())
+		}
+	}
 	if err := e.writeConfig(opts); err != nil {
 		return e, err
 	}
@@ -206,8 +230,8 @@ func (e *Env) writeConfig(opts Options) error {
 		return err
 	}
 	docker := ""
-	if opts.DockerHost != "" {
-		docker = fmt.Sprintf("docker: {enabled: true, host: %q}\n", opts.DockerHost)
+	if e.docker != nil {
+		docker = fmt.Sprintf("docker: {enabled: true, host: %q}\n", e.docker.host)
 	}
 	pki := filepath.Join(e.Dir, "pki")
 	cfg := fmt.Sprintf(`node: %s
@@ -249,10 +273,37 @@ func (e *Env) DaemonLog() string {
 	return string(b)
 }
 
-// start runs a command in the namespace ns with its output to the file
-// logName in Dir (or to out when not nil).
+// startNodeDocker makes the node bridge (as the daemon would) so that
+// dockerd can use it, and starts the engine.
+func (e *Env) startNodeDocker(ctx context.Context) error {
+	err := netsetup.InNamedNetns(e.Node, func() error {
+		_, err := netsetup.EnsureBridge(netsetup.BridgeConfig{Name: bridgeName,
+			Gateways: []netip.Prefix{netip.PrefixFrom(e.Subnet.Addr().Next(), e.Subnet.Bits())}})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return e.startDocker(ctx)
+}
+
+// nsPath: a namespace name or a path (/proc/PID/ns/net).
+func nsPath(ns string) string {
+	if strings.Contains(ns, "/") {
+		return ns
+	}
+	return NetnsPath(ns)
+}
+
+// start runs the trireme binary in the namespace ns with its output to the
+// file name.log in Dir (or to out when not nil).
 func (e *Env) start(ns, name string, out io.Writer, args ...string) (*proc, error) {
-	cmd := exec.Command(e.Binary, args...)
+	return e.startCmd(ns, name, out, e.Binary, args...)
+}
+
+// startCmd is start for any program.
+func (e *Env) startCmd(ns, name string, out io.Writer, prog string, args ...string) (*proc, error) {
+	cmd := exec.Command(prog, args...)
 	if out == nil {
 		f, err := os.OpenFile(filepath.Join(e.Dir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 		if err != nil {
@@ -266,7 +317,7 @@ func (e *Env) start(ns, name string, out io.Writer, args ...string) (*proc, erro
 	// then stops everything in order. Pdeathsig: nothing outlives a demo
 	// that was killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := process.Start(NetnsPath(ns), cmd); err != nil {
+	if err := process.Start(nsPath(ns), cmd); err != nil {
 		return nil, fmt.Errorf("start %s in %s: %w", name, ns, err)
 	}
 	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
@@ -392,6 +443,29 @@ func (e *Env) Addr(host string) netip.Addr {
 	return netip.Addr{}
 }
 
+// WaitPUs waits until the daemon polices n PUs of the given kind and
+// returns them.
+func (e *Env) WaitPUs(ctx context.Context, kind string, n int, limit time.Duration) ([]node.PUInfo, error) {
+	var got []node.PUInfo
+	err := waitUntil(ctx, limit, func() error {
+		pus, err := e.Client().ListPUs()
+		if err != nil {
+			return err
+		}
+		got = got[:0]
+		for _, p := range pus {
+			if p.Kind == kind && p.State == "running" {
+				got = append(got, p)
+			}
+		}
+		if len(got) < n {
+			return fmt.Errorf("%d of %d %s PUs policed", len(got), n, kind)
+		}
+		return nil
+	})
+	return got, err
+}
+
 // Namespace returns the namespace of a host added with AddHost.
 func (e *Env) Namespace(host string) string { return e.hostNS[host] }
 
@@ -473,9 +547,12 @@ func (e *Env) Close() error {
 		return nil
 	}
 	e.closed = true
-	procs, daemon, created := e.procs, e.daemon, e.created
+	procs, daemon, created, docker := e.procs, e.daemon, e.created, e.docker
 	e.mu.Unlock()
 	var errs []error
+	if docker != nil {
+		errs = append(errs, docker.stop()...)
+	}
 	var wg sync.WaitGroup
 	for _, p := range procs {
 		wg.Add(1)

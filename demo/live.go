@@ -132,7 +132,7 @@ func (e *Env) probe(ctx context.Context, ns, proto string, server netip.AddrPort
 	cmd := exec.CommandContext(ctx, e.Binary, "probe", "connect", "--"+proto, server.String(), "--timeout", ProbeTimeout.String())
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := process.Start(NetnsPath(ns), cmd); err != nil {
+	if err := process.Start(nsPath(ns), cmd); err != nil {
 		return "", "", err
 	}
 	werr := cmd.Wait()

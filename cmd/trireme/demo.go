@@ -46,6 +46,7 @@ prints client -> server:port, the verdict, the deciding rules and the reason.`,
 	cmd.Flags().BoolVar(&offline, "offline", false, "only show the policy engine's decisions (no namespaces, no packets)")
 	cmd.Flags().StringVar(&liveResults, "results", "", "write the live demo's rows as JSON to this file")
 	cmd.Flags().MarkHidden("results")
+	cmd.Flags().BoolVar(&noDocker, "no-docker", false, "skip the Docker part of the live demo")
 	return cmd
 }
 

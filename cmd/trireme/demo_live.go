@@ -32,6 +32,9 @@ var demoSubnet = netip.MustParsePrefix("10.0.0.0/16")
 // for tests.
 var liveResults string
 
+// noDocker skips the Docker part.
+var noDocker bool
+
 // parseLiveConn parses "client -> server:proto/port".
 func parseLiveConn(s string, hosts map[string]*demoHost) (demo.Conn, error) {
 	client, rest, ok := strings.Cut(s, "->")
@@ -103,7 +106,11 @@ func runLiveDemo(cmd *cobra.Command, dir string) error {
 
 	fmt.Fprintf(w, "trireme live demo: %d real connections between the hosts of %s under %s\n\n",
 		len(conns), filepath.Join(dir, "pus.yaml"), pf)
-	env, err := demo.New(ctx, demo.Options{Binary: bin, Policy: pf, Subnet: demoSubnet, Progress: w})
+	dockerOK, dockerWhy := demo.DockerAvailable(bin)
+	if noDocker {
+		dockerOK, dockerWhy = false, "--no-docker"
+	}
+	env, err := demo.New(ctx, demo.Options{Binary: bin, Policy: pf, Subnet: demoSubnet, Progress: w, Docker: dockerOK})
 	if err != nil {
 		return err
 	}
@@ -196,6 +203,17 @@ func runLiveDemo(cmd *cobra.Command, dir string) error {
 	res := demoResults{Live: rows}
 	if res.Run, err = runExample(ctx, w, env, bin); err != nil {
 		return fmt.Errorf("trireme run example: %w", err)
+	}
+	switch {
+	case !dockerOK:
+		res.DockerSkipped = dockerWhy
+	case env.DockerErr != nil:
+		res.DockerSkipped = "the private Docker engine did not start: " + env.DockerErr.Error()
+	}
+	if res.DockerSkipped != "" {
+		fmt.Fprintf(w, "Docker part skipped: %s\n\n", res.DockerSkipped)
+	} else if res.Docker, err = dockerExample(ctx, w, env, byName); err != nil {
+		return fmt.Errorf("docker example: %w", err)
 	}
 	if liveResults != "" {
 		b, _ := json.MarshalIndent(res, "", "  ")
@@ -304,6 +322,71 @@ func runExample(ctx context.Context, w io.Writer, env *demo.Env, bin string) ([]
 	}
 	if err := env.Explain(rows, 3*time.Second); err != nil {
 		return rows, err
+	}
+	fmt.Fprintln(w)
+	printLiveTable(w, rows)
+	fmt.Fprintln(w)
+	return rows, nil
+}
+
+// dockerExample runs three labelled containers (frontend, web, db of
+// pus.yaml) on the node bridge and connects them; each client runs in its
+// container's network namespace.
+func dockerExample(ctx context.Context, w io.Writer, env *demo.Env, byName map[string]*demoHost) ([]demo.Row, error) {
+	fmt.Fprintln(w, "Docker: three labelled containers (image FROM scratch holding the static trireme binary) under the same policy")
+	fmt.Fprintln(w)
+	conns := []demo.Conn{
+		{Client: "c-frontend", Server: "c-web", Proto: "tcp", Port: 80},
+		{Client: "c-web", Server: "c-db", Proto: "tcp", Port: 5432},
+		{Client: "c-frontend", Server: "c-db", Proto: "tcp", Port: 5432},
+		{Client: "c-db", Server: "c-frontend", Proto: "tcp", Port: 443},
+		{Client: "frontend", Server: "c-web", Proto: "tcp", Port: 80},
+		{Client: "internet", Server: "c-frontend", Proto: "tcp", Port: 443},
+		{Client: "internet", Server: "c-db", Proto: "tcp", Port: 5432},
+	}
+	ports := map[string][]int{}
+	for _, c := range conns {
+		if !containsInt(ports[c.Server], c.Port) {
+			ports[c.Server] = append(ports[c.Server], c.Port)
+		}
+	}
+	names := []string{"c-frontend", "c-web", "c-db"}
+	for _, n := range names {
+		labels := map[string]string{}
+		for k, v := range byName[strings.TrimPrefix(n, "c-")].Tags {
+			if !strings.HasPrefix(k, "@") {
+				labels[k] = v
+			}
+		}
+		if err := env.RunContainer(ctx, &demo.Host{Name: n, Labels: labels, TCP: ports[n]}); err != nil {
+			return nil, err
+		}
+	}
+	// The daemon learns of the containers from the engine's events.
+	pus, err := env.WaitPUs(ctx, "docker", len(names), 15*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		for _, pu := range pus {
+			if strings.HasSuffix(pu.Name, n) {
+				tags := map[string]string{}
+				for k, v := range pu.Tags {
+					if k == "@sys:id" && len(v) > 12 {
+						v = v[:12] + "…"
+					}
+					tags[k] = v
+				}
+				env.Progressf("container %-10s %-12s policed, tags %s", n, env.Addr(n), policy.NewTags(tags))
+			}
+		}
+	}
+	rows, err := env.Connect(ctx, conns, 8)
+	if err != nil {
+		return nil, err
+	}
+	if err := env.Explain(rows, 3*time.Second); err != nil {
+		return nil, err
 	}
 	fmt.Fprintln(w)
 	printLiveTable(w, rows)

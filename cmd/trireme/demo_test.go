@@ -116,6 +116,15 @@ func TestLiveDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	rows := append(append([]demo.Row(nil), res.Live...), res.Run...)
+	dockerOK, why := demo.DockerAvailable(bin)
+	if dockerOK {
+		if res.DockerSkipped != "" || len(res.Docker) == 0 {
+			t.Errorf("dockerd is installed, yet the Docker part did not run: %s", res.DockerSkipped)
+		}
+		rows = append(rows, res.Docker...)
+	} else if res.DockerSkipped == "" || !strings.Contains(out, "Docker part skipped: "+why) {
+		t.Errorf("no Docker, yet no clear skip message (%q)", res.DockerSkipped)
+	}
 	type want struct {
 		observed, decision, reason, side string
 		rules                            []string
@@ -142,6 +151,14 @@ func TestLiveDemo(t *testing.T) {
 		// trireme run --label app=reports
 		"reports (run) -> db:tcp/5432": {demo.Refused, "deny", "policy-denied", "server", nil, []string{"db/from-reports"}},
 		"reports (run) -> api:tcp/443": {demo.Connected, "allow", "", "", []string{"external-services/https-apis"}, nil},
+		// Docker containers labelled like frontend, web and db
+		"c-frontend -> c-web:tcp/80":     {demo.Connected, "allow", "", "", []string{"web/from-frontend", "frontend/to-web"}, nil},
+		"c-web -> c-db:tcp/5432":         {demo.Connected, "allow", "", "", []string{"db/from-web", "web/to-db"}, nil},
+		"c-frontend -> c-db:tcp/5432":    {demo.Refused, "deny", "policy-denied", "server", nil, nil},
+		"c-db -> c-frontend:tcp/443":     {demo.Refused, "deny", "policy-denied", "client", nil, nil},
+		"frontend -> c-web:tcp/80":       {demo.Connected, "allow", "", "", []string{"web/from-frontend", "frontend/to-web"}, nil},
+		"internet -> c-frontend:tcp/443": {demo.Connected, "allow", "", "", []string{"frontend/public-https"}, nil},
+		"internet -> c-db:tcp/5432":      {demo.Refused, "deny", "policy-denied", "server", nil, nil},
 	}
 	seen := map[string]bool{}
 	for _, r := range rows {
@@ -165,6 +182,9 @@ func TestLiveDemo(t *testing.T) {
 		}
 	}
 	for k := range cases {
+		if strings.Contains(k, "c-") && !dockerOK {
+			continue // the Docker part was skipped (checked above)
+		}
 		if !seen[k] {
 			t.Errorf("no row for %s", k)
 		}
@@ -183,6 +203,9 @@ func TestLiveDemo(t *testing.T) {
 	if ns := demoNamespaces(); !slices.Equal(ns, nsBefore) {
 		t.Errorf("namespaces left: %v (before: %v)", ns, nsBefore)
 	}
+	if left := demoProcesses(); len(left) > 0 {
+		t.Errorf("processes left: %v", left)
+	}
 	linksAfter, tablesAfter := hostState(t)
 	for _, l := range linksAfter {
 		if !slices.Contains(linksBefore, l) && !otherTestLink(l) {
@@ -194,6 +217,20 @@ func TestLiveDemo(t *testing.T) {
 			t.Errorf("nftables table left in the host namespace: %s", tb)
 		}
 	}
+}
+
+// demoProcesses lists processes whose command line names a demo directory
+// (daemon, probes, containerd, dockerd, shims).
+func demoProcesses() []string {
+	var out []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && strings.Contains(string(b), "/trireme-demo-") {
+			out = append(out, p+": "+strings.ReplaceAll(string(b), "\x00", " "))
+		}
+	}
+	return out
 }
 
 // otherTestLink: links other packages' tests (running in parallel) create
