@@ -21,7 +21,6 @@ import (
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"golang.org/x/sys/unix"
-
 )
 
 // DockerImage is the demo's image: FROM scratch, only the static trireme

@@ -99,7 +99,7 @@ type Options struct {
 	// bridge, and has the daemon police its containers. When the engine
 	// cannot start, DockerErr says why and the demo goes on without it.
 	Docker   bool
-	Progress   io.Writer
+	Progress io.Writer
 }
 
 // New creates the node namespace, a fresh CA and node certificate, and the
