@@ -916,6 +916,7 @@ func (d *Daemon) Stats() Stats {
 			"records-dropped": d.sink.dropped.Load(),
 			"io-errors":       ioErrors.Load(),
 			"kernel-errors":   kernelErrors.Load(),
+			"foreign-frames":  foreignFrames.Load(),
 		},
 		Drops:    map[string]uint64{},
 		Policy:   PolicyStatus{File: st.File, LoadedAt: st.LoadedAt, Policies: st.Policies, LastError: st.LastError, ErrorAt: st.ErrorAt},

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"encoding/binary"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -13,6 +15,10 @@ import (
 // reported in stats rather than logged per packet.
 var ioErrors, kernelErrors atomic.Uint64
 
+// foreignFrames counts frames toward a PU that were addressed to another
+// host (see notForPU).
+var foreignFrames atomic.Uint64
+
 // frameIO is one TAP reader's buffers: a frame is read, decided and written
 // without allocation.
 type frameIO struct {
@@ -21,10 +27,50 @@ type frameIO struct {
 	buf  []byte // virtio-net header + frame, as read
 	wbuf []byte // virtio-net header + frame, for frames not in buf
 	out  dataplane.Output
+	ips  []netip.Addr // the PU's addresses
 }
 
 func newFrameIO(d *Daemon, p *livePU) *frameIO {
-	return &frameIO{d: d, p: p, buf: make([]byte, tap.MaxFrame), wbuf: make([]byte, tap.MaxFrame)}
+	return &frameIO{d: d, p: p, buf: make([]byte, tap.MaxFrame), wbuf: make([]byte, tap.MaxFrame),
+		ips: append([]netip.Addr(nil), p.info.IPs...)}
+}
+
+// notForPU reports a unicast frame toward the PU that is addressed to
+// another host. A bridge floods a unicast frame whose destination MAC it
+// has not learned (yet) to every port, e.g. right after a container
+// restarted with the same address and MAC behind a new veth; the steering
+// of every other PU then hands the enforcer a copy, which it must not
+// decide as its PU's (a denial would reset the real destination's
+// connection). The PU would drop such a frame: so do we. Frames to group
+// MACs (broadcast, multicast) and to link-local addresses are left alone.
+func (f *frameIO) notForPU(frame []byte) bool {
+	if len(frame) < 14 || frame[0]&1 != 0 || len(f.ips) == 0 {
+		return false
+	}
+	var dst netip.Addr
+	switch binary.BigEndian.Uint16(frame[12:14]) {
+	case 0x0800:
+		if len(frame) < 34 {
+			return false
+		}
+		dst = netip.AddrFrom4([4]byte(frame[30:34]))
+	case 0x86dd:
+		if len(frame) < 54 {
+			return false
+		}
+		dst = netip.AddrFrom16([16]byte(frame[38:54]))
+	default:
+		return false
+	}
+	if dst.IsLinkLocalUnicast() || dst.IsMulticast() {
+		return false
+	}
+	for _, ip := range f.ips {
+		if ip.Unmap() == dst {
+			return false
+		}
+	}
+	return true
 }
 
 // process runs the frame in buf[:n] through the enforcer and sends what it
@@ -36,6 +82,10 @@ func (f *frameIO) process(dir dataplane.Direction, n int, now time.Time) {
 		return
 	}
 	frame := f.buf[vnet.HdrLen:n]
+	if dir == dataplane.FromNet && f.notForPU(frame) {
+		foreignFrames.Add(1)
+		return
+	}
 	// A partial checksum (the sender's offload) is completed here, so that
 	// the core sees and rewrites whole packets. Super-packets keep theirs:
 	// the core never rewrites them.
