@@ -31,9 +31,24 @@ func newDemoCmd() *cobra.Command {
 		Use:   "demo",
 		Short: "Show trireme at work on the examples",
 		Long: `demo shows trireme on examples/: policy.yaml and the PUs and external hosts of
-pus.yaml. The offline demo decides every connection between them (each
-client to each server on each port it serves) with the policy engine and
-prints client -> server:port, the verdict, the deciding rules and the reason.`,
+pus.yaml.
+
+The live demo (the default; needs root) creates a node (a network namespace
+with a bridge; the host's own network is not touched), starts the daemon in
+it in PKI mode (a fresh CA and node certificate), makes each host of
+pus.yaml a namespace on the node bridge and attaches the PUs with their
+labels, starts 'trireme probe serve' in the servers, makes the connections
+listed under 'live' in pus.yaml and prints, for each, what the client saw
+(connected, refused by RST, timed out) and the decision, reason and rule
+from the daemon's flow log. Then it runs 'trireme run --label app=reports'
+examples and, when dockerd is installed and the binary is static, starts a
+private Docker engine in the node with three labelled containers. Everything
+is removed at the end, also on error or ^C.
+
+The offline demo (--offline) decides every connection between the hosts
+(each client to each server on each port it serves) with the policy engine
+and prints client -> server:port, the verdict, the deciding rules and the
+reason.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !offline && liveDemo != nil {

@@ -65,7 +65,7 @@ func parseLiveConn(s string, hosts map[string]*demoHost) (demo.Conn, error) {
 	return c, nil
 }
 
-func runLiveDemo(cmd *cobra.Command, dir string) error {
+func runLiveDemo(cmd *cobra.Command, dir string) (err error) {
 	w := cmd.OutOrStdout()
 	start := time.Now()
 	ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
@@ -112,6 +112,9 @@ func runLiveDemo(cmd *cobra.Command, dir string) error {
 	}
 	env, err := demo.New(ctx, demo.Options{Binary: bin, Policy: pf, Subnet: demoSubnet, Progress: w, Docker: dockerOK})
 	if err != nil {
+		if ctx.Err() != nil {
+			return errors.New("interrupted; what the demo had set up is removed")
+		}
 		return err
 	}
 	env.Excluded = eng.Set().ExcludedNetworks
@@ -123,6 +126,9 @@ func runLiveDemo(cmd *cobra.Command, dir string) error {
 			fmt.Fprintf(w, "  • torn down: daemon stopped and purged, namespaces deleted (%.1fs)\n", time.Since(t).Seconds())
 		}
 		fmt.Fprintf(w, "\ndemo finished in %.1fs\n", time.Since(start).Seconds())
+		if ctx.Err() != nil {
+			err = errors.New("interrupted; what the demo had set up is removed")
+		}
 	}()
 
 	// The hosts the connections need, with the ports they serve.
@@ -298,6 +304,9 @@ func runExample(ctx context.Context, w io.Writer, env *demo.Env, bin string) ([]
 			"--name", fmt.Sprintf("reports-%s-%d", env.Suffix, i), "--",
 			bin, "probe", "connect", "--tcp", target, "--timeout", demo.ProbeTimeout.String())
 		cmd.Stdout, cmd.Stderr = &out, &out
+		// Interrupted: trireme run passes SIGTERM on and removes its PU.
+		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+		cmd.WaitDelay = 5 * time.Second
 		err := cmd.Run()
 		if ctx.Err() != nil {
 			return rows, ctx.Err()
