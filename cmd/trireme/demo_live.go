@@ -278,6 +278,17 @@ func printLiveTable(w io.Writer, rows []demo.Row) {
 		fmt.Fprintf(tw, "%s -> %s:%s/%d\t%s\t%s\t%s\t%s\n", r.Conn.Client, r.Conn.Server, r.Conn.Proto, r.Conn.Port, obs, decision, reason, by)
 	}
 	tw.Flush()
+	counts := map[string]int{}
+	for _, r := range rows {
+		counts[r.Observed]++
+	}
+	var parts []string
+	for _, o := range demoOutcomes {
+		if counts[o] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[o], o))
+		}
+	}
+	fmt.Fprintf(w, "%s.\n", strings.Join(parts, ", "))
 }
 
 // runExample shows `trireme run`: a command started as a new PU (a

@@ -46,6 +46,35 @@ func TestOfflineDemo(t *testing.T) {
 	}
 }
 
+// pus.yaml's live connections are checked before anything is created.
+func TestParseLiveConn(t *testing.T) {
+	hosts := map[string]*demoHost{"a": {Name: "a"}, "b": {Name: "b"}}
+	for _, c := range []struct {
+		in   string
+		want demo.Conn
+		err  string
+	}{
+		{"a -> b:tcp/80", demo.Conn{Client: "a", Server: "b", Proto: "tcp", Port: 80}, ""},
+		{" a->b:udp/53 ", demo.Conn{Client: "a", Server: "b", Proto: "udp", Port: 53}, ""},
+		{"a b:tcp/80", demo.Conn{}, "want CLIENT -> SERVER:PROTO/PORT"},
+		{"a -> b", demo.Conn{}, "want CLIENT -> SERVER:PROTO/PORT"},
+		{"a -> b:tcp/80-81", demo.Conn{}, "want one tcp/PORT or udp/PORT"},
+		{"a -> b:icmp", demo.Conn{}, "want one tcp/PORT or udp/PORT"},
+		{"a -> b:tcp/99999", demo.Conn{}, "want one tcp/PORT or udp/PORT"},
+		{"a -> c:tcp/80", demo.Conn{}, `no host "c"`},
+		{"a -> a:tcp/80", demo.Conn{}, "connecting to itself"},
+	} {
+		got, err := parseLiveConn(c.in, hosts)
+		if c.err == "" {
+			if err != nil || got != c.want {
+				t.Errorf("%q: got %+v, %v; want %+v", c.in, got, err, c.want)
+			}
+		} else if err == nil || !strings.Contains(err.Error(), c.err) {
+			t.Errorf("%q: error %v, want one containing %q", c.in, err, c.err)
+		}
+	}
+}
+
 func lineStarting(out, prefix string) string {
 	for _, l := range strings.Split(out, "\n") {
 		if strings.HasPrefix(l, prefix) {
@@ -189,7 +218,7 @@ func TestLiveDemo(t *testing.T) {
 			t.Errorf("no row for %s", k)
 		}
 	}
-	for _, s := range []string{"CLIENT -> SERVER:PORT", "frontend -> web:tcp/80", "$ trireme run --label app=reports", "torn down", "demo finished"} {
+	for _, s := range []string{"CLIENT -> SERVER:PORT", "frontend -> web:tcp/80", "7 connected, 10 refused.", "$ trireme run --label app=reports", "torn down", "demo finished"} {
 		if !strings.Contains(out, s) {
 			t.Errorf("output lacks %q:\n%s", s, out)
 		}
