@@ -14,6 +14,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
 
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/vnet"
@@ -41,9 +45,40 @@ const tunFlags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
 // Tap is an open persistent TAP device. Read and Close may be called from
 // different goroutines; Close unblocks a pending Read.
 type Tap struct {
-	f     *os.File
-	name  string
-	index int
+	f      *os.File
+	rc     syscall.RawConn
+	name   string
+	index  int
+	closed atomic.Bool
+
+	rmu sync.Mutex // one Read at a time uses rd
+	rd  rawRead
+}
+
+// rawRead is one read through the runtime poller: the fd is non-blocking
+// and the read a raw system call, so a reader that has frames waiting
+// takes them without the scheduler's syscall bookkeeping (entersyscall,
+// P hand-off), and one with nothing waiting parks in the poller. fn is
+// bound once, so a Read allocates nothing.
+type rawRead struct {
+	b     []byte
+	n     int
+	errno unix.Errno
+	fn    func(fd uintptr) bool
+}
+
+func (r *rawRead) read(fd uintptr) bool {
+	for {
+		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&r.b[0])), uintptr(len(r.b)))
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false // nothing waiting: park in the poller
+		}
+		r.n, r.errno = int(n), e
+		return true
+	}
 }
 
 // Open opens the persistent TAP called name, creating it (with
@@ -85,6 +120,7 @@ func Open(name string) (*Tap, error) {
 		f.Close()
 		return nil, err
 	}
+	t.rd.fn = t.rd.read
 	return t, nil
 }
 
@@ -118,6 +154,7 @@ func (t *Tap) setup() error {
 	if err != nil {
 		return fmt.Errorf("tap: %s: %w", t.name, err)
 	}
+	t.rc = rc
 	var ierr error
 	if err := rc.Control(func(fd uintptr) {
 		ierr = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, Offloads)
@@ -164,9 +201,23 @@ func (t *Tap) Read(b []byte) (int, error) {
 	if len(b) < MaxFrame {
 		return 0, ErrShortBuffer
 	}
-	n, err := t.f.Read(b)
+	t.rmu.Lock()
+	t.rd.b = b
+	err := t.rc.Read(t.rd.fn)
+	n, errno := t.rd.n, t.rd.errno
+	t.rd.b = nil
+	t.rmu.Unlock()
 	if err != nil {
+		if t.closed.Load() {
+			return 0, os.ErrClosed
+		}
 		return 0, err
+	}
+	if errno != 0 {
+		return 0, errno
+	}
+	if n == 0 {
+		return 0, io.EOF
 	}
 	if n >= len(b) {
 		return 0, ErrTruncated
@@ -176,6 +227,7 @@ func (t *Tap) Read(b []byte) (int, error) {
 
 // Close detaches from the TAP; the device and its ifindex remain.
 func (t *Tap) Close() error {
+	t.closed.Store(true)
 	err := t.f.Close()
 	if errors.Is(err, os.ErrClosed) {
 		return nil

@@ -102,3 +102,47 @@ func TestReadIntact(t *testing.T) {
 		t.Errorf("inject+read allocates %.1f times per packet", a)
 	}
 }
+
+// TestCloseUnblocksRead: a Read parked in the poller (nothing steered)
+// returns an error IsClosed recognises when the TAP is closed, and so does
+// a Read after Close; the device stays.
+func TestCloseUnblocksRead(t *testing.T) {
+	n := testenv.NewNode(t, testenv.NodeOptions{})
+	var tp *tap.Tap
+	n.MustDo(func() error {
+		var err error
+		tp, err = tap.Open("tclose")
+		return err
+	})
+	buf := make([]byte, tap.MaxFrame)
+	done := make(chan error, 1)
+	go func() {
+		_, err := tp.Read(buf)
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let the reader park
+	if err := tp.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if !tap.IsClosed(err) {
+			t.Errorf("pending read after close: %v, want a closed error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not unblock Read")
+	}
+	if _, err := tp.Read(buf); !tap.IsClosed(err) {
+		t.Errorf("read after close: %v, want a closed error", err)
+	}
+	if _, err := tp.Read(make([]byte, 100)); err != tap.ErrShortBuffer {
+		t.Errorf("short buffer: %v", err)
+	}
+	n.MustDo(func() error {
+		again, err := tap.Open("tclose")
+		if err != nil {
+			return err
+		}
+		return again.Close()
+	})
+}
