@@ -482,6 +482,16 @@ func (d *Daemon) addPU(mp monitor.PU, owned bool) (PUInfo, error) {
 		return PUInfo{}, fmt.Errorf("steering: %w", err)
 	}
 	d.pus[p.info.ID] = p
+	if !owned {
+		// Attached namespaces and containers on the node bridge hold
+		// addresses of the node subnet: never hand them out again.
+		// They stay reserved after the PU goes (its namespace may not).
+		for _, ip := range p.info.IPs {
+			if d.ipam.subnet.Contains(ip) {
+				d.ipam.reserve(ip)
+			}
+		}
+	}
 	d.enforce(p)
 	d.saveStateLocked()
 	d.log.Info("enforcing PU", "pu", p.info.ID, "name", p.info.Name, "kind", p.info.Kind, "veth", p.info.Veth, "tags", policy.NewTags(p.info.Tags).String())

@@ -65,13 +65,20 @@ func puGone(t *testing.T, d *testenv.Daemon, id, nsName string) {
 	if err != nil || strings.Contains(string(out), nsName) {
 		t.Errorf("ip netns list (%v):\n%s", err, out)
 	}
-	// One host veth per live PU (the injection port's veth pair aside).
+	// One host veth per live PU trireme made (the injection port's veth
+	// pair and the attached PU's aside).
 	links, err := d.Node.Run(context.Background(), "ip", "-o", "link", "show", "type", "veth")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if veths := strings.Count(links, ": trv"); veths != len(pus) {
-		t.Errorf("%d PU veths on the node, %d PUs live:\n%s", veths, len(pus), links)
+	live := 0
+	for _, p := range pus {
+		if p.Kind == "process" {
+			live++
+		}
+	}
+	if veths := strings.Count(links, ": trv"); veths != live {
+		t.Errorf("%d veths of trireme-made PUs on the node, %d such PUs live:\n%s", veths, live, links)
 	}
 }
 
@@ -82,7 +89,8 @@ func TestRunProcess(t *testing.T) {
 	testenv.RequireRoot(t)
 	sfx := testenv.Suffix()
 	testenv.AssertNothingLeft(t, sfx)
-	n := testenv.NewNode(t, testenv.NodeOptions{Suffix: sfx})
+	// A namespace PU already on the bridge: its address is taken.
+	n := testenv.NewNode(t, testenv.NodeOptions{PUs: 1, Suffix: sfx})
 	policy := fmt.Sprintf(`
 targetNetworks: [%s]
 policies:
@@ -101,6 +109,7 @@ policies:
 `, n.Subnet)
 	d := testenv.NewDaemon(t, n, testenv.DaemonOptions{SecretsDir: testenv.PSKDir(t), Policy: policy})
 	d.Start()
+	d.Attach(n.PUs[0], "app=bystander")
 
 	// The server: a long-running `trireme run`, its output streamed.
 	webName := "web-" + sfx
@@ -139,6 +148,9 @@ policies:
 	pu := findPU(t, d, "proc-"+webName)
 	if pu.Kind != "process" || pu.Tags["app"] != "web" || len(pu.IPs) != 1 || !n.Subnet.Contains(pu.IPs[0]) {
 		t.Fatalf("server PU: %+v", pu)
+	}
+	if pu.IPs[0] == n.PUs[0].Addr {
+		t.Fatalf("server PU got %v, the address of the attached PU %s", pu.IPs[0], n.PUs[0].Name)
 	}
 	if out := testenv.RunBin(t, "pu", "ls", "--socket", d.Socket); !strings.Contains(out, webName) || !strings.Contains(out, "app=web") {
 		t.Errorf("pu ls:\n%s", out)

@@ -75,8 +75,8 @@ func (d *Daemon) loadState() []*livePU {
 			tap.Delete(tout)
 			continue
 		}
-		if sp.Owned {
-			for _, ip := range sp.IPs {
+		for _, ip := range sp.IPs {
+			if sp.Owned || d.ipam.subnet.Contains(ip) {
 				d.ipam.reserve(ip)
 			}
 		}
