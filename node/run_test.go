@@ -126,8 +126,15 @@ policies:
 	webDone := make(chan error, 1)
 	go func() { webDone <- web.Wait() }()
 	t.Cleanup(func() {
-		web.Process.Kill()
-		<-webDone
+		// As an operator would: SIGTERM (passed on to the server), then
+		// SIGKILL.
+		web.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-webDone:
+		case <-time.After(5 * time.Second):
+			web.Process.Kill()
+			<-webDone
+		}
 	})
 	ready := make(chan string, 1)
 	go func() {
@@ -233,6 +240,39 @@ policies:
 			c.Process.Kill()
 			t.Fatal("trireme run did not end on SIGINT")
 		}
+		puGone(t, d, "proc-"+name, "trireme-"+name)
+	})
+	// `trireme run` killed outright cannot pass anything on: the command
+	// gets SIGTERM from the kernel (parent-death signal); the PU stays until
+	// detached (the daemon cannot tell a dead CLI from a busy one).
+	t.Run("SIGKILL", func(t *testing.T) {
+		name := "kill-" + sfx
+		c := runCLI(t, d, "run", "--socket", d.Socket, "--label", "app=x", "--name", name, "--", "sh", "-c", "echo $$; exec sleep 60")
+		stdout, err := c.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		var pid int
+		if _, err := fmt.Fscan(stdout, &pid); err != nil {
+			c.Process.Kill()
+			c.Wait()
+			t.Fatalf("reading the command's PID: %v", err)
+		}
+		c.Process.Kill()
+		c.Wait()
+		deadline := time.Now().Add(5 * time.Second)
+		for syscall.Kill(pid, 0) == nil {
+			if time.Now().After(deadline) {
+				syscall.Kill(pid, syscall.SIGKILL)
+				t.Fatalf("command %d still running 5s after trireme run was killed", pid)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		findPU(t, d, "proc-"+name)
+		testenv.RunBin(t, "pu", "detach", "proc-"+name, "--socket", d.Socket)
 		puGone(t, d, "proc-"+name, "trireme-"+name)
 	})
 }

@@ -142,10 +142,10 @@ func runInPU(pu node.PUInfo, path string, args []string, sigs <-chan os.Signal) 
 	// can use the terminal and gets ^C and ^\ from it directly: we do not
 	// pass those on (it would get them twice). Otherwise it gets its own
 	// group, and every signal reaches it through us, exactly once.
+	// If we die without a chance to pass a signal on (SIGKILL), the
+	// command gets SIGTERM rather than running on after its PU's owner.
 	tty := isTerminal(os.Stdin)
-	if !tty {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: !tty, Pdeathsig: syscall.SIGTERM}
 	if err := process.Start(pu.NetNS, cmd); err != nil {
 		return 0, fmt.Errorf("starting %s in PU %s: %w", args[0], pu.ID, err)
 	}
