@@ -39,6 +39,9 @@ func FuzzParse(f *testing.F) {
 		"? [a]\n: b\n",
 		"policies: " + strings.Repeat("[", 12000),
 		"policies:\n- name: a\n  selector: '*'\n  ingress:\n  - ports: [tcp/1-65535, udp, sctp, icmp]\n    action: allow\n",
+		"policies:\n- name: a\n  selector: '@sys:image=\"registry.local:5000/nginx:1.25\", @sys:name in (/web-1, \"a \\\\ b\")'\n  ingress: [{from: [{selector: '@sys:id notin (\"x\")'}], action: allow}]\n",
+		"policies:\n- name: a\n  selector: {matchLabels: {'@sys:name': '/web-1'}, matchExpressions: [{key: x, operator: In, values: ['a \"b\"', '']}]}\n",
+		"policies:\n- name: a\n  selector: 'app=x\"y'\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
