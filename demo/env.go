@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -112,6 +113,11 @@ func New(ctx context.Context, opts Options) (e *Env, err error) {
 	if opts.Progress == nil {
 		opts.Progress = io.Discard
 	}
+	if removed, err := CleanStale(); err != nil {
+		fmt.Fprintf(opts.Progress, "  ! removing what killed demos left: %v\n", err)
+	} else if len(removed) > 0 {
+		fmt.Fprintf(opts.Progress, "  • removed what killed demos left: %d namespaces and directories\n", len(removed))
+	}
 	e = &Env{Suffix: suffix(), Binary: opts.Binary, Subnet: opts.Subnet.Masked(), progress: opts.Progress,
 		hostNS: map[string]string{}, hosts: map[string]*Host{}}
 	e.Node = NamePrefix + e.Suffix + "-node"
@@ -123,7 +129,7 @@ func New(ctx context.Context, opts Options) (e *Env, err error) {
 			e = nil
 		}
 	}()
-	if e.Dir, err = os.MkdirTemp("", "trireme-demo-"); err != nil {
+	if e.Dir, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", tmpPrefix, os.Getpid())); err != nil {
 		return e, err
 	}
 	if err := e.newNetns(e.Node); err != nil {
@@ -173,14 +179,75 @@ func (e *Env) Progressf(format string, args ...any) {
 	fmt.Fprintf(e.progress, "  • "+format+"\n", args...)
 }
 
+// suffix names a demo's namespaces and containers: this process's PID
+// (CleanStale removes those of dead processes) and a random part.
 func suffix() string {
-	var b [3]byte
+	var b [2]byte
 	f, err := os.Open("/dev/urandom")
 	if err == nil {
 		io.ReadFull(f, b[:])
 		f.Close()
 	}
-	return fmt.Sprintf("%02x%02x%02x", b[0], b[1], b[2])
+	return fmt.Sprintf("%d-%02x%02x", os.Getpid(), b[0], b[1])
+}
+
+// tmpPrefix starts the name of a demo's directory, followed by its PID.
+const tmpPrefix = "trireme-demo-"
+
+// CleanStale removes what demos that were killed (SIGKILL: no teardown)
+// left: their namespaces (with the daemon's bridge, TAPs and nftables
+// table inside), the PU namespaces their trireme run made, the processes
+// and mounts of their Docker engine, and their directories. What belongs
+// to a demo still running is left alone.
+func CleanStale() (removed []string, err error) {
+	var errs []error
+	ents, _ := os.ReadDir(netsetup.NetnsDir)
+	for _, ent := range ents {
+		n := ent.Name()
+		if staleName(n, NamePrefix, "-") || staleName(n, runPrefix, "-") {
+			if err := netsetup.DeleteNetns(n); err != nil {
+				errs = append(errs, err)
+			} else {
+				removed = append(removed, "netns "+n)
+			}
+		}
+	}
+	tmp := os.TempDir()
+	ents, _ = os.ReadDir(tmp)
+	for _, ent := range ents {
+		if ent.IsDir() && staleName(ent.Name(), tmpPrefix, "-") {
+			dir := filepath.Join(tmp, ent.Name())
+			killUnder(dir)
+			unmountUnder(dir)
+			if err := os.RemoveAll(dir); err != nil {
+				errs = append(errs, err)
+			} else {
+				removed = append(removed, dir)
+			}
+		}
+	}
+	return removed, errors.Join(errs...)
+}
+
+// runPrefix starts the names the demo gives `trireme run` PUs (the daemon
+// names their namespaces trireme-NAME).
+const runPrefix = "trireme-reports-"
+
+// RunName is the PU name of the demo's i-th trireme run.
+func (e *Env) RunName(i int) string { return fmt.Sprintf("reports-%s-%d", e.Suffix, i) }
+
+// staleName: name is prefix, a PID, sep, ... and that process is gone.
+func staleName(name, prefix, sep string) bool {
+	rest, ok := strings.CutPrefix(name, prefix)
+	if !ok {
+		return false
+	}
+	pidStr, _, ok := strings.Cut(rest, sep)
+	pid, err := strconv.Atoi(pidStr)
+	if !ok || err != nil || pid <= 0 || pid == os.Getpid() {
+		return false
+	}
+	return syscall.Kill(pid, 0) == syscall.ESRCH
 }
 
 func (e *Env) newNetns(name string) error {

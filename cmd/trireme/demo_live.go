@@ -312,7 +312,7 @@ func runExample(ctx context.Context, w io.Writer, env *demo.Env, bin string) ([]
 		since := time.Now()
 		var out strings.Builder
 		cmd := exec.CommandContext(ctx, bin, "run", "--socket", env.Socket(), "--label", "app=reports",
-			"--name", fmt.Sprintf("reports-%s-%d", env.Suffix, i), "--",
+			"--name", env.RunName(i), "--",
 			bin, "probe", "connect", "--tcp", target, "--timeout", demo.ProbeTimeout.String())
 		cmd.Stdout, cmd.Stderr = &out, &out
 		// Interrupted: trireme run passes SIGTERM on and removes its PU.
