@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/moby/moby/client"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/trireme-go/trireme/node"
@@ -148,6 +149,16 @@ func TestDaemonDocker(t *testing.T) {
 	fePU := waitPoliced(t, d, fe, 0)
 	otherPU := waitPoliced(t, d, other, 0)
 	t.Logf("4 containers policed after %v", time.Since(start).Round(time.Millisecond))
+	// dockerd runs in the node namespace: the containers' veths are there,
+	// beside the daemon's, and none is on the host.
+	for _, p := range []node.PUInfo{pre, post, fePU, otherPU} {
+		if _, err := netlink.LinkByName(p.Veth); err == nil {
+			t.Errorf("container %s: veth %s on the host", p.Name, p.Veth)
+		}
+		if _, err := n.Run(context.Background(), "ip", "link", "show", p.Veth, "master", n.Bridge); err != nil {
+			t.Errorf("container %s: veth %s not on the node bridge: %v", p.Name, p.Veth, err)
+		}
+	}
 
 	cases := func(t *testing.T, otherAllowed bool) {
 		t.Helper()
@@ -250,5 +261,8 @@ func TestDaemonDocker(t *testing.T) {
 			t.Errorf("web -> frontend under the previous policy: exit %d %q, want refused", code, out)
 		}
 	})
+	if s, err := d.Client().Stats(); err == nil {
+		t.Logf("foreign frames dropped: %d", s.Counters["foreign-frames"])
+	}
 	t.Logf("docker test body done after %v", time.Since(start).Round(time.Millisecond))
 }
