@@ -142,6 +142,7 @@ func checkSelector(s *Selector) error {
 // PUPolicy is the rules of one PU (the union of every policy whose selector
 // matches its tags), indexed for decisions. Immutable; safe for concurrent use.
 type PUPolicy struct {
+	_        noCopy // a copy would not keep the symbols held (holdSymbols)
 	policies []string
 	dir      [2]dirPolicy
 }

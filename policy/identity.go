@@ -88,6 +88,13 @@ func holdSymbols[T any](holder *T, syms []uint32) {
 	}
 }
 
+// noCopy makes go vet refuse copies of the structures that hold symbols
+// through their own address.
+type noCopy struct{}
+
+func (*noCopy) Lock()   {}
+func (*noCopy) Unlock() {}
+
 // SymbolStats reports the interned strings now held (live) and the largest
 // symbol number in use so far (span), for metrics.
 func SymbolStats() (live, span int) {
@@ -129,6 +136,7 @@ func internAll(t Tags, syms []uint32) {
 // and values interned, in a small open-addressing table keyed by key symbol.
 // It is immutable and safe to share.
 type Identity struct {
+	_     noCopy // a copy would not keep the symbols held (holdSymbols)
 	tags  Tags
 	pairs []uint64 // key<<32 | value, in tag order
 	slots []uint64 // open addressing by key; 0 = empty
