@@ -99,3 +99,19 @@ func TestEchoHelpers(t *testing.T) {
 		t.Fatal("echo to a closed port succeeded")
 	}
 }
+
+// TestAddPUAddr: PUs with fixed addresses in different /24s of a /16 node
+// subnet (the cyclonus universe's layout) reach each other over the bridge.
+func TestAddPUAddr(t *testing.T) {
+	n := NewNode(t, NodeOptions{Subnet: netip.MustParsePrefix("192.168.0.0/16")})
+	addrs := []string{"192.168.1.10", "192.168.2.20", "192.168.3.30"}
+	for _, a := range addrs {
+		p := n.AddPUAddr(netip.MustParseAddr(a))
+		if p.Addr != netip.MustParseAddr(a) || p.Addr6.IsValid() {
+			t.Fatalf("PU %s: addresses %v %v, want %s and no IPv6", p.Name, p.Addr, p.Addr6, a)
+		}
+	}
+	for _, tc := range []struct{ from, to int }{{0, 1}, {1, 2}, {2, 0}} {
+		roundTrip(t, n.PUs[tc.from], n.PUs[tc.to])
+	}
+}
