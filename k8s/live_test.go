@@ -29,7 +29,7 @@ import (
 var liveSubnet = netip.MustParsePrefix("192.168.0.0/16")
 
 const (
-	probeTimeout = 2 * time.Second
+	probeTimeout = 5 * time.Second
 	probeWorkers = 24
 )
 
