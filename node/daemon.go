@@ -643,11 +643,14 @@ func (d *Daemon) queueNotes(notes []dataplane.Note) {
 func (d *Daemon) kernelLoop() {
 	defer d.wg.Done()
 	b := d.steer.NewBatch()
+	var authorized, revoked uint64 // in the batch being built
 	add := func(op kernelOp) {
 		if op.authorize {
 			b.Authorize(op.pu, op.tuple, op.timeout)
+			authorized++
 		} else {
 			b.Revoke(op.pu, op.tuple)
+			revoked++
 		}
 	}
 	for {
@@ -665,10 +668,16 @@ func (d *Daemon) kernelLoop() {
 					break drain
 				}
 			}
-			if err := b.Commit(); err != nil && d.ctx.Err() == nil {
-				kernelErrors.Add(1)
-				d.log.Warn("updating authorized flows", "err", err)
+			if err := b.Commit(); err != nil {
+				if d.ctx.Err() == nil {
+					kernelErrors.Add(1)
+					d.log.Warn("updating authorized flows", "err", err)
+				}
+			} else {
+				kernelAuthorized.Add(authorized)
+				kernelRevoked.Add(revoked)
 			}
+			authorized, revoked = 0, 0
 		}
 	}
 }
@@ -926,7 +935,10 @@ func (d *Daemon) Stats() Stats {
 			"records-dropped": d.sink.dropped.Load(),
 			"io-errors":       ioErrors.Load(),
 			"kernel-errors":   kernelErrors.Load(),
-			"foreign-frames":  foreignFrames.Load(),
+			// Flows put in / taken out of the kernel's authorized sets.
+			"kernel-authorized": kernelAuthorized.Load(),
+			"kernel-revoked":    kernelRevoked.Load(),
+			"foreign-frames":    foreignFrames.Load(),
 		},
 		Drops:    map[string]uint64{},
 		Policy:   PolicyStatus{File: st.File, LoadedAt: st.LoadedAt, Policies: st.Policies, LastError: st.LastError, ErrorAt: st.ErrorAt},

@@ -227,6 +227,9 @@ policies:
 	if err := roundTrip("before"); err != nil {
 		t.Fatal(err)
 	}
+	// Established means in the kernel: wait for both PUs' authorizations
+	// to land before taking the daemon away.
+	d.WaitKernelAuthorized(2)
 
 	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
 		t.Run(sig.String(), func(t *testing.T) {

@@ -13,7 +13,7 @@ import (
 
 // ioErrors counts frames the daemon could not read or send; they are
 // reported in stats rather than logged per packet.
-var ioErrors, kernelErrors atomic.Uint64
+var ioErrors, kernelErrors, kernelAuthorized, kernelRevoked atomic.Uint64
 
 // foreignFrames counts frames toward a PU that were addressed to another
 // host (see notForPU).

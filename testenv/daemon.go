@@ -219,7 +219,10 @@ func (d *Daemon) Logs() string { return d.logs.String() }
 // API answers.
 func (d *Daemon) Start() {
 	d.t.Helper()
-	d.cmd = exec.Command("ip", "netns", "exec", d.Node.Name, Binary(d.t), "daemon", "--config", d.Config, "--log-level", "debug")
+	// nsenter switches only the network namespace: `ip netns exec` would
+	// also give the daemon a mount namespace of its own, hiding the
+	// namespaces it creates (`trireme run`) from the rest of the host.
+	d.cmd = exec.Command("nsenter", "--net="+filepath.Join("/var/run/netns", d.Node.Name), Binary(d.t), "daemon", "--config", d.Config, "--log-level", "debug")
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)
@@ -269,6 +272,25 @@ func (d *Daemon) PID() int {
 		return 0
 	}
 	return d.cmd.Process.Pid
+}
+
+// WaitKernelAuthorized waits until the daemon has put at least n flows in
+// the kernel's authorized sets since it started (each PU of a connection
+// counts one): until then a new flow's packets still pass through the
+// dataplane, and a daemon stopped at that moment takes them with it.
+func (d *Daemon) WaitKernelAuthorized(n uint64) {
+	d.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s, err := d.Client().Stats()
+		if err == nil && s.Counters["kernel-authorized"] >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("the daemon authorized %d flows in the kernel, want %d (%v)", s.Counters["kernel-authorized"], n, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Client returns a control API client for the daemon.
