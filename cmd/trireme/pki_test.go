@@ -16,14 +16,7 @@ import (
 
 func runPKI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	var out bytes.Buffer
-	cmd := newPKICmd()
-	cmd.SilenceUsage, cmd.SilenceErrors = true, true
-	cmd.SetOut(&out)
-	cmd.SetErr(&out)
-	cmd.SetArgs(args)
-	err := cmd.Execute()
-	return out.String(), err
+	return execCommand(t, newPKICmd(), args...)
 }
 
 func fileMode(t *testing.T, p string) os.FileMode {

@@ -18,14 +18,7 @@ import (
 
 func runReplay(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	var out bytes.Buffer
-	cmd := newReplayCmd()
-	cmd.SilenceUsage, cmd.SilenceErrors = true, true
-	cmd.SetOut(&out)
-	cmd.SetErr(&out)
-	cmd.SetArgs(args)
-	err := cmd.Execute()
-	return out.String(), err
+	return execCommand(t, newReplayCmd(), args...)
 }
 
 func frames(t *testing.T, path string) [][]byte {
