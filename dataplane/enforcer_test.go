@@ -1172,3 +1172,46 @@ func TestReauthorize(t *testing.T) {
 		}
 	}
 }
+
+// TestClientDeniedTupleReuse: after the client's egress refuses a
+// connection, a new connection on the same 4-tuple (a new ISN: refused
+// connections leave no TIME_WAIT, so kernels reuse the port at once) is
+// decided afresh; a retransmission of the refused SYN still gets the
+// refusal. Found live by the Kubernetes conformance probes.
+func TestClientDeniedTupleReuse(t *testing.T) {
+	denyEgress := webDB + `
+  - name: web-in
+    selector: app=web
+    ingress: [{name: any, action: allow}]
+`
+	p := newPair(t, denyEgress, map[string]string{"app": "bad"}, map[string]string{"app": "web"})
+	syn, synack, _, _, _ := p.frames()
+	p.c2s(syn)
+	if _, _, b := p.s2c(synack); b.v != Reset || b.code != reason.PolicyDenied {
+		t.Fatalf("SYN-ACK: %v %v, want the client's egress to refuse", b.v, b.code)
+	}
+	if a := p.c.run(FromApp, syn, p.now); a.v != Reset || a.code != reason.PolicyDenied {
+		t.Fatalf("retransmitted refused SYN: %v %v, want the same refusal", a.v, a.code)
+	}
+	// The client's policy now lets it reach app=web.
+	p.c.e.SetPolicy(compile(t, denyEgress+`
+  - name: bad-out
+    selector: app=bad
+    egress: [{name: to-web, to: [{selector: app=web}], action: allow}]
+`))
+	syn2 := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.SYN, seq: 9000})
+	synack2 := tcpFrame(t, seg{src: sIP, dst: cIP, sport: 5432, dport: 40000, flags: packet.SYN | packet.ACK, seq: 7000, ack: 9001})
+	ack2 := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.ACK, seq: 9001, ack: 7001})
+	wire, a, b := p.c2s(syn2)
+	if a.v != Forward || len(wire) <= len(syn2) {
+		t.Fatalf("new SYN on the refused 4-tuple: %v %v (wire %d bytes), want it sent with a token", a.v, a.code, len(wire))
+	}
+	mustDeliver(t, "new SYN", b, syn2)
+	_, _, b = p.s2c(synack2)
+	mustDeliver(t, "new SYN-ACK", b, synack2)
+	_, a, b = p.c2s(ack2)
+	mustDeliver(t, "new ACK", b, ack2)
+	if len(a.notes) != 1 || a.notes[0].Kind != Authorize {
+		t.Fatalf("client notes: %+v, want the new connection authorized", a.notes)
+	}
+}

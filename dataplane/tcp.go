@@ -355,8 +355,17 @@ func (c *ctx) client(ent *flow.Entry[conn]) {
 	p, v := c.p, &ent.Value
 	syn, ack := p.Flags&packet.SYN != 0, p.Flags&packet.ACK != 0
 	if ent.State == flow.Denied {
+		if c.dir == FromApp && syn && !ack && p.Seq != v.clientISN {
+			// A new connection reusing the 4-tuple of a refused one (a
+			// refused connection leaves no TIME_WAIT, so the kernel soon
+			// reuses its port): decided afresh, under today's policy.
+			c.e.finish(c.pu, ent, EndReplaced, c.ns, c.out)
+			c.sh.Delete(ent)
+			c.newConnection()
+			return
+		}
 		c.touch(ent, len(c.frame))
-		if c.dir == FromApp && syn && !ack && p.Seq == v.clientISN {
+		if c.dir == FromApp && syn && !ack {
 			// Retransmitted SYN of a refused connection: same answer.
 			c.refuse(v.reason, ent)
 			return
