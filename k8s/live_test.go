@@ -429,14 +429,14 @@ func (u *liveUniverse) pairRecords(offset int64, port uint16) map[[2]string][]st
 	return out
 }
 
-// localPort hands out the client ports of the probes, so that every
-// connection of the test has a 4-tuple of its own: the test measures
-// policy, and a new connection on the 4-tuple of one the client's egress
-// denied is silently dropped for a while (a known dataplane issue,
-// docs/kubernetes.md). TRIREME_LIVE_KERNEL_PORTS=1 lets the kernel choose
-// (0), which reuses the 4-tuples of refused connections.
+// localPort is the client port of a probe: 0, the kernel chooses, as for
+// any client. Kernels reuse the 4-tuples of refused connections at once
+// (no TIME_WAIT), so the probes also check that a new connection on such a
+// 4-tuple is decided afresh. TRIREME_LIVE_FIXED_PORTS=1 gives every probe a
+// 4-tuple of its own instead (to tell a policy difference from a 4-tuple
+// reuse problem when debugging).
 func (u *liveUniverse) localPort() int {
-	if os.Getenv("TRIREME_LIVE_KERNEL_PORTS") != "" {
+	if os.Getenv("TRIREME_LIVE_FIXED_PORTS") == "" {
 		return 0
 	}
 	u.mu.Lock()
