@@ -2,6 +2,7 @@ package packet
 
 import (
 	"bytes"
+	"encoding/hex"
 	"io"
 	"net/netip"
 	"path/filepath"
@@ -302,6 +303,36 @@ func TestChecksumZeroForms(t *testing.T) {
 			if got != want || !bytes.Equal(out[:p.L4+16], f[:p.L4+16]) || !bytes.Equal(out[p.L4+18:], f[p.L4+18:]) {
 				t.Fatalf("checksum %#04x token %d: came back %#04x", ck, len(tok), got)
 			}
+		}
+	}
+}
+
+// TestParseIPv6HopByHop: IPv6 packets with a hop-by-hop header (here an MLDv2
+// report, as every PU sends when its IPv6 comes up) are whole packets, not
+// truncated ones; cut short, they are malformed.
+func TestParseIPv6HopByHop(t *testing.T) {
+	mld, _ := hex.DecodeString("3333000000168a67340a691486dd6000000000240001" +
+		"00000000000000000000000000000000" + "ff020000000000000000000000000016" + // :: -> ff02::16
+		"3a00050200000100" + // hop-by-hop: next ICMPv6, router alert, PadN
+		"8f000000000000010400000" + "0ff0200000000000000000001ff0a6914") // MLDv2 report, one record
+	tests := []struct {
+		name  string
+		frame []byte
+		want  reason.Code
+	}{
+		{"whole", mld, reason.None},
+		{"cut in the ICMPv6 message", mld[:len(mld)-10], reason.Malformed},
+		{"cut in the hop-by-hop header", mld[:14+40+4], reason.Malformed},
+	}
+	ps := NewParser()
+	for _, tt := range tests {
+		var p Packet
+		if got := ps.Parse(tt.frame, &p); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+			continue
+		}
+		if tt.want == reason.None && (p.Proto != ProtoICMPv6 || p.ICMPType != 143 || p.L4 != 14+40+8 || p.End != len(mld)) {
+			t.Errorf("%s: proto %d type %d L4 %d End %d", tt.name, p.Proto, p.ICMPType, p.L4, p.End)
 		}
 	}
 }

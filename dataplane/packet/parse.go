@@ -112,7 +112,15 @@ func (ps *Parser) Parse(frame []byte, pkt *Packet) reason.Code {
 	ps.vlan.reset()
 	ps.ext.reset()
 	err := ps.dlp.DecodeLayers(frame, &ps.decoded)
-	if err != nil || ps.dlp.Truncated {
+	if err != nil {
+		return reason.Malformed
+	}
+	// gopacket's IPv6 layer marks every packet with a hop-by-hop header as
+	// truncated (it compares the payload length, which counts that header,
+	// with the payload after it): MLD reports and any IPv6 packet with a
+	// router alert. The length checks below decide for IPv6 instead.
+	truncated := ps.dlp.Truncated && !(len(ps.decoded) > 1 && ps.ip6.HopByHop != nil && ps.hasLayer(layers.LayerTypeIPv6))
+	if truncated {
 		return reason.Malformed
 	}
 	if len(ps.decoded) == 0 {
@@ -201,6 +209,15 @@ func (ps *Parser) Parse(frame []byte, pkt *Packet) reason.Code {
 		return reason.Malformed
 	}
 	return ps.transport(pkt)
+}
+
+func (ps *Parser) hasLayer(t gopacket.LayerType) bool {
+	for _, d := range ps.decoded {
+		if d == t {
+			return true
+		}
+	}
+	return false
 }
 
 // transport fills the transport fields from the raw bytes: the layers
