@@ -58,6 +58,7 @@ type elemWriter struct {
 	seq   uint32
 	io    rawIO
 	rbuf  []byte
+	wbuf  []byte // the last transaction, reused
 }
 
 // rawIO is one raw send or receive on the netlink socket; its methods are
@@ -147,39 +148,30 @@ func (w *elemWriter) commitTxn(ops []elemOp) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	msgs := []netlink.Message{{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_BEGIN), Flags: netlink.Request},
-		Data:   nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES),
-	}}
+	if _, err := w.dial(); err != nil {
+		return err
+	}
+	// One datagram holds the whole transaction, encoded into a buffer
+	// kept from one commit to the next.
+	txn := w.wbuf[:0]
+	w.seq++
+	txn = appendHeader(txn, unix.NFNL_MSG_BATCH_BEGIN, netlink.Request, w.seq)
+	txn = append(txn, nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)...)
+	want := 0 // acknowledgements: one per element message
 	for i := 0; i < len(ops); {
 		j := i + 1
 		for j < len(ops) && j-i < maxElemsPerMsg && ops[j].set == ops[i].set && ops[j].del == ops[i].del {
 			j++
 		}
-		m, err := w.message(ops[i:j])
-		if err != nil {
-			return err
-		}
-		msgs = append(msgs, m)
+		w.seq++
+		txn = appendElemMessage(txn, w.table, ops[i:j], w.seq)
+		want++
 		i = j
 	}
-	msgs = append(msgs, netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_MSG_BATCH_END), Flags: netlink.Request},
-		Data:   nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES),
-	})
-	if _, err := w.dial(); err != nil {
-		return err
-	}
-	// One datagram holds the whole transaction.
-	var txn []byte
-	want := 0 // acknowledgements: one per element message
-	for _, m := range msgs {
-		w.seq++
-		if m.Header.Flags&netlink.Acknowledge != 0 {
-			want++
-		}
-		txn = appendMessage(txn, m, w.seq)
-	}
+	w.seq++
+	txn = appendHeader(txn, unix.NFNL_MSG_BATCH_END, netlink.Request, w.seq)
+	txn = append(txn, nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)...)
+	w.wbuf = txn
 	w.io.b = txn
 	err := w.rc.Write(w.io.send)
 	if err == nil && w.io.errno != 0 {
@@ -213,19 +205,84 @@ func (w *elemWriter) commitTxn(ops []elemOp) error {
 	return nil
 }
 
-// appendMessage appends m as a netlink message (native byte order) with
-// the given sequence number; the kernel fills in our port ID.
-func appendMessage(b []byte, m netlink.Message, seq uint32) []byte {
-	l := unix.NLMSG_HDRLEN + len(m.Data)
-	b = binary.NativeEndian.AppendUint32(b, uint32(l))
-	b = binary.NativeEndian.AppendUint16(b, uint16(m.Header.Type))
-	b = binary.NativeEndian.AppendUint16(b, uint16(m.Header.Flags))
+// appendHeader appends a netlink header (native byte order) whose length
+// setMsgLen fills in; the kernel fills in our port ID.
+func appendHeader(b []byte, typ uint16, flags netlink.HeaderFlags, seq uint32) []byte {
+	b = binary.NativeEndian.AppendUint32(b, unix.NLMSG_HDRLEN+4) // header + nfgenmsg; see setMsgLen
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = binary.NativeEndian.AppendUint16(b, uint16(flags))
 	b = binary.NativeEndian.AppendUint32(b, seq)
-	b = binary.NativeEndian.AppendUint32(b, 0)
-	b = append(b, m.Data...)
-	for len(b)%unix.NLMSG_ALIGNTO != 0 {
+	return binary.NativeEndian.AppendUint32(b, 0)
+}
+
+// setMsgLen sets the length of the message starting at b[start:] to run
+// to the end of b.
+func setMsgLen(b []byte, start int) {
+	binary.NativeEndian.PutUint32(b[start:], uint32(len(b)-start))
+}
+
+// beginAttr appends an attribute header whose length endAttr fills in.
+func beginAttr(b []byte, typ uint16) ([]byte, int) {
+	start := len(b)
+	b = binary.NativeEndian.AppendUint16(b, 0)
+	return binary.NativeEndian.AppendUint16(b, typ), start
+}
+
+// endAttr sets the length of the attribute starting at start (unpadded)
+// and pads b to the netlink alignment.
+func endAttr(b []byte, start int) []byte {
+	binary.NativeEndian.PutUint16(b[start:], uint16(len(b)-start))
+	for len(b)%unix.NLA_ALIGNTO != 0 {
 		b = append(b, 0)
 	}
+	return b
+}
+
+func appendAttr(b []byte, typ uint16, data []byte) []byte {
+	b, start := beginAttr(b, typ)
+	return endAttr(append(b, data...), start)
+}
+
+func appendStringAttr(b []byte, typ uint16, s string) []byte {
+	b, start := beginAttr(b, typ)
+	b = append(b, s...)
+	return endAttr(append(b, 0), start)
+}
+
+// appendElemMessage appends one NEWSETELEM (or DESTROYSETELEM) message for
+// ops, which all share a set and a kind: per element its key and, when
+// added with a timeout, the timeout and the expiration (which restarts the
+// timer of an element already there). Encoded by hand, into the caller's
+// buffer: the daemon sends one for nearly every connection.
+func appendElemMessage(b []byte, table string, ops []elemOp, seq uint32) []byte {
+	typ := uint16(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWSETELEM)
+	flags := netlink.Request | netlink.Acknowledge | netlink.Create // no EXCL: existing elements are updated
+	if ops[0].del {
+		typ = unix.NFNL_SUBSYS_NFTABLES<<8 | msgDestroySetElem
+		flags = netlink.Request | netlink.Acknowledge
+	}
+	msg := len(b)
+	b = appendHeader(b, typ, flags, seq)
+	b = append(b, nfgen(unix.NFPROTO_NETDEV, 0)...)
+	b = appendStringAttr(b, unix.NFTA_SET_ELEM_LIST_TABLE, table)
+	b = appendStringAttr(b, unix.NFTA_SET_ELEM_LIST_SET, ops[0].set)
+	b, elems := beginAttr(b, netlink.Nested|unix.NFTA_SET_ELEM_LIST_ELEMENTS)
+	for _, op := range ops {
+		var elem, key int
+		b, elem = beginAttr(b, netlink.Nested|nftaListElem)
+		b, key = beginAttr(b, netlink.Nested|unix.NFTA_SET_ELEM_KEY)
+		b = appendAttr(b, unix.NFTA_DATA_VALUE, op.key)
+		b = endAttr(b, key)
+		if !op.del && op.timeout > 0 {
+			var ms [8]byte
+			binary.BigEndian.PutUint64(ms[:], uint64((op.timeout+time.Millisecond-1)/time.Millisecond))
+			b = appendAttr(b, unix.NFTA_SET_ELEM_TIMEOUT, ms[:])
+			b = appendAttr(b, unix.NFTA_SET_ELEM_EXPIRATION, ms[:])
+		}
+		b = endAttr(b, elem)
+	}
+	b = endAttr(b, elems)
+	setMsgLen(b, msg)
 	return b
 }
 
@@ -254,41 +311,4 @@ func parseAcks(b []byte) (int, error) {
 		b = b[l:]
 	}
 	return acked, nil
-}
-
-func (w *elemWriter) message(ops []elemOp) (netlink.Message, error) {
-	ae := netlink.NewAttributeEncoder()
-	ae.String(unix.NFTA_SET_ELEM_LIST_TABLE, w.table)
-	ae.String(unix.NFTA_SET_ELEM_LIST_SET, ops[0].set)
-	ae.Nested(unix.NFTA_SET_ELEM_LIST_ELEMENTS, func(le *netlink.AttributeEncoder) error {
-		for _, op := range ops {
-			le.Nested(nftaListElem, func(ee *netlink.AttributeEncoder) error {
-				ee.Nested(unix.NFTA_SET_ELEM_KEY, func(ke *netlink.AttributeEncoder) error {
-					ke.Bytes(unix.NFTA_DATA_VALUE, op.key)
-					return nil
-				})
-				if !op.del && op.timeout > 0 {
-					ms := uint64((op.timeout + time.Millisecond - 1) / time.Millisecond)
-					ee.Bytes(unix.NFTA_SET_ELEM_TIMEOUT, binary.BigEndian.AppendUint64(nil, ms))
-					ee.Bytes(unix.NFTA_SET_ELEM_EXPIRATION, binary.BigEndian.AppendUint64(nil, ms))
-				}
-				return nil
-			})
-		}
-		return nil
-	})
-	data, err := ae.Encode()
-	if err != nil {
-		return netlink.Message{}, fmt.Errorf("steer: encode set elements: %w", err)
-	}
-	typ := unix.NFT_MSG_NEWSETELEM
-	flags := netlink.Request | netlink.Acknowledge | netlink.Create // no EXCL: existing elements are updated
-	if ops[0].del {
-		typ = msgDestroySetElem
-		flags = netlink.Request | netlink.Acknowledge
-	}
-	return netlink.Message{
-		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ), Flags: flags},
-		Data:   append(nfgen(unix.NFPROTO_NETDEV, 0), data...),
-	}, nil
 }
