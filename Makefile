@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 BIN := bin/trireme
 # Packages with goroutines and shared state run under the race detector.
-RACE_PKGS := ./tokens/... ./flow/... ./dataplane/... ./policy/...
+RACE_PKGS := ./tokens/... ./flow/... ./dataplane/... ./policy/... ./resolver/... ./netsetup/... ./monitor ./monitor/process
 FUZZTIME ?= 30s
 
 .PHONY: all build test vet deps bench demo fuzz perf clean
