@@ -164,6 +164,7 @@ func Handler(c Controller) http.Handler {
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, c.Stats())
 	})
+	mux.Handle("GET /metrics", MetricsHandler(c))
 	return mux
 }
 

@@ -113,3 +113,20 @@ func (c *Client) Stats() (Stats, error) {
 	var s Stats
 	return s, c.do("GET", "/v1/stats", nil, &s)
 }
+
+// Metrics returns the daemon's Prometheus metrics (text format).
+func (c *Client) Metrics() (string, error) {
+	resp, err := c.hc.Get("http://trireme/metrics")
+	if err != nil {
+		return "", fmt.Errorf("daemon at %s: %w", c.socket, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", &APIError{Status: resp.StatusCode, Message: resp.Status}
+	}
+	return string(b), nil
+}

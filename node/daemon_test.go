@@ -178,6 +178,15 @@ policies:
 		if s.PUs != 3 || s.Counters["packets"] == 0 || s.Drops["missing-token"] == 0 {
 			t.Errorf("stats: %+v", s)
 		}
+		m, err := d.Client().Metrics()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"trireme_pus 3\n", `trireme_drops_total{reason="missing-token"}`, `trireme_dataplane_total{kind="kernel-authorized"}`} {
+			if !strings.Contains(m, want) {
+				t.Errorf("metrics lack %q", want)
+			}
+		}
 	})
 }
 

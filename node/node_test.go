@@ -206,6 +206,17 @@ func TestControlAPI(t *testing.T) {
 		t.Fatalf("remove v6 prefix (slash in path): %v", err)
 	}
 
+	// Prometheus metrics on the same socket.
+	m, err := c.Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"trireme_pus 0\n", "trireme_policy_file_valid 1\n", "go_goroutines "} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
 	// Hostile bodies get 400 with a message, never a crash.
 	hc := c.hc
 	for _, body := range []string{"", "{", `{"netns": 5}`, `{"netns":"a","bogus":1}`, `{"netns":"a"} {}`, strings.Repeat("[", 2<<20)} {

@@ -1,0 +1,63 @@
+package node
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metricsCollector exposes a Controller's Stats to Prometheus. It reads the
+// counters when scraped, so the packet path keeps its plain atomic counters.
+type metricsCollector struct {
+	c Controller
+
+	counters, drops, pus, flows, policyOK, policies *prometheus.Desc
+}
+
+func newMetricsCollector(c Controller) *metricsCollector {
+	return &metricsCollector{
+		c: c,
+		counters: prometheus.NewDesc("trireme_dataplane_total",
+			"Dataplane events since the daemon started, by kind (packets, forwarded, injected, resets, kernel-authorized, ...).", []string{"kind"}, nil),
+		drops: prometheus.NewDesc("trireme_drops_total",
+			"Packets dropped (or answered with a RST) since the daemon started, by reason (docs/reasons.md).", []string{"reason"}, nil),
+		pus:   prometheus.NewDesc("trireme_pus", "Processing units enforced.", nil, nil),
+		flows: prometheus.NewDesc("trireme_flows", "Flows tracked by the enforcement core.", nil, nil),
+		policyOK: prometheus.NewDesc("trireme_policy_file_valid",
+			"1 when the policy file's newest content is in force, 0 when it was rejected (the previous policy stays in force).", nil, nil),
+		policies: prometheus.NewDesc("trireme_policies", "Policies in the policy in force.", nil, nil),
+	}
+}
+
+func (m *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.pus, m.flows, m.policyOK, m.policies} {
+		ch <- d
+	}
+}
+
+func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
+	s := m.c.Stats()
+	for k, v := range s.Counters {
+		ch <- prometheus.MustNewConstMetric(m.counters, prometheus.CounterValue, float64(v), k)
+	}
+	for r, v := range s.Drops {
+		ch <- prometheus.MustNewConstMetric(m.drops, prometheus.CounterValue, float64(v), r)
+	}
+	ch <- prometheus.MustNewConstMetric(m.pus, prometheus.GaugeValue, float64(s.PUs))
+	ch <- prometheus.MustNewConstMetric(m.flows, prometheus.GaugeValue, float64(s.Flows))
+	ok := 1.0
+	if s.Policy.LastError != "" {
+		ok = 0
+	}
+	ch <- prometheus.MustNewConstMetric(m.policyOK, prometheus.GaugeValue, ok)
+	ch <- prometheus.MustNewConstMetric(m.policies, prometheus.GaugeValue, float64(s.Policy.Policies))
+}
+
+// MetricsHandler serves c's metrics in the Prometheus text format, with the
+// Go runtime's and the process's own.
+func MetricsHandler(c Controller) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newMetricsCollector(c), prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
