@@ -697,7 +697,7 @@ func (d *Daemon) policyLoop() {
 			if d.cfg.OnPolicyChange == "reset" {
 				var out dataplane.Output
 				n := d.enf.Reevaluate(time.Now(), &out)
-				d.sendInjected(&out, nil)
+				d.sendInjected(&out)
 				d.queueNotes(out.Notes)
 				if n > 0 {
 					d.log.Info("reset flows the new policy denies", "flows", n)

@@ -147,7 +147,7 @@ func (f *frameIO) write(to dataplane.Target, hdr vnet.Hdr, frame []byte) {
 
 // sendInjected writes frames the enforcer produced outside a TAP read (policy
 // re-evaluation, PU removal): toward the network, or toward their PU.
-func (d *Daemon) sendInjected(out *dataplane.Output, _ *livePU) {
+func (d *Daemon) sendInjected(out *dataplane.Output) {
 	for i := range out.Inject {
 		in := &out.Inject[i]
 		buf := make([]byte, vnet.HdrLen+len(in.Frame))
