@@ -271,3 +271,26 @@ func TestServeSocketReuse(t *testing.T) {
 		t.Error("Serve over a regular file succeeded")
 	}
 }
+
+// TestExampleConfig: examples/daemon.yaml is a valid configuration.
+func TestExampleConfig(t *testing.T) {
+	data, err := os.ReadFile("../examples/daemon.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, f := range []string{"policy.yaml", "pki/node-1/ca.crt", "pki/node-1/node.crt", "pki/node-1/node.key"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, f)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, dir, f, "x")
+	}
+	c, err := ParseConfig(filepath.Join(dir, "daemon.yaml"), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Secrets.PKI() || !c.Docker.Enabled || c.TokenRefresh != 5*time.Minute || c.Bridge.Name != "trireme0" ||
+		len(c.TargetNetworks) != 1 || c.Policy != filepath.Join(dir, "policy.yaml") {
+		t.Errorf("example config read as %+v", c)
+	}
+}
