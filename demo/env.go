@@ -25,6 +25,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/trireme-go/trireme/dockerd"
 	"github.com/trireme-go/trireme/monitor/process"
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/node"
@@ -80,7 +81,7 @@ type Env struct {
 	mu      sync.Mutex
 	procs   []*proc // servers and other helpers, stopped at Close
 	daemon  *proc
-	docker  *dockerEngine
+	docker  *dockerd.Engine
 	closed  bool
 	created []string // namespaces, in creation order
 }
@@ -154,7 +155,7 @@ func New(ctx context.Context, opts Options) (e *Env, err error) {
 		t := time.Now()
 		if e.DockerErr = e.startNodeDocker(ctx); e.DockerErr != nil {
 			if d := e.docker; d != nil {
-				d.stop()
+				d.Close()
 				e.docker = nil
 			}
 			if ctx.Err() != nil {
@@ -217,8 +218,7 @@ func CleanStale() (removed []string, err error) {
 	for _, ent := range ents {
 		if ent.IsDir() && staleName(ent.Name(), tmpPrefix, "-") {
 			dir := filepath.Join(tmp, ent.Name())
-			killUnder(dir)
-			unmountUnder(dir)
+			dockerd.CleanUnder(dir)
 			if err := os.RemoveAll(dir); err != nil {
 				errs = append(errs, err)
 			} else {
@@ -298,7 +298,7 @@ func (e *Env) writeConfig(opts Options) error {
 	}
 	docker := ""
 	if e.docker != nil {
-		docker = fmt.Sprintf("docker: {enabled: true, host: %q}\n", e.docker.host)
+		docker = fmt.Sprintf("docker: {enabled: true, host: %q}\n", e.docker.Host())
 	}
 	pki := filepath.Join(e.Dir, "pki")
 	cfg := fmt.Sprintf(`node: %s
@@ -514,23 +514,30 @@ func (e *Env) Addr(host string) netip.Addr {
 // returns them.
 func (e *Env) WaitPUs(ctx context.Context, kind string, n int, limit time.Duration) ([]node.PUInfo, error) {
 	var got []node.PUInfo
-	err := waitUntil(ctx, limit, func() error {
+	deadline := time.Now().Add(limit)
+	for {
 		pus, err := e.Client().ListPUs()
-		if err != nil {
-			return err
-		}
-		got = got[:0]
-		for _, p := range pus {
-			if p.Kind == kind && p.State == "running" {
-				got = append(got, p)
+		if err == nil {
+			got = got[:0]
+			for _, p := range pus {
+				if p.Kind == kind && p.State == "running" {
+					got = append(got, p)
+				}
 			}
+			if len(got) >= n {
+				return got, nil
+			}
+			err = fmt.Errorf("%d of %d %s PUs policed", len(got), n, kind)
 		}
-		if len(got) < n {
-			return fmt.Errorf("%d of %d %s PUs policed", len(got), n, kind)
+		if time.Now().After(deadline) {
+			return got, fmt.Errorf("not ready after %v: %w", limit, err)
 		}
-		return nil
-	})
-	return got, err
+		select {
+		case <-ctx.Done():
+			return got, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // Namespace returns the namespace of a host added with AddHost.
@@ -618,7 +625,7 @@ func (e *Env) Close() error {
 	e.mu.Unlock()
 	var errs []error
 	if docker != nil {
-		errs = append(errs, docker.stop()...)
+		errs = append(errs, docker.Close())
 	}
 	var wg sync.WaitGroup
 	for _, p := range procs {

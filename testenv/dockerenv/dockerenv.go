@@ -1,36 +1,29 @@
-// Package dockerenv runs a private Docker engine for tests: its own
-// containerd and dockerd with state, exec root and socket in a temporary
-// directory, containers on a bridge the test creates, no iptables rules and
-// no sysctl changes on the host. It builds a small image FROM scratch that
+// Package dockerenv runs a private Docker engine (package dockerd) for
+// tests: its own containerd and dockerd with state, exec root and socket in
+// a temporary directory, containers on a bridge the test creates, no
+// iptables rules and no sysctl changes on the host. It builds a small image FROM scratch that
 // holds the project's static trireme binary (nothing is pulled: no registry
 // is reachable). Everything is stopped and removed by t.Cleanup, also when
 // the test fails.
 //
 // Debian's docker.io is installed with apt-get when dockerd is missing.
-// Docker 20.10 writes /etc/docker/key.json and makes /run/docker/plugins
-// whatever its flags say; both are removed again when this package created
-// them.
 package dockerenv
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -40,7 +33,8 @@ import (
 	"github.com/moby/moby/client"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
+
+	"github.com/trireme-go/trireme/dockerd"
 )
 
 // Image is the tag of the test image: /trireme, entrypoint ["/trireme"],
@@ -55,14 +49,10 @@ type Env struct {
 	Subnet netip.Prefix   // the bridge's subnet; the bridge has .1
 	Client *client.Client // negotiated API version
 
-	t       testing.TB
-	ctd     *exec.Cmd
-	dockerd *exec.Cmd
-	created []string // host paths dockerd makes outside Dir, to remove
-	waits   map[*exec.Cmd]chan struct{}
+	t      testing.TB
+	engine *dockerd.Engine
 
 	ownBridge bool
-	fixedCIDR netip.Prefix
 	netns     netns.NsHandle // -1: the test's own
 	nl        *netlink.Handle
 }
@@ -108,7 +98,7 @@ func StartWith(t testing.TB, opts Options) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Env{Dir: dir, Host: "unix://" + filepath.Join(dir, "docker.sock"), t: t, waits: map[*exec.Cmd]chan struct{}{}, netns: netns.None()}
+	e := &Env{Dir: dir, t: t, netns: netns.None()}
 	t.Cleanup(e.cleanup)
 	if opts.Netns != "" {
 		if e.netns, err = netns.GetFromName(opts.Netns); err != nil {
@@ -121,11 +111,6 @@ func StartWith(t testing.TB, opts Options) *Env {
 	if err != nil {
 		t.Fatalf("dockerenv: netlink: %v", err)
 	}
-	for _, p := range []string{"/etc/docker/key.json", "/run/docker/plugins", "/run/docker"} {
-		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
-			e.created = append(e.created, p)
-		}
-	}
 	if opts.Bridge == "" {
 		if err := e.makeBridge(); err != nil {
 			t.Fatal(err)
@@ -133,15 +118,20 @@ func StartWith(t testing.TB, opts Options) *Env {
 	} else if err := e.useBridge(opts.Bridge); err != nil {
 		t.Fatal(err)
 	}
-	e.fixedCIDR = opts.FixedCIDR
-	if err := e.startContainerd(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if e.engine, err = dockerd.Start(ctx, dockerd.Options{Dir: dir, Netns: opts.Netns, Bridge: e.Bridge, FixedCIDR: opts.FixedCIDR}); err != nil {
+		t.Fatalf("dockerenv: %v", err)
+	}
+	e.Host, e.Client = e.engine.Host(), e.engine.Client()
+	bin, err := Binary()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.StartDaemon(); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.importImage(); err != nil {
-		t.Fatal(err)
+	ictx, icancel := context.WithTimeout(context.Background(), time.Minute)
+	defer icancel()
+	if err := e.engine.ImportImage(ictx, Image, bin, "probe", "serve", "--tcp", "80", "--udp", "80"); err != nil {
+		t.Fatalf("dockerenv: %v", err)
 	}
 	return e
 }
@@ -153,10 +143,8 @@ var installMu sync.Mutex
 func EnsureInstalled() error {
 	installMu.Lock()
 	defer installMu.Unlock()
-	if _, err := exec.LookPath("dockerd"); err == nil {
-		if _, err := exec.LookPath("containerd"); err == nil {
-			return nil
-		}
+	if dockerd.Available() == nil {
+		return nil
 	}
 	env := append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
 	for _, args := range [][]string{
@@ -238,167 +226,31 @@ func (e *Env) useBridge(name string) error {
 	return nil
 }
 
-func (e *Env) startContainerd() error {
-	cfg := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = %q
-`, filepath.Join(e.Dir, "containerd"), filepath.Join(e.Dir, "containerd-state"), e.containerdSock())
-	cfgPath := filepath.Join(e.Dir, "containerd.toml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		return err
-	}
-	cmd, err := e.spawn("containerd.log", "containerd", "--config", cfgPath)
-	if err != nil {
-		return err
-	}
-	e.ctd = cmd
-	return waitFor(10*time.Second, func() error {
-		if e.exited(cmd) {
-			return errStop(fmt.Errorf("containerd exited: %s", e.logTail("containerd.log")))
-		}
-		c, err := net.Dial("unix", e.containerdSock())
-		if err == nil {
-			c.Close()
-		}
-		return err
-	})
-}
-
-func (e *Env) containerdSock() string { return filepath.Join(e.Dir, "containerd.sock") }
-
-// spawn starts a daemon with its output in a log file in Dir; a goroutine
-// reaps it so that ProcessState tells whether it exited.
-func (e *Env) spawn(logName string, name string, args ...string) (*exec.Cmd, error) {
-	logf, err := os.OpenFile(filepath.Join(e.Dir, logName), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(name, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Own process group: a ^C to the test does not hit the daemon before
-	// cleanup stops it. Pdeathsig stops it if the test process dies; it
-	// fires when the forking thread exits, so the fork happens on a thread
-	// locked for the daemon's whole life.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	started := make(chan error, 1)
-	done := make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		if !e.netns.IsOpen() {
-			defer runtime.UnlockOSThread()
-		} // else: a thread switched into another namespace is never reused; it exits with this goroutine
-		defer close(done)
-		defer logf.Close()
-		if e.netns.IsOpen() {
-			if err := netns.Set(e.netns); err != nil {
-				started <- fmt.Errorf("enter netns: %w", err)
-				return
-			}
-		}
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		cmd.Wait()
-	}()
-	if err := <-started; err != nil {
-		return nil, fmt.Errorf("dockerenv: start %s: %w", name, err)
-	}
-	e.waits[cmd] = done
-	return cmd, nil
-}
-
-// StartDaemon starts dockerd (again) on the same state and waits until it
-// answers. Containers with a restart policy come back up.
+// StartDaemon starts dockerd again (after StopDaemon or KillDaemon) on the
+// same state and waits until it answers. Containers with a restart policy
+// come back up.
 func (e *Env) StartDaemon() error {
-	args := []string{
-		"--data-root", filepath.Join(e.Dir, "data"),
-		"--exec-root", filepath.Join(e.Dir, "exec"),
-		"--pidfile", filepath.Join(e.Dir, "docker.pid"),
-		"--host", e.Host,
-		"--containerd", e.containerdSock(),
-		"--bridge", e.Bridge,
-		// No firewall or sysctl changes on the host: containers on the
-		// same bridge talk without forwarding or NAT.
-		"--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
-		"--userland-proxy=false",
-		"--shutdown-timeout=2",
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.engine.StartDockerd(ctx); err != nil {
+		return fmt.Errorf("dockerenv: %w", err)
 	}
-	if e.fixedCIDR.IsValid() {
-		args = append(args, "--fixed-cidr", e.fixedCIDR.String())
-	}
-	cmd, err := e.spawn("dockerd.log", "dockerd", args...)
-	if err != nil {
-		return err
-	}
-	e.dockerd = cmd
-	if e.Client == nil {
-		c, err := client.New(client.WithHost(e.Host))
-		if err != nil {
-			return err
-		}
-		e.Client = c
-	}
-	return waitFor(30*time.Second, func() error {
-		if e.exited(cmd) {
-			return errStop(fmt.Errorf("dockerd exited: %s", e.logTail("dockerd.log")))
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err := e.Client.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true})
-		return err
-	})
+	return nil
 }
 
 // StopDaemon stops dockerd (containers stop with it; containerd stays).
 func (e *Env) StopDaemon() error {
-	if e.dockerd == nil {
-		return nil
+	if err := e.engine.StopDockerd(); err != nil {
+		return fmt.Errorf("dockerenv: %w", err)
 	}
-	err := e.stop(e.dockerd, 20*time.Second)
-	e.dockerd = nil
-	return err
+	return nil
 }
 
 // KillDaemon kills dockerd with SIGKILL: it sends no events and its
 // containers keep running under containerd until StartDaemon, where the
 // engine (without live-restore) stops them and restarts those with a
 // restart policy.
-func (e *Env) KillDaemon() {
-	if e.dockerd == nil {
-		return
-	}
-	e.dockerd.Process.Kill()
-	<-e.waits[e.dockerd]
-	e.dockerd = nil
-}
-
-func (e *Env) exited(cmd *exec.Cmd) bool {
-	select {
-	case <-e.waits[cmd]:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM and waits; SIGKILL after the timeout.
-func (e *Env) stop(cmd *exec.Cmd, timeout time.Duration) error {
-	done := e.waits[cmd]
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-		return nil
-	case <-time.After(timeout):
-		cmd.Process.Kill()
-		<-done
-		return fmt.Errorf("dockerenv: %s did not stop within %v; killed", filepath.Base(cmd.Path), timeout)
-	}
-}
+func (e *Env) KillDaemon() { e.engine.KillDockerd() }
 
 func (e *Env) logTail(name string) string {
 	b, _ := os.ReadFile(filepath.Join(e.Dir, name))
@@ -406,29 +258,6 @@ func (e *Env) logTail(name string) string {
 		b = b[len(b)-2000:]
 	}
 	return string(b)
-}
-
-type stopErr struct{ error }
-
-func errStop(err error) error { return stopErr{err} }
-
-// waitFor polls fn until it succeeds, returns a stopErr, or time runs out.
-func waitFor(limit time.Duration, fn func() error) error {
-	deadline := time.Now().Add(limit)
-	for {
-		err := fn()
-		if err == nil {
-			return nil
-		}
-		var s stopErr
-		if errors.As(err, &s) {
-			return s.error
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("dockerenv: not ready after %v: %w", limit, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 var (
@@ -492,39 +321,6 @@ func moduleRoot() (string, error) {
 		}
 		dir = parent
 	}
-}
-
-// importImage makes the test image from a tar holding only /trireme.
-func (e *Env) importImage() error {
-	bin, err := Binary()
-	if err != nil {
-		return err
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Name: "trireme", Mode: 0o755, Size: int64(len(bin)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
-		return err
-	}
-	tw.Write(bin)
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	res, err := e.Client.ImageImport(ctx, client.ImageImportSource{Source: &buf, SourceName: "-"}, Image,
-		client.ImageImportOptions{Changes: []string{
-			`ENTRYPOINT ["/trireme"]`,
-			`CMD ["probe", "serve", "--tcp", "80", "--udp", "80"]`,
-		}})
-	if err != nil {
-		return fmt.Errorf("dockerenv: import image: %w", err)
-	}
-	defer res.Close()
-	out, _ := io.ReadAll(res)
-	if bytes.Contains(out, []byte(`"error"`)) {
-		return fmt.Errorf("dockerenv: import image: %s", out)
-	}
-	return nil
 }
 
 // Container describes a container to run.
@@ -645,35 +441,21 @@ func (e *Env) Do(t testing.TB, what string, fn func(ctx context.Context, c *clie
 
 func (e *Env) cleanup() {
 	t := e.t
-	if e.Client != nil && e.dockerd != nil && !e.exited(e.dockerd) {
+	if e.engine != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if list, err := e.Client.ContainerList(ctx, client.ContainerListOptions{All: true}); err == nil {
-			for _, c := range list.Items {
-				if _, err := e.Client.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true}); err != nil {
-					t.Logf("dockerenv: remove container %s: %v", c.ID, err)
-				}
-			}
+		if err := e.engine.RemoveContainers(ctx); err != nil {
+			t.Logf("dockerenv: %v", err)
 		}
 		cancel()
-	}
-	if e.Client != nil {
-		e.Client.Close()
 	}
 	if t.Failed() {
 		t.Logf("dockerenv: dockerd log tail:\n%s", e.logTail("dockerd.log"))
 	}
-	if e.dockerd != nil {
-		if err := e.StopDaemon(); err != nil {
-			t.Error(err)
+	if e.engine != nil {
+		if err := e.engine.Close(); err != nil {
+			t.Errorf("dockerenv: %v", err)
 		}
 	}
-	if e.ctd != nil {
-		if err := e.stop(e.ctd, 10*time.Second); err != nil {
-			t.Error(err)
-		}
-	}
-	e.killStrays()
-	unmountUnder(e.Dir)
 	if err := os.RemoveAll(e.Dir); err != nil {
 		t.Errorf("dockerenv: remove %s: %v", e.Dir, err)
 	}
@@ -689,49 +471,6 @@ func (e *Env) cleanup() {
 	}
 	if e.netns.IsOpen() {
 		e.netns.Close()
-	}
-	for _, p := range e.created {
-		if p == "/run/docker/plugins" || p == "/run/docker" {
-			os.Remove(p) // only if empty: another engine may use it now
-			continue
-		}
-		os.Remove(p)
-	}
-}
-
-// killStrays kills processes still running from this engine (containerd
-// shims of containers that outlived a killed containerd).
-func (e *Env) killStrays() {
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(b, []byte(e.Dir+"/")) {
-			continue
-		}
-		var pid int
-		if _, err := fmt.Sscanf(p, "/proc/%d/cmdline", &pid); err == nil && pid != os.Getpid() {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-}
-
-// unmountUnder detaches every mount below dir (overlay roots, netns bind
-// mounts, shm), deepest first.
-func unmountUnder(dir string) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	var mounts []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			mounts = append(mounts, f[4])
-		}
-	}
-	sort.Sort(sort.Reverse(sort.StringSlice(mounts)))
-	for _, m := range mounts {
-		unix.Unmount(m, unix.MNT_DETACH)
 	}
 }
 

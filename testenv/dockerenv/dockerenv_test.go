@@ -39,7 +39,7 @@ func TestEngineLifecycle(t *testing.T) {
 		}
 		// The probe server in the container answers with its name.
 		var reply string
-		err := waitFor(5*time.Second, func() error {
+		ask := func() error {
 			conn, err := net.DialTimeout("tcp", netip.AddrPortFrom(ip, 80).String(), time.Second)
 			if err != nil {
 				return err
@@ -49,7 +49,11 @@ func TestEngineLifecycle(t *testing.T) {
 			conn.Write([]byte("hi\n"))
 			reply, err = bufio.NewReader(conn).ReadString('\n')
 			return err
-		})
+		}
+		err := ask()
+		for deadline := time.Now().Add(5 * time.Second); err != nil && time.Now().Before(deadline); err = ask() {
+			time.Sleep(50 * time.Millisecond)
+		}
 		if err != nil || reply != "probe-1\n" {
 			t.Fatalf("probe reply %q, %v", reply, err)
 		}
