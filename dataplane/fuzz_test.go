@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"io"
 	"testing"
 
 	"github.com/trireme-go/trireme/dataplane/fixtures"
@@ -19,20 +18,13 @@ func FuzzProcess(f *testing.F) {
 		f.Fatal(err)
 	}
 	for _, file := range files {
-		r, c, err := pcapio.Open(file)
-		if err != nil {
+		ps, err := pcapio.ReadFile(file)
+		if err != nil && len(ps) == 0 {
 			f.Fatal(err)
 		}
-		for i := 0; i < 6; i++ {
-			p, err := r.Next()
-			if err == io.EOF {
-				break
-			}
-			if err == nil {
-				f.Add(p.Frame, true)
-			}
+		for _, p := range ps[:min(len(ps), 6)] {
+			f.Add(p.Frame, true)
 		}
-		c.Close()
 	}
 	// Token-carrying frames from a real handshake.
 	p := &pair{t: &testing.T{}, now: t0}

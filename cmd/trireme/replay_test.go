@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,22 +22,15 @@ func runReplay(t *testing.T, args ...string) (string, error) {
 
 func frames(t *testing.T, path string) [][]byte {
 	t.Helper()
-	r, c, err := pcapio.Open(path)
+	ps, err := pcapio.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	var out [][]byte
-	for {
-		p, err := r.Next()
-		if err == io.EOF {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, p.Frame)
+	out := make([][]byte, len(ps))
+	for i := range ps {
+		out[i] = ps[i].Frame
 	}
+	return out
 }
 
 func records(t *testing.T, path string) []dataplane.Record {

@@ -3,7 +3,6 @@ package packet
 import (
 	"bytes"
 	"encoding/hex"
-	"io"
 	"net/netip"
 	"path/filepath"
 	"testing"
@@ -17,22 +16,15 @@ var testMarker = [4]byte{253, 4, 0x74, 0x72}
 
 func readAll(t testing.TB, path string) [][]byte {
 	t.Helper()
-	r, c, err := pcapio.Open(path)
+	ps, err := pcapio.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	var out [][]byte
-	for {
-		p, err := r.Next()
-		if err == io.EOF {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, p.Frame)
+	out := make([][]byte, len(ps))
+	for i := range ps {
+		out[i] = ps[i].Frame
 	}
+	return out
 }
 
 // Every TCP segment of every capture survives insert+strip byte for byte,

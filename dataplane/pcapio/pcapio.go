@@ -67,6 +67,27 @@ func Open(path string) (*Reader, io.Closer, error) {
 	return r, f, nil
 }
 
+// ReadFile reads every packet of a capture file (for small captures: tests,
+// fixtures). An error names the file.
+func ReadFile(path string) ([]Packet, error) {
+	r, c, err := Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	var out []Packet
+	for {
+		p, err := r.Next()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, fmt.Errorf("%s: packet %d: %w", path, len(out)+1, err)
+		}
+		out = append(out, p)
+	}
+}
+
 // NewReader detects pcap (µs or ns) or pcapng by the magic number.
 func NewReader(r io.Reader) (*Reader, error) {
 	br, ok := r.(*bufio.Reader)

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/trireme-go/trireme/dataplane/fixtures"
 )
 
 func TestToEthernet(t *testing.T) {
@@ -82,5 +84,23 @@ func TestWriteRead(t *testing.T) {
 	}
 	if _, _, err := Open("/dev/null"); err == nil {
 		t.Fatal("empty file accepted")
+	}
+}
+
+// TestReadFile: whole captures, pcap and pcapng, with the counts their
+// README gives; a missing file is an error naming it.
+func TestReadFile(t *testing.T) {
+	dir, err := fixtures.PcapDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]int{"zeek-http-get.pcap": 14, "zeek-tcp-http-missing-syn.pcapng": 13} {
+		ps, err := ReadFile(filepath.Join(dir, name))
+		if err != nil || len(ps) != want {
+			t.Errorf("%s: %d packets (%v), want %d", name, len(ps), err, want)
+		}
+	}
+	if _, err := ReadFile(filepath.Join(dir, "no-such.pcap")); err == nil {
+		t.Error("a missing capture read without error")
 	}
 }

@@ -3,7 +3,6 @@ package replay
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"net/netip"
 	"path/filepath"
 	"sort"
@@ -26,22 +25,15 @@ type captured struct {
 
 func load(t testing.TB, path string) []captured {
 	t.Helper()
-	r, c, err := pcapio.Open(path)
+	ps, err := pcapio.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	var out []captured
-	for {
-		p, err := r.Next()
-		if err == io.EOF {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, captured{p.Time, p.Frame})
+	out := make([]captured, len(ps))
+	for i, p := range ps {
+		out[i] = captured{p.Time, p.Frame}
 	}
+	return out
 }
 
 type delivery struct {
