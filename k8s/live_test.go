@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -350,7 +349,7 @@ func (u *liveUniverse) probe(ids []string, port uint16) map[[2]string]outcome {
 			defer wg.Done()
 			for j := range jobs {
 				src, dst := u.pus[j.from], u.pus[j.to]
-				err := echo(src, netip.AddrPortFrom(dst.Addr, port), "probe "+j.from+" -> "+j.to, u.localPort())
+				err := src.EchoFrom(u.localPort(), netip.AddrPortFrom(dst.Addr, port), "probe "+j.from+" -> "+j.to, probeTimeout)
 				o := outcome{err: err, refused: errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)}
 				mu.Lock()
 				out[[2]string{j.from, j.to}] = o
@@ -443,34 +442,6 @@ func (u *liveUniverse) localPort() int {
 	defer u.mu.Unlock()
 	u.nextPort++
 	return 10000 + u.nextPort%55000
-}
-
-// echo connects from pu (from local port lport, 0: any) to addr, sends msg
-// and checks the answer.
-func echo(pu *testenv.PU, addr netip.AddrPort, msg string, lport int) error {
-	var c net.Conn
-	err := pu.Do(func() error {
-		var err error
-		d := net.Dialer{Timeout: probeTimeout, LocalAddr: &net.TCPAddr{IP: pu.Addr.AsSlice(), Port: lport}}
-		c, err = d.Dial("tcp", addr.String())
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(probeTimeout))
-	if _, err := c.Write([]byte(msg)); err != nil {
-		return fmt.Errorf("write to %v: %w", addr, err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, got); err != nil {
-		return fmt.Errorf("read from %v: %w", addr, err)
-	}
-	if string(got) != msg {
-		return fmt.Errorf("echo from %v: got %q, want %q", addr, got, msg)
-	}
-	return nil
 }
 
 func (u *liveUniverse) podAt(a netip.Addr) string {

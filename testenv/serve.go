@@ -31,7 +31,12 @@ func (p *PU) ServeEcho(port int) netip.AddrPort {
 // Echo connects from the PU to an echo server, sends msg and checks the
 // answer: the basic "can A talk to B" probe of the tests and the demo.
 func (p *PU) Echo(addr netip.AddrPort, msg string, timeout time.Duration) error {
-	c, err := p.Dial(addr, timeout)
+	return p.EchoFrom(0, addr, msg, timeout)
+}
+
+// EchoFrom is Echo from a given client port (0: the kernel chooses).
+func (p *PU) EchoFrom(localPort int, addr netip.AddrPort, msg string, timeout time.Duration) error {
+	c, err := p.DialFrom(localPort, addr, timeout)
 	if err != nil {
 		return err
 	}

@@ -247,10 +247,18 @@ func (p *PU) ListenOn(addr netip.Addr, port int) net.Listener {
 // Dial connects from the PU to addr over TCP. The socket is created in the
 // PU namespace, so the connection stays there whatever goroutine uses it.
 func (p *PU) Dial(addr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	return p.DialFrom(0, addr, timeout)
+}
+
+// DialFrom is Dial from a given client port (0: the kernel chooses).
+func (p *PU) DialFrom(localPort int, addr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
 	var c net.Conn
 	err := p.Do(func() error {
 		var err error
 		d := net.Dialer{Timeout: timeout}
+		if localPort != 0 {
+			d.LocalAddr = &net.TCPAddr{IP: p.Addr.AsSlice(), Port: localPort}
+		}
 		c, err = d.Dial("tcp", addr.String())
 		return err
 	})
