@@ -1,11 +1,8 @@
 package k8s
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"net/netip"
 	"os"
@@ -17,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/node"
 	"github.com/trireme-go/trireme/testenv"
 )
@@ -388,7 +384,7 @@ func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, port uint16) 
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		found := map[blameCell]bool{}
-		for _, r := range readRecords(u.d.FlowLog, offset) {
+		for _, r := range u.d.RecordsSince(offset) {
 			if r.Proto == "tcp" && r.Server.Port() == port && r.Action != "allow" {
 				found[blameCell{u.podAt(r.Client.Addr()), u.podAt(r.Server.Addr()), r.Direction}] = true
 			}
@@ -417,7 +413,7 @@ func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, port uint16) 
 // connections to port, by pair of pods.
 func (u *liveUniverse) pairRecords(offset int64, port uint16) map[[2]string][]string {
 	out := map[[2]string][]string{}
-	for _, r := range readRecords(u.d.FlowLog, offset) {
+	for _, r := range u.d.RecordsSince(offset) {
 		if r.Proto != "tcp" || r.Server.Port() != port {
 			continue
 		}
@@ -451,26 +447,4 @@ func (u *liveUniverse) podAt(a netip.Addr) string {
 		}
 	}
 	return a.String()
-}
-
-// readRecords reads the flow log's records past offset.
-func readRecords(path string, offset int64) []dataplane.Record {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	if _, err := f.Seek(offset, io.SeekStart); err != nil {
-		return nil
-	}
-	var out []dataplane.Record
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		var r dataplane.Record
-		if json.Unmarshal(sc.Bytes(), &r) == nil {
-			out = append(out, r)
-		}
-	}
-	return out
 }

@@ -99,20 +99,7 @@ func testPolicyChange(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	roundTrip := func(msg string) error {
-		_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-		if _, err := conn.Write([]byte(msg)); err != nil {
-			return err
-		}
-		got := make([]byte, len(msg))
-		if _, err := io.ReadFull(conn, got); err != nil {
-			return err
-		}
-		if string(got) != msg {
-			return fmt.Errorf("echo %q, want %q", got, msg)
-		}
-		return nil
-	}
+	roundTrip := func(msg string) error { return testenv.EchoConn(conn, msg, 2*time.Second) }
 	if err := roundTrip("before"); err != nil {
 		t.Fatal(err)
 	}

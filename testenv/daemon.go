@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -307,12 +308,19 @@ func (d *Daemon) Attach(pu *PU, labels ...string) {
 }
 
 // Records returns the flow log's records so far.
-func (d *Daemon) Records() []dataplane.Record {
+func (d *Daemon) Records() []dataplane.Record { return d.RecordsSince(0) }
+
+// RecordsSince returns the flow log's records past byte offset (the log's
+// size at some earlier point: what was written since).
+func (d *Daemon) RecordsSince(offset int64) []dataplane.Record {
 	f, err := os.Open(d.FlowLog)
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return nil
+	}
 	var out []dataplane.Record
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)

@@ -3,6 +3,7 @@ package testenv
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"time"
 )
@@ -41,16 +42,22 @@ func (p *PU) EchoFrom(localPort int, addr netip.AddrPort, msg string, timeout ti
 		return err
 	}
 	defer c.Close()
+	return EchoConn(c, msg, timeout)
+}
+
+// EchoConn sends msg on an open connection to an echo server and checks the
+// answer (a round trip on an established connection).
+func EchoConn(c net.Conn, msg string, timeout time.Duration) error {
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	if _, err := c.Write([]byte(msg)); err != nil {
-		return fmt.Errorf("write to %v: %w", addr, err)
+		return fmt.Errorf("write to %v: %w", c.RemoteAddr(), err)
 	}
 	got := make([]byte, len(msg))
 	if _, err := io.ReadFull(c, got); err != nil {
-		return fmt.Errorf("read from %v: %w", addr, err)
+		return fmt.Errorf("read from %v: %w", c.RemoteAddr(), err)
 	}
 	if string(got) != msg {
-		return fmt.Errorf("echo from %v: got %q, want %q", addr, got, msg)
+		return fmt.Errorf("echo from %v: got %q, want %q", c.RemoteAddr(), got, msg)
 	}
 	return nil
 }
