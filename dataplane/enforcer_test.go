@@ -1215,3 +1215,26 @@ func TestClientDeniedTupleReuse(t *testing.T) {
 		t.Fatalf("client notes: %+v, want the new connection authorized", a.notes)
 	}
 }
+
+// TestReadRecords: what a JSONLSink writes reads back; a line cut short by a
+// crash is skipped, the records before and after it are kept.
+func TestReadRecords(t *testing.T) {
+	var buf bytes.Buffer
+	s := NewJSONLSink(&buf)
+	in := []Record{
+		{Time: t0.UTC(), End: EndEstablished, Proto: "tcp", Client: netip.AddrPortFrom(cIP, 40000), Server: netip.AddrPortFrom(sIP, 5432), Direction: "ingress", Action: "allow", Reason: "none"},
+		{Time: t0.UTC(), End: EndDenied, Proto: "tcp", Client: netip.AddrPortFrom(cIP, 40001), Server: netip.AddrPortFrom(sIP, 22), Direction: "ingress", Action: "deny", Reason: "missing-token"},
+	}
+	s.Record(&in[0])
+	buf.WriteString(`{"time":"2026-11-23T12:00:00Z","end":"clo` + "\n")
+	s.Record(&in[1])
+	out, err := ReadRecords(&buf)
+	if err != nil || len(out) != 2 {
+		t.Fatalf("read %d records (%v), want 2", len(out), err)
+	}
+	for i := range in {
+		if out[i].End != in[i].End || out[i].Client != in[i].Client || out[i].Server != in[i].Server || out[i].Reason != in[i].Reason || !out[i].Time.Equal(in[i].Time) {
+			t.Errorf("record %d: %+v, want %+v", i, out[i], in[i])
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"bufio"
 	"encoding/json"
 	"io"
 	"net/netip"
@@ -97,6 +98,21 @@ type JSONLSink struct {
 	mu  sync.Mutex
 	enc *json.Encoder
 	err error
+}
+
+// ReadRecords reads flow records written by a JSONLSink (a flow log). Lines
+// that are not records (a line cut short by a crash) are skipped.
+func ReadRecords(r io.Reader) ([]Record, error) {
+	var out []Record
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var rec Record
+		if json.Unmarshal(sc.Bytes(), &rec) == nil {
+			out = append(out, rec)
+		}
+	}
+	return out, sc.Err()
 }
 
 // NewJSONLSink writes to w.

@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -205,7 +204,7 @@ func CleanStale() (removed []string, err error) {
 	ents, _ := os.ReadDir(netsetup.NetnsDir)
 	for _, ent := range ents {
 		n := ent.Name()
-		if staleName(n, NamePrefix, "-") || staleName(n, runPrefix, "-") {
+		if netsetup.StaleName(n, NamePrefix, "-") || netsetup.StaleName(n, runPrefix, "-") {
 			if err := netsetup.DeleteNetns(n); err != nil {
 				errs = append(errs, err)
 			} else {
@@ -216,7 +215,7 @@ func CleanStale() (removed []string, err error) {
 	tmp := os.TempDir()
 	ents, _ = os.ReadDir(tmp)
 	for _, ent := range ents {
-		if ent.IsDir() && staleName(ent.Name(), tmpPrefix, "-") {
+		if ent.IsDir() && netsetup.StaleName(ent.Name(), tmpPrefix, "-") {
 			dir := filepath.Join(tmp, ent.Name())
 			dockerd.CleanUnder(dir)
 			if err := os.RemoveAll(dir); err != nil {
@@ -235,20 +234,6 @@ const runPrefix = "trireme-reports-"
 
 // RunName is the PU name of the demo's i-th trireme run.
 func (e *Env) RunName(i int) string { return fmt.Sprintf("reports-%s-%d", e.Suffix, i) }
-
-// staleName: name is prefix, a PID, sep, ... and that process is gone.
-func staleName(name, prefix, sep string) bool {
-	rest, ok := strings.CutPrefix(name, prefix)
-	if !ok {
-		return false
-	}
-	pidStr, _, ok := strings.Cut(rest, sep)
-	pid, err := strconv.Atoi(pidStr)
-	if !ok || err != nil || pid <= 0 || pid == os.Getpid() {
-		return false
-	}
-	return syscall.Kill(pid, 0) == syscall.ESRCH
-}
 
 func (e *Env) newNetns(name string) error {
 	h, err := netsetup.CreateNetns(name)

@@ -1,10 +1,8 @@
 package demo
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -149,7 +147,7 @@ func (e *Env) probe(ctx context.Context, ns, proto string, server netip.AddrPort
 	return outcomes[code], answer, nil
 }
 
-// ReadRecords reads the flow log.
+// ReadRecords reads the flow log (none yet: no records).
 func ReadRecords(path string) ([]dataplane.Record, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -159,16 +157,7 @@ func ReadRecords(path string) ([]dataplane.Record, error) {
 		return nil, err
 	}
 	defer f.Close()
-	var out []dataplane.Record
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		var r dataplane.Record
-		if json.Unmarshal(sc.Bytes(), &r) == nil {
-			out = append(out, r)
-		}
-	}
-	return out, sc.Err()
+	return dataplane.ReadRecords(f)
 }
 
 // Explain fills each row's decision from the flow log. Records are written

@@ -14,6 +14,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -21,6 +24,22 @@ import (
 
 // NetnsDir is where named namespaces are bind-mounted, as `ip netns` does.
 const NetnsDir = "/var/run/netns"
+
+// StaleName reports whether name is prefix, a process ID, sep, ... and that
+// process is gone: the leftover of a run that was killed (demo and perf name
+// their namespaces and directories so).
+func StaleName(name, prefix, sep string) bool {
+	rest, ok := strings.CutPrefix(name, prefix)
+	if !ok {
+		return false
+	}
+	pidStr, _, ok := strings.Cut(rest, sep)
+	pid, err := strconv.Atoi(pidStr)
+	if !ok || err != nil || pid <= 0 || pid == os.Getpid() {
+		return false
+	}
+	return syscall.Kill(pid, 0) == syscall.ESRCH
+}
 
 // CreateNetns creates a named network namespace (visible to `ip netns`) and
 // returns a handle to it. The calling goroutine's namespace is unchanged.

@@ -7,11 +7,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 
+	"github.com/trireme-go/trireme/netsetup"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -261,7 +260,7 @@ func CleanStale() error {
 	var errs []error
 	if ents, err := os.ReadDir(filepath.Join("/run", "netns")); err == nil {
 		for _, e := range ents {
-			if staleName(e.Name(), nsPrefix, "x") {
+			if netsetup.StaleName(e.Name(), nsPrefix, "x") {
 				if err := netns.DeleteNamed(e.Name()); err != nil {
 					errs = append(errs, fmt.Errorf("perf: delete stale netns %s: %w", e.Name(), err))
 				}
@@ -272,7 +271,7 @@ func CleanStale() error {
 	}
 	if ents, err := os.ReadDir(os.TempDir()); err == nil {
 		for _, e := range ents {
-			if e.IsDir() && staleName(e.Name(), tmpPrefix, "-") {
+			if e.IsDir() && netsetup.StaleName(e.Name(), tmpPrefix, "-") {
 				if err := os.RemoveAll(filepath.Join(os.TempDir(), e.Name())); err != nil {
 					errs = append(errs, err)
 				}
@@ -280,21 +279,6 @@ func CleanStale() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// staleName reports whether name is prefix, a pid, sep, ... and that
-// process is gone.
-func staleName(name, prefix, sep string) bool {
-	rest, ok := strings.CutPrefix(name, prefix)
-	if !ok {
-		return false
-	}
-	pidStr, _, ok := strings.Cut(rest, sep)
-	pid, err := strconv.Atoi(pidStr)
-	if !ok || err != nil || pid <= 0 || pid == os.Getpid() {
-		return false
-	}
-	return syscall.Kill(pid, 0) == syscall.ESRCH
 }
 
 // createNamed creates a named namespace. netns.NewNamed switches the

@@ -1,9 +1,7 @@
 package testenv
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
@@ -321,15 +319,7 @@ func (d *Daemon) RecordsSince(offset int64) []dataplane.Record {
 	if _, err := f.Seek(offset, io.SeekStart); err != nil {
 		return nil
 	}
-	var out []dataplane.Record
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		var r dataplane.Record
-		if json.Unmarshal(sc.Bytes(), &r) == nil {
-			out = append(out, r)
-		}
-	}
+	out, _ := dataplane.ReadRecords(f)
 	return out
 }
 
