@@ -97,3 +97,30 @@ func num(x float64) string {
 		return fmt.Sprintf("%.3f", x)
 	}
 }
+
+// WriteJSON writes the result as indented JSON.
+func (r *ScaleResult) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteTable writes the scale result as a table for people.
+func (r *ScaleResult) WriteTable(w io.Writer) error {
+	m := r.Machine
+	fmt.Fprintf(w, "trireme perf --scale: attach and detach through the control API, mean of %d per size (max)\n", r.Window)
+	fmt.Fprintf(w, "machine: %d CPUs, kernel %s, %s\n\n", m.CPUs, m.Kernel, m.GoVersion)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PUs\tattach ms\tdetach ms")
+	for _, row := range r.Rows {
+		fmt.Fprintf(tw, "%d\t%s (%s)\t%s (%s)\n", row.PUs, num(float64(row.AttachMs)), num(float64(row.AttachMaxMs)), num(float64(row.DetachMs)), num(float64(row.DetachMaxMs)))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "restart with %d PUs: %s ms (to the control API answering with every PU restored)\n", r.RestartPUs, num(float64(r.RestartMs)))
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+	return nil
+}

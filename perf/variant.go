@@ -72,8 +72,16 @@ type Daemon struct {
 	Keep bool
 
 	dir   string
+	bin   string
+	nodes []daemonNode
 	procs []*exec.Cmd
 	exits []*exited
+}
+
+// daemonNode is what it takes to (re)start the daemon of one node.
+type daemonNode struct {
+	node                 *Node
+	cfg, socket, logPath string
 }
 
 // tmpPrefix starts the names of the daemons' directories under os.TempDir,
@@ -179,7 +187,7 @@ func (d *Daemon) Setup(ctx context.Context, t *Topology) error {
 	if err != nil {
 		return err
 	}
-	d.dir = dir
+	d.dir, d.bin = dir, bin
 	policy := d.Policy
 	if policy == "" {
 		policy = AllowPerfPolicy
@@ -198,7 +206,9 @@ func (d *Daemon) Setup(ctx context.Context, t *Topology) error {
 		if err != nil {
 			return err
 		}
-		if err := d.start(bin, cfgPath, n, filepath.Join(ndir, "daemon.log")); err != nil {
+		dn := daemonNode{node: n, cfg: cfgPath, socket: socket, logPath: filepath.Join(ndir, "daemon.log")}
+		d.nodes = append(d.nodes, dn)
+		if err := d.start(dn); err != nil {
 			return err
 		}
 		client := node.NewClient(socket)
@@ -259,23 +269,73 @@ func (d *Daemon) writeConfig(dir string, n *Node, t *Topology, policy string) (c
 	return cfgPath, socket, os.WriteFile(cfgPath, data, 0o600)
 }
 
-// start runs the daemon inside the node's namespace.
-func (d *Daemon) start(bin, cfg string, n *Node, logPath string) error {
-	logf, err := os.Create(logPath)
+// start runs the daemon of a node inside the node's namespace (appending
+// to its log).
+func (d *Daemon) start(dn daemonNode) error {
+	logf, err := os.OpenFile(dn.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, "daemon", "--config", cfg)
+	cmd := exec.Command(d.bin, "daemon", "--config", dn.cfg)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	exit, err := startIn(n.Netns, cmd)
+	exit, err := startIn(dn.node.Netns, cmd)
 	if err != nil {
-		return fmt.Errorf("perf: start daemon on %s: %w", n.Name, err)
+		return fmt.Errorf("perf: start daemon on %s: %w", dn.node.Name, err)
 	}
 	d.procs = append(d.procs, cmd)
 	d.exits = append(d.exits, exit)
 	return nil
+}
+
+// Client is a control API client of the daemon of node i.
+func (d *Daemon) Client(i int) *node.Client { return node.NewClient(d.nodes[i].socket) }
+
+// restart stops the daemon of node i (SIGTERM) and starts it again; it
+// returns the time from the new process's start until its control API
+// answered with wantPUs PUs (all of them restored).
+func (d *Daemon) restart(ctx context.Context, i, wantPUs int) (time.Duration, error) {
+	c, exit := d.procs[i], d.exits[i]
+	c.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exit.done:
+	case <-time.After(30 * time.Second):
+		c.Process.Kill()
+		<-exit.done
+		return 0, fmt.Errorf("perf: daemon %d did not stop on SIGTERM", c.Process.Pid)
+	}
+	d.procs = slices.Delete(d.procs, i, i+1)
+	d.exits = slices.Delete(d.exits, i, i+1)
+	start := time.Now()
+	if err := d.start(d.nodes[i]); err != nil {
+		return 0, err
+	}
+	// start appended the new process: keep the nodes' order.
+	last := len(d.procs) - 1
+	d.procs = slices.Insert(d.procs[:last], i, d.procs[last])
+	d.exits = slices.Insert(d.exits[:last], i, d.exits[last])
+	client := d.Client(i)
+	deadline := start.Add(5 * time.Minute)
+	for {
+		s, err := client.Stats()
+		if err == nil && s.PUs >= wantPUs {
+			return time.Since(start), nil
+		}
+		if err == nil {
+			return 0, fmt.Errorf("perf: the restarted daemon polices %d PUs, want %d; end of its log:\n%s", s.PUs, wantPUs, logTail(d.nodes[i].logPath, 10))
+		}
+		select {
+		case <-d.exits[i].done:
+			return 0, fmt.Errorf("perf: the restarted daemon exited: %v; end of its log:\n%s", d.exits[i].err, logTail(d.nodes[i].logPath, 10))
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("perf: the restarted daemon did not answer within 5 minutes")
+		}
+	}
 }
 
 // logTail returns the last lines of a log file, for error messages.
@@ -325,7 +385,7 @@ func (d *Daemon) Teardown() error {
 			errs = append(errs, fmt.Errorf("perf: daemon %d did not stop on SIGTERM", c.Process.Pid))
 		}
 	}
-	d.procs, d.exits = nil, nil
+	d.procs, d.exits, d.nodes = nil, nil, nil
 	if d.dir != "" && len(errs) == 0 && !d.Keep {
 		if err := os.RemoveAll(d.dir); err != nil {
 			errs = append(errs, err)

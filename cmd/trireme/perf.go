@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -46,6 +47,7 @@ func newPerfCmd() *cobra.Command {
 		twReuse  bool
 		daemon   string
 		profDir  string
+		scale    string
 	)
 	cmd := &cobra.Command{
 		Use:   "perf",
@@ -59,6 +61,9 @@ reported as the median of the per-round ratios to the kernel path (the
 headline), then as median and range over the rounds.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if scale != "" {
+				return runScale(cmd, scale, daemon, keep, asJSON)
+			}
 			topo, err := perf.ParseTopology(topology)
 			if err != nil {
 				return &exitError{code: 2, err: err}
@@ -137,6 +142,7 @@ headline), then as median and range over the rounds.`,
 	f.StringVar(&daemon, "daemon-binary", "", "trireme binary that runs the enforcer daemons (default: this one)")
 	f.StringVar(&profDir, "profile", "", "directory for `perf record -g` profiles of the enforcers during the last round's connection runs")
 	f.BoolVar(&keep, "keep", false, "keep the enforcer daemons' configs, logs and flow logs (under $TMPDIR)")
+	f.StringVar(&scale, "scale", "", "instead of the comparison: attach/detach cost per PU at these PU counts (e.g. 10,100,500,1000) and the restart time at the largest (psk daemon)")
 	f.StringVar(&iperf3, "iperf3", "auto", "iperf3 binary for a cross-check of bulk throughput: auto (if installed), off, or a path")
 	return cmd
 }
@@ -148,4 +154,36 @@ func knownVariants() string {
 	}
 	slices.Sort(names)
 	return strings.Join(names, ",")
+}
+
+// runScale is `trireme perf --scale SIZES`.
+func runScale(cmd *cobra.Command, sizes, binary string, keep, asJSON bool) error {
+	var cfg perf.ScaleConfig
+	for _, f := range strings.Split(sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 3 {
+			return &exitError{code: 2, err: fmt.Errorf("--scale: %q: want PU counts of at least 3, comma-separated", f)}
+		}
+		cfg.Sizes = append(cfg.Sizes, n)
+	}
+	cfg.Variant = &perf.Daemon{VariantName: "psk", Secrets: perf.PSKSecrets(), Binary: binary, Keep: keep}
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		cfg.Progress = func(msg string) { fmt.Fprintf(os.Stderr, "\r\033[K%s", msg) }
+	}
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := perf.RunScale(ctx, cfg)
+	if cfg.Progress != nil {
+		fmt.Fprint(os.Stderr, "\r\033[K")
+	}
+	if d := cfg.Variant.KeptDir(); d != "" {
+		fmt.Fprintf(os.Stderr, "daemon files kept in %s\n", d)
+	}
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return res.WriteJSON(cmd.OutOrStdout())
+	}
+	return res.WriteTable(cmd.OutOrStdout())
 }
