@@ -199,7 +199,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if d.steer, err = steer.Open(steer.Config{Node: d.cfg.Node}); err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	if removed, err := steer.DeleteStaleTables(0, d.steer.TableName()); err != nil {
+	if removed, err := steer.DeleteStaleTables(0, d.cfg.Node); err != nil {
 		return fmt.Errorf("nftables: removing stale tables: %w", err)
 	} else if len(removed) > 0 {
 		d.log.Info("removed stale nftables tables", "tables", removed)

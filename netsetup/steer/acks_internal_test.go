@@ -169,14 +169,17 @@ func TestElemMessageEncoding(t *testing.T) {
 			for i := range tc.ops {
 				tc.ops[i].set = tc.ops[0].set
 			}
-			for _, table := range []string{"trireme_n1", "trireme_node-with-long-name"} {
+			for _, table := range []string{"trireme_n1", "trireme_node-with-long-name_s12"} {
+				for i := range tc.ops {
+					tc.ops[i].table = table
+				}
 				m, err := refMessage(table, tc.ops)
 				if err != nil {
 					t.Fatal(err)
 				}
 				want := appendMessage(nil, m, 7)
 				prefix := []byte{1, 2, 3, 4} // appended after what is there
-				got := appendElemMessage(append([]byte(nil), prefix...), table, tc.ops, 7)
+				got := appendElemMessage(append([]byte(nil), prefix...), tc.ops, 7)
 				if !bytes.Equal(got[:4], prefix) || !bytes.Equal(got[4:], want) {
 					t.Errorf("table %s: encoding differs\n got %x\nwant %x", table, got[4:], want)
 				}

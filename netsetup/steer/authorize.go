@@ -99,7 +99,7 @@ func (b *Batch) Commit() error {
 			if v6 {
 				set = st.sets.a6.Name
 			}
-			eops = append(eops, elemOp{set: set, key: s.keyBuf[start:len(s.keyBuf):len(s.keyBuf)], timeout: op.timeout, del: op.del})
+			eops = append(eops, elemOp{table: st.shard.table.Name, set: set, key: s.keyBuf[start:len(s.keyBuf):len(s.keyBuf)], timeout: op.timeout, del: op.del})
 		}
 	}
 	return s.elems.commit(eops)

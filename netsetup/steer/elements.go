@@ -32,6 +32,7 @@ const (
 )
 
 type elemOp struct {
+	table   string
 	set     string
 	key     []byte
 	timeout time.Duration // 0: no timeout (until revoked)
@@ -51,7 +52,6 @@ type elemOp struct {
 // (12 % of the daemon's CPU). The kernel queues the acknowledgements
 // before sendmsg returns, so the reads do not wait either.
 type elemWriter struct {
-	table string
 	netns int
 	conn  *netlink.Conn
 	rc    syscall.RawConn
@@ -160,11 +160,11 @@ func (w *elemWriter) commitTxn(ops []elemOp) error {
 	want := 0 // acknowledgements: one per element message
 	for i := 0; i < len(ops); {
 		j := i + 1
-		for j < len(ops) && j-i < maxElemsPerMsg && ops[j].set == ops[i].set && ops[j].del == ops[i].del {
+		for j < len(ops) && j-i < maxElemsPerMsg && ops[j].set == ops[i].set && ops[j].table == ops[i].table && ops[j].del == ops[i].del {
 			j++
 		}
 		w.seq++
-		txn = appendElemMessage(txn, w.table, ops[i:j], w.seq)
+		txn = appendElemMessage(txn, ops[i:j], w.seq)
 		want++
 		i = j
 	}
@@ -250,11 +250,11 @@ func appendStringAttr(b []byte, typ uint16, s string) []byte {
 }
 
 // appendElemMessage appends one NEWSETELEM (or DESTROYSETELEM) message for
-// ops, which all share a set and a kind: per element its key and, when
+// ops, which all share a table, a set and a kind: per element its key and, when
 // added with a timeout, the timeout and the expiration (which restarts the
 // timer of an element already there). Encoded by hand, into the caller's
 // buffer: the daemon sends one for nearly every connection.
-func appendElemMessage(b []byte, table string, ops []elemOp, seq uint32) []byte {
+func appendElemMessage(b []byte, ops []elemOp, seq uint32) []byte {
 	typ := uint16(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWSETELEM)
 	flags := netlink.Request | netlink.Acknowledge | netlink.Create // no EXCL: existing elements are updated
 	if ops[0].del {
@@ -264,7 +264,7 @@ func appendElemMessage(b []byte, table string, ops []elemOp, seq uint32) []byte 
 	msg := len(b)
 	b = appendHeader(b, typ, flags, seq)
 	b = append(b, nfgen(unix.NFPROTO_NETDEV, 0)...)
-	b = appendStringAttr(b, unix.NFTA_SET_ELEM_LIST_TABLE, table)
+	b = appendStringAttr(b, unix.NFTA_SET_ELEM_LIST_TABLE, ops[0].table)
 	b = appendStringAttr(b, unix.NFTA_SET_ELEM_LIST_SET, ops[0].set)
 	b, elems := beginAttr(b, netlink.Nested|unix.NFTA_SET_ELEM_LIST_ELEMENTS)
 	for _, op := range ops {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 )
@@ -86,19 +87,6 @@ func split(ps []netip.Prefix) (v4, v6 []netip.Prefix) {
 	return v4, v6
 }
 
-func (s *Steerer) addExcludedSets(ex []netip.Prefix) (*nftables.Set, *nftables.Set, error) {
-	v4, v6 := split(merged(ex))
-	x4 := &nftables.Set{Table: s.table, Name: "x4", KeyType: nftables.TypeIPAddr, Interval: true}
-	x6 := &nftables.Set{Table: s.table, Name: "x6", KeyType: nftables.TypeIP6Addr, Interval: true}
-	if err := s.addSet(x4, intervalElements(v4)); err != nil {
-		return nil, nil, err
-	}
-	if err := s.addSet(x6, intervalElements(v6)); err != nil {
-		return nil, nil, err
-	}
-	return x4, x6, nil
-}
-
 // Excluded returns the excluded networks.
 func (s *Steerer) Excluded() []netip.Prefix {
 	s.mu.Lock()
@@ -131,10 +119,12 @@ func (s *Steerer) RemoveExcluded(p netip.Prefix) error {
 	return s.setExcluded(slices.Delete(slices.Clone(s.excluded), i, i+1))
 }
 
-// setExcluded rewrites both excluded sets in one batch (flush + add), so
-// no packet sees a half-updated set.
+// setExcluded rewrites the excluded sets of every table, each table's two
+// in one unit (flush + add), so no packet sees a half-updated set. The
+// tables usually change in one transaction; with very many excluded
+// networks and tables, in several.
 func (s *Steerer) setExcluded(ps []netip.Prefix) error {
-	if s.x4 == nil {
+	if s.shards[0] == nil {
 		return fmt.Errorf("steer: excluded networks changed before Apply")
 	}
 	ex, err := canonical(ps)
@@ -142,57 +132,65 @@ func (s *Steerer) setExcluded(ps []netip.Prefix) error {
 		return err
 	}
 	v4, v6 := split(merged(ex))
-	s.conn.FlushSet(s.x4)
-	s.conn.FlushSet(s.x6)
-	for _, x := range []struct {
-		set *nftables.Set
-		els []nftables.SetElement
-	}{{s.x4, intervalElements(v4)}, {s.x6, intervalElements(v6)}} {
-		for els := x.els; len(els) > 0; {
-			n := min(len(els), maxElemsPerMsg)
-			if err := s.conn.SetAddElements(x.set, els[:n]); err != nil {
-				s.discard()
-				return fmt.Errorf("steer: %s: %w", x.set.Name, err)
+	var units []unit
+	for _, i := range sortedKeys(s.shards) {
+		sh := s.shards[i]
+		b := newBuilder()
+		for _, x := range []struct {
+			set *nftables.Set
+			els []nftables.SetElement
+		}{{sh.x4, intervalElements(v4)}, {sh.x6, intervalElements(v6)}} {
+			b.FlushSet(x.set)
+			if err := addElements(b, x.set, x.els); err != nil {
+				return err
 			}
-			els = els[n:]
 		}
+		u, err := b.take("excluded networks of " + sh.table.Name)
+		if err != nil {
+			return err
+		}
+		units = append(units, u)
 	}
-	if err := s.flush(); err != nil {
+	if err := s.tw.commit(units); err != nil {
 		return fmt.Errorf("steer: excluded networks: %w", err)
 	}
 	s.excluded = ex
 	return nil
 }
 
-// State is what an existing table in the kernel holds, as a restarted
-// daemon finds it.
+// State is what the node's tables in the kernel hold, as a restarted
+// daemon finds them.
 type State struct {
-	PUs      []string       // PUs with chains in the table
+	PUs      []string       // PUs with chains in the tables
 	Excluded []netip.Prefix // excluded networks (as merged in the kernel)
 }
 
-// Existing reads the node's table as the kernel has it (left by a previous
-// run) without changing it. ok is false if there is no table. A restarted
-// daemon merges this with its configuration and calls Apply, which keeps
-// the authorized flows of the PUs it re-attaches.
+// Existing reads the node's tables as the kernel has them (left by a
+// previous run) without changing them. ok is false if there is none. A
+// restarted daemon merges this with its configuration and calls Apply,
+// which keeps the authorized flows of the PUs it re-attaches.
 func (s *Steerer) Existing() (st State, ok bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.tableExists() {
+	cur, err := s.discover()
+	if err != nil {
+		return State{}, false, err
+	}
+	if len(cur) == 0 {
 		return State{}, false, nil
 	}
-	chains, err := s.conn.ListChainsOfTableFamily(s.table.Family)
-	if err != nil {
-		return State{}, true, fmt.Errorf("steer: list chains: %w", err)
-	}
-	for _, c := range chains {
-		if c.Table != nil && c.Table.Name == s.table.Name && len(c.Name) > 3 && c.Name[:3] == "in_" {
-			st.PUs = append(st.PUs, c.Name[3:])
+	for _, f := range cur {
+		for c := range f.chains {
+			if pu, ok := strings.CutPrefix(c, "in_"); ok {
+				st.PUs = append(st.PUs, pu)
+			}
 		}
 	}
 	slices.Sort(st.PUs)
+	// Every table has the same excluded networks: read the first's.
+	t := &nftables.Table{Name: s.shardName(sortedKeys(cur)[0]), Family: nftables.TableFamilyNetdev}
 	for _, name := range []string{"x4", "x6"} {
-		els, err := s.conn.GetSetElements(&nftables.Set{Table: s.table, Name: name, Interval: true})
+		els, err := s.conn.GetSetElements(&nftables.Set{Table: t, Name: name, Interval: true})
 		if err != nil {
 			return State{}, true, fmt.Errorf("steer: read %s: %w", name, err)
 		}

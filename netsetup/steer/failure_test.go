@@ -315,7 +315,7 @@ func TestAtomicReplaceAndStale(t *testing.T) {
 		if err := c.Flush(); err != nil {
 			return err
 		}
-		removed, err = steer.DeleteStaleTables(0, r.s.TableName())
+		removed, err = steer.DeleteStaleTables(0, "test"+r.node.Suffix)
 		return err
 	})
 	if len(removed) != 1 || removed[0] != steer.TablePrefix+"ghost" {

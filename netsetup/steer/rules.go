@@ -109,9 +109,9 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 	}, accept))
 	// 3. Excluded networks pass, as source or destination.
 	for _, v6 := range []bool{false, true} {
-		ep, set := uint16(ethIPv4), s.x4
+		ep, set := uint16(ethIPv4), sets.x4
 		if v6 {
-			ep, set = ethIPv6, s.x6
+			ep, set = ethIPv6, sets.x6
 		}
 		so, do, l := addrFields(v6)
 		for _, off := range []uint32{so, do} {

@@ -5,13 +5,16 @@
 // excluded networks and packets the dataplane injected itself stay in the
 // kernel. See docs/steering.md for the table layout.
 //
-// One table per node (family netdev, TablePrefix+node) holds everything.
+// A node's PUs are spread over netdev tables of at most Config.ShardSize
+// PUs each ("shards": TablePrefix+node, then TablePrefix+node+"_s1", ...):
+// the kernel checks every rule of a table each time rules are added to it,
+// so with one table attaching a PU cost more the more PUs there were.
 // Per PU there are two base chains on its host-side veth: "in_<pu>" (hook
 // ingress: traffic leaving the PU, steered to the PU's TapIn) and
 // "out_<pu>" (hook egress: traffic toward the PU, steered to TapOut), and
 // two authorized sets "a4_<pu>" / "a6_<pu>" (concatenated 5-tuple keys,
-// per-element timeouts) shared by both chains. The excluded networks are
-// the node-wide interval sets "x4" and "x6".
+// per-element timeouts) shared by both chains. Each table holds a copy of
+// the excluded networks, the interval sets "x4" and "x6".
 package steer
 
 import (
@@ -19,15 +22,14 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/nftables"
-	mnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 )
 
 // TablePrefix starts the name of every nftables table trireme creates.
@@ -36,11 +38,18 @@ const TablePrefix = "trireme_"
 // DefaultMark is the packet mark (SO_MARK) of injected packets ("trir").
 const DefaultMark uint32 = 0x74726972
 
-// Config of a node's steering table.
+// DefaultShardSize is the number of PUs per nftables table.
+const DefaultShardSize = 32
+
+// Config of a node's steering tables.
 type Config struct {
-	Node  string // table name is TablePrefix + Node
+	Node  string // table names start with TablePrefix + Node
 	Mark  uint32 // mark of injected packets; 0: DefaultMark
 	NetNS int    // fd of the network namespace to program; 0: the caller's
+	// ShardSize is the number of PUs a table holds; 0: DefaultShardSize.
+	// A table of a previous run keeps the PUs it has even beyond it (their
+	// authorized flows live there).
+	ShardSize int
 }
 
 // PU is what the steering rules of one PU need.
@@ -73,32 +82,42 @@ var (
 	ErrBadName   = errors.New("steer: invalid name")
 )
 
-type puSets struct{ a4, a6 *nftables.Set }
+// puSets are the sets a PU's rules look up: its authorized flows and its
+// table's excluded networks.
+type puSets struct{ a4, a6, x4, x6 *nftables.Set }
 
-type puState struct {
-	pu   PU
-	sets puSets
+// shard is one of the node's tables.
+type shard struct {
+	idx    int
+	table  *nftables.Table
+	x4, x6 *nftables.Set
+	pus    int
 }
 
-// Steerer owns a node's steering table. Its methods are safe for
+type puState struct {
+	pu    PU
+	shard *shard
+	sets  puSets
+}
+
+// Steerer owns a node's steering tables. Its methods are safe for
 // concurrent use; kernel changes are serialised.
 type Steerer struct {
 	mu       sync.Mutex
 	cfg      Config
-	conn     *nftables.Conn
-	table    *nftables.Table
-	x4, x6   *nftables.Set
+	conn     *nftables.Conn // dumps
+	tw       txnWriter      // table, chain, rule, set and counter changes
+	shards   map[int]*shard
 	pus      map[string]*puState
 	excluded []netip.Prefix
 	elems    elemWriter
 	keyBuf   []byte
 	links    *netlink.Handle // rtnetlink in the node's namespace
-	broken   error           // set when a discarded batch could not be dropped
 	closed   bool
 }
 
 // Open connects to nftables for the node. It changes nothing in the kernel:
-// call Apply to (re)build the table.
+// call Apply to (re)build the tables.
 func Open(cfg Config) (*Steerer, error) {
 	if err := checkName(cfg.Node); err != nil {
 		return nil, err
@@ -106,9 +125,16 @@ func Open(cfg Config) (*Steerer, error) {
 	if cfg.Mark == 0 {
 		cfg.Mark = DefaultMark
 	}
-	conn, err := dialNft(cfg.NetNS)
+	if cfg.ShardSize <= 0 {
+		cfg.ShardSize = DefaultShardSize
+	}
+	opts := []nftables.ConnOption{nftables.AsLasting()}
+	if cfg.NetNS != 0 {
+		opts = append(opts, nftables.WithNetNSFd(cfg.NetNS))
+	}
+	conn, err := nftables.New(opts...)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("steer: nftables: %w", err)
 	}
 	var links *netlink.Handle
 	if cfg.NetNS != 0 {
@@ -120,83 +146,50 @@ func Open(cfg Config) (*Steerer, error) {
 		conn.CloseLasting()
 		return nil, fmt.Errorf("steer: rtnetlink: %w", err)
 	}
-	s := &Steerer{
-		links: links,
-		cfg:   cfg,
-		conn:  conn,
-		table: &nftables.Table{Name: TablePrefix + cfg.Node, Family: nftables.TableFamilyNetdev},
-		pus:   map[string]*puState{},
-		elems: elemWriter{table: TablePrefix + cfg.Node, netns: cfg.NetNS},
-	}
-	return s, nil
+	return &Steerer{
+		links:  links,
+		cfg:    cfg,
+		conn:   conn,
+		tw:     txnWriter{netns: cfg.NetNS},
+		shards: map[int]*shard{},
+		pus:    map[string]*puState{},
+		elems:  elemWriter{netns: cfg.NetNS},
+	}, nil
 }
 
-// sendBuffer is the netlink send buffer forced on our sockets: an Apply
-// that carries the authorized flows over is one transaction, hence one
-// sendmsg, of about 60 bytes per flow direction; the default (wmem_max,
-// 208 KiB) fails with EMSGSIZE at ~1800 flows. Memory is only used while a
-// message is in flight.
-const sendBuffer = 64 << 20
+// TableName is the node's first table (every PU's, up to ShardSize PUs).
+func (s *Steerer) TableName() string { return s.shardName(0) }
 
-func forceSendBuffer(c *mnl.Conn) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
+func (s *Steerer) shardName(i int) string {
+	if i == 0 {
+		return TablePrefix + s.cfg.Node
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("steer: SO_SNDBUFFORCE: %w", serr)
-	}
-	return nil
+	return TablePrefix + s.cfg.Node + "_s" + strconv.Itoa(i)
 }
 
-func dialNft(netnsFd int) (*nftables.Conn, error) {
-	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(forceSendBuffer)}
-	if netnsFd != 0 {
-		opts = append(opts, nftables.WithNetNSFd(netnsFd))
+// shardOf returns the shard number of one of the node's table names.
+func shardOf(node, table string) (int, bool) {
+	rest, ok := strings.CutPrefix(table, TablePrefix+node)
+	if !ok {
+		return 0, false
 	}
-	conn, err := nftables.New(opts...)
-	if err != nil {
-		return nil, fmt.Errorf("steer: nftables: %w", err)
+	if rest == "" {
+		return 0, true
 	}
-	return conn, nil
+	num, ok := strings.CutPrefix(rest, "_s")
+	if !ok || num == "" || num[0] == '0' || len(num) > 6 {
+		return 0, false
+	}
+	i, err := strconv.Atoi(num)
+	return i, err == nil && i > 0
 }
-
-// discard drops the messages queued on s.conn after a failure while
-// building a batch: google/nftables has no way to empty its queue, and the
-// next Flush would send them. A fresh connection forgets them.
-func (s *Steerer) discard() {
-	s.conn.CloseLasting()
-	if c, err := dialNft(s.cfg.NetNS); err == nil {
-		s.conn = c
-		return
-	}
-	// Could not reconnect: the old queue must never be sent, so every
-	// later change fails.
-	s.broken = fmt.Errorf("steer: nftables connection lost after a failed batch")
-}
-
-// flush sends the queued batch, unless discard could not reconnect.
-func (s *Steerer) flush() error {
-	if s.broken != nil {
-		return s.broken
-	}
-	return s.conn.Flush()
-}
-
-// TableName is the node's nftables table.
-func (s *Steerer) TableName() string { return s.table.Name }
 
 // Mark is the mark injected packets must carry (inject.New's mark).
 func (s *Steerer) Mark() uint32 { return s.cfg.Mark }
 
-// Close closes the netlink sockets. The table stays in the kernel (so that
-// a daemon that stops or crashes keeps failing closed); Delete removes it.
+// Close closes the netlink sockets. The tables stay in the kernel (so that
+// a daemon that stops or crashes keeps failing closed); Delete removes
+// them.
 func (s *Steerer) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -205,6 +198,7 @@ func (s *Steerer) Close() error {
 	}
 	s.closed = true
 	s.elems.close()
+	s.tw.close()
 	s.links.Close()
 	return s.conn.CloseLasting()
 }
@@ -224,15 +218,154 @@ func checkName(n string) error {
 
 func counterName(pu, dir, what string) string { return pu + "_" + dir + "_" + what }
 
-// Apply atomically replaces everything in the node's table with the rules
-// for the given PUs and excluded networks, in a single nf_tables
-// transaction: the chains, counters and sets of a previous or crashed run
-// that are not wanted are deleted, the chains of the wanted PUs are built
-// anew. The authorized sets (and counters) of PUs present before and after
-// are kept in place, elements untouched, so a restarted daemon keeps its
-// established flows in the kernel. (Reading the elements out and writing
-// them back is not an option: a dump of a hash set that is being resized,
-// as after many inserts, returns duplicates and misses entries.)
+var counterSuffixes = []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth"}
+
+// puOfCounter returns the PU a counter name "<pu>_<dir>_<what>" belongs to.
+func puOfCounter(name string) string {
+	for _, sfx := range counterSuffixes {
+		if p, ok := strings.CutSuffix(name, sfx); ok {
+			return p
+		}
+	}
+	return ""
+}
+
+// puOfChain returns the PU of a chain name "in_<pu>" or "out_<pu>".
+func puOfChain(name string) string {
+	if p, ok := strings.CutPrefix(name, "in_"); ok {
+		return p
+	}
+	if p, ok := strings.CutPrefix(name, "out_"); ok {
+		return p
+	}
+	return ""
+}
+
+// puOfSet returns the PU of an authorized set "a4_<pu>" / "a6_<pu>" and
+// the key length the set must have.
+func puOfSet(name string) (string, uint32) {
+	if p, ok := strings.CutPrefix(name, "a4_"); ok {
+		return p, key4Len
+	}
+	if p, ok := strings.CutPrefix(name, "a6_"); ok {
+		return p, key6Len
+	}
+	return "", 0
+}
+
+// found is what one of the node's tables holds, as dumped.
+type found struct {
+	idx    int
+	chains map[string]bool
+	sets   map[string]*nftables.Set
+	objs   map[string]bool
+}
+
+// usableAuthSet: a set of a previous run that can be kept as a PU's
+// authorized set.
+func usableAuthSet(set *nftables.Set, keyLen uint32) bool {
+	return set.HasTimeout && set.Concatenation && set.KeyType.Bytes == keyLen
+}
+
+func usableExcludedSet(set *nftables.Set, v6 bool) bool {
+	want := nftables.TypeIPAddr
+	if v6 {
+		want = nftables.TypeIP6Addr
+	}
+	return set.Interval && !set.Concatenation && set.KeyType.Bytes == want.Bytes
+}
+
+// discover dumps the node's tables: chains, set definitions and objects
+// (small dumps, no elements).
+func (s *Steerer) discover() (map[int]*found, error) {
+	tables, err := s.conn.ListTablesOfFamily(nftables.TableFamilyNetdev)
+	if err != nil {
+		return nil, fmt.Errorf("steer: list tables: %w", err)
+	}
+	out := map[int]*found{}
+	for _, t := range tables {
+		if i, ok := shardOf(s.cfg.Node, t.Name); ok {
+			out[i] = &found{idx: i, chains: map[string]bool{}, sets: map[string]*nftables.Set{}, objs: map[string]bool{}}
+		}
+	}
+	if len(out) == 0 {
+		return out, nil
+	}
+	chains, err := s.conn.ListChainsOfTableFamily(nftables.TableFamilyNetdev)
+	if err != nil {
+		return nil, fmt.Errorf("steer: list chains: %w", err)
+	}
+	for _, c := range chains {
+		if c.Table == nil {
+			continue
+		}
+		if i, ok := shardOf(s.cfg.Node, c.Table.Name); ok && out[i] != nil {
+			out[i].chains[c.Name] = true
+		}
+	}
+	for i, f := range out {
+		t := &nftables.Table{Name: s.shardName(i), Family: nftables.TableFamilyNetdev}
+		sets, err := s.conn.GetSets(t)
+		if err != nil {
+			return nil, fmt.Errorf("steer: list sets of %s: %w", t.Name, err)
+		}
+		for _, set := range sets {
+			f.sets[set.Name] = set
+		}
+		objs, err := s.conn.GetObjects(t)
+		if err != nil {
+			return nil, fmt.Errorf("steer: list objects of %s: %w", t.Name, err)
+		}
+		for _, o := range objs {
+			if co, ok := o.(*nftables.CounterObj); ok {
+				f.objs[co.Name] = true
+			}
+		}
+	}
+	return out, nil
+}
+
+// home returns the table of a previous run that holds a PU: the one with
+// its authorized sets (its flows), else the one with its chains.
+func home(cur map[int]*found, pu string) (int, bool) {
+	best, ok := 0, false
+	for _, i := range sortedKeys(cur) {
+		f := cur[i]
+		if set := f.sets["a4_"+pu]; set != nil && usableAuthSet(set, key4Len) {
+			return i, true
+		}
+		if !ok && f.chains["in_"+pu] {
+			best, ok = i, true
+		}
+	}
+	return best, ok
+}
+
+func sortedKeys[V any](m map[int]V) []int {
+	ks := make([]int, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// Apply replaces everything in the node's tables with the rules for the
+// given PUs and excluded networks: the chains, counters, sets and tables of
+// a previous or crashed run that are not wanted are deleted, the chains of
+// the wanted PUs are built anew. The authorized sets (and counters) of PUs
+// present before and after are kept in place, elements untouched, so a
+// restarted daemon keeps its established flows in the kernel; such a PU
+// stays in the table that holds them. (Reading the elements out and
+// writing them back is not an option: a dump of a hash set that is being
+// resized, as after many inserts, returns duplicates and misses entries.)
+//
+// Each PU's chains are replaced atomically (its old rules, which steer to
+// the same TAPs, until its new ones are in place): no PU is unpoliced at
+// any moment. The change is made in transactions of bounded size, several
+// PUs each, the excluded networks of a table before its PUs. If Apply fails
+// midway, the PUs done so far are in place and the others keep their
+// previous rules; the Steerer's view is read back from the kernel.
 func (s *Steerer) Apply(pus []PU, excluded []netip.Prefix) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -250,116 +383,210 @@ func (s *Steerer) Apply(pus []PU, excluded []netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	// What the table holds now: chains, set definitions and objects (small
-	// dumps, no elements).
-	keepSets := map[string]bool{}
-	keepObjs := map[string]bool{}
-	t := s.table
-	var delChains []*nftables.Chain
-	var delSets []*nftables.Set
-	var delObjs []nftables.Obj
-	if s.tableExists() {
-		chains, err := s.conn.ListChainsOfTableFamily(t.Family)
-		if err != nil {
-			return fmt.Errorf("steer: list chains: %w", err)
-		}
-		for _, c := range chains {
-			if c.Table != nil && c.Table.Name == t.Name {
-				delChains = append(delChains, &nftables.Chain{Table: t, Name: c.Name})
-			}
-		}
-		sets, err := s.conn.GetSets(t)
-		if err != nil {
-			return fmt.Errorf("steer: list sets: %w", err)
-		}
-		for _, set := range sets {
-			if want, ok := wantedSet(set.Name, seen); ok && set.HasTimeout && set.Concatenation && set.KeyType.Bytes == want {
-				keepSets[set.Name] = true
-				continue
-			}
-			delSets = append(delSets, &nftables.Set{Table: t, Name: set.Name})
-		}
-		objs, err := s.conn.GetObjects(t)
-		if err != nil {
-			return fmt.Errorf("steer: list objects: %w", err)
-		}
-		for _, o := range objs {
-			co, ok := o.(*nftables.CounterObj)
-			if ok && seen[puOfCounter(co.Name)] {
-				keepObjs[co.Name] = true
-				continue
-			}
-			if ok {
-				delObjs = append(delObjs, &nftables.CounterObj{Table: t, Name: co.Name})
-			}
-		}
-	}
-
-	s.conn.AddTable(t) // no-op if it exists
-	// Chains first: deleting a chain deletes its rules, which releases the
-	// sets they look up.
-	for _, c := range delChains {
-		s.conn.DelChain(c)
-	}
-	for _, set := range delSets {
-		s.conn.DelSet(set)
-	}
-	for _, o := range delObjs {
-		s.conn.DeleteObject(o)
-	}
-	x4, x6, err := s.addExcludedSets(ex)
+	cur, err := s.discover()
 	if err != nil {
-		s.discard()
 		return err
 	}
-	// The PU rules look the excluded sets up through s.x4/s.x6; restore the
-	// old ones if the batch fails.
-	oldX4, oldX6 := s.x4, s.x6
-	s.x4, s.x6 = x4, x6
-	states := map[string]*puState{}
+	// Where each PU goes: where its flows are, else the first table with
+	// room.
+	assign := map[string]int{}
+	count := map[int]int{0: 0}
 	for _, pu := range pus {
-		st, err := s.addPU(pu, keepSets, keepObjs)
+		if i, ok := home(cur, pu.Name); ok {
+			assign[pu.Name] = i
+			count[i]++
+		}
+	}
+	for _, pu := range pus {
+		if _, ok := assign[pu.Name]; ok {
+			continue
+		}
+		i := 0
+		for count[i] >= s.cfg.ShardSize {
+			i++
+		}
+		assign[pu.Name] = i
+		count[i]++
+	}
+	byShard := map[int][]PU{}
+	for _, pu := range pus {
+		byShard[assign[pu.Name]] = append(byShard[assign[pu.Name]], pu)
+	}
+	shards := map[int]*shard{}
+	states := map[string]*puState{}
+	var units []unit
+	idxs := sortedKeys(count)
+	for _, i := range idxs {
+		if _, ok := cur[i]; !ok {
+			cur[i] = nil
+		}
+	}
+	for _, i := range sortedKeys(cur) {
+		f := cur[i]
+		if count[i] == 0 && i != 0 {
+			// A table of a previous run with none of the wanted PUs.
+			t := &nftables.Table{Name: s.shardName(i), Family: nftables.TableFamilyNetdev}
+			b := newBuilder()
+			b.DelTable(t)
+			u, err := b.take("table " + t.Name)
+			if err != nil {
+				return err
+			}
+			units = append(units, u)
+			continue
+		}
+		us, sh, sts, err := s.planShard(i, f, byShard[i], ex)
 		if err != nil {
-			s.x4, s.x6 = oldX4, oldX6
-			s.discard()
 			return err
 		}
-		states[pu.Name] = st
+		shards[i] = sh
+		for n, st := range sts {
+			states[n] = st
+		}
+		units = append(units, us...)
 	}
-	if err := s.flush(); err != nil {
-		s.x4, s.x6 = oldX4, oldX6
-		return fmt.Errorf("steer: replace table %s: %w", t.Name, err)
+	if err := s.tw.commit(units); err != nil {
+		if rerr := s.reread(); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return err
 	}
-	s.pus = states
-	s.excluded = ex
+	s.shards, s.pus, s.excluded = shards, states, ex
 	return nil
 }
 
-// wantedSet reports whether a set of that name belongs to a wanted PU, and
-// the key length it must have.
-func wantedSet(name string, pus map[string]bool) (uint32, bool) {
-	switch {
-	case strings.HasPrefix(name, "a4_") && pus[name[3:]]:
-		return key4Len, true
-	case strings.HasPrefix(name, "a6_") && pus[name[3:]]:
-		return key6Len, true
+// planShard returns the units that make table i hold exactly the given PUs
+// and excluded networks, from what it holds now (f, nil if it does not
+// exist): first the table, its excluded sets and the deletion of what is
+// not wanted, then one unit per PU.
+func (s *Steerer) planShard(i int, f *found, pus []PU, ex []netip.Prefix) ([]unit, *shard, map[string]*puState, error) {
+	t := &nftables.Table{Name: s.shardName(i), Family: nftables.TableFamilyNetdev}
+	sh := &shard{idx: i, table: t, pus: len(pus)}
+	if f == nil {
+		f = &found{chains: map[string]bool{}, sets: map[string]*nftables.Set{}, objs: map[string]bool{}}
 	}
-	return 0, false
-}
-
-// puOfCounter returns the PU a counter name "<pu>_<dir>_<what>" belongs to.
-func puOfCounter(name string) string {
-	for _, sfx := range []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth"} {
-		if p, ok := strings.CutSuffix(name, sfx); ok {
-			return p
+	wanted := map[string]bool{}
+	for _, pu := range pus {
+		wanted[pu.Name] = true
+	}
+	// Excluded sets that cannot be flushed and refilled (another type)
+	// must be deleted, and every chain looking them up first: the whole
+	// table is then rebuilt in one unit.
+	rebuild := false
+	for _, x := range []struct {
+		name string
+		v6   bool
+	}{{"x4", false}, {"x6", true}} {
+		if set := f.sets[x.name]; set != nil && !usableExcludedSet(set, x.v6) {
+			rebuild = true
 		}
 	}
-	return ""
+	b := newBuilder()
+	b.AddTable(t) // no-op if it exists
+	// Chains first: deleting a chain deletes its rules, which releases the
+	// sets they look up.
+	for _, c := range sortedNames(f.chains) {
+		if rebuild || !wanted[puOfChain(c)] {
+			b.DelChain(&nftables.Chain{Table: t, Name: c})
+		}
+	}
+	for _, n := range sortedNames(f.sets) {
+		pu, keyLen := puOfSet(n)
+		switch {
+		case n == "x4" || n == "x6":
+			if rebuild {
+				b.DelSet(&nftables.Set{Table: t, Name: n})
+			}
+		case wanted[pu] && usableAuthSet(f.sets[n], keyLen):
+		case wanted[pu]:
+			// Unusable: deleted in the PU's unit, once its chains are.
+		default:
+			b.DelSet(&nftables.Set{Table: t, Name: n})
+		}
+	}
+	for _, n := range sortedNames(f.objs) {
+		if !wanted[puOfCounter(n)] {
+			b.DeleteObject(&nftables.CounterObj{Table: t, Name: n})
+		}
+	}
+	sh.x4 = &nftables.Set{Table: t, Name: "x4", KeyType: nftables.TypeIPAddr, Interval: true}
+	sh.x6 = &nftables.Set{Table: t, Name: "x6", KeyType: nftables.TypeIP6Addr, Interval: true}
+	v4, v6 := split(merged(ex))
+	for _, x := range []struct {
+		set *nftables.Set
+		els []nftables.SetElement
+	}{{sh.x4, intervalElements(v4)}, {sh.x6, intervalElements(v6)}} {
+		if f.sets[x.set.Name] != nil && !rebuild {
+			b.FlushSet(x.set)
+			if err := addElements(b, x.set, x.els); err != nil {
+				return nil, nil, nil, err
+			}
+		} else if err := addSet(b, x.set, x.els); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	head, err := b.take("table " + t.Name)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	units := []unit{head}
+	states := map[string]*puState{}
+	for _, pu := range pus {
+		old := f
+		if rebuild {
+			// Its chains are deleted by the head unit already.
+			old = &found{chains: map[string]bool{}, sets: f.sets, objs: f.objs}
+		}
+		u, st, err := s.puUnit(sh, pu, old)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		states[pu.Name] = st
+		if rebuild {
+			units[0].msgs = append(units[0].msgs, u.msgs...)
+		} else {
+			units = append(units, u)
+		}
+	}
+	return units, sh, states, nil
 }
 
-func (s *Steerer) tableExists() bool {
-	_, err := s.conn.ListTableOfFamily(s.table.Name, s.table.Family)
-	return err == nil
+func sortedNames[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+// reread rebuilds the Steerer's view (tables, PUs, excluded networks) from
+// the kernel, after a change that failed midway.
+func (s *Steerer) reread() error {
+	cur, err := s.discover()
+	if err != nil {
+		return err
+	}
+	shards := map[int]*shard{}
+	pus := map[string]*puState{}
+	for _, i := range sortedKeys(cur) {
+		f := cur[i]
+		t := &nftables.Table{Name: s.shardName(i), Family: nftables.TableFamilyNetdev}
+		sh := &shard{idx: i, table: t,
+			x4: &nftables.Set{Table: t, Name: "x4", KeyType: nftables.TypeIPAddr, Interval: true},
+			x6: &nftables.Set{Table: t, Name: "x6", KeyType: nftables.TypeIP6Addr, Interval: true}}
+		shards[i] = sh
+		for c := range f.chains {
+			name, ok := strings.CutPrefix(c, "in_")
+			if !ok || pus[name] != nil || f.sets["a4_"+name] == nil || f.sets["a6_"+name] == nil {
+				continue
+			}
+			sh.pus++
+			pus[name] = &puState{pu: PU{Name: name}, shard: sh, sets: puSets{a4: f.sets["a4_"+name], a6: f.sets["a6_"+name], x4: sh.x4, x6: sh.x6}}
+		}
+	}
+	s.shards, s.pus = shards, pus
+	return nil
 }
 
 // checkPU validates a PU and checks that its veth and TAPs exist. The
@@ -396,26 +623,37 @@ var (
 	key6Type = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInetService)
 )
 
-// addPU queues the sets, counters, chains and rules of one PU on s.conn.
-// Sets and counters named in keepSets/keepObjs exist already and are left
-// as they are.
-func (s *Steerer) addPU(pu PU, keepSets, keepObjs map[string]bool) (*puState, error) {
+// puUnit returns the unit that (re)builds one PU in shard sh: its old
+// chains (as found in old) go, its authorized sets and counters are made
+// unless old has usable ones, its chains and rules are added.
+func (s *Steerer) puUnit(sh *shard, pu PU, old *found) (unit, *puState, error) {
+	t := sh.table
 	sets := puSets{
-		a4: &nftables.Set{Table: s.table, Name: "a4_" + pu.Name, KeyType: key4Type, Concatenation: true, HasTimeout: true},
-		a6: &nftables.Set{Table: s.table, Name: "a6_" + pu.Name, KeyType: key6Type, Concatenation: true, HasTimeout: true},
+		a4: &nftables.Set{Table: t, Name: "a4_" + pu.Name, KeyType: key4Type, Concatenation: true, HasTimeout: true},
+		a6: &nftables.Set{Table: t, Name: "a6_" + pu.Name, KeyType: key6Type, Concatenation: true, HasTimeout: true},
+		x4: sh.x4, x6: sh.x6,
+	}
+	b := newBuilder()
+	for _, c := range []string{"in_" + pu.Name, "out_" + pu.Name} {
+		if old.chains[c] {
+			b.DelChain(&nftables.Chain{Table: t, Name: c})
+		}
 	}
 	for _, set := range []*nftables.Set{sets.a4, sets.a6} {
-		if keepSets[set.Name] {
-			continue
+		if have := old.sets[set.Name]; have != nil {
+			if usableAuthSet(have, set.KeyType.Bytes) {
+				continue
+			}
+			b.DelSet(&nftables.Set{Table: t, Name: set.Name})
 		}
-		if err := s.addSet(set, nil); err != nil {
-			return nil, err
+		if err := addSet(b, set, nil); err != nil {
+			return unit{}, nil, err
 		}
 	}
 	for _, dir := range []string{"in", "out"} {
 		for _, what := range []string{"steer", "auth"} {
-			if name := counterName(pu.Name, dir, what); !keepObjs[name] {
-				s.conn.AddObj(&nftables.CounterObj{Table: s.table, Name: name})
+			if name := counterName(pu.Name, dir, what); !old.objs[name] {
+				b.AddObj(&nftables.CounterObj{Table: t, Name: name})
 			}
 		}
 	}
@@ -424,31 +662,40 @@ func (s *Steerer) addPU(pu PU, keepSets, keepObjs map[string]bool) (*puState, er
 		if egress {
 			name, hook = "out_"+pu.Name, nftables.ChainHookEgress
 		}
-		ch := s.conn.AddChain(&nftables.Chain{
+		ch := b.AddChain(&nftables.Chain{
 			Name:     name,
-			Table:    s.table,
+			Table:    t,
 			Type:     nftables.ChainTypeFilter,
 			Hooknum:  hook,
 			Priority: nftables.ChainPriorityFilter,
 			Device:   pu.Veth,
 		})
 		for _, r := range s.chainRules(pu, egress, sets) {
-			s.conn.AddRule(&nftables.Rule{Table: s.table, Chain: ch, Exprs: r})
+			b.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r})
 		}
 	}
-	return &puState{pu: pu, sets: sets}, nil
+	u, err := b.take("PU " + pu.Name)
+	if err != nil {
+		return unit{}, nil, err
+	}
+	return u, &puState{pu: pu, shard: sh, sets: sets}, nil
 }
 
-// addSet queues a set and its elements. The elements go in messages of
-// maxElemsPerMsg: a netlink attribute (here the element list) cannot exceed
-// 64 KiB, and google/nftables puts all elements given to AddSet in one.
-func (s *Steerer) addSet(set *nftables.Set, els []nftables.SetElement) error {
-	if err := s.conn.AddSet(set, nil); err != nil {
+// addSet queues a set and its elements.
+func addSet(b *builder, set *nftables.Set, els []nftables.SetElement) error {
+	if err := b.AddSet(set, nil); err != nil {
 		return fmt.Errorf("steer: set %s: %w", set.Name, err)
 	}
+	return addElements(b, set, els)
+}
+
+// addElements queues elements in messages of maxElemsPerMsg: a netlink
+// attribute (here the element list) cannot exceed 64 KiB, and
+// google/nftables puts all elements given to it in one.
+func addElements(b *builder, set *nftables.Set, els []nftables.SetElement) error {
 	for len(els) > 0 {
 		n := min(len(els), maxElemsPerMsg)
-		if err := s.conn.SetAddElements(set, els[:n]); err != nil {
+		if err := b.SetAddElements(set, els[:n]); err != nil {
 			return fmt.Errorf("steer: set %s: %w", set.Name, err)
 		}
 		els = els[n:]
@@ -456,33 +703,73 @@ func (s *Steerer) addSet(set *nftables.Set, els []nftables.SetElement) error {
 	return nil
 }
 
-// AddPU adds the chains and sets of one PU (one batch). The table must have
-// been created with Apply.
+// newShardUnit returns the unit that creates table i with the excluded
+// sets.
+func (s *Steerer) newShardUnit(i int) (unit, *shard, error) {
+	us, sh, _, err := s.planShard(i, nil, nil, s.excluded)
+	if err != nil {
+		return unit{}, nil, err
+	}
+	return us[0], sh, nil
+}
+
+// freeShard returns the table a new PU goes to: the first with room.
+func (s *Steerer) freeShard() int {
+	for i := 0; ; i++ {
+		sh := s.shards[i]
+		if sh == nil || sh.pus < s.cfg.ShardSize {
+			return i
+		}
+	}
+}
+
+// AddPU adds the chains and sets of one PU (one transaction) to the first
+// table with room, creating it if needed. Apply must have run before.
 func (s *Steerer) AddPU(pu PU) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.checkPU(pu); err != nil {
 		return err
 	}
-	if s.x4 == nil {
+	if s.shards[0] == nil {
 		return fmt.Errorf("steer: AddPU %s before Apply", pu.Name)
 	}
 	if _, ok := s.pus[pu.Name]; ok {
 		return fmt.Errorf("steer: PU %s already present", pu.Name)
 	}
-	st, err := s.addPU(pu, nil, nil)
+	i := s.freeShard()
+	var units []unit
+	sh := s.shards[i]
+	if sh == nil {
+		u, nsh, err := s.newShardUnit(i)
+		if err != nil {
+			return err
+		}
+		sh = nsh
+		u.done = func() { s.shards[i] = nsh }
+		units = append(units, u)
+	}
+	u, st, err := s.puUnit(sh, pu, &found{})
 	if err != nil {
-		s.discard()
 		return err
 	}
-	if err := s.flush(); err != nil {
+	u.done = func() {
+		s.pus[pu.Name] = st
+		sh.pus++
+	}
+	units = append(units, u)
+	// One transaction: a new table and its first PU come together.
+	if err := s.tw.send(units); err != nil {
 		return fmt.Errorf("steer: add PU %s: %w", pu.Name, err)
 	}
-	s.pus[pu.Name] = st
+	for _, u := range units {
+		u.done()
+	}
 	return nil
 }
 
-// RemovePU deletes the chains, sets and counters of one PU (one batch).
+// RemovePU deletes the chains, sets and counters of one PU (one
+// transaction); a table left without PUs goes with it (but the first).
 func (s *Steerer) RemovePU(name string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -490,23 +777,39 @@ func (s *Steerer) RemovePU(name string) error {
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrUnknownPU, name)
 	}
-	s.conn.DelChain(&nftables.Chain{Table: s.table, Name: "in_" + name})
-	s.conn.DelChain(&nftables.Chain{Table: s.table, Name: "out_" + name})
-	s.conn.DelSet(st.sets.a4)
-	s.conn.DelSet(st.sets.a6)
-	for _, dir := range []string{"in", "out"} {
-		for _, what := range []string{"steer", "auth"} {
-			s.conn.DeleteObject(&nftables.CounterObj{Table: s.table, Name: counterName(name, dir, what)})
+	sh := st.shard
+	t := sh.table
+	b := newBuilder()
+	dropTable := sh.pus == 1 && sh.idx != 0
+	if dropTable {
+		b.DelTable(t)
+	} else {
+		b.DelChain(&nftables.Chain{Table: t, Name: "in_" + name})
+		b.DelChain(&nftables.Chain{Table: t, Name: "out_" + name})
+		b.DelSet(st.sets.a4)
+		b.DelSet(st.sets.a6)
+		for _, dir := range []string{"in", "out"} {
+			for _, what := range []string{"steer", "auth"} {
+				b.DeleteObject(&nftables.CounterObj{Table: t, Name: counterName(name, dir, what)})
+			}
 		}
 	}
-	if err := s.flush(); err != nil {
+	u, err := b.take("PU " + name)
+	if err != nil {
+		return err
+	}
+	if err := s.tw.send([]unit{u}); err != nil {
 		return fmt.Errorf("steer: remove PU %s: %w", name, err)
 	}
 	delete(s.pus, name)
+	sh.pus--
+	if dropTable {
+		delete(s.shards, sh.idx)
+	}
 	return nil
 }
 
-// PUs returns the names of the PUs the table steers.
+// PUs returns the names of the PUs the tables steer.
 func (s *Steerer) PUs() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -518,27 +821,49 @@ func (s *Steerer) PUs() []string {
 	return names
 }
 
-// Delete removes the node's table and everything in it (graceful stop).
-// Deleting a missing table is not an error.
+// Tables returns the names of the node's tables, with the number of PUs in
+// each.
+func (s *Steerer) Tables() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int{}
+	for _, sh := range s.shards {
+		out[sh.table.Name] = sh.pus
+	}
+	return out
+}
+
+// Delete removes the node's tables and everything in them (graceful
+// stop). Deleting missing tables is not an error.
 func (s *Steerer) Delete() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.conn.AddTable(s.table)
-	s.conn.DelTable(s.table)
-	if err := s.flush(); err != nil {
-		return fmt.Errorf("steer: delete table %s: %w", s.table.Name, err)
+	cur, err := s.discover()
+	if err != nil {
+		return err
+	}
+	b := newBuilder()
+	for _, i := range sortedKeys(cur) {
+		b.DelTable(&nftables.Table{Name: s.shardName(i), Family: nftables.TableFamilyNetdev})
+	}
+	u, err := b.take("tables of " + s.cfg.Node)
+	if err != nil {
+		return err
+	}
+	if err := s.tw.send([]unit{u}); err != nil {
+		return fmt.Errorf("steer: delete tables of %s: %w", s.cfg.Node, err)
 	}
 	s.pus = map[string]*puState{}
-	s.x4, s.x6 = nil, nil
+	s.shards = map[int]*shard{}
 	return nil
 }
 
 // DeleteStaleTables removes every netdev table whose name starts with
-// TablePrefix except keep ("" removes all): leftovers of crashed runs or
-// renamed nodes in this namespace. It returns the names removed. It
-// assumes one trireme node per network namespace: a second daemon running
-// in the same namespace would lose its table.
-func DeleteStaleTables(netnsFd int, keep string) ([]string, error) {
+// TablePrefix except the tables of node ("" removes all): leftovers of
+// crashed runs or renamed nodes in this namespace. It returns the names
+// removed. It assumes one trireme node per network namespace: a second
+// daemon running in the same namespace would lose its tables.
+func DeleteStaleTables(netnsFd int, node string) ([]string, error) {
 	opts := []nftables.ConnOption{}
 	if netnsFd != 0 {
 		opts = append(opts, nftables.WithNetNSFd(netnsFd))
@@ -553,7 +878,7 @@ func DeleteStaleTables(netnsFd int, keep string) ([]string, error) {
 	}
 	var removed []string
 	for _, t := range tables {
-		if strings.HasPrefix(t.Name, TablePrefix) && t.Name != keep {
+		if _, ours := shardOf(node, t.Name); strings.HasPrefix(t.Name, TablePrefix) && (node == "" || !ours) {
 			conn.DelTable(t)
 			removed = append(removed, t.Name)
 		}
@@ -568,10 +893,11 @@ func DeleteStaleTables(netnsFd int, keep string) ([]string, error) {
 func (s *Steerer) Counters(pu string) (Counters, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.pus[pu]; !ok {
+	st, ok := s.pus[pu]
+	if !ok {
 		return Counters{}, fmt.Errorf("%w: %s", ErrUnknownPU, pu)
 	}
-	objs, err := s.conn.GetObj(&nftables.CounterObj{Table: s.table})
+	objs, err := s.conn.GetObj(&nftables.CounterObj{Table: st.shard.table})
 	if err != nil {
 		return Counters{}, fmt.Errorf("steer: counters: %w", err)
 	}
@@ -584,7 +910,7 @@ func (s *Steerer) Counters(pu string) (Counters, error) {
 	}
 	for _, o := range objs {
 		co, ok := o.(*nftables.CounterObj)
-		if !ok || co.Table == nil || co.Table.Name != s.table.Name {
+		if !ok || co.Table == nil || co.Table.Name != st.shard.table.Name {
 			continue
 		}
 		if p := dst[co.Name]; p != nil {
