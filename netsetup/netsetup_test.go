@@ -195,3 +195,65 @@ func TestWaitForwarding(t *testing.T) {
 		return nil
 	})
 }
+
+// TestDeleteLinks: the named links go (a missing name is no error), other
+// devices stay, also those that were in the group beforehand (then the
+// named ones are deleted one by one).
+func TestDeleteLinks(t *testing.T) {
+	n := testenv.NewNode(t, testenv.NodeOptions{})
+	const group = 0x7472
+	names := func() map[string]bool {
+		out := map[string]bool{}
+		n.MustDo(func() error {
+			ls, err := netlink.LinkList()
+			for _, l := range ls {
+				out[l.Attrs().Name] = true
+			}
+			return err
+		})
+		return out
+	}
+	add := func(name string) netlink.Link {
+		var l netlink.Link = &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TAP}
+		n.MustDo(func() error { return netlink.LinkAdd(l) })
+		return l
+	}
+	for _, tc := range []struct {
+		name      string
+		foreignIn bool // a device not to delete already sits in the group
+		del, keep []string
+	}{
+		{"by group", false, []string{"d1", "d2", "d3"}, []string{"k1"}},
+		{"one by one", true, []string{"d4", "d5"}, []string{"k2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, d := range append(append([]string(nil), tc.del...), tc.keep...) {
+				add(d)
+			}
+			if tc.foreignIn {
+				n.MustDo(func() error {
+					l, err := netlink.LinkByName(tc.keep[0])
+					if err != nil {
+						return err
+					}
+					return netlink.LinkSetGroup(l, group)
+				})
+			}
+			n.MustDo(func() error { return netsetup.DeleteLinks(append(tc.del, "missing0"), group) })
+			have := names()
+			for _, d := range tc.del {
+				if have[d] {
+					t.Errorf("%s not deleted", d)
+				}
+			}
+			for _, k := range tc.keep {
+				if !have[k] {
+					t.Errorf("%s deleted", k)
+				}
+			}
+		})
+	}
+	if err := netsetup.DeleteLinks(nil, 0); err == nil {
+		t.Error("group 0 accepted")
+	}
+}

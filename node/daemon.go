@@ -55,6 +55,7 @@ type Daemon struct {
 	injPorts map[string]*inject.Injector // by bridge name
 	sink     *asyncSink
 	api      *Server
+	reaper   *tapReaper
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -85,6 +86,12 @@ type livePU struct {
 	toPU    *inject.Injector
 	toNet   *inject.Injector // the injection port of the PU's bridge (shared)
 	readers sync.WaitGroup
+}
+
+// SteerName is the name of a PU in the steering tables (steer.PU.Name).
+func SteerName(id string) string {
+	n, _, _, _ := puNames(id)
+	return n
 }
 
 // puNames derives the steering name and the TAP and veth names of a PU from
@@ -126,6 +133,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	}
 	d := &Daemon{cfg: cfg, log: log, res: res, tok: tok, pus: map[string]*livePU{}, ops: make(chan kernelOp, 4096)}
 	d.sink = newAsyncSink(log)
+	d.reaper = newTapReaper(log)
 	eff := d.effectivePolicy(res.Current())
 	d.policyExcl = eff.Set().ExcludedNetworks
 	d.enf, err = dataplane.New(dataplane.Config{
@@ -205,33 +213,68 @@ func (d *Daemon) Start(ctx context.Context) error {
 		d.log.Info("removed stale nftables tables", "tables", removed)
 	}
 
+	t0 := time.Now()
 	restored := d.loadState()
-	var steered []steer.PU
+	keep := map[string]bool{}
 	for _, p := range restored {
-		if err := d.openPU(p); err != nil {
+		keep[p.tapIn], keep[p.tapOut] = true, true
+	}
+	d.reaper.retire(strayTaps(keep)...)
+	d.wg.Add(1)
+	go func() { defer d.wg.Done(); d.reaper.run(d.ctx) }()
+	// Opening a PU's TAPs is a dozen system calls that mostly wait for
+	// the kernel: a few at a time.
+	opened := make([]error, len(restored))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range min(4, len(restored)) {
+		wg.Go(func() {
+			for i := range next {
+				opened[i] = d.openPU(restored[i])
+			}
+		})
+	}
+	for i := range restored {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	var steered []steer.PU
+	var ready []*livePU
+	for i, p := range restored {
+		if err := opened[i]; err != nil {
 			d.log.Warn("not restoring PU", "pu", p.info.ID, "err", err)
 			continue
 		}
+		ready = append(ready, p)
 		steered = append(steered, p.steerPU())
 	}
+	t1 := time.Now()
 	excluded := append(append([]netip.Prefix(nil), d.policyExcl...), d.excluded...)
 	if err := d.steer.Apply(steered, excluded); err != nil {
-		for _, p := range restored {
+		for _, p := range ready {
 			p.close()
 		}
 		return fmt.Errorf("nftables: %w", err)
 	}
-	now := time.Now()
-	for _, p := range restored {
-		if p.in == nil {
-			continue
-		}
+	t2 := time.Now()
+	flows := 0
+	for _, p := range ready {
 		d.pus[p.info.ID] = p
-		d.enforce(p)
-		d.restoreFlows(p, now)
-		d.log.Info("restored PU", "pu", p.info.ID, "name", p.info.Name)
+		// The enforcer learns the PU's flows before its first packet is
+		// read: a packet of an established flow is not taken for one
+		// of an unknown flow.
+		d.register(p)
+		flows += d.restoreFlows(p, t2)
+		d.startReaders(p)
+		d.log.Debug("restored PU", "pu", p.info.ID, "name", p.info.Name)
 	}
+	t3 := time.Now()
 	d.saveState()
+	if len(restored) > 0 {
+		d.log.Info("restored the PUs of the previous run", "pus", len(d.pus), "flows", flows, "took", time.Since(t0).Round(time.Millisecond),
+			"open", t1.Sub(t0).Round(time.Millisecond), "steering", t2.Sub(t1).Round(time.Millisecond), "flows-took", t3.Sub(t2).Round(time.Millisecond))
+	}
 
 	if d.api, err = Serve(d.cfg.Socket, d); err != nil {
 		return fmt.Errorf("control socket: %w", err)
@@ -298,9 +341,11 @@ func Purge(cfg *Config) error {
 	} else {
 		errs = append(errs, err)
 	}
-	for _, p := range readState(cfg.StateDir) {
+	st, _ := readState(cfg.StateDir)
+	taps := strayTaps(nil)
+	for _, p := range st.PUs {
 		_, tin, tout, _ := puNames(p.ID)
-		errs = append(errs, tap.Delete(tin), tap.Delete(tout))
+		taps = append(taps, tin, tout)
 		if p.Owned {
 			errs = append(errs, netsetup.DetachPU(p.Veth))
 			if name, ok := strings.CutPrefix(p.NetNS, netsetup.NetnsDir+"/"); ok {
@@ -308,8 +353,9 @@ func Purge(cfg *Config) error {
 			}
 		}
 	}
+	errs = append(errs, netsetup.DeleteLinks(taps, tapGroup))
 	bridges := map[string]bool{cfg.Bridge.Name: true}
-	for _, p := range readState(cfg.StateDir) {
+	for _, p := range st.PUs {
 		if p.Bridge != "" {
 			bridges[p.Bridge] = true
 		}
@@ -320,7 +366,7 @@ func Purge(cfg *Config) error {
 		}
 	}
 	errs = append(errs, netsetup.DeleteLink(cfg.Bridge.Name))
-	errs = append(errs, os.Remove(statePath(cfg.StateDir)))
+	errs = append(errs, os.Remove(statePath(cfg.StateDir)), os.RemoveAll(puStateDir(cfg.StateDir)))
 	var out []error
 	for _, e := range errs {
 		if e != nil && !errors.Is(e, os.ErrNotExist) {
@@ -392,6 +438,8 @@ func (d *Daemon) openPU(p *livePU) error {
 	if err != nil {
 		return fmt.Errorf("host veth %s: %w", p.info.Veth, err)
 	}
+	d.reaper.reclaim(p.tapIn)
+	d.reaper.reclaim(p.tapOut)
 	if p.in, err = tap.Open(p.tapIn); err != nil {
 		return err
 	}
@@ -416,21 +464,32 @@ func (d *Daemon) openPU(p *livePU) error {
 
 // enforce registers the PU with the enforcement core and starts its readers.
 func (d *Daemon) enforce(p *livePU) {
+	d.register(p)
+	d.startReaders(p)
+}
+
+// register adds the PU to the enforcement core.
+func (d *Daemon) register(p *livePU) {
 	p.dp = d.enf.AddPU(p.info.ID, policy.NewTags(p.info.Tags))
 	d.steerNames.Store(p.dp, p.steer)
 	p.info.State = "running"
+}
+
+// startReaders starts reading the PU's TAPs.
+func (d *Daemon) startReaders(p *livePU) {
 	p.readers.Add(2)
 	go d.readLoop(p, p.in, dataplane.FromApp)
 	go d.readLoop(p, p.out, dataplane.FromNet)
 }
 
 // restoreFlows gives the enforcer back the flows the kernel still holds as
-// authorized, so that established connections survive a restart.
-func (d *Daemon) restoreFlows(p *livePU, now time.Time) {
+// authorized, so that established connections survive a restart. It
+// returns the number restored.
+func (d *Daemon) restoreFlows(p *livePU, now time.Time) int {
 	entries, err := d.steer.List(p.steer)
 	if err != nil {
 		d.log.Warn("listing authorized flows", "pu", p.info.ID, "err", err)
-		return
+		return 0
 	}
 	n := 0
 	for _, e := range entries {
@@ -445,8 +504,9 @@ func (d *Daemon) restoreFlows(p *livePU, now time.Time) {
 		}
 	}
 	if n > 0 {
-		d.log.Info("restored authorized flows", "pu", p.info.ID, "flows", n)
+		d.log.Debug("restored authorized flows", "pu", p.info.ID, "flows", n)
 	}
+	return n
 }
 
 func containsAddr(ips []netip.Addr, a netip.Addr) bool {
@@ -493,7 +553,7 @@ func (d *Daemon) addPU(mp monitor.PU, owned bool) (PUInfo, error) {
 		}
 	}
 	d.enforce(p)
-	d.saveStateLocked()
+	d.savePULocked(p)
 	d.log.Info("enforcing PU", "pu", p.info.ID, "name", p.info.Name, "kind", p.info.Kind, "veth", p.info.Veth, "tags", policy.NewTags(p.info.Tags).String())
 	return p.info, nil
 }
@@ -537,7 +597,7 @@ func (d *Daemon) removePU(id string) error {
 		return fmt.Errorf("PU %s: %w", id, ErrNotFound)
 	}
 	delete(d.pus, id)
-	d.saveStateLocked()
+	d.dropPUState(id)
 	d.mu.Unlock()
 
 	d.steerNames.Delete(p.dp)
@@ -546,7 +606,8 @@ func (d *Daemon) removePU(id string) error {
 	p.close()
 	p.readers.Wait()
 	err := d.steer.RemovePU(p.steer)
-	err = errors.Join(err, tap.Delete(p.tapIn), tap.Delete(p.tapOut))
+	// Unsteered now: the TAPs go in the background (see tapReaper).
+	d.reaper.retire(p.tapIn, p.tapOut)
 	if p.owned {
 		err = errors.Join(err, netsetup.DetachPU(p.info.Veth))
 		if name, ok := strings.CutPrefix(p.info.NetNS, netsetup.NetnsDir+"/"); ok {
@@ -898,7 +959,7 @@ func (d *Daemon) AddExcluded(p netip.Prefix) error {
 		}
 	}
 	d.excluded = append(d.excluded, p)
-	d.saveStateLocked()
+	d.saveExcludedLocked()
 	return nil
 }
 
@@ -914,7 +975,7 @@ func (d *Daemon) RemoveExcluded(p netip.Prefix) error {
 				}
 			}
 			d.excluded = append(d.excluded[:i], d.excluded[i+1:]...)
-			d.saveStateLocked()
+			d.saveExcludedLocked()
 			return nil
 		}
 	}

@@ -8,18 +8,22 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
-
-	"github.com/trireme-go/trireme/netsetup/tap"
 )
 
-// The daemon's state file: what it needs to pick its PUs up again after a
-// restart (the kernel holds the rest: TAPs, steering table, authorized flows).
+// The daemon's state: what it needs to pick its PUs up again after a
+// restart (the kernel holds the rest: TAPs, steering tables, authorized
+// flows). stateDir/state.json holds the runtime exclusions; each PU has a
+// file of its own, stateDir/pus/<steering name>.json, written when it is
+// attached and removed when it is detached: attaching or detaching costs
+// the same whatever the number of PUs. (A state.json of an older version
+// also lists the PUs; they are read and moved to their own files.)
 type state struct {
-	PUs      []statePU      `json:"pus"`
+	PUs      []statePU      `json:"pus,omitempty"`
 	Excluded []netip.Prefix `json:"excluded"`
 }
 
@@ -38,32 +42,67 @@ type statePU struct {
 
 func statePath(dir string) string { return filepath.Join(dir, "state.json") }
 
-func readState(dir string) []statePU {
-	b, err := os.ReadFile(statePath(dir))
-	if err != nil {
-		return nil
-	}
-	var s state
-	if json.Unmarshal(b, &s) != nil {
-		return nil
-	}
-	return s.PUs
+func puStateDir(dir string) string { return filepath.Join(dir, "pus") }
+
+func puStatePath(dir, id string) string {
+	steerName, _, _, _ := puNames(id)
+	return filepath.Join(puStateDir(dir), steerName+".json")
 }
 
-// loadState reads the previous run's PUs and runtime exclusions. PUs whose
-// namespace or veth is gone are dropped (with their TAPs).
-func (d *Daemon) loadState() []*livePU {
-	b, err := os.ReadFile(statePath(d.cfg.StateDir))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	var s state
+// readState reads the state: the exclusions and the PUs (those of a legacy
+// state.json, then those of the per-PU files, which win). Unreadable files
+// are reported in bad and skipped.
+func readState(dir string) (s state, bad []error) {
+	b, err := os.ReadFile(statePath(dir))
 	if err == nil {
 		err = json.Unmarshal(b, &s)
 	}
-	if err != nil {
-		d.log.Warn("ignoring unreadable state file", "file", statePath(d.cfg.StateDir), "err", err)
-		return nil
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		bad = append(bad, fmt.Errorf("%s: %w", statePath(dir), err))
+		s = state{}
+	}
+	byID := map[string]int{}
+	for i, p := range s.PUs {
+		byID[p.ID] = i
+	}
+	ents, err := os.ReadDir(puStateDir(dir))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		bad = append(bad, err)
+	}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		path := filepath.Join(puStateDir(dir), e.Name())
+		var p statePU
+		b, err := os.ReadFile(path)
+		if err == nil {
+			err = json.Unmarshal(b, &p)
+		}
+		if err == nil && (p.ID == "" || puStatePath(dir, p.ID) != path) {
+			err = errors.New("not the state of the PU its name says")
+		}
+		if err != nil {
+			bad = append(bad, fmt.Errorf("%s: %w", path, err))
+			continue
+		}
+		if i, ok := byID[p.ID]; ok {
+			s.PUs[i] = p
+		} else {
+			byID[p.ID] = len(s.PUs)
+			s.PUs = append(s.PUs, p)
+		}
+	}
+	slices.SortFunc(s.PUs, func(a, b statePU) int { return strings.Compare(a.ID, b.ID) })
+	return s, bad
+}
+
+// loadState reads the previous run's PUs and runtime exclusions. PUs whose
+// namespace or veth is gone are dropped (their TAPs are swept at start).
+func (d *Daemon) loadState() []*livePU {
+	s, bad := readState(d.cfg.StateDir)
+	for _, err := range bad {
+		d.log.Warn("ignoring unreadable state", "err", err)
 	}
 	d.excluded = s.Excluded
 	var out []*livePU
@@ -71,8 +110,7 @@ func (d *Daemon) loadState() []*livePU {
 		steerName, tin, tout, _ := puNames(sp.ID)
 		if _, err := os.Stat(sp.NetNS); err != nil || !linkExists(sp.Veth) {
 			d.log.Info("PU of the previous run is gone", "pu", sp.ID)
-			tap.Delete(tin)
-			tap.Delete(tout)
+			os.Remove(puStatePath(d.cfg.StateDir, sp.ID))
 			continue
 		}
 		for _, ip := range sp.IPs {
@@ -88,25 +126,63 @@ func (d *Daemon) loadState() []*livePU {
 	return out
 }
 
+// saveState writes the whole state (at start: a legacy state.json is
+// rewritten without its PUs, every PU gets its file, files of PUs no longer
+// enforced go).
 func (d *Daemon) saveState() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.saveStateLocked()
+	keep := map[string]bool{}
+	for _, p := range d.pus {
+		d.savePULocked(p)
+		keep[filepath.Base(puStatePath(d.cfg.StateDir, p.info.ID))] = true
+	}
+	ents, _ := os.ReadDir(puStateDir(d.cfg.StateDir))
+	for _, e := range ents {
+		if !keep[e.Name()] {
+			os.Remove(filepath.Join(puStateDir(d.cfg.StateDir), e.Name()))
+		}
+	}
+	d.saveExcludedLocked()
 }
 
-// saveStateLocked writes the state file atomically (d.mu held).
-func (d *Daemon) saveStateLocked() {
-	s := state{Excluded: d.excluded}
-	for _, p := range d.pus {
-		s.PUs = append(s.PUs, statePU{ID: p.info.ID, Name: p.info.Name, Kind: p.info.Kind, NetNS: p.info.NetNS, PID: p.info.PID,
-			IPs: p.info.IPs, Tags: p.info.Tags, Veth: p.info.Veth, Bridge: p.info.Bridge, Owned: p.owned})
+// writeAtomic replaces a file with data (a temporary file renamed over
+// it).
+func writeAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
 	}
-	b, err := json.MarshalIndent(s, "", "  ")
+	return os.Rename(tmp, path)
+}
+
+// savePULocked writes one PU's state file (d.mu held).
+func (d *Daemon) savePULocked(p *livePU) {
+	sp := statePU{ID: p.info.ID, Name: p.info.Name, Kind: p.info.Kind, NetNS: p.info.NetNS, PID: p.info.PID,
+		IPs: p.info.IPs, Tags: p.info.Tags, Veth: p.info.Veth, Bridge: p.info.Bridge, Owned: p.owned}
+	b, err := json.MarshalIndent(sp, "", "  ")
 	if err == nil {
-		tmp := statePath(d.cfg.StateDir) + ".tmp"
-		if err = os.WriteFile(tmp, b, 0o600); err == nil {
-			err = os.Rename(tmp, statePath(d.cfg.StateDir))
+		if err = os.MkdirAll(puStateDir(d.cfg.StateDir), 0o700); err == nil {
+			err = writeAtomic(puStatePath(d.cfg.StateDir, p.info.ID), b)
 		}
+	}
+	if err != nil {
+		d.log.Error("writing PU state", "pu", p.info.ID, "err", err)
+	}
+}
+
+// dropPUState removes a detached PU's state file.
+func (d *Daemon) dropPUState(id string) {
+	if err := os.Remove(puStatePath(d.cfg.StateDir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		d.log.Error("removing PU state", "pu", id, "err", err)
+	}
+}
+
+// saveExcludedLocked writes state.json: the runtime exclusions (d.mu held).
+func (d *Daemon) saveExcludedLocked() {
+	b, err := json.MarshalIndent(state{Excluded: d.excluded}, "", "  ")
+	if err == nil {
+		err = writeAtomic(statePath(d.cfg.StateDir), b)
 	}
 	if err != nil {
 		d.log.Error("writing state file", "err", err)

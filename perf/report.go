@@ -118,7 +118,8 @@ func (r *ScaleResult) WriteTable(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "restart with %d PUs: %s ms (to the control API answering with every PU restored)\n", r.RestartPUs, num(float64(r.RestartMs)))
+	fmt.Fprintf(w, "restart with %d PUs and %d authorized flows in the kernel: %s ms (to the control API answering with every PU restored); flows tracked after it: %d\n",
+		r.RestartPUs, r.RestartFlows, num(float64(r.RestartMs)), r.FlowsAfter)
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}

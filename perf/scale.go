@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/node"
 	"github.com/trireme-go/trireme/perf/loadgen"
 )
@@ -29,7 +30,12 @@ type ScaleConfig struct {
 	Window int // default 10
 	// Variant runs the daemon; its Setup attaches the topology's client
 	// and server (counted among the PUs).
-	Variant  *Daemon
+	Variant *Daemon
+	// Flows, if not 0, are written into the kernel's authorized sets of
+	// the PUs (spread evenly) while the daemon is stopped for the restart:
+	// the restarted daemon keeps them and gives them back to its
+	// enforcer.
+	Flows    int
 	Progress func(string)
 }
 
@@ -58,6 +64,10 @@ type ScaleResult struct {
 	// connection between the client and server PUs worked after it.
 	RestartPUs int   `json:"restartPUs"`
 	RestartMs  Value `json:"restartMs"`
+	// RestartFlows were in the kernel's authorized sets at the restart;
+	// FlowsAfter is what the restarted daemon's enforcer tracks.
+	RestartFlows int `json:"restartFlows"`
+	FlowsAfter   int `json:"flowsAfter"`
 	Notes      []string
 }
 
@@ -161,11 +171,22 @@ func RunScale(ctx context.Context, cfg ScaleConfig) (res *ScaleResult, err error
 	}
 	cfg.Progress(fmt.Sprintf("restarting the daemon with %d PUs", max))
 	res.RestartPUs = max
-	if d, err := cfg.Variant.restart(ctx, 0, max); err != nil {
+	res.RestartFlows = cfg.Flows
+	var between func() error
+	if cfg.Flows > 0 {
+		between = func() error {
+			cfg.Progress(fmt.Sprintf("writing %d authorized flows into the kernel", cfg.Flows))
+			return authorizeFlows(topo.Nodes[0], append(topo.PUs(), extra...), cfg.Flows)
+		}
+	}
+	if d, err := cfg.Variant.restart(ctx, 0, max, between); err != nil {
 		res.Notes = append(res.Notes, fmt.Sprintf("restart: %v", err))
 		res.RestartMs = Value(math.NaN())
 	} else {
 		res.RestartMs = Value(ms(d))
+		if st, err := cfg.Variant.Client(0).Stats(); err == nil {
+			res.FlowsAfter = st.Flows
+		}
 		if err := s.probe(ctx); err != nil {
 			res.Notes = append(res.Notes, fmt.Sprintf("after the restart: %v", err))
 		}
@@ -284,4 +305,33 @@ func joinBare(p *PU, bits int) error {
 		}
 		return h.LinkSetUp(l)
 	})
+}
+
+// authorizeFlows writes n TCP flows into the authorized sets of the
+// node's PUs (as a daemon would have: both directions, 5-minute timeout),
+// spread evenly, from each PU's address to addresses outside the node.
+func authorizeFlows(n *Node, pus []*PU, flows int) error {
+	ns, err := netns.GetFromName(n.Netns)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	s, err := steer.Open(steer.Config{Node: n.Name, NetNS: int(ns)})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := s.Adopt(); err != nil {
+		return err
+	}
+	b := s.NewBatch()
+	for i := range flows {
+		p := pus[i%len(pus)]
+		k := i / len(pus)
+		b.Authorize(node.SteerName("netns-"+p.Name), steer.Tuple{
+			Src: p.Addr, Dst: netip.AddrFrom4([4]byte{198, 18, byte(k >> 8), byte(k)}),
+			Proto: steer.ProtoTCP, SrcPort: uint16(1024 + k%60000), DstPort: 443,
+		}, 5*time.Minute)
+	}
+	return b.Commit()
 }

@@ -292,10 +292,10 @@ func (d *Daemon) start(dn daemonNode) error {
 // Client is a control API client of the daemon of node i.
 func (d *Daemon) Client(i int) *node.Client { return node.NewClient(d.nodes[i].socket) }
 
-// restart stops the daemon of node i (SIGTERM) and starts it again; it
-// returns the time from the new process's start until its control API
-// answered with wantPUs PUs (all of them restored).
-func (d *Daemon) restart(ctx context.Context, i, wantPUs int) (time.Duration, error) {
+// restart stops the daemon of node i (SIGTERM), runs between (if not nil)
+// and starts it again; it returns the time from the new process's start
+// until its control API answered with wantPUs PUs (all of them restored).
+func (d *Daemon) restart(ctx context.Context, i, wantPUs int, between func() error) (time.Duration, error) {
 	c, exit := d.procs[i], d.exits[i]
 	c.Process.Signal(syscall.SIGTERM)
 	select {
@@ -307,6 +307,11 @@ func (d *Daemon) restart(ctx context.Context, i, wantPUs int) (time.Duration, er
 	}
 	d.procs = slices.Delete(d.procs, i, i+1)
 	d.exits = slices.Delete(d.exits, i, i+1)
+	if between != nil {
+		if err := between(); err != nil {
+			return 0, err
+		}
+	}
 	start := time.Now()
 	if err := d.start(d.nodes[i]); err != nil {
 		return 0, err

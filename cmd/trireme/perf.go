@@ -48,6 +48,7 @@ func newPerfCmd() *cobra.Command {
 		daemon   string
 		profDir  string
 		scale    string
+		flows    int
 	)
 	cmd := &cobra.Command{
 		Use:   "perf",
@@ -62,7 +63,7 @@ headline), then as median and range over the rounds.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if scale != "" {
-				return runScale(cmd, scale, daemon, keep, asJSON)
+				return runScale(cmd, scale, flows, daemon, keep, asJSON)
 			}
 			topo, err := perf.ParseTopology(topology)
 			if err != nil {
@@ -143,6 +144,7 @@ headline), then as median and range over the rounds.`,
 	f.StringVar(&profDir, "profile", "", "directory for `perf record -g` profiles of the enforcers during the last round's connection runs")
 	f.BoolVar(&keep, "keep", false, "keep the enforcer daemons' configs, logs and flow logs (under $TMPDIR)")
 	f.StringVar(&scale, "scale", "", "instead of the comparison: attach/detach cost per PU at these PU counts (e.g. 10,100,500,1000) and the restart time at the largest (psk daemon)")
+	f.IntVar(&flows, "scale-flows", 0, "with --scale: authorized flows written into the kernel before the restart")
 	f.StringVar(&iperf3, "iperf3", "auto", "iperf3 binary for a cross-check of bulk throughput: auto (if installed), off, or a path")
 	return cmd
 }
@@ -157,8 +159,8 @@ func knownVariants() string {
 }
 
 // runScale is `trireme perf --scale SIZES`.
-func runScale(cmd *cobra.Command, sizes, binary string, keep, asJSON bool) error {
-	var cfg perf.ScaleConfig
+func runScale(cmd *cobra.Command, sizes string, flows int, binary string, keep, asJSON bool) error {
+	cfg := perf.ScaleConfig{Flows: flows}
 	for _, f := range strings.Split(sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 3 {

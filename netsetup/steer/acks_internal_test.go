@@ -127,10 +127,10 @@ func refMessage(table string, ops []elemOp) (netlink.Message, error) {
 		return netlink.Message{}, fmt.Errorf("steer: encode set elements: %w", err)
 	}
 	typ := unix.NFT_MSG_NEWSETELEM
-	flags := netlink.Request | netlink.Acknowledge | netlink.Create // no EXCL: existing elements are updated
+	flags := netlink.Request | netlink.Create // no EXCL: existing elements are updated
 	if ops[0].del {
 		typ = msgDestroySetElem
-		flags = netlink.Request | netlink.Acknowledge
+		flags = netlink.Request
 	}
 	return netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ), Flags: flags},

@@ -109,6 +109,11 @@ func (w *elemWriter) dial() (*netlink.Conn, error) {
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_NETLINK, netlinkCapAck, 1)
+		if serr == nil {
+			// Room for the errors of a refused transaction (one per
+			// failing message).
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 1<<20)
+		}
 	}); err != nil || serr != nil {
 		c.Close()
 		return nil, fmt.Errorf("steer: netlink NETLINK_CAP_ACK: %v %v", err, serr)
@@ -157,17 +162,24 @@ func (w *elemWriter) commitTxn(ops []elemOp) error {
 	w.seq++
 	txn = appendHeader(txn, unix.NFNL_MSG_BATCH_BEGIN, netlink.Request, w.seq)
 	txn = append(txn, nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)...)
-	want := 0 // acknowledgements: one per element message
+	// Only the last message asks for an acknowledgement: one per
+	// message, for a batch of flows of many PUs (a message per PU), did
+	// not fit the socket's receive buffer (ENOBUFS). A failing message is
+	// reported whatever its flags, before that acknowledgement.
+	last := 0
 	for i := 0; i < len(ops); {
 		j := i + 1
 		for j < len(ops) && j-i < maxElemsPerMsg && ops[j].set == ops[i].set && ops[j].table == ops[i].table && ops[j].del == ops[i].del {
 			j++
 		}
 		w.seq++
+		last = len(txn)
 		txn = appendElemMessage(txn, ops[i:j], w.seq)
-		want++
 		i = j
 	}
+	flags := binary.NativeEndian.Uint16(txn[last+6:])
+	binary.NativeEndian.PutUint16(txn[last+6:], flags|uint16(netlink.Acknowledge))
+	want := 1
 	w.seq++
 	txn = appendHeader(txn, unix.NFNL_MSG_BATCH_END, netlink.Request, w.seq)
 	txn = append(txn, nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)...)
@@ -249,17 +261,18 @@ func appendStringAttr(b []byte, typ uint16, s string) []byte {
 	return endAttr(append(b, 0), start)
 }
 
-// appendElemMessage appends one NEWSETELEM (or DESTROYSETELEM) message for
+// appendElemMessage appends one NEWSETELEM (or DESTROYSETELEM) message
+// (asking for no acknowledgement) for
 // ops, which all share a table, a set and a kind: per element its key and, when
 // added with a timeout, the timeout and the expiration (which restarts the
 // timer of an element already there). Encoded by hand, into the caller's
 // buffer: the daemon sends one for nearly every connection.
 func appendElemMessage(b []byte, ops []elemOp, seq uint32) []byte {
 	typ := uint16(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWSETELEM)
-	flags := netlink.Request | netlink.Acknowledge | netlink.Create // no EXCL: existing elements are updated
+	flags := netlink.Request | netlink.Create // no EXCL: existing elements are updated
 	if ops[0].del {
 		typ = unix.NFNL_SUBSYS_NFTABLES<<8 | msgDestroySetElem
-		flags = netlink.Request | netlink.Acknowledge
+		flags = netlink.Request
 	}
 	msg := len(b)
 	b = appendHeader(b, typ, flags, seq)

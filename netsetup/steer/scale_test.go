@@ -96,9 +96,12 @@ func TestRestartManyPUsAndFlows(t *testing.T) {
 	}
 	t.Logf("%d AddPU: %v", nPUs, time.Since(start))
 	start = time.Now()
+	// Flows of many PUs interleaved, as a daemon's batches are: a
+	// message per flow, more than one transaction's acknowledgements
+	// used to fit the socket (ENOBUFS).
 	b := s.NewBatch()
-	for p := range nPUs {
-		for i := range perPU {
+	for i := range perPU {
+		for p := range nPUs {
 			b.Authorize(pus[p].Name, flowOf(p, i), 10*time.Minute)
 		}
 	}

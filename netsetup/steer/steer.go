@@ -560,6 +560,16 @@ func sortedNames[V any](m map[string]V) []string {
 	return ks
 }
 
+// Adopt takes the node's tables as the kernel holds them as the Steerer's
+// view, without changing them: a tool can then authorize or list flows of
+// the PUs found there (tests and perf fill the sets of a stopped daemon
+// this way). Apply is what a daemon calls.
+func (s *Steerer) Adopt() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reread()
+}
+
 // reread rebuilds the Steerer's view (tables, PUs, excluded networks) from
 // the kernel, after a change that failed midway.
 func (s *Steerer) reread() error {

@@ -90,6 +90,7 @@ func Open(name string) (*Tap, error) {
 		return nil, err
 	}
 	var f *os.File
+	configured := false
 	if l, err := netlink.LinkByName(name); err == nil {
 		if _, ok := l.(*netlink.Tuntap); !ok {
 			return nil, fmt.Errorf("tap: %s exists and is a %s", name, l.Type())
@@ -97,6 +98,11 @@ func Open(name string) (*Tap, error) {
 		if f, err = reopen(name); err != nil {
 			return nil, err
 		}
+		// setup brings a TAP up last: one that is up (and without ARP)
+		// was set up by an earlier Open and kept its settings. Skipping
+		// them makes a restart with a thousand PUs a second faster.
+		a := l.Attrs()
+		configured = a.RawFlags&unix.IFF_UP != 0 && a.RawFlags&unix.IFF_NOARP != 0
 	} else {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = name
@@ -116,7 +122,7 @@ func Open(name string) (*Tap, error) {
 		f = tt.Fds[0]
 	}
 	t := &Tap{f: f, name: name}
-	if err := t.setup(); err != nil {
+	if err := t.setup(configured); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -149,7 +155,7 @@ func reopen(name string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "/dev/net/tun:"+name), nil
 }
 
-func (t *Tap) setup() error {
+func (t *Tap) setup(configured bool) error {
 	rc, err := t.f.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("tap: %s: %w", t.name, err)
@@ -174,6 +180,9 @@ func (t *Tap) setup() error {
 		return fmt.Errorf("tap: find %s: %w", t.name, err)
 	}
 	t.index = l.Attrs().Index
+	if configured {
+		return nil
+	}
 	// The kernel must send nothing of its own into the TAP (IPv6 router
 	// solicitations, ARP): readers see only steered packets.
 	if err := netsetup.DisableIPv6(t.name); err != nil {

@@ -3,9 +3,15 @@ package tap_test
 import (
 	"bytes"
 	"encoding/binary"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/inject"
 	"github.com/trireme-go/trireme/netsetup/tap"
 	"github.com/trireme-go/trireme/netsetup/vnet"
@@ -145,4 +151,54 @@ func TestCloseUnblocksRead(t *testing.T) {
 		}
 		return again.Close()
 	})
+}
+
+// TestReopenSettings: a TAP opened again has its settings (up, no ARP, no
+// IPv6) whether Open finds them in place (kept from the first Open) or
+// not (someone took the device down).
+func TestReopenSettings(t *testing.T) {
+	n := testenv.NewNode(t, testenv.NodeOptions{})
+	check := func(when string) {
+		t.Helper()
+		n.MustDo(func() error {
+			l, err := netlink.LinkByName("tset")
+			if err != nil {
+				return err
+			}
+			if f := l.Attrs().RawFlags; f&unix.IFF_UP == 0 || f&unix.IFF_NOARP == 0 {
+				t.Errorf("%s: flags %#x, want up and noarp", when, f)
+			}
+			v, err := os.ReadFile("/proc/sys/net/ipv6/conf/tset/disable_ipv6")
+			if err != nil || strings.TrimSpace(string(v)) != "1" {
+				t.Errorf("%s: disable_ipv6 %q %v", when, v, err)
+			}
+			return nil
+		})
+	}
+	open := func() {
+		t.Helper()
+		n.MustDo(func() error {
+			tp, err := tap.Open("tset")
+			if err != nil {
+				return err
+			}
+			return tp.Close()
+		})
+	}
+	open()
+	check("created")
+	open()
+	check("reopened")
+	n.MustDo(func() error {
+		l, err := netlink.LinkByName("tset")
+		if err != nil {
+			return err
+		}
+		if err := netsetup.WriteSysctl("/proc/sys/net/ipv6/conf/tset/disable_ipv6", "0"); err != nil {
+			return err
+		}
+		return netlink.LinkSetDown(l)
+	})
+	open()
+	check("reopened after being taken down")
 }
