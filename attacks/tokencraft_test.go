@@ -137,6 +137,13 @@ func identityToken(f []byte) []byte {
 	return f[20:]
 }
 
+// withIdentityJWS returns an identity token (docs/wire.md §4) with its JWT
+// rewritten by edit.
+func withIdentityJWS(tok []byte, edit func(jws string) string) []byte {
+	n := 2 + int(binary.BigEndian.Uint16(tok))
+	return append(append([]byte(nil), tok[:n]...), edit(string(tok[n:]))...)
+}
+
 func random(n int) []byte {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
