@@ -140,7 +140,7 @@ func fragmentFields(b []byte) (id uint32, off, data int, ok bool) {
 		if len(b) < 62 || b[20] != 44 {
 			return
 		}
-		return binary.BigEndian.Uint32(b[58:]), int(binary.BigEndian.Uint16(b[56:])&^7), 62, true
+		return binary.BigEndian.Uint32(b[58:]), int(binary.BigEndian.Uint16(b[56:]) &^ 7), 62, true
 	}
 	return
 }
