@@ -15,6 +15,7 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
+	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/testenv"
 	"github.com/trireme-go/trireme/tokens"
@@ -285,6 +286,24 @@ func waitDropOn(t *testing.T, d *testenv.Daemon, before map[string]uint64, reaso
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no drop counted as %v (before %v, now %v)", reasons, before, now)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitRecordOf waits (up to 5 s) for d's flow record of the connection from
+// client to server, as its server's enforcer wrote it.
+func waitRecordOf(t *testing.T, d *testenv.Daemon, client, server netip.AddrPort) dataplane.Record {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, r := range d.Records() {
+			if r.Client == client && r.Server == server && r.Direction == "ingress" {
+				return r
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no flow record of %v -> %v", client, server)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -6,7 +6,9 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +34,25 @@ func nodeTokens(t *testing.T, d *testenv.Daemon) *tokens.Engine {
 		t.Fatal(err)
 	}
 	return newEngine(t, "", sec)
+}
+
+// sceneTokens returns a token engine with the scene's node secrets (PKI:
+// its certificate and key; PSK: the key).
+func sceneTokens(t *testing.T, s *scene) *tokens.Engine {
+	t.Helper()
+	cfg, err := os.ReadFile(s.d.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`pskFile: ([^}\s]+)`).FindSubmatch(cfg)
+	if m == nil {
+		return nodeTokens(t, s.d)
+	}
+	sec, err := tokens.LoadPSK(string(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newEngine(t, "stolen", sec)
 }
 
 // rogueTokens returns a token engine whose node certificate names node but
