@@ -29,6 +29,7 @@ func TestForgedTokens(t *testing.T) {
 	s := newScene(t, sceneOptions{})
 	host := s.node.AddPU() // on the bridge, in the target networks, not attached
 	v := serveVictim(t, s.db, s.db.Addr, 5432)
+	v6 := serveVictim(t, s.db, s.db.Addr6, 5432)
 	raw := host.Raw()
 	seen := s.db.Raw()
 	hostMAC, dbMAC := host.MACOf(), s.db.MACOf()
@@ -64,6 +65,7 @@ func TestForgedTokens(t *testing.T) {
 		payload []byte
 		patch   func(frame []byte) // edits the serialized frame (checksum fixed after)
 		want    string
+		ipv6    bool
 	}{
 		{name: "no option, no frame", opts: []layers.TCPOption{mss}, want: "missing-token"},
 		{name: "option, no frame", opts: opts, want: "missing-token"},
@@ -99,10 +101,16 @@ func TestForgedTokens(t *testing.T) {
 		{name: "token issued in the future", opts: opts, want: "expired-token",
 			payload: mintSYN(t, eng, map[string]string{"app": "web"}, now.Add(time.Hour))},
 		{name: "valid token of a PU db does not allow", opts: opts, payload: front, want: "policy-denied"},
+		{name: "IPv6, no frame", opts: []layers.TCPOption{mss}, want: "missing-token", ipv6: true},
+		{name: "IPv6, JWT signature altered", opts: opts, payload: withJWS(flipSignature(t, wf.jws)), want: "bad-signature", ipv6: true},
 	}
 
 	syn := func(port uint16, opts []layers.TCPOption, payload []byte) []byte {
 		return seg{srcMAC: hostMAC, dstMAC: dbMAC, src: netip.AddrPortFrom(host.Addr, port), dst: v.Addr,
+			flags: "S", seq: mrand.Uint32(), opts: opts, payload: payload}.frame()
+	}
+	syn6 := func(port uint16, opts []layers.TCPOption, payload []byte) []byte {
+		return seg{srcMAC: hostMAC, dstMAC: dbMAC, src: netip.AddrPortFrom(host.Addr6, port), dst: v6.Addr,
 			flags: "S", seq: mrand.Uint32(), opts: opts, payload: payload}.frame()
 	}
 
@@ -123,6 +131,9 @@ func TestForgedTokens(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			before := s.drops()
 			f := syn(port, c.opts, c.payload)
+			if c.ipv6 {
+				f = syn6(port, c.opts, c.payload)
+			}
 			if c.patch != nil {
 				c.patch(f)
 				fixTCPChecksum(f)
@@ -134,7 +145,7 @@ func TestForgedTokens(t *testing.T) {
 	if got := seen.Capture(300*time.Millisecond, fromPort(ports...)); len(got) != 0 {
 		t.Errorf("%d forged SYNs reached db's interface, first: %v", len(got), got[0])
 	}
-	if a := v.Accepted(); len(a) != 0 {
-		t.Errorf("db accepted %v", a)
+	if a, a6 := v.Accepted(), v6.Accepted(); len(a)+len(a6) != 0 {
+		t.Errorf("db accepted %v %v", a, a6)
 	}
 }
