@@ -59,6 +59,11 @@ type Record struct {
 	BytesIn    uint64 `json:"bytesIn"`
 	MidStream  bool   `json:"midStream,omitempty"`
 	Restored   bool   `json:"restored,omitempty"`
+	// Count is set on the daemon's aggregate records only: the number of
+	// refused flows it stands for, all with the same local PU, direction,
+	// client address (the client port is 0), server, protocol, action,
+	// reason and rule (docs/daemon.md, "Flow records").
+	Count uint64 `json:"count,omitempty"`
 }
 
 // PUInfo identifies the local PU.

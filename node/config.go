@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,6 +36,15 @@ type Config struct {
 	Policy string `yaml:"policy"`
 	// FlowLog receives one JSON flow record per line.
 	FlowLog string `yaml:"flowLog"`
+	// FlowLogMaxSize is the size at which the flow log is rotated, and
+	// FlowLogFiles the number of rotated files kept: the log takes at most
+	// (FlowLogFiles+1) * FlowLogMaxSize bytes.
+	FlowLogMaxSize ByteSize `yaml:"flowLogMaxSize"`
+	FlowLogFiles   *int     `yaml:"flowLogFiles"`
+	// FlowLogAggregate is the interval over which repeated refusals of the
+	// same flow key are written as one record with a count; 0 turns
+	// aggregation off.
+	FlowLogAggregate *time.Duration `yaml:"flowLogAggregate"`
 	// Socket is the control API's unix socket (mode 0600).
 	Socket string `yaml:"socket"`
 	// StateDir holds what must survive a restart.
@@ -114,6 +124,40 @@ func (ps *Prefixes) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// ByteSize is a size in bytes read from YAML as a number or with a unit:
+// 100MiB, 512KiB, 1GiB (also KB, MB, GB: powers of 1000).
+type ByteSize int64
+
+// UnmarshalYAML parses a size, naming the line when it is bad.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseByteSize(n.Value)
+	if n.Kind != yaml.ScalarNode || err != nil {
+		return fmt.Errorf("line %d: column %d: %q is not a size (e.g. 100MiB)", n.Line, n.Column, n.Value)
+	}
+	*b = v
+	return nil
+}
+
+// ParseByteSize parses "123", "100MiB", "2GB", ...
+func ParseByteSize(s string) (ByteSize, error) {
+	num := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		sfx string
+		m   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}} {
+		if v, ok := strings.CutSuffix(num, u.sfx); ok {
+			num, mult = strings.TrimSpace(v), u.m
+			break
+		}
+	}
+	v, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || v < 0 || v > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size", s)
+	}
+	return ByteSize(v * mult), nil
+}
+
 // Defaults.
 const (
 	DefaultSocket    = "/run/trireme/trireme.sock"
@@ -123,6 +167,10 @@ const (
 	DefaultMidStream = "drop"
 	DefaultOnChange  = "keep"
 	DefaultRefresh   = 5 * time.Minute
+	// The flow log takes at most 6 * 100 MiB.
+	DefaultFlowLogMaxSize   ByteSize = 100 << 20
+	DefaultFlowLogFiles              = 5
+	DefaultFlowLogAggregate          = 10 * time.Second
 )
 
 var DefaultSubnet = netip.MustParsePrefix("10.77.0.0/16")
@@ -174,6 +222,17 @@ func (c *Config) applyDefaults() {
 	}
 	if c.FlowLog == "" {
 		c.FlowLog = DefaultFlowLog
+	}
+	if c.FlowLogMaxSize == 0 {
+		c.FlowLogMaxSize = DefaultFlowLogMaxSize
+	}
+	if c.FlowLogFiles == nil {
+		n := DefaultFlowLogFiles
+		c.FlowLogFiles = &n
+	}
+	if c.FlowLogAggregate == nil {
+		d := DefaultFlowLogAggregate
+		c.FlowLogAggregate = &d
 	}
 	if c.Bridge.Name == "" {
 		c.Bridge.Name = DefaultBridge
@@ -272,6 +331,15 @@ func (c *Config) Validate() error {
 	if c.Docker.Host != "" && !strings.HasPrefix(c.Docker.Host, "unix://") && !strings.HasPrefix(c.Docker.Host, "tcp://") {
 		bad("docker.host", "%q: want unix:///path or tcp://host:port", c.Docker.Host)
 	}
+	if c.FlowLogMaxSize < 64<<10 {
+		bad("flowLogMaxSize", "%d bytes: want at least 64KiB", c.FlowLogMaxSize)
+	}
+	if n := *c.FlowLogFiles; n < 0 || n > 1000 {
+		bad("flowLogFiles", "%d: want 0 to 1000", n)
+	}
+	if a := *c.FlowLogAggregate; a != 0 && (a < time.Second || a > time.Hour) {
+		bad("flowLogAggregate", "%v: want 0 (off) or between 1s and 1h", a)
+	}
 	if c.TokenRefresh < 10*time.Second || c.TokenRefresh > 24*time.Hour {
 		bad("tokenRefresh", "%v: want between 10s and 24h", c.TokenRefresh)
 	}
@@ -284,4 +352,19 @@ func (c *Config) Validate() error {
 		return errors.New(strings.Join(errs, "\n"))
 	}
 	return nil
+}
+
+// flowLog is the flow log's configuration, defaults filled in.
+func (c *Config) flowLog() flowLogConfig {
+	fl := flowLogConfig{Path: c.FlowLog, MaxSize: int64(c.FlowLogMaxSize), Files: DefaultFlowLogFiles, Aggregate: DefaultFlowLogAggregate}
+	if fl.MaxSize == 0 {
+		fl.MaxSize = int64(DefaultFlowLogMaxSize)
+	}
+	if c.FlowLogFiles != nil {
+		fl.Files = *c.FlowLogFiles
+	}
+	if c.FlowLogAggregate != nil {
+		fl.Aggregate = *c.FlowLogAggregate
+	}
+	return fl
 }

@@ -194,7 +194,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if err := os.MkdirAll(d.cfg.StateDir, 0o700); err != nil {
 		return err
 	}
-	if err := d.sink.open(d.cfg.FlowLog); err != nil {
+	if err := d.sink.open(d.cfg.flowLog()); err != nil {
 		return fmt.Errorf("flow log: %w", err)
 	}
 	if _, err := netsetup.EnsureBridge(netsetup.BridgeConfig{Name: d.cfg.Bridge.Name, Gateways: []netip.Prefix{d.ipam.gatewayPrefix()}}); err != nil {
@@ -993,9 +993,13 @@ func (d *Daemon) Stats() Stats {
 		Counters: map[string]uint64{
 			"packets": s.Packets, "forwarded": s.Forwarded, "consumed": s.Consumed,
 			"injected": s.Injected, "resets": s.Resets, "evictions": s.Evictions,
-			"records-dropped": d.sink.dropped.Load(),
-			"io-errors":       ioErrors.Load(),
-			"kernel-errors":   kernelErrors.Load(),
+			"records-dropped":    d.sink.dropped.Load(),
+			"records-written":    d.sink.written.Load(),
+			"records-aggregated": d.sink.aggregated.Load(),
+			// Times a record waited for room in the flow log's queue.
+			"records-waited": d.sink.waits.Load(),
+			"io-errors":      ioErrors.Load(),
+			"kernel-errors":  kernelErrors.Load(),
 			// Flows put in / taken out of the kernel's authorized sets.
 			"kernel-authorized": kernelAuthorized.Load(),
 			"kernel-revoked":    kernelRevoked.Load(),

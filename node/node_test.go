@@ -22,6 +22,24 @@ func writeFile(t *testing.T, dir, name, data string) string {
 	return p
 }
 
+// TestParseByteSize: sizes with and without units; junk is refused.
+func TestParseByteSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want ByteSize
+		ok   bool
+	}{
+		{"123", 123, true}, {"64KiB", 64 << 10, true}, {"100MiB", 100 << 20, true}, {"1 GiB", 1 << 30, true},
+		{"2MB", 2e6, true}, {"7B", 7, true}, {"", 0, false}, {"-1MiB", 0, false}, {"1.5MiB", 0, false},
+		{"99999999999GiB", 0, false}, {"MiB", 0, false}, {"10TiB", 0, false},
+	} {
+		got, err := ParseByteSize(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseByteSize(%q) = %d, %v; want %d, ok %v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
 func TestConfig(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, dir, "psk", strings.Repeat("k", 32))
@@ -46,6 +64,9 @@ func TestConfig(t *testing.T) {
 		{name: "bad values", config: "node: Bad_Name\nsecrets: {pskFile: psk}\npolicy: policy.yaml\nmidStream: maybe\nonPolicyChange: later\nbridge: {name: waytoolongbridgename, subnet: 10.0.0.0/31}\ntokenRefresh: 1s\nsocket: rel.sock\n",
 			wantErr: []string{"node:", "midStream:", "onPolicyChange:", "bridge.name:", "bridge.subnet:", "tokenRefresh:", `"rel.sock" must be absolute`}},
 		{name: "bad cidr", config: "node: n1\nsecrets: {pskFile: psk}\npolicy: policy.yaml\ntargetNetworks: [10.0.0.0/33]\n", wantErr: []string{"line 4"}},
+		{name: "flow log bounds", config: "node: n1\nsecrets: {pskFile: psk}\npolicy: policy.yaml\nflowLogMaxSize: 1KiB\nflowLogFiles: -1\nflowLogAggregate: 10ms\n",
+			wantErr: []string{"flowLogMaxSize:", "flowLogFiles:", "flowLogAggregate:"}},
+		{name: "flow log size unit", config: "node: n1\nsecrets: {pskFile: psk}\npolicy: policy.yaml\nflowLogMaxSize: 12 parsecs\n", wantErr: []string{"line 4", "not a size"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -57,6 +78,9 @@ func TestConfig(t *testing.T) {
 				}
 				if c.Socket != DefaultSocket || c.Bridge.Name != DefaultBridge || c.MidStream != "drop" || c.TokenRefresh != DefaultRefresh {
 					t.Errorf("defaults not applied: %+v", c)
+				}
+				if fl := c.flowLog(); fl.MaxSize != int64(DefaultFlowLogMaxSize) || fl.Files != DefaultFlowLogFiles || fl.Aggregate != DefaultFlowLogAggregate {
+					t.Errorf("flow log defaults not applied: %+v", fl)
 				}
 				if !filepath.IsAbs(c.Policy) {
 					t.Errorf("policy path not resolved: %s", c.Policy)
@@ -293,4 +317,17 @@ func TestExampleConfig(t *testing.T) {
 		len(c.TargetNetworks) != 1 || c.Policy != filepath.Join(dir, "policy.yaml") {
 		t.Errorf("example config read as %+v", c)
 	}
+}
+
+// FuzzParseByteSize: any string is a size or an error, never a panic or a
+// negative size.
+func FuzzParseByteSize(f *testing.F) {
+	for _, s := range []string{"100MiB", "1 GiB", "7B", "-1", "9223372036854775807GB"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if v, err := ParseByteSize(s); err == nil && v < 0 {
+			t.Fatalf("ParseByteSize(%q) = %d", s, v)
+		}
+	})
 }
