@@ -68,7 +68,7 @@ type ScaleResult struct {
 	// FlowsAfter is what the restarted daemon's enforcer tracks.
 	RestartFlows int `json:"restartFlows"`
 	FlowsAfter   int `json:"flowsAfter"`
-	Notes      []string
+	Notes        []string
 }
 
 // extraNet addresses the scale PUs (on the node bridge, beside the
