@@ -125,3 +125,40 @@ func (r *ScaleResult) WriteTable(w io.Writer) error {
 	}
 	return nil
 }
+
+// WriteJSON writes the soak result as indented JSON.
+func (r *SoakResult) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteTable writes the soak result as a table for people: one row per
+// interval, then the drain after the load.
+func (r *SoakResult) WriteTable(w io.Writer) error {
+	m := r.Machine
+	fmt.Fprintf(w, "trireme perf --soak %s: %d allowed + %d denied closed-loop clients, %d held idle connections, a row per %s\n",
+		r.Duration, r.Allowed, r.Denied, r.Held, r.Interval)
+	fmt.Fprintf(w, "machine: %d CPUs, kernel %s, %s\n\n", m.CPUs, m.Kernel, m.GoVersion)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "interval\tallowed/s\tallowed failed\tdenied/s\tdenied through\theld ok/failed\tflows\ttable-full\tRSS MiB\tgoroutines\tfds\trecords lost\tflow log MiB")
+	for _, row := range r.Rows {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d/%d\t%d\t%d\t%s\t%d\t%d\t%d\t%s\n", row.Label, num(float64(row.AllowedPerSec)), row.AllowedFailed,
+			num(float64(row.DeniedPerSec)), row.DeniedConnected, row.HeldOK, row.HeldFailed, row.Flows, row.TableFull,
+			num(float64(row.RSSMiB)), row.Goroutines, row.FDs, row.RecordsLost, num(float64(row.FlowLogMiB)))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "total: %d allowed connections, %d failed; %d denied refused, %d got through; %d held connections failed\n",
+		r.AllowedConns, r.AllowedFailed, r.DeniedConns, r.DeniedConnected, r.HeldFailed)
+	for _, row := range r.Rows {
+		if row.FirstError != "" {
+			fmt.Fprintf(w, "interval %s: first failure: %s\n", row.Label, row.FirstError)
+		}
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+	return nil
+}

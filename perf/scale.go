@@ -66,9 +66,9 @@ type ScaleResult struct {
 	RestartMs  Value `json:"restartMs"`
 	// RestartFlows were in the kernel's authorized sets at the restart;
 	// FlowsAfter is what the restarted daemon's enforcer tracks.
-	RestartFlows int `json:"restartFlows"`
-	FlowsAfter   int `json:"flowsAfter"`
-	Notes        []string
+	RestartFlows int      `json:"restartFlows"`
+	FlowsAfter   int      `json:"flowsAfter"`
+	Notes        []string `json:"notes,omitempty"`
 }
 
 // extraNet addresses the scale PUs (on the node bridge, beside the

@@ -49,6 +49,7 @@ func newPerfCmd() *cobra.Command {
 		profDir  string
 		scale    string
 		flows    int
+		soak     perf.SoakConfig
 	)
 	cmd := &cobra.Command{
 		Use:   "perf",
@@ -64,6 +65,9 @@ headline), then as median and range over the rounds.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if scale != "" {
 				return runScale(cmd, scale, flows, daemon, keep, asJSON)
+			}
+			if soak.Duration > 0 {
+				return runSoak(cmd, soak, daemon, keep, asJSON)
 			}
 			topo, err := perf.ParseTopology(topology)
 			if err != nil {
@@ -144,6 +148,11 @@ headline), then as median and range over the rounds.`,
 	f.StringVar(&profDir, "profile", "", "directory for `perf record -g` profiles of the enforcers during the last round's connection runs")
 	f.BoolVar(&keep, "keep", false, "keep the enforcer daemons' configs, logs and flow logs (under $TMPDIR)")
 	f.StringVar(&scale, "scale", "", "instead of the comparison: attach/detach cost per PU at these PU counts (e.g. 10,100,500,1000) and the restart time at the largest (psk daemon)")
+	f.DurationVar(&soak.Duration, "soak", 0, "instead of the comparison: an endurance run of this length (e.g. 10m): steady allowed and denied connections and held idle ones, the daemon sampled every --soak-interval (psk daemon)")
+	f.DurationVar(&soak.Interval, "soak-interval", time.Minute, "with --soak: the sampling interval")
+	f.IntVar(&soak.Allowed, "soak-allowed", 6, "with --soak: closed-loop clients making allowed connections")
+	f.IntVar(&soak.Denied, "soak-denied", 2, "with --soak: closed-loop clients making connections the policy refuses")
+	f.IntVar(&soak.Held, "soak-held", 1000, "with --soak: idle connections held open and checked every interval")
 	f.IntVar(&flows, "scale-flows", 0, "with --scale: authorized flows written into the kernel before the restart")
 	f.StringVar(&iperf3, "iperf3", "auto", "iperf3 binary for a cross-check of bulk throughput: auto (if installed), off, or a path")
 	return cmd
@@ -175,6 +184,33 @@ func runScale(cmd *cobra.Command, sizes string, flows int, binary string, keep, 
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	res, err := perf.RunScale(ctx, cfg)
+	if cfg.Progress != nil {
+		fmt.Fprint(os.Stderr, "\r\033[K")
+	}
+	if d := cfg.Variant.KeptDir(); d != "" {
+		fmt.Fprintf(os.Stderr, "daemon files kept in %s\n", d)
+	}
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return res.WriteJSON(cmd.OutOrStdout())
+	}
+	return res.WriteTable(cmd.OutOrStdout())
+}
+
+// runSoak is `trireme perf --soak DURATION`.
+func runSoak(cmd *cobra.Command, cfg perf.SoakConfig, binary string, keep, asJSON bool) error {
+	if cfg.Allowed < 1 || cfg.Denied < 0 || cfg.Held < 0 || cfg.Interval <= 0 {
+		return &exitError{code: 2, err: fmt.Errorf("--soak-allowed must be positive, --soak-denied and --soak-held not negative, --soak-interval positive")}
+	}
+	cfg.Variant = &perf.Daemon{VariantName: "psk", Secrets: perf.PSKSecrets(), Binary: binary, Keep: keep}
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		cfg.Progress = func(msg string) { fmt.Fprintf(os.Stderr, "\r\033[K%s", msg) }
+	}
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := perf.RunSoak(ctx, cfg)
 	if cfg.Progress != nil {
 		fmt.Fprint(os.Stderr, "\r\033[K")
 	}

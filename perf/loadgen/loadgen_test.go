@@ -138,6 +138,30 @@ func TestKernelPath(t *testing.T) {
 	})
 }
 
+// TestHold: held connections answer each check; one the server closed is
+// counted as failed and dropped; the server sees them all.
+func TestHold(t *testing.T) {
+	srv, cli := kernelPath(t)
+	before := srv.Accepted()
+	h, err := cli.Hold(context.Background(), 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if got := srv.Accepted() - before; got != 50 || h.Len() != 50 {
+		t.Fatalf("server accepted %d, held %d, want 50", got, h.Len())
+	}
+	for range 2 {
+		if ok, failed := h.Check(time.Second); ok != 50 || failed != 0 {
+			t.Fatalf("check: %d ok, %d failed", ok, failed)
+		}
+	}
+	srv.Close() // closes every connection
+	if ok, failed := h.Check(time.Second); ok != 0 || failed != 50 || h.Len() != 0 {
+		t.Fatalf("after the server closed them: %d ok, %d failed, %d left", ok, failed, h.Len())
+	}
+}
+
 // A path that refuses connections is counted as failures, not as
 // connections, and Probe reports it.
 func TestRefused(t *testing.T) {
