@@ -258,19 +258,24 @@ func (d *Daemon) Start(ctx context.Context) error {
 		return fmt.Errorf("nftables: %w", err)
 	}
 	t2 := time.Now()
-	flows := 0
+	flows, missed := 0, 0
 	for _, p := range ready {
 		d.pus[p.info.ID] = p
 		// The enforcer learns the PU's flows before its first packet is
 		// read: a packet of an established flow is not taken for one
 		// of an unknown flow.
 		d.register(p)
-		flows += d.restoreFlows(p, t2)
+		r, m := d.restoreFlows(p, t2)
+		flows, missed = flows+r, missed+m
 		d.startReaders(p)
 		d.log.Debug("restored PU", "pu", p.info.ID, "name", p.info.Name)
 	}
 	t3 := time.Now()
 	d.saveState()
+	if missed > 0 {
+		d.log.Warn("authorized flows the enforcer could not take back (flow table full): they keep flowing in the kernel until their entry expires, then are handled as unknown (midStream)",
+			"flows", missed, "restored", flows)
+	}
 	if len(restored) > 0 {
 		d.log.Info("restored the PUs of the previous run", "pus", len(d.pus), "flows", flows, "took", time.Since(t0).Round(time.Millisecond),
 			"open", t1.Sub(t0).Round(time.Millisecond), "steering", t2.Sub(t1).Round(time.Millisecond), "flows-took", t3.Sub(t2).Round(time.Millisecond))
@@ -484,14 +489,15 @@ func (d *Daemon) startReaders(p *livePU) {
 
 // restoreFlows gives the enforcer back the flows the kernel still holds as
 // authorized, so that established connections survive a restart. It
-// returns the number restored.
-func (d *Daemon) restoreFlows(p *livePU, now time.Time) int {
+// returns the number restored and the number the enforcer did not take
+// (its table full): those keep flowing in the kernel until their entry
+// expires, then their packets reach an enforcer that does not know them.
+func (d *Daemon) restoreFlows(p *livePU, now time.Time) (restored, missed int) {
 	entries, err := d.steer.List(p.steer)
 	if err != nil {
 		d.log.Warn("listing authorized flows", "pu", p.info.ID, "err", err)
-		return 0
+		return 0, 0
 	}
-	n := 0
 	for _, e := range entries {
 		t := e.Tuple
 		// Each flow is listed in both directions; keep the one that
@@ -500,13 +506,15 @@ func (d *Daemon) restoreFlows(p *livePU, now time.Time) int {
 			continue
 		}
 		if d.enf.Restore(p.dp, t.Proto, netip.AddrPortFrom(t.Src, t.SrcPort), netip.AddrPortFrom(t.Dst, t.DstPort), now) {
-			n++
+			restored++
+		} else {
+			missed++
 		}
 	}
-	if n > 0 {
-		d.log.Debug("restored authorized flows", "pu", p.info.ID, "flows", n)
+	if restored > 0 {
+		d.log.Debug("restored authorized flows", "pu", p.info.ID, "flows", restored)
 	}
-	return n
+	return restored, missed
 }
 
 func containsAddr(ips []netip.Addr, a netip.Addr) bool {

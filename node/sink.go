@@ -228,14 +228,22 @@ type aggKey struct {
 }
 
 type aggEntry struct {
-	rec   dataplane.Record // first folded record of the interval, then the sums
-	count uint64           // folded in this interval
+	rec     dataplane.Record // first folded record of the interval, then the sums
+	count   uint64           // folded in this interval
+	singles int              // written one by one since the key was new
+	active  bool             // seen in this interval
 }
 
+// aggSingles refusals of a key are written one by one before the next are
+// folded: an occasional repeat stays visible as itself (its client port),
+// a flood costs aggSingles records, then one per interval.
+const aggSingles = 10
+
 // aggregator folds refused flows (records whose action is not "allow")
-// with the same key: the first of a key is written at once, the repeats of
-// each interval become one record with their count, written at the end of
-// the interval. A key with no repeat in an interval is forgotten.
+// with the same key: the first aggSingles of a key are written at once, the
+// further ones of each interval become one record with their count,
+// written at the end of the interval. A key not seen for a whole interval
+// is forgotten.
 type aggregator struct {
 	mu       sync.Mutex
 	interval time.Duration
@@ -267,10 +275,16 @@ func (a *aggregator) fold(r *dataplane.Record) bool {
 	defer a.mu.Unlock()
 	e := a.m[k]
 	if e == nil {
-		if len(a.m) < maxAggKeys {
-			a.m[k] = &aggEntry{}
+		if len(a.m) >= maxAggKeys {
+			return false
 		}
-		return false // the first of its key is written as it is
+		e = &aggEntry{}
+		a.m[k] = e
+	}
+	e.active = true
+	if e.singles < aggSingles {
+		e.singles++
+		return false // written as it is
 	}
 	if e.count == 0 {
 		e.rec = *r
@@ -298,14 +312,18 @@ func (a *aggregator) flush(time.Time) []dataplane.Record {
 	defer a.mu.Unlock()
 	var out []dataplane.Record
 	for k, e := range a.m {
-		if e.count == 0 {
+		if !e.active {
 			delete(a.m, k)
+			continue
+		}
+		e.active = false
+		if e.count == 0 {
 			continue
 		}
 		r := e.rec
 		r.Count = e.count
 		out = append(out, r)
-		*e = aggEntry{}
+		e.rec, e.count = dataplane.Record{}, 0
 	}
 	return out
 }

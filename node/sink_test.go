@@ -134,9 +134,9 @@ func TestSinkRotation(t *testing.T) {
 }
 
 // TestSinkAggregation: refusals of one key from varying client ports fold
-// into one record with a count per interval (the first written at once);
-// allowed flows, other keys and an aggregation interval of 0 are written
-// one by one.
+// into one record with a count per interval (the first aggSingles written
+// at once); allowed flows, other keys and an aggregation interval of 0 are
+// written one by one.
 func TestSinkAggregation(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "flows.jsonl")
 	s := newAsyncSink(quietLog())
@@ -187,8 +187,8 @@ func TestSinkAggregation(t *testing.T) {
 	if counted != 2*flood+3 {
 		t.Errorf("records account for %d refusals, want %d", counted, 2*flood+3)
 	}
-	if single != 1 || aggregates < 2 || aggregates > 4 {
-		t.Errorf("%d single and %d aggregate records of the flood, want 1 and 2-4", single, aggregates)
+	if single != aggSingles || aggregates < 2 || aggregates > 4 {
+		t.Errorf("%d single and %d aggregate records of the flood, want %d and 2-4", single, aggregates, aggSingles)
 	}
 	if got := s.aggregated.Load(); got != inAggregates {
 		t.Errorf("aggregated counter %d, aggregate records count %d", got, inAggregates)
