@@ -27,6 +27,10 @@ const (
 	EndPURemoved End = "pu-removed" // its PU went away
 	EndOpen      End = "open"       // still open when the replay ended
 	EndRevoked   End = "revoked"    // a policy change denied it after it was established
+	// EndRefused is the record of a SYN refused on a 4-tuple whose flow it
+	// did not change (a forged or unauthorized SYN on a live connection):
+	// an attempt of its own; the flow keeps its record.
+	EndRefused End = "refused"
 	// EndEstablished marks the interim record written when a flow is
 	// established (Config.RecordEstablished); its final record follows.
 	EndEstablished End = "established"

@@ -95,7 +95,7 @@ func TestSYNOnEstablishedFlow(t *testing.T) {
 				t.Fatalf("SYN on the established flow: %v %v, %d injected, notes %+v", r.v, r.code, len(r.inject), r.notes)
 			}
 			rs := p.s.sink.all()
-			if len(rs) != 1 || rs[0].End != EndDenied || rs[0].Reason != tc.want.String() || rs[0].Direction != "ingress" {
+			if len(rs) != 1 || rs[0].End != EndRefused || rs[0].Reason != tc.want.String() || rs[0].Direction != "ingress" {
 				t.Fatalf("records: %+v", rs)
 			}
 			if st := p.s.e.Stats(); st.Drops[tc.want] != 1 {

@@ -704,7 +704,7 @@ func (c *ctx) recordRefused(ent *flow.Entry[conn], rc reason.Code, peer *tokens.
 	if rc == d.Reason || d.Rule != nil {
 		r.Value.dec, r.Value.decided = d, true
 	}
-	c.e.record(c.pu, &r, EndDenied, c.ns)
+	c.e.record(c.pu, &r, EndRefused, c.ns)
 }
 
 // successorSYN passes an authenticated, allowed SYN of a new connection to

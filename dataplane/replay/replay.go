@@ -406,7 +406,13 @@ type connState struct{ allowed, denied bool }
 
 func (s *recordSink) Record(rec *dataplane.Record) {
 	s.r.sum.Flows++
-	if rec.Proto == "tcp" {
+	switch {
+	case rec.Proto != "tcp":
+	case rec.End == dataplane.EndRefused:
+		// A SYN refused on the 4-tuple of a live connection: an attempt
+		// of its own, not that connection's outcome.
+		s.r.sum.ConnectionsDenied++
+	default:
 		k := connKey{client: rec.Client, server: rec.Server}
 		copy(k.vlan[:], rec.VLAN)
 		st := s.conns[k]
