@@ -42,6 +42,8 @@ const (
 	NoRoomForToken // the token does not fit (MTU or TCP option space)
 	UnknownPU      // a packet for a PU the enforcer does not know
 	Timeout        // a flow that expired before the handshake completed
+	OutOfWindow    // a RST (or SYN-ACK) whose numbers do not fit the flow's sequence window
+	BadICMPError   // an ICMP error whose outer addresses do not fit the packet it quotes, or oversized
 
 	numCodes
 )
@@ -69,6 +71,8 @@ var names = [numCodes]string{
 	NoRoomForToken:       "no-room-for-token",
 	UnknownPU:            "unknown-pu",
 	Timeout:              "timeout",
+	OutOfWindow:          "out-of-window",
+	BadICMPError:         "bad-icmp-error",
 }
 
 // String returns the code's stable name, e.g. "missing-token".
