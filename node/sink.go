@@ -64,6 +64,7 @@ type asyncSink struct {
 	// and how often Record had to wait for room.
 	dropped, written, aggregated, waits atomic.Uint64
 	lastErr                             atomic.Int64 // unix ns of the last write error logged
+	stopping                            atomic.Bool
 }
 
 func newAsyncSink(log *slog.Logger) *asyncSink {
@@ -91,6 +92,10 @@ func (s *asyncSink) open(cfg flowLogConfig) error {
 
 // Record implements dataplane.Sink.
 func (s *asyncSink) Record(r *dataplane.Record) {
+	if s.stopping.Load() {
+		s.dropped.Add(1)
+		return
+	}
 	if s.agg.fold(r) {
 		s.aggregated.Add(1)
 		return
@@ -206,6 +211,7 @@ func (s *asyncSink) close() {
 		return
 	}
 	s.closed = true
+	s.stopping.Store(true)
 	s.room.Broadcast()
 	s.mu.Unlock()
 	select {
