@@ -64,10 +64,13 @@ type Daemon struct {
 	ops        chan kernelOp // to kernelLoop
 	steerNames sync.Map      // *dataplane.PU -> steering name
 
-	mu         sync.Mutex
-	pus        map[string]*livePU // by PU ID
-	excluded   []netip.Prefix     // added at runtime
-	policyExcl []netip.Prefix     // excluded by the policy in force (and the config)
+	mu  sync.Mutex
+	pus map[string]*livePU // by PU ID
+	// stalled are PUs of the previous run that could not be restored but
+	// are kept closed (their state stays for the next restart).
+	stalled    []*livePU
+	excluded   []netip.Prefix // added at runtime
+	policyExcl []netip.Prefix // excluded by the policy in force (and the config)
 	ipam       *ipam
 	started    time.Time
 }
@@ -92,6 +95,12 @@ type livePU struct {
 func SteerName(id string) string {
 	n, _, _, _ := puNames(id)
 	return n
+}
+
+// TapNames are the names of a PU's TAPs.
+func TapNames(id string) (in, out string) {
+	_, in, out, _ = puNames(id)
+	return in, out
 }
 
 // puNames derives the steering name and the TAP and veth names of a PU from
@@ -245,7 +254,17 @@ func (d *Daemon) Start(ctx context.Context) error {
 	var ready []*livePU
 	for i, p := range restored {
 		if err := opened[i]; err != nil {
-			d.log.Warn("not restoring PU", "pu", p.info.ID, "err", err)
+			// Its namespace and veth are there: leaving it out would
+			// delete its chains and leave it unpoliced. If its TAPs
+			// exist, its chains steer into them, unread: it stays
+			// closed (no new connection) until a restart restores it.
+			if sp, ok := closedPU(p); ok {
+				d.log.Error("could not restore PU: it stays closed until the daemon restarts", "pu", p.info.ID, "err", err)
+				steered = append(steered, sp)
+				d.stalled = append(d.stalled, p)
+				continue
+			}
+			d.log.Error("could not restore PU, nor keep it closed (its TAPs are gone)", "pu", p.info.ID, "err", err)
 			continue
 		}
 		ready = append(ready, p)
@@ -425,6 +444,17 @@ func injectionPortNames(bridge string) (host, br string, err error) {
 
 func (p *livePU) steerPU() steer.PU {
 	return steer.PU{Name: p.steer, Veth: p.info.Veth, TapIn: p.in.Index(), TapOut: p.out.Index()}
+}
+
+// closedPU is the steering of a PU whose TAPs exist but that could not be
+// opened: its rules steer into TAPs nobody reads.
+func closedPU(p *livePU) (steer.PU, bool) {
+	in, err1 := linkIndex(p.tapIn)
+	out, err2 := linkIndex(p.tapOut)
+	if err1 != nil || err2 != nil {
+		return steer.PU{}, false
+	}
+	return steer.PU{Name: p.steer, Veth: p.info.Veth, TapIn: in, TapOut: out}, true
 }
 
 func (p *livePU) close() {

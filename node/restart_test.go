@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/netsetup/tap"
 	"github.com/trireme-go/trireme/node"
 	"github.com/trireme-go/trireme/testenv"
 )
@@ -216,5 +217,66 @@ policies:
 	ents, err := os.ReadDir(d.Dir + "/state/pus")
 	if err != nil || len(ents) != 2 {
 		t.Errorf("state files of 2 PUs: %v %v", ents, err)
+	}
+}
+
+// TestRestoreFailureStaysClosed: a PU the restarted daemon cannot restore
+// (here another process holds its TAP open, so the daemon cannot) is not
+// left unpoliced: it stays closed (not even an external host its policy
+// allows is reached, as an unpoliced PU would), the other PUs work, and the
+// next restart restores it.
+func TestRestoreFailureStaysClosed(t *testing.T) {
+	testenv.RequireRoot(t)
+	n := testenv.NewNode(t, testenv.NodeOptions{PUs: 4})
+	cl, srv, stuck, ext := n.PUs[0], n.PUs[1], n.PUs[2], n.PUs[3]
+	policy := fmt.Sprintf(`
+targetNetworks: [%s, %s, %s]
+policies:
+  - name: all
+    selector: "*"
+    ingress: [{action: allow}]
+    egress: [{action: allow}]
+`, hostPrefix(cl.Addr), hostPrefix(srv.Addr), hostPrefix(stuck.Addr))
+	d := testenv.NewDaemon(t, n, testenv.DaemonOptions{SecretsDir: testenv.PSKDir(t), Policy: policy})
+	d.Start()
+	for _, p := range []*testenv.PU{cl, srv, stuck} {
+		d.Attach(p, "app=x")
+	}
+	addr, outside := srv.ServeEcho(7000), ext.ServeEcho(7000) // ext: not policed, outside the target networks
+	for _, to := range []netip.AddrPort{addr, outside} {
+		if err := connect(stuck, to); err != nil {
+			t.Fatalf("before the restart, to %v: %v", to, err)
+		}
+	}
+	d.Stop(syscall.SIGTERM)
+	// Hold the stuck PU's TAP: the restarted daemon cannot open it.
+	in, _ := node.TapNames("netns-" + stuck.Name)
+	var held *tap.Tap
+	n.MustDo(func() error {
+		var err error
+		held, err = tap.Open(in)
+		return err
+	})
+	d.Start()
+	if err := connect(cl, addr); err != nil {
+		t.Errorf("another PU after the restart: %v", err)
+	}
+	for _, to := range []netip.AddrPort{outside, addr} {
+		if err := connect(stuck, to); err == nil {
+			t.Fatalf("the PU that could not be restored reached %v: it is unpoliced", to)
+		}
+	}
+	if !strings.Contains(d.Logs(), "it stays closed") {
+		t.Errorf("the daemon did not report the PU it could not restore:\n%s", d.Logs())
+	}
+	held.Close()
+	d.Stop(syscall.SIGTERM)
+	d.Start()
+	if err := connect(stuck, outside); err != nil {
+		t.Errorf("after the next restart: %v", err)
+	}
+	pus, err := d.Client().ListPUs()
+	if err != nil || len(pus) != 3 {
+		t.Errorf("PUs after the next restart: %d (%v)", len(pus), err)
 	}
 }

@@ -137,6 +137,10 @@ func (d *Daemon) saveState() {
 		d.savePULocked(p)
 		keep[filepath.Base(puStatePath(d.cfg.StateDir, p.info.ID))] = true
 	}
+	for _, p := range d.stalled {
+		d.savePULocked(p)
+		keep[filepath.Base(puStatePath(d.cfg.StateDir, p.info.ID))] = true
+	}
 	ents, _ := os.ReadDir(puStateDir(d.cfg.StateDir))
 	for _, e := range ents {
 		if !keep[e.Name()] {
