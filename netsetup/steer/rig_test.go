@@ -58,11 +58,14 @@ func newRigOn(t testing.TB, node *testenv.Node, nSteered int) *rig {
 				}
 				r.taps[n] = tp
 			}
+			id := r.node.PUs[i].Identity()
 			r.pus = append(r.pus, steer.PU{
 				Name:   fmt.Sprintf("pu%d", i),
 				Veth:   r.node.PUs[i].Link.HostName,
 				TapIn:  r.taps[in].Index(),
 				TapOut: r.taps[out].Index(),
+				MAC:    id.MAC,
+				Addrs:  id.Addrs,
 			})
 		}
 		return nil

@@ -17,6 +17,7 @@ package steer
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -49,6 +50,13 @@ type PU struct {
 	Veth   string // host-side veth: the chains hook here
 	TapIn  int    // ifindex of the TAP for traffic leaving the PU
 	TapOut int    // ifindex of the TAP for traffic toward the PU
+	// MAC and Addrs are who the PU is on the link (see identity.go): every
+	// frame leaving it must carry MAC as Ethernet (and ARP/NDP link-layer)
+	// source and one of Addrs as IP source; anything else is dropped and
+	// counted. Addrs are its IPv4, IPv6 global/ULA and link-local
+	// addresses, with the length of their on-link prefix.
+	MAC   net.HardwareAddr
+	Addrs []netip.Prefix
 }
 
 // Entry is one element of an authorized set.
@@ -62,6 +70,10 @@ type Entry struct {
 type Counters struct {
 	InSteered, InAuthorized   Packets // traffic leaving the PU
 	OutSteered, OutAuthorized Packets // traffic toward the PU
+	// Leaving the PU, dropped by the anti-spoofing rules: frames whose
+	// sender is not the PU's own (Spoofed), router advertisements,
+	// redirects and DHCP server replies (RogueRouter).
+	Spoofed, RogueRouter Packets
 }
 
 // Packets is a packet and byte count.
@@ -73,7 +85,10 @@ var (
 	ErrBadName   = errors.New("steer: invalid name")
 )
 
-type puSets struct{ a4, a6 *nftables.Set }
+type puSets struct {
+	a4, a6         *nftables.Set // authorized flows (kept across Apply)
+	o4, o6, n6, d6 *nftables.Set // the PU's identity (identity.go)
+}
 
 type puState struct {
 	pu   PU
@@ -349,7 +364,7 @@ func wantedSet(name string, pus map[string]bool) (uint32, bool) {
 
 // puOfCounter returns the PU a counter name "<pu>_<dir>_<what>" belongs to.
 func puOfCounter(name string) string {
-	for _, sfx := range []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth"} {
+	for _, sfx := range counterSuffixes {
 		if p, ok := strings.CutSuffix(name, sfx); ok {
 			return p
 		}
@@ -372,6 +387,9 @@ func (s *Steerer) checkPU(pu PU) error {
 	}
 	if pu.Veth == "" || len(pu.Veth) > 15 {
 		return fmt.Errorf("steer: PU %s: invalid veth name %q", pu.Name, pu.Veth)
+	}
+	if err := checkIdentity(pu); err != nil {
+		return err
 	}
 	if pu.TapIn <= 0 || pu.TapOut <= 0 || pu.TapIn == pu.TapOut {
 		return fmt.Errorf("steer: PU %s: two distinct TAP ifindexes needed (in %d, out %d)", pu.Name, pu.TapIn, pu.TapOut)
@@ -412,11 +430,12 @@ func (s *Steerer) addPU(pu PU, keepSets, keepObjs map[string]bool) (*puState, er
 			return nil, err
 		}
 	}
-	for _, dir := range []string{"in", "out"} {
-		for _, what := range []string{"steer", "auth"} {
-			if name := counterName(pu.Name, dir, what); !keepObjs[name] {
-				s.conn.AddObj(&nftables.CounterObj{Table: s.table, Name: name})
-			}
+	if err := s.addIdentitySets(pu, &sets); err != nil {
+		return nil, err
+	}
+	for _, name := range puCounters(pu.Name) {
+		if !keepObjs[name] {
+			s.conn.AddObj(&nftables.CounterObj{Table: s.table, Name: name})
 		}
 	}
 	for _, egress := range []bool{false, true} {
@@ -494,10 +513,11 @@ func (s *Steerer) RemovePU(name string) error {
 	s.conn.DelChain(&nftables.Chain{Table: s.table, Name: "out_" + name})
 	s.conn.DelSet(st.sets.a4)
 	s.conn.DelSet(st.sets.a6)
-	for _, dir := range []string{"in", "out"} {
-		for _, what := range []string{"steer", "auth"} {
-			s.conn.DeleteObject(&nftables.CounterObj{Table: s.table, Name: counterName(name, dir, what)})
-		}
+	for _, set := range st.sets.identitySets() {
+		s.conn.DelSet(set)
+	}
+	for _, c := range puCounters(name) {
+		s.conn.DeleteObject(&nftables.CounterObj{Table: s.table, Name: c})
 	}
 	if err := s.flush(); err != nil {
 		return fmt.Errorf("steer: remove PU %s: %w", name, err)
@@ -581,6 +601,8 @@ func (s *Steerer) Counters(pu string) (Counters, error) {
 		counterName(pu, "in", "auth"):   &c.InAuthorized,
 		counterName(pu, "out", "steer"): &c.OutSteered,
 		counterName(pu, "out", "auth"):  &c.OutAuthorized,
+		counterName(pu, "in", "spoof"):  &c.Spoofed,
+		counterName(pu, "in", "rogue"):  &c.RogueRouter,
 	}
 	for _, o := range objs {
 		co, ok := o.(*nftables.CounterObj)
