@@ -43,6 +43,11 @@ const (
 	UnknownPU      // a packet for a PU the enforcer does not know
 	Timeout        // a flow that expired before the handshake completed
 
+	// A PU's own frames (netsetup/steer anti-spoofing, dataplane).
+	SpoofedSource // a frame leaving a PU that names another sender (MAC, IP, ARP or NDP link-layer address)
+	RogueRouter   // a router advertisement, redirect or DHCP server reply sent by a PU
+	InvalidNDP    // a neighbour discovery or MLD message that is not on-link link plumbing
+
 	numCodes
 )
 
@@ -69,6 +74,9 @@ var names = [numCodes]string{
 	NoRoomForToken:       "no-room-for-token",
 	UnknownPU:            "unknown-pu",
 	Timeout:              "timeout",
+	SpoofedSource:        "spoofed-source",
+	RogueRouter:          "rogue-router",
+	InvalidNDP:           "invalid-ndp",
 }
 
 // String returns the code's stable name, e.g. "missing-token".
