@@ -45,13 +45,13 @@ func TestCraftedNDPCapture(t *testing.T) {
 	a, b := netip.MustParseAddr("fd00:77::1"), netip.MustParseAddr("fd00:77::2")
 	ns := append(make([]byte, 4), b.AsSlice()...)
 	frames := [][]byte{
-		ndpFrame(t, a, netip.MustParseAddr("ff02::1:ff00:2"), 255, 135, ns, false),                          // 1 NS, solicited-node
-		ndpFrame(t, b, a, 255, 136, ns, false),                                                               // 2 NA to the neighbour's ULA
-		ndpFrame(t, a, netip.MustParseAddr("ff02::16"), 1, 143, make([]byte, 24), true),                      // 3 MLDv2 report
+		ndpFrame(t, a, netip.MustParseAddr("ff02::1:ff00:2"), 255, 135, ns, false),                            // 1 NS, solicited-node
+		ndpFrame(t, b, a, 255, 136, ns, false),                                                                // 2 NA to the neighbour's ULA
+		ndpFrame(t, a, netip.MustParseAddr("ff02::16"), 1, 143, make([]byte, 24), true),                       // 3 MLDv2 report
 		ndpFrame(t, a, netip.MustParseAddr("2001:db8::7"), 255, 135, append(ns, make([]byte, 600)...), false), // 4 covert, off-link
-		ndpFrame(t, a, b, 64, 135, ns, false),                                                                // 5 routed (hop limit 64)
-		ndpFrame(t, b, a, 255, 136, append(ns, make([]byte, 600)...), false),                                 // 6 oversized
-		ndpFrame(t, a, netip.MustParseAddr("ff02::1"), 255, 134, make([]byte, 12), false),                    // 7 RA from a PU
+		ndpFrame(t, a, b, 64, 135, ns, false),                                                                 // 5 routed (hop limit 64)
+		ndpFrame(t, b, a, 255, 136, append(ns, make([]byte, 600)...), false),                                  // 6 oversized
+		ndpFrame(t, a, netip.MustParseAddr("ff02::1"), 255, 134, make([]byte, 12), false),                     // 7 RA from a PU
 	}
 	path := filepath.Join(t.TempDir(), "ndp.pcap")
 	w, err := pcapio.Create(path)
