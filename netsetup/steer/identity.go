@@ -116,3 +116,45 @@ func puCounters(pu string) []string {
 }
 
 var counterSuffixes = []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth", "_in_spoof", "_in_rogue"}
+
+// AllCounters reads the kernel counters of every PU in one dump.
+func (s *Steerer) AllCounters() (map[string]Counters, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	objs, err := s.conn.GetObj(&nftables.CounterObj{Table: s.table})
+	if err != nil {
+		return nil, fmt.Errorf("steer: counters: %w", err)
+	}
+	out := make(map[string]Counters, len(s.pus))
+	for name := range s.pus {
+		out[name] = Counters{}
+	}
+	for _, o := range objs {
+		co, ok := o.(*nftables.CounterObj)
+		if !ok || co.Table == nil || co.Table.Name != s.table.Name {
+			continue
+		}
+		pu := puOfCounter(co.Name)
+		c, known := out[pu]
+		if !known {
+			continue
+		}
+		p := Packets{Packets: co.Packets, Bytes: co.Bytes}
+		switch co.Name[len(pu):] {
+		case "_in_steer":
+			c.InSteered = p
+		case "_in_auth":
+			c.InAuthorized = p
+		case "_out_steer":
+			c.OutSteered = p
+		case "_out_auth":
+			c.OutAuthorized = p
+		case "_in_spoof":
+			c.Spoofed = p
+		case "_in_rogue":
+			c.RogueRouter = p
+		}
+		out[pu] = c
+	}
+	return out, nil
+}

@@ -45,7 +45,7 @@ func newRigOn(t testing.TB, node *testenv.Node, nSteered int) *rig {
 	r := &rig{t: t, node: node, taps: map[string]*tap.Tap{}}
 	r.node.MustDo(func() error {
 		var err error
-		r.inj, err = netsetup.EnsureInjectionPort(testenv.BridgeName, "inj", "injb")
+		r.inj, err = netsetup.EnsureInjectionPort(testenv.BridgeName, "inj", "injb", "")
 		if err != nil {
 			return err
 		}
