@@ -488,7 +488,6 @@ func tagMap(t policy.Tags) map[string]string {
 	return m
 }
 
-
 // mergeTags overlays orchestrator-set tags on a PU's tags (they win).
 func mergeTags(base policy.Tags, over map[string]string) policy.Tags {
 	m := tagMap(base)

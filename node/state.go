@@ -140,7 +140,6 @@ func linkIndex(name string) (int, error) {
 	return l.Attrs().Index, nil
 }
 
-
 // ipam hands out addresses of the node subnet to the PUs trireme creates.
 // The first address is the bridge's (the PUs' gateway).
 type ipam struct {
