@@ -2,9 +2,11 @@ package testenv
 
 import (
 	"net/netip"
+	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"github.com/trireme-go/trireme/netsetup"
 )
@@ -29,4 +31,11 @@ func (p *PU) Identity() netsetup.LinkIdentity {
 // kernel assigned to eth0).
 func (p *PU) LinkLocal() netip.Addr {
 	return netsetup.EUI64LinkLocal(p.MACOf())
+}
+
+// AdoptNetns wraps a network namespace testenv did not create (a
+// container's) as a PU, so that tests can use Raw, Dial, Do in it. The
+// caller keeps ownership of ns.
+func AdoptNetns(t testing.TB, name string, ns netns.NsHandle) *PU {
+	return &PU{t: t, Name: name, NS: ns}
 }
