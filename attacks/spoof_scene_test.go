@@ -145,3 +145,56 @@ func (s *udpSink) received(marker string) bool {
 	}
 	return false
 }
+
+// tcpSink is a TCP echo server in a PU that records who it accepted.
+type tcpSink struct {
+	Addr     netip.AddrPort
+	mu       sync.Mutex
+	accepted []netip.AddrPort
+}
+
+// listenTCPSink listens on addr:port in the PU (addr may be :: for every
+// address, link-local included).
+func listenTCPSink(t *testing.T, pu *testenv.PU, addr netip.Addr, port int) *tcpSink {
+	t.Helper()
+	ln := pu.ListenOn(addr, port)
+	s := &tcpSink{Addr: netip.MustParseAddrPort(ln.Addr().String())}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.accepted = append(s.accepted, netip.MustParseAddrPort(c.RemoteAddr().String()))
+			s.mu.Unlock()
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(time.Minute))
+				buf := make([]byte, 4096)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					if _, err := c.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return s
+}
+
+// acceptedFrom reports whether a connection from addr was accepted.
+func (s *tcpSink) acceptedFrom(addr netip.Addr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, a := range s.accepted {
+		if a.Addr().WithZone("") == addr.WithZone("") {
+			return true
+		}
+	}
+	return false
+}
