@@ -790,6 +790,9 @@ func (d *Daemon) AttachPU(req AttachRequest) (PUInfo, error) {
 	if err != nil {
 		return PUInfo{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if sameNetns(path, "/proc/self/ns/net") {
+		return PUInfo{}, fmt.Errorf("%w: %s is the daemon's own network namespace", ErrInvalid, req.NetNS)
+	}
 	name := req.Name
 	if name == "" {
 		name = monitor.DefaultName(path)

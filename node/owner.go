@@ -40,6 +40,13 @@ func (d *Daemon) setupBridge() error {
 	d.bridgeAddrs = added
 	if len(set.Added) > 0 {
 		d.log.Info("using an existing bridge; added the gateway address", "bridge", d.cfg.Bridge.Name, "addrs", set.Added)
+		// Recorded at once: should the start fail from here on, purge
+		// still knows what to take back.
+		st := readState(d.cfg.StateDir)
+		st.BridgeAddrs = added
+		if err := writeState(d.cfg.StateDir, st); err != nil {
+			return fmt.Errorf("state file: %w", err)
+		}
 	}
 	return nil
 }

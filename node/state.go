@@ -115,16 +115,22 @@ func (d *Daemon) saveStateLocked() {
 			IPs: p.info.IPs, Tags: p.info.Tags, Veth: p.info.Veth, Bridge: p.info.Bridge, Owned: p.owned,
 			MAC: p.info.MAC, Addrs: p.info.Addrs})
 	}
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err == nil {
-		tmp := statePath(d.cfg.StateDir) + ".tmp"
-		if err = os.WriteFile(tmp, b, 0o600); err == nil {
-			err = os.Rename(tmp, statePath(d.cfg.StateDir))
-		}
-	}
-	if err != nil {
+	if err := writeState(d.cfg.StateDir, s); err != nil {
 		d.log.Error("writing state file", "err", err)
 	}
+}
+
+// writeState writes the state file atomically.
+func writeState(dir string, s state) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := statePath(dir) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, statePath(dir))
 }
 
 func linkExists(name string) bool {
