@@ -58,6 +58,15 @@ func TestExcludedSourceSpoofing(t *testing.T) {
 	if out := testenv.RunBin(t, "pu", "ls", "--socket", s.d.Socket); !strings.Contains(out, "spoofed-source=") {
 		t.Errorf("trireme pu ls does not show the attacker's drops:\n%s", out)
 	}
+	m, err := s.d.Client().Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`trireme_drops_total{reason="spoofed-source"}`, `trireme_pu_drops_total{pu="netns-` + s.attacker.Name + `",reason="spoofed-source"}`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 	// Legitimate traffic still flows: web -> db:5432 is allowed.
 	if err := s.web.Echo(dbEcho, "still-ok", 3*time.Second); err != nil {
 		t.Errorf("web -> db:5432 after the attack: %v", err)

@@ -46,6 +46,27 @@ func TestSpoofedAllowedSource(t *testing.T) {
 	if sink.received("SPOOFED") {
 		t.Fatal("db's socket got a spoofed datagram")
 	}
+
+	// Across a daemon restart the rules are rebuilt from the state file:
+	// the attacker's MAC and addresses are the ones known at attach.
+	s.d.Kill()
+	s.d.Start()
+	pus, err := s.d.Client().ListPUs()
+	if err != nil || len(pus) != 4 {
+		t.Fatalf("PUs after the restart: %v %v", pus, err)
+	}
+	for _, p := range pus {
+		if p.Name == s.attacker.Name && p.MAC != raw.MAC.String() {
+			t.Errorf("the attacker's MAC after the restart: %s, want %s", p.MAC, raw.MAC)
+		}
+	}
+	before, beforePU = s.drops(), puDropsOf(t, s.d, s.attacker.Name)["spoofed-source"]
+	raw.MustSend(frames[0])
+	s.waitDrop(before, "spoofed-source")
+	waitPUDrop(t, s.d, s.attacker.Name, "spoofed-source", beforePU)
+	if sink.received("SPOOFED") {
+		t.Fatal("db's socket got a spoofed datagram after the restart")
+	}
 }
 
 // TestARPPoisoning (issue #11 item 2): the attacker answers for the admin

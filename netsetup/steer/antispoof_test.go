@@ -241,3 +241,28 @@ func TestExcludedPeerOnly(t *testing.T) {
 		t.Errorf("excluded peer -> PU: %v", err)
 	}
 }
+
+// TestApplyManyPUs: one Apply with many PUs (each with its anti-spoofing
+// rules and identity sets) and a restart's Apply over them fit in one
+// transaction: the kernel's answers (it echoes every rule) used to
+// overflow the socket's receive buffer at 4 PUs.
+func TestApplyManyPUs(t *testing.T) {
+	r := newRig(t, 24, 24)
+	for i := 0; i < 2; i++ {
+		r.s.Close()
+		r.openSteerer()
+		if err := r.s.Apply(r.pus, nil); err != nil {
+			t.Fatalf("Apply %d over %d PUs: %v", i, len(r.pus), err)
+		}
+	}
+	all, err := r.s.AllCounters()
+	if err != nil || len(all) != len(r.pus) {
+		t.Fatalf("AllCounters: %d PUs, %v", len(all), err)
+	}
+	for _, pu := range r.pus {
+		one, err := r.s.Counters(pu.Name)
+		if err != nil || one.InSteered.Packets > all[pu.Name].InSteered.Packets+10 {
+			t.Errorf("%s: Counters %+v, AllCounters %+v (%v)", pu.Name, one, all[pu.Name], err)
+		}
+	}
+}

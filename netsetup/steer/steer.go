@@ -153,19 +153,31 @@ func Open(cfg Config) (*Steerer, error) {
 // message is in flight.
 const sendBuffer = 64 << 20
 
+// recvBuffer is the receive buffer forced on the same sockets:
+// google/nftables asks the kernel to echo every rule it adds
+// (NLM_F_ECHO) and reads the answers only after the whole batch was
+// processed, so an Apply's answers (~40 KiB per PU with the anti-spoofing
+// rules) all wait in the buffer; the default (rmem_default, 208 KiB)
+// overflowed with ENOBUFS at 4 PUs. Memory is only used while answers wait.
+const recvBuffer = 64 << 20
+
 func forceSendBuffer(c *mnl.Conn) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var serr error
+	var serr, rerr error
 	if err := rc.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
+		rerr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, recvBuffer)
 	}); err != nil {
 		return err
 	}
 	if serr != nil {
 		return fmt.Errorf("steer: SO_SNDBUFFORCE: %w", serr)
+	}
+	if rerr != nil {
+		return fmt.Errorf("steer: SO_RCVBUFFORCE: %w", rerr)
 	}
 	return nil
 }
