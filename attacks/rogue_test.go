@@ -45,9 +45,11 @@ func TestRogueRouter(t *testing.T) {
 	s.waitDrop(before, "rogue-router")
 	waitPUDrop(t, s.d, s.attacker.Name, "rogue-router", beforePU)
 	if got := seen.Capture(500*time.Millisecond, func(p gopacket.Packet) bool {
-		eth, _ := p.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
-		return eth != nil && eth.SrcMAC.String() == raw.MAC.String() && p.Layer(layers.LayerTypeARP) == nil &&
-			p.Layer(layers.LayerTypeICMPv6NeighborSolicitation) == nil && p.Layer(layers.LayerTypeICMPv6NeighborAdvertisement) == nil
+		if icmp, ok := p.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6); ok {
+			return icmp.TypeCode.Type() == 134 || icmp.TypeCode.Type() == 137
+		}
+		u, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP)
+		return ok && (u.SrcPort == 67 || u.SrcPort == 547)
 	}); len(got) != 0 {
 		t.Fatalf("db's interface got %d frames of the rogue router, first: %v", len(got), got[0])
 	}
