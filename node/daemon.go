@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -404,8 +405,8 @@ func (d *Daemon) restoreFlows(p *livePU, now time.Time) {
 		t := e.Tuple
 		// Each flow is listed in both directions; keep the one that
 		// starts at the PU.
-		if !containsAddr(p.info.IPs, t.Src) {
-			continue
+		if !containsAddr(p.info.IPs, t.Src) && !slices.ContainsFunc(p.info.Addrs, func(a netip.Prefix) bool { return a.Addr() == t.Src }) {
+			continue // link-local flows start at an address of Addrs
 		}
 		if d.enf.Restore(p.dp, t.Proto, netip.AddrPortFrom(t.Src, t.SrcPort), netip.AddrPortFrom(t.Dst, t.DstPort), now) {
 			n++
@@ -414,6 +415,16 @@ func (d *Daemon) restoreFlows(p *livePU, now time.Time) {
 	if n > 0 {
 		d.log.Info("restored authorized flows", "pu", p.info.ID, "flows", n)
 	}
+}
+
+// containsAddrOf reports whether a prefix of ps contains a.
+func containsAddrOf(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a.Unmap()) {
+			return true
+		}
+	}
+	return false
 }
 
 func containsAddr(ips []netip.Addr, a netip.Addr) bool {
@@ -464,6 +475,14 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 		return PUInfo{}, fmt.Errorf("steering: %w", err)
 	}
 	d.pus[p.info.ID] = p
+	for _, a := range p.info.Addrs {
+		if containsAddrOf(d.policyExcl, a.Addr()) || containsAddrOf(d.excluded, a.Addr()) {
+			// Its peers let traffic from that address in unchecked; the
+			// PU's own traffic is still checked (its chain matches
+			// excluded networks on the peer only).
+			d.log.Warn("PU holds an address of the excluded networks: PUs it talks to will not check it", "pu", p.info.ID, "addr", a.Addr())
+		}
+	}
 	if !owned {
 		// Attached namespaces and containers on the node bridge hold
 		// addresses of the node subnet: never hand them out again.

@@ -137,3 +137,35 @@ func TestFromRouter(t *testing.T) {
 		}
 	}
 }
+
+// FuzzOnLink: any frame that parses gets an answer from OnLink and
+// FromRouter without a panic, and what OnLink passes is link plumbing
+// with the hop limit of its kind and a link-scoped destination.
+func FuzzOnLink(f *testing.F) {
+	sn := netip.MustParseAddr("ff02::1:ff00:3")
+	f.Add(icmp6Frame(f, ulaA, sn, 255, 135, nsBody(ulaB), false))
+	f.Add(icmp6Frame(f, ulaB, ulaA, 255, 136, nsBody(ulaB), false))
+	f.Add(icmp6Frame(f, llA, netip.MustParseAddr("ff02::16"), 1, 143, make([]byte, 4), true))
+	f.Add(icmp6Frame(f, llA, netip.MustParseAddr("ff02::1"), 255, 134, make([]byte, 12), false))
+	ps := NewParser()
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		var p Packet
+		if ps.Parse(frame, &p) != reason.None {
+			return
+		}
+		_ = p.FromRouter()
+		if !p.OnLink() {
+			return
+		}
+		hl := p.Frame[p.L3+7]
+		nd := p.ICMPType >= 133 && p.ICMPType <= 137
+		switch {
+		case !p.IsNDP():
+			t.Fatal("OnLink passed a packet that is not NDP or MLD")
+		case nd && (hl != 255 || p.End-p.L4 > MaxNDP || p.Dst.IsGlobalUnicast() && !sameSlash64(p.Src, p.Dst)):
+			t.Fatalf("NDP passed: hop limit %d, %d bytes, %v -> %v", hl, p.End-p.L4, p.Src, p.Dst)
+		case !nd && hl != 1:
+			t.Fatalf("MLD passed with hop limit %d", hl)
+		}
+	})
+}
