@@ -1,9 +1,12 @@
 // Package steer programs the nftables netdev rules that steer a PU's
 // packets into the Go dataplane: every TCP SYN and SYN-ACK, and every
 // packet of a flow that is not (yet) authorized, is duplicated into a TAP
-// and dropped; packets of authorized flows, ARP, IPv6 neighbour discovery,
-// excluded networks and packets the dataplane injected itself stay in the
-// kernel. See docs/steering.md for the table layout.
+// and dropped; packets of authorized flows, ARP, on-link IPv6 neighbour
+// discovery, excluded peers and packets the dataplane injected itself stay
+// in the kernel. Before anything else, frames leaving a PU that name
+// another sender (MAC, IP, ARP or NDP link-layer address) or come from a
+// router or DHCP server are dropped and counted (rules.go, identity.go).
+// See docs/steering.md for the table layout.
 //
 // One table per node (family netdev, TablePrefix+node) holds everything.
 // Per PU there are two base chains on its host-side veth: "in_<pu>" (hook
