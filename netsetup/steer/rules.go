@@ -297,6 +297,8 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 		&expr.Bitwise{SourceRegister: regScratch, DestRegister: regScratch, Len: 1, Mask: []byte{tcpFlagSYN | tcpFlagFIN | tcpFlagRST}, Xor: []byte{0}},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: regScratch, Data: []byte{0}},
 	}, steerTo(tap, steerCounter)))
+	// 4b. IP fragments go to the dataplane (see fragmentRules).
+	rules = append(rules, fragmentRules(tap, steerCounter)...)
 	// 5. Packets of authorized flows stay in the kernel.
 	for _, v6 := range []bool{false, true} {
 		ep, set, w := uint16(ethIPv4), sets.a4, uint32(1)
