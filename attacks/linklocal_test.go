@@ -43,6 +43,7 @@ func TestLinkLocalNeedsTokens(t *testing.T) {
 
 	// A host on the bridge without an enforcer.
 	stranger := s.node.AddPU()
+	waitLinkLocalReady(t, stranger)
 	before = s.drops()
 	if c, err := stranger.Dial(linkLocalPort(dbLL, 5432), 2*time.Second); err == nil {
 		c.Close()

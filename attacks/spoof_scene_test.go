@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/trireme-go/trireme/testenv"
 )
@@ -197,4 +198,30 @@ func (s *tcpSink) acceptedFrom(addr netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// waitLinkLocalReady waits until the PU's link-local address finished
+// duplicate address detection (a new namespace's is tentative for about a
+// second: sockets cannot use it yet).
+func waitLinkLocalReady(t *testing.T, pu *testenv.PU) {
+	t.Helper()
+	h, err := netlink.NewHandleAt(pu.NS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		addrs, err := h.AddrList(nil, netlink.FAMILY_V6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range addrs {
+			if a.IP.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no usable link-local address after 5 s", pu.Name)
+		}
+	}
 }
