@@ -84,10 +84,10 @@ func (r *tapReaper) flush() {
 // tapName matches the TAP names puNames makes.
 var tapName = regexp.MustCompile(`^tr[io][0-9a-f]{10}$`)
 
-// strayTaps lists the TAPs in the daemon's namespace named as trireme names
-// them that are not in keep: those of PUs that went while no daemon ran, or
+// strayTaps lists the TAPs in the daemon's namespace that carry its owner
+// mark and are not in keep: those of PUs that went while no daemon ran, or
 // whose deletion a crash interrupted.
-func strayTaps(keep map[string]bool) []string {
+func strayTaps(keep map[string]bool, owner string) []string {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return nil
@@ -95,7 +95,7 @@ func strayTaps(keep map[string]bool) []string {
 	var out []string
 	for _, l := range links {
 		n := l.Attrs().Name
-		if l.Type() == "tuntap" && tapName.MatchString(n) && !keep[n] {
+		if l.Type() == "tuntap" && tapName.MatchString(n) && l.Attrs().Alias == owner && !keep[n] {
 			out = append(out, n)
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -25,6 +24,9 @@ import (
 type state struct {
 	PUs      []statePU      `json:"pus,omitempty"`
 	Excluded []netip.Prefix `json:"excluded"`
+	// BridgeAddrs are the addresses the daemon added to a node bridge it
+	// did not create (purge removes them, and leaves the bridge).
+	BridgeAddrs []netip.Prefix `json:"bridgeAddrs,omitempty"`
 }
 
 type statePU struct {
@@ -38,6 +40,10 @@ type statePU struct {
 	Veth   string            `json:"veth"`
 	Bridge string            `json:"bridge,omitempty"`
 	Owned  bool              `json:"owned,omitempty"`
+	// MAC and Addrs: who the PU is on its link, as known when it was
+	// attached (the anti-spoofing rules are rebuilt from them).
+	MAC   string         `json:"mac,omitempty"`
+	Addrs []netip.Prefix `json:"addrs,omitempty"`
 }
 
 func statePath(dir string) string { return filepath.Join(dir, "state.json") }
@@ -49,10 +55,16 @@ func puStatePath(dir, id string) string {
 	return filepath.Join(puStateDir(dir), steerName+".json")
 }
 
-// readState reads the state: the exclusions and the PUs (those of a legacy
-// state.json, then those of the per-PU files, which win). Unreadable files
-// are reported in bad and skipped.
-func readState(dir string) (s state, bad []error) {
+// readState reads the state, skipping what cannot be read.
+func readState(dir string) state {
+	s, _ := readStateAll(dir)
+	return s
+}
+
+// readStateAll reads the state: state.json (exclusions, bridge addresses;
+// the PUs of a legacy one) and the per-PU files, which win. Unreadable
+// files are reported in bad and skipped.
+func readStateAll(dir string) (s state, bad []error) {
 	b, err := os.ReadFile(statePath(dir))
 	if err == nil {
 		err = json.Unmarshal(b, &s)
@@ -100,7 +112,7 @@ func readState(dir string) (s state, bad []error) {
 // loadState reads the previous run's PUs and runtime exclusions. PUs whose
 // namespace or veth is gone are dropped (their TAPs are swept at start).
 func (d *Daemon) loadState() []*livePU {
-	s, bad := readState(d.cfg.StateDir)
+	s, bad := readStateAll(d.cfg.StateDir)
 	for _, err := range bad {
 		d.log.Warn("ignoring unreadable state", "err", err)
 	}
@@ -118,9 +130,16 @@ func (d *Daemon) loadState() []*livePU {
 				d.ipam.reserve(ip)
 			}
 		}
+		mac, addrs, err := d.restoredIdentity(sp)
+		if err != nil {
+			d.log.Warn("not restoring PU: who it is on its link is unknown", "pu", sp.ID, "err", err)
+			os.Remove(puStatePath(d.cfg.StateDir, sp.ID))
+			continue
+		}
 		out = append(out, &livePU{
-			info:  PUInfo{ID: sp.ID, Name: sp.Name, Kind: sp.Kind, NetNS: sp.NetNS, PID: sp.PID, IPs: sp.IPs, Tags: sp.Tags, Veth: sp.Veth, Bridge: sp.Bridge, State: "restoring"},
-			steer: steerName, tapIn: tin, tapOut: tout, owned: sp.Owned,
+			info: PUInfo{ID: sp.ID, Name: sp.Name, Kind: sp.Kind, NetNS: sp.NetNS, PID: sp.PID, IPs: sp.IPs, Tags: sp.Tags, Veth: sp.Veth, Bridge: sp.Bridge, State: "restoring",
+				MAC: mac.String(), Addrs: addrs},
+			steer: steerName, tapIn: tin, tapOut: tout, owned: sp.Owned, mac: mac,
 		})
 	}
 	return out
@@ -163,7 +182,8 @@ func writeAtomic(path string, data []byte) error {
 // savePULocked writes one PU's state file (d.mu held).
 func (d *Daemon) savePULocked(p *livePU) {
 	sp := statePU{ID: p.info.ID, Name: p.info.Name, Kind: p.info.Kind, NetNS: p.info.NetNS, PID: p.info.PID,
-		IPs: p.info.IPs, Tags: p.info.Tags, Veth: p.info.Veth, Bridge: p.info.Bridge, Owned: p.owned}
+		IPs: p.info.IPs, Tags: p.info.Tags, Veth: p.info.Veth, Bridge: p.info.Bridge, Owned: p.owned,
+		MAC: p.info.MAC, Addrs: p.info.Addrs}
 	b, err := json.MarshalIndent(sp, "", "  ")
 	if err == nil {
 		if err = os.MkdirAll(puStateDir(d.cfg.StateDir), 0o700); err == nil {
@@ -182,15 +202,22 @@ func (d *Daemon) dropPUState(id string) {
 	}
 }
 
-// saveExcludedLocked writes state.json: the runtime exclusions (d.mu held).
+// saveExcludedLocked writes state.json: the runtime exclusions and the
+// bridge addresses (d.mu held).
 func (d *Daemon) saveExcludedLocked() {
-	b, err := json.MarshalIndent(state{Excluded: d.excluded}, "", "  ")
-	if err == nil {
-		err = writeAtomic(statePath(d.cfg.StateDir), b)
-	}
-	if err != nil {
+	if err := writeState(d.cfg.StateDir, state{Excluded: d.excluded, BridgeAddrs: d.bridgeAddrs}); err != nil {
 		d.log.Error("writing state file", "err", err)
 	}
+}
+
+// writeState writes state.json atomically: the exclusions and the bridge
+// addresses (never PUs: they have files of their own).
+func writeState(dir string, s state) error {
+	b, err := json.MarshalIndent(state{Excluded: s.Excluded, BridgeAddrs: s.BridgeAddrs}, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeAtomic(statePath(dir), b)
 }
 
 func linkExists(name string) bool {
@@ -204,18 +231,6 @@ func linkIndex(name string) (int, error) {
 		return 0, err
 	}
 	return l.Attrs().Index, nil
-}
-
-var puName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
-
-// checkLabels refuses reserved keys: '@' tags are set by trireme only.
-func checkLabels(m map[string]string) error {
-	for k := range m {
-		if strings.HasPrefix(k, "@") {
-			return fmt.Errorf("%w: label %q: keys starting with '@' are reserved for trireme", ErrInvalid, k)
-		}
-	}
-	return nil
 }
 
 // ipam hands out addresses of the node subnet to the PUs trireme creates.

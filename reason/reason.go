@@ -45,6 +45,11 @@ const (
 	OutOfWindow    // a RST (or SYN-ACK) whose numbers do not fit the flow's sequence window
 	BadICMPError   // an ICMP error whose outer addresses do not fit the packet it quotes, or oversized
 
+	// A PU's own frames (netsetup/steer anti-spoofing, dataplane).
+	SpoofedSource // a frame leaving a PU that names another sender (MAC, IP, ARP or NDP link-layer address)
+	RogueRouter   // a router advertisement, redirect or DHCP server reply sent by a PU
+	InvalidNDP    // a neighbour discovery or MLD message that is not on-link link plumbing
+
 	numCodes
 )
 
@@ -73,6 +78,9 @@ var names = [numCodes]string{
 	Timeout:              "timeout",
 	OutOfWindow:          "out-of-window",
 	BadICMPError:         "bad-icmp-error",
+	SpoofedSource:        "spoofed-source",
+	RogueRouter:          "rogue-router",
+	InvalidNDP:           "invalid-ndp",
 }
 
 // String returns the code's stable name, e.g. "missing-token".

@@ -1,9 +1,12 @@
 // Package steer programs the nftables netdev rules that steer a PU's
 // packets into the Go dataplane: every TCP SYN and SYN-ACK, and every
 // packet of a flow that is not (yet) authorized, is duplicated into a TAP
-// and dropped; packets of authorized flows, ARP, IPv6 neighbour discovery,
-// excluded networks and packets the dataplane injected itself stay in the
-// kernel. See docs/steering.md for the table layout.
+// and dropped; packets of authorized flows, ARP, on-link IPv6 neighbour
+// discovery, excluded peers and packets the dataplane injected itself stay
+// in the kernel. Before anything else, frames leaving a PU that name
+// another sender (MAC, IP, ARP or NDP link-layer address) or come from a
+// router or DHCP server are dropped and counted (rules.go, identity.go).
+// See docs/steering.md for the table layout.
 //
 // A node's PUs are spread over netdev tables of at most Config.ShardSize
 // PUs each ("shards": TablePrefix+node, then TablePrefix+node+"_s1", ...):
@@ -20,6 +23,7 @@ package steer
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -58,6 +62,13 @@ type PU struct {
 	Veth   string // host-side veth: the chains hook here
 	TapIn  int    // ifindex of the TAP for traffic leaving the PU
 	TapOut int    // ifindex of the TAP for traffic toward the PU
+	// MAC and Addrs are who the PU is on the link (see identity.go): every
+	// frame leaving it must carry MAC as Ethernet (and ARP/NDP link-layer)
+	// source and one of Addrs as IP source; anything else is dropped and
+	// counted. Addrs are its IPv4, IPv6 global/ULA and link-local
+	// addresses, with the length of their on-link prefix.
+	MAC   net.HardwareAddr
+	Addrs []netip.Prefix
 }
 
 // Entry is one element of an authorized set.
@@ -71,6 +82,10 @@ type Entry struct {
 type Counters struct {
 	InSteered, InAuthorized   Packets // traffic leaving the PU
 	OutSteered, OutAuthorized Packets // traffic toward the PU
+	// Leaving the PU, dropped by the anti-spoofing rules: frames whose
+	// sender is not the PU's own (Spoofed), router advertisements,
+	// redirects and DHCP server replies (RogueRouter).
+	Spoofed, RogueRouter Packets
 }
 
 // Packets is a packet and byte count.
@@ -82,9 +97,13 @@ var (
 	ErrBadName   = errors.New("steer: invalid name")
 )
 
-// puSets are the sets a PU's rules look up: its authorized flows and its
-// table's excluded networks.
-type puSets struct{ a4, a6, x4, x6 *nftables.Set }
+// puSets are the sets a PU's rules look up: its authorized flows, its
+// table's excluded networks and its identity (identity.go).
+type puSets struct {
+	a4, a6         *nftables.Set // authorized flows (kept across Apply)
+	x4, x6         *nftables.Set // the table's excluded networks
+	o4, o6, n6, d6 *nftables.Set // the PU's identity (identity.go)
+}
 
 // shard is one of the node's tables.
 type shard struct {
@@ -218,8 +237,6 @@ func checkName(n string) error {
 
 func counterName(pu, dir, what string) string { return pu + "_" + dir + "_" + what }
 
-var counterSuffixes = []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth"}
-
 // puOfCounter returns the PU a counter name "<pu>_<dir>_<what>" belongs to.
 func puOfCounter(name string) string {
 	for _, sfx := range counterSuffixes {
@@ -241,14 +258,20 @@ func puOfChain(name string) string {
 	return ""
 }
 
-// puOfSet returns the PU of an authorized set "a4_<pu>" / "a6_<pu>" and
-// the key length the set must have.
+// puOfSet returns the PU of a PU's set: for an authorized set ("a4_<pu>",
+// "a6_<pu>") with the key length it must have, for an identity set
+// ("o4_<pu>", ...: identity.go) with key length 0.
 func puOfSet(name string) (string, uint32) {
 	if p, ok := strings.CutPrefix(name, "a4_"); ok {
 		return p, key4Len
 	}
 	if p, ok := strings.CutPrefix(name, "a6_"); ok {
 		return p, key6Len
+	}
+	for _, pfx := range identityPrefixes {
+		if p, ok := strings.CutPrefix(name, pfx); ok {
+			return p, 0
+		}
 	}
 	return "", 0
 }
@@ -497,9 +520,10 @@ func (s *Steerer) planShard(i int, f *found, pus []PU, ex []netip.Prefix) ([]uni
 			if rebuild {
 				b.DelSet(&nftables.Set{Table: t, Name: n})
 			}
-		case wanted[pu] && usableAuthSet(f.sets[n], keyLen):
+		case wanted[pu] && keyLen != 0 && usableAuthSet(f.sets[n], keyLen):
 		case wanted[pu]:
-			// Unusable: deleted in the PU's unit, once its chains are.
+			// An identity set, or an unusable authorized set: deleted
+			// in the PU's unit, once its chains are.
 		default:
 			b.DelSet(&nftables.Set{Table: t, Name: n})
 		}
@@ -592,7 +616,8 @@ func (s *Steerer) reread() error {
 				continue
 			}
 			sh.pus++
-			pus[name] = &puState{pu: PU{Name: name}, shard: sh, sets: puSets{a4: f.sets["a4_"+name], a6: f.sets["a6_"+name], x4: sh.x4, x6: sh.x6}}
+			pus[name] = &puState{pu: PU{Name: name}, shard: sh, sets: puSets{a4: f.sets["a4_"+name], a6: f.sets["a6_"+name], x4: sh.x4, x6: sh.x6,
+				o4: f.sets["o4_"+name], o6: f.sets["o6_"+name], n6: f.sets["n6_"+name], d6: f.sets["d6_"+name]}}
 		}
 	}
 	s.shards, s.pus = shards, pus
@@ -609,6 +634,9 @@ func (s *Steerer) checkPU(pu PU) error {
 	}
 	if pu.Veth == "" || len(pu.Veth) > 15 {
 		return fmt.Errorf("steer: PU %s: invalid veth name %q", pu.Name, pu.Veth)
+	}
+	if err := checkIdentity(pu); err != nil {
+		return err
 	}
 	if pu.TapIn <= 0 || pu.TapOut <= 0 || pu.TapIn == pu.TapOut {
 		return fmt.Errorf("steer: PU %s: two distinct TAP ifindexes needed (in %d, out %d)", pu.Name, pu.TapIn, pu.TapOut)
@@ -660,11 +688,19 @@ func (s *Steerer) puUnit(sh *shard, pu PU, old *found) (unit, *puState, error) {
 			return unit{}, nil, err
 		}
 	}
-	for _, dir := range []string{"in", "out"} {
-		for _, what := range []string{"steer", "auth"} {
-			if name := counterName(pu.Name, dir, what); !old.objs[name] {
-				b.AddObj(&nftables.CounterObj{Table: t, Name: name})
-			}
+	// The identity sets are rebuilt with the chains: they always match
+	// the PU given.
+	for _, pfx := range identityPrefixes {
+		if old.sets[pfx+pu.Name] != nil {
+			b.DelSet(&nftables.Set{Table: t, Name: pfx + pu.Name})
+		}
+	}
+	if err := addIdentitySets(b, t, pu, &sets); err != nil {
+		return unit{}, nil, err
+	}
+	for _, name := range puCounters(pu.Name) {
+		if !old.objs[name] {
+			b.AddObj(&nftables.CounterObj{Table: t, Name: name})
 		}
 	}
 	for _, egress := range []bool{false, true} {
@@ -798,10 +834,13 @@ func (s *Steerer) RemovePU(name string) error {
 		b.DelChain(&nftables.Chain{Table: t, Name: "out_" + name})
 		b.DelSet(st.sets.a4)
 		b.DelSet(st.sets.a6)
-		for _, dir := range []string{"in", "out"} {
-			for _, what := range []string{"steer", "auth"} {
-				b.DeleteObject(&nftables.CounterObj{Table: t, Name: counterName(name, dir, what)})
+		for _, set := range st.sets.identitySets() {
+			if set != nil { // nil: a table of an older version, found by Adopt
+				b.DelSet(set)
 			}
+		}
+		for _, c := range puCounters(name) {
+			b.DeleteObject(&nftables.CounterObj{Table: t, Name: c})
 		}
 	}
 	u, err := b.take("PU " + name)
@@ -917,6 +956,8 @@ func (s *Steerer) Counters(pu string) (Counters, error) {
 		counterName(pu, "in", "auth"):   &c.InAuthorized,
 		counterName(pu, "out", "steer"): &c.OutSteered,
 		counterName(pu, "out", "auth"):  &c.OutAuthorized,
+		counterName(pu, "in", "spoof"):  &c.Spoofed,
+		counterName(pu, "in", "rogue"):  &c.RogueRouter,
 	}
 	for _, o := range objs {
 		co, ok := o.(*nftables.CounterObj)

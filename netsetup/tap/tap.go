@@ -85,7 +85,11 @@ func (r *rawRead) read(fd uintptr) bool {
 // vishvananda/netlink's Tuntap) if it does not exist, and brings it up.
 // Re-opening an existing TAP keeps its ifindex. Only one process can have a
 // TAP open at a time (EBUSY otherwise).
-func Open(name string) (*Tap, error) {
+func Open(name string) (*Tap, error) { return OpenOwned(name, "") }
+
+// OpenOwned is Open, and the TAP carries owner (if not "") as its alias:
+// the mark by which its owner later knows it made it (netsetup/owner.go).
+func OpenOwned(name, owner string) (*Tap, error) {
 	if err := netsetup.CheckLinkName(name); err != nil {
 		return nil, err
 	}
@@ -122,7 +126,7 @@ func Open(name string) (*Tap, error) {
 		f = tt.Fds[0]
 	}
 	t := &Tap{f: f, name: name}
-	if err := t.setup(configured); err != nil {
+	if err := t.setup(configured, owner); err != nil {
 		f.Close()
 		return nil, err
 	}
@@ -155,7 +159,7 @@ func reopen(name string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "/dev/net/tun:"+name), nil
 }
 
-func (t *Tap) setup(configured bool) error {
+func (t *Tap) setup(configured bool, owner string) error {
 	rc, err := t.f.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("tap: %s: %w", t.name, err)
@@ -180,6 +184,11 @@ func (t *Tap) setup(configured bool) error {
 		return fmt.Errorf("tap: find %s: %w", t.name, err)
 	}
 	t.index = l.Attrs().Index
+	if owner != "" && l.Attrs().Alias != owner {
+		if err := netlink.LinkSetAlias(l, owner); err != nil {
+			return fmt.Errorf("tap: mark %s: %w", t.name, err)
+		}
+	}
 	if configured {
 		return nil
 	}
