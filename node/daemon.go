@@ -82,8 +82,8 @@ type Daemon struct {
 	// stalled are PUs of the previous run that could not be restored but
 	// are kept closed (their state stays for the next restart).
 	stalled []*livePU
-	ipam       *ipam
-	started    time.Time
+	ipam    *ipam
+	started time.Time
 }
 
 // livePU is a PU being enforced.

@@ -46,7 +46,12 @@ func scaleNode(t testing.TB, n int) (*testenv.Node, []steer.PU) {
 				return err
 			}
 			taps = append(taps, out)
-			pus = append(pus, steer.PU{Name: fmt.Sprintf("pu%d", i), Veth: v.Name, TapIn: in.Index(), TapOut: out.Index()})
+			peer, err := netlink.LinkByName(v.PeerName) // stands for the PU's interface
+			if err != nil {
+				return err
+			}
+			pus = append(pus, steer.PU{Name: fmt.Sprintf("pu%d", i), Veth: v.Name, TapIn: in.Index(), TapOut: out.Index(),
+				MAC: peer.Attrs().HardwareAddr, Addrs: []netip.Prefix{netip.PrefixFrom(flowOf(i, 0).Src, 8)}})
 		}
 		return nil
 	})
