@@ -182,7 +182,9 @@ func itoa(n int) string {
 // finish ends a flow: its record (unless written at the denial) and, when
 // it was authorized, a revoke note. The caller deletes the entry.
 func (e *Enforcer) finish(pu *PU, ent *flow.Entry[conn], end End, ns int64, out *Output) {
-	if end == EndExpired && ent.State == flow.Closing {
+	if ent.State == flow.Closing && (end == EndExpired || end == EndEvicted || end == EndReplaced) {
+		// It had closed (FINs both ways): an eviction or a new SYN on the
+		// 4-tuple only cut its linger short.
 		end = EndClosed
 	}
 	if !ent.Value.recorded {

@@ -80,19 +80,22 @@ func (c *ctx) remotePort() uint16 {
 	return c.p.SrcPort
 }
 
-// insert adds a flow, evicting (half-open first) when the shard is full.
-func (c *ctx) insert() *flow.Entry[conn] {
-	ent := c.sh.Insert(&c.key, c.ns)
+// insert adds a flow. When the PU holds its whole share of the table (or
+// the table is full) a denied, ended or half-open flow is evicted (its
+// record written, its kernel entry revoked); when none can be, the new flow
+// is refused: rc says why (flow-quota, table-full), counted for the PU.
+func (c *ctx) insert() (ent *flow.Entry[conn], rc reason.Code) {
+	ent, rc = c.sh.Insert(&c.key, c.ns, c.evicted)
 	if ent == nil {
-		v := c.sh.Victim(c.ns)
-		if v == nil {
-			return nil
-		}
-		c.e.finish(c.e.puByIndex(v.Key.PU), v, EndEvicted, c.ns, c.out)
-		c.sh.Evict(v)
-		ent = c.sh.Insert(&c.key, c.ns)
+		c.pu.refused.Add(1)
 	}
-	return ent
+	return ent, rc
+}
+
+// evicted ends a flow the table evicts to make room (possibly another
+// PU's, whose shard the table holds locked).
+func (c *ctx) evicted(v *flow.Entry[conn]) {
+	c.e.finish(c.e.puByIndex(v.Key.PU), v, EndEvicted, c.ns, c.out)
 }
 
 func (c *ctx) touch(ent *flow.Entry[conn], n int) {
@@ -126,17 +129,24 @@ func (c *ctx) tcp() {
 	}
 	if rst {
 		// RST in any state ends the flow; it is passed on (the other end
-		// must learn of it too). The flow lingers, unauthorized, for the
-		// closing timeout so that repeated RSTs still pass.
+		// must learn of it too). An established flow lingers, unauthorized,
+		// for the reset lifetime so that the RSTs answering packets in
+		// flight still pass; a handshake a RST ended (a refused SYN) leaves
+		// nothing behind: its end keeps no state, so a denied connection
+		// costs the node one entry (the refusing side's), not two.
 		c.touch(ent, len(c.frame))
-		if ent.State == flow.Denied {
+		if ent.State.Refused() {
 			c.e.drop(c.out, ent.Value.reason)
 			return
 		}
 		if !ent.Value.reset {
 			c.e.finish(c.pu, ent, EndReset, c.ns, c.out)
 			ent.Value.reset = true
-			c.sh.SetState(ent, flow.Closing, c.ns)
+			if ent.State.HalfOpen() {
+				c.sh.Delete(ent)
+			} else {
+				c.sh.SetState(ent, flow.Reset, c.ns)
+			}
 		}
 		c.e.forward(c.out, c.frame)
 		return
@@ -159,9 +169,9 @@ func (c *ctx) tcp() {
 // newConnection handles a SYN without state: an app SYN makes the PU a
 // client, a net SYN a server.
 func (c *ctx) newConnection() {
-	ent := c.insert()
+	ent, rc := c.insert()
 	if ent == nil {
-		c.refuse(reason.TableFull, nil)
+		c.refuse(rc, nil)
 		return
 	}
 	p := c.p
@@ -317,7 +327,7 @@ func (c *ctx) denyCode(ent *flow.Entry[conn], rc reason.Code) {
 // deny refuses the connection of ent: the client gets a RST now. A net SYN
 // (server side) is answered by a RST toward the client through the network;
 // an app SYN gets a RST toward the PU. The flow stays in Denied for the
-// closing timeout so that retransmissions get the same answer. A denial
+// denied lifetime so that retransmissions get the same answer. A denial
 // for a token failure (peer unverified) keeps no state: it is recorded and
 // the entry removed, so that forged SYNs cannot fill the table.
 func (c *ctx) deny(ent *flow.Entry[conn], rc reason.Code) {
@@ -354,7 +364,7 @@ func (c *ctx) refuse(rc reason.Code, ent *flow.Entry[conn]) {
 func (c *ctx) client(ent *flow.Entry[conn]) {
 	p, v := c.p, &ent.Value
 	syn, ack := p.Flags&packet.SYN != 0, p.Flags&packet.ACK != 0
-	if ent.State == flow.Denied {
+	if ent.State.Refused() {
 		if c.dir == FromApp && syn && !ack && p.Seq != v.clientISN {
 			// A new connection reusing the 4-tuple of a refused one (a
 			// refused connection leaves no TIME_WAIT, so the kernel soon
@@ -618,11 +628,11 @@ func (c *ctx) server(ent *flow.Entry[conn]) {
 			c.newConnection()
 			return
 		}
-		switch ent.State {
-		case flow.Denied:
+		switch {
+		case ent.State.Refused():
 			c.touch(ent, len(c.frame))
 			c.refuse(v.reason, ent)
-		case flow.SynReceived, flow.SynAckSent:
+		case ent.State == flow.SynReceived || ent.State == flow.SynAckSent:
 			c.serverSYN(ent) // retransmission: verified again, not re-decided
 		default:
 			c.touch(ent, len(c.frame))
@@ -630,7 +640,7 @@ func (c *ctx) server(ent *flow.Entry[conn]) {
 		}
 		return
 	}
-	if ent.State == flow.Denied {
+	if ent.State.Refused() {
 		c.touch(ent, len(c.frame))
 		c.e.drop(c.out, v.reason)
 		return
@@ -801,9 +811,9 @@ func (c *ctx) midStream() {
 		if !d.Allowed() {
 			break
 		}
-		ent := c.insert()
+		ent, rc := c.insert()
 		if ent == nil {
-			c.e.drop(c.out, reason.TableFull)
+			c.e.drop(c.out, rc)
 			return
 		}
 		ent.Value.role, ent.Value.pickedUp = roleClient, true
@@ -843,16 +853,16 @@ func (c *ctx) datagram() {
 	}
 	if ent != nil {
 		c.touch(ent, len(c.frame))
-		if ent.State == flow.Denied {
+		if ent.State.Refused() {
 			c.e.drop(c.out, ent.Value.reason)
 			return
 		}
 		c.e.forward(c.out, c.frame)
 		return
 	}
-	ent = c.insert()
+	ent, rc := c.insert()
 	if ent == nil {
-		c.e.drop(c.out, reason.TableFull)
+		c.e.drop(c.out, rc)
 		return
 	}
 	ent.Value.role = roleDatagram
@@ -929,7 +939,7 @@ func (c *ctx) related() bool {
 	sh.Lock()
 	defer sh.Unlock()
 	ent := sh.Get(&k)
-	if ent == nil || sh.Expired(ent, c.ns) || ent.State == flow.Denied || ent.Value.reset {
+	if ent == nil || sh.Expired(ent, c.ns) || ent.State.Refused() || ent.Value.reset {
 		return false
 	}
 	sh.Touch(ent, flow.Dir(c.dir), len(c.frame), c.ns)

@@ -25,6 +25,7 @@ const (
 	ExpiredToken         // a JWT past its exp (or not yet valid)
 	NonceMismatch        // a SYN-ACK or ACK that answers another connection's nonce
 	BadMAC               // a handshake MAC that does not verify
+	VerifyRateLimited    // a source sent more new tokens than its public-key verification budget
 
 	// Policy decisions.
 	PolicyDenied   // no rule allowed the connection (whitelist model)
@@ -42,6 +43,7 @@ const (
 	NoRoomForToken // the token does not fit (MTU or TCP option space)
 	UnknownPU      // a packet for a PU the enforcer does not know
 	Timeout        // a flow that expired before the handshake completed
+	FlowQuota      // the PU holds its whole share of the flow table and nothing of its own could be evicted
 
 	numCodes
 )
@@ -56,6 +58,7 @@ var names = [numCodes]string{
 	ExpiredToken:         "expired-token",
 	NonceMismatch:        "nonce-mismatch",
 	BadMAC:               "bad-mac",
+	VerifyRateLimited:    "verify-rate-limited",
 	PolicyDenied:         "policy-denied",
 	PolicyRejected:       "policy-rejected",
 	EgressDenied:         "egress-denied",
@@ -69,6 +72,7 @@ var names = [numCodes]string{
 	NoRoomForToken:       "no-room-for-token",
 	UnknownPU:            "unknown-pu",
 	Timeout:              "timeout",
+	FlowQuota:            "flow-quota",
 }
 
 // String returns the code's stable name, e.g. "missing-token".
