@@ -232,7 +232,7 @@ type Table[V any] struct {
 	evictions atomic.Uint64
 	count     atomic.Int64 // live entries, ≤ Capacity
 
-	mu     sync.Mutex                   // serializes growing shards
+	mu     sync.Mutex                  // serializes growing shards
 	shards atomic.Pointer[[]*Shard[V]] // by PU index
 
 	pool pool[V]
@@ -248,7 +248,7 @@ type Shard[V any] struct {
 	// shrink, so Sweep rebuilds one that has held far fewer flows than
 	// that for shrinkAfter sweeps in a row (low counts them).
 	peak, low int
-	lists [numClasses]list[V]
+	lists     [numClasses]list[V]
 	// n and evictable are read without the lock (stats, and choosing
 	// whom to evict when the whole table is full).
 	n, evictable atomic.Int64
