@@ -95,10 +95,12 @@ func junkSYN(t testing.TB, c *side, now time.Time) (frame []byte, mark func(f []
 // (a real node certificate, a bad signature) from one source, new client
 // port each time: parse, lookup, token verification, denial, flow record,
 // RST. same-token repeats one junk token; fresh-token makes a new one each
-// time (what an attacker who can vary bytes sends).
+// time (what an attacker who can vary bytes sends); fresh-token-spoofed
+// also sends each from another source address (what an attacker who can
+// also spoof sources sends: the node's budget holds).
 func BenchmarkJunkSYN(b *testing.B) {
 	ca := newPKICA(b)
-	for _, v := range []string{"same-token", "fresh-token"} {
+	for _, v := range []string{"same-token", "fresh-token", "fresh-token-spoofed"} {
 		b.Run(v, func(b *testing.B) {
 			c := pkiSide(b, "node-c", allowAll, map[string]string{"app": "web"}, ca)
 			s := pkiSide(b, "node-s", allowAll, map[string]string{"app": "db"}, ca)
@@ -111,8 +113,11 @@ func BenchmarkJunkSYN(b *testing.B) {
 			cpu0 := cpuTime()
 			for b.Loop() {
 				i++
-				if v == "fresh-token" {
+				if v != "same-token" {
 					mark(frame, i)
+				}
+				if v == "fresh-token-spoofed" {
+					frame[28], frame[29] = byte(i>>8), byte(i) // source address
 				}
 				frame[34], frame[35] = byte(i>>8), byte(i) // client port
 				wire = append(wire[:0], frame...)

@@ -240,7 +240,9 @@ func (c *ctx) serverSYN(ent *flow.Entry[conn]) {
 		return
 	}
 	payload := c.p.Frame[c.p.Payload:c.p.End]
-	peer, err := c.e.tok.VerifySYN(payload[:tokLen], &v.tok, c.now)
+	// The source's verification budget bounds what tokens never seen
+	// before can cost (a junk token seen before costs a cache lookup).
+	peer, err := c.e.tok.VerifySYNFrom(payload[:tokLen], &v.tok, c.now, c.remote)
 	if err != nil {
 		c.denyCode(ent, code(err))
 		return
