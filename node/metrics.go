@@ -13,6 +13,7 @@ type metricsCollector struct {
 	c Controller
 
 	counters, drops, pus, flows, policyOK, policies *prometheus.Desc
+	capacity, perPU, puFlows, puRefused, puOver     *prometheus.Desc
 }
 
 func newMetricsCollector(c Controller) *metricsCollector {
@@ -27,11 +28,18 @@ func newMetricsCollector(c Controller) *metricsCollector {
 		policyOK: prometheus.NewDesc("trireme_policy_file_valid",
 			"1 when the policy file's newest content is in force, 0 when it was rejected (the previous policy stays in force).", nil, nil),
 		policies: prometheus.NewDesc("trireme_policies", "Policies in the policy in force.", nil, nil),
+		capacity: prometheus.NewDesc("trireme_flow_table_capacity", "The most flows the enforcement core tracks (all PUs).", nil, nil),
+		perPU:    prometheus.NewDesc("trireme_flow_table_per_pu", "The most flows one PU may hold (its share of the flow table).", nil, nil),
+		puFlows:  prometheus.NewDesc("trireme_pu_flows", "Flows a PU holds in the flow table.", []string{"pu"}, nil),
+		puRefused: prometheus.NewDesc("trireme_pu_flows_refused_total",
+			"New flows of a PU refused for lack of room: its share full of established flows (flow-quota), or the table (table-full).", []string{"pu"}, nil),
+		puOver: prometheus.NewDesc("trireme_pu_packets_over_budget_total",
+			"Packets leaving a PU that the kernel dropped over its packet budget before they reached the daemon.", []string{"pu"}, nil),
 	}
 }
 
 func (m *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.pus, m.flows, m.policyOK, m.policies} {
+	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.pus, m.flows, m.policyOK, m.policies, m.capacity, m.perPU, m.puFlows, m.puRefused, m.puOver} {
 		ch <- d
 	}
 }
@@ -52,6 +60,13 @@ func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(m.policyOK, prometheus.GaugeValue, ok)
 	ch <- prometheus.MustNewConstMetric(m.policies, prometheus.GaugeValue, float64(s.Policy.Policies))
+	ch <- prometheus.MustNewConstMetric(m.capacity, prometheus.GaugeValue, float64(s.FlowTable.Capacity))
+	ch <- prometheus.MustNewConstMetric(m.perPU, prometheus.GaugeValue, float64(s.FlowTable.PerPU))
+	for _, p := range s.PUFlows {
+		ch <- prometheus.MustNewConstMetric(m.puFlows, prometheus.GaugeValue, float64(p.Flows), p.ID)
+		ch <- prometheus.MustNewConstMetric(m.puRefused, prometheus.CounterValue, float64(p.Refused), p.ID)
+		ch <- prometheus.MustNewConstMetric(m.puOver, prometheus.CounterValue, float64(p.OverBudget), p.ID)
+	}
 }
 
 // MetricsHandler serves c's metrics in the Prometheus text format, with the

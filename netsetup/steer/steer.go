@@ -41,6 +41,9 @@ type Config struct {
 	Node  string // table name is TablePrefix + Node
 	Mark  uint32 // mark of injected packets; 0: DefaultMark
 	NetNS int    // fd of the network namespace to program; 0: the caller's
+	// Budget bounds the packets a second each PU can make the dataplane
+	// process (budget.go); zero: no bound.
+	Budget Budget
 }
 
 // PU is what the steering rules of one PU need.
@@ -62,6 +65,7 @@ type Entry struct {
 type Counters struct {
 	InSteered, InAuthorized   Packets // traffic leaving the PU
 	OutSteered, OutAuthorized Packets // traffic toward the PU
+	InOverBudget              Packets // leaving the PU, dropped over its budget
 }
 
 // Packets is a packet and byte count.
@@ -349,7 +353,7 @@ func wantedSet(name string, pus map[string]bool) (uint32, bool) {
 
 // puOfCounter returns the PU a counter name "<pu>_<dir>_<what>" belongs to.
 func puOfCounter(name string) string {
-	for _, sfx := range []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth"} {
+	for _, sfx := range []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth", "_in_budget"} {
 		if p, ok := strings.CutSuffix(name, sfx); ok {
 			return p
 		}
@@ -418,6 +422,9 @@ func (s *Steerer) addPU(pu PU, keepSets, keepObjs map[string]bool) (*puState, er
 				s.conn.AddObj(&nftables.CounterObj{Table: s.table, Name: name})
 			}
 		}
+	}
+	if name := budgetCounter(pu.Name); !keepObjs[name] {
+		s.conn.AddObj(&nftables.CounterObj{Table: s.table, Name: name})
 	}
 	for _, egress := range []bool{false, true} {
 		name, hook := "in_"+pu.Name, nftables.ChainHookIngress
@@ -499,6 +506,7 @@ func (s *Steerer) RemovePU(name string) error {
 			s.conn.DeleteObject(&nftables.CounterObj{Table: s.table, Name: counterName(name, dir, what)})
 		}
 	}
+	s.conn.DeleteObject(&nftables.CounterObj{Table: s.table, Name: budgetCounter(name)})
 	if err := s.flush(); err != nil {
 		return fmt.Errorf("steer: remove PU %s: %w", name, err)
 	}
@@ -581,6 +589,7 @@ func (s *Steerer) Counters(pu string) (Counters, error) {
 		counterName(pu, "in", "auth"):   &c.InAuthorized,
 		counterName(pu, "out", "steer"): &c.OutSteered,
 		counterName(pu, "out", "auth"):  &c.OutAuthorized,
+		budgetCounter(pu):               &c.InOverBudget,
 	}
 	for _, o := range objs {
 		co, ok := o.(*nftables.CounterObj)
