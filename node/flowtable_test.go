@@ -1,6 +1,8 @@
 package node
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -117,4 +119,32 @@ func TestDefaultFlowCapacity(t *testing.T) {
 		t.Fatalf("default capacity %d for %d MB, want %d", n, mem>>20, want)
 	}
 	t.Logf("%d MB usable: default flow table %d flows", mem>>20, n)
+}
+
+// FuzzFlowTableConfig: any flowTable / puPacketBudget values parse into a
+// bounded configuration or a clear error, never a panic.
+func FuzzFlowTableConfig(f *testing.F) {
+	for _, s := range []string{"{capacity: 4096, perPU: 10%}", "{perPU: 100}", "{capacity: -1}", "{perPU: '%'}", "{capacity: [1]}", "{perPU: 1_0%}"} {
+		f.Add(s, "{rate: 100, burst: 5}")
+	}
+	dir := f.TempDir()
+	psk := filepath.Join(dir, "psk")
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(psk, []byte(strings.Repeat("k", 32)), 0o600); err != nil {
+		f.Fatal(err)
+	}
+	if err := os.WriteFile(pol, []byte("policies: []\n"), 0o600); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, table, budget string) {
+		data := "node: n1\nsecrets: {pskFile: " + psk + "}\npolicy: " + pol + "\nflowTable: " + table + "\npuPacketBudget: " + budget + "\n"
+		c, err := ParseConfig(filepath.Join(dir, "config.yaml"), []byte(data))
+		if err != nil {
+			return
+		}
+		fc := c.FlowTable.Flows()
+		if fc.Capacity < MinFlowCapacity || fc.Capacity > MaxFlowCapacity || fc.PerPU < 1 || fc.PerPU > fc.Capacity {
+			t.Fatalf("accepted %+v from %q", fc, table)
+		}
+	})
 }
