@@ -19,6 +19,12 @@ import (
 // public-key verification.
 func pkiSide(t testing.TB, node, yaml string, tags map[string]string, ca *pkiCA) *side {
 	t.Helper()
+	return pkiSideBudget(t, node, yaml, tags, ca, tokens.VerifyBudget{})
+}
+
+// pkiSideBudget is pkiSide with a verification budget.
+func pkiSideBudget(t testing.TB, node, yaml string, tags map[string]string, ca *pkiCA, budget tokens.VerifyBudget) *side {
+	t.Helper()
 	cert, key, err := tokens.IssueNode(ca.cert, ca.key, node, pkiNow, 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -27,7 +33,7 @@ func pkiSide(t testing.TB, node, yaml string, tags map[string]string, ca *pkiCA)
 	if err != nil {
 		t.Fatal(err)
 	}
-	te, err := tokens.New(tokens.Config{Secrets: sec})
+	te, err := tokens.New(tokens.Config{Secrets: sec, Budget: budget})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,3 +141,45 @@ func BenchmarkJunkSYN(b *testing.B) {
 type discardSink struct{}
 
 func (discardSink) Record(*Record) {}
+
+// TestVerifyBudgetDropsSilently: a SYN whose token cannot be verified for
+// lack of budget is dropped without a RST (the client's kernel retransmits
+// it; once the budget has refilled it is verified as usual) and leaves no
+// state, with a record naming the reason; a junk token refused before gets
+// its own reason from the failure cache, budget or not.
+func TestVerifyBudgetDropsSilently(t *testing.T) {
+	ca := newPKICA(t)
+	c := pkiSide(t, "node-c", allowAll, map[string]string{"app": "web"}, ca)
+	s := pkiSideBudget(t, "node-s", allowAll, map[string]string{"app": "db"}, ca, tokens.VerifyBudget{SourceRate: 1, SourceBurst: 1})
+	junk, mark := junkSYN(t, c, pkiNow)
+	if r := s.run(FromNet, junk, pkiNow); r.v != Drop || r.code != reason.BadSignature || len(r.inject) != 1 {
+		t.Fatalf("first junk SYN: %v %v, %d injected; want bad-signature and a RST", r.v, r.code, len(r.inject))
+	}
+	mark(junk, 7)
+	r := s.run(FromNet, junk, pkiNow)
+	if r.v != Drop || r.code != reason.VerifyRateLimited || len(r.inject) != 0 {
+		t.Fatalf("over budget: %v %v, %d injected; want a silent verify-rate-limited drop", r.v, r.code, len(r.inject))
+	}
+	if n, _ := s.e.Flows(); n != 0 {
+		t.Fatalf("%d flows kept", n)
+	}
+	if rs := s.sink.all(); len(rs) != 2 || rs[1].Reason != "verify-rate-limited" || rs[1].Action != "deny" || rs[1].End != EndDenied {
+		t.Fatalf("records: %+v", rs)
+	}
+	// A second later the retransmitted SYN is verified (and refused for
+	// what it is).
+	if r := s.run(FromNet, junk, pkiNow.Add(time.Second)); r.code != reason.BadSignature {
+		t.Fatalf("retransmission after the refill: %v %v", r.v, r.code)
+	}
+	// A real client's SYN over budget gets through on its retransmission.
+	syn := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 41000, dport: 5432, flags: packet.SYN, seq: 9})
+	c2 := pkiSide(t, "node-c2", allowAll, map[string]string{"app": "web"}, ca)
+	c2.e.Process(c2.pu, FromApp, syn, pkiNow, &c2.out)
+	wire := bytes.Clone(c2.out.Frame)
+	if r := s.run(FromNet, wire, pkiNow.Add(time.Second)); r.code != reason.VerifyRateLimited {
+		t.Fatalf("valid SYN over budget: %v %v", r.v, r.code)
+	}
+	if r := s.run(FromNet, wire, pkiNow.Add(2*time.Second)); r.v != Forward {
+		t.Fatalf("valid SYN retransmitted after the refill: %v %v", r.v, r.code)
+	}
+}

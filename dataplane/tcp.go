@@ -243,6 +243,10 @@ func (c *ctx) serverSYN(ent *flow.Entry[conn]) {
 	// The source's verification budget bounds what tokens never seen
 	// before can cost (a junk token seen before costs a cache lookup).
 	peer, err := c.e.tok.VerifySYNFrom(payload[:tokLen], &v.tok, c.now, c.remote)
+	if err == reason.VerifyRateLimited {
+		c.overBudget(ent)
+		return
+	}
 	if err != nil {
 		c.denyCode(ent, code(err))
 		return
@@ -341,6 +345,18 @@ func (c *ctx) deny(ent *flow.Entry[conn], rc reason.Code) {
 	if !ent.Value.decided {
 		c.sh.Delete(ent)
 	}
+}
+
+// overBudget drops a SYN whose token could not be verified for lack of
+// verification budget: no RST (the client's kernel retransmits the SYN a
+// second later, when the budget has refilled: a burst of legitimate first
+// contacts is delayed, not refused), no state; recorded like a token
+// failure.
+func (c *ctx) overBudget(ent *flow.Entry[conn]) {
+	ent.Value.reason, ent.Value.decidedAt = reason.VerifyRateLimited, c.ns
+	c.e.record(c.pu, ent, EndDenied, c.ns)
+	c.sh.Delete(ent)
+	c.e.drop(c.out, reason.VerifyRateLimited)
 }
 
 // refuse drops the SYN and answers it with a RST to the client.

@@ -315,8 +315,9 @@ func (e *Engine) newEpoch(tags policy.Tags, now time.Time) (*epoch, error) {
 // verifyToken returns the Peer of an identity token, from the cache when the
 // same bytes were verified before and have not expired. A token that failed
 // before gets the same answer from the failure cache. Otherwise, when
-// budgeted (a SYN's token), a verification that costs public-key work must
-// fit src's budget and the node's (reason.VerifyRateLimited).
+// budgeted (a SYN's token), the verification's first public-key operation
+// must fit src's budget and the node's (reason.VerifyRateLimited); a token
+// that fails its cheap checks (framing, certificate DER) costs none.
 func (e *Engine) verifyToken(token []byte, now time.Time, budgeted bool, src netip.Addr) (*Peer, error) {
 	h := maphash.Bytes(e.seed, token)
 	if p, ok := e.tokens.get(h); ok && bytes.Equal(p.token, token) && now.Before(p.Expires) {
@@ -328,12 +329,12 @@ func (e *Engine) verifyToken(token []byte, now time.Time, budgeted bool, src net
 		e.stats.failureHits.Add(1)
 		return nil, f.code
 	}
-	if budgeted && e.secrets.handshakePRK() == nil && !e.budget.allow(src, now.UnixNano()) {
-		e.stats.limited.Add(1)
-		return nil, reason.VerifyRateLimited
+	b := spend{e: e, src: src, now: now.UnixNano(), budgeted: budgeted}
+	p, err := e.verifyTokenSlow(token, now, &b)
+	if err == reason.VerifyRateLimited {
+		return nil, err // not verified: nothing to remember
 	}
 	e.stats.tokenMisses.Add(1)
-	p, err := e.verifyTokenSlow(token, now)
 	if err != nil {
 		if rc, ok := err.(reason.Code); ok {
 			ttl := failureTTL
@@ -349,8 +350,8 @@ func (e *Engine) verifyToken(token []byte, now time.Time, budgeted bool, src net
 }
 
 // verifyTokenSlow verifies a token from scratch and makes its Peer.
-func (e *Engine) verifyTokenSlow(token []byte, now time.Time) (*Peer, error) {
-	cl, until, err := e.secrets.verify(e, token, now)
+func (e *Engine) verifyTokenSlow(token []byte, now time.Time, b *spend) (*Peer, error) {
+	cl, until, err := e.secrets.verify(e, token, now, b)
 	if err != nil {
 		return nil, err
 	}
@@ -386,7 +387,7 @@ func (e *Engine) verifyTokenSlow(token []byte, now time.Time) (*Peer, error) {
 
 // verifyCert returns a verified node certificate, from the cache when the
 // same DER was verified before.
-func (e *Engine) verifyCert(p *pkiSecrets, der []byte, now time.Time) (*verifiedCert, error) {
+func (e *Engine) verifyCert(p *pkiSecrets, der []byte, now time.Time, b *spend) (*verifiedCert, error) {
 	h := maphash.Bytes(e.seed, der)
 	if vc, ok := e.certs.get(h); ok && bytes.Equal(vc.der, der) {
 		if now.Before(vc.notBefore) || now.After(vc.notAfter) {
@@ -397,6 +398,9 @@ func (e *Engine) verifyCert(p *pkiSecrets, der []byte, now time.Time) (*verified
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, reason.MalformedToken
+	}
+	if !b.take() {
+		return nil, reason.VerifyRateLimited
 	}
 	e.stats.certificateVerification.Add(1)
 	e.stats.publicKeyOps.Add(1)

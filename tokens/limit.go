@@ -80,6 +80,28 @@ func (b *bucket) take(now int64, rate, burst float64) bool {
 	return true
 }
 
+// spend is one token verification's claim on the budget: taken once, just
+// before the verification's first public-key operation.
+type spend struct {
+	e              *Engine
+	src            netip.Addr
+	now            int64
+	budgeted, done bool
+}
+
+// take reports whether the verification may do public-key work.
+func (b *spend) take() bool {
+	if b == nil || !b.budgeted || b.done {
+		return true
+	}
+	b.done = true
+	if b.e.budget.allow(b.src, b.now) {
+		return true
+	}
+	b.e.stats.limited.Add(1)
+	return false
+}
+
 // verifyLimiter holds the node's bucket and a bounded table of per-source
 // buckets, evicted with the CLOCK algorithm. It is only consulted before a
 // public-key operation (a cache miss), never on the warm path.

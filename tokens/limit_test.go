@@ -1,6 +1,7 @@
 package tokens
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -222,6 +223,35 @@ func TestBudgetSparesCachedTokens(t *testing.T) {
 		}
 		if _, err := p.server.VerifySYNFrom(junk[0], &Conn{}, base, src); err != reason.BadSignature {
 			t.Fatalf("cached junk over budget: %v", err)
+		}
+	}
+}
+
+// TestBudgetSparesCheapFailures: a token refused before any public-key
+// work (a certificate that does not parse, a certificate length that lies)
+// costs no budget: a flood of such junk cannot spend the budget real first
+// contacts need.
+func TestBudgetSparesCheapFailures(t *testing.T) {
+	p := newPair(t, "pki")
+	p.server = engineWith(t, p.server, VerifyBudget{SourceRate: 1, SourceBurst: 2, NodeRate: 1, NodeBurst: 2})
+	src := netip.MustParseAddr("10.0.0.1")
+	var cc Conn
+	valid, err := p.client.AppendSYN(nil, p.cl, &cc, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce, tok := synParts(t, valid)
+	cert, jws := tokenJWT(tok)
+	for i := range 50 {
+		garbage := bytes.Repeat([]byte{byte(i)}, len(cert)) // not DER
+		if _, err := p.server.VerifySYNFrom(mustSYN(t, nonce, makeToken(garbage, jws)), &Conn{}, base, src); err != reason.MalformedToken {
+			t.Fatalf("garbage certificate %d: %v", i, err)
+		}
+	}
+	junk := junkSYNs(t, p, 3)
+	for i, want := range []error{reason.BadSignature, reason.BadSignature, reason.VerifyRateLimited} {
+		if _, err := p.server.VerifySYNFrom(junk[i], &Conn{}, base, src); err != want {
+			t.Fatalf("junk %d after 50 cheap failures: %v, want %v", i, err, want)
 		}
 	}
 }
