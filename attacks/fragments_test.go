@@ -53,8 +53,8 @@ func TestTinyFragments(t *testing.T) {
 
 // TestOverlappingFragments: frontend (allowed to web:80 only, here the
 // compromised PU) has an authorized connection to web:80. It sends a
-// datagram whose first fragment belongs to that connection (it passes in
-// the kernel), then an overlapping first fragment of the same datagram
+// datagram whose first fragment belongs to that connection (it passes: the
+// flow is authorized), then an overlapping first fragment of the same datagram
 // whose TCP header says web:8080 (a denied port) — a SYN, or an ACK — and
 // the last fragment, hoping that web's reassembly keeps the second header.
 // The enforcer judges every first fragment by its own header: a SYN in a
@@ -83,7 +83,7 @@ func TestOverlappingFragments(t *testing.T) {
 			if err := testenv.EchoConn(c, "hello", 3*time.Second); err != nil {
 				t.Fatal(err)
 			}
-			s.d.WaitKernelAuthorized(auth + 2) // the first fragment passes in the kernel
+			s.d.WaitKernelAuthorized(auth + 2) // the flow is authorized: its first fragment passes
 			client := netip.MustParseAddrPort(c.LocalAddr().String())
 
 			for j, rewrite := range []struct {

@@ -22,8 +22,9 @@ import (
 // attacker holds a valid token of web (as if it had stolen one) and sends
 // it in its SYN to db:5432 with the marker, or sends the marker alone: db's
 // enforcer sees the attacker's identity and db's rules refuse it; its flow
-// record names app=attacker. (In PKI mode two tokens do not fit one SYN:
-// the attacker's own enforcer refuses it, no-room-for-token.) A SYN whose
+// record names app=attacker. (The stolen token is SYN data to the
+// attacker's enforcer: it takes it off before its own token goes on, as
+// any data on a SYN toward a PU, so it never leaves the veth.) A SYN whose
 // options leave no room for the marker is refused by the attacker's own
 // enforcer and never leaves its veth. Nothing reaches db.
 func TestPUPresentsOnlyItsOwnIdentity(t *testing.T) {
@@ -41,9 +42,6 @@ func TestPUPresentsOnlyItsOwnIdentity(t *testing.T) {
 				full = append(full, layers.TCPOption{OptionType: layers.TCPOptionKindNop})
 			}
 			withStolen := "policy-denied"
-			if mode == "pki" {
-				withStolen = "no-room-for-token"
-			}
 			cases := []struct {
 				name    string
 				opts    []layers.TCPOption

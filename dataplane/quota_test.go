@@ -148,7 +148,7 @@ func TestClosedFlowLifetime(t *testing.T) {
 			syn := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.SYN, seq: 5000})
 			_, _, b := p.c2s(syn)
 			mustDeliver(t, "SYN reusing the 4-tuple", b, syn)
-			if rs := p.s.sink.all(); len(rs) != 1 || rs[0].End != EndClosed {
+			if rs := p.s.sink.all(); len(rs) != 1 || rs[0].End != EndReplaced {
 				t.Fatalf("records after reuse: %+v", rs)
 			}
 			continue

@@ -132,7 +132,9 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 		Policy:    eff,
 		MidStream: mid,
 		Sink:      d.sink,
-		Flows:     cfg.FlowTable.Flows(),
+		// Authorized flows' packets stay in the kernel (steering).
+		KernelBypass: true,
+		Flows:        cfg.FlowTable.Flows(),
 		// Flows close in the kernel: record each decision when it is made.
 		RecordEstablished: true,
 	})
@@ -938,6 +940,9 @@ func (d *Daemon) Stats() Stats {
 			"kernel-authorized": kernelAuthorized.Load(),
 			"kernel-revoked":    kernelRevoked.Load(),
 			"foreign-frames":    foreignFrames.Load(),
+			// RSTs from the network on flows the kernel carries, left to
+			// the PU's TCP to judge and followed by a probe.
+			"rst-probes": s.Probes,
 		},
 		Drops:     map[string]uint64{},
 		Policy:    PolicyStatus{File: st.File, LoadedAt: st.LoadedAt, Policies: st.Policies, LastError: st.LastError, ErrorAt: st.ErrorAt},

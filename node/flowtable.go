@@ -82,9 +82,9 @@ func at(path string, line, col int) string {
 const (
 	MinFlowCapacity = 1024
 	MaxFlowCapacity = 16 << 20
-	// bytesPerFlow is what one flow costs the daemon: a 320-byte entry and
+	// bytesPerFlow is what one flow costs the daemon: a 384-byte entry and
 	// its slot in its PU's map.
-	bytesPerFlow = 400
+	bytesPerFlow = 460
 	// flowMemoryShare: by default the table may take 1/128 of the memory
 	// the daemon can use.
 	flowMemoryShare = 128
@@ -171,8 +171,8 @@ func (f *FlowTable) Flows() flow.Config {
 
 // DefaultFlowCapacity is the flow table's size when the configuration does
 // not set one: 1/128 of the memory the daemon may use (the machine's, or
-// its cgroup's limit if lower) at ~400 bytes a flow, at least 65536 flows
-// (26 MB), at most MaxFlowCapacity.
+// its cgroup's limit if lower) at ~460 bytes a flow, at least 65536 flows
+// (30 MB), at most MaxFlowCapacity.
 func DefaultFlowCapacity() int {
 	mem := machineMemory()
 	if mem == 0 {

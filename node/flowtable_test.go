@@ -107,7 +107,7 @@ func TestPacketBudgetConfig(t *testing.T) {
 }
 
 // TestDefaultFlowCapacity: derived from the machine's memory (1/128 of it
-// at 400 bytes a flow), within bounds.
+// at 460 bytes a flow), within bounds.
 func TestDefaultFlowCapacity(t *testing.T) {
 	mem := machineMemory()
 	if mem == 0 {

@@ -43,6 +43,8 @@ const (
 	NoRoomForToken // the token does not fit (MTU or TCP option space)
 	UnknownPU      // a packet for a PU the enforcer does not know
 	Timeout        // a flow that expired before the handshake completed
+	OutOfWindow    // a RST (or SYN-ACK) whose numbers do not fit the flow's sequence window
+	BadICMPError   // an ICMP error whose outer addresses do not fit the packet it quotes, or oversized
 	FlowQuota      // the PU holds its whole share of the flow table and nothing of its own could be evicted
 
 	numCodes
@@ -72,6 +74,8 @@ var names = [numCodes]string{
 	NoRoomForToken:       "no-room-for-token",
 	UnknownPU:            "unknown-pu",
 	Timeout:              "timeout",
+	OutOfWindow:          "out-of-window",
+	BadICMPError:         "bad-icmp-error",
 	FlowQuota:            "flow-quota",
 }
 

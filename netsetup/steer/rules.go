@@ -136,6 +136,14 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 		rules = append(rules, budgetRule(s.cfg.Budget, pu.Name, synFinRst))
 	}
 	rules = append(rules, cat(synFinRst, steerTo(tap, steerCounter)))
+	// 4b. IP fragments go to the dataplane (see fragmentMatches); leaving
+	//     the PU, within its budget (a bucket per family).
+	for _, m := range fragmentMatches() {
+		if budget {
+			rules = append(rules, budgetRule(s.cfg.Budget, pu.Name, m))
+		}
+		rules = append(rules, cat(m, steerTo(tap, steerCounter)))
+	}
 	// 5. Packets of authorized flows stay in the kernel.
 	for _, v6 := range []bool{false, true} {
 		ep, set, w := uint16(ethIPv4), sets.a4, uint32(1)
