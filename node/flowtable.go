@@ -28,9 +28,10 @@ type FlowTable struct {
 
 // PacketBudget bounds how many packets a second one PU can make the
 // daemon process (the kernel drops the rest before they reach it, counted
-// as pu-packet-budget): per PU, two buckets of Rate each, one for TCP
-// SYN/FIN/RST and one for the other packets steered to the daemon (first
-// packets of datagram flows, handshake ACKs). Packets of authorized flows
+// as pu-packet-budget): per PU, a bucket of Rate for each kind of packet
+// the steering rules send to the daemon: TCP SYN/FIN/RST, IPv4 fragments,
+// IPv6 fragments, and the rest (first packets of datagram flows,
+// handshake ACKs). Packets of authorized flows
 // and packets toward a PU cost no budget (docs/steering.md).
 type PacketBudget struct {
 	// Rate is packets a second per bucket (default 20000; 0: no budget).

@@ -17,9 +17,10 @@ import (
 // packets toward a PU are not budgeted (another PU's flood must not spend
 // its victim's budget).
 //
-// There are two buckets of Rate each, one for TCP SYN/FIN/RST (new and
-// ending connections: two or three per connection) and one for other
-// steered packets (first packets of datagram flows, handshake ACKs).
+// There is a bucket of Rate for each rule that steers: TCP SYN/FIN/RST
+// (new and ending connections: two or three per connection), IPv4
+// fragments, IPv6 fragments, and the other steered packets (first packets
+// of datagram flows, handshake ACKs).
 type Budget struct {
 	// Rate is packets a second per bucket; 0: no budget.
 	Rate uint32

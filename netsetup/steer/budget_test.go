@@ -34,7 +34,7 @@ func countTap(t *testing.T, tp *tap.Tap, match func(steer.Tuple, uint8) bool) *a
 }
 
 // TestBudget: packets leaving a PU that would be steered pass to its TAP
-// within its budget (per bucket: SYN/FIN/RST, and the rest); beyond it the
+// within its budget (per bucket: SYN/FIN/RST, the rest, ...); beyond it the
 // kernel drops and counts them. Packets toward a PU are not budgeted, and
 // other PUs keep their own budget.
 func TestBudget(t *testing.T) {
