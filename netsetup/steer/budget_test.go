@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/netsetup/tap"
 	"github.com/trireme-go/trireme/netsetup/vnet"
@@ -81,6 +84,18 @@ func TestBudget(t *testing.T) {
 		raw.MustSend(f)
 	}
 	took2 := time.Since(start)
+	// Later IPv4 fragments (rule 4b's own bucket).
+	frags := make([][]byte, n)
+	for i := range frags {
+		ip := testenv.IPv4(pu0.Addr, pu1.Addr, layers.IPProtocolUDP)
+		ip.Id, ip.FragOffset = uint16(i), 100
+		frags[i] = testenv.Frame(testenv.Eth(mac0, mac1, layers.EthernetTypeIPv4), ip, gopacket.Payload(make([]byte, 64)))
+	}
+	start = time.Now()
+	for _, f := range frags {
+		raw.MustSend(f)
+	}
+	took3 := time.Since(start)
 	send(ext) // toward pu1 from outside: pu1's egress chain, not budgeted
 	time.Sleep(300 * time.Millisecond)
 
@@ -96,14 +111,14 @@ func TestBudget(t *testing.T) {
 	// burst, and the rate once more (the kernel's bucket starts full).
 	most := func(d time.Duration) int64 { return int64(float64(b.Rate)*(d.Seconds()+1)) + int64(b.Burst) }
 	udp, syn := udpIn0.Load(), synIn0.Load()
-	t.Logf("pu0 sent %d datagrams in %v and %d SYNs: %d and %d reached its TAP, %d dropped over budget; pu1 %+v", n, took, n, udp, syn, c0.InOverBudget.Packets, c1)
+	t.Logf("pu0 sent %d datagrams in %v, %d SYNs and %d fragments: %d and %d reached its TAP, %d dropped over budget; pu1 %+v", n, took, n, n, udp, syn, c0.InOverBudget.Packets, c1)
 	if udp == 0 || udp > most(took) || syn == 0 || syn > most(took2) {
 		t.Fatalf("through the budget: %d datagrams in %v, %d SYNs (at most %d, %d)", udp, took, syn, most(took), most(took2))
 	}
 	// Every packet beyond what the buckets let through is counted (plus
 	// whatever of the PU's own IPv6 chatter fell over budget too).
-	if got := int64(c0.InOverBudget.Packets); got < 2*n-most(took)-most(took2) || got > 2*n+50 {
-		t.Fatalf("over-budget counter %d; sent %d, read %d", got, 2*n, udp+syn)
+	if got := int64(c0.InOverBudget.Packets); got < 3*n-most(took)-most(took2)-most(took3) || got > 3*n+50 {
+		t.Fatalf("over-budget counter %d; sent %d, read %d datagrams and %d SYNs", got, 3*n, udp, syn)
 	}
 	if c1.InOverBudget.Packets != 0 || c1.OutSteered.Packets < n {
 		t.Fatalf("toward pu1: %+v; want every datagram steered, none over budget", c1)
