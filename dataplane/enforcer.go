@@ -456,12 +456,27 @@ func (e *Enforcer) slowPath(pu *PU, dir Direction, frame []byte, ns int64, now t
 	if dir == FromNet {
 		remote = p.Src
 	}
+	// A PU is no router and no DHCP server (live, the kernel drops these
+	// first: netsetup/steer's anti-spoofing rules).
+	if dir == FromApp && p.FromRouter() {
+		e.drop(out, reason.RogueRouter)
+		return
+	}
+	// Excluded networks are the peer's side only: a PU that takes an
+	// excluded address as its source is not excluded.
 	if view.eng.IsExcluded(remote) {
 		e.forward(out, frame)
 		return
 	}
 	if p.IsNDP() {
-		// IPv6 neighbour discovery is link plumbing, not a connection.
+		// IPv6 neighbour discovery and MLD are link plumbing, not
+		// connections: they pass when they stay on the link (live, the
+		// kernel passes those itself; what reaches the dataplane failed
+		// its checks), anything else of these types is dropped.
+		if !p.OnLink() {
+			e.drop(out, reason.InvalidNDP)
+			return
+		}
 		e.forward(out, frame)
 		return
 	}

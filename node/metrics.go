@@ -12,8 +12,8 @@ import (
 type metricsCollector struct {
 	c Controller
 
-	counters, drops, pus, flows, policyOK, policies *prometheus.Desc
-	capacity, perPU, puFlows, puRefused, puOver     *prometheus.Desc
+	counters, drops, puDrops, pus, flows, policyOK, policies *prometheus.Desc
+	capacity, perPU, puFlows, puRefused                      *prometheus.Desc
 }
 
 func newMetricsCollector(c Controller) *metricsCollector {
@@ -23,6 +23,8 @@ func newMetricsCollector(c Controller) *metricsCollector {
 			"Dataplane events since the daemon started, by kind (packets, forwarded, injected, resets, kernel-authorized, ...).", []string{"kind"}, nil),
 		drops: prometheus.NewDesc("trireme_drops_total",
 			"Packets dropped (or answered with a RST) since the daemon started, by reason (docs/reasons.md).", []string{"reason"}, nil),
+		puDrops: prometheus.NewDesc("trireme_pu_drops_total",
+			"A PU's own frames the kernel dropped since it was attached, by reason (spoofed-source, rogue-router, pu-packet-budget).", []string{"pu", "reason"}, nil),
 		pus:   prometheus.NewDesc("trireme_pus", "Processing units enforced.", nil, nil),
 		flows: prometheus.NewDesc("trireme_flows", "Flows tracked by the enforcement core.", nil, nil),
 		policyOK: prometheus.NewDesc("trireme_policy_file_valid",
@@ -33,13 +35,11 @@ func newMetricsCollector(c Controller) *metricsCollector {
 		puFlows:  prometheus.NewDesc("trireme_pu_flows", "Flows a PU holds in the flow table.", []string{"pu"}, nil),
 		puRefused: prometheus.NewDesc("trireme_pu_flows_refused_total",
 			"New flows of a PU refused for lack of room: its share full of established flows (flow-quota), or the table (table-full).", []string{"pu"}, nil),
-		puOver: prometheus.NewDesc("trireme_pu_packets_over_budget_total",
-			"Packets leaving a PU that the kernel dropped over its packet budget before they reached the daemon.", []string{"pu"}, nil),
 	}
 }
 
 func (m *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.pus, m.flows, m.policyOK, m.policies, m.capacity, m.perPU, m.puFlows, m.puRefused, m.puOver} {
+	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.puDrops, m.pus, m.flows, m.policyOK, m.policies, m.capacity, m.perPU, m.puFlows, m.puRefused} {
 		ch <- d
 	}
 }
@@ -51,6 +51,11 @@ func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for r, v := range s.Drops {
 		ch <- prometheus.MustNewConstMetric(m.drops, prometheus.CounterValue, float64(v), r)
+	}
+	for _, p := range m.c.ListPUs() {
+		for r, v := range p.Drops {
+			ch <- prometheus.MustNewConstMetric(m.puDrops, prometheus.CounterValue, float64(v), p.ID, r)
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(m.pus, prometheus.GaugeValue, float64(s.PUs))
 	ch <- prometheus.MustNewConstMetric(m.flows, prometheus.GaugeValue, float64(s.Flows))
@@ -65,7 +70,6 @@ func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range s.PUFlows {
 		ch <- prometheus.MustNewConstMetric(m.puFlows, prometheus.GaugeValue, float64(p.Flows), p.ID)
 		ch <- prometheus.MustNewConstMetric(m.puRefused, prometheus.CounterValue, float64(p.Refused), p.ID)
-		ch <- prometheus.MustNewConstMetric(m.puOver, prometheus.CounterValue, float64(p.OverBudget), p.ID)
 	}
 }
 

@@ -47,6 +47,12 @@ const (
 	BadICMPError   // an ICMP error whose outer addresses do not fit the packet it quotes, or oversized
 	FlowQuota      // the PU holds its whole share of the flow table and nothing of its own could be evicted
 
+	// A PU's own frames (netsetup/steer anti-spoofing, dataplane).
+	SpoofedSource // a frame leaving a PU that names another sender (MAC, IP, ARP or NDP link-layer address)
+	RogueRouter   // a router advertisement, redirect or DHCP server reply sent by a PU
+	InvalidNDP    // a neighbour discovery or MLD message that is not on-link link plumbing
+	PacketBudget  // a packet leaving a PU beyond its packet budget (netsetup/steer), dropped in the kernel
+
 	numCodes
 )
 
@@ -77,6 +83,10 @@ var names = [numCodes]string{
 	OutOfWindow:          "out-of-window",
 	BadICMPError:         "bad-icmp-error",
 	FlowQuota:            "flow-quota",
+	SpoofedSource:        "spoofed-source",
+	RogueRouter:          "rogue-router",
+	InvalidNDP:           "invalid-ndp",
+	PacketBudget:         "pu-packet-budget",
 }
 
 // String returns the code's stable name, e.g. "missing-token".
