@@ -54,6 +54,9 @@ type Config struct {
 	// A table of a previous run keeps the PUs it has even beyond it (their
 	// authorized flows live there).
 	ShardSize int
+	// Budget bounds the packets a second each PU can make the dataplane
+	// process (budget.go); zero: no bound.
+	Budget Budget
 }
 
 // PU is what the steering rules of one PU need.
@@ -86,6 +89,7 @@ type Counters struct {
 	// sender is not the PU's own (Spoofed), router advertisements,
 	// redirects and DHCP server replies (RogueRouter).
 	Spoofed, RogueRouter Packets
+	InOverBudget         Packets // leaving the PU, dropped over its packet budget (budget.go)
 }
 
 // Packets is a packet and byte count.
@@ -958,6 +962,7 @@ func (s *Steerer) Counters(pu string) (Counters, error) {
 		counterName(pu, "out", "auth"):  &c.OutAuthorized,
 		counterName(pu, "in", "spoof"):  &c.Spoofed,
 		counterName(pu, "in", "rogue"):  &c.RogueRouter,
+		budgetCounter(pu):               &c.InOverBudget,
 	}
 	for _, o := range objs {
 		co, ok := o.(*nftables.CounterObj)
