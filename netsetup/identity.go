@@ -40,7 +40,7 @@ func ReadLinkIdentity(h *netlink.Handle, name string, wait time.Duration) (LinkI
 			return LinkIdentity{}, fmt.Errorf("netsetup: addresses of %s: %w", name, err)
 		}
 		id.Addrs = id.Addrs[:0]
-		hasLL := false
+		hasLL, has6 := false, false
 		for _, a := range addrs {
 			ip, ok := netip.AddrFromSlice(a.IP)
 			if !ok || a.IPNet == nil {
@@ -56,11 +56,19 @@ func ReadLinkIdentity(h *netlink.Handle, name string, wait time.Duration) (LinkI
 			bits, _ := a.IPNet.Mask.Size()
 			id.Addrs = append(id.Addrs, netip.PrefixFrom(ip, bits))
 			hasLL = hasLL || ip.Is6() && ip.IsLinkLocalUnicast()
+			has6 = has6 || ip.Is6()
 		}
-		if hasLL || l.Attrs().Flags&net.FlagUp == 0 || !time.Now().Before(deadline) {
+		// The kernel gives a link its link-local address (tentative at
+		// first) as soon as it has a carrier: a link with one and no
+		// IPv6 address at all has IPv6 off, and there is nothing to
+		// wait for (waiting cost every attach of such a PU a second).
+		if hasLL || l.Attrs().Flags&net.FlagUp == 0 || (l.Attrs().OperState == netlink.OperUp && !has6) || !time.Now().Before(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
+		if l, err = h.LinkByName(name); err != nil {
+			return LinkIdentity{}, fmt.Errorf("netsetup: %s: %w", name, err)
+		}
 	}
 	if eui := EUI64LinkLocal(id.MAC); !slices.ContainsFunc(id.Addrs, func(p netip.Prefix) bool { return p.Addr() == eui }) {
 		id.Addrs = append(id.Addrs, netip.PrefixFrom(eui, 64))

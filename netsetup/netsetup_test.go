@@ -2,6 +2,7 @@ package netsetup_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -255,5 +256,64 @@ func TestDeleteLinks(t *testing.T) {
 	}
 	if err := netsetup.DeleteLinks(nil, 0); err == nil {
 		t.Error("group 0 accepted")
+	}
+}
+
+// TestReadLinkIdentity: a PU's MAC and addresses, its link-local one
+// included; on a link with IPv6 off there is no link-local address to wait
+// for, and the read does not wait for one (it used to wait its whole
+// bound, a second per attach).
+func TestReadLinkIdentity(t *testing.T) {
+	n := testenv.NewNode(t, testenv.NodeOptions{PUs: 2})
+	read := func(p *testenv.PU, wait time.Duration) (netsetup.LinkIdentity, error) {
+		var id netsetup.LinkIdentity
+		err := p.Do(func() error {
+			h, err := netlink.NewHandle()
+			if err != nil {
+				return err
+			}
+			defer h.Close()
+			id, err = netsetup.ReadLinkIdentity(h, "eth0", wait)
+			return err
+		})
+		return id, err
+	}
+	id, err := read(n.PUs[0], 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	has := func(id netsetup.LinkIdentity, a netip.Addr) bool {
+		for _, p := range id.Addrs {
+			if p.Addr() == a {
+				return true
+			}
+		}
+		return false
+	}
+	if !has(id, n.PUs[0].Addr) || !has(id, n.PUs[0].Addr6) || !has(id, netsetup.EUI64LinkLocal(id.MAC)) {
+		t.Errorf("identity %+v lacks %v, %v or its link-local address", id, n.PUs[0].Addr, n.PUs[0].Addr6)
+	}
+
+	off := n.PUs[1]
+	if err := off.Do(func() error {
+		return netsetup.WriteSysctl("/proc/sys/net/ipv6/conf/eth0/disable_ipv6", "1")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		id, err := read(off, time.Hour)
+		if err == nil && !has(id, off.Addr) {
+			err = fmt.Errorf("identity %+v lacks %v", id, off.Addr)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("ReadLinkIdentity waits for a link-local address on a link with IPv6 off")
 	}
 }
