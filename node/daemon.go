@@ -81,6 +81,9 @@ type Daemon struct {
 	// stalled are PUs of the previous run that could not be restored but
 	// are kept closed (their state stays for the next restart).
 	stalled []*livePU
+	// byVeth and byNetns index d.pus for checkAttachable.
+	byVeth  map[string]*livePU
+	byNetns map[nsID]*livePU
 	ipam    *ipam
 	started time.Time
 }
@@ -92,6 +95,7 @@ type livePU struct {
 	tapIn  string // TAP names (persistent)
 	tapOut string
 	owned  bool // the namespace and veth were created by trireme
+	netns  nsID // identity of its namespace (checkAttachable)
 	mac    net.HardwareAddr
 
 	dp      *dataplane.PU
@@ -293,6 +297,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 	flows, missed := 0, 0
 	for _, p := range ready {
 		d.pus[p.info.ID] = p
+		d.indexPU(p)
 		// The enforcer learns the PU's flows before its first packet is
 		// read: a packet of an established flow is not taken for one
 		// of an unknown flow.
@@ -571,6 +576,7 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 		return PUInfo{}, fmt.Errorf("steering: %w", err)
 	}
 	d.pus[p.info.ID] = p
+	d.indexPU(p)
 	for _, a := range p.info.Addrs {
 		if containsAddrOf(d.policyExcl, a.Addr()) || containsAddrOf(d.excluded, a.Addr()) {
 			// Its peers let traffic from that address in unchecked; the
@@ -622,6 +628,7 @@ func (d *Daemon) removePU(id string) error {
 		return fmt.Errorf("PU %s: %w", id, ErrNotFound)
 	}
 	delete(d.pus, id)
+	d.unindexPU(p)
 	d.dropPUState(id)
 	d.mu.Unlock()
 

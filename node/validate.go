@@ -67,12 +67,55 @@ func (d *Daemon) checkAttachable(mp *monitor.PU) error {
 	if l, err := netlink.LinkByName(mp.HostVeth); err == nil && l.Attrs().Alias == d.owner {
 		return fmt.Errorf("%w: namespace %s: %s is a link trireme made (an injection port), not a PU's", ErrInvalid, mp.NetNS, mp.HostVeth)
 	}
-	for _, p := range d.pus {
-		if p.info.Veth == mp.HostVeth || sameNetns(p.info.NetNS, mp.NetNS) {
-			return fmt.Errorf("%w: namespace %s (veth %s) is already policed as PU %s", ErrConflict, mp.NetNS, mp.HostVeth, p.info.ID)
+	// Looked up by veth and by namespace identity, not by going through
+	// every PU (two stat calls each: attach cost grew with the PUs).
+	p := d.byVeth[mp.HostVeth]
+	if p == nil {
+		if id, ok := netnsIdentity(mp.NetNS); ok {
+			p = d.byNetns[id]
+			// The namespace of that PU may be gone and its inode
+			// number reused: it must still be the same one.
+			if p != nil && !sameNetns(p.info.NetNS, mp.NetNS) {
+				p = nil
+			}
 		}
 	}
+	if p != nil {
+		return fmt.Errorf("%w: namespace %s (veth %s) is already policed as PU %s", ErrConflict, mp.NetNS, mp.HostVeth, p.info.ID)
+	}
 	return nil
+}
+
+// nsID identifies a network namespace (the nsfs inode of its file).
+type nsID struct{ dev, ino uint64 }
+
+func netnsIdentity(path string) (nsID, bool) {
+	var st unix.Stat_t
+	if path == "" || unix.Stat(path, &st) != nil {
+		return nsID{}, false
+	}
+	return nsID{uint64(st.Dev), st.Ino}, true
+}
+
+// indexPU and unindexPU keep the lookups of checkAttachable (d.mu held).
+func (d *Daemon) indexPU(p *livePU) {
+	if d.byVeth == nil {
+		d.byVeth, d.byNetns = map[string]*livePU{}, map[nsID]*livePU{}
+	}
+	d.byVeth[p.info.Veth] = p
+	if id, ok := netnsIdentity(p.info.NetNS); ok {
+		p.netns = id
+		d.byNetns[id] = p
+	}
+}
+
+func (d *Daemon) unindexPU(p *livePU) {
+	if d.byVeth[p.info.Veth] == p {
+		delete(d.byVeth, p.info.Veth)
+	}
+	if d.byNetns[p.netns] == p {
+		delete(d.byNetns, p.netns)
+	}
 }
 
 // sameNetns reports whether two namespace paths are the same namespace.
