@@ -22,8 +22,11 @@ const tapGroup = 0x74726974
 // (16-24 ms per TAP measured), and a detach used to wait for two. A PU
 // attached again before its old TAPs went takes them back (reclaim).
 type tapReaper struct {
-	log     *slog.Logger
-	mu      sync.Mutex // held while deleting, so a reclaim waits for it
+	log *slog.Logger
+	// del is held while deleting, so that a reclaim waits for it; mu
+	// guards pending only, so that a retire (a detach) never waits.
+	del     sync.Mutex
+	mu      sync.Mutex
 	pending []string
 	kick    chan struct{}
 }
@@ -43,8 +46,11 @@ func (r *tapReaper) retire(names ...string) {
 	}
 }
 
-// reclaim takes a TAP off the queue: it is about to be opened again.
+// reclaim takes a TAP off the queue: it is about to be opened again. If
+// it is being deleted, reclaim returns once it is gone.
 func (r *tapReaper) reclaim(name string) {
+	r.del.Lock()
+	defer r.del.Unlock()
 	r.mu.Lock()
 	r.pending = slices.DeleteFunc(r.pending, func(n string) bool { return n == name })
 	r.mu.Unlock()
@@ -70,15 +76,18 @@ func (r *tapReaper) run(ctx context.Context) {
 
 // flush deletes the queued TAPs now.
 func (r *tapReaper) flush() {
+	r.del.Lock()
+	defer r.del.Unlock()
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.pending) == 0 {
+	names := r.pending
+	r.pending = nil
+	r.mu.Unlock()
+	if len(names) == 0 {
 		return
 	}
-	if err := netsetup.DeleteLinks(r.pending, tapGroup); err != nil {
-		r.log.Warn("deleting TAPs of detached PUs", "taps", len(r.pending), "err", err)
+	if err := netsetup.DeleteLinks(names, tapGroup); err != nil {
+		r.log.Warn("deleting TAPs of detached PUs", "taps", len(names), "err", err)
 	}
-	r.pending = r.pending[:0]
 }
 
 // tapName matches the TAP names puNames makes.
