@@ -98,10 +98,12 @@ type SoakResult struct {
 	Held     int       `json:"held"`
 	Rows     []SoakRow `json:"rows"`
 	// Totals over the load.
-	AllowedConns, AllowedFailed  uint64
-	DeniedConns, DeniedConnected uint64
-	HeldFailed                   int
-	Notes                        []string `json:"notes,omitempty"`
+	AllowedConns    uint64   `json:"allowedConns"`
+	AllowedFailed   uint64   `json:"allowedFailed"`
+	DeniedConns     uint64   `json:"deniedRefused"`
+	DeniedConnected uint64   `json:"deniedConnected"`
+	HeldFailed      int      `json:"heldFailed"`
+	Notes           []string `json:"notes,omitempty"`
 }
 
 // RunSoak runs an endurance scenario. Whatever it set up is torn down
