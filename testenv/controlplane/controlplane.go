@@ -69,6 +69,8 @@ type ControlPlane struct {
 	pki              *pki
 	etcd, apiserver  *process
 	apiserverStarted int // kube-apiserver starts, for log names
+	stopped          bool
+	lock             *os.File // flocked while the directory is in use
 }
 
 // Start starts etcd, then kube-apiserver on free loopback ports, and
@@ -90,12 +92,21 @@ func Start(t testing.TB, opts Options) *ControlPlane {
 	if err != nil {
 		t.Fatalf("controlplane: service range: %v", err)
 	}
-	dir, err := os.MkdirTemp("", "trireme-cp-")
+	removeStale()
+	dir, err := os.MkdirTemp("", dirPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cp := &ControlPlane{t: t, opts: opts, etcdBin: etcdBin, apiBin: apiBin, Dir: dir}
 	t.Cleanup(cp.stop)
+	// The lock, held until the test process ends, tells removeStale that
+	// the directory is in use.
+	if cp.lock, err = os.Create(filepath.Join(dir, "lock")); err == nil {
+		err = syscall.Flock(int(cp.lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	}
+	if err != nil {
+		t.Fatalf("controlplane: lock: %v", err)
+	}
 
 	if cp.pki, err = newPKI(dir, serviceNet.Masked().Addr().Next().AsSlice()); err != nil {
 		t.Fatalf("controlplane: certificates: %v", err)
@@ -371,8 +382,12 @@ func (cp *ControlPlane) writeKubeconfig() error {
 }
 
 // stop is the cleanup: kube-apiserver before etcd (it would otherwise spend
-// its shutdown retrying etcd), then the directory.
+// its shutdown retrying etcd), then the directory. A second call does nothing.
 func (cp *ControlPlane) stop() {
+	if cp.stopped {
+		return
+	}
+	cp.stopped = true
 	failed := cp.t.Failed()
 	for _, p := range []*process{cp.apiserver, cp.etcd} {
 		if p == nil {
@@ -392,6 +407,33 @@ func (cp *ControlPlane) stop() {
 	}
 	if err := os.RemoveAll(cp.Dir); err != nil {
 		cp.t.Errorf("controlplane: %v", err)
+	}
+	if cp.lock != nil {
+		cp.lock.Close()
+	}
+}
+
+// dirPrefix starts the name of every control plane's directory in $TMPDIR.
+const dirPrefix = "trireme-cp-"
+
+// removeStale removes the directories of control planes whose test process
+// died without its cleanup (a go test timeout, a kill): their lock is free.
+// Their etcd and kube-apiserver died with it (Pdeathsig). A directory
+// without a lock file is one being created, unless it is old.
+func removeStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, d := range dirs {
+		f, err := os.Open(filepath.Join(d, "lock"))
+		if err != nil {
+			if st, err := os.Stat(d); err == nil && time.Since(st.ModTime()) > 10*time.Minute {
+				os.RemoveAll(d)
+			}
+			continue
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+			os.RemoveAll(d)
+		}
+		f.Close()
 	}
 }
 

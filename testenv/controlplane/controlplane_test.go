@@ -458,3 +458,21 @@ func TestCacheKeyMatchesBuildScript(t *testing.T) {
 		t.Fatalf("build.sh --print-dir = %s, CacheDir() = %s", got, want)
 	}
 }
+
+// BenchmarkStart measures a control plane's start to ready (its stop is
+// outside the timer), and the memory both processes hold once ready:
+// go test -run '^$' -bench Start -benchtime 5x ./testenv/controlplane
+func BenchmarkStart(b *testing.B) {
+	var etcdRSS, apiRSS int64
+	b.StopTimer()
+	for i := 0; i < b.N; i++ {
+		b.StartTimer()
+		cp := Start(b, Options{})
+		b.StopTimer()
+		e, a := cp.RSS()
+		etcdRSS, apiRSS = etcdRSS+e, apiRSS+a
+		cp.stop()
+	}
+	b.ReportMetric(float64(etcdRSS)/float64(b.N)/(1<<20), "etcd-MB")
+	b.ReportMetric(float64(apiRSS)/float64(b.N)/(1<<20), "apiserver-MB")
+}
