@@ -78,6 +78,10 @@ type Injected struct {
 	// PU is the local PU the frame concerns (the one it is delivered to
 	// when To is ToPU).
 	PU *PU
+	// AfterFrame: send it after Output.Frame (injected frames go before
+	// it otherwise), e.g. a probe that must reach the PU after the RST it
+	// follows.
+	AfterFrame bool
 }
 
 // NoteKind says what a Note asks of the live daemon.
@@ -207,6 +211,13 @@ type Config struct {
 	// Fragments bounds the table of fragmented datagrams whose first
 	// fragment was allowed (default 1024).
 	Fragments int
+	// KernelBypass says that the packets of authorized flows stay in the
+	// kernel (the live daemon's steering): the enforcer then does not see
+	// an established TCP flow's sequence numbers move, so it leaves the
+	// judgment of RSTs from the network to the PU's own TCP and probes the
+	// PU for the outcome (see docs/dataplane.md). Replay sees every packet
+	// and leaves it false.
+	KernelBypass bool
 }
 
 // PU is a local processing unit known to the enforcer.
@@ -235,6 +246,8 @@ type Enforcer struct {
 	sink       Sink
 	recordOpen bool
 	frags      *fragTable
+	// kernelBypass: Config.KernelBypass.
+	kernelBypass bool
 
 	mu   sync.Mutex
 	pus  []*PU // by index; nil when removed
@@ -263,6 +276,8 @@ func New(cfg Config) (*Enforcer, error) {
 		sink:       cfg.Sink,
 		recordOpen: cfg.RecordEstablished,
 		frags:      newFragTable(cfg.Fragments),
+
+		kernelBypass: cfg.KernelBypass,
 	}
 	e.policy.Store(cfg.Policy)
 	return e, nil
@@ -386,6 +401,9 @@ func (e *Enforcer) Process(pu *PU, dir Direction, frame []byte, now time.Time, o
 		sh.Lock()
 		if ent := sh.Get(&k); ent != nil && ent.State == flow.Established && ent.Value.authorized && !sh.Expired(ent, ns) {
 			sh.Touch(ent, flow.Dir(dir), len(frame), ns)
+			if v := &ent.Value; p.Proto == packet.ProtoTCP && !v.bypass {
+				v.seq.observe(int(dir&1), p.Flags, p.Seq, p.Ack, p.Window, p.End-p.Payload)
+			}
 			// Live, an authorized flow's packets stay in the kernel until
 			// its entry there times out: a packet here means the entry is
 			// gone while the flow lives on, so authorize it again (at most
@@ -423,18 +441,33 @@ func (e *Enforcer) slowPath(pu *PU, dir Direction, frame []byte, ns int64, now t
 	if dir == FromNet {
 		remote = p.Src
 	}
+	// A PU is no router and no DHCP server (live, the kernel drops these
+	// first: netsetup/steer's anti-spoofing rules).
+	if dir == FromApp && p.FromRouter() {
+		e.drop(out, reason.RogueRouter)
+		return
+	}
+	// Excluded networks are the peer's side only: a PU that takes an
+	// excluded address as its source is not excluded.
 	if view.eng.IsExcluded(remote) {
 		e.forward(out, frame)
 		return
 	}
 	if p.IsNDP() {
-		// IPv6 neighbour discovery is link plumbing, not a connection.
+		// IPv6 neighbour discovery and MLD are link plumbing, not
+		// connections: they pass when they stay on the link (live, the
+		// kernel passes those itself; what reaches the dataplane failed
+		// its checks), anything else of these types is dropped.
+		if !p.OnLink() {
+			e.drop(out, reason.InvalidNDP)
+			return
+		}
 		e.forward(out, frame)
 		return
 	}
 	switch p.Frag {
 	case packet.LaterFragment:
-		if e.frags.allowed(pu.index, p, ns) {
+		if e.frags.allowed(pu.index, dir, p, ns) {
 			e.forward(out, frame)
 		} else {
 			e.drop(out, reason.Fragment)
@@ -457,7 +490,7 @@ func (e *Enforcer) slowPath(pu *PU, dir Direction, frame []byte, ns int64, now t
 		c.datagram()
 	}
 	if p.Frag == packet.FirstFragment && out.Verdict == Forward {
-		e.frags.add(pu.index, p, ns)
+		e.frags.add(pu.index, dir, p, ns)
 	}
 }
 
@@ -486,8 +519,8 @@ func (e *Enforcer) drop(out *Output, code reason.Code) {
 
 // counters are the enforcer's packet counters.
 type counters struct {
-	forwarded, consumed, injected, resets atomic.Uint64
-	drops                                 [reason.Count]atomic.Uint64
+	forwarded, consumed, injected, resets, probes atomic.Uint64
+	drops                                         [reason.Count]atomic.Uint64
 }
 
 func (s *counters) count(code reason.Code) {
@@ -505,6 +538,10 @@ type Stats struct {
 	// Packets is every processed frame: Forwarded + Consumed + all Drops
 	// (Reset verdicts count as drops of their reason).
 	Packets, Forwarded, Consumed, Injected, Resets uint64
+	// Probes counts RST probes sent to PUs (Config.KernelBypass): RSTs
+	// from the network on flows the kernel carries, handed to the PU's TCP
+	// to judge.
+	Probes uint64
 	// Drops counts dropped packets by reason (index: reason.Code).
 	Drops     [reason.Count]uint64
 	Flows     int
@@ -516,7 +553,8 @@ func (e *Enforcer) Stats() Stats {
 	s := Stats{
 		Forwarded: e.stats.forwarded.Load(),
 		Consumed:  e.stats.consumed.Load(), Injected: e.stats.injected.Load(), Resets: e.stats.resets.Load(),
-		Flows: e.table.Len(), Evictions: e.table.Evictions(),
+		Probes: e.stats.probes.Load(),
+		Flows:  e.table.Len(), Evictions: e.table.Evictions(),
 	}
 	s.Packets = s.Forwarded + s.Consumed
 	for i := range s.Drops {
@@ -527,10 +565,12 @@ func (e *Enforcer) Stats() Stats {
 }
 
 // fragTable remembers fragmented datagrams whose first fragment was
-// allowed, so that their later fragments pass; bounded, entries expire.
+// forwarded, so that their later fragments pass; bounded, entries expire.
+// A later fragment must not overlap the first one (RFC 1858 §4, RFC 5722):
+// it could rewrite the transport header the decision was made on.
 type fragTable struct {
 	mu  sync.Mutex
-	m   map[fragKey]int64
+	m   map[fragKey]fragEntry
 	max int
 }
 
@@ -538,7 +578,13 @@ type fragKey struct {
 	src, dst [16]byte
 	id       uint32
 	pu       uint32
+	dir      Direction
 	proto    uint8
+}
+
+type fragEntry struct {
+	deadline int64
+	first    int // bytes of the datagram's payload in its first fragment
 }
 
 const fragTTL = int64(30 * time.Second)
@@ -547,14 +593,14 @@ func newFragTable(max int) *fragTable {
 	if max <= 0 {
 		max = 1024
 	}
-	return &fragTable{m: make(map[fragKey]int64), max: max}
+	return &fragTable{m: make(map[fragKey]fragEntry), max: max}
 }
 
-func fk(pu uint32, p *packet.Packet) fragKey {
-	return fragKey{src: p.Src.As16(), dst: p.Dst.As16(), id: p.FragID, pu: pu, proto: p.Proto}
+func fk(pu uint32, dir Direction, p *packet.Packet) fragKey {
+	return fragKey{src: p.Src.As16(), dst: p.Dst.As16(), id: p.FragID, pu: pu, dir: dir, proto: p.Proto}
 }
 
-func (f *fragTable) add(pu uint32, p *packet.Packet, now int64) {
+func (f *fragTable) add(pu uint32, dir Direction, p *packet.Packet, now int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.m) >= f.max {
@@ -563,14 +609,17 @@ func (f *fragTable) add(pu uint32, p *packet.Packet, now int64) {
 			return // full: later fragments will be dropped (fail closed)
 		}
 	}
-	f.m[fk(pu, p)] = now + fragTTL
+	f.m[fk(pu, dir, p)] = fragEntry{deadline: now + fragTTL, first: p.End - p.L4}
 }
 
-func (f *fragTable) allowed(pu uint32, p *packet.Packet, now int64) bool {
+// allowed reports whether a later fragment belongs to a datagram whose
+// first fragment was forwarded (same PU, direction, addresses, protocol
+// and ID, within fragTTL) and starts after that first fragment's data.
+func (f *fragTable) allowed(pu uint32, dir Direction, p *packet.Packet, now int64) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	d, ok := f.m[fk(pu, p)]
-	return ok && now <= d
+	d, ok := f.m[fk(pu, dir, p)]
+	return ok && now <= d.deadline && p.FragOff >= d.first
 }
 
 func (f *fragTable) expire(now int64) {
@@ -581,7 +630,7 @@ func (f *fragTable) expire(now int64) {
 
 func (f *fragTable) expireLocked(now int64) {
 	for k, d := range f.m {
-		if now > d {
+		if now > d.deadline {
 			delete(f.m, k)
 		}
 	}
@@ -612,6 +661,7 @@ func (e *Enforcer) Restore(pu *PU, proto uint8, local, remote netip.AddrPort, no
 	}
 	v := &ent.Value
 	v.role, v.restored, v.authorized, v.decided, v.decidedAt, v.authNoteAt = roleClient, true, true, true, ns, ns
+	v.bypass = e.kernelBypass
 	v.dec.Action = policy.Allow
 	v.target = pu.view.Load().eng.IsTarget(remote.Addr())
 	if proto != packet.ProtoTCP {

@@ -171,7 +171,8 @@ func (s *side) run(dir Direction, f []byte, now time.Time) result {
 	s.e.Process(s.pu, dir, bytes.Clone(f), now, &s.out)
 	r := result{v: s.out.Verdict, code: s.out.Reason, frame: bytes.Clone(s.out.Frame), notes: append([]Note(nil), s.out.Notes...)}
 	for _, in := range s.out.Inject {
-		r.inject = append(r.inject, Injected{To: in.To, Frame: bytes.Clone(in.Frame), PU: in.PU})
+		in.Frame = bytes.Clone(in.Frame)
+		r.inject = append(r.inject, in)
 	}
 	return r
 }
@@ -367,7 +368,9 @@ func TestClientDeniesServer(t *testing.T) {
 	if r.v != Forward {
 		t.Fatalf("server RST: %v %v", r.v, r.code)
 	}
-	if rs := p.s.sink.all(); len(rs) != 1 || rs[0].End != EndReset || rs[0].Action != "allow" {
+	// Its record: the handshake never completed, nothing passed ("none"),
+	// whatever the server's rule said at the SYN.
+	if rs := p.s.sink.all(); len(rs) != 1 || rs[0].End != EndReset || rs[0].Action != "none" || rs[0].Rule == nil {
 		t.Fatalf("server's half-open flow not ended by the RST: %+v", rs)
 	}
 	rs := p.c.sink.all()
@@ -489,7 +492,9 @@ func TestRSTInEveryState(t *testing.T) {
 		return tcpFrame(p.t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.RST, seq: 101})
 	}
 	rstS := func(p *pair) []byte {
-		return tcpFrame(p.t, seg{src: sIP, dst: cIP, sport: 5432, dport: 40000, flags: packet.RST | packet.ACK, ack: 101})
+		// The server's next sequence number is 701 once it sent its SYN-ACK
+		// (700); in syn-sent only the acknowledgment of the SYN counts.
+		return tcpFrame(p.t, seg{src: sIP, dst: cIP, sport: 5432, dport: 40000, flags: packet.RST | packet.ACK, seq: 701, ack: 101})
 	}
 	cases := []struct {
 		name  string
@@ -908,7 +913,7 @@ func TestFragments(t *testing.T) {
 		t.Fatalf("orphan fragment: %v %v", r.v, r.code)
 	}
 	// A UDP datagram to an allowed port in two fragments: both pass.
-	udpHdr := udpFrame(t, cIP, extIP, 5000, 53)[34:]
+	udpHdr := udpFrame(t, cIP, extIP, 5000, 53)[34 : 34+13] // header and "hello", without the Ethernet padding
 	first := fragFrame(t, cIP, extIP, layers.IPProtocolUDP, 3, layers.IPv4MoreFragments, 0, append(udpHdr, make([]byte, 3)...))
 	if r = s.run(FromApp, first, t0); r.v != Forward {
 		t.Fatalf("first fragment: %v %v", r.v, r.code)

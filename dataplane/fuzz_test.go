@@ -1,7 +1,10 @@
 package dataplane
 
 import (
+	"net/netip"
 	"testing"
+
+	"github.com/google/gopacket/layers"
 
 	"github.com/trireme-go/trireme/dataplane/fixtures"
 	"github.com/trireme-go/trireme/dataplane/packet"
@@ -36,6 +39,20 @@ func FuzzProcess(f *testing.F) {
 	w3, _, _ := p.c2s(ack)
 	for _, w := range [][]byte{w1, w2, w3, data} {
 		f.Add(w, false)
+	}
+	// SYN data, RSTs, ICMP errors and fragments (issue 11's attacks).
+	ft := &testing.T{}
+	q := udpFrame(ft, cIP, extIP, 5353, 53)
+	for _, s := range [][]byte{
+		tfoSYN(ft, sIP, 5432, 300),
+		rstFrom(ft, true, 101, 0), rstFrom(ft, false, 0, 101),
+		icmpErrorFrame(ft, netip.MustParseAddr("192.0.2.1"), cIP, 3, 4, q[14:14+28]),
+		fragFrame(ft, cIP, extIP, layers.IPProtocolUDP, 7, layers.IPv4MoreFragments, 0, q[34:34+13]),
+		fragFrame(ft, cIP, extIP, layers.IPProtocolUDP, 7, 0, 2, make([]byte, 40)),
+		frag6(ft, netip.MustParseAddr("fd00::1"), netip.MustParseAddr("2001:db8::9"), 9, 0, true, q[34:34+13]),
+	} {
+		f.Add(s, true)
+		f.Add(s, false)
 	}
 	var out Output
 	f.Fuzz(func(t *testing.T, frame []byte, fromApp bool) {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
@@ -26,6 +27,10 @@ const (
 	EndPURemoved End = "pu-removed" // its PU went away
 	EndOpen      End = "open"       // still open when the replay ended
 	EndRevoked   End = "revoked"    // a policy change denied it after it was established
+	// EndRefused is the record of a SYN refused on a 4-tuple whose flow it
+	// did not change (a forged or unauthorized SYN on a live connection):
+	// an attempt of its own; the flow keeps its record.
+	EndRefused End = "refused"
 	// EndEstablished marks the interim record written when a flow is
 	// established (Config.RecordEstablished); its final record follows.
 	EndEstablished End = "established"
@@ -236,21 +241,27 @@ func (e *Enforcer) record(pu *PU, ent *flow.Entry[conn], end End, ns int64) {
 		Restored:  v.restored,
 		Remote:    PeerInfo{IP: remote.Addr(), External: !v.target},
 	}
-	if !v.decided {
-		// Refused before any policy decision (token or packet problem), or
-		// a handshake that never completed.
-		r.Action = "deny"
-		if v.reason == reason.None {
-			r.Action = "none"
-			if end == EndExpired || end == EndEvicted {
-				r.Reason = reason.Timeout.String()
-			}
+	switch {
+	case v.reason != reason.None:
+		// Refused: by policy, or before any decision (token or packet
+		// problem).
+		if !v.decided {
+			r.Action = "deny"
 		}
-	}
-	if v.reason == reason.None && !v.dec.Allowed() {
+	case k.Proto == packet.ProtoTCP && ent.State.HalfOpen() && end != EndReplaced:
+		// A handshake that never completed (whatever one side decided on
+		// the way): nothing was allowed to pass.
+		r.Action = "none"
+		if end == EndExpired || end == EndEvicted {
+			r.Reason = reason.Timeout.String()
+		}
+	case !v.decided:
+		r.Action = "none"
+	case !v.dec.Allowed():
 		r.Reason = reason.PolicyDenied.String()
 	}
-	if v.role == roleServer {
+	if v.role == roleServer || v.role == roleDatagram && v.firstDir == FromNet {
+		// The peer opened it: an inbound connection or datagram flow.
 		r.Direction, r.Client, r.Server = "ingress", remote, local
 	}
 	if k.VLAN != ([2]uint16{}) {

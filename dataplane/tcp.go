@@ -48,6 +48,22 @@ type conn struct {
 	restored bool // re-created from the kernel's authorized set (restart)
 	firstDir Direction
 	reset    bool // a RST ended the flow; it lingers for the closing timeout
+	// seq is what the enforcer saw of the flow's sequence numbers (RST
+	// acceptance). bypass: the flow's packets may pass in the kernel
+	// without the enforcer (Config.KernelBypass, once authorized), so seq
+	// is out of date: the PU's own TCP judges RSTs from the network, and a
+	// probe tells the enforcer what it decided (probeAt: the last probe).
+	seq     seqs
+	bypass  bool
+	probeAt int64
+	// A new connection's SYN for this 4-tuple, passed to the PU while the
+	// established connection lives (its TCP answers a live connection
+	// with a challenge ACK; a SYN-ACK means the old one is gone): its ISN,
+	// the end of its sequence space and its window scale offer.
+	succ      bool
+	succISN   uint32
+	succEnd   uint32
+	succScale uint8
 }
 
 // ctx carries one slow-path packet through the handlers.
@@ -125,20 +141,12 @@ func (c *ctx) tcp() {
 		return
 	}
 	if rst {
-		// RST in any state ends the flow; it is passed on (the other end
-		// must learn of it too). The flow lingers, unauthorized, for the
-		// closing timeout so that repeated RSTs still pass.
-		c.touch(ent, len(c.frame))
-		if ent.State == flow.Denied {
-			c.e.drop(c.out, ent.Value.reason)
-			return
-		}
-		if !ent.Value.reset {
-			c.e.finish(c.pu, ent, EndReset, c.ns, c.out)
-			ent.Value.reset = true
-			c.sh.SetState(ent, flow.Closing, c.ns)
-		}
-		c.e.forward(c.out, c.frame)
+		c.rst(ent)
+		return
+	}
+	if syn && !ack && c.dir == FromNet && (ent.Value.role != roleServer || p.Seq != ent.Value.clientISN) {
+		// A SYN from the peer that does not retransmit the flow's own.
+		c.peerSYN(ent)
 		return
 	}
 	if ent.Value.reset && !(syn && !ack) {
@@ -154,6 +162,17 @@ func (c *ctx) tcp() {
 	default:
 		c.e.drop(c.out, reason.InvalidState)
 	}
+	if !syn && c.out.Verdict == Forward {
+		c.observe(ent)
+	}
+}
+
+// observe updates the flow's sequence view with the packet being
+// forwarded (not on flows whose packets bypass the enforcer: pointless).
+func (c *ctx) observe(ent *flow.Entry[conn]) {
+	if v, p := &ent.Value, c.p; !v.bypass {
+		v.seq.observe(c.side(), p.Flags, p.Seq, p.Ack, p.Window, p.PayloadLen())
+	}
 }
 
 // newConnection handles a SYN without state: an app SYN makes the PU a
@@ -168,6 +187,7 @@ func (c *ctx) newConnection() {
 	ent.Value.target = c.view.eng.IsTarget(c.remote)
 	ent.Value.clientISN = p.Seq
 	ent.Value.synLen = 1 + uint32(c.dataLen())
+	ent.Value.seq.syn(c.side(), p, ent.Value.synLen)
 	if c.dir == FromApp {
 		ent.Value.role = roleClient
 		c.clientSYN(ent)
@@ -194,6 +214,12 @@ func (c *ctx) clientSYN(ent *flow.Entry[conn]) {
 		c.e.forward(c.out, c.frame)
 		return
 	}
+	// The peer's enforcer decides at its SYN-ACK whether this PU may
+	// reach it: data on the SYN (TCP Fast Open, or plain SYN data) must not
+	// reach the server before, so it is taken off, with the Fast Open
+	// option; the PU's kernel sends it again after the handshake. It also
+	// makes room for the token.
+	c.frame, _ = packet.StripSYNData(c.p)
 	tok, err := c.e.tok.AppendSYN(c.out.tok[:0], c.pu.local, &v.tok, c.now)
 	if err != nil {
 		c.denyCode(ent, code(err))
@@ -248,6 +274,10 @@ func (c *ctx) serverSYN(ent *flow.Entry[conn]) {
 		c.denyCode(ent, rc)
 		return
 	}
+	// A conforming client enforcer sends no data on the SYN (see
+	// clientSYN); whatever data a SYN still carries waits for the client
+	// side's decision too.
+	f, _ = packet.StripSYNData(c.p)
 	c.synReceived(ent)
 	c.e.forward(c.out, f)
 }
@@ -389,10 +419,6 @@ func (c *ctx) client(ent *flow.Entry[conn]) {
 		c.e.drop(c.out, reason.InvalidState)
 		return
 	}
-	if c.dir == FromNet && syn && !ack {
-		c.simultaneousOpen(ent)
-		return
-	}
 	if c.dir == FromNet && syn && ack {
 		c.clientSYNACK(ent)
 		return
@@ -426,6 +452,12 @@ func (c *ctx) clientSYNACK(ent *flow.Entry[conn]) {
 	c.touch(ent, len(c.frame))
 	switch ent.State {
 	case flow.SynSent:
+		if !seqLT(v.clientISN, p.Ack) || !seqLE(p.Ack, v.clientISN+v.synLen) {
+			// Not an answer to this SYN (RFC 793: not acceptable in
+			// SYN-SENT): nothing changes.
+			c.e.drop(c.out, reason.OutOfWindow)
+			return
+		}
 	case flow.SynAckReceived:
 		if p.Seq != v.serverISN {
 			c.e.drop(c.out, reason.InvalidState)
@@ -459,6 +491,7 @@ func (c *ctx) deliverSYNACK(ent *flow.Entry[conn], first bool) {
 	v := &ent.Value
 	if !v.target {
 		if first {
+			v.seq.syn(sideRemote, c.p, 1+uint32(c.p.PayloadLen()))
 			c.sh.SetState(ent, flow.SynAckReceived, c.ns)
 		}
 		c.e.forward(c.out, c.frame)
@@ -493,6 +526,7 @@ func (c *ctx) deliverSYNACK(ent *flow.Entry[conn], first bool) {
 		return
 	}
 	if first {
+		v.seq.syn(sideRemote, c.p, 1+uint32(c.p.PayloadLen()))
 		c.sh.SetState(ent, flow.SynAckReceived, c.ns)
 	}
 	c.e.forward(c.out, f)
@@ -575,24 +609,248 @@ func (c *ctx) injectTokenACK(ent *flow.Entry[conn], fromSYNACK bool) {
 	c.e.stats.injected.Add(1)
 }
 
-// simultaneousOpen: a net SYN on a flow where the PU sent its own SYN. Both
-// enforcers apply the same rule: the end with the higher (address, port)
-// yields and becomes the server; the other drops the crossing SYN. The
-// handshake then completes as an ordinary one.
-func (c *ctx) simultaneousOpen(ent *flow.Entry[conn]) {
-	c.touch(ent, len(c.frame))
-	if ent.State != flow.SynSent {
-		c.e.drop(c.out, reason.InvalidState)
+// peerSYN handles a SYN from the peer on a known 4-tuple that does not
+// retransmit the flow's own SYN: a new connection attempt. The rule: a SYN
+// changes a flow only once it is authenticated (the token of a peer inside
+// the target networks verified, the PU's ingress rules allowing it), and
+// never while the flow's connection may be alive:
+//   - the flow is over (closing after FINs both ways, i.e. TIME_WAIT reuse;
+//     reset; denied or revoked): the new connection replaces it;
+//   - a handshake is in progress: an authenticated SYN replaces it (the
+//     client gave up on it); the lower end of a simultaneous open keeps
+//     its own;
+//   - the connection is established: the flow stays as it is and the SYN
+//     goes to the PU, whose TCP is the judge (RFC 5961 §4): a live
+//     connection answers it with a challenge ACK; a connection that is gone
+//     lets the SYN reach a listener, whose SYN-ACK then ends the old flow
+//     (promoteSuccessor).
+//
+// A SYN that fails authentication or policy is dropped with its reason and
+// recorded; the flow is untouched.
+func (c *ctx) peerSYN(ent *flow.Entry[conn]) {
+	v := &ent.Value
+	over := ent.State == flow.Denied || ent.State == flow.Closing || v.reset
+	var tok tokens.Conn
+	peer, d, rc := c.authSYN(v.target, &tok)
+	if rc != reason.None {
+		c.touch(ent, len(c.frame))
+		if over {
+			c.refuse(rc, nil) // as to a SYN without state: a prompt RST
+		} else {
+			c.e.drop(c.out, rc)
+		}
+		c.recordRefused(ent, rc, peer, d)
 		return
 	}
-	k := &ent.Key
-	if cmpEnd(k.Local, k.LocalPort, k.Remote, k.RemotePort) > 0 {
+	switch {
+	case over || v.role == roleServer && ent.State.HalfOpen():
+		c.e.finish(c.pu, ent, EndReplaced, c.ns, c.out)
 		c.sh.Delete(ent)
 		c.newConnection()
+	case v.role == roleClient && ent.State == flow.SynSent:
+		// Simultaneous open: both enforcers compare (local address, port)
+		// with (remote address, port); the higher end yields and becomes
+		// the server of the peer's SYN, the lower end drops the crossing
+		// SYN. The handshake then completes as an ordinary one.
+		c.touch(ent, len(c.frame))
+		k := &ent.Key
+		if cmpEnd(k.Local, k.LocalPort, k.Remote, k.RemotePort) > 0 {
+			c.sh.Delete(ent)
+			c.newConnection()
+			return
+		}
+		c.e.drop(c.out, reason.InvalidState)
+	case v.role == roleServer && ent.State == flow.Established:
+		c.successorSYN(ent, &tok)
+	default:
+		c.touch(ent, len(c.frame))
+		c.e.drop(c.out, reason.InvalidState)
+	}
+}
+
+// authSYN authenticates and decides a SYN from the peer without changing
+// any flow: the token of a peer inside the target networks is verified into
+// tok, and the PU's ingress rules decide. rc is why it is refused (None:
+// allowed).
+func (c *ctx) authSYN(target bool, tok *tokens.Conn) (peer *tokens.Peer, d policy.Decision, rc reason.Code) {
+	var id *policy.Identity
+	if target {
+		_, n, rc := c.findToken()
+		if rc != reason.None {
+			return nil, d, rc
+		}
+		var err error
+		if peer, err = c.e.tok.VerifySYN(c.p.Frame[c.p.Payload:c.p.Payload+n], tok, c.now); err != nil {
+			return nil, d, code(err)
+		}
+		id = peer.Identity
+	}
+	d = c.view.pol.Ingress(id, c.remote, policy.ProtoTCP, c.localPort())
+	if !d.Allowed() {
+		rc = d.Reason
+		if rc == reason.None {
+			rc = reason.PolicyDenied
+		}
+	}
+	return peer, d, rc
+}
+
+// recordRefused writes the record of a SYN refused on a 4-tuple whose flow
+// it did not change (the flow keeps its own record).
+func (c *ctx) recordRefused(ent *flow.Entry[conn], rc reason.Code, peer *tokens.Peer, d policy.Decision) {
+	r := flow.Entry[conn]{Key: ent.Key, State: flow.Denied, Created: c.ns, LastSeen: c.ns}
+	r.Packets[c.dir&1], r.Bytes[c.dir&1] = 1, uint64(len(c.frame))
+	r.Value = conn{role: roleServer, target: ent.Value.target, peer: peer, reason: rc, decidedAt: c.ns}
+	if rc == d.Reason || d.Rule != nil {
+		r.Value.dec, r.Value.decided = d, true
+	}
+	c.e.record(c.pu, &r, EndRefused, c.ns)
+}
+
+// successorSYN passes an authenticated, allowed SYN of a new connection to
+// the PU while the established flow of its 4-tuple stays as it is. A server
+// flow no longer needs its handshake state once established: the new
+// connection's (tok) takes its place, for the SYN-ACK if one comes.
+func (c *ctx) successorSYN(ent *flow.Entry[conn], tok *tokens.Conn) {
+	v, p := &ent.Value, c.p
+	c.touch(ent, len(c.frame))
+	f := c.frame
+	synLen := 1 + uint32(c.dataLen())
+	if v.target {
+		off, n, _ := c.findToken() // authSYN found it
+		var rc reason.Code
+		if f, rc = packet.StripToken(p, off, n); rc != reason.None {
+			c.e.drop(c.out, rc)
+			return
+		}
+		f, _ = packet.StripSYNData(p)
+		v.tok = *tok
+	}
+	v.succ, v.succISN, v.succEnd, v.succScale = true, p.Seq, p.Seq+synLen, noScale
+	if sh, ok := packet.WindowScale(p); ok {
+		v.succScale = sh
+	}
+	c.e.forward(c.out, f)
+}
+
+// promoteSuccessor: the PU answered the successor SYN with a SYN-ACK, so
+// its TCP has no connection left on the 4-tuple: the old flow ends
+// (replaced) and the new connection's flow takes its place, in
+// syn-received. It returns nil when the new flow cannot be made (the PU's
+// SYN-ACK is then dropped).
+func (c *ctx) promoteSuccessor(old *flow.Entry[conn]) *flow.Entry[conn] {
+	v := old.Value
+	c.e.finish(c.pu, old, EndReplaced, c.ns, c.out)
+	c.sh.Delete(old)
+	ent := c.insert()
+	if ent == nil {
+		c.e.drop(c.out, reason.TableFull)
+		return nil
+	}
+	n := &ent.Value
+	n.role, n.target, n.tok = roleServer, v.target, v.tok
+	n.clientISN, n.synLen = v.succISN, v.succEnd-v.succISN
+	q := &n.seq
+	q.nxt[sideRemote], q.sent[sideRemote] = v.succEnd, true
+	q.rcv[sideLocal], q.edge[sideLocal], q.acked[sideLocal] = v.succISN+1, v.succISN+1, true
+	q.offered[sideRemote], q.offered[sideLocal] = v.succScale, noScale
+	var id *policy.Identity
+	if n.target {
+		n.peer = n.tok.Peer()
+		id = n.peer.Identity
+	}
+	c.decide(ent, c.view.pol.Ingress(id, c.remote, policy.ProtoTCP, c.localPort()))
+	if !n.dec.Allowed() {
+		// The policy changed since the SYN was passed on.
+		c.sh.SetState(ent, flow.Denied, c.ns)
+		c.e.record(c.pu, ent, EndDenied, c.ns)
+		c.e.drop(c.out, n.reason)
+		return nil
+	}
+	c.sh.SetState(ent, flow.SynReceived, c.ns)
+	return ent
+}
+
+// rst handles a RST on a known flow: it ends the flow only when the
+// receiving TCP would accept it (see seq.go); one inside the receiver's
+// window goes on without changing the flow (the receiver challenges it),
+// one outside is dropped. A reset flow lingers, unauthorized, for the
+// closing timeout, so that repeated RSTs still pass.
+func (c *ctx) rst(ent *flow.Entry[conn]) {
+	v := &ent.Value
+	c.touch(ent, len(c.frame))
+	if ent.State == flow.Denied {
+		c.e.drop(c.out, v.reason)
 		return
 	}
-	c.e.drop(c.out, reason.InvalidState)
+	if v.reset {
+		c.e.forward(c.out, c.frame)
+		return
+	}
+	switch c.rstFit(ent) {
+	case rstExact:
+		c.e.finish(c.pu, ent, EndReset, c.ns, c.out)
+		v.reset = true
+		c.sh.SetState(ent, flow.Closing, c.ns)
+		c.e.forward(c.out, c.frame)
+	case rstOutOfWindow:
+		c.e.drop(c.out, reason.OutOfWindow)
+	default:
+		c.e.forward(c.out, c.frame)
+	}
 }
+
+// rstFit judges a RST against the flow's sequence window. On a flow whose
+// packets bypass the enforcer the window it saw is out of date: a RST from
+// the PU is its own TCP's (its connection is gone); one from the network
+// goes to the PU, whose TCP applies RFC 5961 itself, and a probe follows
+// it to learn the outcome.
+func (c *ctx) rstFit(ent *flow.Entry[conn]) rstFit {
+	v, p := &ent.Value, c.p
+	hasACK := p.Flags&packet.ACK != 0
+	if c.dir == FromApp && v.succ && hasACK && seqLT(v.succISN, p.Ack) && seqLE(p.Ack, v.succEnd) {
+		// The PU refuses the successor SYN: it has no connection and no
+		// listener on the 4-tuple.
+		return rstExact
+	}
+	if v.bypass {
+		if c.dir == FromApp {
+			return rstExact
+		}
+		c.probe(ent)
+		return rstUnknown
+	}
+	client := sideLocal
+	switch {
+	case v.pickedUp || v.restored:
+		client = -1 // no SYN seen
+	case v.role == roleServer:
+		client = sideRemote
+	}
+	return v.seq.rst(c.side(), p.Seq, p.Ack, hasACK, client, v.clientISN)
+}
+
+// probeEvery bounds RST probes per flow.
+const probeEvery = int64(200 * time.Millisecond)
+
+// probe sends the PU, after the RST being forwarded, an ACK that its TCP
+// ignores while it holds the connection (far outside the window: at most a
+// duplicate ACK) and answers with a RST once the connection is gone (a
+// segment for no connection): that RST, from the PU, then ends the flow.
+func (c *ctx) probe(ent *flow.Entry[conn]) {
+	v, p := &ent.Value, c.p
+	if v.probeAt != 0 && c.ns-v.probeAt < probeEvery {
+		return
+	}
+	v.probeAt = c.ns
+	f := packet.BuildTCP(c.out.injectBuf(), p, &packet.Segment{Flags: packet.ACK,
+		Seq: p.Seq + 1<<31, Ack: p.Ack + 1<<31, Window: 0xffff})
+	c.out.Inject = append(c.out.Inject, Injected{To: ToPU, Frame: f, PU: c.pu, AfterFrame: true})
+	c.e.stats.injected.Add(1)
+	c.e.stats.probes.Add(1)
+}
+
+func (c *ctx) side() int { return int(c.dir & 1) }
 
 func cmpEnd(a [16]byte, ap uint16, b [16]byte, bp uint16) int {
 	if r := bytes.Compare(a[:], b[:]); r != 0 {
@@ -612,12 +870,7 @@ func (c *ctx) server(ent *flow.Entry[conn]) {
 	p, v := c.p, &ent.Value
 	syn, ack := p.Flags&packet.SYN != 0, p.Flags&packet.ACK != 0
 	if c.dir == FromNet && syn && !ack {
-		if p.Seq != v.clientISN {
-			c.e.finish(c.pu, ent, EndReplaced, c.ns, c.out)
-			c.sh.Delete(ent)
-			c.newConnection()
-			return
-		}
+		// A retransmission (another ISN goes to peerSYN).
 		switch ent.State {
 		case flow.Denied:
 			c.touch(ent, len(c.frame))
@@ -636,12 +889,22 @@ func (c *ctx) server(ent *flow.Entry[conn]) {
 		return
 	}
 	if c.dir == FromApp && syn && ack {
+		if v.succ && seqLT(v.succISN, p.Ack) && seqLE(p.Ack, v.succEnd) {
+			// The PU's TCP accepted the new connection's SYN: it no
+			// longer has the old one.
+			ent = c.promoteSuccessor(ent)
+			if ent == nil {
+				return
+			}
+			v = &ent.Value
+		}
 		c.touch(ent, len(c.frame))
 		if ent.State != flow.SynReceived && ent.State != flow.SynAckSent {
 			c.e.drop(c.out, reason.InvalidState)
 			return
 		}
 		v.serverISN = p.Seq
+		v.seq.syn(sideLocal, p, 1+uint32(p.PayloadLen()))
 		if !v.target {
 			c.sh.SetState(ent, flow.SynAckSent, c.ns)
 			c.e.forward(c.out, c.frame)
@@ -722,6 +985,7 @@ func (c *ctx) serverACK(ent *flow.Entry[conn]) {
 // packets bypass the dataplane.
 func (c *ctx) establish(ent *flow.Entry[conn]) {
 	ent.Value.authorized = true
+	ent.Value.bypass = c.e.kernelBypass && ent.Key.Proto == packet.ProtoTCP
 	ent.Value.authNoteAt = c.ns
 	c.sh.SetState(ent, flow.Established, c.ns)
 	c.out.Notes = append(c.out.Notes, note(Authorize, c.pu, &ent.Key))
@@ -819,6 +1083,7 @@ func (c *ctx) midStream() {
 				f = g
 			}
 		}
+		c.observe(ent)
 		c.e.forward(c.out, f)
 		return
 	}
@@ -829,7 +1094,7 @@ func (c *ctx) midStream() {
 // rules decide on a flow's first packet (peer identity is not carried),
 // later packets and replies of an allowed flow pass.
 func (c *ctx) datagram() {
-	if c.p.IsICMPError() && c.related() {
+	if c.p.IsICMPError() && c.icmpError() {
 		return
 	}
 	c.sh = c.e.table.Shard(&c.key)
@@ -857,6 +1122,7 @@ func (c *ctx) datagram() {
 	}
 	ent.Value.role = roleDatagram
 	ent.Value.firstDir = c.dir
+	ent.Value.target = c.view.eng.IsTarget(c.remote)
 	proto := policy.Protocol(c.p.Proto)
 	var port uint16
 	var d policy.Decision
@@ -907,29 +1173,55 @@ func (c *ctx) revokedPacket(ent *flow.Entry[conn]) {
 	c.e.drop(c.out, ent.Value.reason)
 }
 
-// related forwards an ICMP error about a packet of a flow the PU has and
-// that is not denied (path MTU discovery, unreachable ports and hosts of
-// allowed connections must reach their ends). It reports whether it decided;
-// unrelated errors are decided by the rules like any datagram.
-func (c *ctx) related() bool {
-	src, dst, proto, sport, dport, ok := c.p.Quoted()
+// icmpError handles an ICMP error that quotes a packet of a flow of the PU.
+// An error travels toward the sender of the packet it quotes: from the
+// network to the PU when the PU sent it (from its destination or from a
+// router on the way), from the PU back to the sender when the PU received
+// it; and it is no larger than an error may be (576 bytes IPv4, RFC 1812
+// §4.3.2.3; 1280 IPv6, RFC 4443 §2.4). Such an error of a flow that is not
+// denied passes whatever the rules say about ICMP (path MTU discovery,
+// unreachable ports and hosts of allowed connections must reach their
+// ends); one that does not fit its flow is dropped (bad-icmp-error): it
+// would carry data past the policy. It reports whether it decided; an
+// error quoting no flow of the PU is decided by the rules like any
+// datagram.
+func (c *ctx) icmpError() bool {
+	p := c.p
+	src, dst, proto, sport, dport, ok := p.Quoted()
 	if !ok {
 		return false
 	}
 	var k flow.Key
-	if c.dir == FromNet {
-		// The quoted packet is one the PU sent.
-		k.Local, k.Remote, k.LocalPort, k.RemotePort = src.As16(), dst.As16(), sport, dport
-	} else {
-		// The PU reports on a packet it received.
-		k.Local, k.Remote, k.LocalPort, k.RemotePort = dst.As16(), src.As16(), dport, sport
-	}
 	k.VLAN, k.PU, k.Proto = c.key.VLAN, c.key.PU, proto
+	// The PU sent the quoted packet: the error must come to it.
+	k.Local, k.Remote, k.LocalPort, k.RemotePort = src.As16(), dst.As16(), sport, dport
+	fits := c.dir == FromNet && p.Dst == src
 	sh := c.e.table.Shard(&k)
 	sh.Lock()
-	defer sh.Unlock()
 	ent := sh.Get(&k)
-	if ent == nil || sh.Expired(ent, c.ns) || ent.State == flow.Denied || ent.Value.reset {
+	if ent == nil {
+		sh.Unlock()
+		// The PU received the quoted packet: the error must go from it
+		// back to the sender.
+		k.Local, k.Remote, k.LocalPort, k.RemotePort = dst.As16(), src.As16(), dport, sport
+		fits = c.dir == FromApp && p.Src == dst && p.Dst == src
+		sh = c.e.table.Shard(&k)
+		sh.Lock()
+		ent = sh.Get(&k)
+	}
+	defer sh.Unlock()
+	if ent == nil || sh.Expired(ent, c.ns) {
+		return false
+	}
+	max := 576
+	if p.IPv6 {
+		max = 1280
+	}
+	if !fits || p.End-p.L3 > max {
+		c.e.drop(c.out, reason.BadICMPError)
+		return true
+	}
+	if ent.State == flow.Denied || ent.Value.reset {
 		return false
 	}
 	sh.Touch(ent, flow.Dir(c.dir), len(c.frame), c.ns)

@@ -9,6 +9,7 @@ package monitor
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 
@@ -104,6 +105,14 @@ type PU struct {
 	// from the PU through a port on it.
 	Bridge string
 	IPs    []netip.Addr
+	// MAC and Addrs are who the PU is on its link (the namespace end of
+	// the policed veth): every frame it sends must carry this MAC and one
+	// of these addresses (with their on-link prefix length, link-local
+	// included), or the steering rules drop it. Docker: from the engine
+	// (the container's endpoint); a namespace: read from its interface
+	// when it is attached.
+	MAC   net.HardwareAddr
+	Addrs []netip.Prefix
 	// Tags is the PU's identity: user tags from labels plus @sys: tags.
 	Tags policy.Tags
 	// Image is the image the container runs (Docker only).

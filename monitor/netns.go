@@ -3,14 +3,18 @@ package monitor
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/trireme-go/trireme/netsetup"
 )
 
 // NetnsDir is where named namespaces live (as `ip netns` makes them).
@@ -53,7 +57,15 @@ type NetnsInfo struct {
 	// IPs are the global unicast addresses of the namespace's interfaces
 	// other than loopback, sorted.
 	IPs []netip.Addr
+	// MAC and Addrs are Inside's Ethernet address and its addresses with
+	// their prefix length, link-local included (netsetup.ReadLinkIdentity).
+	MAC   net.HardwareAddr
+	Addrs []netip.Prefix
 }
+
+// linkLocalWait bounds the wait for the kernel to give a just-plumbed
+// interface its IPv6 link-local address.
+const linkLocalWait = time.Second
 
 // InspectNetns finds the host-side veth and the addresses of the namespace
 // at path. It reads the namespace through a netlink socket opened in it, so
@@ -120,6 +132,13 @@ func InspectNetns(path string) (NetnsInfo, error) {
 		}
 	}
 	slices.SortFunc(info.IPs, netip.Addr.Compare)
+	if info.Inside != "" {
+		id, err := netsetup.ReadLinkIdentity(h, info.Inside, linkLocalWait)
+		if err != nil {
+			return info, fmt.Errorf("netns %s: %w", path, err)
+		}
+		info.MAC, info.Addrs = id.MAC, id.Addrs
+	}
 	return info, nil
 }
 

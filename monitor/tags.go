@@ -2,7 +2,6 @@ package monitor
 
 import (
 	"log/slog"
-	"strings"
 
 	"github.com/trireme-go/trireme/policy"
 )
@@ -17,23 +16,17 @@ const (
 )
 
 // BuildTags makes a PU identity from user labels and system values. Labels
-// with a reserved key ('@...') are dropped and logged (with the PU id), so a
-// workload cannot claim a system identity; empty keys and keys containing
-// '=' (tags travel as key=value) are dropped too. Empty
+// CheckLabel refuses are dropped and logged (with the PU id): a reserved
+// key ('@...'), so a workload cannot claim a system identity; empty keys,
+// keys containing '=' (tags travel as key=value), control characters,
+// oversized labels. The control API refuses such labels instead. Empty
 // system values (e.g. no image) are left out.
 func BuildTags(log *slog.Logger, puID string, labels map[string]string, sys map[string]string) policy.Tags {
 	m := make(map[string]string, len(labels)+len(sys))
 	for k, v := range labels {
-		switch {
-		case strings.HasPrefix(k, "@"):
+		if err := CheckLabel(k, v, false); err != nil {
 			if log != nil {
-				log.Warn("dropping label with a reserved key", "pu", puID, "key", k)
-			}
-			continue
-		case strings.TrimSpace(k) == "" || strings.Contains(k, "="):
-			// Tags travel as "key=value": such a key cannot be signed.
-			if log != nil {
-				log.Warn("dropping label with an empty key or a key containing '='", "pu", puID, "key", k)
+				log.Warn("dropping label", "pu", puID, "key", k, "why", err)
 			}
 			continue
 		}

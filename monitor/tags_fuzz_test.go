@@ -13,6 +13,7 @@ func FuzzBuildTags(f *testing.F) {
 	f.Add("", "", "a=b", "c")
 	f.Add("@", "x", "k8s.io/name", "v=w")
 	f.Add(" ", "\x00", "@sys:id", "")
+	f.Add("app", "web\nteam=blue", "a\x00b", "x")
 	f.Fuzz(func(t *testing.T, k1, v1, k2, v2 string) {
 		sys := SysTags(KindDocker, "id1", "name1", "img")
 		tags := BuildTags(nil, "pu", map[string]string{k1: v1, k2: v2}, sys)
@@ -32,6 +33,14 @@ func FuzzBuildTags(f *testing.F) {
 			}
 			if strings.Contains(tag.Key, "=") || strings.TrimSpace(tag.Key) == "" {
 				t.Fatalf("unsignable key %q", tag.Key)
+			}
+			if _, isSys := sys[tag.Key]; !isSys {
+				if err := CheckLabel(tag.Key, tag.Value, false); err != nil {
+					t.Fatalf("user tag %q=%q kept although CheckLabel refuses it: %v", tag.Key, tag.Value, err)
+				}
+				if strings.ContainsAny(tag.Key+tag.Value, "\x00\n\r") {
+					t.Fatalf("user tag %q=%q carries a control character", tag.Key, tag.Value)
+				}
 			}
 		}
 	})

@@ -29,7 +29,11 @@ type InjectionPort struct {
 // to the port are OFF too, so the bridge never sends anything into it: it
 // is a one-way door into the bridge. Neither end has IPv6 or ARP, so the
 // kernel itself sends nothing through it.
-func EnsureInjectionPort(bridge, name, brName string) (InjectionPort, error) {
+//
+// With an owner, both ends are marked as its own when created here, and an
+// existing pair is used only if it carries the mark: a link of that name
+// that trireme did not make is refused, never adopted or deleted.
+func EnsureInjectionPort(bridge, name, brName, owner string) (InjectionPort, error) {
 	for _, n := range []string{name, brName} {
 		if err := CheckLinkName(n); err != nil {
 			return InjectionPort{}, err
@@ -39,15 +43,19 @@ func EnsureInjectionPort(bridge, name, brName string) (InjectionPort, error) {
 	if err != nil {
 		return InjectionPort{}, fmt.Errorf("netsetup: bridge %s: %w", bridge, err)
 	}
+	created := false
 	if !LinkExists(name) {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = name
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: brName}); err != nil {
 			return InjectionPort{}, fmt.Errorf("netsetup: create injection port %s: %w", name, err)
 		}
+		created = true
 	}
 	fail := func(err error) (InjectionPort, error) {
-		_ = DeleteLink(name)
+		if created {
+			_ = DeleteLink(name)
+		}
 		return InjectionPort{}, err
 	}
 	host, err := netlink.LinkByName(name)
@@ -57,6 +65,20 @@ func EnsureInjectionPort(bridge, name, brName string) (InjectionPort, error) {
 	port, err := netlink.LinkByName(brName)
 	if err != nil {
 		return fail(fmt.Errorf("netsetup: find %s: %w", brName, err))
+	}
+	if owner != "" {
+		for _, l := range []netlink.Link{host, port} {
+			if created {
+				if err := markOwner(l, owner); err != nil {
+					return fail(err)
+				}
+			} else if l.Attrs().Alias != owner {
+				return fail(fmt.Errorf("%w: %s (injection port of %s)", ErrNotOwned, l.Attrs().Name, bridge))
+			}
+		}
+		if _, ok := host.(*netlink.Veth); !ok || port.Attrs().ParentIndex != host.Attrs().Index {
+			return fail(fmt.Errorf("%w: %s and %s are not one veth pair", ErrNotOwned, name, brName))
+		}
 	}
 	for _, n := range []string{name, brName} {
 		if err := DisableIPv6(n); err != nil {

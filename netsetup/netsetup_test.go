@@ -127,7 +127,7 @@ func TestInjectionPortFlags(t *testing.T) {
 	n := testenv.NewNode(t, testenv.NodeOptions{})
 	n.MustDo(func() error {
 		for i := 0; i < 2; i++ { // idempotent
-			if _, err := netsetup.EnsureInjectionPort(n.Bridge, "inj", "injb"); err != nil {
+			if _, err := netsetup.EnsureInjectionPort(n.Bridge, "inj", "injb", ""); err != nil {
 				return err
 			}
 		}

@@ -20,6 +20,7 @@ type PUConfig struct {
 	Addrs    []netip.Prefix // PU addresses with the subnet prefix length
 	Gateways []netip.Addr   // default routes (one per family), optional
 	MTU      int            // 0: kernel default
+	Owner    string         // marks the host veth as trireme's (owner.go)
 }
 
 // PortUpTimeout bounds the wait for a new bridge port to forward.
@@ -75,6 +76,9 @@ func AttachPU(cfg PUConfig) (PULink, error) {
 	host, err := netlink.LinkByName(cfg.HostVeth)
 	if err != nil {
 		return fail(fmt.Errorf("netsetup: find veth %s: %w", cfg.HostVeth, err))
+	}
+	if err := markOwner(host, cfg.Owner); err != nil {
+		return fail(err)
 	}
 	var puMAC net.HardwareAddr
 	err = InNetns(ns, func() error {

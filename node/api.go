@@ -25,6 +25,14 @@ type PUInfo struct {
 	Bridge  string            `json:"bridge,omitempty"`
 	State   string            `json:"state"`
 	Created time.Time         `json:"created"`
+	// MAC and Addrs are who the PU is on its link: the only Ethernet
+	// source and the only IP sources (with their on-link prefix,
+	// link-local included) its frames may carry (anti-spoofing).
+	MAC   string         `json:"mac,omitempty"`
+	Addrs []netip.Prefix `json:"addrs,omitempty"`
+	// Drops counts the PU's own frames the kernel dropped, by reason
+	// (spoofed-source, rogue-router), since it was attached.
+	Drops map[string]uint64 `json:"drops,omitempty"`
 }
 
 // AttachRequest asks the daemon to police a network namespace.
@@ -207,6 +215,8 @@ func writeErr(w http.ResponseWriter, err error) {
 		code = http.StatusNotFound
 	case errors.Is(err, ErrInvalid):
 		code = http.StatusBadRequest
+	case errors.Is(err, ErrConflict):
+		code = http.StatusConflict
 	}
 	writeJSON(w, code, map[string]string{"error": err.Error()})
 }

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -63,6 +65,15 @@ type Daemon struct {
 	ops        chan kernelOp // to kernelLoop
 	steerNames sync.Map      // *dataplane.PU -> steering name
 
+	// owner marks the links the daemon creates (netsetup/owner.go);
+	// bridgeAddrs are the addresses it added to a node bridge it did not
+	// create: purge removes those and nothing else of it.
+	owner       string
+	bridgeAddrs []netip.Prefix
+	// retired holds the kernel drop counters of PUs already removed, so
+	// that the node-wide drop counts never go down.
+	retired kernelDrops
+
 	mu         sync.Mutex
 	pus        map[string]*livePU // by PU ID
 	excluded   []netip.Prefix     // added at runtime
@@ -78,6 +89,7 @@ type livePU struct {
 	tapIn  string // TAP names (persistent)
 	tapOut string
 	owned  bool // the namespace and veth were created by trireme
+	mac    net.HardwareAddr
 
 	dp      *dataplane.PU
 	in      *tap.Tap
@@ -124,7 +136,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, res: res, tok: tok, pus: map[string]*livePU{}, ops: make(chan kernelOp, 4096)}
+	d := &Daemon{cfg: cfg, log: log, res: res, tok: tok, pus: map[string]*livePU{}, ops: make(chan kernelOp, 4096), owner: ownerMark(cfg.Node)}
 	d.sink = newAsyncSink(log)
 	eff := d.effectivePolicy(res.Current())
 	d.policyExcl = eff.Set().ExcludedNetworks
@@ -133,7 +145,9 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 		Policy:    eff,
 		MidStream: mid,
 		Sink:      d.sink,
-		Flows:     flow.Config{},
+		// Authorized flows' packets stay in the kernel (steering).
+		KernelBypass: true,
+		Flows:        flow.Config{},
 		// Flows close in the kernel: record each decision when it is made.
 		RecordEstablished: true,
 	})
@@ -189,8 +203,8 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if err := d.sink.open(d.cfg.FlowLog); err != nil {
 		return fmt.Errorf("flow log: %w", err)
 	}
-	if _, err := netsetup.EnsureBridge(netsetup.BridgeConfig{Name: d.cfg.Bridge.Name, Gateways: []netip.Prefix{d.ipam.gatewayPrefix()}}); err != nil {
-		return fmt.Errorf("bridge %s: %w", d.cfg.Bridge.Name, err)
+	if err := d.setupBridge(); err != nil {
+		return err
 	}
 	if _, err := d.injectorFor(d.cfg.Bridge.Name); err != nil {
 		return err
@@ -286,50 +300,6 @@ func (d *Daemon) Stop() {
 	d.log.Info("daemon stopped; steering stays in place (fail closed)")
 }
 
-// Purge removes what the daemon put in the kernel: the steering table, the
-// TAPs, the veths and namespaces it created, the injection port and the
-// bridge, and its state file. The daemon must be stopped.
-func Purge(cfg *Config) error {
-	var errs []error
-	s, err := steer.Open(steer.Config{Node: cfg.Node})
-	if err == nil {
-		errs = append(errs, s.Delete())
-		s.Close()
-	} else {
-		errs = append(errs, err)
-	}
-	for _, p := range readState(cfg.StateDir) {
-		_, tin, tout, _ := puNames(p.ID)
-		errs = append(errs, tap.Delete(tin), tap.Delete(tout))
-		if p.Owned {
-			errs = append(errs, netsetup.DetachPU(p.Veth))
-			if name, ok := strings.CutPrefix(p.NetNS, netsetup.NetnsDir+"/"); ok {
-				errs = append(errs, netsetup.DeleteNetns(name))
-			}
-		}
-	}
-	bridges := map[string]bool{cfg.Bridge.Name: true}
-	for _, p := range readState(cfg.StateDir) {
-		if p.Bridge != "" {
-			bridges[p.Bridge] = true
-		}
-	}
-	for b := range bridges {
-		if host, _, err := injectionPortNames(b); err == nil {
-			errs = append(errs, netsetup.DeleteLink(host))
-		}
-	}
-	errs = append(errs, netsetup.DeleteLink(cfg.Bridge.Name))
-	errs = append(errs, os.Remove(statePath(cfg.StateDir)))
-	var out []error
-	for _, e := range errs {
-		if e != nil && !errors.Is(e, os.ErrNotExist) {
-			out = append(out, e)
-		}
-	}
-	return errors.Join(out...)
-}
-
 // injectorFor returns the injector of the bridge's injection port, creating
 // the port on first use.
 func (d *Daemon) injectorFor(bridge string) (*inject.Injector, error) {
@@ -342,7 +312,7 @@ func (d *Daemon) injectorFor(bridge string) (*inject.Injector, error) {
 	if err != nil {
 		return nil, err
 	}
-	port, err := netsetup.EnsureInjectionPort(bridge, host, br)
+	port, err := netsetup.EnsureInjectionPort(bridge, host, br, d.owner)
 	if err != nil {
 		return nil, fmt.Errorf("injection port on %s: %w", bridge, err)
 	}
@@ -371,7 +341,7 @@ func injectionPortNames(bridge string) (host, br string, err error) {
 // ---- PUs ----
 
 func (p *livePU) steerPU() steer.PU {
-	return steer.PU{Name: p.steer, Veth: p.info.Veth, TapIn: p.in.Index(), TapOut: p.out.Index()}
+	return steer.PU{Name: p.steer, Veth: p.info.Veth, TapIn: p.in.Index(), TapOut: p.out.Index(), MAC: p.mac, Addrs: p.info.Addrs}
 }
 
 func (p *livePU) close() {
@@ -437,8 +407,8 @@ func (d *Daemon) restoreFlows(p *livePU, now time.Time) {
 		t := e.Tuple
 		// Each flow is listed in both directions; keep the one that
 		// starts at the PU.
-		if !containsAddr(p.info.IPs, t.Src) {
-			continue
+		if !containsAddr(p.info.IPs, t.Src) && !slices.ContainsFunc(p.info.Addrs, func(a netip.Prefix) bool { return a.Addr() == t.Src }) {
+			continue // link-local flows start at an address of Addrs
 		}
 		if d.enf.Restore(p.dp, t.Proto, netip.AddrPortFrom(t.Src, t.SrcPort), netip.AddrPortFrom(t.Dst, t.DstPort), now) {
 			n++
@@ -447,6 +417,16 @@ func (d *Daemon) restoreFlows(p *livePU, now time.Time) {
 	if n > 0 {
 		d.log.Info("restored authorized flows", "pu", p.info.ID, "flows", n)
 	}
+}
+
+// containsAddrOf reports whether a prefix of ps contains a.
+func containsAddrOf(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a.Unmap()) {
+			return true
+		}
+	}
+	return false
 }
 
 func containsAddr(ips []netip.Addr, a netip.Addr) bool {
@@ -458,21 +438,36 @@ func containsAddr(ips []netip.Addr, a netip.Addr) bool {
 	return false
 }
 
-// addPU starts enforcing a running PU described by a monitor.
-func (d *Daemon) addPU(mp monitor.PU, owned bool) (PUInfo, error) {
+// addPU starts enforcing a running PU described by a monitor. A PU whose
+// ID is known already is not an error for monitors (they resync); for the
+// control API (exclusive) it is a conflict, and so is a namespace or veth
+// that is policed already, and a namespace that would break the node.
+func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 	if ok, why := mp.Enforceable(); !ok {
 		return PUInfo{}, fmt.Errorf("%w: %s: %s", ErrInvalid, mp.Name, why)
+	}
+	if len(mp.MAC) != 6 {
+		return PUInfo{}, fmt.Errorf("%w: %s: no Ethernet address known for its interface: it cannot be policed", ErrInvalid, mp.Name)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if old, ok := d.pus[mp.ID]; ok {
+		if exclusive {
+			return PUInfo{}, fmt.Errorf("%w: a PU named %s exists (%s)", ErrConflict, mp.Name, old.info.ID)
+		}
 		return old.info, nil // monitors resync: a known PU is not an error
+	}
+	if exclusive && !owned {
+		if err := d.checkAttachable(&mp); err != nil {
+			return PUInfo{}, err
+		}
 	}
 	steerName, tin, tout, _ := puNames(mp.ID)
 	p := &livePU{
 		info: PUInfo{ID: mp.ID, Name: mp.Name, Kind: mp.Kind.String(), NetNS: mp.NetNS, PID: mp.PID,
-			IPs: mp.IPs, Tags: tagMap(mp.Tags), Veth: mp.HostVeth, Bridge: mp.Bridge, State: "starting", Created: time.Now()},
-		steer: steerName, tapIn: tin, tapOut: tout, owned: owned,
+			IPs: mp.IPs, Tags: tagMap(mp.Tags), Veth: mp.HostVeth, Bridge: mp.Bridge, State: "starting", Created: time.Now(),
+			MAC: mp.MAC.String(), Addrs: mp.Addrs},
+		steer: steerName, tapIn: tin, tapOut: tout, owned: owned, mac: mp.MAC,
 	}
 	if err := d.openPU(p); err != nil {
 		return PUInfo{}, err
@@ -482,6 +477,14 @@ func (d *Daemon) addPU(mp monitor.PU, owned bool) (PUInfo, error) {
 		return PUInfo{}, fmt.Errorf("steering: %w", err)
 	}
 	d.pus[p.info.ID] = p
+	for _, a := range p.info.Addrs {
+		if containsAddrOf(d.policyExcl, a.Addr()) || containsAddrOf(d.excluded, a.Addr()) {
+			// Its peers let traffic from that address in unchecked; the
+			// PU's own traffic is still checked (its chain matches
+			// excluded networks on the peer only).
+			d.log.Warn("PU holds an address of the excluded networks: PUs it talks to will not check it", "pu", p.info.ID, "addr", a.Addr())
+		}
+	}
 	if !owned {
 		// Attached namespaces and containers on the node bridge hold
 		// addresses of the node subnet: never hand them out again.
@@ -504,18 +507,6 @@ func tagMap(t policy.Tags) map[string]string {
 		m[tag.Key] = tag.Value
 	}
 	return m
-}
-
-// checkTags validates orchestrator-set tags: any key, reserved ones
-// included, except an empty key or one containing '=' (tags travel signed
-// as key=value).
-func checkTags(m map[string]string) error {
-	for k := range m {
-		if strings.TrimSpace(k) == "" || strings.Contains(k, "=") {
-			return fmt.Errorf("%w: tag %q: want a non-empty key without '='", ErrInvalid, k)
-		}
-	}
-	return nil
 }
 
 // mergeTags overlays orchestrator-set tags on a PU's tags (they win).
@@ -545,6 +536,9 @@ func (d *Daemon) removePU(id string) error {
 	d.enf.RemovePU(p.dp, time.Now(), &out)
 	p.close()
 	p.readers.Wait()
+	if c, err := d.steer.Counters(p.steer); err == nil {
+		d.retired.add(c)
+	}
 	err := d.steer.RemovePU(p.steer)
 	err = errors.Join(err, tap.Delete(p.tapIn), tap.Delete(p.tapOut))
 	if p.owned {
@@ -763,7 +757,7 @@ func (d *Daemon) eventLoop(events <-chan monitor.Event) {
 					d.log.Info("not policing PU", "pu", ev.PU.ID, "name", ev.PU.Name, "source", ev.Source, "why", why)
 					continue
 				}
-				if _, err := d.addPU(ev.PU, false); err != nil {
+				if _, err := d.addPU(ev.PU, false, false); err != nil {
 					d.log.Error("policing PU", "pu", ev.PU.ID, "name", ev.PU.Name, "source", ev.Source, "err", err)
 				}
 			case monitor.Stop, monitor.Destroy:
@@ -793,11 +787,17 @@ func (d *Daemon) setState(id, state string) {
 
 // ListPUs implements Controller.
 func (d *Daemon) ListPUs() []PUInfo {
+	counters, err := d.steer.AllCounters()
+	if err != nil {
+		d.log.Warn("reading the kernel's counters", "err", err)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	out := make([]PUInfo, 0, len(d.pus))
 	for _, p := range d.pus {
-		out = append(out, p.info)
+		info := p.info
+		info.Drops = kernelDropsOf(counters[p.steer])
+		out = append(out, info)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -811,13 +811,33 @@ func (d *Daemon) AttachPU(req AttachRequest) (PUInfo, error) {
 	if err != nil {
 		return PUInfo{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	if sameNetns(path, "/proc/self/ns/net") {
+		return PUInfo{}, fmt.Errorf("%w: %s is the daemon's own network namespace", ErrInvalid, req.NetNS)
+	}
+	name := req.Name
+	if name == "" {
+		name = monitor.DefaultName(path)
+	}
+	if !attachName.MatchString(name) {
+		what := "name"
+		if req.Name == "" {
+			what = "name (from the namespace; give one with --name)"
+		}
+		return PUInfo{}, fmt.Errorf("%w: %s %q: want 1-63 of [A-Za-z0-9_.-], starting with a letter or digit", ErrInvalid, what, name)
+	}
 	if err := checkLabels(req.Labels); err != nil {
 		return PUInfo{}, err
 	}
 	if err := checkTags(req.Tags); err != nil {
 		return PUInfo{}, err
 	}
-	mp, err := monitor.NetnsPU(d.log, monitor.KindNetns, req.Name, path, req.Labels)
+	d.mu.Lock()
+	old, exists := d.pus["netns-"+name]
+	d.mu.Unlock()
+	if exists {
+		return PUInfo{}, fmt.Errorf("%w: a PU named %s exists (%s)", ErrConflict, name, old.info.ID)
+	}
+	mp, err := monitor.NetnsPU(d.log, monitor.KindNetns, name, path, req.Labels)
 	if err != nil {
 		return PUInfo{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
@@ -828,7 +848,7 @@ func (d *Daemon) AttachPU(req AttachRequest) (PUInfo, error) {
 	if mp.HostVeth == "" {
 		return PUInfo{}, fmt.Errorf("%w: namespace %s has no veth joined to this node (create PUs with `trireme run` or plumb the namespace first)", ErrInvalid, req.NetNS)
 	}
-	return d.addPU(mp, false)
+	return d.addPU(mp, false, true)
 }
 
 // CreatePU implements Controller: a new namespace on the node bridge.
@@ -844,7 +864,7 @@ func (d *Daemon) CreatePU(req CreateRequest) (PUInfo, error) {
 	_, exists := d.pus[id]
 	d.mu.Unlock()
 	if exists {
-		return PUInfo{}, fmt.Errorf("%w: a PU named %s exists", ErrInvalid, req.Name)
+		return PUInfo{}, fmt.Errorf("%w: a PU named %s exists", ErrConflict, req.Name)
 	}
 	_, _, _, veth := puNames(id)
 	nsName := "trireme-" + req.Name
@@ -864,8 +884,10 @@ func (d *Daemon) CreatePU(req CreateRequest) (PUInfo, error) {
 		d.ipam.release(ip)
 		return PUInfo{}, err
 	}
-	if _, err := netsetup.AttachPU(netsetup.PUConfig{Netns: nsName, Bridge: d.cfg.Bridge.Name, HostVeth: veth,
-		Addrs: []netip.Prefix{netip.PrefixFrom(ip, d.ipam.subnet.Bits())}, Gateways: []netip.Addr{d.ipam.gateway()}}); err != nil {
+	addr := netip.PrefixFrom(ip, d.ipam.subnet.Bits())
+	link, err := netsetup.AttachPU(netsetup.PUConfig{Netns: nsName, Bridge: d.cfg.Bridge.Name, HostVeth: veth,
+		Addrs: []netip.Prefix{addr}, Gateways: []netip.Addr{d.ipam.gateway()}, Owner: d.owner})
+	if err != nil {
 		return fail(err)
 	}
 	mp, err := monitor.NetnsPU(d.log, monitor.KindProcess, req.Name, filepath.Join(netsetup.NetnsDir, nsName), req.Labels)
@@ -873,7 +895,11 @@ func (d *Daemon) CreatePU(req CreateRequest) (PUInfo, error) {
 		return fail(err)
 	}
 	mp.ID = id
-	info, err := d.addPU(mp, true)
+	// Who it is on the link is what the daemon gave it: its MAC, the
+	// address it assigned, and the link-local address of that MAC (read
+	// before anything runs in the namespace).
+	mp.MAC, mp.Addrs = link.PUMAC, createdAddrs(addr, link.PUMAC, mp.Addrs)
+	info, err := d.addPU(mp, true, true)
 	if err != nil {
 		return fail(err)
 	}
@@ -939,6 +965,9 @@ func (d *Daemon) Stats() Stats {
 			"kernel-authorized": kernelAuthorized.Load(),
 			"kernel-revoked":    kernelRevoked.Load(),
 			"foreign-frames":    foreignFrames.Load(),
+			// RSTs from the network on flows the kernel carries, left to
+			// the PU's TCP to judge and followed by a probe.
+			"rst-probes": s.Probes,
 		},
 		Drops:    map[string]uint64{},
 		Policy:   PolicyStatus{File: st.File, LoadedAt: st.LoadedAt, Policies: st.Policies, LastError: st.LastError, ErrorAt: st.ErrorAt},
@@ -949,5 +978,6 @@ func (d *Daemon) Stats() Stats {
 			out.Drops[reason.Code(i).String()] = n
 		}
 	}
+	d.addKernelDrops(out.Drops)
 	return out
 }

@@ -103,25 +103,38 @@ func (f *frameIO) process(dir dataplane.Direction, n int, now time.Time) {
 }
 
 // send writes the injected frames (in order: a token-ACK precedes the data
-// it belongs to) and then the forwarded frame.
+// it belongs to), then the forwarded frame, then the frames to inject after
+// it (a RST probe follows the RST).
 func (f *frameIO) send(out *dataplane.Output, dir dataplane.Direction, hdr vnet.Hdr, in []byte) {
+	after := false
 	for i := range out.Inject {
+		if out.Inject[i].AfterFrame {
+			after = true
+			continue
+		}
 		f.write(out.Inject[i].To, vnet.Hdr{}, out.Inject[i].Frame)
 	}
-	if out.Verdict != dataplane.Forward || out.Frame == nil {
+	if out.Verdict == dataplane.Forward && out.Frame != nil {
+		to := dataplane.ToNet
+		if dir == dataplane.FromNet {
+			to = dataplane.ToPU
+		}
+		fr := out.Frame
+		if len(fr) != len(in) || &fr[0] != &in[0] {
+			// Rewritten (a token added or stripped): the checksums are
+			// whole and it is no super-packet.
+			hdr = vnet.Hdr{}
+		}
+		f.write(to, hdr, fr)
+	}
+	if !after {
 		return
 	}
-	to := dataplane.ToNet
-	if dir == dataplane.FromNet {
-		to = dataplane.ToPU
+	for i := range out.Inject {
+		if out.Inject[i].AfterFrame {
+			f.write(out.Inject[i].To, vnet.Hdr{}, out.Inject[i].Frame)
+		}
 	}
-	fr := out.Frame
-	if len(fr) != len(in) || &fr[0] != &in[0] {
-		// Rewritten (a token added or stripped): the checksums are
-		// whole and it is no super-packet.
-		hdr = vnet.Hdr{}
-	}
-	f.write(to, hdr, fr)
 }
 
 func (f *frameIO) write(to dataplane.Target, hdr vnet.Hdr, frame []byte) {

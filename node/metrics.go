@@ -12,7 +12,7 @@ import (
 type metricsCollector struct {
 	c Controller
 
-	counters, drops, pus, flows, policyOK, policies *prometheus.Desc
+	counters, drops, puDrops, pus, flows, policyOK, policies *prometheus.Desc
 }
 
 func newMetricsCollector(c Controller) *metricsCollector {
@@ -22,6 +22,8 @@ func newMetricsCollector(c Controller) *metricsCollector {
 			"Dataplane events since the daemon started, by kind (packets, forwarded, injected, resets, kernel-authorized, ...).", []string{"kind"}, nil),
 		drops: prometheus.NewDesc("trireme_drops_total",
 			"Packets dropped (or answered with a RST) since the daemon started, by reason (docs/reasons.md).", []string{"reason"}, nil),
+		puDrops: prometheus.NewDesc("trireme_pu_drops_total",
+			"A PU's own frames the kernel dropped since it was attached, by reason (spoofed-source, rogue-router).", []string{"pu", "reason"}, nil),
 		pus:   prometheus.NewDesc("trireme_pus", "Processing units enforced.", nil, nil),
 		flows: prometheus.NewDesc("trireme_flows", "Flows tracked by the enforcement core.", nil, nil),
 		policyOK: prometheus.NewDesc("trireme_policy_file_valid",
@@ -31,7 +33,7 @@ func newMetricsCollector(c Controller) *metricsCollector {
 }
 
 func (m *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.pus, m.flows, m.policyOK, m.policies} {
+	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.puDrops, m.pus, m.flows, m.policyOK, m.policies} {
 		ch <- d
 	}
 }
@@ -43,6 +45,11 @@ func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for r, v := range s.Drops {
 		ch <- prometheus.MustNewConstMetric(m.drops, prometheus.CounterValue, float64(v), r)
+	}
+	for _, p := range m.c.ListPUs() {
+		for r, v := range p.Drops {
+			ch <- prometheus.MustNewConstMetric(m.puDrops, prometheus.CounterValue, float64(v), p.ID, r)
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(m.pus, prometheus.GaugeValue, float64(s.PUs))
 	ch <- prometheus.MustNewConstMetric(m.flows, prometheus.GaugeValue, float64(s.Flows))

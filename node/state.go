@@ -7,8 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -21,6 +19,9 @@ import (
 type state struct {
 	PUs      []statePU      `json:"pus"`
 	Excluded []netip.Prefix `json:"excluded"`
+	// BridgeAddrs are the addresses the daemon added to a node bridge it
+	// did not create (purge removes them, and leaves the bridge).
+	BridgeAddrs []netip.Prefix `json:"bridgeAddrs,omitempty"`
 }
 
 type statePU struct {
@@ -34,20 +35,24 @@ type statePU struct {
 	Veth   string            `json:"veth"`
 	Bridge string            `json:"bridge,omitempty"`
 	Owned  bool              `json:"owned,omitempty"`
+	// MAC and Addrs: who the PU is on its link, as known when it was
+	// attached (the anti-spoofing rules are rebuilt from them).
+	MAC   string         `json:"mac,omitempty"`
+	Addrs []netip.Prefix `json:"addrs,omitempty"`
 }
 
 func statePath(dir string) string { return filepath.Join(dir, "state.json") }
 
-func readState(dir string) []statePU {
+func readState(dir string) state {
 	b, err := os.ReadFile(statePath(dir))
 	if err != nil {
-		return nil
+		return state{}
 	}
 	var s state
 	if json.Unmarshal(b, &s) != nil {
-		return nil
+		return state{}
 	}
-	return s.PUs
+	return s
 }
 
 // loadState reads the previous run's PUs and runtime exclusions. PUs whose
@@ -80,9 +85,17 @@ func (d *Daemon) loadState() []*livePU {
 				d.ipam.reserve(ip)
 			}
 		}
+		mac, addrs, err := d.restoredIdentity(sp)
+		if err != nil {
+			d.log.Warn("not restoring PU: who it is on its link is unknown", "pu", sp.ID, "err", err)
+			tap.Delete(tin)
+			tap.Delete(tout)
+			continue
+		}
 		out = append(out, &livePU{
-			info:  PUInfo{ID: sp.ID, Name: sp.Name, Kind: sp.Kind, NetNS: sp.NetNS, PID: sp.PID, IPs: sp.IPs, Tags: sp.Tags, Veth: sp.Veth, Bridge: sp.Bridge, State: "restoring"},
-			steer: steerName, tapIn: tin, tapOut: tout, owned: sp.Owned,
+			info: PUInfo{ID: sp.ID, Name: sp.Name, Kind: sp.Kind, NetNS: sp.NetNS, PID: sp.PID, IPs: sp.IPs, Tags: sp.Tags, Veth: sp.Veth, Bridge: sp.Bridge, State: "restoring",
+				MAC: mac.String(), Addrs: addrs},
+			steer: steerName, tapIn: tin, tapOut: tout, owned: sp.Owned, mac: mac,
 		})
 	}
 	return out
@@ -96,21 +109,28 @@ func (d *Daemon) saveState() {
 
 // saveStateLocked writes the state file atomically (d.mu held).
 func (d *Daemon) saveStateLocked() {
-	s := state{Excluded: d.excluded}
+	s := state{Excluded: d.excluded, BridgeAddrs: d.bridgeAddrs}
 	for _, p := range d.pus {
 		s.PUs = append(s.PUs, statePU{ID: p.info.ID, Name: p.info.Name, Kind: p.info.Kind, NetNS: p.info.NetNS, PID: p.info.PID,
-			IPs: p.info.IPs, Tags: p.info.Tags, Veth: p.info.Veth, Bridge: p.info.Bridge, Owned: p.owned})
+			IPs: p.info.IPs, Tags: p.info.Tags, Veth: p.info.Veth, Bridge: p.info.Bridge, Owned: p.owned,
+			MAC: p.info.MAC, Addrs: p.info.Addrs})
 	}
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err == nil {
-		tmp := statePath(d.cfg.StateDir) + ".tmp"
-		if err = os.WriteFile(tmp, b, 0o600); err == nil {
-			err = os.Rename(tmp, statePath(d.cfg.StateDir))
-		}
-	}
-	if err != nil {
+	if err := writeState(d.cfg.StateDir, s); err != nil {
 		d.log.Error("writing state file", "err", err)
 	}
+}
+
+// writeState writes the state file atomically.
+func writeState(dir string, s state) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := statePath(dir) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, statePath(dir))
 }
 
 func linkExists(name string) bool {
@@ -124,18 +144,6 @@ func linkIndex(name string) (int, error) {
 		return 0, err
 	}
 	return l.Attrs().Index, nil
-}
-
-var puName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
-
-// checkLabels refuses reserved keys: '@' tags are set by trireme only.
-func checkLabels(m map[string]string) error {
-	for k := range m {
-		if strings.HasPrefix(k, "@") {
-			return fmt.Errorf("%w: label %q: keys starting with '@' are reserved for trireme", ErrInvalid, k)
-		}
-	}
-	return nil
 }
 
 // ipam hands out addresses of the node subnet to the PUs trireme creates.

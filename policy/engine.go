@@ -54,8 +54,16 @@ func (d Decision) Allowed() bool { return d.Action == Allow }
 
 func (e *Engine) Set() *Set { return e.set }
 
-// IsTarget reports whether a lies inside the target networks.
-func (e *Engine) IsTarget(a netip.Addr) bool { return e.target.contains(a.Unmap()) }
+// IsTarget reports whether a lies inside the target networks. IPv6
+// link-local addresses (fe80::/10) always do, whatever the policy says:
+// PUs on one link reach each other over them without a router, so a peer
+// there is a PU (or a host on the node's link) and proves its identity
+// with a token like any target-network peer; a CIDR rule (an internet
+// ::/0 rule) never lets it in without one.
+func (e *Engine) IsTarget(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.Is6() && a.IsLinkLocalUnicast() || e.target.contains(a)
+}
 
 // IsExcluded reports whether a lies inside the excluded networks.
 func (e *Engine) IsExcluded(a netip.Addr) bool { return e.excluded.contains(a.Unmap()) }

@@ -42,6 +42,13 @@ const (
 	NoRoomForToken // the token does not fit (MTU or TCP option space)
 	UnknownPU      // a packet for a PU the enforcer does not know
 	Timeout        // a flow that expired before the handshake completed
+	OutOfWindow    // a RST (or SYN-ACK) whose numbers do not fit the flow's sequence window
+	BadICMPError   // an ICMP error whose outer addresses do not fit the packet it quotes, or oversized
+
+	// A PU's own frames (netsetup/steer anti-spoofing, dataplane).
+	SpoofedSource // a frame leaving a PU that names another sender (MAC, IP, ARP or NDP link-layer address)
+	RogueRouter   // a router advertisement, redirect or DHCP server reply sent by a PU
+	InvalidNDP    // a neighbour discovery or MLD message that is not on-link link plumbing
 
 	numCodes
 )
@@ -69,6 +76,11 @@ var names = [numCodes]string{
 	NoRoomForToken:       "no-room-for-token",
 	UnknownPU:            "unknown-pu",
 	Timeout:              "timeout",
+	OutOfWindow:          "out-of-window",
+	BadICMPError:         "bad-icmp-error",
+	SpoofedSource:        "spoofed-source",
+	RogueRouter:          "rogue-router",
+	InvalidNDP:           "invalid-ndp",
 }
 
 // String returns the code's stable name, e.g. "missing-token".

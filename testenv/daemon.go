@@ -92,6 +92,10 @@ type DaemonOptions struct {
 	OnPolicyChange string
 	// Extra is appended to the config file (more YAML keys).
 	Extra string
+	// Bridge and Subnet replace the node's bridge and subnet in the
+	// config (a bridge the daemon must create, or one made beforehand).
+	Bridge string
+	Subnet netip.Prefix
 }
 
 // Daemon is a trireme daemon process running in a node namespace.
@@ -151,6 +155,13 @@ func NewDaemon(t testing.TB, n *Node, opts DaemonOptions) *Daemon {
 	if onChange == "" {
 		onChange = "keep"
 	}
+	bridge, subnet := n.Bridge, n.Subnet
+	if opts.Bridge != "" {
+		bridge = opts.Bridge
+	}
+	if opts.Subnet.IsValid() {
+		subnet = opts.Subnet
+	}
 	cfg := fmt.Sprintf(`node: %s
 secrets: %s
 policy: %s
@@ -160,7 +171,7 @@ stateDir: %s
 midStream: %s
 onPolicyChange: %s
 bridge: {name: %s, subnet: %s}
-%s`, nodeName, secrets, d.PolicyPath, d.FlowLog, d.Socket, filepath.Join(dir, "state"), mid, onChange, n.Bridge, n.Subnet, opts.Extra)
+%s`, nodeName, secrets, d.PolicyPath, d.FlowLog, d.Socket, filepath.Join(dir, "state"), mid, onChange, bridge, subnet, opts.Extra)
 	d.Config = filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(d.Config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

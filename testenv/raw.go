@@ -11,6 +11,8 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"github.com/trireme-go/trireme/netsetup"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,24 +20,38 @@ import (
 // sends any frame, whatever the PU's kernel would build (spoofed MACs and
 // addresses, bad flags, forged tokens), and reads every frame that reaches
 // the PU's interface. The socket is created inside the PU namespace and
-// closed by t.Cleanup.
+// closed by t.Cleanup. Sniff opens one on any interface of any namespace
+// (a bridge port: what crosses the wire there, both ways).
 type RawPort struct {
 	t       testing.TB
-	pu      *PU
+	label   string // namespace and interface, for messages
 	fd      int
 	ifindex int
-	MAC     net.HardwareAddr // the PU's own MAC (eth0)
+	MAC     net.HardwareAddr // the interface's own MAC
 
 	mu     sync.Mutex
 	closed bool
 }
 
-// Raw opens a RawPort on the PU's eth0.
+// Raw opens a RawPort on the PU's eth0. It reads only what reaches the PU,
+// not what the PU sends.
 func (p *PU) Raw() *RawPort {
 	p.t.Helper()
-	r := &RawPort{t: p.t, pu: p}
-	err := p.Do(func() error {
-		ifc, err := net.InterfaceByName("eth0")
+	return openRaw(p.t, p.NS, p.Name, "eth0", true)
+}
+
+// Sniff opens a RawPort on interface ifname of namespace ns that reads the
+// frames it receives and the frames it transmits.
+func Sniff(t testing.TB, ns netns.NsHandle, ifname string) *RawPort {
+	t.Helper()
+	return openRaw(t, ns, "", ifname, false)
+}
+
+func openRaw(t testing.TB, ns netns.NsHandle, nsName, ifname string, ignoreOutgoing bool) *RawPort {
+	t.Helper()
+	r := &RawPort{t: t, label: nsName + "/" + ifname}
+	err := netsetup.InNetns(ns, func() error {
+		ifc, err := net.InterfaceByName(ifname)
 		if err != nil {
 			return err
 		}
@@ -48,18 +64,20 @@ func (p *PU) Raw() *RawPort {
 			unix.Close(fd)
 			return err
 		}
-		// What the PU itself sends is not what reached it.
-		if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
-			unix.Close(fd)
-			return err
+		if ignoreOutgoing {
+			// What the PU itself sends is not what reached it.
+			if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1); err != nil {
+				unix.Close(fd)
+				return err
+			}
 		}
 		r.fd = fd
 		return nil
 	})
 	if err != nil {
-		p.t.Fatalf("testenv: raw socket in %s: %v", p.Name, err)
+		t.Fatalf("testenv: raw socket on %s: %v", r.label, err)
 	}
-	p.t.Cleanup(r.Close)
+	t.Cleanup(r.Close)
 	return r
 }
 
@@ -82,7 +100,7 @@ func (r *RawPort) Send(frame []byte) error {
 func (r *RawPort) MustSend(frame []byte) {
 	r.t.Helper()
 	if err := r.Send(frame); err != nil {
-		r.t.Fatalf("testenv: raw send from %s: %v", r.pu.Name, err)
+		r.t.Fatalf("testenv: raw send on %s: %v", r.label, err)
 	}
 }
 

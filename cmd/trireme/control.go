@@ -3,7 +3,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -35,14 +37,22 @@ func init() {
 				return printJSON(pus)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tKIND\tSTATE\tIPS\tTAGS")
+			fmt.Fprintln(tw, "ID\tNAME\tKIND\tSTATE\tIPS\tDROPS\tTAGS")
 			for _, p := range pus {
 				ips := make([]string, len(p.IPs))
 				for i, ip := range p.IPs {
 					ips[i] = ip.String()
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Name, p.Kind, p.State,
-					strings.Join(ips, ","), policy.NewTags(p.Tags))
+				drops := "-"
+				if len(p.Drops) > 0 {
+					var ds []string
+					for _, r := range slices.Sorted(maps.Keys(p.Drops)) {
+						ds = append(ds, fmt.Sprintf("%s=%d", r, p.Drops[r]))
+					}
+					drops = strings.Join(ds, ",")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Name, p.Kind, p.State,
+					strings.Join(ips, ","), drops, policy.NewTags(p.Tags))
 			}
 			return tw.Flush()
 		},

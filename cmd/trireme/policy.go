@@ -291,16 +291,21 @@ func explainFlow(e *policy.Engine, client, server endpoint, proto policy.Protoco
 			f.Notes = append(f.Notes, fmt.Sprintf("%s is outside the target networks: peers will not exchange tokens with it", ep.ep.Addr))
 		}
 	}
-	if e.IsExcluded(client.Addr) || e.IsExcluded(server.Addr) {
-		f.Verdict, f.DecidedBy = "allow", "excluded-network"
-		note := "an address is in the excluded networks: no check"
-		f.Ingress = half{Note: note, Verdict: "allow", allowed: true}
-		f.Egress = half{Note: note, Verdict: "allow", allowed: true}
-		return f, nil
+	// Each enforcer looks at its peer only: the server's ingress bypasses
+	// a client in the excluded networks, the client's egress a server
+	// there; a PU whose own address is excluded is still checked.
+	excluded := half{Note: "the peer is in the excluded networks: no check", Verdict: "allow", allowed: true}
+	f.Ingress, f.Egress = excluded, excluded
+	if !e.IsExcluded(client.Addr) || !server.PU {
+		f.Ingress = decideHalf(e, server, client, policy.Ingress, proto, port)
 	}
-	f.Ingress = decideHalf(e, server, client, policy.Ingress, proto, port)
-	f.Egress = decideHalf(e, client, server, policy.Egress, proto, port)
+	if !e.IsExcluded(server.Addr) || !client.PU {
+		f.Egress = decideHalf(e, client, server, policy.Egress, proto, port)
+	}
 	f.Verdict = "allow"
+	if f.Ingress.Note == excluded.Note || f.Egress.Note == excluded.Note {
+		f.DecidedBy = "excluded-network"
+	}
 	for _, h := range []struct {
 		name string
 		h    *half

@@ -109,6 +109,20 @@ func TestPolicyExplain(t *testing.T) {
 		{"excluded", []string{"--from", "10.0.255.9", "--to", "app=db", "--port", "tcp/5432"}, []string{
 			"verdict   allow (excluded-network)",
 		}},
+		// A PU that holds an excluded address is not excluded: its own
+		// egress still decides (only its peers bypass checks toward it).
+		{"PU with an excluded address", []string{"--from", "app=web,env=prod", "--from-ip", "10.0.255.9", "--to", "app=frontend", "--to-ip", "10.0.1.10", "--port", "tcp/443"}, []string{
+			"client egress:",
+			"  verdict   deny (policy-denied)",
+			"verdict   deny (client-egress: policy-denied)",
+		}},
+		// Link-local peers are inside: no token, no entry, whatever an
+		// internet CIDR rule allows.
+		{"link-local peer", []string{"--from", "fe80::1", "--to", "app=frontend", "--port", "tcp/443"}, []string{
+			"  verdict   deny (missing-token)",
+			"  note      fe80::1 is inside the target networks but presents no token",
+			"verdict   deny (server-ingress: missing-token)",
+		}},
 		{"client egress denies", []string{"--from", "app=web,env=prod", "--from-ip", "10.0.2.10", "--to", "app=frontend", "--to-ip", "10.0.1.10", "--port", "tcp/443"}, []string{
 			"server ingress:",
 			"  verdict   allow",
@@ -199,7 +213,7 @@ func TestDemoOffline(t *testing.T) {
 		{"admin -> db:tcp/22", "REJECT", "reject db/never-ssh", "(no enforcer)", "policy-rejected"},
 		{"kiosk -> web:tcp/22", "DENY", "deny (no rule)", "(no enforcer)", "policy-denied"},
 		{"legacy-vm -> web:tcp/80", "DENY", "deny missing-token", "(no enforcer)", "missing-token"},
-		{"monitor -> db:tcp/5432", "ALLOW", "(bypassed)", "(bypassed)", "excluded-network"},
+		{"monitor -> db:tcp/5432", "ALLOW", "(bypassed)", "(no enforcer)", "excluded-network"},
 	} {
 		found := false
 		for _, line := range strings.Split(out, "\n") {

@@ -66,14 +66,17 @@ var layerTypeIPv6Ext = gopacket.RegisterLayerType(2753, gopacket.LayerTypeMetada
 // without allocating, recording the fragment header's fields.
 type ip6Extensions struct {
 	layers.BaseLayer
-	ip6    *layers.IPv6 // the header the chain follows, for the first type
-	next   uint8
-	frag   Fragment
-	fragID uint32
-	bad    bool
+	ip6     *layers.IPv6 // the header the chain follows, for the first type
+	next    uint8
+	frag    Fragment
+	fragID  uint32
+	fragOff int
+	bad     bool
 }
 
-func (x *ip6Extensions) reset() { x.next, x.frag, x.fragID, x.bad = 0, NotFragment, 0, false }
+func (x *ip6Extensions) reset() {
+	x.next, x.frag, x.fragID, x.fragOff, x.bad = 0, NotFragment, 0, 0, false
+}
 
 var ip6ExtClass = gopacket.NewLayerClass([]gopacket.LayerType{
 	layers.LayerTypeIPv6HopByHop, layers.LayerTypeIPv6Routing,
@@ -115,6 +118,7 @@ func (x *ip6Extensions) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback)
 			off := binary.BigEndian.Uint16(data[i+2:]) >> 3
 			more := data[i+3]&1 != 0
 			x.fragID = binary.BigEndian.Uint32(data[i+4:])
+			x.fragOff = int(off) * 8
 			if off != 0 {
 				x.frag = LaterFragment
 			} else if more {

@@ -68,6 +68,9 @@ type Packet struct {
 	// Fragment state and identification (IPv4 ID or IPv6 fragment ID).
 	Frag   Fragment
 	FragID uint32
+	// FragOff is a fragment's offset in bytes within its datagram's
+	// payload (0 for a first fragment or an unfragmented packet).
+	FragOff int
 }
 
 // TCPHeaderLen is the TCP header length including options.
@@ -153,6 +156,7 @@ func (ps *Parser) Parse(frame []byte, pkt *Packet) reason.Code {
 			pkt.Dst = netip.AddrFrom4([4]byte(ip.DstIP))
 			pkt.Proto = uint8(ip.Protocol)
 			pkt.FragID = uint32(ip.Id)
+			pkt.FragOff = int(ip.FragOffset) * 8
 			if ip.FragOffset != 0 {
 				pkt.Frag = LaterFragment
 			} else if ip.Flags&layers.IPv4MoreFragments != 0 {
@@ -191,6 +195,7 @@ func (ps *Parser) Parse(frame []byte, pkt *Packet) reason.Code {
 			pkt.Proto = ps.ext.next
 			pkt.Frag = ps.ext.frag
 			pkt.FragID = ps.ext.fragID
+			pkt.FragOff = ps.ext.fragOff
 		}
 	}
 	if l3 == 0 {

@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"time"
@@ -72,6 +73,7 @@ type Replayer struct {
 	sum    Summary
 	recs   *recordSink
 	last   time.Time
+	wire   []net.HardwareAddr // Topology.WireMACs
 }
 
 // Summary counts what happened.
@@ -115,7 +117,7 @@ func New(o Options) (*Replayer, error) {
 		return nil, err
 	}
 	r := &Replayer{byIP: map[netip.Addr]*pu{}, out: o.Out, parser: packet.NewParser(),
-		sum: Summary{Dropped: map[string]int{}}}
+		sum: Summary{Dropped: map[string]int{}}, wire: o.Topology.WireMACs}
 	r.recs = &recordSink{r: r, conns: map[connKey]connState{}}
 	secrets, err := newSecrets(o.PKI, o.Topology)
 	if err != nil {
@@ -207,6 +209,20 @@ func (r *Replayer) endpoints(frame []byte) (src, dst netip.Addr, ok bool) {
 	return p.Src, p.Dst, true
 }
 
+// fromWire reports whether a frame's source MAC is one of the topology's
+// wire hosts.
+func (r *Replayer) fromWire(frame []byte) bool {
+	if len(frame) < 12 {
+		return false
+	}
+	for _, m := range r.wire {
+		if bytes.Equal(frame[6:12], m) {
+			return true
+		}
+	}
+	return false
+}
+
 // Packet runs captured packet number idx (0-based) with timestamp t.
 func (r *Replayer) Packet(idx int, t time.Time, frame []byte) {
 	r.sum.PacketsIn++
@@ -216,6 +232,9 @@ func (r *Replayer) Packet(idx int, t time.Time, frame []byte) {
 	var from, to *pu
 	if ok {
 		from, to = r.byIP[src], r.byIP[dst]
+		if r.fromWire(frame) {
+			from = nil // put on the wire by a host without an enforcer
+		}
 	} else {
 		// Frames whose addresses cannot be read are given to one enforcer
 		// as network input: it drops them with the reason.
@@ -288,10 +307,11 @@ func (r *Replayer) receive(to *pu, w []byte, t time.Time, origin, depth int) {
 	back := [][]byte{}
 	for _, in := range n.out.Inject {
 		r.sum.Injected++
-		if in.To == dataplane.ToPU {
-			r.deliver(to, t, in.Frame, -1)
-		} else {
+		switch {
+		case in.To == dataplane.ToNet:
 			back = append(back, bytes.Clone(in.Frame))
+		case !in.AfterFrame:
+			r.deliver(to, t, in.Frame, -1)
 		}
 	}
 	if n.out.Verdict == dataplane.Forward {
@@ -301,6 +321,11 @@ func (r *Replayer) receive(to *pu, w []byte, t time.Time, origin, depth int) {
 		}
 	} else if origin >= 0 {
 		r.count(n.out.Verdict, n.out.Reason)
+	}
+	for _, in := range n.out.Inject {
+		if in.To == dataplane.ToPU && in.AfterFrame {
+			r.deliver(to, t, in.Frame, -1)
+		}
 	}
 	if depth < 4 {
 		for _, b := range back {
@@ -362,8 +387,12 @@ func (r *Replayer) NodeStats() map[string]dataplane.Stats {
 	return m
 }
 
+// connKey identifies a TCP connection in the summary: its ends and its
+// VLANs (the same 4-tuple in two VLANs is two connections, as in the flow
+// table).
 type connKey struct {
 	client, server netip.AddrPort
+	vlan           [2]uint16
 }
 
 // recordSink forwards records and tallies TCP connections: a connection
@@ -377,8 +406,15 @@ type connState struct{ allowed, denied bool }
 
 func (s *recordSink) Record(rec *dataplane.Record) {
 	s.r.sum.Flows++
-	if rec.Proto == "tcp" {
-		k := connKey{rec.Client, rec.Server}
+	switch {
+	case rec.Proto != "tcp":
+	case rec.End == dataplane.EndRefused:
+		// A SYN refused on the 4-tuple of a live connection: an attempt
+		// of its own, not that connection's outcome.
+		s.r.sum.ConnectionsDenied++
+	default:
+		k := connKey{client: rec.Client, server: rec.Server}
+		copy(k.vlan[:], rec.VLAN)
 		st := s.conns[k]
 		st.allowed = st.allowed || rec.Action == "allow"
 		st.denied = st.denied || rec.Action == "deny" || rec.Action == "reject"

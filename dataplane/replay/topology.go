@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"regexp"
@@ -22,6 +23,11 @@ type Topology struct {
 	TargetNetworks   []netip.Prefix `yaml:"-"`
 	ExcludedNetworks []netip.Prefix `yaml:"-"`
 	PUs              []PUSpec       `yaml:"-"`
+	// WireMACs are hosts without an enforcer on the wire between the
+	// enforcers (someone on the underlay, a spoofing host): a frame whose
+	// source MAC is one of them reaches its receiver's enforcer without
+	// passing any sender's, whatever source address it claims.
+	WireMACs []net.HardwareAddr `yaml:"-"`
 }
 
 // PUSpec is one PU of the topology.
@@ -35,6 +41,7 @@ type PUSpec struct {
 type rawTopology struct {
 	TargetNetworks   []string `yaml:"targetNetworks"`
 	ExcludedNetworks []string `yaml:"excludedNetworks"`
+	WireMACs         []string `yaml:"wireMACs"`
 	PUs              []rawPU  `yaml:"pus"`
 }
 
@@ -103,6 +110,14 @@ func ParseTopology(file string, data []byte) (*Topology, error) {
 			errs = append(errs, fmt.Sprintf("%s: excludedNetworks: %v", file, err))
 		}
 		t.ExcludedNetworks = append(t.ExcludedNetworks, p.Masked())
+	}
+	for _, m := range raw.WireMACs {
+		mac, err := net.ParseMAC(m)
+		if err != nil || len(mac) != 6 {
+			errs = append(errs, fmt.Sprintf("%s: wireMACs: %q is not an Ethernet MAC", file, m))
+			continue
+		}
+		t.WireMACs = append(t.WireMACs, mac)
 	}
 	names := map[string]bool{}
 	ips := map[netip.Addr]string{}

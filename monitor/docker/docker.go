@@ -11,10 +11,13 @@
 package docker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -23,8 +26,10 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/events"
+	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/trireme-go/trireme/monitor"
+	"github.com/trireme-go/trireme/netsetup"
 )
 
 // Config configures a Docker monitor.
@@ -352,7 +357,65 @@ func (m *Monitor) runningPU(ctx context.Context, c *container.InspectResponse) (
 	if len(pu.IPs) == 0 {
 		pu.IPs = info.IPs
 	}
+	if pu.Network == monitor.NetworkBridge {
+		pu.MAC, pu.Addrs = engineIdentity(c.NetworkSettings, info)
+		if pu.MAC == nil {
+			// No endpoint with a MAC (a network driver that gives none):
+			// what the namespace showed at start is the best there is.
+			m.log.Warn("the engine gives the container no MAC; using its interface's", "id", c.ID, "mac", info.MAC)
+			pu.MAC, pu.Addrs = info.MAC, info.Addrs
+		}
+	}
 	slices.SortFunc(pu.IPs, netip.Addr.Compare)
 	pu.IPs = slices.Compact(pu.IPs)
 	return pu, nil
+}
+
+// engineIdentity is the container's MAC and addresses as the engine
+// assigned them (the container has no say in them): those of the endpoint
+// whose MAC the policed interface carries, or, if the container already
+// changed its MAC, of its first endpoint (its frames are then dropped as
+// spoofed, not let through). Its IPv6 link-local address is the one the
+// kernel derives from the MAC (EUI-64), plus any the engine configured.
+func engineIdentity(ns *container.NetworkSettings, info monitor.NetnsInfo) (net.HardwareAddr, []netip.Prefix) {
+	if ns == nil {
+		return nil, nil
+	}
+	var ep *network.EndpointSettings
+	for _, name := range slices.Sorted(maps.Keys(ns.Networks)) {
+		e := ns.Networks[name]
+		if e == nil || len(e.MacAddress) != 6 {
+			continue
+		}
+		if ep == nil || bytes.Equal(e.MacAddress, info.MAC) {
+			ep = e
+		}
+		if bytes.Equal(e.MacAddress, info.MAC) {
+			break
+		}
+	}
+	if ep == nil {
+		return nil, nil
+	}
+	mac := net.HardwareAddr(slices.Clone(ep.MacAddress))
+	var addrs []netip.Prefix
+	add := func(a netip.Addr, bits int) {
+		if !a.IsValid() || a.IsUnspecified() {
+			return
+		}
+		a = a.Unmap()
+		if bits <= 0 || bits > a.BitLen() {
+			bits = a.BitLen()
+		}
+		addrs = append(addrs, netip.PrefixFrom(a, bits))
+	}
+	add(ep.IPAddress, ep.IPPrefixLen)
+	add(ep.GlobalIPv6Address, ep.GlobalIPv6PrefixLen)
+	if ep.IPAMConfig != nil {
+		for _, a := range ep.IPAMConfig.LinkLocalIPs {
+			add(a, 0)
+		}
+	}
+	add(netsetup.EUI64LinkLocal(mac), 64)
+	return mac, addrs
 }

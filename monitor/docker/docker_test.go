@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -16,6 +19,7 @@ import (
 
 	"github.com/moby/moby/client"
 	"github.com/trireme-go/trireme/monitor"
+	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/testenv/dockerenv"
 	"github.com/vishvananda/netlink"
 )
@@ -112,6 +116,15 @@ func checkRunning(t *testing.T, env *dockerenv.Env, pu monitor.PU, wantTags stri
 	}
 	if len(pu.IPs) != 1 || pu.IPs[0].String() != ip || !env.Subnet.Contains(pu.IPs[0]) {
 		t.Errorf("%s: IPs %v, engine says %s", pu.Name, pu.IPs, ip)
+	}
+	// Who the container is on the link (the anti-spoofing rules' input)
+	// comes from the engine: the endpoint's MAC and address with its
+	// prefix, and the EUI-64 link-local address of that MAC.
+	for _, ep := range c.NetworkSettings.Networks {
+		want := []netip.Prefix{netip.PrefixFrom(ep.IPAddress, ep.IPPrefixLen), netip.PrefixFrom(netsetup.EUI64LinkLocal(net.HardwareAddr(ep.MacAddress)), 64)}
+		if pu.MAC.String() != net.HardwareAddr(ep.MacAddress).String() || !slices.Equal(pu.Addrs, want) {
+			t.Errorf("%s: MAC %s addrs %v, engine says %s %v", pu.Name, pu.MAC, pu.Addrs, net.HardwareAddr(ep.MacAddress), want)
+		}
 	}
 	// stdout only: ip may warn on stderr that it cannot name the peer's
 	// namespace ("Peer netns reference is invalid"), which is harmless.

@@ -45,7 +45,7 @@ func newRigOn(t testing.TB, node *testenv.Node, nSteered int) *rig {
 	r := &rig{t: t, node: node, taps: map[string]*tap.Tap{}}
 	r.node.MustDo(func() error {
 		var err error
-		r.inj, err = netsetup.EnsureInjectionPort(testenv.BridgeName, "inj", "injb")
+		r.inj, err = netsetup.EnsureInjectionPort(testenv.BridgeName, "inj", "injb", "")
 		if err != nil {
 			return err
 		}
@@ -58,11 +58,14 @@ func newRigOn(t testing.TB, node *testenv.Node, nSteered int) *rig {
 				}
 				r.taps[n] = tp
 			}
+			id := r.node.PUs[i].Identity()
 			r.pus = append(r.pus, steer.PU{
 				Name:   fmt.Sprintf("pu%d", i),
 				Veth:   r.node.PUs[i].Link.HostName,
 				TapIn:  r.taps[in].Index(),
 				TapOut: r.taps[out].Index(),
+				MAC:    id.MAC,
+				Addrs:  id.Addrs,
 			})
 		}
 		return nil

@@ -81,6 +81,163 @@ func loadTransport(off, l, reg uint32) *expr.Payload {
 	return &expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: l}
 }
 
+func loadLL(off, l, reg uint32) *expr.Payload {
+	return &expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg, Base: expr.PayloadBaseLLHeader, Offset: off, Len: l}
+}
+
+func cmp(op expr.CmpOp, data ...byte) *expr.Cmp {
+	return &expr.Cmp{Op: op, Register: regScratch, Data: data}
+}
+
+func be16(v uint16) []byte { return binaryutil.BigEndian.PutUint16(v) }
+
+func lookup(set *nftables.Set, invert bool) *expr.Lookup {
+	return &expr.Lookup{SourceRegister: regScratch, SetName: set.Name, SetID: set.ID, Invert: invert}
+}
+
+var (
+	drop     = []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}
+	zeroAddr = make([]byte, 16) // ::
+)
+
+// IPv6 header fields and the fixed offsets of the NDP messages the rules
+// read. NDP is only accepted without extension headers (next header 58),
+// so the ICMPv6 header is at a fixed offset of the network header and an
+// offset that is out of the packet fails the rule (never skips a check).
+const (
+	ip6PayloadLen = 4
+	ip6NextHeader = 6
+	ip6HopLimit   = 7
+	ip6Src        = 8
+	ip6Dst        = 24
+	ip6ICMPType   = 40
+	rsOption      = 40 + 8  // RS: 8-byte header, then options
+	nsOption      = 40 + 24 // NS and NA: 24-byte header (with the target), then options
+
+	ndpRS       = 133
+	ndpRA       = 134
+	ndpNS       = 135
+	ndpNA       = 136
+	ndpRedirect = 137
+
+	ndOptSourceLL = 1
+	ndOptTargetLL = 2
+	ndOptNonce    = 14
+
+	// MaxNDP bounds the ICMPv6 message of a neighbour discovery packet
+	// the kernel passes (IPv6 payload length, no extension headers). What
+	// a Linux PU sends is 8-32 bytes; the largest legitimate message is a
+	// router advertisement toward a PU (prefixes, MTU, RDNSS, DNSSL, route
+	// options: typically 100-250 bytes). Twice that bounds what an NDP
+	// message can carry between neighbours without refusing real ones.
+	MaxNDP = 512
+)
+
+// ndp matches an IPv6 packet that carries ICMPv6 directly (no extension
+// headers) of a type in [lo, hi].
+func ndp(lo, hi byte) []expr.Any {
+	r := cat(ethProto(ethIPv6), []expr.Any{
+		loadNet(ip6NextHeader, 1, regScratch), cmp(expr.CmpOpEq, protoICMPv6),
+		loadNet(ip6ICMPType, 1, regScratch),
+	})
+	if lo == hi {
+		return append(r, cmp(expr.CmpOpEq, lo))
+	}
+	return append(r, &expr.Range{Op: expr.CmpOpEq, Register: regScratch, FromData: []byte{lo}, ToData: []byte{hi}})
+}
+
+// payloadLen compares the IPv6 payload length.
+func payloadLen(op expr.CmpOp, n uint16) []expr.Any {
+	return []expr.Any{loadNet(ip6PayloadLen, 2, regScratch), cmp(op, be16(n)...)}
+}
+
+// linkOption is an 8-byte NDP link-layer address option carrying mac.
+func linkOption(typ byte, mac []byte) []byte { return append([]byte{typ, 1}, mac...) }
+
+// antiSpoofRules come first in the chain of traffic leaving the PU: a frame
+// passes them only when everything in it that names its sender is the PU's
+// own (Ethernet source, ARP sender, IP source, NDP link-layer options), and
+// when it is not something only a router or a DHCP server sends. Anything
+// else is dropped and counted (counters <pu>_in_spoof and <pu>_in_rogue).
+func antiSpoofRules(pu PU, sets puSets) [][]expr.Any {
+	spoof := counted(counterName(pu.Name, "in", "spoof"), drop)
+	rogue := counted(counterName(pu.Name, "in", "rogue"), drop)
+	mac := []byte(pu.MAC)
+	var rules [][]expr.Any
+	add := func(match []expr.Any, verdict []expr.Any) { rules = append(rules, cat(match, verdict)) }
+
+	// Ethernet source.
+	add([]expr.Any{loadLL(6, 6, regScratch), cmp(expr.CmpOpNeq, mac...)}, spoof)
+	// Only IPv4, IPv6 and ARP: other EtherTypes (and a second VLAN tag;
+	// the kernel moves a first one into the packet's metadata before this
+	// hook) carry a sender the rules below cannot check.
+	add([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: regScratch},
+		cmp(expr.CmpOpNeq, be16(ethIPv4)...), cmp(expr.CmpOpNeq, be16(ethIPv6)...), cmp(expr.CmpOpNeq, be16(ethARP)...),
+	}, spoof)
+	// ARP: Ethernet/IPv4 ARP (htype 1, ptype 0x0800, hlen 6, plen 4, any
+	// operation) whose sender MAC is the PU's, and whose sender IP is one
+	// of its addresses (no 0.0.0.0 probes: Linux does not probe, and a PU
+	// gets its addresses from trireme or its orchestrator).
+	add(cat(ethProto(ethARP), []expr.Any{
+		loadNet(0, 14, regScratch),
+		&expr.Bitwise{SourceRegister: regScratch, DestRegister: regScratch, Len: 14,
+			Mask: []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, Xor: make([]byte, 14)},
+		cmp(expr.CmpOpNeq, append([]byte{0, 1, 8, 0, 6, 4, 0, 0}, mac...)...),
+	}), spoof)
+	add(cat(ethProto(ethARP), []expr.Any{loadNet(14, 4, regScratch), lookup(sets.o4, true)}), spoof)
+	// IPv4 source.
+	add(cat(ethProto(ethIPv4), []expr.Any{loadNet(12, 4, regScratch), lookup(sets.o4, true)}), spoof)
+	// IPv6 source: one of the PU's addresses (its link-local included) ...
+	add(cat(ethProto(ethIPv6), []expr.Any{loadNet(ip6Src, 16, regScratch), cmp(expr.CmpOpNeq, zeroAddr...), lookup(sets.o6, true)}), spoof)
+	// ... or :: while it has none yet: only toward link-scope multicast,
+	// and only duplicate address detection (a neighbour solicitation,
+	// checked as NDP below) or MLD (behind a hop-by-hop header).
+	unspecified := cat(ethProto(ethIPv6), []expr.Any{loadNet(ip6Src, 16, regScratch), cmp(expr.CmpOpEq, zeroAddr...)})
+	add(cat(unspecified, []expr.Any{loadNet(ip6Dst, 2, regScratch), cmp(expr.CmpOpNeq, 0xff, 0x02)}), spoof)
+	add(cat(unspecified, []expr.Any{loadNet(ip6NextHeader, 1, regScratch), cmp(expr.CmpOpNeq, protoICMPv6), cmp(expr.CmpOpNeq, 0)}), spoof)
+	add(cat(unspecified, []expr.Any{loadNet(ip6NextHeader, 1, regScratch), cmp(expr.CmpOpEq, protoICMPv6),
+		loadNet(ip6ICMPType, 1, regScratch), cmp(expr.CmpOpNeq, ndpNS)}), spoof)
+	// What only a router or a DHCP server sends: router advertisements
+	// and redirects (found behind extension headers too), DHCPv4 and
+	// DHCPv6 server replies.
+	for _, t := range []byte{ndpRA, ndpRedirect} {
+		add(cat(ethProto(ethIPv6), l4Proto(expr.CmpOpEq, protoICMPv6), []expr.Any{loadTransport(0, 1, regScratch), cmp(expr.CmpOpEq, t)}), rogue)
+	}
+	add(cat(ethProto(ethIPv4), l4Proto(expr.CmpOpEq, unix.IPPROTO_UDP), []expr.Any{loadTransport(0, 2, regScratch), cmp(expr.CmpOpEq, be16(67)...)}), rogue)
+	add(cat(ethProto(ethIPv6), l4Proto(expr.CmpOpEq, unix.IPPROTO_UDP), []expr.Any{loadTransport(0, 2, regScratch), cmp(expr.CmpOpEq, be16(547)...)}), rogue)
+	// NDP link-layer options: what a Linux PU sends has at most one
+	// option (8 bytes), at a fixed offset: a source link-layer option
+	// (RS, NS) or a DAD nonce (NS), a target link-layer option (NA). The
+	// link-layer address must be the PU's MAC; any other shape is refused.
+	add(cat(ndp(ndpRS, ndpRS), payloadLen(expr.CmpOpNeq, 8), payloadLen(expr.CmpOpNeq, 16)), spoof)
+	add(cat(ndp(ndpRS, ndpRS), payloadLen(expr.CmpOpEq, 16), []expr.Any{
+		loadNet(rsOption, 8, regScratch), cmp(expr.CmpOpNeq, linkOption(ndOptSourceLL, mac)...)}), spoof)
+	add(cat(ndp(ndpNS, ndpNA), payloadLen(expr.CmpOpNeq, 24), payloadLen(expr.CmpOpNeq, 32)), spoof)
+	add(cat(ndp(ndpNS, ndpNS), payloadLen(expr.CmpOpEq, 32), []expr.Any{
+		loadNet(nsOption, 2, regScratch), cmp(expr.CmpOpNeq, ndOptNonce, 1),
+		loadNet(nsOption, 8, regScratch), cmp(expr.CmpOpNeq, linkOption(ndOptSourceLL, mac)...)}), spoof)
+	add(cat(ndp(ndpNA, ndpNA), payloadLen(expr.CmpOpEq, 32), []expr.Any{
+		loadNet(nsOption, 8, regScratch), cmp(expr.CmpOpNeq, linkOption(ndOptTargetLL, mac)...)}), spoof)
+	return rules
+}
+
+// onLinkNDP accepts neighbour discovery that really is on-link: ICMPv6
+// 133-137 without extension headers, hop limit 255 (a router on the way
+// would have decremented it), at most MaxNDP bytes, toward an on-link
+// destination: link-local, link-scope multicast (solicited-node
+// included), or, leaving the PU, an address of its on-link prefixes (a
+// neighbour answered over its global or ULA address) and, toward the PU,
+// one of its own addresses. Any other NDP-typed packet is steered, and the
+// dataplane drops it (reason invalid-ndp).
+func onLinkNDP(dsts *nftables.Set) []expr.Any {
+	return cat(ndp(ndpRS, ndpRedirect), []expr.Any{
+		loadNet(ip6HopLimit, 1, regScratch), cmp(expr.CmpOpEq, 255),
+	}, payloadLen(expr.CmpOpLte, MaxNDP), []expr.Any{
+		loadNet(ip6Dst, 16, regScratch), lookup(dsts, false),
+	}, accept)
+}
+
 // chainRules returns the rule bodies of one PU chain, in order.
 func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 	dir, tap := "in", pu.TapIn
@@ -95,31 +252,41 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 	//    the egress chain can see them: injection away from the PU goes
 	//    through the injection port, not this veth, and a mark set inside
 	//    the PU's namespace is cleared when the packet crosses the veth.
+	//    Leaving the PU, anti-spoofing comes before anything else.
 	if egress {
 		rules = append(rules, cat([]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: regScratch},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: regScratch, Data: binaryutil.NativeEndian.PutUint32(s.cfg.Mark)},
 		}, accept))
+	} else {
+		rules = append(rules, antiSpoofRules(pu, sets)...)
 	}
-	// 2. ARP and IPv6 neighbour discovery (ICMPv6 133-137) pass.
+	// 2. ARP passes (leaving the PU: checked above); IPv6 neighbour
+	//    discovery passes when it is on-link.
 	rules = append(rules, cat(ethProto(ethARP), accept))
-	rules = append(rules, cat(ethProto(ethIPv6), l4Proto(expr.CmpOpEq, protoICMPv6), []expr.Any{
-		loadTransport(0, 1, regScratch),
-		&expr.Range{Op: expr.CmpOpEq, Register: regScratch, FromData: []byte{133}, ToData: []byte{137}},
-	}, accept))
-	// 3. Excluded networks pass, as source or destination.
+	ndpDsts := sets.n6
+	if egress {
+		ndpDsts = sets.d6
+	}
+	rules = append(rules, onLinkNDP(ndpDsts))
+	// 3. Excluded networks pass, matched on the peer only: the destination
+	//    of a packet leaving the PU, the source of one toward it. (Matching
+	//    the PU's own side would let a PU that takes an excluded address
+	//    past every check.)
 	for _, v6 := range []bool{false, true} {
 		ep, set := uint16(ethIPv4), s.x4
 		if v6 {
 			ep, set = ethIPv6, s.x6
 		}
 		so, do, l := addrFields(v6)
-		for _, off := range []uint32{so, do} {
-			rules = append(rules, cat(ethProto(ep), []expr.Any{
-				loadNet(off, l, regScratch),
-				&expr.Lookup{SourceRegister: regScratch, SetName: set.Name, SetID: set.ID},
-			}, accept))
+		off := do
+		if egress {
+			off = so
 		}
+		rules = append(rules, cat(ethProto(ep), []expr.Any{
+			loadNet(off, l, regScratch),
+			&expr.Lookup{SourceRegister: regScratch, SetName: set.Name, SetID: set.ID},
+		}, accept))
 	}
 	// 4. Every TCP SYN (and SYN-ACK) goes to the dataplane, authorized or
 	//    not, and so do FIN and RST: the enforcer sees every connection
@@ -130,6 +297,8 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 		&expr.Bitwise{SourceRegister: regScratch, DestRegister: regScratch, Len: 1, Mask: []byte{tcpFlagSYN | tcpFlagFIN | tcpFlagRST}, Xor: []byte{0}},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: regScratch, Data: []byte{0}},
 	}, steerTo(tap, steerCounter)))
+	// 4b. IP fragments go to the dataplane (see fragmentRules).
+	rules = append(rules, fragmentRules(tap, steerCounter)...)
 	// 5. Packets of authorized flows stay in the kernel.
 	for _, v6 := range []bool{false, true} {
 		ep, set, w := uint16(ethIPv4), sets.a4, uint32(1)

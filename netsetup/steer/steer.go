@@ -1,9 +1,12 @@
 // Package steer programs the nftables netdev rules that steer a PU's
 // packets into the Go dataplane: every TCP SYN and SYN-ACK, and every
 // packet of a flow that is not (yet) authorized, is duplicated into a TAP
-// and dropped; packets of authorized flows, ARP, IPv6 neighbour discovery,
-// excluded networks and packets the dataplane injected itself stay in the
-// kernel. See docs/steering.md for the table layout.
+// and dropped; packets of authorized flows, ARP, on-link IPv6 neighbour
+// discovery, excluded peers and packets the dataplane injected itself stay
+// in the kernel. Before anything else, frames leaving a PU that name
+// another sender (MAC, IP, ARP or NDP link-layer address) or come from a
+// router or DHCP server are dropped and counted (rules.go, identity.go).
+// See docs/steering.md for the table layout.
 //
 // One table per node (family netdev, TablePrefix+node) holds everything.
 // Per PU there are two base chains on its host-side veth: "in_<pu>" (hook
@@ -17,6 +20,7 @@ package steer
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -49,6 +53,13 @@ type PU struct {
 	Veth   string // host-side veth: the chains hook here
 	TapIn  int    // ifindex of the TAP for traffic leaving the PU
 	TapOut int    // ifindex of the TAP for traffic toward the PU
+	// MAC and Addrs are who the PU is on the link (see identity.go): every
+	// frame leaving it must carry MAC as Ethernet (and ARP/NDP link-layer)
+	// source and one of Addrs as IP source; anything else is dropped and
+	// counted. Addrs are its IPv4, IPv6 global/ULA and link-local
+	// addresses, with the length of their on-link prefix.
+	MAC   net.HardwareAddr
+	Addrs []netip.Prefix
 }
 
 // Entry is one element of an authorized set.
@@ -62,6 +73,10 @@ type Entry struct {
 type Counters struct {
 	InSteered, InAuthorized   Packets // traffic leaving the PU
 	OutSteered, OutAuthorized Packets // traffic toward the PU
+	// Leaving the PU, dropped by the anti-spoofing rules: frames whose
+	// sender is not the PU's own (Spoofed), router advertisements,
+	// redirects and DHCP server replies (RogueRouter).
+	Spoofed, RogueRouter Packets
 }
 
 // Packets is a packet and byte count.
@@ -73,7 +88,10 @@ var (
 	ErrBadName   = errors.New("steer: invalid name")
 )
 
-type puSets struct{ a4, a6 *nftables.Set }
+type puSets struct {
+	a4, a6         *nftables.Set // authorized flows (kept across Apply)
+	o4, o6, n6, d6 *nftables.Set // the PU's identity (identity.go)
+}
 
 type puState struct {
 	pu   PU
@@ -138,19 +156,31 @@ func Open(cfg Config) (*Steerer, error) {
 // message is in flight.
 const sendBuffer = 64 << 20
 
+// recvBuffer is the receive buffer forced on the same sockets:
+// google/nftables asks the kernel to echo every rule it adds
+// (NLM_F_ECHO) and reads the answers only after the whole batch was
+// processed, so an Apply's answers (~40 KiB per PU with the anti-spoofing
+// rules) all wait in the buffer; the default (rmem_default, 208 KiB)
+// overflowed with ENOBUFS at 4 PUs. Memory is only used while answers wait.
+const recvBuffer = 64 << 20
+
 func forceSendBuffer(c *mnl.Conn) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var serr error
+	var serr, rerr error
 	if err := rc.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
+		rerr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, recvBuffer)
 	}); err != nil {
 		return err
 	}
 	if serr != nil {
 		return fmt.Errorf("steer: SO_SNDBUFFORCE: %w", serr)
+	}
+	if rerr != nil {
+		return fmt.Errorf("steer: SO_RCVBUFFORCE: %w", rerr)
 	}
 	return nil
 }
@@ -349,7 +379,7 @@ func wantedSet(name string, pus map[string]bool) (uint32, bool) {
 
 // puOfCounter returns the PU a counter name "<pu>_<dir>_<what>" belongs to.
 func puOfCounter(name string) string {
-	for _, sfx := range []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth"} {
+	for _, sfx := range counterSuffixes {
 		if p, ok := strings.CutSuffix(name, sfx); ok {
 			return p
 		}
@@ -372,6 +402,9 @@ func (s *Steerer) checkPU(pu PU) error {
 	}
 	if pu.Veth == "" || len(pu.Veth) > 15 {
 		return fmt.Errorf("steer: PU %s: invalid veth name %q", pu.Name, pu.Veth)
+	}
+	if err := checkIdentity(pu); err != nil {
+		return err
 	}
 	if pu.TapIn <= 0 || pu.TapOut <= 0 || pu.TapIn == pu.TapOut {
 		return fmt.Errorf("steer: PU %s: two distinct TAP ifindexes needed (in %d, out %d)", pu.Name, pu.TapIn, pu.TapOut)
@@ -412,11 +445,12 @@ func (s *Steerer) addPU(pu PU, keepSets, keepObjs map[string]bool) (*puState, er
 			return nil, err
 		}
 	}
-	for _, dir := range []string{"in", "out"} {
-		for _, what := range []string{"steer", "auth"} {
-			if name := counterName(pu.Name, dir, what); !keepObjs[name] {
-				s.conn.AddObj(&nftables.CounterObj{Table: s.table, Name: name})
-			}
+	if err := s.addIdentitySets(pu, &sets); err != nil {
+		return nil, err
+	}
+	for _, name := range puCounters(pu.Name) {
+		if !keepObjs[name] {
+			s.conn.AddObj(&nftables.CounterObj{Table: s.table, Name: name})
 		}
 	}
 	for _, egress := range []bool{false, true} {
@@ -494,10 +528,11 @@ func (s *Steerer) RemovePU(name string) error {
 	s.conn.DelChain(&nftables.Chain{Table: s.table, Name: "out_" + name})
 	s.conn.DelSet(st.sets.a4)
 	s.conn.DelSet(st.sets.a6)
-	for _, dir := range []string{"in", "out"} {
-		for _, what := range []string{"steer", "auth"} {
-			s.conn.DeleteObject(&nftables.CounterObj{Table: s.table, Name: counterName(name, dir, what)})
-		}
+	for _, set := range st.sets.identitySets() {
+		s.conn.DelSet(set)
+	}
+	for _, c := range puCounters(name) {
+		s.conn.DeleteObject(&nftables.CounterObj{Table: s.table, Name: c})
 	}
 	if err := s.flush(); err != nil {
 		return fmt.Errorf("steer: remove PU %s: %w", name, err)
@@ -581,6 +616,8 @@ func (s *Steerer) Counters(pu string) (Counters, error) {
 		counterName(pu, "in", "auth"):   &c.InAuthorized,
 		counterName(pu, "out", "steer"): &c.OutSteered,
 		counterName(pu, "out", "auth"):  &c.OutAuthorized,
+		counterName(pu, "in", "spoof"):  &c.Spoofed,
+		counterName(pu, "in", "rogue"):  &c.RogueRouter,
 	}
 	for _, o := range objs {
 		co, ok := o.(*nftables.CounterObj)

@@ -1,0 +1,70 @@
+package node
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+
+	"github.com/trireme-go/trireme/netsetup"
+	"github.com/trireme-go/trireme/netsetup/steer"
+	"github.com/trireme-go/trireme/reason"
+)
+
+// kernelDrops accumulates the anti-spoofing counters of removed PUs.
+type kernelDrops struct{ spoofed, rogue atomic.Uint64 }
+
+func (k *kernelDrops) add(c steer.Counters) {
+	k.spoofed.Add(c.Spoofed.Packets)
+	k.rogue.Add(c.RogueRouter.Packets)
+}
+
+// kernelDropsOf names a PU's kernel drop counters by reason (only those
+// that counted something).
+func kernelDropsOf(c steer.Counters) map[string]uint64 {
+	var m map[string]uint64
+	for code, n := range map[reason.Code]uint64{reason.SpoofedSource: c.Spoofed.Packets, reason.RogueRouter: c.RogueRouter.Packets} {
+		if n > 0 {
+			if m == nil {
+				m = map[string]uint64{}
+			}
+			m[code.String()] = n
+		}
+	}
+	return m
+}
+
+// addKernelDrops adds the kernel's drop counters (every PU's, and those
+// of PUs removed since the daemon started) to drops.
+func (d *Daemon) addKernelDrops(drops map[string]uint64) {
+	var sum steer.Counters
+	if all, err := d.steer.AllCounters(); err == nil {
+		for _, c := range all {
+			sum.Spoofed.Packets += c.Spoofed.Packets
+			sum.RogueRouter.Packets += c.RogueRouter.Packets
+		}
+	} else {
+		d.log.Warn("reading the kernel's counters", "err", err)
+	}
+	sum.Spoofed.Packets += d.retired.spoofed.Load()
+	sum.RogueRouter.Packets += d.retired.rogue.Load()
+	for k, v := range kernelDropsOf(sum) {
+		drops[k] += v
+	}
+}
+
+// createdAddrs are the addresses of a PU trireme created: the one it
+// assigned, and the link-local addresses its interface has (EUI-64 of
+// its MAC; read right after plumbing, before anything runs there).
+func createdAddrs(assigned netip.Prefix, mac net.HardwareAddr, read []netip.Prefix) []netip.Prefix {
+	out := []netip.Prefix{assigned}
+	for _, p := range read {
+		if p.Addr().IsLinkLocalUnicast() {
+			out = append(out, p)
+		}
+	}
+	if ll := netsetup.EUI64LinkLocal(mac); !slices.ContainsFunc(out, func(p netip.Prefix) bool { return p.Addr() == ll }) {
+		out = append(out, netip.PrefixFrom(ll, 64))
+	}
+	return out
+}
