@@ -44,7 +44,7 @@ func Binaries(t testing.TB) (etcd, apiserver string) {
 	if err == nil {
 		return filepath.Join(dir, "etcd"), filepath.Join(dir, "kube-apiserver")
 	}
-	msg := fmt.Sprintf("test control plane (etcd, kube-apiserver) not found in %s: %v; build it once with `%s` (about 5 minutes, then cached)", from, err, BuildCommand)
+	msg := fmt.Sprintf("test control plane (etcd, kube-apiserver) not found in %s: %v; build it once with `%s` (minutes the first time, then cached)", from, err, BuildCommand)
 	if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci || os.Getenv(EnvDir) != "" {
 		t.Fatal(msg)
 	}

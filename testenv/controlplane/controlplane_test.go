@@ -415,6 +415,7 @@ func TestAPIServerRestart(t *testing.T) {
 // TestCleanup checks what a control plane leaves once its test ended:
 // no process, no listening port, no directory.
 func TestCleanup(t *testing.T) {
+	Binaries(t) // skip here, not only in the subtest
 	var etcdPID, apiPID int
 	var dir, url string
 	t.Run("run", func(t *testing.T) {
