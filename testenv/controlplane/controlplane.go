@@ -23,8 +23,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -267,10 +269,11 @@ func (cp *ControlPlane) apiserverArgs() []string {
 // environment (etcd reads every ETCD_* variable as a flag), its output to
 // a log file in Dir. The process is killed if the test binary dies.
 func (cp *ControlPlane) launch(name, bin string, args []string, logName string) (*process, error) {
-	logPath := filepath.Join(cp.Dir, logName)
-	log, err := os.Create(logPath)
+	p := &process{name: name, logPath: filepath.Join(cp.Dir, logName), done: make(chan struct{})}
+	log, err := os.Create(p.logPath)
 	if err != nil {
-		return nil, err
+		close(p.done)
+		return p, err
 	}
 	defer log.Close()
 	cmd := exec.Command(bin, args...)
@@ -278,13 +281,44 @@ func (cp *ControlPlane) launch(name, bin string, args []string, logName string) 
 	cmd.Env = cleanEnv(os.Environ(), cp.Dir)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	p := &process{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	if err := cmd.Start(); err != nil {
+	if err := startFromSpawner(cmd); err != nil {
 		close(p.done)
 		return p, err
 	}
+	p.cmd = cmd
 	go func() { p.err = cmd.Wait(); close(p.done) }()
 	return p, nil
+}
+
+// Pdeathsig fires when the thread that forked the child exits, not the
+// process. Go ends a thread when a goroutine locked to it returns without
+// unlocking, which namespace code (testenv, netns) does on purpose to
+// discard a thread left in another namespace; if that thread had forked
+// etcd, etcd would die mid-test. Every child is therefore forked from one
+// goroutine locked to its own thread for the life of the test binary.
+var (
+	spawnOnce sync.Once
+	spawnReqs chan spawnReq
+)
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startFromSpawner(cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnReqs = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread lives as long as the process
+			for r := range spawnReqs {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error)
+	spawnReqs <- spawnReq{cmd, done}
+	return <-done
 }
 
 // cleanEnv keeps PATH and the Go runtime's knobs, nothing a binary would

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -412,8 +413,9 @@ func TestAPIServerRestart(t *testing.T) {
 	nsEvents.wait(t, "add /after")
 }
 
-// TestCleanup checks what a control plane leaves once its test ended:
-// no process, no listening port, no directory.
+// TestCleanup checks that a control plane survives the end of the thread
+// that started it, and what it leaves once its test ended: no process, no
+// listening port, no directory.
 func TestCleanup(t *testing.T) {
 	Binaries(t) // skip here, not only in the subtest
 	var etcdPID, apiPID int
@@ -424,6 +426,20 @@ func TestCleanup(t *testing.T) {
 		dir, url = cp.Dir, cp.URL
 		if etcdPID == 0 || apiPID == 0 {
 			t.Fatalf("pids %d %d", etcdPID, apiPID)
+		}
+		// Threads ended by goroutines that exit locked (as namespace code
+		// does) must not take the processes with them (Pdeathsig).
+		for range 64 {
+			done := make(chan struct{})
+			go func() { runtime.LockOSThread(); close(done) }()
+			<-done
+		}
+		time.Sleep(200 * time.Millisecond)
+		if err := cp.readyz(); err != nil {
+			t.Fatalf("kube-apiserver after thread exits: %v", err)
+		}
+		if err := cp.etcdHealthy(); err != nil {
+			t.Fatalf("etcd after thread exits: %v", err)
 		}
 	})
 	for _, pid := range []int{etcdPID, apiPID} {
