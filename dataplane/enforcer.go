@@ -227,6 +227,9 @@ type PU struct {
 	index uint32
 	local *tokens.Local
 	view  atomic.Pointer[puView]
+	// refused counts the PU's new flows refused for lack of room
+	// (flow-quota, table-full).
+	refused atomic.Uint64
 }
 
 type puView struct {
@@ -308,10 +311,7 @@ func (e *Enforcer) RemovePU(pu *PU, now time.Time, out *Output) {
 	out.reset()
 	pu.view.Store(nil)
 	ns := now.UnixNano()
-	e.table.Range(func(ent *flow.Entry[conn]) bool {
-		if ent.Key.PU != pu.index {
-			return false
-		}
+	e.table.RangePU(pu.index, func(ent *flow.Entry[conn]) bool {
 		e.finish(pu, ent, EndPURemoved, ns, out)
 		return true
 	})
@@ -340,6 +340,21 @@ func (e *Enforcer) SetPolicy(eng *policy.Engine) {
 // Flows returns the number of tracked flows and evictions so far.
 func (e *Enforcer) Flows() (n int, evictions uint64) {
 	return e.table.Len(), e.table.Evictions()
+}
+
+// PUStats is one PU's use of the flow table.
+type PUStats struct {
+	// Flows is the number of flows the PU holds (at most Stats.PerPU).
+	Flows int
+	// Refused counts the PU's new flows refused for lack of room: its
+	// share full of established flows (flow-quota) or the table full of
+	// them (table-full).
+	Refused uint64
+}
+
+// PUStats returns pu's use of the flow table.
+func (e *Enforcer) PUStats(pu *PU) PUStats {
+	return PUStats{Flows: e.table.PULen(pu.index), Refused: pu.refused.Load()}
 }
 
 func (e *Enforcer) puByIndex(i uint32) *PU {
@@ -543,9 +558,11 @@ type Stats struct {
 	// to judge.
 	Probes uint64
 	// Drops counts dropped packets by reason (index: reason.Code).
-	Drops     [reason.Count]uint64
-	Flows     int
-	Evictions uint64
+	Drops [reason.Count]uint64
+	// Flows is the number of flows tracked; Capacity the most the table
+	// holds, PerPU the most one PU may hold (flow.Config).
+	Flows, Capacity, PerPU int
+	Evictions              uint64
 }
 
 // Stats returns the counters.
@@ -554,7 +571,7 @@ func (e *Enforcer) Stats() Stats {
 		Forwarded: e.stats.forwarded.Load(),
 		Consumed:  e.stats.consumed.Load(), Injected: e.stats.injected.Load(), Resets: e.stats.resets.Load(),
 		Probes: e.stats.probes.Load(),
-		Flows:  e.table.Len(), Evictions: e.table.Evictions(),
+		Flows:  e.table.Len(), Capacity: e.table.Capacity(), PerPU: e.table.PerPU(), Evictions: e.table.Evictions(),
 	}
 	s.Packets = s.Forwarded + s.Consumed
 	for i := range s.Drops {
@@ -655,7 +672,7 @@ func (e *Enforcer) Restore(pu *PU, proto uint8, local, remote netip.AddrPort, no
 	if sh.Get(&k) != nil {
 		return false
 	}
-	ent := sh.Insert(&k, ns)
+	ent, _ := sh.Insert(&k, ns, nil)
 	if ent == nil {
 		return false
 	}
@@ -674,7 +691,7 @@ func (e *Enforcer) Restore(pu *PU, proto uint8, local, remote netip.AddrPort, no
 // Reevaluate applies the current policy to every established flow. Flows
 // the policy no longer allows are revoked (a Revoke note each, for the
 // daemon to take them out of the kernel's authorized set), recorded as
-// denied, and kept in Denied for the closing timeout: their next packet,
+// denied, and kept as revoked for a while (flow.Config.Revoked): their next packet,
 // steered back to the dataplane, is dropped and both ends get a RST. Flows
 // whose peer identity is unknown (restored, picked up mid-stream) are
 // judged by CIDR rules. It returns the number of flows revoked.
@@ -735,7 +752,7 @@ func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
 		}
 		v.decidedAt = ns
 		sh := e.table.Shard(k)
-		sh.SetState(ent, flow.Denied, ns)
+		sh.SetState(ent, flow.Revoked, ns)
 		e.record(pu, ent, EndRevoked, ns)
 		return false
 	})

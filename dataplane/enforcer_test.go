@@ -500,11 +500,14 @@ func TestRSTInEveryState(t *testing.T) {
 		name  string
 		setup func(p *pair)
 		fromC bool
+		// linger: an established flow a RST ended stays for the reset
+		// lifetime; a handshake a RST ended (a refused SYN) leaves nothing.
+		linger bool
 	}{
-		{"syn-sent, server RST (closed port)", func(p *pair) { p.c2s(syn0(p)) }, false},
-		{"syn-ack-sent, client RST", func(p *pair) { _, sa, _, _, _ := p.frames(); p.c2s(syn0(p)); p.s2c(sa) }, true},
-		{"established, server RST", func(p *pair) { p.handshake() }, false},
-		{"established, client RST", func(p *pair) { p.handshake() }, true},
+		{"syn-sent, server RST (closed port)", func(p *pair) { p.c2s(syn0(p)) }, false, false},
+		{"syn-ack-sent, client RST", func(p *pair) { _, sa, _, _, _ := p.frames(); p.c2s(syn0(p)); p.s2c(sa) }, true, false},
+		{"established, server RST", func(p *pair) { p.handshake() }, false, true},
+		{"established, client RST", func(p *pair) { p.handshake() }, true, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -527,6 +530,20 @@ func TestRSTInEveryState(t *testing.T) {
 					t.Fatalf("records after RST: %+v", rs)
 				}
 			}
+			_, _, _, data, _ := p.frames()
+			if !tc.linger {
+				// Nothing left: a repeated RST is one of an unknown
+				// flow (never answered), so is data.
+				for _, s := range []*side{p.c, p.s} {
+					if n, _ := s.e.Flows(); n != 0 {
+						t.Fatalf("%d flows left by a RST in the handshake", n)
+					}
+				}
+				if _, a, _ = p.c2s(data); a.v != Drop || a.code != reason.UnknownFlow {
+					t.Fatalf("data after RST: %v %v", a.v, a.code)
+				}
+				return
+			}
 			// A repeated RST passes; anything else on the reset flow does not.
 			if tc.fromC {
 				_, _, b = p.c2s(f)
@@ -534,14 +551,20 @@ func TestRSTInEveryState(t *testing.T) {
 				_, _, b = p.s2c(f)
 			}
 			mustDeliver(t, "repeated RST", b, f)
-			_, _, _, data, _ := p.frames()
 			if _, a, _ = p.c2s(data); a.v != Drop || a.code != reason.InvalidState {
 				t.Fatalf("data after RST: %v %v", a.v, a.code)
 			}
-			// The lingering flows go at the closing timeout, without new records.
+			// The lingering flows go at the reset lifetime (2 s), without
+			// new records.
 			var out Output
 			for _, s := range []*side{p.c, p.s} {
-				s.e.Expire(p.now.Add(time.Minute), &out)
+				if s.e.Expire(p.now.Add(flow.DefaultReset), &out); len(s.sink.all()) != 1 {
+					t.Fatalf("records at the reset lifetime: %+v", s.sink.all())
+				}
+				if n, _ := s.e.Flows(); n != 1 {
+					t.Fatalf("%d flows at the reset lifetime, want the lingering one", n)
+				}
+				s.e.Expire(p.now.Add(flow.DefaultReset+time.Millisecond), &out)
 				if n, _ := s.e.Flows(); n != 0 || len(s.sink.all()) != 1 {
 					t.Fatalf("%d flows, %d records after the linger", n, len(s.sink.all()))
 				}
@@ -768,7 +791,7 @@ func BenchmarkSYNWarmCache(b *testing.B) {
 		if so.Verdict != Forward {
 			b.Fatal(so.Reason)
 		}
-		if i%20000 == 0 { // keep the table from filling: steady state
+		if i%10000 == 0 { // keep the PU's share from filling: steady state
 			b.StopTimer()
 			c.e.Expire(t0.Add(time.Hour), &tmp)
 			s.e.Expire(t0.Add(time.Hour), &tmp)
@@ -855,7 +878,7 @@ func TestNoRoomForToken(t *testing.T) {
 }
 
 func TestTableFullNothingEvictable(t *testing.T) {
-	s := newSide(t, "n", webDB, map[string]string{"app": "web"}, MidStreamDrop, flow.Config{Capacity: 16})
+	s := newSide(t, "n", webDB, map[string]string{"app": "web"}, MidStreamDrop, flow.Config{Capacity: 16, PerPU: 16})
 	// Fill with established UDP flows (not half-open, not expired).
 	full := 0
 	for i := 0; i < 200; i++ {

@@ -187,8 +187,8 @@ func itoa(n int) string {
 // finish ends a flow: its record (unless written at the denial) and, when
 // it was authorized, a revoke note. The caller deletes the entry.
 func (e *Enforcer) finish(pu *PU, ent *flow.Entry[conn], end End, ns int64, out *Output) {
-	if end == EndExpired && ent.State == flow.Closing {
-		end = EndClosed
+	if ent.State == flow.Closing && (end == EndExpired || end == EndEvicted) {
+		end = EndClosed // it had closed (FINs both ways): an eviction only cut its linger short
 	}
 	if !ent.Value.recorded {
 		e.record(pu, ent, end, ns)

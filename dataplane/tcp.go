@@ -96,19 +96,22 @@ func (c *ctx) remotePort() uint16 {
 	return c.p.SrcPort
 }
 
-// insert adds a flow, evicting (half-open first) when the shard is full.
-func (c *ctx) insert() *flow.Entry[conn] {
-	ent := c.sh.Insert(&c.key, c.ns)
+// insert adds a flow. When the PU holds its whole share of the table (or
+// the table is full) a denied, ended or half-open flow is evicted (its
+// record written, its kernel entry revoked); when none can be, the new flow
+// is refused: rc says why (flow-quota, table-full), counted for the PU.
+func (c *ctx) insert() (ent *flow.Entry[conn], rc reason.Code) {
+	ent, rc = c.sh.Insert(&c.key, c.ns, c.evicted)
 	if ent == nil {
-		v := c.sh.Victim(c.ns)
-		if v == nil {
-			return nil
-		}
-		c.e.finish(c.e.puByIndex(v.Key.PU), v, EndEvicted, c.ns, c.out)
-		c.sh.Evict(v)
-		ent = c.sh.Insert(&c.key, c.ns)
+		c.pu.refused.Add(1)
 	}
-	return ent
+	return ent, rc
+}
+
+// evicted ends a flow the table evicts to make room (possibly another
+// PU's, whose shard the table holds locked).
+func (c *ctx) evicted(v *flow.Entry[conn]) {
+	c.e.finish(c.e.puByIndex(v.Key.PU), v, EndEvicted, c.ns, c.out)
 }
 
 func (c *ctx) touch(ent *flow.Entry[conn], n int) {
@@ -178,9 +181,9 @@ func (c *ctx) observe(ent *flow.Entry[conn]) {
 // newConnection handles a SYN without state: an app SYN makes the PU a
 // client, a net SYN a server.
 func (c *ctx) newConnection() {
-	ent := c.insert()
+	ent, rc := c.insert()
 	if ent == nil {
-		c.refuse(reason.TableFull, nil)
+		c.refuse(rc, nil)
 		return
 	}
 	p := c.p
@@ -256,7 +259,13 @@ func (c *ctx) serverSYN(ent *flow.Entry[conn]) {
 		return
 	}
 	payload := c.p.Frame[c.p.Payload:c.p.End]
-	peer, err := c.e.tok.VerifySYN(payload[:tokLen], &v.tok, c.now)
+	// The source's verification budget bounds what tokens never seen
+	// before can cost (a junk token seen before costs a cache lookup).
+	peer, err := c.e.tok.VerifySYNFrom(payload[:tokLen], &v.tok, c.now, c.remote)
+	if err == reason.VerifyRateLimited {
+		c.overBudget(ent)
+		return
+	}
 	if err != nil {
 		c.denyCode(ent, code(err))
 		return
@@ -347,7 +356,7 @@ func (c *ctx) denyCode(ent *flow.Entry[conn], rc reason.Code) {
 // deny refuses the connection of ent: the client gets a RST now. A net SYN
 // (server side) is answered by a RST toward the client through the network;
 // an app SYN gets a RST toward the PU. The flow stays in Denied for the
-// closing timeout so that retransmissions get the same answer. A denial
+// denied lifetime so that retransmissions get the same answer. A denial
 // for a token failure (peer unverified) keeps no state: it is recorded and
 // the entry removed, so that forged SYNs cannot fill the table.
 func (c *ctx) deny(ent *flow.Entry[conn], rc reason.Code) {
@@ -359,6 +368,18 @@ func (c *ctx) deny(ent *flow.Entry[conn], rc reason.Code) {
 	if !ent.Value.decided {
 		c.sh.Delete(ent)
 	}
+}
+
+// overBudget drops a SYN whose token could not be verified for lack of
+// verification budget: no RST (the client's kernel retransmits the SYN a
+// second later, when the budget has refilled: a burst of legitimate first
+// contacts is delayed, not refused), no state; recorded like a token
+// failure.
+func (c *ctx) overBudget(ent *flow.Entry[conn]) {
+	ent.Value.reason, ent.Value.decidedAt = reason.VerifyRateLimited, c.ns
+	c.e.record(c.pu, ent, EndDenied, c.ns)
+	c.sh.Delete(ent)
+	c.e.drop(c.out, reason.VerifyRateLimited)
 }
 
 // refuse drops the SYN and answers it with a RST to the client.
@@ -384,7 +405,7 @@ func (c *ctx) refuse(rc reason.Code, ent *flow.Entry[conn]) {
 func (c *ctx) client(ent *flow.Entry[conn]) {
 	p, v := c.p, &ent.Value
 	syn, ack := p.Flags&packet.SYN != 0, p.Flags&packet.ACK != 0
-	if ent.State == flow.Denied {
+	if ent.State.Refused() {
 		if c.dir == FromApp && syn && !ack && p.Seq != v.clientISN {
 			// A new connection reusing the 4-tuple of a refused one (a
 			// refused connection leaves no TIME_WAIT, so the kernel soon
@@ -629,12 +650,12 @@ func (c *ctx) injectTokenACK(ent *flow.Entry[conn], fromSYNACK bool) {
 // recorded; the flow is untouched.
 func (c *ctx) peerSYN(ent *flow.Entry[conn]) {
 	v := &ent.Value
-	over := ent.State == flow.Denied || ent.State == flow.Closing || v.reset
+	over := ent.State.Refused() || ent.State == flow.Closing || v.reset
 	var tok tokens.Conn
 	peer, d, rc := c.authSYN(v.target, &tok)
 	if rc != reason.None {
 		c.touch(ent, len(c.frame))
-		if over {
+		if over && rc != reason.VerifyRateLimited { // over budget: dropped without a RST (overBudget)
 			c.refuse(rc, nil) // as to a SYN without state: a prompt RST
 		} else {
 			c.e.drop(c.out, rc)
@@ -680,7 +701,7 @@ func (c *ctx) authSYN(target bool, tok *tokens.Conn) (peer *tokens.Peer, d polic
 			return nil, d, rc
 		}
 		var err error
-		if peer, err = c.e.tok.VerifySYN(c.p.Frame[c.p.Payload:c.p.Payload+n], tok, c.now); err != nil {
+		if peer, err = c.e.tok.VerifySYNFrom(c.p.Frame[c.p.Payload:c.p.Payload+n], tok, c.now, c.remote); err != nil {
 			return nil, d, code(err)
 		}
 		id = peer.Identity
@@ -742,9 +763,9 @@ func (c *ctx) promoteSuccessor(old *flow.Entry[conn]) *flow.Entry[conn] {
 	v := old.Value
 	c.e.finish(c.pu, old, EndReplaced, c.ns, c.out)
 	c.sh.Delete(old)
-	ent := c.insert()
+	ent, rc := c.insert()
 	if ent == nil {
-		c.e.drop(c.out, reason.TableFull)
+		c.e.drop(c.out, rc)
 		return nil
 	}
 	n := &ent.Value
@@ -775,11 +796,11 @@ func (c *ctx) promoteSuccessor(old *flow.Entry[conn]) *flow.Entry[conn] {
 // receiving TCP would accept it (see seq.go); one inside the receiver's
 // window goes on without changing the flow (the receiver challenges it),
 // one outside is dropped. A reset flow lingers, unauthorized, for the
-// closing timeout, so that repeated RSTs still pass.
+// reset lifetime, so that repeated RSTs still pass (a handshake does not).
 func (c *ctx) rst(ent *flow.Entry[conn]) {
 	v := &ent.Value
 	c.touch(ent, len(c.frame))
-	if ent.State == flow.Denied {
+	if ent.State.Refused() {
 		c.e.drop(c.out, v.reason)
 		return
 	}
@@ -789,9 +810,18 @@ func (c *ctx) rst(ent *flow.Entry[conn]) {
 	}
 	switch c.rstFit(ent) {
 	case rstExact:
+		// An established flow lingers, unauthorized, for the reset
+		// lifetime so that the RSTs answering packets in flight still
+		// pass; a handshake a RST ended (a refused SYN) leaves nothing
+		// behind: its end keeps no state, so a denied connection costs
+		// the node one entry (the refusing side's), not two.
 		c.e.finish(c.pu, ent, EndReset, c.ns, c.out)
 		v.reset = true
-		c.sh.SetState(ent, flow.Closing, c.ns)
+		if ent.State.HalfOpen() {
+			c.sh.Delete(ent)
+		} else {
+			c.sh.SetState(ent, flow.Reset, c.ns)
+		}
 		c.e.forward(c.out, c.frame)
 	case rstOutOfWindow:
 		c.e.drop(c.out, reason.OutOfWindow)
@@ -871,11 +901,11 @@ func (c *ctx) server(ent *flow.Entry[conn]) {
 	syn, ack := p.Flags&packet.SYN != 0, p.Flags&packet.ACK != 0
 	if c.dir == FromNet && syn && !ack {
 		// A retransmission (another ISN goes to peerSYN).
-		switch ent.State {
-		case flow.Denied:
+		switch {
+		case ent.State.Refused():
 			c.touch(ent, len(c.frame))
 			c.refuse(v.reason, ent)
-		case flow.SynReceived, flow.SynAckSent:
+		case ent.State == flow.SynReceived || ent.State == flow.SynAckSent:
 			c.serverSYN(ent) // retransmission: verified again, not re-decided
 		default:
 			c.touch(ent, len(c.frame))
@@ -883,7 +913,7 @@ func (c *ctx) server(ent *flow.Entry[conn]) {
 		}
 		return
 	}
-	if ent.State == flow.Denied {
+	if ent.State.Refused() {
 		c.touch(ent, len(c.frame))
 		c.e.drop(c.out, v.reason)
 		return
@@ -1065,9 +1095,9 @@ func (c *ctx) midStream() {
 		if !d.Allowed() {
 			break
 		}
-		ent := c.insert()
+		ent, rc := c.insert()
 		if ent == nil {
-			c.e.drop(c.out, reason.TableFull)
+			c.e.drop(c.out, rc)
 			return
 		}
 		ent.Value.role, ent.Value.pickedUp = roleClient, true
@@ -1108,16 +1138,16 @@ func (c *ctx) datagram() {
 	}
 	if ent != nil {
 		c.touch(ent, len(c.frame))
-		if ent.State == flow.Denied {
+		if ent.State.Refused() {
 			c.e.drop(c.out, ent.Value.reason)
 			return
 		}
 		c.e.forward(c.out, c.frame)
 		return
 	}
-	ent = c.insert()
+	ent, rc := c.insert()
 	if ent == nil {
-		c.e.drop(c.out, reason.TableFull)
+		c.e.drop(c.out, rc)
 		return
 	}
 	ent.Value.role = roleDatagram
@@ -1221,7 +1251,7 @@ func (c *ctx) icmpError() bool {
 		c.e.drop(c.out, reason.BadICMPError)
 		return true
 	}
-	if ent.State == flow.Denied || ent.Value.reset {
+	if ent.State.Refused() || ent.Value.reset {
 		return false
 	}
 	sh.Touch(ent, flow.Dir(c.dir), len(c.frame), c.ns)

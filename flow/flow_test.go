@@ -1,18 +1,60 @@
 package flow
 
 import (
+	"fmt"
+	"reflect"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/trireme-go/trireme/reason"
 )
 
-func key(i int) Key {
+func key(i int) Key { return puKey(0, i) }
+
+// puKey is the i-th flow of PU pu.
+func puKey(pu uint32, i int) Key {
 	var k Key
 	k.Local[10], k.Local[11], k.Local[15] = 0xff, 0xff, 1
 	k.Remote[10], k.Remote[11] = 0xff, 0xff
-	k.Remote[14], k.Remote[15] = byte(i>>8), byte(i)
+	k.Remote[13], k.Remote[14], k.Remote[15] = byte(i>>16), byte(i>>8), byte(i)
 	k.LocalPort, k.RemotePort = 80, uint16(1024+i)
+	k.PU = pu
 	k.Proto = 6
 	return k
+}
+
+// add inserts k in state st at now and fails the test if it cannot.
+func add[V any](t testing.TB, tb *Table[V], k Key, st State, now int64) *Entry[V] {
+	t.Helper()
+	s := tb.Shard(&k)
+	s.Lock()
+	defer s.Unlock()
+	e, rc := s.Insert(&k, now, nil)
+	if e == nil {
+		t.Fatalf("insert %v: %v", k.RemotePort, rc)
+	}
+	s.SetState(e, st, now)
+	return e
+}
+
+// try inserts k and reports which keys were evicted to make room.
+func try[V any](tb *Table[V], k Key, st State, now int64) (evicted []Key, rc reason.Code) {
+	s := tb.Shard(&k)
+	s.Lock()
+	defer s.Unlock()
+	e, rc := s.Insert(&k, now, func(v *Entry[V]) { evicted = append(evicted, v.Key) })
+	if e != nil {
+		s.SetState(e, st, now)
+	}
+	return evicted, rc
+}
+
+func has[V any](tb *Table[V], k Key) bool {
+	s := tb.Shard(&k)
+	s.Lock()
+	defer s.Unlock()
+	return s.Get(&k) != nil
 }
 
 func TestInsertGetDelete(t *testing.T) {
@@ -24,59 +66,70 @@ func TestInsertGetDelete(t *testing.T) {
 	if s.Get(&k) != nil {
 		t.Fatal("empty table returned an entry")
 	}
-	e := s.Insert(&k, 10)
-	if e == nil || e.State != StateNew || e.Key != k {
-		t.Fatalf("insert: %+v", e)
+	e, rc := s.Insert(&k, 10, nil)
+	if e == nil || rc != reason.None || e.State != StateNew || e.Key != k {
+		t.Fatalf("insert: %+v %v", e, rc)
 	}
 	e.Value = 42
 	if g := s.Get(&k); g != e || g.Value != 42 {
 		t.Fatalf("get: %p %p", g, e)
 	}
 	other := key(2)
-	if tb.Shard(&other) == s && s.Get(&other) != nil {
+	if s.Get(&other) != nil {
 		t.Fatal("other key found")
 	}
-	if tb.Len() != 1 {
-		t.Fatalf("len %d", tb.Len())
+	if tb.Len() != 1 || tb.PULen(0) != 1 || tb.PULen(1) != 0 {
+		t.Fatalf("len %d, PU 0 %d", tb.Len(), tb.PULen(0))
 	}
 	s.Delete(e)
-	if s.Get(&k) != nil || tb.Len() != 0 {
+	if s.Get(&k) != nil || tb.Len() != 0 || tb.PULen(0) != 0 {
 		t.Fatal("delete did not remove")
 	}
-	// VLAN and PU are part of the key.
+	// VLAN and PU are part of the key; the PU picks the shard.
 	k2 := k
 	k2.VLAN[0] = 20
 	k3 := k
 	k3.PU = 1
-	if k2 == k || k3 == k {
-		t.Fatal("vlan/pu not in key")
+	if k2 == k || k3 == k || tb.Shard(&k3) == s || tb.Shard(&k2) != s {
+		t.Fatal("vlan/pu not in key, or the PU does not pick the shard")
 	}
 }
 
-func TestTimeoutsByState(t *testing.T) {
-	cfg := Config{Capacity: 64, HalfOpen: time.Second, Established: time.Hour, Closing: 2 * time.Second, Datagram: 3 * time.Second}
-	tb := New[struct{}](cfg)
+// TestLifetimes: each state's timer, as docs/dataplane.md's table says.
+func TestLifetimes(t *testing.T) {
 	cases := []struct {
 		name  string
 		proto uint8
 		st    State
+		cfg   Config
 		ttl   time.Duration
 	}{
-		{"syn-sent", 6, SynSent, time.Second},
-		{"syn-ack-sent", 6, SynAckSent, time.Second},
-		{"established tcp", 6, Established, time.Hour},
-		{"established udp", 17, Established, 3 * time.Second},
-		{"closing", 6, Closing, 2 * time.Second},
-		{"denied", 6, Denied, 2 * time.Second},
+		{"syn-sent", 6, SynSent, Config{}, 60 * time.Second},
+		{"syn-ack-sent", 6, SynAckSent, Config{}, 60 * time.Second},
+		{"established tcp", 6, Established, Config{}, 2 * time.Hour},
+		{"established udp", 17, Established, Config{}, 60 * time.Second},
+		{"established icmp", 1, Established, Config{}, 60 * time.Second},
+		{"closed by FINs", 6, Closing, Config{}, 5 * time.Second},
+		{"denied", 6, Denied, Config{}, 5 * time.Second},
+		{"denied udp", 17, Denied, Config{}, 5 * time.Second},
+		{"reset", 6, Reset, Config{}, 2 * time.Second},
+		{"revoked", 6, Revoked, Config{}, 30 * time.Second},
+		{"configured half-open", 6, SynReceived, Config{HalfOpen: time.Second}, time.Second},
+		{"configured closing", 6, Closing, Config{Closing: 700 * time.Millisecond}, 700 * time.Millisecond},
+		{"configured denied", 17, Denied, Config{Denied: 3 * time.Second}, 3 * time.Second},
+		{"configured reset", 6, Reset, Config{Reset: time.Second}, time.Second},
+		{"configured datagram", 17, Established, Config{Datagram: 9 * time.Second}, 9 * time.Second},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			tb := New[struct{}](c.cfg)
+			if got := tb.Timeout(c.st, c.proto); got != c.ttl {
+				t.Fatalf("Timeout = %v, want %v", got, c.ttl)
+			}
 			k := key(i)
 			k.Proto = c.proto
+			e := add(t, tb, k, c.st, 0)
 			s := tb.Shard(&k)
-			s.Lock()
-			e := s.Insert(&k, 0)
-			s.SetState(e, c.st, 0)
 			if s.Expired(e, int64(c.ttl)) {
 				t.Fatal("expired at its deadline")
 			}
@@ -87,128 +140,225 @@ func TestTimeoutsByState(t *testing.T) {
 			if s.Expired(e, int64(2*c.ttl)) || e.Packets[FromNet] != 1 || e.Bytes[FromNet] != 100 {
 				t.Fatalf("touch did not refresh or count: %+v", e)
 			}
-			s.Unlock()
+			if n := tb.Sweep(int64(2*c.ttl), nil); n != 0 {
+				t.Fatalf("swept %d at the refreshed deadline", n)
+			}
+			if n := tb.Sweep(int64(2*c.ttl)+1, nil); n != 1 || tb.Len() != 0 {
+				t.Fatalf("swept %d, %d left", n, tb.Len())
+			}
 		})
 	}
-	n := tb.Sweep(int64(10*time.Second), nil)
-	if n != 5 || tb.Len() != 1 {
-		t.Fatalf("sweep removed %d, %d left; want 5 removed, the established TCP flow left", n, tb.Len())
+}
+
+// TestEvictionOrder: a PU at its share makes room with its own flows,
+// denied first, then closed/reset, then half-open, oldest first in each;
+// never an established one: with nothing else left its new flow is refused.
+func TestEvictionOrder(t *testing.T) {
+	tb := New[int](Config{Capacity: 1000, PerPU: 9})
+	// Inserted in this order (time i); the states say who goes first.
+	states := []State{Established, SynSent, Closing, Denied, Established, Reset, SynAckSent, Revoked, Denied}
+	for i, st := range states {
+		add(t, tb, key(i), st, int64(i))
+	}
+	wantOrder := []int{3, 7, 8, 2, 5, 1, 6} // denied/revoked, ended, half-open
+	for n, want := range wantOrder {
+		ev, rc := try(tb, key(100+n), Established, 100)
+		if rc != reason.None || len(ev) != 1 || ev[0] != key(want) {
+			t.Fatalf("insert %d: evicted %v (%v), want flow %d (%v)", n, ev, rc, want, states[want])
+		}
+	}
+	// Only established flows now: refused, nothing evicted.
+	ev, rc := try(tb, key(200), SynSent, 100)
+	if rc != reason.FlowQuota || len(ev) != 0 {
+		t.Fatalf("at quota with only established flows: evicted %v, %v", ev, rc)
+	}
+	for _, i := range []int{0, 4} {
+		if !has(tb, key(i)) {
+			t.Fatalf("established flow %d was evicted", i)
+		}
+	}
+	if tb.Evictions() != uint64(len(wantOrder)) || tb.PULen(0) != 9 {
+		t.Fatalf("evictions %d, PU flows %d", tb.Evictions(), tb.PULen(0))
 	}
 }
 
-// fill inserts flows into one shard until it is full and returns their keys.
-func fillShard(tb *Table[int], s *Shard[int], st State, now int64, start int) []Key {
-	var keys []Key
-	for i := start; s.n < s.max; i++ {
-		k := key(i)
-		if tb.Shard(&k) != s {
+// TestQuotaIsolation: one PU holding its whole share of established flows
+// has its own new flows refused; other PUs insert as before.
+func TestQuotaIsolation(t *testing.T) {
+	tb := New[int](Config{Capacity: 100, PerPU: 30})
+	for i := range 30 {
+		add(t, tb, puKey(1, i), Established, 0)
+	}
+	for i := range 5 {
+		if _, rc := try(tb, puKey(1, 100+i), SynSent, 1); rc != reason.FlowQuota {
+			t.Fatalf("flooder's flow %d: %v, want flow-quota", i, rc)
+		}
+	}
+	for pu := uint32(0); pu < 3; pu++ {
+		if pu == 1 {
 			continue
 		}
-		e := s.Insert(&k, now)
-		s.SetState(e, st, now)
-		keys = append(keys, k)
-	}
-	return keys
-}
-
-func TestEvictionHalfOpenFirst(t *testing.T) {
-	tb := New[int](Config{Capacity: 16 * 8})
-	k0 := key(0)
-	s := tb.Shard(&k0)
-	s.Lock()
-	defer s.Unlock()
-	est := fillShard(tb, s, Established, 0, 0)
-	// Make room for 3 half-open flows by deleting 3 established ones.
-	for _, k := range est[:3] {
-		s.Delete(s.Get(&k))
-	}
-	est = est[3:]
-	ho := fillShard(tb, s, SynSent, 5, 1000)
-	if len(ho) != 3 {
-		t.Fatalf("got %d half-open", len(ho))
-	}
-	var extra Key
-	for i := 5000; ; i++ {
-		extra = key(i)
-		if tb.Shard(&extra) == s {
-			break
-		}
-	}
-	if s.Insert(&extra, 6) != nil {
-		t.Fatal("insert into a full shard succeeded")
-	}
-	// Victims come oldest half-open first.
-	for i, want := range ho {
-		v := s.Victim(6)
-		if v == nil || v.Key != want {
-			t.Fatalf("victim %d: got %+v want %v", i, v, want)
-		}
-		s.Evict(v)
-		if s.Insert(&extra, 6) == nil {
-			t.Fatal("insert after eviction failed")
-		}
-		s.Delete(s.Get(&extra))
-		// refill the slot so the shard stays full
-		s.SetState(s.Insert(&want, 6), Established, 6)
-	}
-	if tb.Evictions() != 3 {
-		t.Fatalf("evictions %d", tb.Evictions())
-	}
-	// Only established, unexpired flows: no victim.
-	if v := s.Victim(7); v != nil {
-		t.Fatalf("victim among live established flows: %+v", v.Key)
-	}
-	// Once they expire, an expired flow is a victim.
-	if v := s.Victim(int64(3 * time.Hour)); v == nil {
-		t.Fatal("no victim among expired flows")
-	}
-	if tb.Len() != s.max || tb.Len() > tb.Capacity() {
-		t.Fatalf("len %d max %d", tb.Len(), s.max)
-	}
-	_ = est
-}
-
-func TestBoundedUnderChurn(t *testing.T) {
-	tb := New[int](Config{Capacity: 256})
-	for i := 0; i < 10000; i++ {
-		k := key(i)
-		s := tb.Shard(&k)
-		s.Lock()
-		e := s.Insert(&k, int64(i))
-		if e == nil {
-			v := s.Victim(int64(i))
-			if v == nil {
-				t.Fatal("no victim among half-open flows")
+		for i := range 30 {
+			if ev, rc := try(tb, puKey(pu, i), Established, 1); rc != reason.None || len(ev) != 0 {
+				t.Fatalf("PU %d flow %d: %v, evicted %v", pu, i, rc, ev)
 			}
-			s.Evict(v)
-			e = s.Insert(&k, int64(i))
-		}
-		s.SetState(e, SynSent, int64(i))
-		s.Unlock()
-		if tb.Len() > tb.Capacity() {
-			t.Fatalf("table grew past capacity: %d", tb.Len())
 		}
 	}
-	allocated := 0
-	for i := range tb.shards {
-		allocated += len(tb.shards[i].chunks) * chunkSize
+	if tb.PULen(1) != 30 || tb.Len() != 90 {
+		t.Fatalf("PU 1 %d flows, table %d", tb.PULen(1), tb.Len())
 	}
-	if allocated > tb.Capacity()+shardCount*chunkSize {
-		t.Fatalf("allocated %d entries for capacity %d", allocated, tb.Capacity())
+}
+
+// TestTableFull: when the whole table is full, room is made in the shard
+// with the most evictable flows, never by evicting an established flow.
+func TestTableFull(t *testing.T) {
+	tb := New[int](Config{Capacity: 40, PerPU: 40})
+	for i := range 20 {
+		add(t, tb, puKey(0, i), Established, 0)
 	}
-	if tb.Evictions() != uint64(10000-tb.Len()) {
+	for i := range 15 {
+		add(t, tb, puKey(1, i), Denied, int64(i))
+	}
+	for i := range 5 {
+		add(t, tb, puKey(2, i), SynSent, 0)
+	}
+	// PU 2 (5 half-open flows of its own) needs room: PU 1's oldest
+	// denied flows go, not PU 2's handshakes.
+	for i := range 3 {
+		ev, rc := try(tb, puKey(2, 10+i), Established, 50)
+		if rc != reason.None || len(ev) != 1 || ev[0] != puKey(1, i) {
+			t.Fatalf("insert %d: evicted %v (%v), want PU 1's denied flow %d", i, ev, rc, i)
+		}
+	}
+	// Room is then made wherever the most evictable flows are: PU 1's
+	// denied flows and PU 2's handshakes go in turn.
+	for i := 3; i < 15; i++ {
+		if _, rc := try(tb, puKey(0, 100+i), Established, 60); rc != reason.None {
+			t.Fatalf("insert %d: %v", i, rc)
+		}
+	}
+	k1, k2 := puKey(1, 0), puKey(2, 0)
+	e1, e2 := tb.Shard(&k1).evictable.Load(), tb.Shard(&k2).evictable.Load()
+	if e1+e2 != 5 || e1-e2 > 1 || e2-e1 > 1 {
+		t.Fatalf("evictable flows left: PU 1 %d, PU 2 %d; want 5, balanced", e1, e2)
+	}
+	for i := range 5 {
+		if _, rc := try(tb, puKey(3, i), Established, 70); rc != reason.None {
+			t.Fatalf("PU 3 flow %d: %v", i, rc)
+		}
+	}
+	// Only established flows are left: refused, table-full.
+	if ev, rc := try(tb, puKey(3, 99), SynSent, 80); rc != reason.TableFull || len(ev) != 0 {
+		t.Fatalf("full of established flows: evicted %v, %v", ev, rc)
+	}
+	if tb.Len() != 40 {
+		t.Fatalf("len %d", tb.Len())
+	}
+	for i := range 20 {
+		if !has(tb, puKey(0, i)) {
+			t.Fatalf("PU 0's established flow %d was evicted", i)
+		}
+	}
+}
+
+// TestBoundedUnderChurn: a flood of handshakes from several PUs keeps the
+// table within its capacity and each PU within its share, and the memory
+// the pool holds within the capacity (plus a chunk).
+func TestBoundedUnderChurn(t *testing.T) {
+	tb := New[int](Config{Capacity: 1024, PerPU: 300})
+	for i := range 20000 {
+		pu := uint32(i % 5)
+		if _, rc := try(tb, puKey(pu, i), SynSent, int64(i)); rc != reason.None {
+			t.Fatalf("flow %d: %v", i, rc)
+		}
+		if tb.Len() > tb.Capacity() || tb.PULen(pu) > tb.PerPU() {
+			t.Fatalf("table %d, PU %d holds %d", tb.Len(), pu, tb.PULen(pu))
+		}
+	}
+	if a := tb.pool.allocated(); a > tb.Capacity()+chunkSize {
+		t.Fatalf("allocated %d entries for capacity %d", a, tb.Capacity())
+	}
+	if tb.Evictions() != uint64(20000-tb.Len()) {
 		t.Fatalf("evictions %d len %d", tb.Evictions(), tb.Len())
 	}
+}
+
+// TestShrink: a PU's map is rebuilt once a flood has passed.
+func TestShrink(t *testing.T) {
+	tb := New[int](Config{Capacity: 1 << 16, PerPU: 1 << 16})
+	for i := range 10000 {
+		add(t, tb, key(i), Denied, 0)
+	}
+	k := key(0)
+	s := tb.Shard(&k)
+	if s.peak != 10000 {
+		t.Fatalf("peak %d", s.peak)
+	}
+	add(t, tb, key(99999), Established, int64(time.Minute))
+	if n := tb.Sweep(int64(time.Minute), nil); n != 10000 {
+		t.Fatalf("swept %d", n)
+	}
+	m := s.m
+	for i := 1; i < shrinkAfter; i++ {
+		tb.Sweep(int64(time.Minute), nil)
+	}
+	if s.peak != 1 || len(s.m) != 1 || !has(tb, key(99999)) {
+		t.Fatalf("after the flood: peak %d, %d in map", s.peak, len(s.m))
+	}
+	if reflect.ValueOf(m).Pointer() == reflect.ValueOf(s.m).Pointer() {
+		t.Fatal("map not rebuilt")
+	}
+}
+
+// TestConcurrentFull: PUs making room in each other's shards at once
+// neither deadlock nor overfill the table (run with -race).
+func TestConcurrentFull(t *testing.T) {
+	tb := New[int](Config{Capacity: 256, PerPU: 256})
+	var wg sync.WaitGroup
+	for pu := range uint32(4) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 5000 {
+				_, rc := try(tb, puKey(pu, i), Denied, int64(i))
+				if rc != reason.None && rc != reason.TableFull {
+					panic(fmt.Sprint(rc))
+				}
+				if tb.Len() > tb.Capacity() {
+					panic("over capacity")
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	n := 0
+	tb.Range(func(*Entry[int]) bool { n++; return false })
+	if n != tb.Len() || n > 256 {
+		t.Fatalf("ranged %d, len %d", n, tb.Len())
+	}
+}
+
+func TestRangePU(t *testing.T) {
+	tb := New[int](Config{})
+	for i := range 10 {
+		add(t, tb, puKey(uint32(i%2), i), Established, 0)
+	}
+	tb.RangePU(1, func(e *Entry[int]) bool {
+		if e.Key.PU != 1 {
+			t.Fatalf("PU %d's flow in PU 1's range", e.Key.PU)
+		}
+		return true
+	})
+	if tb.PULen(1) != 0 || tb.PULen(0) != 5 || tb.Len() != 5 {
+		t.Fatalf("PU 0 %d, PU 1 %d", tb.PULen(0), tb.PULen(1))
+	}
+	tb.RangePU(7, func(*Entry[int]) bool { t.Fatal("unknown PU ranged"); return false })
 }
 
 func TestLookupDoesNotAllocate(t *testing.T) {
 	tb := New[int](Config{})
 	k := key(7)
-	s := tb.Shard(&k)
-	s.Lock()
-	e := s.Insert(&k, 0)
-	s.SetState(e, Established, 0)
-	s.Unlock()
+	add(t, tb, k, Established, 0)
 	allocs := testing.AllocsPerRun(1000, func() {
 		s := tb.Shard(&k)
 		s.Lock()
@@ -227,10 +377,7 @@ func BenchmarkLookup(b *testing.B) {
 	keys := make([]Key, 1024)
 	for i := range keys {
 		keys[i] = key(i)
-		s := tb.Shard(&keys[i])
-		s.Lock()
-		s.SetState(s.Insert(&keys[i], 0), Established, 0)
-		s.Unlock()
+		add(b, tb, keys[i], Established, 0)
 	}
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {

@@ -31,7 +31,7 @@ type PUInfo struct {
 	MAC   string         `json:"mac,omitempty"`
 	Addrs []netip.Prefix `json:"addrs,omitempty"`
 	// Drops counts the PU's own frames the kernel dropped, by reason
-	// (spoofed-source, rogue-router), since it was attached.
+	// (spoofed-source, rogue-router, pu-packet-budget), since it was attached.
 	Drops map[string]uint64 `json:"drops,omitempty"`
 }
 
@@ -66,6 +66,37 @@ type Stats struct {
 	Drops    map[string]uint64 `json:"drops"`
 	Policy   PolicyStatus      `json:"policy"`
 	Excluded []netip.Prefix    `json:"excluded"`
+	// FlowTable is the flow table's size and fill; PUFlows each PU's use
+	// of it, most flows first.
+	FlowTable FlowTableStats `json:"flowTable"`
+	PUFlows   []PUFlowStats  `json:"puFlows,omitempty"`
+}
+
+// FlowTableStats is the flow table's size and fill.
+type FlowTableStats struct {
+	// Capacity is the most flows the node tracks; PerPU the most one PU
+	// may hold (its share); Flows how many it tracks now.
+	Capacity int `json:"capacity"`
+	PerPU    int `json:"perPU"`
+	Flows    int `json:"flows"`
+	// Evictions counts flows removed early to make room (denied, closed
+	// or half-open ones, never established ones).
+	Evictions uint64 `json:"evictions"`
+}
+
+// PUFlowStats is one PU's use of the flow table.
+type PUFlowStats struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// Flows is how many flows the PU holds (at most the table's PerPU).
+	Flows int `json:"flows"`
+	// Refused counts the PU's new flows refused for lack of room: its
+	// share full of established flows (flow-quota), or the table
+	// (table-full).
+	Refused uint64 `json:"refused"`
+	// OverBudget counts the PU's packets the kernel dropped over its
+	// packet budget (puPacketBudget) before they reached the daemon.
+	OverBudget uint64 `json:"overBudget"`
 }
 
 // PolicyStatus tells which policy is in force and whether the last reload

@@ -55,6 +55,12 @@ type Config struct {
 	// TokenRefresh is how often a PU's identity token is re-signed.
 	TokenRefresh time.Duration `yaml:"tokenRefresh"`
 
+	// FlowTable sizes the enforcer's flow table and each PU's share of it.
+	FlowTable FlowTable `yaml:"flowTable"`
+	// PUPacketBudget bounds the packets a second one PU can make the
+	// daemon process.
+	PUPacketBudget PacketBudget `yaml:"puPacketBudget"`
+
 	path string
 }
 
@@ -190,6 +196,8 @@ func (c *Config) applyDefaults() {
 	if c.TokenRefresh == 0 {
 		c.TokenRefresh = DefaultRefresh
 	}
+	c.FlowTable.applyDefaults()
+	c.PUPacketBudget.applyDefaults()
 }
 
 func sanitizeNodeName(h string) string {
@@ -275,6 +283,8 @@ func (c *Config) Validate() error {
 	if c.TokenRefresh < 10*time.Second || c.TokenRefresh > 24*time.Hour {
 		bad("tokenRefresh", "%v: want between 10s and 24h", c.TokenRefresh)
 	}
+	c.FlowTable.validate(c.path, func(msg string) { errs = append(errs, msg) })
+	c.PUPacketBudget.validate(c.path, func(msg string) { errs = append(errs, msg) })
 	for _, p := range []string{c.Socket, c.StateDir, c.FlowLog} {
 		if !filepath.IsAbs(p) {
 			bad("paths", "%q must be absolute", p)

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
-	"github.com/trireme-go/trireme/flow"
 	"github.com/trireme-go/trireme/monitor"
 	"github.com/trireme-go/trireme/monitor/docker"
 	"github.com/trireme-go/trireme/netsetup"
@@ -147,7 +146,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 		Sink:      d.sink,
 		// Authorized flows' packets stay in the kernel (steering).
 		KernelBypass: true,
-		Flows:        flow.Config{},
+		Flows:        cfg.FlowTable.Flows(),
 		// Flows close in the kernel: record each decision when it is made.
 		RecordEstablished: true,
 	})
@@ -210,7 +209,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 		return err
 	}
 	var err error
-	if d.steer, err = steer.Open(steer.Config{Node: d.cfg.Node}); err != nil {
+	if d.steer, err = steer.Open(steer.Config{Node: d.cfg.Node, Budget: d.cfg.PUPacketBudget.Budget()}); err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
 	if removed, err := steer.DeleteStaleTables(0, d.steer.TableName()); err != nil {
@@ -969,15 +968,38 @@ func (d *Daemon) Stats() Stats {
 			// the PU's TCP to judge and followed by a probe.
 			"rst-probes": s.Probes,
 		},
-		Drops:    map[string]uint64{},
-		Policy:   PolicyStatus{File: st.File, LoadedAt: st.LoadedAt, Policies: st.Policies, LastError: st.LastError, ErrorAt: st.ErrorAt},
-		Excluded: append([]netip.Prefix(nil), d.excluded...),
+		Drops:     map[string]uint64{},
+		Policy:    PolicyStatus{File: st.File, LoadedAt: st.LoadedAt, Policies: st.Policies, LastError: st.LastError, ErrorAt: st.ErrorAt},
+		Excluded:  append([]netip.Prefix(nil), d.excluded...),
+		FlowTable: FlowTableStats{Capacity: s.Capacity, PerPU: s.PerPU, Flows: s.Flows, Evictions: s.Evictions},
 	}
+	kernel, err := d.steer.AllCounters()
+	if err != nil {
+		d.log.Warn("reading the kernel's counters", "err", err)
+	}
+	ts := d.tok.Stats()
+	// A junk token seen before, refused from the cache (no public-key work).
+	out.Counters["token-failure-cache-hits"] = ts.FailureCacheHits
+	out.Counters["public-key-ops"] = ts.PublicKeyOps
+	for _, p := range d.pus {
+		if p.dp == nil {
+			continue
+		}
+		ps := d.enf.PUStats(p.dp)
+		out.PUFlows = append(out.PUFlows, PUFlowStats{ID: p.info.ID, Name: p.info.Name, Flows: ps.Flows, Refused: ps.Refused, OverBudget: kernel[p.steer].InOverBudget.Packets})
+	}
+	sort.Slice(out.PUFlows, func(i, j int) bool {
+		a, b := out.PUFlows[i], out.PUFlows[j]
+		if a.Flows != b.Flows {
+			return a.Flows > b.Flows
+		}
+		return a.ID < b.ID
+	})
 	for i, n := range s.Drops {
 		if n > 0 {
 			out.Drops[reason.Code(i).String()] = n
 		}
 	}
-	d.addKernelDrops(out.Drops)
+	d.addKernelDrops(out.Drops, kernel)
 	return out
 }

@@ -11,19 +11,22 @@ import (
 	"github.com/trireme-go/trireme/reason"
 )
 
-// kernelDrops accumulates the anti-spoofing counters of removed PUs.
-type kernelDrops struct{ spoofed, rogue atomic.Uint64 }
+// kernelDrops accumulates the kernel drop counters (anti-spoofing, packet
+// budget) of removed PUs.
+type kernelDrops struct{ spoofed, rogue, budget atomic.Uint64 }
 
 func (k *kernelDrops) add(c steer.Counters) {
 	k.spoofed.Add(c.Spoofed.Packets)
 	k.rogue.Add(c.RogueRouter.Packets)
+	k.budget.Add(c.InOverBudget.Packets)
 }
 
 // kernelDropsOf names a PU's kernel drop counters by reason (only those
 // that counted something).
 func kernelDropsOf(c steer.Counters) map[string]uint64 {
 	var m map[string]uint64
-	for code, n := range map[reason.Code]uint64{reason.SpoofedSource: c.Spoofed.Packets, reason.RogueRouter: c.RogueRouter.Packets} {
+	for code, n := range map[reason.Code]uint64{reason.SpoofedSource: c.Spoofed.Packets, reason.RogueRouter: c.RogueRouter.Packets,
+		reason.PacketBudget: c.InOverBudget.Packets} {
 		if n > 0 {
 			if m == nil {
 				m = map[string]uint64{}
@@ -34,20 +37,18 @@ func kernelDropsOf(c steer.Counters) map[string]uint64 {
 	return m
 }
 
-// addKernelDrops adds the kernel's drop counters (every PU's, and those
-// of PUs removed since the daemon started) to drops.
-func (d *Daemon) addKernelDrops(drops map[string]uint64) {
+// addKernelDrops adds the kernel's drop counters (every PU's, all, and
+// those of PUs removed since the daemon started) to drops.
+func (d *Daemon) addKernelDrops(drops map[string]uint64, all map[string]steer.Counters) {
 	var sum steer.Counters
-	if all, err := d.steer.AllCounters(); err == nil {
-		for _, c := range all {
-			sum.Spoofed.Packets += c.Spoofed.Packets
-			sum.RogueRouter.Packets += c.RogueRouter.Packets
-		}
-	} else {
-		d.log.Warn("reading the kernel's counters", "err", err)
+	for _, c := range all {
+		sum.Spoofed.Packets += c.Spoofed.Packets
+		sum.RogueRouter.Packets += c.RogueRouter.Packets
+		sum.InOverBudget.Packets += c.InOverBudget.Packets
 	}
 	sum.Spoofed.Packets += d.retired.spoofed.Load()
 	sum.RogueRouter.Packets += d.retired.rogue.Load()
+	sum.InOverBudget.Packets += d.retired.budget.Load()
 	for k, v := range kernelDropsOf(sum) {
 		drops[k] += v
 	}

@@ -13,6 +13,7 @@ type metricsCollector struct {
 	c Controller
 
 	counters, drops, puDrops, pus, flows, policyOK, policies *prometheus.Desc
+	capacity, perPU, puFlows, puRefused                      *prometheus.Desc
 }
 
 func newMetricsCollector(c Controller) *metricsCollector {
@@ -23,17 +24,22 @@ func newMetricsCollector(c Controller) *metricsCollector {
 		drops: prometheus.NewDesc("trireme_drops_total",
 			"Packets dropped (or answered with a RST) since the daemon started, by reason (docs/reasons.md).", []string{"reason"}, nil),
 		puDrops: prometheus.NewDesc("trireme_pu_drops_total",
-			"A PU's own frames the kernel dropped since it was attached, by reason (spoofed-source, rogue-router).", []string{"pu", "reason"}, nil),
+			"A PU's own frames the kernel dropped since it was attached, by reason (spoofed-source, rogue-router, pu-packet-budget).", []string{"pu", "reason"}, nil),
 		pus:   prometheus.NewDesc("trireme_pus", "Processing units enforced.", nil, nil),
 		flows: prometheus.NewDesc("trireme_flows", "Flows tracked by the enforcement core.", nil, nil),
 		policyOK: prometheus.NewDesc("trireme_policy_file_valid",
 			"1 when the policy file's newest content is in force, 0 when it was rejected (the previous policy stays in force).", nil, nil),
 		policies: prometheus.NewDesc("trireme_policies", "Policies in the policy in force.", nil, nil),
+		capacity: prometheus.NewDesc("trireme_flow_table_capacity", "The most flows the enforcement core tracks (all PUs).", nil, nil),
+		perPU:    prometheus.NewDesc("trireme_flow_table_per_pu", "The most flows one PU may hold (its share of the flow table).", nil, nil),
+		puFlows:  prometheus.NewDesc("trireme_pu_flows", "Flows a PU holds in the flow table.", []string{"pu"}, nil),
+		puRefused: prometheus.NewDesc("trireme_pu_flows_refused_total",
+			"New flows of a PU refused for lack of room: its share full of established flows (flow-quota), or the table (table-full).", []string{"pu"}, nil),
 	}
 }
 
 func (m *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.puDrops, m.pus, m.flows, m.policyOK, m.policies} {
+	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.puDrops, m.pus, m.flows, m.policyOK, m.policies, m.capacity, m.perPU, m.puFlows, m.puRefused} {
 		ch <- d
 	}
 }
@@ -59,6 +65,12 @@ func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(m.policyOK, prometheus.GaugeValue, ok)
 	ch <- prometheus.MustNewConstMetric(m.policies, prometheus.GaugeValue, float64(s.Policy.Policies))
+	ch <- prometheus.MustNewConstMetric(m.capacity, prometheus.GaugeValue, float64(s.FlowTable.Capacity))
+	ch <- prometheus.MustNewConstMetric(m.perPU, prometheus.GaugeValue, float64(s.FlowTable.PerPU))
+	for _, p := range s.PUFlows {
+		ch <- prometheus.MustNewConstMetric(m.puFlows, prometheus.GaugeValue, float64(p.Flows), p.ID)
+		ch <- prometheus.MustNewConstMetric(m.puRefused, prometheus.CounterValue, float64(p.Refused), p.ID)
+	}
 }
 
 // MetricsHandler serves c's metrics in the Prometheus text format, with the

@@ -25,6 +25,7 @@ const (
 	ExpiredToken         // a JWT past its exp (or not yet valid)
 	NonceMismatch        // a SYN-ACK or ACK that answers another connection's nonce
 	BadMAC               // a handshake MAC that does not verify
+	VerifyRateLimited    // a source sent more new tokens than its public-key verification budget
 
 	// Policy decisions.
 	PolicyDenied   // no rule allowed the connection (whitelist model)
@@ -44,11 +45,13 @@ const (
 	Timeout        // a flow that expired before the handshake completed
 	OutOfWindow    // a RST (or SYN-ACK) whose numbers do not fit the flow's sequence window
 	BadICMPError   // an ICMP error whose outer addresses do not fit the packet it quotes, or oversized
+	FlowQuota      // the PU holds its whole share of the flow table and nothing of its own could be evicted
 
 	// A PU's own frames (netsetup/steer anti-spoofing, dataplane).
 	SpoofedSource // a frame leaving a PU that names another sender (MAC, IP, ARP or NDP link-layer address)
 	RogueRouter   // a router advertisement, redirect or DHCP server reply sent by a PU
 	InvalidNDP    // a neighbour discovery or MLD message that is not on-link link plumbing
+	PacketBudget  // a packet leaving a PU beyond its packet budget (netsetup/steer), dropped in the kernel
 
 	numCodes
 )
@@ -63,6 +66,7 @@ var names = [numCodes]string{
 	ExpiredToken:         "expired-token",
 	NonceMismatch:        "nonce-mismatch",
 	BadMAC:               "bad-mac",
+	VerifyRateLimited:    "verify-rate-limited",
 	PolicyDenied:         "policy-denied",
 	PolicyRejected:       "policy-rejected",
 	EgressDenied:         "egress-denied",
@@ -78,9 +82,11 @@ var names = [numCodes]string{
 	Timeout:              "timeout",
 	OutOfWindow:          "out-of-window",
 	BadICMPError:         "bad-icmp-error",
+	FlowQuota:            "flow-quota",
 	SpoofedSource:        "spoofed-source",
 	RogueRouter:          "rogue-router",
 	InvalidNDP:           "invalid-ndp",
+	PacketBudget:         "pu-packet-budget",
 }
 
 // String returns the code's stable name, e.g. "missing-token".

@@ -23,7 +23,7 @@ import (
 // attacker on the path would.
 
 // synParts splits a SYN frame into its nonce and identity token.
-func synParts(t *testing.T, syn []byte) (nonce [NonceSize]byte, token []byte) {
+func synParts(t testing.TB, syn []byte) (nonce [NonceSize]byte, token []byte) {
 	t.Helper()
 	f, err := parseFrame(syn, typeSYN)
 	if err != nil {
@@ -33,7 +33,7 @@ func synParts(t *testing.T, syn []byte) (nonce [NonceSize]byte, token []byte) {
 	return nonce, append([]byte(nil), f.token...)
 }
 
-func mustSYN(t *testing.T, nonce [NonceSize]byte, token []byte) []byte {
+func mustSYN(t testing.TB, nonce [NonceSize]byte, token []byte) []byte {
 	t.Helper()
 	b, err := appendSYN(nil, &nonce, token)
 	if err != nil {
@@ -55,7 +55,7 @@ func makeToken(cert []byte, jws string) []byte {
 }
 
 // validClaims are claims a node would sign at now.
-func validClaims(t *testing.T, node string, now time.Time, withEK bool) *tokenClaims {
+func validClaims(t testing.TB, node string, now time.Time, withEK bool) *tokenClaims {
 	t.Helper()
 	cl := &tokenClaims{T: []string{"app=web", "env=prod"}}
 	cl.Issuer = node
@@ -293,8 +293,8 @@ func TestAttacksOnSYN(t *testing.T) {
 			}
 			bad := tc.syn(t, p, valid)
 			now := base.Add(tc.at)
-			// Cold, then again with the same bytes (nothing cached from a
-			// failure), then after the valid SYN warmed the caches.
+			// Cold, then again with the same bytes (answered from the
+			// failure cache), then after the valid SYN warmed the caches.
 			for i, warm := range []bool{false, false, true} {
 				if warm {
 					var sc Conn

@@ -22,6 +22,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/maphash"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -51,9 +52,12 @@ type Config struct {
 	// before new ones are made (default 5 minutes). Tokens expire 2×Refresh
 	// after they are issued, so peers' clocks may lag.
 	Refresh time.Duration
-	// CacheSize bounds each cache: verified tokens, ECDH results, verified
-	// certificates (default 4096).
+	// CacheSize bounds each cache: verified tokens, tokens that failed
+	// verification, ECDH results, verified certificates (default 4096).
 	CacheSize int
+	// Budget bounds the public-key verifications that SYNs with tokens not
+	// seen before can cost, per source and for the node (PKI mode).
+	Budget VerifyBudget
 }
 
 // Engine signs, verifies and caches identity tokens and runs the handshake
@@ -63,10 +67,15 @@ type Engine struct {
 	secrets Secrets
 	refresh time.Duration
 	seed    maphash.Seed
+	// check is a second, independent hash of a token: with seed's it
+	// identifies a failed token (128 bits) without keeping its bytes.
+	check maphash.Seed
 
-	tokens *clockCache[*Peer]
-	shared *clockCache[*sharedSecret]
-	certs  *clockCache[*verifiedCert]
+	tokens   *clockCache[*Peer]
+	failures *clockCache[failure]
+	shared   *clockCache[*sharedSecret]
+	certs    *clockCache[*verifiedCert]
+	budget   *verifyLimiter
 
 	stats struct {
 		tokenHits, tokenMisses  atomic.Uint64
@@ -75,8 +84,28 @@ type Engine struct {
 		ecdh, ecdhHits          atomic.Uint64
 		signatures, keys        atomic.Uint64
 		publicKeyOps            atomic.Uint64
+		failureHits, limited    atomic.Uint64
 	}
 }
+
+// failure is a token that failed verification: the reason it failed, and
+// from when (the failure's time) until when that answer is reused. Time
+// only moves forward for a token refused for its time: one expired at the
+// failure's time is expired later too, but may have been valid before.
+type failure struct {
+	check     uint64
+	at, until int64
+	code      reason.Code
+}
+
+// How long a failed token's answer is reused: a signature that does not
+// verify never will (the secrets do not change while the engine lives); a
+// token refused for its time (expired, not yet valid, a certificate out of
+// its validity) is looked at again soon.
+const (
+	failureTTL     = 5 * time.Minute
+	failureTimeTTL = 10 * time.Second
+)
 
 // New returns an Engine.
 func New(cfg Config) (*Engine, error) {
@@ -100,13 +129,16 @@ func New(cfg Config) (*Engine, error) {
 		cfg.CacheSize = DefaultCacheSize
 	}
 	return &Engine{
-		node:    node,
-		secrets: cfg.Secrets,
-		refresh: cfg.Refresh,
-		seed:    maphash.MakeSeed(),
-		tokens:  newClockCache[*Peer](cfg.CacheSize),
-		shared:  newClockCache[*sharedSecret](cfg.CacheSize),
-		certs:   newClockCache[*verifiedCert](cfg.CacheSize),
+		node:     node,
+		secrets:  cfg.Secrets,
+		refresh:  cfg.Refresh,
+		seed:     maphash.MakeSeed(),
+		check:    maphash.MakeSeed(),
+		tokens:   newClockCache[*Peer](cfg.CacheSize),
+		failures: newClockCache[failure](cfg.CacheSize),
+		shared:   newClockCache[*sharedSecret](cfg.CacheSize),
+		certs:    newClockCache[*verifiedCert](cfg.CacheSize),
+		budget:   newVerifyLimiter(cfg.Budget),
 	}, nil
 }
 
@@ -128,6 +160,12 @@ type Stats struct {
 	// PublicKeyOps counts every public-key operation: ECDSA signatures and
 	// verifications (tokens and certificates), ECDH, key generation.
 	PublicKeyOps uint64
+	// FailureCacheHits counts tokens refused from the cache of tokens that
+	// failed before (a repeated junk token costs a hash lookup).
+	FailureCacheHits uint64
+	// VerifyRateLimited counts SYN tokens not verified because their
+	// source (or the node) had spent its verification budget.
+	VerifyRateLimited uint64
 }
 
 // Stats returns the engine's counters.
@@ -143,6 +181,8 @@ func (e *Engine) Stats() Stats {
 		Signatures:               s.signatures.Load(),
 		KeyGenerations:           s.keys.Load(),
 		PublicKeyOps:             s.publicKeyOps.Load(),
+		FailureCacheHits:         s.failureHits.Load(),
+		VerifyRateLimited:        s.limited.Load(),
 	}
 }
 
@@ -273,15 +313,45 @@ func (e *Engine) newEpoch(tags policy.Tags, now time.Time) (*epoch, error) {
 }
 
 // verifyToken returns the Peer of an identity token, from the cache when the
-// same bytes were verified before and have not expired.
-func (e *Engine) verifyToken(token []byte, now time.Time) (*Peer, error) {
+// same bytes were verified before and have not expired. A token that failed
+// before gets the same answer from the failure cache. Otherwise, when
+// budgeted (a SYN's token), the verification's first public-key operation
+// must fit src's budget and the node's (reason.VerifyRateLimited); a token
+// that fails its cheap checks (framing, certificate DER) costs none.
+func (e *Engine) verifyToken(token []byte, now time.Time, budgeted bool, src netip.Addr) (*Peer, error) {
 	h := maphash.Bytes(e.seed, token)
 	if p, ok := e.tokens.get(h); ok && bytes.Equal(p.token, token) && now.Before(p.Expires) {
 		e.stats.tokenHits.Add(1)
 		return p, nil
 	}
+	check := maphash.Bytes(e.check, token)
+	if f, ok := e.failures.get(h); ok && f.check == check && f.at <= now.UnixNano() && now.UnixNano() < f.until {
+		e.stats.failureHits.Add(1)
+		return nil, f.code
+	}
+	b := spend{e: e, src: src, now: now.UnixNano(), budgeted: budgeted}
+	p, err := e.verifyTokenSlow(token, now, &b)
+	if err == reason.VerifyRateLimited {
+		return nil, err // not verified: nothing to remember
+	}
 	e.stats.tokenMisses.Add(1)
-	cl, until, err := e.secrets.verify(e, token, now)
+	if err != nil {
+		if rc, ok := err.(reason.Code); ok {
+			ttl := failureTTL
+			if rc == reason.ExpiredToken || rc == reason.UntrustedCertificate {
+				ttl = failureTimeTTL
+			}
+			e.failures.put(h, failure{check: check, at: now.UnixNano(), until: now.Add(ttl).UnixNano(), code: rc})
+		}
+		return nil, err
+	}
+	e.tokens.put(h, p)
+	return p, nil
+}
+
+// verifyTokenSlow verifies a token from scratch and makes its Peer.
+func (e *Engine) verifyTokenSlow(token []byte, now time.Time, b *spend) (*Peer, error) {
+	cl, until, err := e.secrets.verify(e, token, now, b)
 	if err != nil {
 		return nil, err
 	}
@@ -312,13 +382,12 @@ func (e *Engine) verifyToken(token []byte, now time.Time) (*Peer, error) {
 		p.ekID = sha256.Sum256(pub)
 	}
 	p.Identity = policy.NewIdentity(p.Tags)
-	e.tokens.put(h, p)
 	return p, nil
 }
 
 // verifyCert returns a verified node certificate, from the cache when the
 // same DER was verified before.
-func (e *Engine) verifyCert(p *pkiSecrets, der []byte, now time.Time) (*verifiedCert, error) {
+func (e *Engine) verifyCert(p *pkiSecrets, der []byte, now time.Time, b *spend) (*verifiedCert, error) {
 	h := maphash.Bytes(e.seed, der)
 	if vc, ok := e.certs.get(h); ok && bytes.Equal(vc.der, der) {
 		if now.Before(vc.notBefore) || now.After(vc.notAfter) {
@@ -329,6 +398,9 @@ func (e *Engine) verifyCert(p *pkiSecrets, der []byte, now time.Time) (*verified
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, reason.MalformedToken
+	}
+	if !b.take() {
+		return nil, reason.VerifyRateLimited
 	}
 	e.stats.certificateVerification.Add(1)
 	e.stats.publicKeyOps.Add(1)
@@ -492,8 +564,16 @@ func (e *Engine) AppendSYN(dst []byte, l *Local, c *Conn, now time.Time) ([]byte
 // VerifySYN verifies a SYN frame on the server side and returns the client
 // PU's identity. A retransmitted SYN (same nonce) leaves the connection as
 // it is; a SYN with another nonce starts the connection over. On error c is
-// unchanged.
+// unchanged. The token's verification, if it is not in a cache, is held to
+// the node's verification budget (Config.Budget); VerifySYNFrom also to
+// its source's.
 func (e *Engine) VerifySYN(frame []byte, c *Conn, now time.Time) (*Peer, error) {
+	return e.VerifySYNFrom(frame, c, now, netip.Addr{})
+}
+
+// VerifySYNFrom is VerifySYN for a SYN from source address src: a token
+// not seen before costs src's verification budget as well as the node's.
+func (e *Engine) VerifySYNFrom(frame []byte, c *Conn, now time.Time, src netip.Addr) (*Peer, error) {
 	switch c.state {
 	case stateNew, stateSYNReceived, stateSYNACKSent, stateServerDone:
 	default:
@@ -503,7 +583,7 @@ func (e *Engine) VerifySYN(frame []byte, c *Conn, now time.Time) (*Peer, error) 
 	if err != nil {
 		return nil, err
 	}
-	p, err := e.verifyToken(f.token, now)
+	p, err := e.verifyToken(f.token, now, true, src)
 	if err != nil {
 		return nil, err
 	}
@@ -558,7 +638,9 @@ func (e *Engine) VerifySYNACK(frame []byte, c *Conn, now time.Time) (*Peer, erro
 	if !bytes.Equal(f.rmt, c.nc[:]) {
 		return nil, reason.NonceMismatch
 	}
-	p, err := e.verifyToken(f.token, now)
+	// No budget: a SYN-ACK reaches verification only if it echoes the
+	// nonce of a SYN our PU sent; its rate is our PUs' own.
+	p, err := e.verifyToken(f.token, now, false, netip.Addr{})
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package tokens
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/trireme-go/trireme/reason"
@@ -102,7 +103,7 @@ func FuzzToken(f *testing.F) {
 	f.Add([]byte{0, 0, 'e', 'y', 'J', '9', '.', 'e', 'y', 'J', '9', '.'})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, p := range fx.pairs {
-			peer, err := p.server.verifyToken(data, base)
+			peer, err := p.server.verifyToken(data, base, false, netip.Addr{})
 			if err != nil {
 				if !isReason(err) || peer != nil {
 					t.Fatalf("verifyToken: %v, %v", peer, err)

@@ -34,8 +34,9 @@ type Secrets interface {
 	// length, the certificate (PKI) and the signed JWT.
 	sign(cl *tokenClaims) ([]byte, error)
 	// verify checks an identity token (cold path) and returns its claims and
-	// the time until which the verification holds.
-	verify(e *Engine, token []byte, now time.Time) (*tokenClaims, time.Time, error)
+	// the time until which the verification holds. Before its first
+	// public-key operation it takes b (reason.VerifyRateLimited if refused).
+	verify(e *Engine, token []byte, now time.Time, b *spend) (*tokenClaims, time.Time, error)
 	// handshakePRK is the HKDF pseudorandom key the connections' keys are
 	// expanded from, or nil when it comes from ECDH of the two ephemeral keys.
 	handshakePRK() *[32]byte
@@ -105,7 +106,7 @@ func (p *pskSecrets) sign(cl *tokenClaims) ([]byte, error) {
 	return append(tok, jws...), nil
 }
 
-func (p *pskSecrets) verify(e *Engine, token []byte, now time.Time) (*tokenClaims, time.Time, error) {
+func (p *pskSecrets) verify(e *Engine, token []byte, now time.Time, _ *spend) (*tokenClaims, time.Time, error) {
 	if len(token) < minToken {
 		return nil, time.Time{}, reason.MalformedToken
 	}
@@ -197,7 +198,7 @@ func (p *pkiSecrets) sign(cl *tokenClaims) ([]byte, error) {
 	return append(tok, jws...), nil
 }
 
-func (p *pkiSecrets) verify(e *Engine, token []byte, now time.Time) (*tokenClaims, time.Time, error) {
+func (p *pkiSecrets) verify(e *Engine, token []byte, now time.Time, b *spend) (*tokenClaims, time.Time, error) {
 	if len(token) < minToken {
 		return nil, time.Time{}, reason.MalformedToken
 	}
@@ -210,9 +211,12 @@ func (p *pkiSecrets) verify(e *Engine, token []byte, now time.Time) (*tokenClaim
 		return nil, time.Time{}, reason.MalformedToken
 	}
 	der, jws := token[2:2+n], token[2+n:]
-	vc, err := e.verifyCert(p, der, now)
+	vc, err := e.verifyCert(p, der, now, b)
 	if err != nil {
 		return nil, time.Time{}, err
+	}
+	if !b.take() {
+		return nil, time.Time{}, reason.VerifyRateLimited
 	}
 	e.stats.signatureVerifications.Add(1)
 	e.stats.publicKeyOps.Add(1)

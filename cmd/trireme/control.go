@@ -136,6 +136,7 @@ func init() {
 			if s.Policy.LastError != "" {
 				fmt.Printf("policy reload FAILED at %s (previous policy stays in force):\n%s\n", s.Policy.ErrorAt.Format("15:04:05"), s.Policy.LastError)
 			}
+			printFlowTable(s)
 			printCounters("counters", s.Counters)
 			printCounters("drops", s.Drops)
 			return nil
@@ -145,6 +146,28 @@ func init() {
 	stats.Flags().BoolVar(&statsJSON, "json", false, "print JSON")
 
 	rootCmd.AddCommand(pu, exclude, stats)
+}
+
+// printFlowTable shows the flow table's fill and the PUs holding the most
+// of it (all of them with --json).
+func printFlowTable(s node.Stats) {
+	ft := s.FlowTable
+	pct := func(n, of int) float64 {
+		if of == 0 {
+			return 0
+		}
+		return 100 * float64(n) / float64(of)
+	}
+	fmt.Printf("flow table: %d of %d flows (%.1f%%), %d per PU at most, %d evictions\n",
+		ft.Flows, ft.Capacity, pct(ft.Flows, ft.Capacity), ft.PerPU, ft.Evictions)
+	const top = 10
+	for i, p := range s.PUFlows {
+		if i == top {
+			fmt.Printf("  ... %d more PUs (trireme stats --json)\n", len(s.PUFlows)-top)
+			break
+		}
+		fmt.Printf("  %-24s %8d flows (%5.1f%% of its share)  %d refused  %d packets over budget\n", p.Name, p.Flows, pct(p.Flows, ft.PerPU), p.Refused, p.OverBudget)
+	}
 }
 
 func printCounters(title string, m map[string]uint64) {

@@ -126,10 +126,11 @@ func TestCraftedCapture(t *testing.T) {
 
 	out, sum, _ = run(t, path, topo, mustPolicy(t, denyAllPolicy), dataplane.MidStreamDrop)
 	// Both SYNs refused by the servers' enforcers, each answered by a RST
-	// that ends the client's flow: the replayed retransmission (2) and the
-	// client's later packets (5, 7, 9) are then out of state at the client's
-	// enforcer; the servers' packets (3, 4, 6, 8, 11) hit their denied flows.
-	// Nothing captured reaches a PU.
+	// that ends the client's flow, which leaves nothing behind at the
+	// client's enforcer: the replayed retransmission (2) is a SYN again,
+	// answered from the server's denied flow with another RST; the
+	// client's later packets (5, 7, 9) are of no flow; the servers' packets
+	// (3, 4, 6, 8, 11) hit their denied flows. Nothing captured reaches a PU.
 	rsts := 0
 	for _, d := range out.delivered {
 		if d.origin >= 0 {
@@ -137,7 +138,7 @@ func TestCraftedCapture(t *testing.T) {
 		}
 		rsts++
 	}
-	if sum.Forwarded != 0 || sum.ConnectionsDenied != 2 || rsts != 2 || sum.Dropped["policy-denied"] != 7 || sum.Dropped["invalid-state"] != 4 {
+	if sum.Forwarded != 0 || sum.ConnectionsDenied != 2 || rsts != 3 || sum.Dropped["policy-denied"] != 8 || sum.Dropped["unknown-flow"] != 3 {
 		t.Fatalf("deny-all: %+v, %d RSTs", sum, rsts)
 	}
 }

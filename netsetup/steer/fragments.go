@@ -5,7 +5,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// fragmentRules steer every IP fragment to the dataplane, those of
+// fragmentMatches match the IP fragments the chains steer to the
+// dataplane (rule 4b), every one, those of
 // authorized flows too. A first fragment carries the transport header and
 // would match an authorized flow's entry; the later ones carry none and
 // match nothing, so they always reached the dataplane, which then dropped
@@ -16,16 +17,16 @@ import (
 //
 //	ip frag-off & 0x3fff != 0 (more fragments, or an offset) → steer
 //	ip6: a fragment header is present                         → steer
-func fragmentRules(tap int, counter string) [][]expr.Any {
+func fragmentMatches() [][]expr.Any {
 	v4 := cat(ethProto(ethIPv4), []expr.Any{
 		loadNet(6, 2, regScratch),
 		&expr.Bitwise{SourceRegister: regScratch, DestRegister: regScratch, Len: 2, Mask: []byte{0x3f, 0xff}, Xor: []byte{0, 0}},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: regScratch, Data: []byte{0, 0}},
-	}, steerTo(tap, counter))
+	})
 	v6 := cat(ethProto(ethIPv6), []expr.Any{
 		&expr.Exthdr{Op: expr.ExthdrOpIpv6, Type: unix.IPPROTO_FRAGMENT, Offset: 0, Len: 1,
 			Flags: unix.NFT_EXTHDR_F_PRESENT, DestRegister: regScratch},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: regScratch, Data: []byte{1}},
-	}, steerTo(tap, counter))
+	})
 	return [][]expr.Any{v4, v6}
 }

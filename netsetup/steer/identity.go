@@ -112,10 +112,11 @@ func puCounters(pu string) []string {
 		counterName(pu, "in", "steer"), counterName(pu, "in", "auth"),
 		counterName(pu, "out", "steer"), counterName(pu, "out", "auth"),
 		counterName(pu, "in", "spoof"), counterName(pu, "in", "rogue"),
+		budgetCounter(pu),
 	}
 }
 
-var counterSuffixes = []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth", "_in_spoof", "_in_rogue"}
+var counterSuffixes = []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth", "_in_spoof", "_in_rogue", "_in_budget"}
 
 // AllCounters reads the kernel counters of every PU in one dump.
 func (s *Steerer) AllCounters() (map[string]Counters, error) {
@@ -153,6 +154,8 @@ func (s *Steerer) AllCounters() (map[string]Counters, error) {
 			c.Spoofed = p
 		case "_in_rogue":
 			c.RogueRouter = p
+		case "_in_budget":
+			c.InOverBudget = p
 		}
 		out[pu] = c
 	}

@@ -291,14 +291,26 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 	// 4. Every TCP SYN (and SYN-ACK) goes to the dataplane, authorized or
 	//    not, and so do FIN and RST: the enforcer sees every connection
 	//    end, so its table and flow records follow the kernel's flows
-	//    (a few packets per connection, none on the data path).
-	rules = append(rules, cat(l4Proto(expr.CmpOpEq, unix.IPPROTO_TCP), []expr.Any{
+	//    (a few packets per connection, none on the data path). Leaving
+	//    the PU, within its budget (budget.go).
+	synFinRst := cat(l4Proto(expr.CmpOpEq, unix.IPPROTO_TCP), []expr.Any{
 		loadTransport(13, 1, regScratch),
 		&expr.Bitwise{SourceRegister: regScratch, DestRegister: regScratch, Len: 1, Mask: []byte{tcpFlagSYN | tcpFlagFIN | tcpFlagRST}, Xor: []byte{0}},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: regScratch, Data: []byte{0}},
-	}, steerTo(tap, steerCounter)))
-	// 4b. IP fragments go to the dataplane (see fragmentRules).
-	rules = append(rules, fragmentRules(tap, steerCounter)...)
+	})
+	budget := !egress && s.cfg.Budget.Rate > 0
+	if budget {
+		rules = append(rules, budgetRule(s.cfg.Budget, pu.Name, synFinRst))
+	}
+	rules = append(rules, cat(synFinRst, steerTo(tap, steerCounter)))
+	// 4b. IP fragments go to the dataplane (see fragmentMatches); leaving
+	//     the PU, within its budget (a bucket per family).
+	for _, m := range fragmentMatches() {
+		if budget {
+			rules = append(rules, budgetRule(s.cfg.Budget, pu.Name, m))
+		}
+		rules = append(rules, cat(m, steerTo(tap, steerCounter)))
+	}
 	// 5. Packets of authorized flows stay in the kernel.
 	for _, v6 := range []bool{false, true} {
 		ep, set, w := uint16(ethIPv4), sets.a4, uint32(1)
@@ -325,7 +337,11 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 			lookup,
 		}, counted(authCounter, accept)))
 	}
-	// 6. Everything else goes to the dataplane.
+	// 6. Everything else goes to the dataplane (leaving the PU, within its
+	//    budget).
+	if budget {
+		rules = append(rules, budgetRule(s.cfg.Budget, pu.Name, nil))
+	}
 	rules = append(rules, steerTo(tap, steerCounter))
 	return rules
 }

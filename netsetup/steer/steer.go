@@ -45,6 +45,9 @@ type Config struct {
 	Node  string // table name is TablePrefix + Node
 	Mark  uint32 // mark of injected packets; 0: DefaultMark
 	NetNS int    // fd of the network namespace to program; 0: the caller's
+	// Budget bounds the packets a second each PU can make the dataplane
+	// process (budget.go); zero: no bound.
+	Budget Budget
 }
 
 // PU is what the steering rules of one PU need.
@@ -77,6 +80,7 @@ type Counters struct {
 	// sender is not the PU's own (Spoofed), router advertisements,
 	// redirects and DHCP server replies (RogueRouter).
 	Spoofed, RogueRouter Packets
+	InOverBudget         Packets // leaving the PU, dropped over its packet budget (budget.go)
 }
 
 // Packets is a packet and byte count.
@@ -618,6 +622,7 @@ func (s *Steerer) Counters(pu string) (Counters, error) {
 		counterName(pu, "out", "auth"):  &c.OutAuthorized,
 		counterName(pu, "in", "spoof"):  &c.Spoofed,
 		counterName(pu, "in", "rogue"):  &c.RogueRouter,
+		budgetCounter(pu):               &c.InOverBudget,
 	}
 	for _, o := range objs {
 		co, ok := o.(*nftables.CounterObj)
