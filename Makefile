@@ -1,4 +1,4 @@
-# trireme: make build | test | bench | demo | fuzz
+# trireme: make build | test | bench | demo | fuzz | controlplane
 SHELL := /bin/bash
 export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
@@ -7,7 +7,12 @@ BIN := bin/trireme
 RACE_PKGS := ./tokens/... ./flow/... ./dataplane/... ./policy/... ./resolver/... ./netsetup/... ./monitor ./monitor/process
 FUZZTIME ?= 30s
 
-.PHONY: all build test vet deps bench demo fuzz perf clean
+# The test control plane (etcd + kube-apiserver, testenv/controlplane): built
+# from its own module tools/controlplane into a cache keyed by that module
+# (minutes the first time, then reused; see docs/kubernetes.md).
+CONTROLPLANE_DIR = $(shell tools/controlplane/build.sh --print-dir)
+
+.PHONY: all build test vet deps bench demo fuzz perf clean controlplane
 
 all: build
 
@@ -23,9 +28,14 @@ vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 
-# Tests that run the binary (daemon, Docker images) use this one build.
+controlplane:
+	@tools/controlplane/build.sh >/dev/null
+
+# Tests that run the binary (daemon, Docker images) use this one build; the
+# Kubernetes tests use the control plane make controlplane built.
 test: export TRIREME_TEST_BINARY = $(abspath $(BIN))
-test: deps vet build
+test: export TRIREME_CONTROLPLANE_DIR = $(CONTROLPLANE_DIR)
+test: deps vet build controlplane
 	$(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)
 
