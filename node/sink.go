@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -447,9 +446,4 @@ func FlowLogFiles(path string) []string {
 		}
 		out = append(out, p)
 	}
-}
-
-// String names the sink's file for messages.
-func (c flowLogConfig) String() string {
-	return fmt.Sprintf("%s (rotated at %d bytes, %d kept, aggregation every %v)", c.Path, c.MaxSize, c.Files, c.Aggregate)
 }
