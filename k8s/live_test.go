@@ -95,7 +95,9 @@ func TestLiveConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := testenv.NewDaemon(t, n, testenv.DaemonOptions{SecretsDir: testenv.PSKDir(t), Policy: string(initial)})
+	// Every denied probe is looked for in the flow log by its pair: no
+	// aggregation of repeated refusals (docs/daemon.md, Flow records).
+	d := testenv.NewDaemon(t, n, testenv.DaemonOptions{SecretsDir: testenv.PSKDir(t), Policy: string(initial), Extra: "flowLogAggregate: 0s\n"})
 	d.Start()
 	u := &liveUniverse{t: t, d: d, pus: pus, attached: map[string]attachedPod{}}
 	ready := time.Now()
