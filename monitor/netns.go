@@ -83,7 +83,7 @@ func InspectNetns(path string) (NetnsInfo, error) {
 		return info, fmt.Errorf("netlink in netns %s: %w", path, err)
 	}
 	defer h.Close()
-	links, err := h.LinkList()
+	links, err := netsetup.Dump(h.LinkList)
 	if err != nil {
 		return info, fmt.Errorf("list links in netns %s: %w", path, err)
 	}
@@ -103,7 +103,7 @@ func InspectNetns(path string) (NetnsInfo, error) {
 		if a.Flags&unix.IFF_LOOPBACK != 0 {
 			continue
 		}
-		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+		addrs, err := netsetup.Dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_ALL) })
 		if err != nil {
 			return info, fmt.Errorf("list addresses of %s in netns %s: %w", a.Name, path, err)
 		}

@@ -35,7 +35,7 @@ func ReadLinkIdentity(h *netlink.Handle, name string, wait time.Duration) (LinkI
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+		addrs, err := Dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_ALL) })
 		if err != nil {
 			return LinkIdentity{}, fmt.Errorf("netsetup: addresses of %s: %w", name, err)
 		}

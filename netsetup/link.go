@@ -218,7 +218,7 @@ func DeleteLinks(names []string, group uint32) error {
 	if len(want) == 0 {
 		return errors.Join(errs...)
 	}
-	links, err := netlink.LinkList()
+	links, err := Dump(netlink.LinkList)
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("netsetup: list links: %w", err))...)
 	}

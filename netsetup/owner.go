@@ -93,7 +93,7 @@ func RemoveAddrs(name string, ps []netip.Prefix) error {
 
 // linkPrefixes lists a link's addresses as prefixes.
 func linkPrefixes(l netlink.Link) ([]netip.Prefix, error) {
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	addrs, err := Dump(func() ([]netlink.Addr, error) { return netlink.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("netsetup: addresses of %s: %w", l.Attrs().Name, err)
 	}

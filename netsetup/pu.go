@@ -101,7 +101,11 @@ func AttachPU(cfg PUConfig) (PULink, error) {
 			return fmt.Errorf("netsetup: %s up in %s: %w", cfg.PUVeth, cfg.Netns, err)
 		}
 		for _, gw := range cfg.Gateways {
-			r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.IP(gw.AsSlice())}
+			// onlink: the gateway is on the PU's subnet by construction.
+			// Without it an IPv6 route is refused (EHOSTUNREACH) until the
+			// kernel has installed the address's prefix route, which waits
+			// for the veth's carrier: seconds late when many links change.
+			r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.IP(gw.AsSlice()), Flags: int(netlink.FLAG_ONLINK)}
 			if err := netlink.RouteReplace(r); err != nil {
 				return fmt.Errorf("netsetup: default route via %s in %s: %w", gw, cfg.Netns, err)
 			}
@@ -140,7 +144,7 @@ func HostVethOf(ns netns.NsHandle, ifName string) (PULink, error) {
 	var peerIndex int
 	var puMAC net.HardwareAddr
 	err := InNetns(ns, func() error {
-		links, err := netlink.LinkList()
+		links, err := Dump(netlink.LinkList)
 		if err != nil {
 			return fmt.Errorf("netsetup: list links: %w", err)
 		}

@@ -97,7 +97,7 @@ var tapName = regexp.MustCompile(`^tr[io][0-9a-f]{10}$`)
 // mark and are not in keep: those of PUs that went while no daemon ran, or
 // whose deletion a crash interrupted.
 func strayTaps(keep map[string]bool, owner string) []string {
-	links, err := netlink.LinkList()
+	links, err := netsetup.Dump(netlink.LinkList)
 	if err != nil {
 		return nil
 	}

@@ -24,7 +24,7 @@ func Leftovers(sfx string) []string {
 		}
 	}
 	if sfx != "" {
-		links, _ := netlink.LinkList()
+		links, _ := netsetup.Dump(netlink.LinkList)
 		for _, l := range links {
 			if strings.Contains(l.Attrs().Name, sfx) {
 				left = append(left, "link "+l.Attrs().Name)

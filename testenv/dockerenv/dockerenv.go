@@ -35,6 +35,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/trireme-go/trireme/dockerd"
+	"github.com/trireme-go/trireme/netsetup"
 )
 
 // Image is the tag of the test image: /trireme, entrypoint ["/trireme"],
@@ -216,7 +217,7 @@ func (e *Env) useBridge(name string) error {
 	if err != nil {
 		return fmt.Errorf("dockerenv: bridge %s: %w", name, err)
 	}
-	addrs, err := e.nl.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := netsetup.Dump(func() ([]netlink.Addr, error) { return e.nl.AddrList(l, netlink.FAMILY_V4) })
 	if err != nil || len(addrs) == 0 {
 		return fmt.Errorf("dockerenv: bridge %s has no IPv4 address (%v)", name, err)
 	}
