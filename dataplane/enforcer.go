@@ -496,7 +496,7 @@ func (e *Enforcer) slowPath(pu *PU, dir Direction, frame []byte, ns int64, now t
 			return
 		}
 	}
-	c := ctx{e: e, pu: pu, view: view, dir: dir, p: p, frame: frame, ns: ns, now: now, out: out}
+	c := slowPacket{e: e, pu: pu, view: view, dir: dir, p: p, frame: frame, ns: ns, now: now, out: out}
 	makeKey(&c.key, pu, dir, p)
 	c.remote = remote
 	if p.Proto == packet.ProtoTCP {

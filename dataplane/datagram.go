@@ -1,0 +1,126 @@
+// Datagrams: UDP, ICMP and other non-TCP protocols, and ICMP errors that
+// quote a flow of the PU.
+
+package dataplane
+
+import (
+	"github.com/trireme-go/trireme/dataplane/packet"
+	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/reason"
+)
+
+// datagram handles UDP, ICMP and other non-TCP protocols: the PU's CIDR
+// rules decide on a flow's first packet (peer identity is not carried),
+// later packets and replies of an allowed flow pass.
+func (c *slowPacket) datagram() {
+	if c.p.IsICMPError() && c.icmpError() {
+		return
+	}
+	c.sh = c.e.table.Shard(&c.key)
+	c.sh.Lock()
+	defer c.sh.Unlock()
+	ent := c.sh.Get(&c.key)
+	if ent != nil && c.sh.Expired(ent, c.ns) {
+		c.e.finish(c.pu, ent, EndExpired, c.ns, c.out)
+		c.sh.Delete(ent)
+		ent = nil
+	}
+	if ent != nil {
+		c.touch(ent, len(c.frame))
+		if ent.State.Refused() {
+			c.e.drop(c.out, ent.Value.reason)
+			return
+		}
+		c.e.forward(c.out, c.frame)
+		return
+	}
+	ent, rc := c.insert()
+	if ent == nil {
+		c.e.drop(c.out, rc)
+		return
+	}
+	ent.Value.role = roleDatagram
+	ent.Value.firstDir = c.dir
+	ent.Value.target = c.view.eng.IsTarget(c.remote)
+	proto := policy.Protocol(c.p.Proto)
+	var port uint16
+	var d policy.Decision
+	if c.dir == FromApp {
+		if c.p.Proto == packet.ProtoTCP || c.p.Proto == packet.ProtoUDP {
+			port = c.remotePort()
+		}
+		d = c.view.pol.Egress(nil, c.remote, proto, port)
+	} else {
+		if c.p.Proto == packet.ProtoUDP {
+			port = c.localPort()
+		}
+		d = c.view.pol.Ingress(nil, c.remote, proto, port)
+	}
+	c.decide(ent, d)
+	c.touch(ent, len(c.frame))
+	if !d.Allowed() {
+		c.sh.SetState(ent, flow.Denied, c.ns)
+		c.e.record(c.pu, ent, EndDenied, c.ns)
+		c.e.drop(c.out, ent.Value.reason)
+		return
+	}
+	c.establish(ent)
+	c.e.forward(c.out, c.frame)
+}
+
+// icmpError handles an ICMP error that quotes a packet of a flow of the PU.
+// An error travels toward the sender of the packet it quotes: from the
+// network to the PU when the PU sent it (from its destination or from a
+// router on the way), from the PU back to the sender when the PU received
+// it; and it is no larger than an error may be (576 bytes IPv4, RFC 1812
+// §4.3.2.3; 1280 IPv6, RFC 4443 §2.4). Such an error of a flow that is not
+// denied passes whatever the rules say about ICMP (path MTU discovery,
+// unreachable ports and hosts of allowed connections must reach their
+// ends); one that does not fit its flow is dropped (bad-icmp-error): it
+// would carry data past the policy. It reports whether it decided; an
+// error quoting no flow of the PU is decided by the rules like any
+// datagram.
+func (c *slowPacket) icmpError() bool {
+	p := c.p
+	src, dst, proto, sport, dport, ok := p.Quoted()
+	if !ok {
+		return false
+	}
+	var k flow.Key
+	k.VLAN, k.PU, k.Proto = c.key.VLAN, c.key.PU, proto
+	// The PU sent the quoted packet: the error must come to it.
+	k.Local, k.Remote, k.LocalPort, k.RemotePort = src.As16(), dst.As16(), sport, dport
+	fits := c.dir == FromNet && p.Dst == src
+	sh := c.e.table.Shard(&k)
+	sh.Lock()
+	ent := sh.Get(&k)
+	if ent == nil {
+		sh.Unlock()
+		// The PU received the quoted packet: the error must go from it
+		// back to the sender.
+		k.Local, k.Remote, k.LocalPort, k.RemotePort = dst.As16(), src.As16(), dport, sport
+		fits = c.dir == FromApp && p.Src == dst && p.Dst == src
+		sh = c.e.table.Shard(&k)
+		sh.Lock()
+		ent = sh.Get(&k)
+	}
+	defer sh.Unlock()
+	if ent == nil || sh.Expired(ent, c.ns) {
+		return false
+	}
+	max := 576
+	if p.IPv6 {
+		max = 1280
+	}
+	if !fits || p.End-p.L3 > max {
+		c.e.drop(c.out, reason.BadICMPError)
+		return true
+	}
+	if ent.State.Refused() || ent.Value.reset {
+		return false
+	}
+	sh.Touch(ent, flow.Dir(c.dir), len(c.frame), c.ns)
+	c.e.forward(c.out, c.frame)
+	return true
+}
