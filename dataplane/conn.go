@@ -130,3 +130,23 @@ func note(kind NoteKind, pu *PU, k *flow.Key) Note {
 		Local:  netip.AddrPortFrom(k.LocalAddr(), k.LocalPort),
 		Remote: netip.AddrPortFrom(k.RemoteAddr(), k.RemotePort), VLAN: k.VLAN}
 }
+
+// stripToken takes the token (marker option at off, n bytes of token
+// frame) out of the packet, in place; Output.Rewritten says so.
+func (c *slowPacket) stripToken(off, n int) ([]byte, reason.Code) {
+	f, rc := packet.StripToken(c.p, off, n)
+	if rc == reason.None {
+		c.out.Rewritten = true
+	}
+	return f, rc
+}
+
+// insertToken writes the packet with tok added into the Output's buffer;
+// Output.Rewritten says so.
+func (c *slowPacket) insertToken(tok []byte) ([]byte, reason.Code) {
+	f, rc := packet.InsertToken(c.out.main[:0], c.p, tokens.Option, tok, c.e.mtu)
+	if rc == reason.None {
+		c.out.Rewritten = true
+	}
+	return f, rc
+}

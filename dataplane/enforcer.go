@@ -118,13 +118,17 @@ type Output struct {
 	// Frame is the frame to forward (Verdict Forward): the input frame,
 	// possibly shortened in place (token stripped), or a buffer of Output.
 	Frame []byte
+	// Rewritten says that Frame is not the input frame as it came: a token
+	// was added or stripped (and SYN data with it). A rewritten frame has
+	// whole checksums and is no segmentation-offload super-packet;
+	// otherwise Frame is the input frame, unchanged.
+	Rewritten bool
 	// Inject lists extra frames, in order. A token-ACK injected before the
 	// data it precedes comes first.
 	Inject []Injected
 	// Notes for the live daemon (authorize / revoke a flow in the kernel).
 	Notes []Note
 
-	parser *packet.Parser
 	pkt    packet.Packet
 	main   []byte
 	tok    []byte
@@ -133,10 +137,9 @@ type Output struct {
 }
 
 func (o *Output) reset() {
-	o.Verdict, o.Reason, o.Frame = Forward, reason.None, nil
+	o.Verdict, o.Reason, o.Frame, o.Rewritten = Forward, reason.None, nil, false
 	o.Inject, o.Notes, o.nbuf = o.Inject[:0], o.Notes[:0], 0
-	if o.parser == nil {
-		o.parser = packet.NewParser()
+	if o.main == nil {
 		o.main = make([]byte, 0, 2048)
 		o.tok = make([]byte, 0, 1280)
 		for i := range o.bufs {
@@ -397,10 +400,10 @@ func (e *Enforcer) Flush(now time.Time, out *Output) {
 // The frame may be modified in place (token stripping shortens it). now is
 // the packet's time (the flow timers' clock).
 func (e *Enforcer) Process(pu *PU, dir Direction, frame []byte, now time.Time, out *Output) {
-	if out.parser == nil || out.nbuf != 0 || len(out.Inject) != 0 || len(out.Notes) != 0 {
+	if out.main == nil || out.nbuf != 0 || len(out.Inject) != 0 || len(out.Notes) != 0 {
 		out.reset()
 	} else {
-		out.Verdict, out.Reason, out.Frame = Forward, reason.None, nil
+		out.Verdict, out.Reason, out.Frame, out.Rewritten = Forward, reason.None, nil, false
 	}
 	if pu == nil {
 		e.drop(out, reason.UnknownPU)
@@ -408,8 +411,12 @@ func (e *Enforcer) Process(pu *PU, dir Direction, frame []byte, now time.Time, o
 	}
 	ns := now.UnixNano()
 	p := &out.pkt
-	// Fast path: an established, authorized flow is one lookup.
-	if packet.ParseFast(frame, p) && (p.Proto != packet.ProtoTCP || p.Flags&(packet.SYN|packet.FIN|packet.RST) == 0) {
+	code := p.Decode(frame)
+	// Fast path: an established, authorized flow is one lookup. It takes
+	// the common shapes only (TCP without SYN, FIN or RST, and UDP; no IP
+	// options or extension headers, no fragments); anything else is for
+	// the slow path's checks.
+	if code == reason.None && fastShape(p) {
 		var k flow.Key
 		makeKey(&k, pu, dir, p)
 		sh := e.table.Shard(&k)
@@ -434,15 +441,37 @@ func (e *Enforcer) Process(pu *PU, dir Direction, frame []byte, now time.Time, o
 		}
 		sh.Unlock()
 	}
-	e.slowPath(pu, dir, frame, ns, now, out)
-}
-
-func (e *Enforcer) slowPath(pu *PU, dir Direction, frame []byte, ns int64, now time.Time, out *Output) {
-	p := &out.pkt
-	if code := out.parser.Parse(frame, p); code != reason.None {
+	if code != reason.None {
 		e.drop(out, code)
 		return
 	}
+	e.slowPath(pu, dir, frame, ns, now, out)
+}
+
+// fastShape reports whether a decoded packet may take the fast path: the
+// shapes the established-flow lookup is for.
+func fastShape(p *packet.Packet) bool {
+	switch p.Proto {
+	case packet.ProtoTCP:
+		if p.Flags&(packet.SYN|packet.FIN|packet.RST) != 0 {
+			return false
+		}
+	case packet.ProtoUDP:
+	default:
+		return false
+	}
+	if p.Frag != packet.NotFragment {
+		return false
+	}
+	if p.IPv6 {
+		return p.L4 == p.L3+40
+	}
+	return p.L4 == p.L3+20
+}
+
+// slowPath decides a decoded frame that no established flow took.
+func (e *Enforcer) slowPath(pu *PU, dir Direction, frame []byte, ns int64, now time.Time, out *Output) {
+	p := &out.pkt
 	if p.ARP {
 		e.forward(out, frame)
 		return

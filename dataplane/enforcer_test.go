@@ -319,7 +319,7 @@ func TestServerDeniesClient(t *testing.T) {
 		t.Fatalf("RST to client: %v %v", rst.v, rst.code)
 	}
 	var q packet.Packet
-	if packet.NewParser().Parse(rst.frame, &q) != reason.None || q.Flags != packet.RST|packet.ACK || q.Ack != 101 || q.Src != sIP {
+	if q.Decode(rst.frame) != reason.None || q.Flags != packet.RST|packet.ACK || q.Ack != 101 || q.Src != sIP {
 		t.Fatalf("RST: %+v", q)
 	}
 	// A retransmitted SYN gets the same answer, without a new record.
@@ -356,11 +356,10 @@ func TestClientDeniesServer(t *testing.T) {
 		t.Fatalf("injections: %+v", b.inject)
 	}
 	var q packet.Packet
-	ps := packet.NewParser()
-	if ps.Parse(b.inject[0].Frame, &q); q.Flags&packet.RST == 0 || q.Dst != cIP || q.Ack != 101 {
+	if q.Decode(b.inject[0].Frame); q.Flags&packet.RST == 0 || q.Dst != cIP || q.Ack != 101 {
 		t.Fatalf("RST to PU: %+v", q)
 	}
-	if ps.Parse(b.inject[1].Frame, &q); q.Flags != packet.RST || q.Dst != sIP || q.Seq != 101 {
+	if q.Decode(b.inject[1].Frame); q.Flags != packet.RST || q.Dst != sIP || q.Seq != 101 {
 		t.Fatalf("RST to server: %+v", q)
 	}
 	// The RST toward the server clears its half-open flow.
@@ -461,7 +460,7 @@ func TestLostTokenACK(t *testing.T) {
 		t.Fatalf("re-injected token-ACK: %v %v", b.v, b.code)
 	}
 	var q packet.Packet
-	if packet.NewParser().Parse(b.frame, &q) != reason.None || q.Flags != packet.ACK || q.Seq != 101 || q.Ack != 701 || q.PayloadLen() != 0 {
+	if q.Decode(b.frame) != reason.None || q.Flags != packet.ACK || q.Seq != 101 || q.Ack != 701 || q.PayloadLen() != 0 {
 		t.Fatalf("delivered token-ACK: %+v", q)
 	}
 	_, _, b = p.c2s(data)
@@ -667,7 +666,7 @@ func TestMidStreamModes(t *testing.T) {
 		}
 		if tc.mode == MidStreamReset {
 			var q packet.Packet
-			packet.NewParser().Parse(r.inject[0].Frame, &q)
+			q.Decode(r.inject[0].Frame)
 			if q.Flags != packet.RST || q.Seq != 9 || q.Dst != cIP {
 				t.Fatalf("mid-stream RST: %+v", q)
 			}
@@ -830,12 +829,11 @@ policies:
 		t.Fatalf("packet of a revoked flow: %v %v %d", b.v, b.code, len(b.inject))
 	}
 	var q packet.Packet
-	ps := packet.NewParser()
-	ps.Parse(b.inject[0].Frame, &q)
+	q.Decode(b.inject[0].Frame)
 	if b.inject[0].To != ToNet || q.Flags != packet.RST || q.Dst != cIP || q.Seq != 701 {
 		t.Fatalf("RST to client: %+v", q)
 	}
-	ps.Parse(b.inject[1].Frame, &q)
+	q.Decode(b.inject[1].Frame)
 	if b.inject[1].To != ToPU || b.inject[1].PU != p.s.pu || q.Flags != packet.RST || q.Dst != sIP || q.Seq != 101 {
 		t.Fatalf("RST to server PU: %+v", q)
 	}

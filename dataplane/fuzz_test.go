@@ -69,7 +69,7 @@ func FuzzProcess(f *testing.F) {
 					t.Fatal("forward without a frame")
 				}
 				var q packet.Packet
-				_ = packet.NewParser().Parse(out.Frame, &q)
+				_ = q.Decode(out.Frame)
 			case Drop, Reset:
 				if out.Frame != nil {
 					t.Fatal("drop with a frame")
@@ -82,7 +82,7 @@ func FuzzProcess(f *testing.F) {
 			}
 			for _, in := range out.Inject {
 				var q packet.Packet
-				if packet.NewParser().Parse(in.Frame, &q) != 0 || q.Proto != packet.ProtoTCP || !packet.VerifyTCPChecksum(&q) {
+				if q.Decode(in.Frame) != 0 || q.Proto != packet.ProtoTCP || !packet.VerifyTCPChecksum(&q) {
 					t.Fatalf("injected frame does not parse or has a bad checksum: %x", in.Frame)
 				}
 			}

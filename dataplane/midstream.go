@@ -58,7 +58,7 @@ func (c *slowPacket) midStream() {
 		if off, n, rc := c.findToken(); rc == reason.None {
 			// A peer's enforcer still had state (e.g. our restart in the
 			// middle of its handshake): its token must not reach the PU.
-			if g, rc := packet.StripToken(c.p, off, n); rc == reason.None {
+			if g, rc := c.stripToken(off, n); rc == reason.None {
 				f = g
 			}
 		}

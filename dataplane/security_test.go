@@ -369,7 +369,7 @@ func TestRSTKernelBypass(t *testing.T) {
 		t.Fatalf("unverifiable RST: notes %+v records %+v inject %+v", r.notes, p.s.sink.all(), r.inject)
 	}
 	var probe packet.Packet
-	if packet.NewParser().Parse(r.inject[0].Frame, &probe) != reason.None || probe.Flags != packet.ACK ||
+	if probe.Decode(r.inject[0].Frame) != reason.None || probe.Flags != packet.ACK ||
 		probe.Seq != 123456789+1<<31 || probe.Src != cIP || probe.Dst != sIP || !packet.VerifyTCPChecksum(&probe) {
 		t.Fatalf("probe: %+v", probe)
 	}
@@ -402,7 +402,7 @@ func tfoSYN(t *testing.T, dst netip.Addr, dport uint16, n int) []byte {
 
 func synOptionKinds(t *testing.T, f []byte) []uint8 {
 	var p packet.Packet
-	if packet.NewParser().Parse(f, &p) != reason.None {
+	if p.Decode(f) != reason.None {
 		t.Fatal("does not parse")
 	}
 	var kinds []uint8
@@ -438,12 +438,12 @@ func TestSYNDataWaitsForBothDecisions(t *testing.T) {
 			t.Fatalf("%d bytes: client enforcer: %v %v", n, a.v, a.code)
 		}
 		var w packet.Packet
-		packet.NewParser().Parse(wire, &w)
+		w.Decode(wire)
 		if tl, err := tokens.FrameLen(wire[w.Payload:w.End]); err != nil || w.PayloadLen() != tl || bytes.Contains(wire, []byte("QQQQ")) {
 			t.Fatalf("%d bytes: data on the wire (payload %d, token %d, %v)", n, w.PayloadLen(), tl, err)
 		}
 		var d packet.Packet
-		if b.v != Forward || packet.NewParser().Parse(b.frame, &d) != reason.None || d.PayloadLen() != 0 ||
+		if b.v != Forward || d.Decode(b.frame) != reason.None || d.PayloadLen() != 0 ||
 			!packet.VerifyTCPChecksum(&d) || !packet.VerifyIPv4Checksum(&d) {
 			t.Fatalf("%d bytes: SYN at the server: %v %v, payload %d", n, b.v, b.code, d.PayloadLen())
 		}
@@ -471,7 +471,7 @@ func icmpFrame(t *testing.T, src, dst netip.Addr, typ, code uint8, quoted []byte
 // ipOf returns the IP packet of an Ethernet frame without link padding.
 func ipOf(t *testing.T, f []byte) []byte {
 	var p packet.Packet
-	if packet.NewParser().Parse(f, &p) != reason.None {
+	if p.Decode(f) != reason.None {
 		t.Fatal("does not parse")
 	}
 	return f[p.L3:p.End]

@@ -40,7 +40,7 @@ func (c *slowPacket) clientSYN(ent *flow.Entry[conn]) {
 		c.denyCode(ent, code(err))
 		return
 	}
-	f, rc := packet.InsertToken(c.out.main[:0], c.p, tokens.Option, tok, c.e.mtu)
+	f, rc := c.insertToken(tok)
 	if rc != reason.None {
 		c.denyCode(ent, rc)
 		return
@@ -189,7 +189,7 @@ func (c *slowPacket) deliverSYNACK(ent *flow.Entry[conn], first bool) {
 			return
 		}
 	}
-	f, rc := packet.StripToken(c.p, off, n)
+	f, rc := c.stripToken(off, n)
 	if rc != reason.None {
 		c.e.drop(c.out, rc)
 		return
@@ -242,7 +242,7 @@ func (c *slowPacket) clientACK(ent *flow.Entry[conn]) {
 				return
 			}
 			var rc reason.Code
-			f, rc = packet.InsertToken(c.out.main[:0], p, tokens.Option, tok, c.e.mtu)
+			f, rc = c.insertToken(tok)
 			if rc != reason.None {
 				// No room in this ACK's options: send the token separately.
 				f = c.frame

@@ -53,7 +53,7 @@ func (c *slowPacket) serverSYN(ent *flow.Entry[conn]) {
 		c.deny(ent, v.reason)
 		return
 	}
-	f, rc := packet.StripToken(c.p, off, tokLen)
+	f, rc := c.stripToken(off, tokLen)
 	if rc != reason.None {
 		c.denyCode(ent, rc)
 		return
@@ -184,7 +184,7 @@ func (c *slowPacket) successorSYN(ent *flow.Entry[conn], tok *tokens.Conn) {
 	if v.target {
 		off, n, _ := c.findToken() // authSYN found it
 		var rc reason.Code
-		if f, rc = packet.StripToken(p, off, n); rc != reason.None {
+		if f, rc = c.stripToken(off, n); rc != reason.None {
 			c.e.drop(c.out, rc)
 			return
 		}
@@ -286,7 +286,7 @@ func (c *slowPacket) server(ent *flow.Entry[conn]) {
 			c.e.drop(c.out, code(err))
 			return
 		}
-		f, rc := packet.InsertToken(c.out.main[:0], p, tokens.Option, tok, c.e.mtu)
+		f, rc := c.insertToken(tok)
 		if rc != reason.None {
 			c.e.drop(c.out, rc)
 			return
@@ -340,7 +340,7 @@ func (c *slowPacket) serverACK(ent *flow.Entry[conn]) {
 		return
 	}
 	fin := c.p.Flags&packet.FIN != 0
-	f, rc := packet.StripToken(c.p, off, n)
+	f, rc := c.stripToken(off, n)
 	if rc != reason.None {
 		c.e.drop(c.out, rc)
 		return

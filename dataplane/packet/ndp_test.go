@@ -79,10 +79,9 @@ func TestOnLink(t *testing.T) {
 		{"MLD report to a unicast ULA", icmp6Frame(t, llA, ulaB, 1, 143, make([]byte, 4), true), false},
 		{"echo request", icmp6Frame(t, llA, llB, 255, 128, make([]byte, 8), false), false},
 	}
-	ps := NewParser()
 	for _, c := range cases {
 		var p Packet
-		if code := ps.Parse(c.frame, &p); code != reason.None {
+		if code := p.Decode(c.frame); code != reason.None {
 			t.Fatalf("%s: parse: %v", c.name, code)
 		}
 		if got := p.OnLink(); got != c.want {
@@ -126,10 +125,9 @@ func TestFromRouter(t *testing.T) {
 		{"DHCPv6 client", udp(llA, llB, 546), false},
 		{"UDP source port 67 over IPv6", udp(llA, llB, 67), false},
 	}
-	ps := NewParser()
 	for _, c := range cases {
 		var p Packet
-		if code := ps.Parse(c.frame, &p); code != reason.None {
+		if code := p.Decode(c.frame); code != reason.None {
 			t.Fatalf("%s: parse: %v", c.name, code)
 		}
 		if got := p.FromRouter(); got != c.want {
@@ -147,10 +145,9 @@ func FuzzOnLink(f *testing.F) {
 	f.Add(icmp6Frame(f, ulaB, ulaA, 255, 136, nsBody(ulaB), false))
 	f.Add(icmp6Frame(f, llA, netip.MustParseAddr("ff02::16"), 1, 143, make([]byte, 4), true))
 	f.Add(icmp6Frame(f, llA, netip.MustParseAddr("ff02::1"), 255, 134, make([]byte, 12), false))
-	ps := NewParser()
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		var p Packet
-		if ps.Parse(frame, &p) != reason.None {
+		if p.Decode(frame) != reason.None {
 			return
 		}
 		_ = p.FromRouter()

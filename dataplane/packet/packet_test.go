@@ -34,14 +34,13 @@ func TestInsertStripRoundTripAllCaptures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps := NewParser()
 	tokens := [][]byte{{}, {1}, {1, 2}, bytes.Repeat([]byte{0xa5, 0x17, 0x3c}, 101), bytes.Repeat([]byte{0xff}, 500)}
 	total := 0
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			for i, frame := range readAll(t, f) {
 				var p Packet
-				if ps.Parse(frame, &p) != reason.None || p.Proto != ProtoTCP || p.Frag != NotFragment {
+				if p.Decode(frame) != reason.None || p.Proto != ProtoTCP || p.Frag != NotFragment {
 					continue
 				}
 				ckOK, ipOK := VerifyTCPChecksum(&p), VerifyIPv4Checksum(&p)
@@ -58,7 +57,7 @@ func TestInsertStripRoundTripAllCaptures(t *testing.T) {
 						t.Fatalf("packet %d: insert: %v", i+1, code)
 					}
 					var q Packet
-					if c := ps.Parse(ins, &q); c != reason.None {
+					if c := q.Decode(ins); c != reason.None {
 						t.Fatalf("packet %d: inserted frame does not parse: %v", i+1, c)
 					}
 					if VerifyTCPChecksum(&q) != ckOK || VerifyIPv4Checksum(&q) != ipOK {
@@ -90,7 +89,6 @@ func TestParseCaptures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps := NewParser()
 	cases := []struct {
 		file  string
 		idx   int // 1-based
@@ -148,7 +146,7 @@ func TestParseCaptures(t *testing.T) {
 	for _, c := range cases {
 		frames := readAll(t, filepath.Join(dir, c.file))
 		var p Packet
-		if got := ps.Parse(frames[c.idx-1], &p); got != c.want {
+		if got := p.Decode(frames[c.idx-1]); got != c.want {
 			t.Fatalf("%s #%d: got %v want %v", c.file, c.idx, got, c.want)
 		}
 		if c.check != nil {
@@ -162,17 +160,16 @@ func TestBuildTCP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps := NewParser()
 	for _, file := range []string{"zeek-http-get.pcap", "zeek-port4242-ipv6.pcap", "zeek-vlan-pcp-dei.pcapng"} {
 		var p Packet
-		if ps.Parse(readAll(t, filepath.Join(dir, file))[0], &p) != reason.None {
+		if p.Decode(readAll(t, filepath.Join(dir, file))[0]) != reason.None {
 			t.Fatal(file)
 		}
 		src, dst := p.Src, p.Dst
 		sp, dp, vlan := p.SrcPort, p.DstPort, p.VLAN
 		f := BuildTCP(nil, &p, &Segment{Reverse: true, Flags: RST | ACK, Ack: p.Seq + 1, Options: testMarker[:], Payload: []byte{1, 2, 3}})
 		var q Packet
-		if c := ps.Parse(f, &q); c != reason.None {
+		if c := q.Decode(f); c != reason.None {
 			t.Fatalf("%s: %v", file, c)
 		}
 		if q.Src != dst || q.Dst != src || q.SrcPort != dp || q.DstPort != sp || q.VLAN != vlan ||
@@ -191,9 +188,8 @@ func TestParseDoesNotAllocate(t *testing.T) {
 		t.Fatal(err)
 	}
 	frame := readAll(t, filepath.Join(dir, "zeek-http-get.pcap"))[5]
-	ps := NewParser()
 	var p Packet
-	if n := testing.AllocsPerRun(100, func() { ps.Parse(frame, &p) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { p.Decode(frame) }); n != 0 {
 		t.Fatalf("%v allocs", n)
 	}
 }
@@ -207,10 +203,9 @@ func FuzzParseMangle(f *testing.F) {
 			}
 		}
 	}
-	ps := NewParser()
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		var p Packet
-		if ps.Parse(frame, &p) != reason.None || p.ARP {
+		if p.Decode(frame) != reason.None || p.ARP {
 			return
 		}
 		if p.L3 > p.L4 || p.L4 > p.Payload || p.Payload > p.End || p.End > len(frame) {
@@ -225,7 +220,7 @@ func FuzzParseMangle(f *testing.F) {
 			return
 		}
 		var q Packet
-		if ps.Parse(ins, &q) != reason.None {
+		if q.Decode(ins) != reason.None {
 			return // e.g. options that gopacket rejects once shifted
 		}
 		off, ok := FindOption(&q, testMarker)
@@ -257,11 +252,10 @@ func BenchmarkParse(b *testing.B) {
 		b.Fatal(err)
 	}
 	frame := readAll(b, filepath.Join(dir, "zeek-http-get.pcap"))[5]
-	ps := NewParser()
 	var p Packet
 	b.ReportAllocs()
 	for b.Loop() {
-		ps.Parse(frame, &p)
+		p.Decode(frame)
 	}
 }
 
@@ -275,16 +269,15 @@ func TestChecksumZeroForms(t *testing.T) {
 		t.Fatal(err)
 	}
 	frame := readAll(t, filepath.Join(dir, "zeek-http-get.pcap"))[0]
-	ps := NewParser()
 	for _, ck := range []uint16{0x0000, 0x0001, 0x7fff, 0xfffe, 0xffff} {
 		for _, tok := range [][]byte{{1, 2}, {1, 2, 3}} {
 			f := bytes.Clone(frame)
 			var p Packet
-			ps.Parse(f, &p)
+			p.Decode(f)
 			f[p.L4+16], f[p.L4+17] = byte(ck>>8), byte(ck)
 			ins, _ := InsertToken(nil, &p, testMarker, tok, 0)
 			var q Packet
-			ps.Parse(ins, &q)
+			q.Decode(ins)
 			off, _ := FindOption(&q, testMarker)
 			out, _ := StripToken(&q, off, len(tok))
 			got := uint16(out[p.L4+16])<<8 | uint16(out[p.L4+17])
@@ -316,10 +309,9 @@ func TestParseIPv6HopByHop(t *testing.T) {
 		{"cut in the ICMPv6 message", mld[:len(mld)-10], reason.Malformed},
 		{"cut in the hop-by-hop header", mld[:14+40+4], reason.Malformed},
 	}
-	ps := NewParser()
 	for _, tt := range tests {
 		var p Packet
-		if got := ps.Parse(tt.frame, &p); got != tt.want {
+		if got := p.Decode(tt.frame); got != tt.want {
 			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
 			continue
 		}

@@ -62,12 +62,11 @@ func TestStripSYNData(t *testing.T) {
 		{"other experiment kept, tiny data", false, []layers.TCPOption{optExp, optTFO, tcpNOP, tcpNOP}, 1,
 			[]byte{254, 4, 0x74, 0x72, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}},
 	}
-	ps := NewParser()
 	for _, tc := range cases {
 		f := synFrame(t, tc.v6, tc.opts, bytes.Repeat([]byte{0xa5}, tc.data))
 		f = append(f, 0xee, 0xee) // link-layer trailer
 		var p Packet
-		if ps.Parse(f, &p) != reason.None {
+		if p.Decode(f) != reason.None {
 			t.Fatalf("%s: parse", tc.name)
 		}
 		out, n := StripSYNData(&p)
@@ -75,7 +74,7 @@ func TestStripSYNData(t *testing.T) {
 			t.Fatalf("%s: removed %d bytes, want %d", tc.name, n, tc.data)
 		}
 		var q Packet
-		if ps.Parse(out, &q) != reason.None || q.PayloadLen() != 0 || !VerifyTCPChecksum(&q) || !VerifyIPv4Checksum(&q) {
+		if q.Decode(out) != reason.None || q.PayloadLen() != 0 || !VerifyTCPChecksum(&q) || !VerifyIPv4Checksum(&q) {
 			t.Fatalf("%s: result %x does not parse or has bad checksums", tc.name, out)
 		}
 		if got := out[q.L4+20 : q.Payload]; !bytes.Equal(got, tc.keep) {
@@ -89,7 +88,7 @@ func TestStripSYNData(t *testing.T) {
 	f := synFrame(t, false, []layers.TCPOption{optMSS, optWS, tcpNOP}, nil)
 	orig := bytes.Clone(f)
 	var p Packet
-	ps.Parse(f, &p)
+	p.Decode(f)
 	if out, n := StripSYNData(&p); n != 0 || !bytes.Equal(out, orig) {
 		t.Fatal("plain SYN changed")
 	}
@@ -97,7 +96,7 @@ func TestStripSYNData(t *testing.T) {
 		t.Fatalf("window scale %d %v", sh, ok)
 	}
 	f = synFrame(t, false, []layers.TCPOption{optMSS, {OptionType: layers.TCPOptionKindWindowScale, OptionLength: 3, OptionData: []byte{30}}, tcpNOP}, nil)
-	ps.Parse(f, &p)
+	p.Decode(f)
 	if sh, _ := WindowScale(&p); sh != 14 {
 		t.Fatalf("window scale %d, want the RFC 7323 cap 14", sh)
 	}
@@ -109,7 +108,6 @@ func TestFragmentOffset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps := NewParser()
 	for _, c := range []struct {
 		file string
 		idx  int
@@ -119,7 +117,7 @@ func TestFragmentOffset(t *testing.T) {
 		{"zeek-ipv6-fragmented-dns.pcap", 4, 2896},
 	} {
 		var p Packet
-		if ps.Parse(readAll(t, dir+"/"+c.file)[c.idx-1], &p) != reason.None || p.Frag != LaterFragment || p.FragOff != c.off {
+		if p.Decode(readAll(t, dir+"/"+c.file)[c.idx-1]) != reason.None || p.Frag != LaterFragment || p.FragOff != c.off {
 			t.Fatalf("%s #%d: frag %v offset %d, want %d", c.file, c.idx, p.Frag, p.FragOff, c.off)
 		}
 	}
@@ -132,16 +130,15 @@ func FuzzStripSYNData(f *testing.F) {
 	f.Add(synFrame(f, false, []layers.TCPOption{optMSS, optTFO, tcpNOP, tcpNOP}, []byte("hello")))
 	f.Add(synFrame(f, true, []layers.TCPOption{optTFOx}, []byte("x")))
 	f.Add(synFrame(f, false, []layers.TCPOption{optExp}, nil))
-	ps := NewParser()
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		var p Packet
-		if ps.Parse(frame, &p) != reason.None || p.Proto != ProtoTCP || p.Frag != NotFragment || p.Flags&SYN == 0 {
+		if p.Decode(frame) != reason.None || p.Proto != ProtoTCP || p.Frag != NotFragment || p.Flags&SYN == 0 {
 			return
 		}
 		okTCP, okIP := VerifyTCPChecksum(&p), VerifyIPv4Checksum(&p)
 		out, _ := StripSYNData(&p)
 		var q Packet
-		if ps.Parse(out, &q) != reason.None {
+		if q.Decode(out) != reason.None {
 			return // options gopacket rejects (the strip only writes NOPs)
 		}
 		if q.PayloadLen() != 0 || q.End != p.End {

@@ -70,7 +70,7 @@ func withOpts(t *testing.T, s craftSeg, opts []layers.TCPOption) []byte {
 	t.Helper()
 	f := craft(t, s)
 	var p packet.Packet
-	if packet.NewParser().Parse(f, &p) != 0 {
+	if p.Decode(f) != 0 {
 		t.Fatal("crafted segment does not parse")
 	}
 	eth := &layers.Ethernet{SrcMAC: f[6:12], DstMAC: f[0:6], EthernetType: layers.EthernetTypeIPv4}
@@ -294,7 +294,7 @@ func TestCraftedSYNData(t *testing.T) {
 	mustSummary(t, sum, 5, map[string]int{"policy-denied": 1}, 1, 1, 0)
 	for _, dl := range out.delivered {
 		var p packet.Packet
-		if packet.NewParser().Parse(dl.frame, &p) != 0 || p.Proto != packet.ProtoTCP {
+		if p.Decode(dl.frame) != 0 || p.Proto != packet.ProtoTCP {
 			continue
 		}
 		if p.Flags&packet.SYN != 0 && p.PayloadLen() != 0 || bytes.Contains(dl.frame, []byte("SSSS")) {

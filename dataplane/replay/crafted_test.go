@@ -108,9 +108,8 @@ func TestCraftedCapture(t *testing.T) {
 	}
 	// The token-ACK went on the wire right before packet 5's data.
 	var tokACK, data packet.Packet
-	ps := packet.NewParser()
-	ps.Parse(out.wire[4], &tokACK)
-	ps.Parse(out.wire[5], &data)
+	tokACK.Decode(out.wire[4])
+	data.Decode(out.wire[5])
 	if tokACK.Flags != packet.ACK || tokACK.Seq != 101 || !bytes.Equal(out.wire[5], want[4]) {
 		t.Fatalf("token-ACK %+v before data", tokACK)
 	}

@@ -64,16 +64,15 @@ type pu struct {
 
 // Replayer runs packets through the enforcers of a topology.
 type Replayer struct {
-	nodes  []*node
-	byIP   map[netip.Addr]*pu
-	first  *pu
-	out    Output
-	parser *packet.Parser
-	pkt    packet.Packet
-	sum    Summary
-	recs   *recordSink
-	last   time.Time
-	wire   []net.HardwareAddr // Topology.WireMACs
+	nodes []*node
+	byIP  map[netip.Addr]*pu
+	first *pu
+	out   Output
+	pkt   packet.Packet
+	sum   Summary
+	recs  *recordSink
+	last  time.Time
+	wire  []net.HardwareAddr // Topology.WireMACs
 }
 
 // Summary counts what happened.
@@ -116,7 +115,7 @@ func New(o Options) (*Replayer, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Replayer{byIP: map[netip.Addr]*pu{}, out: o.Out, parser: packet.NewParser(),
+	r := &Replayer{byIP: map[netip.Addr]*pu{}, out: o.Out,
 		sum: Summary{Dropped: map[string]int{}}, wire: o.Topology.WireMACs}
 	r.recs = &recordSink{r: r, conns: map[connKey]connState{}}
 	secrets, err := newSecrets(o.PKI, o.Topology)
@@ -196,7 +195,7 @@ func newSecrets(pki bool, t *Topology) (map[string]tokens.Secrets, error) {
 // protocol addresses of an ARP packet).
 func (r *Replayer) endpoints(frame []byte) (src, dst netip.Addr, ok bool) {
 	p := &r.pkt
-	if r.parser.Parse(frame, p) != reason.None {
+	if p.Decode(frame) != reason.None {
 		return src, dst, false
 	}
 	if p.ARP {

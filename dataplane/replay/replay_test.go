@@ -56,12 +56,11 @@ func (m *memOut) Record(r *dataplane.Record) { m.records = append(m.records, *r)
 
 // ipsOf lists the addresses of a capture's IP packets.
 func ipsOf(pkts []captured) []netip.Addr {
-	ps := packet.NewParser()
 	seen := map[netip.Addr]bool{}
 	var out []netip.Addr
 	for _, c := range pkts {
 		var p packet.Packet
-		if ps.Parse(c.frame, &p) != reason.None || p.ARP {
+		if p.Decode(c.frame) != reason.None || p.ARP {
 			continue
 		}
 		for _, a := range []netip.Addr{p.Src, p.Dst} {
@@ -202,7 +201,7 @@ func asDelivered(f []byte) []byte {
 
 func isTCP(f []byte) (packet.Packet, bool) {
 	var p packet.Packet
-	ok := packet.NewParser().Parse(f, &p) == reason.None && p.Proto == packet.ProtoTCP && p.Frag == packet.NotFragment
+	ok := p.Decode(f) == reason.None && p.Proto == packet.ProtoTCP && p.Frag == packet.NotFragment
 	return p, ok
 }
 
