@@ -155,8 +155,8 @@ policies:
 		return e
 	}
 	client, server := enforcer("node-c", nil), enforcer("node-s", sink)
-	web := client.AddPU("web", policy.NewTags(map[string]string{"app": "web"}))
-	db := server.AddPU("db", policy.NewTags(map[string]string{"app": "db"}))
+	web := client.AddPU("web", policy.NewTags(map[string]string{"app": "web"}), nil)
+	db := server.AddPU("db", policy.NewTags(map[string]string{"app": "db"}), nil)
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
 	webAddr, dbAddr := netip.MustParseAddrPort("10.0.1.1:40000"), netip.MustParseAddrPort("10.0.2.2:5432")
 	replayer := netip.MustParseAddrPort("10.0.9.9:50000")

@@ -223,10 +223,14 @@ type Config struct {
 	KernelBypass bool
 }
 
-// PU is a local processing unit known to the enforcer.
+// PU is the handle of a local processing unit registered with the
+// enforcer (AddPU). Frames, notes and injected frames name their PU by it;
+// the caller's own state for the PU rides along (Owner), so that nothing
+// has to be looked up per frame.
 type PU struct {
-	ID    string
-	Tags  policy.Tags
+	id    string
+	tags  policy.Tags
+	owner any
 	index uint32
 	local *tokens.Local
 	view  atomic.Pointer[puView]
@@ -234,6 +238,19 @@ type PU struct {
 	// (flow-quota, table-full).
 	refused atomic.Uint64
 }
+
+// ID is the PU's ID as registered.
+func (pu *PU) ID() string { return pu.id }
+
+// Tags are the PU's identity tags as registered.
+func (pu *PU) Tags() policy.Tags { return pu.tags }
+
+// Owner is the value the caller registered the PU with.
+func (pu *PU) Owner() any { return pu.owner }
+
+// Removed reports whether the PU was removed (RemovePU): notes that name
+// it are moot, its kernel state goes with it.
+func (pu *PU) Removed() bool { return pu.view.Load() == nil }
 
 type puView struct {
 	eng *policy.Engine
@@ -289,10 +306,11 @@ func New(cfg Config) (*Enforcer, error) {
 	return e, nil
 }
 
-// AddPU registers a local PU; its policy view is computed now (once per PU
-// per policy engine).
-func (e *Enforcer) AddPU(id string, tags policy.Tags) *PU {
-	pu := &PU{ID: id, Tags: tags, local: e.tok.NewLocal(tags)}
+// AddPU registers a local PU and returns its handle; its policy view is
+// computed now (once per PU per policy engine). owner is the caller's value
+// for the PU (PU.Owner; the daemon: its frame ports and steering name).
+func (e *Enforcer) AddPU(id string, tags policy.Tags, owner any) *PU {
+	pu := &PU{id: id, tags: tags, owner: owner, local: e.tok.NewLocal(tags)}
 	eng := e.policy.Load()
 	pu.view.Store(&puView{eng: eng, pol: eng.ForPU(tags)})
 	e.mu.Lock()
@@ -335,7 +353,7 @@ func (e *Enforcer) SetPolicy(eng *policy.Engine) {
 	e.mu.Unlock()
 	for _, pu := range pus {
 		if pu != nil && pu.view.Load() != nil {
-			pu.view.Store(&puView{eng: eng, pol: eng.ForPU(pu.Tags)})
+			pu.view.Store(&puView{eng: eng, pol: eng.ForPU(pu.tags)})
 		}
 	}
 }

@@ -103,7 +103,7 @@ func newSide(t testing.TB, node, yaml string, tags map[string]string, mode MidSt
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.pu = s.e.AddPU(node+"-pu", policy.NewTags(tags))
+	s.pu = s.e.AddPU(node+"-pu", policy.NewTags(tags), nil)
 	return s
 }
 
@@ -391,7 +391,7 @@ func TestMissingAndBadToken(t *testing.T) {
 	sec, _ := tokens.NewPSK(bytes.Repeat([]byte("z"), 32))
 	te, _ := tokens.New(tokens.Config{Node: "node-x", Secrets: sec})
 	other.e.tok = te
-	other.pu.local = te.NewLocal(other.pu.Tags)
+	other.pu.local = te.NewLocal(other.pu.tags)
 	w := other.run(FromApp, syn, p.now)
 	r = p.s.run(FromNet, w.frame, p.now)
 	if r.v != Drop || r.code != reason.BadSignature {

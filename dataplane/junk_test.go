@@ -42,7 +42,7 @@ func pkiSideBudget(t testing.TB, node, yaml string, tags map[string]string, ca *
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.pu = s.e.AddPU(node+"-pu", policy.NewTags(tags))
+	s.pu = s.e.AddPU(node+"-pu", policy.NewTags(tags), nil)
 	return s
 }
 

@@ -40,7 +40,7 @@ func newOneNode(t *testing.T, yaml string, flows flow.Config) *oneNode {
 }
 
 func (n *oneNode) pu(app string) *PU {
-	return n.e.AddPU(app, policy.NewTags(map[string]string{"app": app}))
+	return n.e.AddPU(app, policy.NewTags(map[string]string{"app": app}), nil)
 }
 
 func (n *oneNode) run(pu *PU, dir Direction, f []byte, now time.Time) result {

@@ -62,8 +62,8 @@ type Daemon struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	ops        chan kernelOp // to kernelLoop
-	steerNames sync.Map      // *dataplane.PU -> steering name
+	ops    chan kernelOp // to kernelLoop
+	frames *framePath    // the TAP readers (frameio.go)
 
 	// owner marks the links the daemon creates (netsetup/owner.go);
 	// bridgeAddrs are the addresses it added to a node bridge it did not
@@ -174,6 +174,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.frames = &framePath{enf: d.enf, log: log, notes: d.queueNotes}
 	d.ipam = newIPAM(cfg.Bridge.Subnet.Prefix)
 	return d, nil
 }
@@ -476,16 +477,22 @@ func (d *Daemon) enforce(p *livePU) {
 
 // register adds the PU to the enforcement core.
 func (d *Daemon) register(p *livePU) {
-	p.dp = d.enf.AddPU(p.info.ID, policy.NewTags(p.info.Tags))
-	d.steerNames.Store(p.dp, p.steer)
+	p.dp = d.enf.AddPU(p.info.ID, policy.NewTags(p.info.Tags), &puPorts{
+		steer: p.steer, ips: slices.Clone(p.info.IPs),
+		fromApp: p.in, fromNet: p.out, toPU: p.toPU, toNet: p.toNet,
+	})
 	p.info.State = "running"
 }
 
 // startReaders starts reading the PU's TAPs.
 func (d *Daemon) startReaders(p *livePU) {
 	p.readers.Add(2)
-	go d.readLoop(p, p.in, dataplane.FromApp)
-	go d.readLoop(p, p.out, dataplane.FromNet)
+	for _, dir := range []dataplane.Direction{dataplane.FromApp, dataplane.FromNet} {
+		go func() {
+			defer p.readers.Done()
+			d.frames.readLoop(p.dp, dir)
+		}()
+	}
 }
 
 // restoreFlows gives the enforcer back the flows the kernel still holds as
@@ -632,7 +639,6 @@ func (d *Daemon) removePU(id string) error {
 	d.dropPUState(id)
 	d.mu.Unlock()
 
-	d.steerNames.Delete(p.dp)
 	var out dataplane.Output
 	d.enf.RemovePU(p.dp, time.Now(), &out)
 	p.close()
@@ -657,26 +663,6 @@ func (d *Daemon) removePU(id string) error {
 }
 
 // ---- packet loops ----
-
-// readLoop reads one TAP and runs each frame through the enforcer.
-func (d *Daemon) readLoop(p *livePU, t *tap.Tap, dir dataplane.Direction) {
-	defer p.readers.Done()
-	io := newFrameIO(d, p)
-	for {
-		n, err := t.Read(io.buf)
-		if err != nil {
-			if tap.IsClosed(err) || d.ctx.Err() != nil {
-				return
-			}
-			if errors.Is(err, tap.ErrTruncated) {
-				continue // counted by the TAP; a frame we cannot hold whole is dropped
-			}
-			d.log.Error("tap read", "tap", t.Name(), "err", err)
-			return
-		}
-		io.process(dir, n, time.Now())
-	}
-}
 
 // expireLoop runs the flow timers once a second.
 func (d *Daemon) expireLoop() {
@@ -714,11 +700,11 @@ func (d *Daemon) queueNotes(notes []dataplane.Note) {
 		if n.PU == nil {
 			continue
 		}
-		name, ok := d.steerNames.Load(n.PU)
-		if !ok {
+		pp := portsOf(n.PU)
+		if pp == nil || n.PU.Removed() {
 			continue // the PU is being removed: its set goes with it
 		}
-		op := kernelOp{authorize: n.Kind == dataplane.Authorize, pu: name.(string),
+		op := kernelOp{authorize: n.Kind == dataplane.Authorize, pu: pp.steer,
 			tuple: steer.Tuple{Src: n.Local.Addr(), Dst: n.Remote.Addr(), Proto: n.Proto, SrcPort: n.Local.Port(), DstPort: n.Remote.Port()}}
 		if op.authorize {
 			op.timeout = kernelDatagramTimeout
@@ -766,12 +752,12 @@ func (d *Daemon) kernelLoop() {
 			}
 			if err := b.Commit(); err != nil {
 				if d.ctx.Err() == nil {
-					kernelErrors.Add(1)
+					d.frames.stats.kernelErrors.Add(1)
 					d.log.Warn("updating authorized flows", "err", err)
 				}
 			} else {
-				kernelAuthorized.Add(authorized)
-				kernelRevoked.Add(revoked)
+				d.frames.stats.kernelAuthorized.Add(authorized)
+				d.frames.stats.kernelRevoked.Add(revoked)
 			}
 			authorized, revoked = 0, 0
 		}
@@ -793,7 +779,7 @@ func (d *Daemon) policyLoop() {
 			if d.cfg.OnPolicyChange == "reset" {
 				var out dataplane.Output
 				n := d.enf.Reevaluate(time.Now(), &out)
-				d.sendInjected(&out)
+				d.frames.sendInjected(&out)
 				d.queueNotes(out.Notes)
 				if n > 0 {
 					d.log.Info("reset flows the new policy denies", "flows", n)
@@ -1065,12 +1051,12 @@ func (d *Daemon) Stats() Stats {
 			"records-aggregated": d.sink.aggregated.Load(),
 			// Times a record waited for room in the flow log's queue.
 			"records-waited": d.sink.waits.Load(),
-			"io-errors":      ioErrors.Load(),
-			"kernel-errors":  kernelErrors.Load(),
+			"io-errors":      d.frames.stats.ioErrors.Load(),
+			"kernel-errors":  d.frames.stats.kernelErrors.Load(),
 			// Flows put in / taken out of the kernel's authorized sets.
-			"kernel-authorized": kernelAuthorized.Load(),
-			"kernel-revoked":    kernelRevoked.Load(),
-			"foreign-frames":    foreignFrames.Load(),
+			"kernel-authorized": d.frames.stats.kernelAuthorized.Load(),
+			"kernel-revoked":    d.frames.stats.kernelRevoked.Load(),
+			"foreign-frames":    d.frames.stats.foreignFrames.Load(),
 			// RSTs from the network on flows the kernel carries, left to
 			// the PU's TCP to judge and followed by a probe.
 			"rst-probes": s.Probes,

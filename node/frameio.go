@@ -1,38 +1,102 @@
 package node
 
 import (
-	"encoding/binary"
+	"log/slog"
 	"net/netip"
 	"sync/atomic"
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/dataplane/packet"
+	"github.com/trireme-go/trireme/netsetup/frameport"
 	"github.com/trireme-go/trireme/netsetup/tap"
 	"github.com/trireme-go/trireme/netsetup/vnet"
+	"github.com/trireme-go/trireme/reason"
 )
 
-// ioErrors counts frames the daemon could not read or send; they are
-// reported in stats rather than logged per packet.
-var ioErrors, kernelErrors, kernelAuthorized, kernelRevoked atomic.Uint64
+// framePath is the daemon's frame path: each PU's TAP readers run their
+// frames through the enforcer and write what it decided to the PU's ports;
+// the notes go to the kernel loop.
+type framePath struct {
+	enf   *dataplane.Enforcer
+	log   *slog.Logger
+	notes func([]dataplane.Note) // queues notes for the kernel loop
+	stats frameStats
+}
 
-// foreignFrames counts frames toward a PU that were addressed to another
-// host (see notForPU).
-var foreignFrames atomic.Uint64
+// frameStats are the frame path's counters, reported in stats rather than
+// logged per packet.
+type frameStats struct {
+	// ioErrors: frames that could not be read, decoded or sent.
+	ioErrors atomic.Uint64
+	// foreignFrames: frames toward a PU addressed to another host
+	// (see notForPU).
+	foreignFrames atomic.Uint64
+	// The kernel loop's batches of authorized-set changes: failed, and
+	// the authorizations and revocations applied.
+	kernelErrors, kernelAuthorized, kernelRevoked atomic.Uint64
+}
+
+// puPorts is a PU's side of the frame path: the owner of its dataplane
+// handle (dataplane.PU.Owner), so that a note or an injected frame leads
+// to its steering name and ports without a lookup.
+type puPorts struct {
+	steer   string       // name in the steering table
+	ips     []netip.Addr // the PU's addresses (notForPU)
+	fromApp frameport.Reader
+	fromNet frameport.Reader
+	toPU    frameport.Writer
+	toNet   frameport.Writer // the injection port of the PU's bridge (shared)
+}
+
+// portsOf returns the ports of a PU handle (nil for a handle of no PU of
+// the frame path).
+func portsOf(pu *dataplane.PU) *puPorts {
+	if pu == nil {
+		return nil
+	}
+	pp, _ := pu.Owner().(*puPorts)
+	return pp
+}
 
 // frameIO is one TAP reader's buffers: a frame is read, decided and written
 // without allocation.
 type frameIO struct {
-	d    *Daemon
-	p    *livePU
+	fp   *framePath
+	pu   *dataplane.PU
+	pp   *puPorts
 	buf  []byte // virtio-net header + frame, as read
 	wbuf []byte // virtio-net header + frame, for frames not in buf
 	out  dataplane.Output
-	ips  []netip.Addr // the PU's addresses
+	pkt  packet.Packet
 }
 
-func newFrameIO(d *Daemon, p *livePU) *frameIO {
-	return &frameIO{d: d, p: p, buf: make([]byte, tap.MaxFrame), wbuf: make([]byte, tap.MaxFrame),
-		ips: append([]netip.Addr(nil), p.info.IPs...)}
+func (fp *framePath) newFrameIO(pu *dataplane.PU) *frameIO {
+	return &frameIO{fp: fp, pu: pu, pp: portsOf(pu), buf: make([]byte, tap.MaxFrame), wbuf: make([]byte, tap.MaxFrame)}
+}
+
+// readLoop reads frames of direction dir from the PU's port until it is
+// closed, and runs each through the enforcer.
+func (fp *framePath) readLoop(pu *dataplane.PU, dir dataplane.Direction) {
+	io := fp.newFrameIO(pu)
+	r := io.pp.fromApp
+	if dir == dataplane.FromNet {
+		r = io.pp.fromNet
+	}
+	for {
+		n, err := r.Read(io.buf)
+		if err != nil {
+			if frameport.IsClosed(err) {
+				return
+			}
+			if err == frameport.ErrTruncated {
+				continue // counted by the TAP; a frame we cannot hold whole is dropped
+			}
+			fp.log.Error("frame port read", "pu", pu.ID(), "dir", dir.String(), "err", err)
+			return
+		}
+		io.process(dir, n, time.Now())
+	}
 }
 
 // notForPU reports a unicast frame toward the PU that is addressed to
@@ -42,30 +106,17 @@ func newFrameIO(d *Daemon, p *livePU) *frameIO {
 // of every other PU then hands the enforcer a copy, which it must not
 // decide as its PU's (a denial would reset the real destination's
 // connection). The PU would drop such a frame: so do we. Frames to group
-// MACs (broadcast, multicast) and to link-local addresses are left alone.
-func (f *frameIO) notForPU(frame []byte) bool {
-	if len(frame) < 14 || frame[0]&1 != 0 || len(f.ips) == 0 {
+// MACs (broadcast, multicast), to link-local addresses and frames that are
+// not IP are left alone. p is the frame decoded (any code).
+func (f *frameIO) notForPU(p *packet.Packet, code reason.Code) bool {
+	if code != reason.None || p.ARP || len(p.Frame) < 14 || p.Frame[0]&1 != 0 || len(f.pp.ips) == 0 {
 		return false
 	}
-	var dst netip.Addr
-	switch binary.BigEndian.Uint16(frame[12:14]) {
-	case 0x0800:
-		if len(frame) < 34 {
-			return false
-		}
-		dst = netip.AddrFrom4([4]byte(frame[30:34]))
-	case 0x86dd:
-		if len(frame) < 54 {
-			return false
-		}
-		dst = netip.AddrFrom16([16]byte(frame[38:54]))
-	default:
-		return false
-	}
+	dst := p.Dst
 	if dst.IsLinkLocalUnicast() || dst.IsMulticast() {
 		return false
 	}
-	for _, ip := range f.ips {
+	for _, ip := range f.pp.ips {
 		if ip.Unmap() == dst {
 			return false
 		}
@@ -78,12 +129,12 @@ func (f *frameIO) notForPU(frame []byte) bool {
 func (f *frameIO) process(dir dataplane.Direction, n int, now time.Time) {
 	hdr, err := vnet.Decode(f.buf[:n])
 	if err != nil {
-		ioErrors.Add(1)
+		f.fp.stats.ioErrors.Add(1)
 		return
 	}
 	frame := f.buf[vnet.HdrLen:n]
-	if dir == dataplane.FromNet && f.notForPU(frame) {
-		foreignFrames.Add(1)
+	if dir == dataplane.FromNet && f.notForPU(&f.pkt, f.pkt.Decode(frame)) {
+		f.fp.stats.foreignFrames.Add(1)
 		return
 	}
 	// A partial checksum (the sender's offload) is completed here, so that
@@ -91,21 +142,21 @@ func (f *frameIO) process(dir dataplane.Direction, n int, now time.Time) {
 	// the core never rewrites them.
 	if hdr.Flags&vnet.FlagNeedsCsum != 0 && !hdr.IsGSO() {
 		if vnet.CompleteChecksum(&hdr, frame) != nil {
-			ioErrors.Add(1)
+			f.fp.stats.ioErrors.Add(1)
 			return
 		}
 	}
-	f.d.enf.Process(f.p.dp, dir, frame, now, &f.out)
-	f.send(&f.out, dir, hdr, frame)
+	f.fp.enf.Process(f.pu, dir, frame, now, &f.out)
+	f.send(&f.out, dir, hdr)
 	// Notes after the frames: a flow is released to the kernel only once
 	// its handshake ACK is on its way, or data could overtake it.
-	f.d.queueNotes(f.out.Notes)
+	f.fp.notes(f.out.Notes)
 }
 
 // send writes the injected frames (in order: a token-ACK precedes the data
 // it belongs to), then the forwarded frame, then the frames to inject after
 // it (a RST probe follows the RST).
-func (f *frameIO) send(out *dataplane.Output, dir dataplane.Direction, hdr vnet.Hdr, in []byte) {
+func (f *frameIO) send(out *dataplane.Output, dir dataplane.Direction, hdr vnet.Hdr) {
 	after := false
 	for i := range out.Inject {
 		if out.Inject[i].AfterFrame {
@@ -119,13 +170,12 @@ func (f *frameIO) send(out *dataplane.Output, dir dataplane.Direction, hdr vnet.
 		if dir == dataplane.FromNet {
 			to = dataplane.ToPU
 		}
-		fr := out.Frame
-		if len(fr) != len(in) || &fr[0] != &in[0] {
-			// Rewritten (a token added or stripped): the checksums are
-			// whole and it is no super-packet.
+		if out.Rewritten {
+			// A token added or stripped: the checksums are whole and it is
+			// no super-packet.
 			hdr = vnet.Hdr{}
 		}
-		f.write(to, hdr, fr)
+		f.write(to, hdr, out.Frame)
 	}
 	if !after {
 		return
@@ -146,45 +196,36 @@ func (f *frameIO) write(to dataplane.Target, hdr vnet.Hdr, frame []byte) {
 		copy(b[vnet.HdrLen:], frame)
 	}
 	if hdr.Encode(b) != nil {
-		ioErrors.Add(1)
+		f.fp.stats.ioErrors.Add(1)
 		return
 	}
-	inj := f.p.toNet
+	w := f.pp.toNet
 	if to == dataplane.ToPU {
-		inj = f.p.toPU
+		w = f.pp.toPU
 	}
-	if inj.Write(b) != nil {
-		ioErrors.Add(1)
+	if w.Write(b) != nil {
+		f.fp.stats.ioErrors.Add(1)
 	}
 }
 
 // sendInjected writes frames the enforcer produced outside a TAP read (policy
 // re-evaluation, PU removal): toward the network, or toward their PU.
-func (d *Daemon) sendInjected(out *dataplane.Output) {
+func (fp *framePath) sendInjected(out *dataplane.Output) {
 	for i := range out.Inject {
 		in := &out.Inject[i]
+		pp := portsOf(in.PU)
+		if pp == nil {
+			continue
+		}
 		buf := make([]byte, vnet.HdrLen+len(in.Frame))
 		copy(buf[vnet.HdrLen:], in.Frame)
 		_ = vnet.Hdr{}.Encode(buf)
-		p := d.puForFrame(in.PU)
-		if p == nil {
-			continue
-		}
-		inj := p.toPU
+		w := pp.toPU
 		if in.To == dataplane.ToNet {
-			inj = p.toNet
+			w = pp.toNet
 		}
-		if inj.Write(buf) != nil {
-			ioErrors.Add(1)
+		if w.Write(buf) != nil {
+			fp.stats.ioErrors.Add(1)
 		}
 	}
-}
-
-func (d *Daemon) puForFrame(pu *dataplane.PU) *livePU {
-	if pu == nil {
-		return nil
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.pus[pu.ID]
 }

@@ -3,6 +3,8 @@ package node
 import (
 	"net/netip"
 	"testing"
+
+	"github.com/trireme-go/trireme/dataplane/packet"
 )
 
 // frame builds an Ethernet frame with the given destination MAC and IP
@@ -13,14 +15,14 @@ func frame(dstMAC [6]byte, dst netip.Addr) []byte {
 	if dst.Is4() {
 		b[12], b[13] = 0x08, 0x00
 		ip := make([]byte, 20)
-		ip[0] = 0x45
+		ip[0], ip[3] = 0x45, 20
 		a := dst.As4()
 		copy(ip[16:], a[:])
 		return append(b, ip...)
 	}
 	b[12], b[13] = 0x86, 0xdd
-	ip := make([]byte, 40)
-	ip[0] = 0x60
+	ip := make([]byte, 48)
+	ip[0], ip[5], ip[6] = 0x60, 8, 59 // 8 bytes of "no next header"
 	a := dst.As16()
 	copy(ip[24:], a[:])
 	return append(b, ip...)
@@ -29,7 +31,9 @@ func frame(dstMAC [6]byte, dst netip.Addr) []byte {
 func TestNotForPU(t *testing.T) {
 	unicast := [6]byte{0x02, 0x42, 0x0a, 0x4d, 0x00, 0x81}
 	bcast := [6]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-	f := &frameIO{ips: []netip.Addr{netip.MustParseAddr("10.77.0.129"), netip.MustParseAddr("fd00:77::5")}}
+	f := &frameIO{pp: &puPorts{ips: []netip.Addr{netip.MustParseAddr("10.77.0.129"), netip.MustParseAddr("fd00:77::5")}}}
+	var p packet.Packet
+	notFor := func(f *frameIO, fr []byte) bool { return f.notForPU(&p, p.Decode(fr)) }
 	for _, tc := range []struct {
 		name  string
 		frame []byte
@@ -46,17 +50,17 @@ func TestNotForPU(t *testing.T) {
 		{"truncated IPv4", frame(unicast, netip.MustParseAddr("10.77.0.130"))[:30], false},
 		{"runt", []byte{1, 2, 3}, false},
 	} {
-		if got := f.notForPU(tc.frame); got != tc.want {
+		if got := notFor(f, tc.frame); got != tc.want {
 			t.Errorf("%s: notForPU = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 	// A PU without known addresses: nothing is filtered.
-	if (&frameIO{}).notForPU(frame(unicast, netip.MustParseAddr("10.77.0.130"))) {
+	if notFor(&frameIO{pp: &puPorts{}}, frame(unicast, netip.MustParseAddr("10.77.0.130"))) {
 		t.Error("PU without addresses: frame filtered")
 	}
 	// Per-packet path: no allocation.
 	fr := frame(unicast, netip.MustParseAddr("fd00:77::6"))
-	if n := testing.AllocsPerRun(100, func() { f.notForPU(fr) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { notFor(f, fr) }); n != 0 {
 		t.Errorf("notForPU allocates %v times per frame", n)
 	}
 }

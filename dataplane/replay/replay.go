@@ -139,7 +139,7 @@ func New(o Options) (*Replayer, error) {
 			nodes[spec.Node] = n
 			r.nodes = append(r.nodes, n)
 		}
-		p := &pu{name: spec.Name, node: n, pu: n.enf.AddPU(spec.Name, spec.Tags)}
+		p := &pu{name: spec.Name, node: n, pu: n.enf.AddPU(spec.Name, spec.Tags, nil)}
 		if r.first == nil {
 			r.first = p
 		}

@@ -20,6 +20,7 @@ import (
 	"unsafe"
 
 	"github.com/trireme-go/trireme/netsetup"
+	"github.com/trireme-go/trireme/netsetup/frameport"
 	"github.com/trireme-go/trireme/netsetup/vnet"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -37,7 +38,8 @@ const Offloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
 // Errors.
 var (
 	ErrShortBuffer = errors.New("tap: read buffer smaller than tap.MaxFrame")
-	ErrTruncated   = errors.New("tap: frame filled the whole buffer and may be truncated")
+	// ErrTruncated: a frame filled the whole buffer and may be truncated.
+	ErrTruncated = frameport.ErrTruncated
 )
 
 const tunFlags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
@@ -257,4 +259,4 @@ func (t *Tap) Close() error {
 func Delete(name string) error { return netsetup.DeleteLink(name) }
 
 // IsClosed reports whether err is the error Read returns after Close.
-func IsClosed(err error) bool { return errors.Is(err, os.ErrClosed) || errors.Is(err, io.EOF) }
+func IsClosed(err error) bool { return frameport.IsClosed(err) }
