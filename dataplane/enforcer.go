@@ -418,6 +418,14 @@ func (e *Enforcer) Flush(now time.Time, out *Output) {
 // The frame may be modified in place (token stripping shortens it). now is
 // the packet's time (the flow timers' clock).
 func (e *Enforcer) Process(pu *PU, dir Direction, frame []byte, now time.Time, out *Output) {
+	code := out.pkt.Decode(frame)
+	e.ProcessDecoded(pu, dir, &out.pkt, code, now, out)
+}
+
+// ProcessDecoded is Process for a frame its caller decoded already, so
+// that a frame is decoded once: p and code are what p.Decode(frame)
+// returned, p.Frame is the frame. p is updated as the frame is rewritten.
+func (e *Enforcer) ProcessDecoded(pu *PU, dir Direction, p *packet.Packet, code reason.Code, now time.Time, out *Output) {
 	if out.main == nil || out.nbuf != 0 || len(out.Inject) != 0 || len(out.Notes) != 0 {
 		out.reset()
 	} else {
@@ -428,8 +436,7 @@ func (e *Enforcer) Process(pu *PU, dir Direction, frame []byte, now time.Time, o
 		return
 	}
 	ns := now.UnixNano()
-	p := &out.pkt
-	code := p.Decode(frame)
+	frame := p.Frame
 	// Fast path: an established, authorized flow is one lookup. It takes
 	// the common shapes only (TCP without SYN, FIN or RST, and UDP; no IP
 	// options or extension headers, no fragments); anything else is for
@@ -463,7 +470,7 @@ func (e *Enforcer) Process(pu *PU, dir Direction, frame []byte, now time.Time, o
 		e.drop(out, code)
 		return
 	}
-	e.slowPath(pu, dir, frame, ns, now, out)
+	e.slowPath(pu, dir, p, ns, now, out)
 }
 
 // fastShape reports whether a decoded packet may take the fast path: the
@@ -488,8 +495,8 @@ func fastShape(p *packet.Packet) bool {
 }
 
 // slowPath decides a decoded frame that no established flow took.
-func (e *Enforcer) slowPath(pu *PU, dir Direction, frame []byte, ns int64, now time.Time, out *Output) {
-	p := &out.pkt
+func (e *Enforcer) slowPath(pu *PU, dir Direction, p *packet.Packet, ns int64, now time.Time, out *Output) {
+	frame := p.Frame
 	if p.ARP {
 		e.forward(out, frame)
 		return

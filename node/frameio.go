@@ -133,7 +133,10 @@ func (f *frameIO) process(dir dataplane.Direction, n int, now time.Time) {
 		return
 	}
 	frame := f.buf[vnet.HdrLen:n]
-	if dir == dataplane.FromNet && f.notForPU(&f.pkt, f.pkt.Decode(frame)) {
+	// One decode serves the foreign-frame check and the enforcer (the
+	// checksum completion below changes no field of it).
+	code := f.pkt.Decode(frame)
+	if dir == dataplane.FromNet && f.notForPU(&f.pkt, code) {
 		f.fp.stats.foreignFrames.Add(1)
 		return
 	}
@@ -146,7 +149,7 @@ func (f *frameIO) process(dir dataplane.Direction, n int, now time.Time) {
 			return
 		}
 	}
-	f.fp.enf.Process(f.pu, dir, frame, now, &f.out)
+	f.fp.enf.ProcessDecoded(f.pu, dir, &f.pkt, code, now, &f.out)
 	f.send(&f.out, dir, hdr)
 	// Notes after the frames: a flow is released to the kernel only once
 	// its handshake ACK is on its way, or data could overtake it.

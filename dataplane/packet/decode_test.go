@@ -201,12 +201,3 @@ func FuzzDecode(f *testing.F) {
 		checkAgainstReference(t, ref, frame)
 	})
 }
-
-func BenchmarkDecode(b *testing.B) {
-	frame := captureFrames(b)[5]
-	var p Packet
-	b.ReportAllocs()
-	for b.Loop() {
-		p.Decode(frame)
-	}
-}
