@@ -53,11 +53,17 @@ func divergence(ref *Packet, refCode reason.Code, got *Packet, gotCode reason.Co
 		if nh := p.Frame[p.L3+6]; nh == 4 || nh == 41 {
 			return "IP in IPv6"
 		}
-		if gotCode == reason.Malformed && refCode == reason.None {
-			return "IPv6 header announced but cut off"
+		ext := func(proto uint8) bool { return proto == 0 || proto == 43 || proto == 44 || proto == 60 }
+		if gotCode == reason.Malformed && refCode == reason.None && (ext(ref.Proto) || ref.L4 > ref.L3+40) {
+			// The reference does not decode an extension header, or
+			// what should follow one, when the packet ends before it.
+			return "IPv6 extension header announced but cut off"
 		}
-		if refCode == reason.Malformed && gotCode == reason.None && got.L4 > got.L3+40 {
+		if refCode == reason.Malformed && gotCode == reason.None && p.Frame[p.L3+6] == 0 {
 			return "IPv6 hop-by-hop option the reference reads past its header"
+		}
+		if refCode != gotCode && p.Frame[p.L3+6] == 0 {
+			return "IPv6 hop-by-hop: the reference ignores truncation after it"
 		}
 		if got.Proto == 4 || got.Proto == 41 || ref.Proto == 4 || ref.Proto == 41 {
 			return "IP in IPv6 (behind extension headers)"
