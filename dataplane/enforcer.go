@@ -129,11 +129,11 @@ type Output struct {
 	// Notes for the live daemon (authorize / revoke a flow in the kernel).
 	Notes []Note
 
-	pkt    packet.Packet
-	main   []byte
-	tok    []byte
-	bufs   [4][]byte
-	nbuf   int
+	pkt  packet.Packet
+	main []byte
+	tok  []byte
+	bufs [4][]byte
+	nbuf int
 }
 
 func (o *Output) reset() {

@@ -9,7 +9,6 @@ package packet
 import (
 	"encoding/binary"
 	"net/netip"
-
 )
 
 // IP protocol numbers the enforcer handles specially.

@@ -223,4 +223,3 @@ func (ps *refParser) decodedTCP() bool {
 	}
 	return false
 }
-
