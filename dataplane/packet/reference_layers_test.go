@@ -1,5 +1,8 @@
 package packet
 
+// The gopacket layers of the reference parser (reference_test.go): a
+// VLAN stack and an IPv6 extension-chain walker.
+
 import (
 	"encoding/binary"
 
