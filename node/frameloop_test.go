@@ -173,17 +173,23 @@ func TestFrameLoopInMemory(t *testing.T) {
 		t.Fatalf("missing-token drops: %d", n)
 	}
 
-	// The datagram's flow was authorized, named by the PU's handle.
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	found := false
-	for _, n := range m.notes {
-		if n.Kind == dataplane.Authorize && n.Proto == packet.ProtoUDP && portsOf(n.PU).steer == "puweb" {
-			found = true
+	// The datagram's flow was authorized, named by the PU's handle (the
+	// notes follow the frame they belong to: wait for them).
+	authorized := func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, n := range m.notes {
+			if n.Kind == dataplane.Authorize && n.Proto == packet.ProtoUDP && portsOf(n.PU).steer == "puweb" {
+				return true
+			}
 		}
+		return false
 	}
-	if !found {
-		t.Fatalf("no authorization of the datagram flow: %+v", m.notes)
+	for deadline := time.Now().Add(5 * time.Second); !authorized(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			m.mu.Lock()
+			t.Fatalf("no authorization of the datagram flow: %+v", m.notes)
+		}
 	}
 	if m.fp.stats.ioErrors.Load() != 0 {
 		t.Fatalf("io errors: %d", m.fp.stats.ioErrors.Load())
