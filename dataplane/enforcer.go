@@ -111,7 +111,7 @@ type Note struct {
 
 // Output is the result of Process. Reuse one per goroutine: it owns the
 // buffers that rewritten and injected frames live in (valid until the next
-// Process or Expire call with the same Output) and a parser.
+// Process or Expire call with the same Output) and the decoded packet.
 type Output struct {
 	Verdict Verdict
 	Reason  reason.Code

@@ -9,7 +9,7 @@ import "github.com/trireme-go/trireme/dataplane/packet"
 // ACK) without touching the flow; one outside the window is dropped. In
 // SYN-SENT a RST counts only when it acknowledges the SYN. For that it keeps,
 // per flow and per side, what the packets it saw say about the side's
-// sequence space: cheap arithmetic on fields the parser already read, no
+// sequence space: cheap arithmetic on fields the decoder already read, no
 // allocation.
 
 // side indexes per-side state: the local PU's side (flow.FromPU, 0) or the
