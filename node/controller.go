@@ -17,14 +17,12 @@ func (d *Daemon) ListPUs() []PUInfo {
 	if err != nil {
 		d.log.Warn("reading the kernel's counters", "err", err)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := make([]PUInfo, 0, len(d.pus))
-	for _, p := range d.pus {
+	out := make([]PUInfo, 0, d.pus.len())
+	d.pus.each(func(p *livePU) {
 		info := p.info
 		info.Drops = kernelDropsOf(counters[p.steer])
 		out = append(out, info)
-	}
+	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
@@ -57,9 +55,7 @@ func (d *Daemon) AttachPU(req AttachRequest) (PUInfo, error) {
 	if err := checkTags(req.Tags); err != nil {
 		return PUInfo{}, err
 	}
-	d.mu.Lock()
-	old, exists := d.pus["netns-"+name]
-	d.mu.Unlock()
+	old, exists := d.pus.get("netns-" + name)
 	if exists {
 		return PUInfo{}, fmt.Errorf("%w: a PU named %s exists (%s)", ErrConflict, name, old.info.ID)
 	}
@@ -86,9 +82,7 @@ func (d *Daemon) CreatePU(req CreateRequest) (PUInfo, error) {
 		return PUInfo{}, fmt.Errorf("%w: name %q: want 1-32 of [a-z0-9-]", ErrInvalid, req.Name)
 	}
 	id := "proc-" + req.Name
-	d.mu.Lock()
-	_, exists := d.pus[id]
-	d.mu.Unlock()
+	_, exists := d.pus.get(id)
 	if exists {
 		return PUInfo{}, fmt.Errorf("%w: a PU named %s exists", ErrConflict, req.Name)
 	}
@@ -178,9 +172,10 @@ func (d *Daemon) Stats() Stats {
 	s := d.enf.Stats()
 	st := d.res.Status()
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	excluded := append([]netip.Prefix(nil), d.excluded...)
+	d.mu.Unlock()
 	out := Stats{
-		Node: d.cfg.Node, Started: d.started, PUs: len(d.pus), Flows: s.Flows,
+		Node: d.cfg.Node, Started: d.started, PUs: d.pus.len(), Flows: s.Flows,
 		Counters: map[string]uint64{
 			"packets": s.Packets, "forwarded": s.Forwarded, "consumed": s.Consumed,
 			"injected": s.Injected, "resets": s.Resets, "evictions": s.Evictions,
@@ -201,7 +196,7 @@ func (d *Daemon) Stats() Stats {
 		},
 		Drops:     map[string]uint64{},
 		Policy:    PolicyStatus{File: st.File, LoadedAt: st.LoadedAt, Policies: st.Policies, LastError: st.LastError, ErrorAt: st.ErrorAt},
-		Excluded:  append([]netip.Prefix(nil), d.excluded...),
+		Excluded:  excluded,
 		FlowTable: FlowTableStats{Capacity: s.Capacity, PerPU: s.PerPU, Flows: s.Flows, Evictions: s.Evictions},
 	}
 	kernel, err := d.steer.AllCounters()
@@ -212,13 +207,10 @@ func (d *Daemon) Stats() Stats {
 	// A junk token seen before, refused from the cache (no public-key work).
 	out.Counters["token-failure-cache-hits"] = ts.FailureCacheHits
 	out.Counters["public-key-ops"] = ts.PublicKeyOps
-	for _, p := range d.pus {
-		if p.dp == nil {
-			continue
-		}
+	d.pus.each(func(p *livePU) {
 		ps := d.enf.PUStats(p.dp)
 		out.PUFlows = append(out.PUFlows, PUFlowStats{ID: p.info.ID, Name: p.info.Name, Flows: ps.Flows, Refused: ps.Refused, OverBudget: kernel[p.steer].InOverBudget.Packets})
-	}
+	})
 	sort.Slice(out.PUFlows, func(i, j int) bool {
 		a, b := out.PUFlows[i], out.PUFlows[j]
 		if a.Flows != b.Flows {

@@ -49,8 +49,7 @@ type Daemon struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	ops        chan kernelOp // to kernelLoop
-	steerNames sync.Map      // *dataplane.PU -> steering name
+	ops chan kernelOp // to kernelLoop
 
 	// owner marks the links the daemon creates (netsetup/owner.go);
 	// bridgeAddrs are the addresses it added to a node bridge it did not
@@ -61,16 +60,18 @@ type Daemon struct {
 	// that the node-wide drop counts never go down.
 	retired kernelDrops
 
+	// pus are the PUs enforced. changes serialises changes to that set
+	// (attach, create, monitor events, detach): a check and the add it
+	// allows are one step.
+	pus     *puRegistry
+	changes sync.Mutex
+
 	mu         sync.Mutex
-	pus        map[string]*livePU // by PU ID
-	excluded   []netip.Prefix     // added at runtime
-	policyExcl []netip.Prefix     // excluded by the policy in force (and the config)
+	excluded   []netip.Prefix // added at runtime
+	policyExcl []netip.Prefix // excluded by the policy in force (and the config)
 	// stalled are PUs of the previous run that could not be restored but
 	// are kept closed (their state stays for the next restart).
 	stalled []*livePU
-	// byVeth and byNetns index d.pus for checkAttachable.
-	byVeth  map[string]*livePU
-	byNetns map[nsID]*livePU
 	ipam    *ipam
 	started time.Time
 }
@@ -104,7 +105,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, res: res, tok: tok, pus: map[string]*livePU{}, ops: make(chan kernelOp, 4096), owner: ownerMark(cfg.Node)}
+	d := &Daemon{cfg: cfg, log: log, res: res, tok: tok, pus: newPURegistry(), ops: make(chan kernelOp, 4096), owner: ownerMark(cfg.Node)}
 	d.sink = newAsyncSink(log)
 	d.reaper = newTapReaper(log)
 	eff := d.effectivePolicy(res.Current())
@@ -185,11 +186,11 @@ func (d *Daemon) queueNotes(notes []dataplane.Note) {
 		if n.PU == nil {
 			continue
 		}
-		name, ok := d.steerNames.Load(n.PU)
+		name, ok := d.pus.steerName(n.PU)
 		if !ok {
 			continue // the PU is being removed: its set goes with it
 		}
-		op := kernelOp{authorize: n.Kind == dataplane.Authorize, pu: name.(string),
+		op := kernelOp{authorize: n.Kind == dataplane.Authorize, pu: name,
 			tuple: steer.Tuple{Src: n.Local.Addr(), Dst: n.Remote.Addr(), Proto: n.Proto, SrcPort: n.Local.Port(), DstPort: n.Remote.Port()}}
 		if op.authorize {
 			op.timeout = kernelDatagramTimeout

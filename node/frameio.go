@@ -184,7 +184,6 @@ func (d *Daemon) puForFrame(pu *dataplane.PU) *livePU {
 	if pu == nil {
 		return nil
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.pus[pu.ID]
+	p, _ := d.pus.get(pu.ID)
+	return p
 }

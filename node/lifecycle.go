@@ -97,12 +97,15 @@ func (d *Daemon) Start(ctx context.Context) error {
 	t2 := time.Now()
 	flows, missed := 0, 0
 	for _, p := range ready {
-		d.pus[p.info.ID] = p
-		d.indexPU(p)
 		// The enforcer learns the PU's flows before its first packet is
 		// read: a packet of an established flow is not taken for one
 		// of an unknown flow.
 		d.register(p)
+		if err := d.pus.add(p); err != nil {
+			// Cannot be: the state holds one file per PU ID.
+			d.log.Error("restoring PU", "pu", p.info.ID, "err", err)
+			continue
+		}
 		r, m := d.restoreFlows(p, t2)
 		flows, missed = flows+r, missed+m
 		d.startReaders(p)
@@ -115,7 +118,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 			"flows", missed, "restored", flows)
 	}
 	if len(restored) > 0 {
-		d.log.Info("restored the PUs of the previous run", "pus", len(d.pus), "flows", flows, "took", time.Since(t0).Round(time.Millisecond),
+		d.log.Info("restored the PUs of the previous run", "pus", d.pus.len(), "flows", flows, "took", time.Since(t0).Round(time.Millisecond),
 			"open", t1.Sub(t0).Round(time.Millisecond), "steering", t2.Sub(t1).Round(time.Millisecond), "flows-took", t3.Sub(t2).Round(time.Millisecond))
 	}
 
@@ -137,7 +140,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 	go d.expireLoop()
 	go d.policyLoop()
 	go func() { defer d.wg.Done(); _ = d.res.Run(d.ctx) }()
-	d.log.Info("daemon started", "node", d.cfg.Node, "bridge", d.cfg.Bridge.Name, "pus", len(d.pus), "socket", d.cfg.Socket)
+	d.log.Info("daemon started", "node", d.cfg.Node, "bridge", d.cfg.Bridge.Name, "pus", d.pus.len(), "socket", d.cfg.Socket)
 	return nil
 }
 
@@ -149,17 +152,14 @@ func (d *Daemon) Stop() {
 		d.api.Close()
 	}
 	d.cancel()
-	d.mu.Lock()
-	for _, p := range d.pus {
+	pus := d.pus.all()
+	for _, p := range pus {
 		p.close()
 	}
-	d.mu.Unlock()
 	d.wg.Wait()
-	d.mu.Lock()
-	for _, p := range d.pus {
+	for _, p := range pus {
 		p.readers.Wait()
 	}
-	d.mu.Unlock()
 	if d.steer != nil {
 		d.steer.Close()
 	}

@@ -116,16 +116,10 @@ func (d *Daemon) openPU(p *livePU) error {
 	return nil
 }
 
-// enforce registers the PU with the enforcement core and starts its readers.
-func (d *Daemon) enforce(p *livePU) {
-	d.register(p)
-	d.startReaders(p)
-}
-
-// register adds the PU to the enforcement core.
+// register adds the PU to the enforcement core (before it is added to
+// the registry, which indexes its dataplane handle).
 func (d *Daemon) register(p *livePU) {
 	p.dp = d.enf.AddPU(p.info.ID, policy.NewTags(p.info.Tags))
-	d.steerNames.Store(p.dp, p.steer)
 	p.info.State = "running"
 }
 
@@ -186,9 +180,9 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 	if len(mp.MAC) != 6 {
 		return PUInfo{}, fmt.Errorf("%w: %s: no Ethernet address known for its interface: it cannot be policed", ErrInvalid, mp.Name)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if old, ok := d.pus[mp.ID]; ok {
+	d.changes.Lock()
+	defer d.changes.Unlock()
+	if old, ok := d.pus.get(mp.ID); ok {
 		if exclusive {
 			return PUInfo{}, fmt.Errorf("%w: a PU named %s exists (%s)", ErrConflict, mp.Name, old.info.ID)
 		}
@@ -213,8 +207,7 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 		p.close()
 		return PUInfo{}, fmt.Errorf("steering: %w", err)
 	}
-	d.pus[p.info.ID] = p
-	d.indexPU(p)
+	d.mu.Lock()
 	for _, a := range p.info.Addrs {
 		if containsAddrOf(d.policyExcl, a.Addr()) || containsAddrOf(d.excluded, a.Addr()) {
 			// Its peers let traffic from that address in unchecked; the
@@ -223,6 +216,7 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 			d.log.Warn("PU holds an address of the excluded networks: PUs it talks to will not check it", "pu", p.info.ID, "addr", a.Addr())
 		}
 	}
+	d.mu.Unlock()
 	if !owned {
 		// Attached namespaces and containers on the node bridge hold
 		// addresses of the node subnet: never hand them out again.
@@ -233,10 +227,20 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 			}
 		}
 	}
-	d.enforce(p)
-	d.savePULocked(p)
-	d.log.Info("enforcing PU", "pu", p.info.ID, "name", p.info.Name, "kind", p.info.Kind, "veth", p.info.Veth, "tags", policy.NewTags(p.info.Tags).String())
-	return p.info, nil
+	d.register(p)
+	info := p.info // p.info.State is the registry's once p is in it
+	if err := d.pus.add(p); err != nil {
+		// Cannot be: the ID was looked up under d.changes.
+		var out dataplane.Output
+		d.enf.RemovePU(p.dp, time.Now(), &out)
+		d.steer.RemovePU(p.steer)
+		p.close()
+		return PUInfo{}, err
+	}
+	d.startReaders(p)
+	d.savePU(p)
+	d.log.Info("enforcing PU", "pu", info.ID, "name", info.Name, "kind", info.Kind, "veth", info.Veth, "tags", policy.NewTags(info.Tags).String())
+	return info, nil
 }
 
 func tagMap(t policy.Tags) map[string]string {
@@ -259,18 +263,15 @@ func mergeTags(base policy.Tags, over map[string]string) policy.Tags {
 // removePU stops enforcing a PU: its flows are closed, its chains and TAPs
 // removed, and a namespace trireme created is deleted.
 func (d *Daemon) removePU(id string) error {
-	d.mu.Lock()
-	p, ok := d.pus[id]
+	d.changes.Lock()
+	p, ok := d.pus.remove(id)
 	if !ok {
-		d.mu.Unlock()
+		d.changes.Unlock()
 		return fmt.Errorf("PU %s: %w", id, ErrNotFound)
 	}
-	delete(d.pus, id)
-	d.unindexPU(p)
 	d.dropPUState(id)
-	d.mu.Unlock()
+	d.changes.Unlock()
 
-	d.steerNames.Delete(p.dp)
 	var out dataplane.Output
 	d.enf.RemovePU(p.dp, time.Now(), &out)
 	p.close()
@@ -324,12 +325,8 @@ func (d *Daemon) eventLoop(events <-chan monitor.Event) {
 }
 
 func (d *Daemon) setState(id, state string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if p, ok := d.pus[id]; ok {
-		if state == "unpaused" {
-			state = "running"
-		}
-		p.info.State = state
+	if state == "unpaused" {
+		state = "running"
 	}
+	d.pus.setState(id, state)
 }

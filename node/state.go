@@ -148,15 +148,13 @@ func (d *Daemon) loadState() []*livePU {
 // rewritten without its PUs, every PU gets its file, files of PUs no longer
 // enforced go).
 func (d *Daemon) saveState() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	keep := map[string]bool{}
-	for _, p := range d.pus {
-		d.savePULocked(p)
+	for _, p := range d.pus.all() {
+		d.savePU(p)
 		keep[filepath.Base(puStatePath(d.cfg.StateDir, p.info.ID))] = true
 	}
 	for _, p := range d.stalled {
-		d.savePULocked(p)
+		d.savePU(p)
 		keep[filepath.Base(puStatePath(d.cfg.StateDir, p.info.ID))] = true
 	}
 	ents, _ := os.ReadDir(puStateDir(d.cfg.StateDir))
@@ -165,7 +163,9 @@ func (d *Daemon) saveState() {
 			os.Remove(filepath.Join(puStateDir(d.cfg.StateDir), e.Name()))
 		}
 	}
+	d.mu.Lock()
 	d.saveExcludedLocked()
+	d.mu.Unlock()
 }
 
 // writeAtomic replaces a file with data (a temporary file renamed over
@@ -178,8 +178,9 @@ func writeAtomic(path string, data []byte) error {
 	return os.Rename(tmp, path)
 }
 
-// savePULocked writes one PU's state file (d.mu held).
-func (d *Daemon) savePULocked(p *livePU) {
+// savePU writes one PU's state file (its fields that do not change: no
+// lock needed).
+func (d *Daemon) savePU(p *livePU) {
 	sp := statePU{ID: p.info.ID, Name: p.info.Name, Kind: p.info.Kind, NetNS: p.info.NetNS, PID: p.info.PID,
 		IPs: p.info.IPs, Tags: p.info.Tags, Veth: p.info.Veth, Bridge: p.info.Bridge, Owned: p.owned,
 		MAC: p.info.MAC, Addrs: p.info.Addrs}
