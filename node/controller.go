@@ -88,25 +88,24 @@ func (d *Daemon) CreatePU(req CreateRequest) (PUInfo, error) {
 	}
 	_, _, _, veth := puNames(id)
 	nsName := "trireme-" + req.Name
-	ip, err := d.ipam.allocate()
+	addr, err := d.addrs.allocate()
 	if err != nil {
 		return PUInfo{}, err
 	}
 	ns, err := netsetup.CreateNetns(nsName)
 	if err != nil {
-		d.ipam.release(ip)
+		d.addrs.release(addr.Addr())
 		return PUInfo{}, err
 	}
 	ns.Close()
 	fail := func(err error) (PUInfo, error) {
 		netsetup.DetachPU(veth)
 		netsetup.DeleteNetns(nsName)
-		d.ipam.release(ip)
+		d.addrs.release(addr.Addr())
 		return PUInfo{}, err
 	}
-	addr := netip.PrefixFrom(ip, d.ipam.subnet.Bits())
 	link, err := netsetup.AttachPU(netsetup.PUConfig{Netns: nsName, Bridge: d.cfg.Bridge.Name, HostVeth: veth,
-		Addrs: []netip.Prefix{addr}, Gateways: []netip.Addr{d.ipam.gateway()}, Owner: d.owner})
+		Addrs: []netip.Prefix{addr}, Gateways: []netip.Addr{d.addrs.gateway()}, Owner: d.owner})
 	if err != nil {
 		return fail(err)
 	}

@@ -72,7 +72,7 @@ type Daemon struct {
 	// stalled are PUs of the previous run that could not be restored but
 	// are kept closed (their state stays for the next restart).
 	stalled []*livePU
-	ipam    *ipam
+	addrs   *addrAllocator
 	started time.Time
 }
 
@@ -124,7 +124,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.ipam = newIPAM(cfg.Bridge.Subnet.Prefix)
+	d.addrs = newAddrAllocator(cfg.Bridge.Subnet.Prefix)
 	return d, nil
 }
 

@@ -222,8 +222,8 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 		// addresses of the node subnet: never hand them out again.
 		// They stay reserved after the PU goes (its namespace may not).
 		for _, ip := range p.info.IPs {
-			if d.ipam.subnet.Contains(ip) {
-				d.ipam.reserve(ip)
+			if d.addrs.contains(ip) {
+				d.addrs.reserve(ip)
 			}
 		}
 	}
@@ -288,7 +288,7 @@ func (d *Daemon) removePU(id string) error {
 			err = errors.Join(err, netsetup.DeleteNetns(name))
 		}
 		for _, ip := range p.info.IPs {
-			d.ipam.release(ip)
+			d.addrs.release(ip)
 		}
 	}
 	d.log.Info("stopped enforcing PU", "pu", id)

@@ -125,8 +125,8 @@ func (d *Daemon) loadState() []*livePU {
 			continue
 		}
 		for _, ip := range sp.IPs {
-			if sp.Owned || d.ipam.subnet.Contains(ip) {
-				d.ipam.reserve(ip)
+			if sp.Owned || d.addrs.contains(ip) {
+				d.addrs.reserve(ip)
 			}
 		}
 		mac, addrs, err := d.restoredIdentity(sp)
