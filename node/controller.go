@@ -129,50 +129,15 @@ func (d *Daemon) CreatePU(req CreateRequest) (PUInfo, error) {
 func (d *Daemon) DetachPU(id string) error { return d.removePU(id) }
 
 // AddExcluded implements Controller.
-func (d *Daemon) AddExcluded(p netip.Prefix) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, q := range d.excluded {
-		if q == p {
-			return nil
-		}
-	}
-	if !containsPrefix(d.policyExcl, p) {
-		if err := d.steer.AddExcluded(p); err != nil {
-			return err
-		}
-	}
-	d.excluded = append(d.excluded, p)
-	d.saveExcludedLocked()
-	return nil
-}
+func (d *Daemon) AddExcluded(p netip.Prefix) error { return d.excl.add(p) }
 
 // RemoveExcluded implements Controller.
-func (d *Daemon) RemoveExcluded(p netip.Prefix) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for i, q := range d.excluded {
-		if q == p {
-			if !containsPrefix(d.policyExcl, p) {
-				if err := d.steer.RemoveExcluded(p); err != nil {
-					return err
-				}
-			}
-			d.excluded = append(d.excluded[:i], d.excluded[i+1:]...)
-			d.saveExcludedLocked()
-			return nil
-		}
-	}
-	return fmt.Errorf("excluded network %s: %w", p, ErrNotFound)
-}
+func (d *Daemon) RemoveExcluded(p netip.Prefix) error { return d.excl.remove(p) }
 
 // Stats implements Controller.
 func (d *Daemon) Stats() Stats {
 	s := d.enf.Stats()
 	st := d.res.Status()
-	d.mu.Lock()
-	excluded := append([]netip.Prefix(nil), d.excluded...)
-	d.mu.Unlock()
 	out := Stats{
 		Node: d.cfg.Node, Started: d.started, PUs: d.pus.len(), Flows: s.Flows,
 		Counters: map[string]uint64{
@@ -195,7 +160,7 @@ func (d *Daemon) Stats() Stats {
 		},
 		Drops:     map[string]uint64{},
 		Policy:    PolicyStatus{File: st.File, LoadedAt: st.LoadedAt, Policies: st.Policies, LastError: st.LastError, ErrorAt: st.ErrorAt},
-		Excluded:  excluded,
+		Excluded:  d.excl.runtimeList(),
 		FlowTable: FlowTableStats{Capacity: s.Capacity, PerPU: s.PerPU, Flows: s.Flows, Evictions: s.Evictions},
 	}
 	kernel, err := d.steer.AllCounters()

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
-	"github.com/trireme-go/trireme/netsetup/inject"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/netsetup/tap"
 	"github.com/trireme-go/trireme/resolver"
@@ -39,11 +38,10 @@ type Daemon struct {
 	steer *steer.Steerer
 	// Frames leaving a PU are injected into the PU's own bridge (the node
 	// bridge, or Docker's) through an injection port on that bridge.
-	injMu    sync.Mutex
-	injPorts map[string]*inject.Injector // by bridge name
-	sink     *asyncSink
-	api      *Server
-	reaper   *tapReaper
+	ports  *injectionPorts
+	sink   *asyncSink
+	api    *Server
+	reaper *tapReaper
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -66,9 +64,7 @@ type Daemon struct {
 	pus     *puRegistry
 	changes sync.Mutex
 
-	mu         sync.Mutex
-	excluded   []netip.Prefix // added at runtime
-	policyExcl []netip.Prefix // excluded by the policy in force (and the config)
+	excl exclusions
 	// stalled are PUs of the previous run that could not be restored but
 	// are kept closed (their state stays for the next restart).
 	stalled []*livePU
@@ -109,7 +105,9 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	d.sink = newAsyncSink(log)
 	d.reaper = newTapReaper(log)
 	eff := d.effectivePolicy(res.Current())
-	d.policyExcl = eff.Set().ExcludedNetworks
+	d.ports = newInjectionPorts(d.owner)
+	d.excl = exclusions{log: log, save: d.saveExcluded}
+	d.excl.setPolicy(eff.Set().ExcludedNetworks)
 	d.enf, err = dataplane.New(dataplane.Config{
 		Tokens:    tok,
 		Policy:    eff,

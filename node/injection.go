@@ -2,24 +2,39 @@ package node
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/inject"
 )
 
-// injectorFor returns the injector of the bridge's injection port, creating
-// the port on first use.
-func (d *Daemon) injectorFor(bridge string) (*inject.Injector, error) {
-	d.injMu.Lock()
-	defer d.injMu.Unlock()
-	if j, ok := d.injPorts[bridge]; ok {
+// injectionPorts are the ports through which the daemon sends the frames
+// leaving a PU into the PU's own bridge (the node bridge, or Docker's): one
+// per bridge, created on first use and shared by the PUs on that bridge.
+type injectionPorts struct {
+	owner string // the owner mark of the links the daemon creates
+
+	mu       sync.Mutex
+	byBridge map[string]*inject.Injector
+}
+
+func newInjectionPorts(owner string) *injectionPorts {
+	return &injectionPorts{owner: owner, byBridge: map[string]*inject.Injector{}}
+}
+
+// get returns the injector of the bridge's injection port, creating the
+// port on first use.
+func (ip *injectionPorts) get(bridge string) (*inject.Injector, error) {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	if j, ok := ip.byBridge[bridge]; ok {
 		return j, nil
 	}
 	host, br, err := injectionPortNames(bridge)
 	if err != nil {
 		return nil, err
 	}
-	port, err := netsetup.EnsureInjectionPort(bridge, host, br, d.owner)
+	port, err := netsetup.EnsureInjectionPort(bridge, host, br, ip.owner)
 	if err != nil {
 		return nil, fmt.Errorf("injection port on %s: %w", bridge, err)
 	}
@@ -29,11 +44,17 @@ func (d *Daemon) injectorFor(bridge string) (*inject.Injector, error) {
 	if err != nil {
 		return nil, fmt.Errorf("injection port on %s: %w", bridge, err)
 	}
-	if d.injPorts == nil {
-		d.injPorts = map[string]*inject.Injector{}
-	}
-	d.injPorts[bridge] = j
+	ip.byBridge[bridge] = j
 	return j, nil
+}
+
+// close closes the injectors (the ports stay: see Purge).
+func (ip *injectionPorts) close() {
+	ip.mu.Lock()
+	defer ip.mu.Unlock()
+	for _, j := range ip.byBridge {
+		j.Close()
+	}
 }
 
 // injectionPortNames: the veth pair of a bridge's injection port.

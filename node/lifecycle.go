@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"os"
 	"sync"
 	"time"
@@ -27,7 +26,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if err := d.setupBridge(); err != nil {
 		return err
 	}
-	if _, err := d.injectorFor(d.cfg.Bridge.Name); err != nil {
+	if _, err := d.ports.get(d.cfg.Bridge.Name); err != nil {
 		return err
 	}
 	var err error
@@ -87,8 +86,8 @@ func (d *Daemon) Start(ctx context.Context) error {
 		steered = append(steered, p.steerPU())
 	}
 	t1 := time.Now()
-	excluded := append(append([]netip.Prefix(nil), d.policyExcl...), d.excluded...)
-	if err := d.steer.Apply(steered, excluded); err != nil {
+	d.excl.open(d.steer)
+	if err := d.steer.Apply(steered, d.excl.all()); err != nil {
 		for _, p := range ready {
 			p.close()
 		}
@@ -163,11 +162,7 @@ func (d *Daemon) Stop() {
 	if d.steer != nil {
 		d.steer.Close()
 	}
-	d.injMu.Lock()
-	for _, j := range d.injPorts {
-		j.Close()
-	}
-	d.injMu.Unlock()
+	d.ports.close()
 	d.sink.close()
 	d.log.Info("daemon stopped; steering stays in place (fail closed)")
 }

@@ -52,7 +52,7 @@ func (d *Daemon) policyLoop() {
 			return
 		case e := <-d.res.Updates():
 			eff := d.effectivePolicy(e)
-			d.updatePolicyExcluded(eff.Set().ExcludedNetworks)
+			d.excl.setPolicy(eff.Set().ExcludedNetworks)
 			d.enf.SetPolicy(eff)
 			d.log.Info("policy updated", "policies", len(eff.Set().Policies))
 			if d.cfg.OnPolicyChange == "reset" {

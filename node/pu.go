@@ -109,7 +109,7 @@ func (d *Daemon) openPU(p *livePU) error {
 	if bridge == "" {
 		bridge = d.cfg.Bridge.Name
 	}
-	if p.toNet, err = d.injectorFor(bridge); err != nil {
+	if p.toNet, err = d.ports.get(bridge); err != nil {
 		p.close()
 		return err
 	}
@@ -207,16 +207,14 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 		p.close()
 		return PUInfo{}, fmt.Errorf("steering: %w", err)
 	}
-	d.mu.Lock()
 	for _, a := range p.info.Addrs {
-		if containsAddrOf(d.policyExcl, a.Addr()) || containsAddrOf(d.excluded, a.Addr()) {
+		if d.excl.covers(a.Addr()) {
 			// Its peers let traffic from that address in unchecked; the
 			// PU's own traffic is still checked (its chain matches
 			// excluded networks on the peer only).
 			d.log.Warn("PU holds an address of the excluded networks: PUs it talks to will not check it", "pu", p.info.ID, "addr", a.Addr())
 		}
 	}
-	d.mu.Unlock()
 	if !owned {
 		// Attached namespaces and containers on the node bridge hold
 		// addresses of the node subnet: never hand them out again.

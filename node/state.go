@@ -115,7 +115,7 @@ func (d *Daemon) loadState() []*livePU {
 	for _, err := range bad {
 		d.log.Warn("ignoring unreadable state", "err", err)
 	}
-	d.excluded = s.Excluded
+	d.excl.setRuntime(s.Excluded)
 	var out []*livePU
 	for _, sp := range s.PUs {
 		steerName, tin, tout, _ := puNames(sp.ID)
@@ -163,9 +163,7 @@ func (d *Daemon) saveState() {
 			os.Remove(filepath.Join(puStateDir(d.cfg.StateDir), e.Name()))
 		}
 	}
-	d.mu.Lock()
-	d.saveExcludedLocked()
-	d.mu.Unlock()
+	d.saveExcluded(d.excl.runtimeList())
 }
 
 // writeAtomic replaces a file with data (a temporary file renamed over
@@ -202,10 +200,10 @@ func (d *Daemon) dropPUState(id string) {
 	}
 }
 
-// saveExcludedLocked writes state.json: the runtime exclusions and the
-// bridge addresses (d.mu held).
-func (d *Daemon) saveExcludedLocked() {
-	if err := writeState(d.cfg.StateDir, state{Excluded: d.excluded, BridgeAddrs: d.bridgeAddrs}); err != nil {
+// saveExcluded writes state.json: the runtime exclusions and the bridge
+// addresses.
+func (d *Daemon) saveExcluded(excluded []netip.Prefix) {
+	if err := writeState(d.cfg.StateDir, state{Excluded: excluded, BridgeAddrs: d.bridgeAddrs}); err != nil {
 		d.log.Error("writing state file", "err", err)
 	}
 }
