@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -79,21 +78,11 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	var sec tokens.Secrets
-	var err error
-	if cfg.Secrets.PKI() {
-		sec, err = tokens.LoadPKI(cfg.Secrets.CACert, cfg.Secrets.NodeCert, cfg.Secrets.NodeKey)
-	} else {
-		sec, err = tokens.LoadPSK(cfg.Secrets.PSKFile)
-	}
+	tok, err := loadTokens(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("secrets: %w", err)
+		return nil, err
 	}
-	tok, err := tokens.New(tokens.Config{Node: tokenNode(cfg, sec), Secrets: sec, Refresh: cfg.TokenRefresh})
-	if err != nil {
-		return nil, fmt.Errorf("tokens: %w", err)
-	}
-	res, err := resolver.NewFile(cfg.Policy, resolver.FileOptions{Logger: log})
+	res, err := loadPolicy(cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -104,13 +93,13 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	d := &Daemon{cfg: cfg, log: log, res: res, tok: tok, pus: newPURegistry(), ops: make(chan kernelOp, 4096), owner: ownerMark(cfg.Node)}
 	d.sink = newAsyncSink(log)
 	d.reaper = newTapReaper(log)
-	eff := d.effectivePolicy(res.Current())
+	pol := res.Current()
 	d.ports = newInjectionPorts(d.owner)
 	d.excl = exclusions{log: log, save: d.saveExcluded}
-	d.excl.setPolicy(eff.Set().ExcludedNetworks)
+	d.excl.setPolicy(pol.Set().ExcludedNetworks)
 	d.enf, err = dataplane.New(dataplane.Config{
 		Tokens:    tok,
-		Policy:    eff,
+		Policy:    pol,
 		MidStream: mid,
 		Sink:      d.sink,
 		// Authorized flows' packets stay in the kernel (steering).
