@@ -26,33 +26,36 @@ const (
 
 // Daemon is one node's enforcer: it owns the node bridge, the steering
 // table, one pair of TAPs per PU and the enforcement core, and serves the
-// control API.
+// control API. Its state is grouped by what it is for; each group that
+// changes at run time has a lock of its own:
+//
+//   - what decides: the token engine and the policy file (load.go), the
+//     enforcement core, the flow log;
+//   - the kernel: the steering table, the injection ports (injection.go),
+//     the TAPs being deleted (reaper.go), the kernel loop's queue;
+//   - the PUs: the registry (registry.go), their lifecycle (pu.go), the
+//     addresses of the PUs trireme creates (addralloc.go), the excluded
+//     networks (exclusions.go);
+//   - the daemon's life (lifecycle.go) and the control API (controller.go).
+//
+// The frame loops (readLoop, frameio.go) and the kernel loop are below.
 type Daemon struct {
 	cfg *Config
 	log *slog.Logger
+	// owner marks the links the daemon creates (owner.go).
+	owner string
 
-	res   *resolver.File
-	tok   *tokens.Engine
-	enf   *dataplane.Enforcer
+	tok  *tokens.Engine
+	res  *resolver.File
+	enf  *dataplane.Enforcer
+	sink *asyncSink
+
 	steer *steer.Steerer
 	// Frames leaving a PU are injected into the PU's own bridge (the node
 	// bridge, or Docker's) through an injection port on that bridge.
 	ports  *injectionPorts
-	sink   *asyncSink
-	api    *Server
 	reaper *tapReaper
-
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
-	ops chan kernelOp // to kernelLoop
-
-	// owner marks the links the daemon creates (netsetup/owner.go);
-	// bridgeAddrs are the addresses it added to a node bridge it did not
-	// create: purge removes those and nothing else of it.
-	owner       string
-	bridgeAddrs []netip.Prefix
+	ops    chan kernelOp // to kernelLoop
 	// retired holds the kernel drop counters of PUs already removed, so
 	// that the node-wide drop counts never go down.
 	retired kernelDrops
@@ -62,13 +65,21 @@ type Daemon struct {
 	// allows are one step.
 	pus     *puRegistry
 	changes sync.Mutex
+	addrs   *addrAllocator
+	excl    exclusions
 
-	excl exclusions
+	// Set by Start (plumb and restore), read-only after.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // the daemon's goroutines but the TAP readers
+	started time.Time
+	api     *Server
+	// bridgeAddrs are the addresses the daemon added to a node bridge it
+	// did not create: purge removes those and nothing else of it.
+	bridgeAddrs []netip.Prefix
 	// stalled are PUs of the previous run that could not be restored but
 	// are kept closed (their state stays for the next restart).
 	stalled []*livePU
-	addrs   *addrAllocator
-	started time.Time
 }
 
 // New prepares a daemon from a validated config: it loads the secrets and
@@ -90,12 +101,12 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, res: res, tok: tok, pus: newPURegistry(), ops: make(chan kernelOp, 4096), owner: ownerMark(cfg.Node)}
-	d.sink = newAsyncSink(log)
-	d.reaper = newTapReaper(log)
-	pol := res.Current()
-	d.ports = newInjectionPorts(d.owner)
+	owner := ownerMark(cfg.Node)
+	d := &Daemon{cfg: cfg, log: log, owner: owner, tok: tok, res: res, sink: newAsyncSink(log),
+		ports: newInjectionPorts(owner), reaper: newTapReaper(log), ops: make(chan kernelOp, 4096),
+		pus: newPURegistry(), addrs: newAddrAllocator(cfg.Bridge.Subnet.Prefix)}
 	d.excl = exclusions{log: log, save: d.saveExcluded}
+	pol := res.Current()
 	d.excl.setPolicy(pol.Set().ExcludedNetworks)
 	d.enf, err = dataplane.New(dataplane.Config{
 		Tokens:    tok,
@@ -111,11 +122,10 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.addrs = newAddrAllocator(cfg.Bridge.Subnet.Prefix)
 	return d, nil
 }
 
-// ---- packet loops ----
+// ---- frame and kernel loops ----
 
 // readLoop reads one TAP and runs each frame through the enforcer.
 func (d *Daemon) readLoop(p *livePU, t *tap.Tap, dir dataplane.Direction) {

@@ -12,11 +12,31 @@ import (
 	"github.com/trireme-go/trireme/netsetup/steer"
 )
 
+// The daemon's life: Start plumbs the node (plumb), takes back the PUs of
+// the previous run (restore) and starts its loops and the control API
+// (serve); Stop stops them and leaves the kernel's state in place.
+
 // Start plumbs the node, restores the PUs of a previous run, and starts
 // enforcing and serving the control API.
 func (d *Daemon) Start(ctx context.Context) error {
 	d.ctx, d.cancel = context.WithCancel(ctx)
 	d.started = time.Now()
+	if err := d.plumb(); err != nil {
+		return err
+	}
+	if err := d.restore(); err != nil {
+		return err
+	}
+	if err := d.serve(); err != nil {
+		return err
+	}
+	d.log.Info("daemon started", "node", d.cfg.Node, "bridge", d.cfg.Bridge.Name, "pus", d.pus.len(), "socket", d.cfg.Socket)
+	return nil
+}
+
+// plumb prepares the node: the state directory, the flow log, the node
+// bridge and its injection port, and the steering table.
+func (d *Daemon) plumb() error {
 	if err := os.MkdirAll(d.cfg.StateDir, 0o700); err != nil {
 		return err
 	}
@@ -38,7 +58,14 @@ func (d *Daemon) Start(ctx context.Context) error {
 	} else if len(removed) > 0 {
 		d.log.Info("removed stale nftables tables", "tables", removed)
 	}
+	return nil
+}
 
+// restore takes back the PUs of the previous run: their TAPs, their
+// steering and the flows the kernel still holds as authorized. A PU that
+// cannot be opened again is kept closed (stalled). The steering of every
+// PU is applied in one transaction, with the excluded networks.
+func (d *Daemon) restore() error {
 	t0 := time.Now()
 	restored := d.loadState()
 	keep := map[string]bool{}
@@ -120,7 +147,12 @@ func (d *Daemon) Start(ctx context.Context) error {
 		d.log.Info("restored the PUs of the previous run", "pus", d.pus.len(), "flows", flows, "took", time.Since(t0).Round(time.Millisecond),
 			"open", t1.Sub(t0).Round(time.Millisecond), "steering", t2.Sub(t1).Round(time.Millisecond), "flows-took", t3.Sub(t2).Round(time.Millisecond))
 	}
+	return nil
+}
 
+// serve starts the control API, the monitors and the daemon's loops.
+func (d *Daemon) serve() error {
+	var err error
 	if d.api, err = Serve(d.cfg.Socket, d); err != nil {
 		return fmt.Errorf("control socket: %w", err)
 	}
@@ -139,7 +171,6 @@ func (d *Daemon) Start(ctx context.Context) error {
 	go d.expireLoop()
 	go d.policyLoop()
 	go func() { defer d.wg.Done(); _ = d.res.Run(d.ctx) }()
-	d.log.Info("daemon started", "node", d.cfg.Node, "bridge", d.cfg.Bridge.Name, "pus", d.pus.len(), "socket", d.cfg.Socket)
 	return nil
 }
 
