@@ -328,3 +328,19 @@ func (d *Daemon) setState(id, state string) {
 	}
 	d.pus.setState(id, state)
 }
+
+// createdAddrs are the addresses of a PU trireme created: the one it
+// assigned, and the link-local addresses its interface has (EUI-64 of
+// its MAC; read right after plumbing, before anything runs there).
+func createdAddrs(assigned netip.Prefix, mac net.HardwareAddr, read []netip.Prefix) []netip.Prefix {
+	out := []netip.Prefix{assigned}
+	for _, p := range read {
+		if p.Addr().IsLinkLocalUnicast() {
+			out = append(out, p)
+		}
+	}
+	if ll := netsetup.EUI64LinkLocal(mac); !slices.ContainsFunc(out, func(p netip.Prefix) bool { return p.Addr() == ll }) {
+		out = append(out, netip.PrefixFrom(ll, 64))
+	}
+	return out
+}
