@@ -11,6 +11,13 @@ import (
 	"github.com/trireme-go/trireme/reason"
 )
 
+// The Daemon is the Controller the control API serves (api.go), as
+// wireguard-go's Device serves its UAPI: each method validates the request
+// (validate.go), then changes the PUs through their lifecycle (pu.go) or
+// the excluded networks (exclusions.go), each under its own lock.
+
+var _ Controller = (*Daemon)(nil)
+
 // ListPUs implements Controller.
 func (d *Daemon) ListPUs() []PUInfo {
 	counters, err := d.steer.AllCounters()
