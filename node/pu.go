@@ -21,17 +21,19 @@ import (
 	"github.com/trireme-go/trireme/policy"
 )
 
-// livePU is a PU being enforced.
+// livePU is a PU being enforced. Its fields are set before it is added to
+// the registry and read-only after, but info.State, which the registry's
+// lock guards (puRegistry.setState).
 type livePU struct {
 	info   PUInfo
 	steer  string // name in the steering table
 	tapIn  string // TAP names (persistent)
 	tapOut string
 	owned  bool // the namespace and veth were created by trireme
-	netns  nsID // identity of its namespace (checkAttachable)
+	netns  nsID // identity of its namespace (set by puRegistry.add)
 	mac    net.HardwareAddr
 
-	dp      *dataplane.PU
+	dp      *dataplane.PU // its handle in the enforcement core
 	in      *tap.Tap
 	out     *tap.Tap
 	toPU    *inject.Injector
