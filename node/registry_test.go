@@ -25,7 +25,7 @@ func regPU(t *testing.T, dir, id, veth, ns string) *livePU {
 		}
 	}
 	steerName, _, _, _ := puNames(id)
-	return &livePU{info: PUInfo{ID: id, Name: id, Veth: veth, NetNS: path}, steer: steerName, dp: &dataplane.PU{ID: id}}
+	return &livePU{info: PUInfo{ID: id, Name: id, Veth: veth, NetNS: path}, steer: steerName, dp: new(dataplane.PU)}
 }
 
 func TestRegistry(t *testing.T) {
