@@ -109,14 +109,21 @@ type PolicyStatus struct {
 	ErrorAt   time.Time `json:"errorAt,omitzero"`
 }
 
-// Controller is what the daemon exposes through the control API.
+// Controller is what the daemon exposes through the control API
+// (controller.go).
 type Controller interface {
-	ListPUs() []PUInfo
+	StatsSource
 	AttachPU(AttachRequest) (PUInfo, error)
 	CreatePU(CreateRequest) (PUInfo, error)
 	DetachPU(id string) error
 	AddExcluded(netip.Prefix) error
 	RemoveExcluded(netip.Prefix) error
+}
+
+// StatsSource is the read-only part of a Controller: what `trireme stats`,
+// `trireme pu list` and the metrics read.
+type StatsSource interface {
+	ListPUs() []PUInfo
 	Stats() Stats
 }
 

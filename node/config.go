@@ -1,6 +1,3 @@
-// Package node holds what the node daemon is made of apart from the
-// dataplane itself: its configuration, and the local control API (HTTP+JSON
-// on a unix socket) with its client, which the CLI uses.
 package node
 
 import (

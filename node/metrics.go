@@ -7,16 +7,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// metricsCollector exposes a Controller's Stats to Prometheus. It reads the
+// metricsCollector exposes a StatsSource's Stats to Prometheus. It reads the
 // counters when scraped, so the packet path keeps its plain atomic counters.
 type metricsCollector struct {
-	c Controller
+	c StatsSource
 
 	counters, drops, puDrops, pus, flows, policyOK, policies *prometheus.Desc
 	capacity, perPU, puFlows, puRefused                      *prometheus.Desc
 }
 
-func newMetricsCollector(c Controller) *metricsCollector {
+func newMetricsCollector(c StatsSource) *metricsCollector {
 	return &metricsCollector{
 		c: c,
 		counters: prometheus.NewDesc("trireme_dataplane_total",
@@ -75,7 +75,7 @@ func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 
 // MetricsHandler serves c's metrics in the Prometheus text format, with the
 // Go runtime's and the process's own.
-func MetricsHandler(c Controller) http.Handler {
+func MetricsHandler(c StatsSource) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newMetricsCollector(c), prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})

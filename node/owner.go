@@ -23,7 +23,7 @@ func ownerMark(node string) string { return "trireme:" + node }
 // existing one, and remembers the gateway addresses it added to a bridge it
 // did not create, with those a previous run added.
 func (d *Daemon) setupBridge() error {
-	_, set, err := netsetup.SetupBridge(netsetup.BridgeConfig{Name: d.cfg.Bridge.Name, Gateways: []netip.Prefix{d.ipam.gatewayPrefix()}, Owner: d.owner})
+	_, set, err := netsetup.SetupBridge(netsetup.BridgeConfig{Name: d.cfg.Bridge.Name, Gateways: []netip.Prefix{d.addrs.gatewayPrefix()}, Owner: d.owner})
 	if err != nil {
 		return fmt.Errorf("bridge %s: %w", d.cfg.Bridge.Name, err)
 	}

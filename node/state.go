@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/vishvananda/netlink"
 )
@@ -116,7 +115,7 @@ func (d *Daemon) loadState() []*livePU {
 	for _, err := range bad {
 		d.log.Warn("ignoring unreadable state", "err", err)
 	}
-	d.excluded = s.Excluded
+	d.excl.setRuntime(s.Excluded)
 	var out []*livePU
 	for _, sp := range s.PUs {
 		steerName, tin, tout, _ := puNames(sp.ID)
@@ -126,8 +125,8 @@ func (d *Daemon) loadState() []*livePU {
 			continue
 		}
 		for _, ip := range sp.IPs {
-			if sp.Owned || d.ipam.subnet.Contains(ip) {
-				d.ipam.reserve(ip)
+			if sp.Owned || d.addrs.contains(ip) {
+				d.addrs.reserve(ip)
 			}
 		}
 		mac, addrs, err := d.restoredIdentity(sp)
@@ -149,15 +148,13 @@ func (d *Daemon) loadState() []*livePU {
 // rewritten without its PUs, every PU gets its file, files of PUs no longer
 // enforced go).
 func (d *Daemon) saveState() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	keep := map[string]bool{}
-	for _, p := range d.pus {
-		d.savePULocked(p)
+	for _, p := range d.pus.all() {
+		d.savePU(p)
 		keep[filepath.Base(puStatePath(d.cfg.StateDir, p.info.ID))] = true
 	}
 	for _, p := range d.stalled {
-		d.savePULocked(p)
+		d.savePU(p)
 		keep[filepath.Base(puStatePath(d.cfg.StateDir, p.info.ID))] = true
 	}
 	ents, _ := os.ReadDir(puStateDir(d.cfg.StateDir))
@@ -166,7 +163,7 @@ func (d *Daemon) saveState() {
 			os.Remove(filepath.Join(puStateDir(d.cfg.StateDir), e.Name()))
 		}
 	}
-	d.saveExcludedLocked()
+	d.saveExcluded(d.excl.runtimeList())
 }
 
 // writeAtomic replaces a file with data (a temporary file renamed over
@@ -179,8 +176,9 @@ func writeAtomic(path string, data []byte) error {
 	return os.Rename(tmp, path)
 }
 
-// savePULocked writes one PU's state file (d.mu held).
-func (d *Daemon) savePULocked(p *livePU) {
+// savePU writes one PU's state file (its fields that do not change: no
+// lock needed).
+func (d *Daemon) savePU(p *livePU) {
 	sp := statePU{ID: p.info.ID, Name: p.info.Name, Kind: p.info.Kind, NetNS: p.info.NetNS, PID: p.info.PID,
 		IPs: p.info.IPs, Tags: p.info.Tags, Veth: p.info.Veth, Bridge: p.info.Bridge, Owned: p.owned,
 		MAC: p.info.MAC, Addrs: p.info.Addrs}
@@ -202,10 +200,10 @@ func (d *Daemon) dropPUState(id string) {
 	}
 }
 
-// saveExcludedLocked writes state.json: the runtime exclusions and the
-// bridge addresses (d.mu held).
-func (d *Daemon) saveExcludedLocked() {
-	if err := writeState(d.cfg.StateDir, state{Excluded: d.excluded, BridgeAddrs: d.bridgeAddrs}); err != nil {
+// saveExcluded writes state.json: the runtime exclusions and the bridge
+// addresses.
+func (d *Daemon) saveExcluded(excluded []netip.Prefix) {
+	if err := writeState(d.cfg.StateDir, state{Excluded: excluded, BridgeAddrs: d.bridgeAddrs}); err != nil {
 		d.log.Error("writing state file", "err", err)
 	}
 }
@@ -231,44 +229,4 @@ func linkIndex(name string) (int, error) {
 		return 0, err
 	}
 	return l.Attrs().Index, nil
-}
-
-// ipam hands out addresses of the node subnet to the PUs trireme creates.
-// The first address is the bridge's (the PUs' gateway).
-type ipam struct {
-	mu     sync.Mutex
-	subnet netip.Prefix
-	used   map[netip.Addr]bool
-}
-
-func newIPAM(subnet netip.Prefix) *ipam {
-	return &ipam{subnet: subnet.Masked(), used: map[netip.Addr]bool{}}
-}
-
-func (a *ipam) gateway() netip.Addr { return a.subnet.Addr().Next() }
-
-func (a *ipam) gatewayPrefix() netip.Prefix { return netip.PrefixFrom(a.gateway(), a.subnet.Bits()) }
-
-func (a *ipam) allocate() (netip.Addr, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for ip := a.gateway().Next(); a.subnet.Contains(ip); ip = ip.Next() {
-		if !a.used[ip] && a.subnet.Contains(ip.Next()) { // not the broadcast address
-			a.used[ip] = true
-			return ip, nil
-		}
-	}
-	return netip.Addr{}, fmt.Errorf("node subnet %s is full", a.subnet)
-}
-
-func (a *ipam) reserve(ip netip.Addr) {
-	a.mu.Lock()
-	a.used[ip] = true
-	a.mu.Unlock()
-}
-
-func (a *ipam) release(ip netip.Addr) {
-	a.mu.Lock()
-	delete(a.used, ip)
-	a.mu.Unlock()
 }

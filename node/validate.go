@@ -53,7 +53,8 @@ func checkTags(m map[string]string) error {
 // new connection on the node would stop), a namespace whose veth is not a
 // port of a bridge on this node (an uplink or a routed link: steering it
 // would police the node's own traffic), a veth trireme made itself, and a
-// namespace or veth already policed as another PU (ErrConflict). d.mu held.
+// namespace or veth already policed as another PU (ErrConflict). d.changes
+// held.
 func (d *Daemon) checkAttachable(mp *monitor.PU) error {
 	if sameNetns(mp.NetNS, "/proc/self/ns/net") {
 		return fmt.Errorf("%w: %s is the daemon's own network namespace", ErrInvalid, mp.NetNS)
@@ -69,16 +70,9 @@ func (d *Daemon) checkAttachable(mp *monitor.PU) error {
 	}
 	// Looked up by veth and by namespace identity, not by going through
 	// every PU (two stat calls each: attach cost grew with the PUs).
-	p := d.byVeth[mp.HostVeth]
+	p := d.pus.lookupVeth(mp.HostVeth)
 	if p == nil {
-		if id, ok := netnsIdentity(mp.NetNS); ok {
-			p = d.byNetns[id]
-			// The namespace of that PU may be gone and its inode
-			// number reused: it must still be the same one.
-			if p != nil && !sameNetns(p.info.NetNS, mp.NetNS) {
-				p = nil
-			}
-		}
+		p = d.pus.lookupNetns(mp.NetNS)
 	}
 	if p != nil {
 		return fmt.Errorf("%w: namespace %s (veth %s) is already policed as PU %s", ErrConflict, mp.NetNS, mp.HostVeth, p.info.ID)
@@ -95,27 +89,6 @@ func netnsIdentity(path string) (nsID, bool) {
 		return nsID{}, false
 	}
 	return nsID{uint64(st.Dev), st.Ino}, true
-}
-
-// indexPU and unindexPU keep the lookups of checkAttachable (d.mu held).
-func (d *Daemon) indexPU(p *livePU) {
-	if d.byVeth == nil {
-		d.byVeth, d.byNetns = map[string]*livePU{}, map[nsID]*livePU{}
-	}
-	d.byVeth[p.info.Veth] = p
-	if id, ok := netnsIdentity(p.info.NetNS); ok {
-		p.netns = id
-		d.byNetns[id] = p
-	}
-}
-
-func (d *Daemon) unindexPU(p *livePU) {
-	if d.byVeth[p.info.Veth] == p {
-		delete(d.byVeth, p.info.Veth)
-	}
-	if d.byNetns[p.netns] == p {
-		delete(d.byNetns, p.netns)
-	}
 }
 
 // sameNetns reports whether two namespace paths are the same namespace.

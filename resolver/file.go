@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -26,6 +27,10 @@ const DefaultDebounce = 100 * time.Millisecond
 type FileOptions struct {
 	Debounce time.Duration // DefaultDebounce when 0
 	Logger   *slog.Logger
+	// TargetNetworks and ExcludedNetworks are added to the file's own
+	// before each content is compiled (the daemon's config adds its
+	// networks this way: one compilation per content).
+	TargetNetworks, ExcludedNetworks []netip.Prefix
 }
 
 // Status is the resolver's view of its file, for `trireme stats`.
@@ -54,6 +59,8 @@ type File struct {
 	abs      string
 	debounce time.Duration
 	log      *slog.Logger
+	// added to the file's networks (FileOptions)
+	targets, excluded []netip.Prefix
 
 	cur     atomic.Pointer[policy.Engine]
 	updates latest
@@ -74,7 +81,8 @@ func NewFile(path string, opts FileOptions) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &File{path: path, abs: abs, debounce: opts.Debounce, log: opts.Logger, updates: newLatest()}
+	f := &File{path: path, abs: abs, debounce: opts.Debounce, log: opts.Logger, updates: newLatest(),
+		targets: opts.TargetNetworks, excluded: opts.ExcludedNetworks}
 	if f.debounce <= 0 {
 		f.debounce = DefaultDebounce
 	}
@@ -140,6 +148,8 @@ func (f *File) Reload() (bool, error) {
 	}
 	set, err := policy.Parse(f.path, data)
 	if err == nil {
+		set.TargetNetworks = append(set.TargetNetworks, f.targets...)
+		set.ExcludedNetworks = append(set.ExcludedNetworks, f.excluded...)
 		var e *policy.Engine
 		if e, err = policy.Compile(set); err == nil {
 			initial := f.cur.Swap(e) == nil

@@ -411,3 +411,34 @@ func BenchmarkFileReload(b *testing.B) {
 		<-f.Updates()
 	}
 }
+
+// The networks of the options are part of every content compiled, once
+// each: the first and a reloaded one.
+func TestFileResolverAddedNetworks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	write(t, path, policyFile(80))
+	target, excluded := netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("192.0.2.0/24")
+	f, err := NewFile(path, FileOptions{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		TargetNetworks: []netip.Prefix{target}, ExcludedNetworks: []netip.Prefix{excluded}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := func(what string, e *policy.Engine) {
+		t.Helper()
+		s := e.Set()
+		wantT := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16"), target}
+		if fmt.Sprint(s.TargetNetworks) != fmt.Sprint(wantT) || fmt.Sprint(s.ExcludedNetworks) != fmt.Sprint([]netip.Prefix{excluded}) {
+			t.Fatalf("%s: networks %v / %v, want %v / %v", what, s.TargetNetworks, s.ExcludedNetworks, wantT, []netip.Prefix{excluded})
+		}
+	}
+	want("first", f.Current())
+	write(t, path, policyFile(81))
+	if changed, err := f.Reload(); !changed || err != nil {
+		t.Fatalf("Reload = %v, %v", changed, err)
+	}
+	e := <-f.Updates()
+	if got := allowedPort(t, e); got != 81 {
+		t.Fatalf("reloaded policy allows port %d, want 81", got)
+	}
+	want("reloaded", e)
+}

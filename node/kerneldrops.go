@@ -1,12 +1,8 @@
 package node
 
 import (
-	"net"
-	"net/netip"
-	"slices"
 	"sync/atomic"
 
-	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/reason"
 )
@@ -52,20 +48,4 @@ func (d *Daemon) addKernelDrops(drops map[string]uint64, all map[string]steer.Co
 	for k, v := range kernelDropsOf(sum) {
 		drops[k] += v
 	}
-}
-
-// createdAddrs are the addresses of a PU trireme created: the one it
-// assigned, and the link-local addresses its interface has (EUI-64 of
-// its MAC; read right after plumbing, before anything runs there).
-func createdAddrs(assigned netip.Prefix, mac net.HardwareAddr, read []netip.Prefix) []netip.Prefix {
-	out := []netip.Prefix{assigned}
-	for _, p := range read {
-		if p.Addr().IsLinkLocalUnicast() {
-			out = append(out, p)
-		}
-	}
-	if ll := netsetup.EUI64LinkLocal(mac); !slices.ContainsFunc(out, func(p netip.Prefix) bool { return p.Addr() == ll }) {
-		out = append(out, netip.PrefixFrom(ll, 64))
-	}
-	return out
 }

@@ -1,0 +1,25 @@
+// Package node is the node daemon around the dataplane: its configuration,
+// its life, the PUs it enforces, and the local control API (HTTP+JSON on a
+// unix socket) with its client, which the CLI uses.
+//
+// Where things are:
+//
+//	config.go, flowtable.go  the configuration file
+//	daemon.go       the Daemon (its state, grouped), New, the frame and kernel loops
+//	frameio.go      one TAP reader: a frame read, decided, sent
+//	load.go         secrets, tokens and the policy file (config networks merged before the one compilation); policy updates
+//	lifecycle.go    Start (plumb, restore, serve) and Stop
+//	pu.go           a PU's life: names, TAPs, steering, register, add, remove, monitor events, addresses
+//	registry.go     puRegistry: the one list of PUs, by ID, veth, namespace and dataplane handle
+//	controller.go   the Controller the control API serves: list, attach, create, detach, exclude, stats
+//	api.go, client.go, metrics.go  the control API, its client, the Prometheus view of Stats
+//	validate.go     checks of API requests (names, labels, tags, attachable namespaces)
+//	addralloc.go    addrAllocator: addresses of the node subnet for the PUs trireme creates
+//	exclusions.go   the excluded networks: the policy's and the runtime ones, in the kernel's set
+//	injection.go    injection ports: one per bridge, for the frames leaving PUs
+//	state.go        the state directory (state.json, one file per PU) kept across restarts
+//	owner.go        the node bridge, what the daemon owns in the kernel, Purge
+//	reaper.go       background deletion of the TAPs of detached PUs
+//	kerneldrops.go  the kernel's drop counters of PUs (anti-spoofing, packet budget), by reason
+//	sink.go         the flow log (asynchronous, aggregated, rotated)
+package node
