@@ -14,6 +14,7 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
@@ -223,7 +224,7 @@ type Config struct {
 // PU is a local processing unit known to the enforcer.
 type PU struct {
 	ID    string
-	Tags  policy.Tags
+	Tags  identity.Tags
 	index uint32
 	local *tokens.Local
 	view  atomic.Pointer[puView]
@@ -288,7 +289,7 @@ func New(cfg Config) (*Enforcer, error) {
 
 // AddPU registers a local PU; its policy view is computed now (once per PU
 // per policy engine).
-func (e *Enforcer) AddPU(id string, tags policy.Tags) *PU {
+func (e *Enforcer) AddPU(id string, tags identity.Tags) *PU {
 	pu := &PU{ID: id, Tags: tags, local: e.tok.NewLocal(tags)}
 	eng := e.policy.Load()
 	pu.view.Store(&puView{eng: eng, pol: eng.ForPU(tags)})
@@ -712,7 +713,7 @@ func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
 		if view == nil {
 			return false
 		}
-		var id *policy.Identity
+		var id *identity.Identity
 		if v.peer != nil {
 			id = v.peer.Identity
 		}

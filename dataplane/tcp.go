@@ -7,6 +7,7 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
@@ -694,7 +695,7 @@ func (c *ctx) peerSYN(ent *flow.Entry[conn]) {
 // tok, and the PU's ingress rules decide. rc is why it is refused (None:
 // allowed).
 func (c *ctx) authSYN(target bool, tok *tokens.Conn) (peer *tokens.Peer, d policy.Decision, rc reason.Code) {
-	var id *policy.Identity
+	var id *identity.Identity
 	if target {
 		_, n, rc := c.findToken()
 		if rc != reason.None {
@@ -775,7 +776,7 @@ func (c *ctx) promoteSuccessor(old *flow.Entry[conn]) *flow.Entry[conn] {
 	q.nxt[sideRemote], q.sent[sideRemote] = v.succEnd, true
 	q.rcv[sideLocal], q.edge[sideLocal], q.acked[sideLocal] = v.succISN+1, v.succISN+1, true
 	q.offered[sideRemote], q.offered[sideLocal] = v.succScale, noScale
-	var id *policy.Identity
+	var id *identity.Identity
 	if n.target {
 		n.peer = n.tok.Peer()
 		id = n.peer.Identity

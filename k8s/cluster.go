@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -33,9 +34,9 @@ const MetadataNameLabel = "kubernetes.io/metadata.name"
 // cannot contain '@'.
 const (
 	// TagNamespace holds the pod's namespace.
-	TagNamespace = policy.SysPrefix + "namespace"
+	TagNamespace = identity.SysPrefix + "namespace"
 	// TagName holds the pod's name.
-	TagName = policy.SysPrefix + "name"
+	TagName = identity.SysPrefix + "name"
 	// NamespaceLabelPrefix prefixes the pod's namespace's labels:
 	// namespace label k=v becomes tag @ns:k=v on every pod of the namespace.
 	NamespaceLabelPrefix = "@ns:"

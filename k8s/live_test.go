@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/node"
 	"github.com/trireme-go/trireme/testenv"
 )
@@ -220,7 +221,7 @@ func (u *liveUniverse) runStep(label string, st *Step, all *liveTally) bool {
 		}
 		labels, tags := map[string]string{}, map[string]string{}
 		for k, v := range want[id] {
-			if strings.HasPrefix(k, "@") {
+			if identity.IsReserved(k) {
 				tags[k] = v
 			} else {
 				labels[k] = v

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -34,9 +35,9 @@ func TestTranslateMatchesReference(t *testing.T) {
 		}
 		e := mustCompile(t, tr.Set)
 		pols := make([]*policy.PUPolicy, len(tr.PUs))
-		ids := make([]*policy.Identity, len(tr.PUs))
+		ids := make([]*identity.Identity, len(tr.PUs))
 		for i := range tr.PUs {
-			pols[i], ids[i] = e.ForPU(tr.PUs[i].Tags), policy.NewIdentity(tr.PUs[i].Tags)
+			pols[i], ids[i] = e.ForPU(tr.PUs[i].Tags), identity.New(tr.PUs[i].Tags)
 		}
 		ext := netip.MustParseAddr("172.16.0.9")
 		ports := []uint16{80, 81, 443, 8080, 9000}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -86,14 +87,14 @@ func newMatrix(pus []PU, proto policy.Protocol) *Matrix {
 type reacher struct {
 	pus  []PU
 	pols []*policy.PUPolicy
-	ids  []*policy.Identity
+	ids  []*identity.Identity
 }
 
 func newReacher(e *policy.Engine, pus []PU) *reacher {
-	r := &reacher{pus: pus, pols: make([]*policy.PUPolicy, len(pus)), ids: make([]*policy.Identity, len(pus))}
+	r := &reacher{pus: pus, pols: make([]*policy.PUPolicy, len(pus)), ids: make([]*identity.Identity, len(pus))}
 	for i := range pus {
 		r.pols[i] = e.ForPU(pus[i].Tags)
-		r.ids[i] = policy.NewIdentity(pus[i].Tags)
+		r.ids[i] = identity.New(pus[i].Tags)
 	}
 	return r
 }

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
 )
 
 func TestBuildTags(t *testing.T) {
@@ -212,7 +212,7 @@ func TestSourceAttachDetach(t *testing.T) {
 	// Calls after Run ended give up with their ctx.
 	short, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel2()
-	if err := src.Add(short, PU{ID: "late", Tags: policy.Tags{}}); !errors.Is(err, context.DeadlineExceeded) {
+	if err := src.Add(short, PU{ID: "late", Tags: identity.Tags{}}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("add without a running Source: %v", err)
 	}
 }

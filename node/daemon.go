@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/monitor"
 	"github.com/trireme-go/trireme/monitor/docker"
 	"github.com/trireme-go/trireme/netsetup"
@@ -476,7 +477,7 @@ func (d *Daemon) enforce(p *livePU) {
 
 // register adds the PU to the enforcement core.
 func (d *Daemon) register(p *livePU) {
-	p.dp = d.enf.AddPU(p.info.ID, policy.NewTags(p.info.Tags))
+	p.dp = d.enf.AddPU(p.info.ID, identity.NewTags(p.info.Tags))
 	d.steerNames.Store(p.dp, p.steer)
 	p.info.State = "running"
 }
@@ -597,11 +598,11 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 	}
 	d.enforce(p)
 	d.savePULocked(p)
-	d.log.Info("enforcing PU", "pu", p.info.ID, "name", p.info.Name, "kind", p.info.Kind, "veth", p.info.Veth, "tags", policy.NewTags(p.info.Tags).String())
+	d.log.Info("enforcing PU", "pu", p.info.ID, "name", p.info.Name, "kind", p.info.Kind, "veth", p.info.Veth, "tags", identity.NewTags(p.info.Tags).String())
 	return p.info, nil
 }
 
-func tagMap(t policy.Tags) map[string]string {
+func tagMap(t identity.Tags) map[string]string {
 	m := make(map[string]string, len(t))
 	for _, tag := range t {
 		m[tag.Key] = tag.Value
@@ -610,12 +611,12 @@ func tagMap(t policy.Tags) map[string]string {
 }
 
 // mergeTags overlays orchestrator-set tags on a PU's tags (they win).
-func mergeTags(base policy.Tags, over map[string]string) policy.Tags {
+func mergeTags(base identity.Tags, over map[string]string) identity.Tags {
 	m := tagMap(base)
 	for k, v := range over {
 		m[k] = v
 	}
-	return policy.NewTags(m)
+	return identity.NewTags(m)
 }
 
 // removePU stops enforcing a PU: its flows are closed, its chains and TAPs

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -24,8 +25,8 @@ func mustEngine(t *testing.T, yamlText string) *Engine {
 	return e
 }
 
-func tags(kvs ...string) Tags {
-	t, err := ParseTags(kvs)
+func tags(kvs ...string) identity.Tags {
+	t, err := identity.ParseTags(kvs)
 	if err != nil {
 		panic(err)
 	}
@@ -45,7 +46,7 @@ func ref(r *RuleRef) string {
 func TestSelectorOperators(t *testing.T) {
 	cases := []struct {
 		sel  string // YAML value of the peer selector
-		peer Tags
+		peer identity.Tags
 		want bool
 	}{
 		{`app=web`, tags("app=web"), true},
@@ -56,7 +57,7 @@ func TestSelectorOperators(t *testing.T) {
 		{`app!=web`, tags("app=web"), false},
 		{`app!=web`, tags("app=db"), true},
 		{`app!=web`, tags("tier=x"), true},
-		{`app!=web`, Tags{}, true},
+		{`app!=web`, identity.Tags{}, true},
 		{`app in (web, db)`, tags("app=db"), true},
 		{`app in (web, db)`, tags("app=api"), false},
 		{`app in (web, db)`, tags("x=web"), false},
@@ -68,7 +69,7 @@ func TestSelectorOperators(t *testing.T) {
 		{`app`, tags("apps=x"), false},
 		{`"!app"`, tags("app=x"), false},
 		{`"!app"`, tags("b=x"), true},
-		{`"!app"`, Tags{}, true},
+		{`"!app"`, identity.Tags{}, true},
 		{`app=web, env in (prod,staging), tier!=db, !legacy`, tags("app=web", "env=prod"), true},
 		{`"app=web, env in (prod,staging), tier!=db, !legacy"`, tags("app=web", "env=prod", "tier=db"), false},
 		{`"app=web, env in (prod,staging), tier!=db, !legacy"`, tags("app=web", "env=prod", "legacy=1"), false},
@@ -81,19 +82,19 @@ func TestSelectorOperators(t *testing.T) {
 		{`"!@sys:image"`, tags("@sys:image=x"), false},
 		{`"@ns:kubernetes.io/metadata.name in (prod)"`, tags("@ns:kubernetes.io/metadata.name=prod"), true},
 		{`"@ns:kubernetes.io/metadata.name notin (prod)"`, tags("@ns:kubernetes.io/metadata.name=prod"), false},
-		{`"*"`, Tags{}, true},
+		{`"*"`, identity.Tags{}, true},
 		{`"*"`, tags("a=b"), true},
 		// structured form
 		{`{matchLabels: {app: web}}`, tags("app=web"), true},
 		{`{matchLabels: {app: web, env: prod}}`, tags("app=web"), false},
 		{`{matchLabels: {"@sys:name": db1}}`, tags("@sys:name=db1"), true},
 		{`{matchExpressions: [{key: app, operator: In, values: [web, db]}]}`, tags("app=db"), true},
-		{`{matchExpressions: [{key: app, operator: In, values: [web, db]}]}`, Tags{}, false},
-		{`{matchExpressions: [{key: app, operator: NotIn, values: [web]}]}`, Tags{}, true},
+		{`{matchExpressions: [{key: app, operator: In, values: [web, db]}]}`, identity.Tags{}, false},
+		{`{matchExpressions: [{key: app, operator: NotIn, values: [web]}]}`, identity.Tags{}, true},
 		{`{matchExpressions: [{key: app, operator: NotIn, values: [web]}]}`, tags("app=web"), false},
 		{`{matchExpressions: [{key: app, operator: Exists}]}`, tags("app=1"), true},
-		{`{matchExpressions: [{key: app, operator: Exists}]}`, Tags{}, false},
-		{`{matchExpressions: [{key: app, operator: DoesNotExist}]}`, Tags{}, true},
+		{`{matchExpressions: [{key: app, operator: Exists}]}`, identity.Tags{}, false},
+		{`{matchExpressions: [{key: app, operator: DoesNotExist}]}`, identity.Tags{}, true},
 		{`{matchExpressions: [{key: app, operator: DoesNotExist}]}`, tags("app=1"), false},
 		{`{matchLabels: {app: web}, matchExpressions: [{key: env, operator: NotIn, values: [dev]}]}`, tags("app=web", "env=dev"), false},
 		{`{matchLabels: {app: web}, matchExpressions: [{key: env, operator: NotIn, values: [dev]}]}`, tags("app=web"), true},
@@ -112,8 +113,8 @@ policies:
       - from: [{selector: `+sel+`}]
         action: allow
 `)
-			pu := e.ForPU(Tags{})
-			d := pu.Ingress(NewIdentity(c.peer), netip.Addr{}, ProtoTCP, 80)
+			pu := e.ForPU(identity.Tags{})
+			d := pu.Ingress(identity.New(c.peer), netip.Addr{}, ProtoTCP, 80)
 			if got := d.Action == Allow; got != c.want {
 				t.Fatalf("selector %s, peer %v: allowed=%v, want %v", c.sel, c.peer, got, c.want)
 			}
@@ -144,7 +145,7 @@ policies:
     ingress: [{action: allow}]
 `)
 	cases := []struct {
-		pu       Tags
+		pu       identity.Tags
 		policies string
 		open     []uint16
 	}{
@@ -163,7 +164,7 @@ policies:
 			for _, p := range c.open {
 				want = want || p == port
 			}
-			if got := pu.Ingress(NewIdentity(tags("x=y")), netip.Addr{}, ProtoTCP, port).Action == Allow; got != want {
+			if got := pu.Ingress(identity.New(tags("x=y")), netip.Addr{}, ProtoTCP, port).Action == Allow; got != want {
 				t.Errorf("%v port %d: allowed=%v, want %v", c.pu, port, got, want)
 			}
 		}
@@ -209,7 +210,7 @@ func TestPrecedence(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			e := mustEngine(t, "policies:\n  - name: p\n    selector: \"*\"\n    ingress: "+c.rules+"\n")
 			pu := e.ForPU(tags("app=web"))
-			for _, peer := range []*Identity{nil, NewIdentity(tags("app=x"))} {
+			for _, peer := range []*identity.Identity{nil, identity.New(tags("app=x"))} {
 				d := pu.Ingress(peer, netip.MustParseAddr("10.0.0.1"), ProtoTCP, 80)
 				if d.Action != c.action || ref(d.Rule) != c.rule || ref(d.Observed) != c.observed || d.Reason != c.reason || d.Log != c.log {
 					t.Fatalf("got %v rule %s observed %s reason %v log %v; want %v %s %s %v %v",
@@ -257,7 +258,7 @@ policies:
         to: [{cidr: 10.9.9.0/24}]
         action: allow
 `)
-	pu := e.ForPU(Tags{})
+	pu := e.ForPU(identity.Tags{})
 	cases := []struct {
 		addr   string
 		proto  Protocol
@@ -293,7 +294,7 @@ policies:
 		{"::a00:1", ProtoTCP, 80, Deny, ""},
 	}
 	for _, c := range cases {
-		for _, peer := range []*Identity{nil, NewIdentity(tags("app=x"))} {
+		for _, peer := range []*identity.Identity{nil, identity.New(tags("app=x"))} {
 			d := pu.Egress(peer, netip.MustParseAddr(c.addr), c.proto, c.port)
 			name := ""
 			if d.Rule != nil {
@@ -389,10 +390,10 @@ policies:
         from: [{cidr: 10.66.0.0/16}]
         action: reject
 `)
-	pu := e.ForPU(Tags{})
-	web, db := NewIdentity(tags("app=web")), NewIdentity(tags("app=db"))
+	pu := e.ForPU(identity.Tags{})
+	web, db := identity.New(tags("app=web")), identity.New(tags("app=db"))
 	cases := []struct {
-		peer   *Identity
+		peer   *identity.Identity
 		addr   string
 		action Action
 		rule   string
@@ -459,7 +460,7 @@ func TestRuleRefs(t *testing.T) {
         action: allow
         log: true
 `)
-	d := e.ForPU(tags("app=web")).Egress(NewIdentity(tags("app=db")), netip.Addr{}, ProtoTCP, 5432)
+	d := e.ForPU(tags("app=web")).Egress(identity.New(tags("app=db")), netip.Addr{}, ProtoTCP, 5432)
 	want := RuleRef{Policy: "web", Direction: Egress, Index: 0, Name: "to-db", Action: Allow, Log: true,
 		Pos: Position{File: "test.yaml", Line: 5, Column: 9}}
 	if d.Rule == nil || *d.Rule != want || !d.Log {
@@ -505,7 +506,7 @@ func TestConcurrentUse(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < 200; i++ {
 				web := e.ForPU(tags("app=web", "env=prod", fmt.Sprintf("n=%d", i%7)))
-				fe := NewIdentity(tags("app=frontend", fmt.Sprintf("g=%d-%d", g, i)))
+				fe := identity.New(tags("app=frontend", fmt.Sprintf("g=%d-%d", g, i)))
 				if d := web.Ingress(fe, netip.Addr{}, ProtoTCP, 80); d.Action != Allow {
 					t.Errorf("frontend -> web:80 = %v", d.Action)
 					return

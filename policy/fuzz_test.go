@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/trireme-go/trireme/identity"
 	"k8s.io/apimachinery/pkg/labels"
 )
 
@@ -67,8 +68,8 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("a parsed Set does not compile: %v", err)
 		}
-		pu := e.ForPU(Tags{{"app", "web"}})
-		peer := NewIdentity(Tags{{"app", "frontend"}})
+		pu := e.ForPU(identity.Tags{{Key: "app", Value: "web"}})
+		peer := identity.New(identity.Tags{{Key: "app", Value: "frontend"}})
 		for _, a := range []string{"10.0.1.1", "fd00::1", "192.0.2.1"} {
 			addr := netip.MustParseAddr(a)
 			pu.Ingress(peer, addr, ProtoTCP, 80)

@@ -3,6 +3,7 @@ package policy
 import (
 	"net/netip"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -26,7 +27,7 @@ type naiveDecision struct {
 	log      bool
 }
 
-func (n naive) decide(local Tags, dir Direction, peer Tags, hasPeer bool, addr netip.Addr, proto Protocol, port uint16) naiveDecision {
+func (n naive) decide(local identity.Tags, dir Direction, peer identity.Tags, hasPeer bool, addr netip.Addr, proto Protocol, port uint16) naiveDecision {
 	addr = addr.Unmap()
 	var enforced, apply, observed *naiveRef
 	// "reject beats allow; among equals the first in file order".
@@ -80,7 +81,7 @@ func (n naive) decide(local Tags, dir Direction, peer Tags, hasPeer bool, addr n
 	return d
 }
 
-func naivePeer(r *Rule, peer Tags, hasPeer bool, addr netip.Addr) bool {
+func naivePeer(r *Rule, peer identity.Tags, hasPeer bool, addr netip.Addr) bool {
 	if len(r.Peers) == 0 {
 		return true
 	}
@@ -129,9 +130,9 @@ func sameRef(a *RuleRef, b *naiveRef) bool {
 // naiveSelects matches with apimachinery's own matcher when the selector's
 // values are all Kubernetes label values, and otherwise straight from the
 // table in docs/policy.md.
-func naiveSelects(s *Selector, tags Tags) bool {
+func naiveSelects(s *Selector, tags identity.Tags) bool {
 	if s.k8s != nil {
-		return s.k8s.Matches(tags)
+		return s.k8s.Matches(k8sLabels(tags))
 	}
 	for _, r := range s.Requirements() {
 		has, v := false, ""

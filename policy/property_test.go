@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/trireme-go/trireme/identity"
 )
 
 // gen draws random policies, tags, addresses and ports from small universes,
@@ -173,14 +175,14 @@ func (g gen) set() *Set {
 	return s
 }
 
-func (g gen) tags() Tags {
+func (g gen) tags() identity.Tags {
 	m := map[string]string{}
 	for _, k := range genKeys {
 		if g.r.Intn(2) == 0 {
 			m[k] = g.pick(genValues)
 		}
 	}
-	return NewTags(m)
+	return identity.NewTags(m)
 }
 
 func (g gen) addr() netip.Addr {
@@ -235,10 +237,10 @@ func TestPropertyEngineMatchesNaive(t *testing.T) {
 			pp, pp2 := e.ForPU(local), e2.ForPU(local)
 			for di := 0; di < decisions; di++ {
 				peerTags := g.tags()
-				var id *Identity
+				var id *identity.Identity
 				hasPeer := g.r.Intn(3) != 0
 				if hasPeer {
-					id = NewIdentity(peerTags)
+					id = identity.New(peerTags)
 				}
 				addr := g.addr()
 				proto, port := g.port()

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/monitor"
 	"github.com/trireme-go/trireme/policy"
 )
@@ -40,8 +41,8 @@ const broken = `policies:
 `
 
 var (
-	web      = monitor.PU{ID: "web", Tags: policy.NewTags(map[string]string{"app": "web"})}
-	frontend = policy.NewIdentity(policy.NewTags(map[string]string{"app": "frontend"}))
+	web      = monitor.PU{ID: "web", Tags: identity.NewTags(map[string]string{"app": "web"})}
+	frontend = identity.New(identity.NewTags(map[string]string{"app": "frontend"}))
 	peerAddr = netip.MustParseAddr("10.0.0.9")
 )
 

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -147,7 +148,7 @@ func loadDemoHosts(path string) ([]demoHost, error) {
 func (h *demoHost) endpoint() endpoint {
 	ep := endpoint{Name: h.Name, Addr: h.addr, PU: h.pu}
 	if h.pu {
-		ep.Tags = policy.NewTags(h.Tags)
+		ep.Tags = identity.NewTags(h.Tags)
 	}
 	return ep
 }

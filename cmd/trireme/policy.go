@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 )
@@ -121,10 +122,10 @@ give a PU's address, for CIDR rules.`,
 // endpoint is one side of a connection: a PU (tags, maybe an address) or a
 // host known only by its address.
 type endpoint struct {
-	Name string      `json:"name,omitempty"`
-	Tags policy.Tags `json:"-"`
-	PU   bool        `json:"pu"`
-	Addr netip.Addr  `json:"ip,omitzero"`
+	Name string        `json:"name,omitempty"`
+	Tags identity.Tags `json:"-"`
+	PU   bool          `json:"pu"`
+	Addr netip.Addr    `json:"ip,omitzero"`
 }
 
 func (ep endpoint) MarshalJSON() ([]byte, error) {
@@ -160,7 +161,7 @@ func parseEndpoint(flag, value, ip string) (endpoint, error) {
 		}
 		return endpoint{Addr: a.Unmap()}, nil
 	}
-	tags, err := policy.ParseTags(strings.Split(value, ","))
+	tags, err := identity.ParseTags(strings.Split(value, ","))
 	if err != nil {
 		return endpoint{}, fmt.Errorf("%s: want TAGS (k=v,k=v) or an IP: %v", flag, err)
 	}
@@ -329,9 +330,9 @@ func decideHalf(e *policy.Engine, local, peer endpoint, dir policy.Direction, pr
 	if h.Policies == nil {
 		h.Policies = []string{}
 	}
-	var id *policy.Identity
+	var id *identity.Identity
 	if peer.PU {
-		id = policy.NewIdentity(peer.Tags)
+		id = identity.New(peer.Tags)
 	} else if e.IsTarget(peer.Addr) {
 		// Inside the target networks every host must run an enforcer: no
 		// token is a failure whatever CIDR rules say.

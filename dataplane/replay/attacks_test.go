@@ -14,7 +14,7 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/dataplane/pcapio"
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
 )
 
 // Crafted captures of the attacks of issue 11 (items 4, 5, 6, 9, 10),
@@ -36,8 +36,8 @@ func webDBTopology() *Topology {
 	return &Topology{
 		TargetNetworks: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")},
 		PUs: []PUSpec{
-			{Name: "web", Node: "node-web", IPs: []netip.Addr{webIP}, Tags: policy.NewTags(map[string]string{"app": "web"})},
-			{Name: "db", Node: "node-db", IPs: []netip.Addr{dbIP}, Tags: policy.NewTags(map[string]string{"app": "db"})},
+			{Name: "web", Node: "node-web", IPs: []netip.Addr{webIP}, Tags: identity.NewTags(map[string]string{"app": "web"})},
+			{Name: "db", Node: "node-db", IPs: []netip.Addr{dbIP}, Tags: identity.NewTags(map[string]string{"app": "db"})},
 		},
 		WireMACs: []net.HardwareAddr{attackerMAC},
 	}

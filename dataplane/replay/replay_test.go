@@ -14,6 +14,7 @@ import (
 	"github.com/trireme-go/trireme/dataplane/fixtures"
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/dataplane/pcapio"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 )
@@ -82,7 +83,7 @@ func everyIPaPU(ips []netip.Addr) *Topology {
 	for i, a := range ips {
 		name := fmt.Sprintf("pu%d", i)
 		t.PUs = append(t.PUs, PUSpec{Name: name, Node: "node-" + name, IPs: []netip.Addr{a},
-			Tags: policy.NewTags(map[string]string{"app": name})})
+			Tags: identity.NewTags(map[string]string{"app": name})})
 		t.TargetNetworks = append(t.TargetNetworks, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return t
