@@ -15,6 +15,7 @@ import (
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
@@ -104,7 +105,7 @@ const reauthorizeEvery = time.Second
 type Note struct {
 	Kind  NoteKind
 	PU    *PU
-	Proto uint8
+	Proto ipproto.Proto
 	// Local is the PU's end, Remote the peer's.
 	Local, Remote netip.AddrPort
 	VLAN          [2]uint16
@@ -410,14 +411,14 @@ func (e *Enforcer) Process(pu *PU, dir Direction, frame []byte, now time.Time, o
 	ns := now.UnixNano()
 	p := &out.pkt
 	// Fast path: an established, authorized flow is one lookup.
-	if packet.ParseFast(frame, p) && (p.Proto != packet.ProtoTCP || p.Flags&(packet.SYN|packet.FIN|packet.RST) == 0) {
+	if packet.ParseFast(frame, p) && (p.Proto != ipproto.TCP || p.Flags&(packet.SYN|packet.FIN|packet.RST) == 0) {
 		var k flow.Key
 		makeKey(&k, pu, dir, p)
 		sh := e.table.Shard(&k)
 		sh.Lock()
 		if ent := sh.Get(&k); ent != nil && ent.State == flow.Established && ent.Value.authorized && !sh.Expired(ent, ns) {
 			sh.Touch(ent, flow.Dir(dir), len(frame), ns)
-			if v := &ent.Value; p.Proto == packet.ProtoTCP && !v.bypass {
+			if v := &ent.Value; p.Proto == ipproto.TCP && !v.bypass {
 				v.seq.observe(int(dir&1), p.Flags, p.Seq, p.Ack, p.Window, p.End-p.Payload)
 			}
 			// Live, an authorized flow's packets stay in the kernel until
@@ -490,7 +491,7 @@ func (e *Enforcer) slowPath(pu *PU, dir Direction, frame []byte, ns int64, now t
 		}
 		return
 	case packet.FirstFragment:
-		if p.Proto == packet.ProtoTCP && p.Flags&packet.SYN != 0 {
+		if p.Proto == ipproto.TCP && p.Flags&packet.SYN != 0 {
 			// The token and the options may be split across fragments: a
 			// fragmented SYN cannot be authorized.
 			e.drop(out, reason.Fragment)
@@ -500,7 +501,7 @@ func (e *Enforcer) slowPath(pu *PU, dir Direction, frame []byte, ns int64, now t
 	c := ctx{e: e, pu: pu, view: view, dir: dir, p: p, frame: frame, ns: ns, now: now, out: out}
 	makeKey(&c.key, pu, dir, p)
 	c.remote = remote
-	if p.Proto == packet.ProtoTCP {
+	if p.Proto == ipproto.TCP {
 		c.tcp()
 	} else {
 		c.datagram()
@@ -597,7 +598,7 @@ type fragKey struct {
 	id       uint32
 	pu       uint32
 	dir      Direction
-	proto    uint8
+	proto    ipproto.Proto
 }
 
 type fragEntry struct {
@@ -660,7 +661,7 @@ func (f *fragTable) expireLocked(now int64) {
 // as mid-stream. local is the PU's end. It returns false when the flow is
 // already known, the PU unknown, or the table full. The flow has no
 // recorded decision: its record says "restored".
-func (e *Enforcer) Restore(pu *PU, proto uint8, local, remote netip.AddrPort, now time.Time) bool {
+func (e *Enforcer) Restore(pu *PU, proto ipproto.Proto, local, remote netip.AddrPort, now time.Time) bool {
 	if pu == nil || pu.view.Load() == nil {
 		return false
 	}
@@ -682,7 +683,7 @@ func (e *Enforcer) Restore(pu *PU, proto uint8, local, remote netip.AddrPort, no
 	v.bypass = e.kernelBypass
 	v.dec.Action = policy.Allow
 	v.target = pu.view.Load().eng.IsTarget(remote.Addr())
-	if proto != packet.ProtoTCP {
+	if proto != ipproto.TCP {
 		v.role = roleDatagram
 	}
 	sh.SetState(ent, flow.Established, ns)
@@ -719,7 +720,7 @@ func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
 		}
 		k := &ent.Key
 		remote := k.RemoteAddr()
-		proto := policy.Protocol(k.Proto)
+		proto := k.Proto
 		var d policy.Decision
 		switch {
 		case v.restored || v.pickedUp:
@@ -729,13 +730,13 @@ func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
 			}
 		case v.role == roleServer || v.role == roleDatagram && v.firstDir == FromNet:
 			port := k.LocalPort
-			if k.Proto != packet.ProtoTCP && k.Proto != packet.ProtoUDP {
+			if !k.Proto.HasPorts() {
 				port = 0
 			}
 			d = view.pol.Ingress(id, remote, proto, port)
 		default:
 			port := k.RemotePort
-			if k.Proto != packet.ProtoTCP && k.Proto != packet.ProtoUDP {
+			if !k.Proto.HasPorts() {
 				port = 0
 			}
 			d = view.pol.Egress(id, remote, proto, port)

@@ -15,6 +15,7 @@ import (
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
@@ -627,7 +628,7 @@ func TestExternalPeers(t *testing.T) {
 	q := udpFrame(t, cIP, extIP, 5353, 53)
 	r = p.c.run(FromApp, q, p.now)
 	mustDeliver(t, "udp query", r, q)
-	if len(r.notes) != 1 || r.notes[0].Kind != Authorize || r.notes[0].Proto != 17 {
+	if len(r.notes) != 1 || r.notes[0].Kind != Authorize || r.notes[0].Proto != ipproto.UDP {
 		t.Fatalf("udp authorize: %+v", r.notes)
 	}
 	ans := udpFrame(t, extIP, cIP, 53, 5353)
@@ -1251,8 +1252,8 @@ func TestReadRecords(t *testing.T) {
 	var buf bytes.Buffer
 	s := NewJSONLSink(&buf)
 	in := []Record{
-		{Time: t0.UTC(), End: EndEstablished, Proto: "tcp", Client: netip.AddrPortFrom(cIP, 40000), Server: netip.AddrPortFrom(sIP, 5432), Direction: "ingress", Action: "allow", Reason: "none"},
-		{Time: t0.UTC(), End: EndDenied, Proto: "tcp", Client: netip.AddrPortFrom(cIP, 40001), Server: netip.AddrPortFrom(sIP, 22), Direction: "ingress", Action: "deny", Reason: "missing-token"},
+		{Time: t0.UTC(), End: EndEstablished, Proto: ipproto.TCP, Client: netip.AddrPortFrom(cIP, 40000), Server: netip.AddrPortFrom(sIP, 5432), Direction: "ingress", Action: "allow", Reason: "none"},
+		{Time: t0.UTC(), End: EndDenied, Proto: ipproto.TCP, Client: netip.AddrPortFrom(cIP, 40001), Server: netip.AddrPortFrom(sIP, 22), Direction: "ingress", Action: "deny", Reason: "missing-token"},
 	}
 	s.Record(&in[0])
 	buf.WriteString(`{"time":"2026-11-23T12:00:00Z","end":"clo` + "\n")

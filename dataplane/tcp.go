@@ -8,6 +8,7 @@ import (
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
@@ -208,7 +209,7 @@ func (c *ctx) clientSYN(ent *flow.Entry[conn]) {
 	c.touch(ent, len(c.frame))
 	if !v.target {
 		if !v.decided {
-			c.decide(ent, c.view.pol.Egress(nil, c.remote, policy.ProtoTCP, c.remotePort()))
+			c.decide(ent, c.view.pol.Egress(nil, c.remote, ipproto.TCP, c.remotePort()))
 		}
 		if !v.dec.Allowed() {
 			c.deny(ent, v.reason)
@@ -244,7 +245,7 @@ func (c *ctx) serverSYN(ent *flow.Entry[conn]) {
 	c.touch(ent, len(c.frame))
 	if !v.target {
 		if !v.decided {
-			c.decide(ent, c.view.pol.Ingress(nil, c.remote, policy.ProtoTCP, c.localPort()))
+			c.decide(ent, c.view.pol.Ingress(nil, c.remote, ipproto.TCP, c.localPort()))
 		}
 		if !v.dec.Allowed() {
 			c.deny(ent, v.reason)
@@ -273,7 +274,7 @@ func (c *ctx) serverSYN(ent *flow.Entry[conn]) {
 	}
 	if !v.decided {
 		v.peer = peer
-		c.decide(ent, c.view.pol.Ingress(peer.Identity, c.remote, policy.ProtoTCP, c.localPort()))
+		c.decide(ent, c.view.pol.Ingress(peer.Identity, c.remote, ipproto.TCP, c.localPort()))
 	}
 	if !v.dec.Allowed() {
 		c.deny(ent, v.reason)
@@ -536,7 +537,7 @@ func (c *ctx) deliverSYNACK(ent *flow.Entry[conn], first bool) {
 	}
 	if first {
 		v.peer = v.tok.Peer()
-		c.decide(ent, c.view.pol.Egress(v.peer.Identity, c.remote, policy.ProtoTCP, c.remotePort()))
+		c.decide(ent, c.view.pol.Egress(v.peer.Identity, c.remote, ipproto.TCP, c.remotePort()))
 		if !v.dec.Allowed() {
 			c.clientRefuse(ent, v.reason)
 			return
@@ -707,7 +708,7 @@ func (c *ctx) authSYN(target bool, tok *tokens.Conn) (peer *tokens.Peer, d polic
 		}
 		id = peer.Identity
 	}
-	d = c.view.pol.Ingress(id, c.remote, policy.ProtoTCP, c.localPort())
+	d = c.view.pol.Ingress(id, c.remote, ipproto.TCP, c.localPort())
 	if !d.Allowed() {
 		rc = d.Reason
 		if rc == reason.None {
@@ -781,7 +782,7 @@ func (c *ctx) promoteSuccessor(old *flow.Entry[conn]) *flow.Entry[conn] {
 		n.peer = n.tok.Peer()
 		id = n.peer.Identity
 	}
-	c.decide(ent, c.view.pol.Ingress(id, c.remote, policy.ProtoTCP, c.localPort()))
+	c.decide(ent, c.view.pol.Ingress(id, c.remote, ipproto.TCP, c.localPort()))
 	if !n.dec.Allowed() {
 		// The policy changed since the SYN was passed on.
 		c.sh.SetState(ent, flow.Denied, c.ns)
@@ -1016,7 +1017,7 @@ func (c *ctx) serverACK(ent *flow.Entry[conn]) {
 // packets bypass the dataplane.
 func (c *ctx) establish(ent *flow.Entry[conn]) {
 	ent.Value.authorized = true
-	ent.Value.bypass = c.e.kernelBypass && ent.Key.Proto == packet.ProtoTCP
+	ent.Value.bypass = c.e.kernelBypass && ent.Key.Proto == ipproto.TCP
 	ent.Value.authNoteAt = c.ns
 	c.sh.SetState(ent, flow.Established, c.ns)
 	c.out.Notes = append(c.out.Notes, note(Authorize, c.pu, &ent.Key))
@@ -1089,9 +1090,9 @@ func (c *ctx) midStream() {
 		if rst {
 			break
 		}
-		d := c.view.pol.Egress(nil, c.remote, policy.ProtoTCP, c.remotePort())
+		d := c.view.pol.Egress(nil, c.remote, ipproto.TCP, c.remotePort())
 		if !d.Allowed() {
-			d = c.view.pol.Ingress(nil, c.remote, policy.ProtoTCP, c.localPort())
+			d = c.view.pol.Ingress(nil, c.remote, ipproto.TCP, c.localPort())
 		}
 		if !d.Allowed() {
 			break
@@ -1154,16 +1155,16 @@ func (c *ctx) datagram() {
 	ent.Value.role = roleDatagram
 	ent.Value.firstDir = c.dir
 	ent.Value.target = c.view.eng.IsTarget(c.remote)
-	proto := policy.Protocol(c.p.Proto)
+	proto := c.p.Proto
 	var port uint16
 	var d policy.Decision
 	if c.dir == FromApp {
-		if c.p.Proto == packet.ProtoTCP || c.p.Proto == packet.ProtoUDP {
+		if c.p.Proto.HasPorts() {
 			port = c.remotePort()
 		}
 		d = c.view.pol.Egress(nil, c.remote, proto, port)
 	} else {
-		if c.p.Proto == packet.ProtoUDP {
+		if c.p.Proto == ipproto.UDP {
 			port = c.localPort()
 		}
 		d = c.view.pol.Ingress(nil, c.remote, proto, port)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/node"
 	"github.com/trireme-go/trireme/testenv"
 )
@@ -388,7 +389,7 @@ func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, port uint16) 
 	for {
 		found := map[blameCell]bool{}
 		for _, r := range u.d.RecordsSince(offset) {
-			if r.Proto == "tcp" && r.Server.Port() == port && r.Action != "allow" {
+			if r.Proto == ipproto.TCP && r.Server.Port() == port && r.Action != "allow" {
 				found[blameCell{u.podAt(r.Client.Addr()), u.podAt(r.Server.Addr()), r.Direction}] = true
 			}
 		}
@@ -417,7 +418,7 @@ func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, port uint16) 
 func (u *liveUniverse) pairRecords(offset int64, port uint16) map[[2]string][]string {
 	out := map[[2]string][]string{}
 	for _, r := range u.d.RecordsSince(offset) {
-		if r.Proto != "tcp" || r.Server.Port() != port {
+		if r.Proto != ipproto.TCP || r.Server.Port() != port {
 			continue
 		}
 		k := [2]string{u.podAt(r.Client.Addr()), u.podAt(r.Server.Addr())}

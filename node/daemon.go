@@ -19,6 +19,7 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/monitor"
 	"github.com/trireme-go/trireme/monitor/docker"
 	"github.com/trireme-go/trireme/netsetup"
@@ -723,7 +724,7 @@ func (d *Daemon) queueNotes(notes []dataplane.Note) {
 			tuple: steer.Tuple{Src: n.Local.Addr(), Dst: n.Remote.Addr(), Proto: n.Proto, SrcPort: n.Local.Port(), DstPort: n.Remote.Port()}}
 		if op.authorize {
 			op.timeout = kernelDatagramTimeout
-			if n.Proto == steer.ProtoTCP {
+			if n.Proto == ipproto.TCP {
 				op.timeout = kernelTCPTimeout
 			}
 		}

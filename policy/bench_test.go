@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // threadCPU is the CPU time of the calling OS thread. The benchmarks report
@@ -63,7 +64,7 @@ func benchSet(n int) *Set {
 			}
 			r.Peers = []Peer{{Selector: sel}}
 		}
-		r.Ports = []PortRange{{Protocol: ProtoTCP, First: uint16(1000 + i%2000), Last: uint16(1000 + i%2000)}}
+		r.Ports = []PortRange{{Protocol: ipproto.TCP, First: uint16(1000 + i%2000), Last: uint16(1000 + i%2000)}}
 		return r
 	}
 	for p := 0; p*100 < n; p++ {
@@ -124,7 +125,7 @@ func BenchmarkDecide(b *testing.B) {
 			stop := cpuTimer(b)
 			for i := 0; i < b.N; i++ {
 				q := &qs[i&255]
-				if pu.Ingress(q.peer, q.addr, ProtoTCP, q.port).Action == Allow {
+				if pu.Ingress(q.peer, q.addr, ipproto.TCP, q.port).Action == Allow {
 					allowed++
 				}
 			}
@@ -144,7 +145,7 @@ func BenchmarkDecideOnePort(b *testing.B) {
 			s := benchSet(n)
 			for pi := range s.Policies {
 				for ri := range s.Policies[pi].Ingress {
-					s.Policies[pi].Ingress[ri].Ports = []PortRange{{Protocol: ProtoTCP, First: 443, Last: 443}}
+					s.Policies[pi].Ingress[ri].Ports = []PortRange{{Protocol: ipproto.TCP, First: 443, Last: 443}}
 				}
 			}
 			e, err := Compile(s)
@@ -165,7 +166,7 @@ func BenchmarkDecideOnePort(b *testing.B) {
 			stop := cpuTimer(b)
 			for i := 0; i < b.N; i++ {
 				q := &qs[i&255]
-				if pu.Ingress(q.peer, q.addr, ProtoTCP, 443).Action == Allow {
+				if pu.Ingress(q.peer, q.addr, ipproto.TCP, 443).Action == Allow {
 					allowed++
 				}
 			}

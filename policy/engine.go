@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -183,13 +184,13 @@ type crule struct {
 
 const noRank = ^uint32(0)
 
-func (r *crule) portMatch(proto Protocol, port uint16) bool {
+func (r *crule) portMatch(proto ipproto.Proto, port uint16) bool {
 	if len(r.ports) == 0 {
 		return true
 	}
 	for i := range r.ports {
 		pr := &r.ports[i]
-		if (pr.Protocol == ProtoAny || pr.Protocol == proto) && port >= pr.First && port <= pr.Last {
+		if (pr.Protocol == ipproto.Any || pr.Protocol == proto) && port >= pr.First && port <= pr.Last {
 			return true
 		}
 	}
@@ -313,13 +314,13 @@ func (e *Engine) build(policies []int) *PUPolicy {
 
 // Ingress decides whether peer (nil: a host outside the target networks) at
 // addr may connect to this PU on proto/port (the PU's port).
-func (p *PUPolicy) Ingress(peer *identity.Identity, addr netip.Addr, proto Protocol, port uint16) Decision {
+func (p *PUPolicy) Ingress(peer *identity.Identity, addr netip.Addr, proto ipproto.Proto, port uint16) Decision {
 	return p.dir[Ingress].decide(peer, addr, proto, port)
 }
 
 // Egress decides whether this PU may connect to peer (nil: a host outside
 // the target networks) at addr on proto/port (the peer's port).
-func (p *PUPolicy) Egress(peer *identity.Identity, addr netip.Addr, proto Protocol, port uint16) Decision {
+func (p *PUPolicy) Egress(peer *identity.Identity, addr netip.Addr, proto ipproto.Proto, port uint16) Decision {
 	return p.dir[Egress].decide(peer, addr, proto, port)
 }
 
@@ -328,7 +329,7 @@ type verdict struct {
 	bestI, obsI int32
 }
 
-func (v *verdict) consider(d *dirPolicy, ri int32, proto Protocol, port uint16) {
+func (v *verdict) consider(d *dirPolicy, ri int32, proto ipproto.Proto, port uint16) {
 	r := &d.rules[ri]
 	if r.rank >= v.best && r.obsRank >= v.obs {
 		return
@@ -359,7 +360,7 @@ var portFirstMax, portFirstProbe = 32, 8
 // enumerates the rules whose peers match (inverted index over the peer's
 // tags, prefix table over its address) and keeps the best one covering the
 // port. Port-first is taken when few rules cover the port.
-func (d *dirPolicy) decide(peer *identity.Identity, addr netip.Addr, proto Protocol, port uint16) Decision {
+func (d *dirPolicy) decide(peer *identity.Identity, addr netip.Addr, proto ipproto.Proto, port uint16) Decision {
 	v := verdict{best: noRank, obs: noRank}
 	addr = addr.Unmap()
 	if d.ports != nil {

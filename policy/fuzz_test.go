@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"k8s.io/apimachinery/pkg/labels"
 )
 
@@ -72,8 +73,8 @@ func FuzzParse(f *testing.F) {
 		peer := identity.New(identity.Tags{{Key: "app", Value: "frontend"}})
 		for _, a := range []string{"10.0.1.1", "fd00::1", "192.0.2.1"} {
 			addr := netip.MustParseAddr(a)
-			pu.Ingress(peer, addr, ProtoTCP, 80)
-			pu.Egress(nil, addr, ProtoUDP, 53)
+			pu.Ingress(peer, addr, ipproto.TCP, 80)
+			pu.Egress(nil, addr, ipproto.UDP, 53)
 			e.IsTarget(addr)
 			e.IsExcluded(addr)
 		}

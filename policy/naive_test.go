@@ -4,6 +4,7 @@ import (
 	"net/netip"
 
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -27,7 +28,7 @@ type naiveDecision struct {
 	log      bool
 }
 
-func (n naive) decide(local identity.Tags, dir Direction, peer identity.Tags, hasPeer bool, addr netip.Addr, proto Protocol, port uint16) naiveDecision {
+func (n naive) decide(local identity.Tags, dir Direction, peer identity.Tags, hasPeer bool, addr netip.Addr, proto ipproto.Proto, port uint16) naiveDecision {
 	addr = addr.Unmap()
 	var enforced, apply, observed *naiveRef
 	// "reject beats allow; among equals the first in file order".
@@ -108,12 +109,12 @@ func naivePeer(r *Rule, peer identity.Tags, hasPeer bool, addr netip.Addr) bool 
 	return false
 }
 
-func naivePort(r *Rule, proto Protocol, port uint16) bool {
+func naivePort(r *Rule, proto ipproto.Proto, port uint16) bool {
 	if len(r.Ports) == 0 {
 		return true
 	}
 	for _, pr := range r.Ports {
-		if (pr.Protocol == ProtoAny || pr.Protocol == proto) && pr.First <= port && port <= pr.Last {
+		if (pr.Protocol == ipproto.Any || pr.Protocol == proto) && pr.First <= port && port <= pr.Last {
 			return true
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // gen draws random policies, tags, addresses and ports from small universes,
@@ -197,8 +198,8 @@ func (g gen) addr() netip.Addr {
 	return g.addrIn(netip.MustParsePrefix(g.pick(genCIDRs)))
 }
 
-func (g gen) port() (Protocol, uint16) {
-	protos := []Protocol{ProtoTCP, ProtoUDP, ProtoICMP, ProtoSCTP, ProtoICMPv6}
+func (g gen) port() (ipproto.Proto, uint16) {
+	protos := []ipproto.Proto{ipproto.TCP, ipproto.UDP, ipproto.ICMP, ipproto.SCTP, ipproto.ICMPv6}
 	ports := []uint16{0, 1, 22, 53, 79, 80, 85, 90, 91, 100, 101, 443, 65535}
 	return protos[g.r.Intn(len(protos))], ports[g.r.Intn(len(ports))]
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // settleSymbols collects garbage until the symbol table stops shrinking
@@ -82,7 +83,7 @@ func TestSymbolTableBounded(t *testing.T) {
 		{identity.New(identity.Tags{{Key: "@sys:image", Value: "registry.local:5000/team/nginx:1.26"}, {Key: "@sys:name", Value: "/c-0-2"}}), Deny},
 		{identity.New(identity.Tags{{Key: "@sys:id", Value: fmt.Sprintf("%064x", 7)}}), Deny},
 	} {
-		if d := pu.Ingress(c.peer, addr, ProtoTCP, 80); d.Action != c.want {
+		if d := pu.Ingress(c.peer, addr, ipproto.TCP, 80); d.Action != c.want {
 			t.Errorf("%v: %v, want %v", c.peer.Tags(), d.Action, c.want)
 		}
 	}
@@ -121,7 +122,7 @@ func TestSymbolsReleasedWithHolders(t *testing.T) {
 	if held("held-key-2") || held("held value 2") {
 		t.Error("engine's symbols not released with the engine")
 	}
-	if d := pu.Ingress(identity.New(identity.Tags{{Key: "held-key-3", Value: "held-value-3"}}), netip.Addr{}, ProtoTCP, 1); d.Action != Allow {
+	if d := pu.Ingress(identity.New(identity.Tags{{Key: "held-key-3", Value: "held-value-3"}}), netip.Addr{}, ipproto.TCP, 1); d.Action != Allow {
 		t.Errorf("decision after the engine went: %v", d.Action)
 	}
 	runtime.KeepAlive(id)
@@ -182,11 +183,11 @@ func TestSymbolsConcurrentChurn(t *testing.T) {
 				if i%2 == 1 {
 					peer = identity.New(tags("app=frontend", fmt.Sprintf("d=%d-%d", g, i)))
 				}
-				if d := web.Ingress(peer, netip.Addr{}, ProtoTCP, 80); d.Action != Allow {
+				if d := web.Ingress(peer, netip.Addr{}, ipproto.TCP, 80); d.Action != Allow {
 					t.Errorf("frontend -> web:80 = %v", d.Action)
 					return
 				}
-				if d := web.Ingress(identity.New(tags("app=db", fmt.Sprintf("d=%d-%d", g, i))), netip.Addr{}, ProtoTCP, 80); d.Action == Allow {
+				if d := web.Ingress(identity.New(tags("app=db", fmt.Sprintf("d=%d-%d", g, i))), netip.Addr{}, ipproto.TCP, 80); d.Action == Allow {
 					t.Errorf("db -> web:80 allowed")
 					return
 				}

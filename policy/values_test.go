@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // Identity tags carry values that are no Kubernetes label values: images,
@@ -173,10 +174,10 @@ func TestStructuredSelectorValues(t *testing.T) {
 	if len(pu.Policies()) != 1 || len(e.ForPU(identity.Tags{{Key: "@sys:image", Value: imageValue}, {Key: "@sys:name", Value: "/web-3"}}).Policies()) != 0 {
 		t.Fatal("structured selector does not select by decoded values")
 	}
-	if d := pu.Ingress(identity.New(identity.Tags{{Key: "@sys:name", Value: "/db"}}), netip.MustParseAddr("10.0.0.1"), ProtoTCP, 80); d.Action != Allow {
+	if d := pu.Ingress(identity.New(identity.Tags{{Key: "@sys:name", Value: "/db"}}), netip.MustParseAddr("10.0.0.1"), ipproto.TCP, 80); d.Action != Allow {
 		t.Errorf("peer /db: %v", d.Action)
 	}
-	if d := pu.Ingress(identity.New(identity.Tags{{Key: "@sys:name", Value: "/dbx"}}), netip.MustParseAddr("10.0.0.1"), ProtoTCP, 80); d.Action != Deny {
+	if d := pu.Ingress(identity.New(identity.Tags{{Key: "@sys:name", Value: "/dbx"}}), netip.MustParseAddr("10.0.0.1"), ipproto.TCP, 80); d.Action != Deny {
 		t.Errorf("peer /dbx: %v", d.Action)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/monitor"
 	"github.com/trireme-go/trireme/policy"
 )
@@ -53,7 +54,7 @@ func allowedPort(t *testing.T, e *policy.Engine) int {
 	pp := e.ForPU(web.Tags)
 	found := 0
 	for _, port := range []int{80, 81, 82, 83, 84, 85, 86, 87} {
-		if pp.Ingress(frontend, peerAddr, policy.ProtoTCP, uint16(port)).Action == policy.Allow {
+		if pp.Ingress(frontend, peerAddr, ipproto.TCP, uint16(port)).Action == policy.Allow {
 			if found != 0 {
 				t.Fatalf("ports %d and %d both allowed", found, port)
 			}
@@ -150,7 +151,7 @@ func TestFileResolverEdits(t *testing.T) {
 		t.Fatalf("initial policy allows %d", got)
 	}
 	_, pp := f.Resolve(&web)
-	if pp.Ingress(frontend, peerAddr, policy.ProtoTCP, 80).Action != policy.Allow {
+	if pp.Ingress(frontend, peerAddr, ipproto.TCP, 80).Action != policy.Allow {
 		t.Fatal("Resolve: frontend -> web:80 not allowed")
 	}
 
@@ -383,7 +384,7 @@ func TestStaticKeepsNewest(t *testing.T) {
 		t.Errorf("stale update %d", allowedPort(t, e))
 	default:
 	}
-	if _, pp := s.Resolve(&web); pp.Ingress(frontend, peerAddr, policy.ProtoTCP, 83).Action != policy.Allow {
+	if _, pp := s.Resolve(&web); pp.Ingress(frontend, peerAddr, ipproto.TCP, 83).Action != policy.Allow {
 		t.Error("Resolve does not use the newest policy")
 	}
 }

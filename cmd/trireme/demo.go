@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -134,7 +135,7 @@ func loadDemoHosts(path string) ([]demoHost, error) {
 				if err != nil {
 					return nil, fmt.Errorf("%s: host %s: %v", path, h.Name, err)
 				}
-				if pr.First != pr.Last && pr.Protocol != policy.ProtoICMP && pr.Protocol != policy.ProtoICMPv6 {
+				if pr.First != pr.Last && pr.Protocol != ipproto.ICMP && pr.Protocol != ipproto.ICMPv6 {
 					return nil, fmt.Errorf("%s: host %s: serves %s: give single ports", path, h.Name, s)
 				}
 				h.ports = append(h.ports, pr)
@@ -198,7 +199,7 @@ func runOfflineDemo(w io.Writer, dir string) error {
 			}
 			for _, pr := range server.ports {
 				port := pr.First
-				if pr.Protocol == policy.ProtoICMP || pr.Protocol == policy.ProtoICMPv6 {
+				if pr.Protocol == ipproto.ICMP || pr.Protocol == ipproto.ICMPv6 {
 					port = 0
 				}
 				f, err := explainFlow(e, client.endpoint(), server.endpoint(), pr.Protocol, port)

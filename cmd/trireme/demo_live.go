@@ -20,6 +20,7 @@ import (
 
 	"github.com/trireme-go/trireme/demo"
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/monitor"
 	"github.com/trireme-go/trireme/policy"
 )
@@ -49,11 +50,11 @@ func parseLiveConn(s string, hosts map[string]*demoHost) (demo.Conn, error) {
 	}
 	c := demo.Conn{Client: strings.TrimSpace(client), Server: strings.TrimSpace(server)}
 	pr, err := policy.ParsePortRange(strings.TrimSpace(port))
-	if err != nil || pr.First != pr.Last || (pr.Protocol != policy.ProtoTCP && pr.Protocol != policy.ProtoUDP) {
+	if err != nil || pr.First != pr.Last || !pr.Protocol.HasPorts() {
 		return demo.Conn{}, fmt.Errorf("live connection %q: want one tcp/PORT or udp/PORT", s)
 	}
 	c.Proto, c.Port = "tcp", int(pr.First)
-	if pr.Protocol == policy.ProtoUDP {
+	if pr.Protocol == ipproto.UDP {
 		c.Proto = "udp"
 	}
 	for _, n := range []string{c.Client, c.Server} {

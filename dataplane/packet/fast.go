@@ -3,6 +3,8 @@ package packet
 import (
 	"encoding/binary"
 	"net/netip"
+
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // ParseFast reads the flow fields of the common frame shapes by hand:
@@ -34,7 +36,7 @@ func ParseFast(frame []byte, pkt *Packet) bool {
 	}
 	l3 := off + 2
 	var l4, end int
-	var proto uint8
+	var proto ipproto.Proto
 	var src, dst netip.Addr
 	v6 := false
 	switch et {
@@ -49,7 +51,7 @@ func ParseFast(frame []byte, pkt *Packet) bool {
 		if binary.BigEndian.Uint16(frame[l3+6:])&0x3fff != 0 { // MF or offset
 			return false
 		}
-		proto = frame[l3+9]
+		proto = ipproto.Proto(frame[l3+9])
 		src = netip.AddrFrom4([4]byte(frame[l3+12 : l3+16]))
 		dst = netip.AddrFrom4([4]byte(frame[l3+16 : l3+20]))
 		l4, end = l3+20, l3+total
@@ -61,7 +63,7 @@ func ParseFast(frame []byte, pkt *Packet) bool {
 		if plen == 0 || l3+40+plen > len(frame) {
 			return false
 		}
-		proto = frame[l3+6]
+		proto = ipproto.Proto(frame[l3+6])
 		src = netip.AddrFrom16([16]byte(frame[l3+8 : l3+24]))
 		dst = netip.AddrFrom16([16]byte(frame[l3+24 : l3+40]))
 		l4, end, v6 = l3+40, l3+40+plen, true
@@ -70,7 +72,7 @@ func ParseFast(frame []byte, pkt *Packet) bool {
 	}
 	seg := frame[l4:end]
 	switch proto {
-	case ProtoTCP:
+	case ipproto.TCP:
 		if len(seg) < 20 {
 			return false
 		}
@@ -83,7 +85,7 @@ func ParseFast(frame []byte, pkt *Packet) bool {
 			SrcPort: binary.BigEndian.Uint16(seg), DstPort: binary.BigEndian.Uint16(seg[2:]),
 			Flags: seg[13], Seq: binary.BigEndian.Uint32(seg[4:]), Ack: binary.BigEndian.Uint32(seg[8:]),
 			Window: binary.BigEndian.Uint16(seg[14:])}
-	case ProtoUDP:
+	case ipproto.UDP:
 		if len(seg) < 8 {
 			return false
 		}

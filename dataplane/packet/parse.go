@@ -12,15 +12,8 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
-)
-
-// IP protocol numbers the enforcer handles specially.
-const (
-	ProtoICMP   = 1
-	ProtoTCP    = 6
-	ProtoUDP    = 17
-	ProtoICMPv6 = 58
 )
 
 // TCP flag bits (byte 13 of the TCP header).
@@ -55,7 +48,7 @@ type Packet struct {
 	// (VID 0) count as untagged.
 	VLAN     [2]uint16
 	Src, Dst netip.Addr
-	Proto    uint8
+	Proto    ipproto.Proto
 	// SrcPort and DstPort are the transport ports; for ICMP echo both hold
 	// the echo identifier, for other ICMP messages both are 0.
 	SrcPort, DstPort uint16
@@ -154,7 +147,7 @@ func (ps *Parser) Parse(frame []byte, pkt *Packet) reason.Code {
 			pkt.L4 = pkt.L3 + len(ip.Contents)
 			pkt.Src = netip.AddrFrom4([4]byte(ip.SrcIP))
 			pkt.Dst = netip.AddrFrom4([4]byte(ip.DstIP))
-			pkt.Proto = uint8(ip.Protocol)
+			pkt.Proto = ipproto.Proto(ip.Protocol)
 			pkt.FragID = uint32(ip.Id)
 			pkt.FragOff = int(ip.FragOffset) * 8
 			if ip.FragOffset != 0 {
@@ -181,9 +174,9 @@ func (ps *Parser) Parse(frame []byte, pkt *Packet) reason.Code {
 			}
 			pkt.Src = netip.AddrFrom16([16]byte(ip.SrcIP))
 			pkt.Dst = netip.AddrFrom16([16]byte(ip.DstIP))
-			pkt.Proto = uint8(ip.NextHeader)
+			pkt.Proto = ipproto.Proto(ip.NextHeader)
 			if ip.HopByHop != nil {
-				pkt.Proto = uint8(ip.HopByHop.NextHeader)
+				pkt.Proto = ipproto.Proto(ip.HopByHop.NextHeader)
 			}
 		case layers.LayerTypeIPv6HopByHop, layers.LayerTypeIPv6Routing,
 			layers.LayerTypeIPv6Fragment, layers.LayerTypeIPv6Destination:
@@ -192,7 +185,7 @@ func (ps *Parser) Parse(frame []byte, pkt *Packet) reason.Code {
 				return reason.Malformed
 			}
 			pkt.L4 = offset(frame, ps.ext.Payload)
-			pkt.Proto = ps.ext.next
+			pkt.Proto = ipproto.Proto(ps.ext.next)
 			pkt.Frag = ps.ext.frag
 			pkt.FragID = ps.ext.fragID
 			pkt.FragOff = ps.ext.fragOff
@@ -236,7 +229,7 @@ func (ps *Parser) transport(pkt *Packet) reason.Code {
 		return reason.None
 	}
 	switch pkt.Proto {
-	case ProtoTCP:
+	case ipproto.TCP:
 		if len(b) < 20 {
 			return reason.Malformed
 		}
@@ -254,14 +247,14 @@ func (ps *Parser) transport(pkt *Packet) reason.Code {
 		pkt.Flags = b[13]
 		pkt.Window = binary.BigEndian.Uint16(b[14:])
 		pkt.Payload = pkt.L4 + hl
-	case ProtoUDP:
+	case ipproto.UDP:
 		if len(b) < 8 {
 			return reason.Malformed
 		}
 		pkt.SrcPort = binary.BigEndian.Uint16(b[0:])
 		pkt.DstPort = binary.BigEndian.Uint16(b[2:])
 		pkt.Payload = pkt.L4 + 8
-	case ProtoICMP, ProtoICMPv6:
+	case ipproto.ICMP, ipproto.ICMPv6:
 		if len(b) < 4 {
 			return reason.Malformed
 		}
@@ -290,8 +283,8 @@ func (ps *Parser) decodedTCP() bool {
 	return false
 }
 
-func isEcho(proto, typ uint8) bool {
-	if proto == ProtoICMP {
+func isEcho(proto ipproto.Proto, typ uint8) bool {
+	if proto == ipproto.ICMP {
 		return typ == 8 || typ == 0
 	}
 	return typ == 128 || typ == 129
@@ -299,7 +292,7 @@ func isEcho(proto, typ uint8) bool {
 
 // IsEcho reports whether the packet is an ICMP/ICMPv6 echo request or reply.
 func (p *Packet) IsEcho() bool {
-	return (p.Proto == ProtoICMP || p.Proto == ProtoICMPv6) && isEcho(p.Proto, p.ICMPType)
+	return (p.Proto == ipproto.ICMP || p.Proto == ipproto.ICMPv6) && isEcho(p.Proto, p.ICMPType)
 }
 
 // IsNDP reports whether the packet is ICMPv6 link plumbing that IPv6 needs
@@ -307,7 +300,7 @@ func (p *Packet) IsEcho() bool {
 // and advertisement, redirect) and multicast listener discovery (MLD query,
 // report, done, MLDv2 report).
 func (p *Packet) IsNDP() bool {
-	if p.Proto != ProtoICMPv6 {
+	if p.Proto != ipproto.ICMPv6 {
 		return false
 	}
 	t := p.ICMPType
@@ -321,12 +314,12 @@ func (p *Packet) IsNDP() bool {
 // parameter problem.
 func (p *Packet) IsICMPError() bool {
 	switch p.Proto {
-	case ProtoICMP:
+	case ipproto.ICMP:
 		switch p.ICMPType {
 		case 3, 4, 5, 11, 12:
 			return true
 		}
-	case ProtoICMPv6:
+	case ipproto.ICMPv6:
 		return p.ICMPType >= 1 && p.ICMPType <= 4
 	}
 	return false
@@ -335,7 +328,7 @@ func (p *Packet) IsICMPError() bool {
 // Quoted reads the 5-tuple of the packet an ICMP error quotes (its IP
 // header and the first 8 bytes of its transport header). ok is false when
 // the quote is too short or not TCP/UDP/ICMP echo over the same IP version.
-func (p *Packet) Quoted() (src, dst netip.Addr, proto uint8, sport, dport uint16, ok bool) {
+func (p *Packet) Quoted() (src, dst netip.Addr, proto ipproto.Proto, sport, dport uint16, ok bool) {
 	if !p.IsICMPError() || p.L4+8 > p.End {
 		return
 	}
@@ -345,7 +338,7 @@ func (p *Packet) Quoted() (src, dst netip.Addr, proto uint8, sport, dport uint16
 		if len(q) < 40 || q[0]>>4 != 6 {
 			return
 		}
-		proto = q[6]
+		proto = ipproto.Proto(q[6])
 		src, dst = netip.AddrFrom16([16]byte(q[8:24])), netip.AddrFrom16([16]byte(q[24:40]))
 		l4 = q[40:]
 	} else {
@@ -356,17 +349,17 @@ func (p *Packet) Quoted() (src, dst netip.Addr, proto uint8, sport, dport uint16
 		if hl < 20 || len(q) < hl {
 			return
 		}
-		proto = q[9]
+		proto = ipproto.Proto(q[9])
 		src, dst = netip.AddrFrom4([4]byte(q[12:16])), netip.AddrFrom4([4]byte(q[16:20]))
 		l4 = q[hl:]
 	}
 	switch proto {
-	case ProtoTCP, ProtoUDP:
+	case ipproto.TCP, ipproto.UDP:
 		if len(l4) < 4 {
 			return
 		}
 		sport, dport = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
-	case ProtoICMP, ProtoICMPv6:
+	case ipproto.ICMP, ipproto.ICMPv6:
 		if len(l4) < 8 || !isEcho(proto, l4[0]) {
 			return
 		}

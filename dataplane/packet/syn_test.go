@@ -9,6 +9,7 @@ import (
 	"github.com/google/gopacket/layers"
 
 	"github.com/trireme-go/trireme/dataplane/fixtures"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -135,7 +136,7 @@ func FuzzStripSYNData(f *testing.F) {
 	ps := NewParser()
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		var p Packet
-		if ps.Parse(frame, &p) != reason.None || p.Proto != ProtoTCP || p.Frag != NotFragment || p.Flags&SYN == 0 {
+		if ps.Parse(frame, &p) != reason.None || p.Proto != ipproto.TCP || p.Frag != NotFragment || p.Flags&SYN == 0 {
 			return
 		}
 		okTCP, okIP := VerifyTCPChecksum(&p), VerifyIPv4Checksum(&p)

@@ -15,6 +15,7 @@ import (
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/dataplane/pcapio"
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // Crafted captures of the attacks of issue 11 (items 4, 5, 6, 9, 10),
@@ -294,7 +295,7 @@ func TestCraftedSYNData(t *testing.T) {
 	mustSummary(t, sum, 5, map[string]int{"policy-denied": 1}, 1, 1, 0)
 	for _, dl := range out.delivered {
 		var p packet.Packet
-		if packet.NewParser().Parse(dl.frame, &p) != 0 || p.Proto != packet.ProtoTCP {
+		if packet.NewParser().Parse(dl.frame, &p) != 0 || p.Proto != ipproto.TCP {
 			continue
 		}
 		if p.Flags&packet.SYN != 0 && p.PayloadLen() != 0 || bytes.Contains(dl.frame, []byte("SSSS")) {

@@ -15,6 +15,7 @@ import (
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/dataplane/pcapio"
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 )
@@ -203,7 +204,7 @@ func asDelivered(f []byte) []byte {
 
 func isTCP(f []byte) (packet.Packet, bool) {
 	var p packet.Packet
-	ok := packet.NewParser().Parse(f, &p) == reason.None && p.Proto == packet.ProtoTCP && p.Frag == packet.NotFragment
+	ok := packet.NewParser().Parse(f, &p) == reason.None && p.Proto == ipproto.TCP && p.Frag == packet.NotFragment
 	return p, ok
 }
 
@@ -350,7 +351,7 @@ func TestDenyEveryTCPCapture(t *testing.T) {
 				t.Fatalf("connections: %+v", sum)
 			}
 			for _, r := range out.records {
-				if r.Proto == "tcp" && r.Direction == "ingress" && (r.Action != "deny" || r.Reason != "policy-denied") {
+				if r.Proto == ipproto.TCP && r.Direction == "ingress" && (r.Action != "deny" || r.Reason != "policy-denied") {
 					t.Fatalf("server record: %+v", r)
 				}
 			}
