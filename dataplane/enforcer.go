@@ -7,7 +7,9 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -177,17 +179,33 @@ const (
 	MidStreamAllowACL
 )
 
-// ParseMidStream reads "drop", "reset" or "allow-acl".
-func ParseMidStream(s string) (MidStream, error) {
-	switch s {
-	case "drop", "":
-		return MidStreamDrop, nil
-	case "reset":
-		return MidStreamReset, nil
-	case "allow-acl":
-		return MidStreamAllowACL, nil
+var midStreamNames = [...]string{MidStreamDrop: "drop", MidStreamReset: "reset", MidStreamAllowACL: "acl"}
+
+// String returns the rule's name: drop, reset or acl.
+func (m MidStream) String() string {
+	if int(m) < len(midStreamNames) {
+		return midStreamNames[m]
 	}
-	return 0, errors.New("mid-stream rule must be drop, reset or allow-acl")
+	return "mid-stream-" + strconv.Itoa(int(m))
+}
+
+// MarshalText writes the rule's name (the daemon config's midStream).
+func (m MidStream) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText reads a rule's name; "allow-acl" is the name trireme replay's
+// --mid-stream first gave acl.
+func (m *MidStream) UnmarshalText(b []byte) error {
+	s := string(b)
+	if s == "allow-acl" {
+		s = "acl"
+	}
+	for i, name := range midStreamNames {
+		if s == name {
+			*m = MidStream(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("mid-stream rule %q: want drop, reset or acl", b)
 }
 
 // Config configures an Enforcer.

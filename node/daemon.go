@@ -153,10 +153,6 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	mid, err := dataplane.ParseMidStream(midStreamName(cfg.MidStream))
-	if err != nil {
-		return nil, err
-	}
 	d := &Daemon{cfg: cfg, log: log, res: res, tok: tok, pus: map[string]*livePU{}, ops: make(chan kernelOp, 4096), owner: ownerMark(cfg.Node)}
 	d.sink = newAsyncSink(log)
 	d.reaper = newTapReaper(log)
@@ -165,7 +161,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	d.enf, err = dataplane.New(dataplane.Config{
 		Tokens:    tok,
 		Policy:    eff,
-		MidStream: mid,
+		MidStream: cfg.MidStream.MidStream,
 		Sink:      d.sink,
 		// Authorized flows' packets stay in the kernel (steering).
 		KernelBypass: true,
@@ -187,13 +183,6 @@ func tokenNode(cfg *Config, sec tokens.Secrets) string {
 		return ""
 	}
 	return cfg.Node
-}
-
-func midStreamName(s string) string {
-	if s == "acl" {
-		return "allow-acl"
-	}
-	return s
 }
 
 // effectivePolicy adds the config's target and excluded networks to the
@@ -480,7 +469,7 @@ func (d *Daemon) enforce(p *livePU) {
 func (d *Daemon) register(p *livePU) {
 	p.dp = d.enf.AddPU(p.info.ID, identity.NewTags(p.info.Tags))
 	d.steerNames.Store(p.dp, p.steer)
-	p.info.State = "running"
+	p.info.State = PURunning
 }
 
 // startReaders starts reading the PU's TAPs.
@@ -566,7 +555,7 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 	steerName, tin, tout, _ := puNames(mp.ID)
 	p := &livePU{
 		info: PUInfo{ID: mp.ID, Name: mp.Name, Kind: mp.Kind.String(), NetNS: mp.NetNS, PID: mp.PID,
-			IPs: mp.IPs, Tags: tagMap(mp.Tags), Veth: mp.HostVeth, Bridge: mp.Bridge, State: "starting", Created: time.Now(),
+			IPs: mp.IPs, Tags: tagMap(mp.Tags), Veth: mp.HostVeth, Bridge: mp.Bridge, State: PUStarting, Created: time.Now(),
 			MAC: mp.MAC.String(), Addrs: mp.Addrs},
 		steer: steerName, tapIn: tin, tapOut: tout, owned: owned, mac: mp.MAC,
 	}
@@ -792,7 +781,7 @@ func (d *Daemon) policyLoop() {
 			d.updatePolicyExcluded(eff.Set().ExcludedNetworks)
 			d.enf.SetPolicy(eff)
 			d.log.Info("policy updated", "policies", len(eff.Set().Policies))
-			if d.cfg.OnPolicyChange == "reset" {
+			if d.cfg.OnPolicyChange == PolicyChangeReset {
 				var out dataplane.Output
 				n := d.enf.Reevaluate(time.Now(), &out)
 				d.sendInjected(&out)
@@ -870,19 +859,20 @@ func (d *Daemon) eventLoop(events <-chan monitor.Event) {
 				}
 			case monitor.Pause, monitor.Unpause:
 				// A paused PU keeps its namespace, its flows and its policy.
-				d.setState(ev.PU.ID, strings.ToLower(ev.Type.String()+"d"))
+				state := PUPaused
+				if ev.Type == monitor.Unpause {
+					state = PURunning
+				}
+				d.setState(ev.PU.ID, state)
 			}
 		}
 	}
 }
 
-func (d *Daemon) setState(id, state string) {
+func (d *Daemon) setState(id string, state PUState) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if p, ok := d.pus[id]; ok {
-		if state == "unpaused" {
-			state = "running"
-		}
 		p.info.State = state
 	}
 }
