@@ -19,10 +19,6 @@ import (
 	"github.com/trireme-go/trireme/policy"
 )
 
-// liveDemo runs the live demo (real namespaces and enforcers); a later
-// change sets it. Until then, and with --offline, the demo shows the policy
-// engine deciding every example connection.
-var liveDemo func(cmd *cobra.Command, examples string) error
 
 func init() { rootCmd.AddCommand(newDemoCmd()) }
 
@@ -53,8 +49,8 @@ and prints client -> server:port, the verdict, the deciding rules and the
 reason.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !offline && liveDemo != nil {
-				return liveDemo(cmd, examples)
+			if !offline {
+				return runLiveDemo(cmd, examples)
 			}
 			return runOfflineDemo(cmd.OutOrStdout(), examples)
 		},

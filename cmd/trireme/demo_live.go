@@ -25,8 +25,6 @@ import (
 	"github.com/trireme-go/trireme/policy"
 )
 
-func init() { liveDemo = runLiveDemo }
-
 // demoSubnet is the node bridge's subnet in the live demo: the target
 // network of examples/policy.yaml, so the PUs keep their example addresses.
 var demoSubnet = netip.MustParsePrefix("10.0.0.0/16")
