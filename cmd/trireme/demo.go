@@ -19,7 +19,6 @@ import (
 	"github.com/trireme-go/trireme/policy"
 )
 
-
 func init() { rootCmd.AddCommand(newDemoCmd()) }
 
 func newDemoCmd() *cobra.Command {
