@@ -191,3 +191,59 @@ func FuzzParseTags(f *testing.F) {
 		}
 	})
 }
+
+// The signed form: what Encode writes Decode reads back exactly; anything
+// not sorted, unique, non-empty or without '=' is refused both ways.
+func TestEncodeDecode(t *testing.T) {
+	for _, c := range []struct {
+		kvs []string
+		ok  bool
+	}{
+		{[]string{}, true},
+		{[]string{"@sys:id=1", "app=web"}, true},
+		{[]string{"a= spaced value ", "b=x=y", "c="}, true},
+		{[]string{"app=web", "@sys:id=1"}, false}, // unsorted
+		{[]string{"a=1", "a=2"}, false},           // a key twice
+		{[]string{"=x"}, false},                   // empty key
+		{[]string{"novalue"}, false},
+	} {
+		tags, err := Decode(c.kvs)
+		if (err == nil) != c.ok {
+			t.Errorf("Decode(%q) = %v, %v; want ok=%v", c.kvs, tags, err, c.ok)
+			continue
+		}
+		if !c.ok {
+			continue
+		}
+		if back, err := tags.Encode(); err != nil || !slices.Equal(back, c.kvs) {
+			t.Errorf("Encode(Decode(%q)) = %q, %v", c.kvs, back, err)
+		}
+	}
+	for _, bad := range []Tags{{{Key: "b"}, {Key: "a"}}, {{Key: ""}}, {{Key: "a=b", Value: "c"}}} {
+		if kvs, err := bad.Encode(); err == nil {
+			t.Errorf("Encode(%v) = %q, want an error", bad, kvs)
+		}
+	}
+}
+
+// Whatever a peer sends, Decode returns valid tags that encode back to the
+// same strings, or an error; never a panic.
+func FuzzDecode(f *testing.F) {
+	f.Add("a=1", "b=2")
+	f.Add("b=2", "a=1")
+	f.Add("=", "x")
+	f.Add("k=v=w", "k=")
+	f.Fuzz(func(t *testing.T, a, b string) {
+		kvs := []string{a, b}
+		tags, err := Decode(kvs)
+		if err != nil {
+			return
+		}
+		if err := tags.Validate(); err != nil {
+			t.Fatalf("Decode(%q) = invalid %v: %v", kvs, tags, err)
+		}
+		if back, err := tags.Encode(); err != nil || !slices.Equal(back, kvs) {
+			t.Fatalf("Encode(Decode(%q)) = %q, %v", kvs, back, err)
+		}
+	})
+}

@@ -104,3 +104,38 @@ func (t Tags) Strings() []string {
 }
 
 func (t Tags) String() string { return strings.Join(t.Strings(), ",") }
+
+// Encode returns the tags as the exact "key=value" strings identity tokens
+// carry (signed), refusing tags Decode would refuse: keys must be sorted,
+// unique, non-empty and free of '='.
+func (t Tags) Encode() ([]string, error) {
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	kvs := make([]string, len(t))
+	for i, tag := range t {
+		if strings.Contains(tag.Key, "=") {
+			return nil, fmt.Errorf("tag key %q contains '='", tag.Key)
+		}
+		kvs[i] = tag.String()
+	}
+	return kvs, nil
+}
+
+// Decode is the inverse of Encode: exact "key=value" strings (nothing
+// trimmed; the value is what follows the first '='), sorted by unique,
+// non-empty key. Anything else is an error: the strings come from a peer.
+func Decode(kvs []string) (Tags, error) {
+	t := make(Tags, len(kvs))
+	for i, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, fmt.Errorf("tag %q: want key=value", kv)
+		}
+		t[i] = Tag{Key: k, Value: v}
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}

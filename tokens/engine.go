@@ -269,16 +269,11 @@ func (l *Local) epoch(now time.Time) (*epoch, error) {
 }
 
 func (e *Engine) newEpoch(tags identity.Tags, now time.Time) (*epoch, error) {
-	if tags.Validate() != nil { // a key twice: peers would reject the token
+	kvs, err := tags.Encode()
+	if err != nil { // e.g. a key twice: peers would reject the token
 		return nil, reason.MalformedToken
 	}
-	cl := &tokenClaims{T: make([]string, len(tags))}
-	for i, t := range tags {
-		if t.Key == "" || strings.Contains(t.Key, "=") {
-			return nil, reason.MalformedToken
-		}
-		cl.T[i] = t.Key + "=" + t.Value
-	}
+	cl := &tokenClaims{T: kvs}
 	cl.Issuer = e.node
 	iat := now.Truncate(time.Second)
 	cl.IssuedAt = jwt.NewNumericDate(iat)
@@ -356,15 +351,7 @@ func (e *Engine) verifyTokenSlow(token []byte, now time.Time, b *spend) (*Peer, 
 		return nil, err
 	}
 	p := &Peer{Node: cl.Issuer, Expires: until, token: bytes.Clone(token), hash: sha256.Sum256(token)}
-	p.Tags = make(identity.Tags, len(cl.T))
-	for i, kv := range cl.T {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return nil, reason.MalformedToken
-		}
-		p.Tags[i] = identity.Tag{Key: k, Value: v}
-	}
-	if p.Tags.Validate() != nil {
+	if p.Tags, err = identity.Decode(cl.T); err != nil {
 		return nil, reason.MalformedToken
 	}
 	if e.secrets.handshakePRK() == nil {
