@@ -555,7 +555,7 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 	steerName, tin, tout, _ := puNames(mp.ID)
 	p := &livePU{
 		info: PUInfo{ID: mp.ID, Name: mp.Name, Kind: mp.Kind.String(), NetNS: mp.NetNS, PID: mp.PID,
-			IPs: mp.IPs, Tags: tagMap(mp.Tags), Veth: mp.HostVeth, Bridge: mp.Bridge, State: PUStarting, Created: time.Now(),
+			IPs: mp.IPs, Tags: mp.Tags.Map(), Veth: mp.HostVeth, Bridge: mp.Bridge, State: PUStarting, Created: time.Now(),
 			MAC: mp.MAC.String(), Addrs: mp.Addrs},
 		steer: steerName, tapIn: tin, tapOut: tout, owned: owned, mac: mp.MAC,
 	}
@@ -592,17 +592,9 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 	return p.info, nil
 }
 
-func tagMap(t identity.Tags) map[string]string {
-	m := make(map[string]string, len(t))
-	for _, tag := range t {
-		m[tag.Key] = tag.Value
-	}
-	return m
-}
-
 // mergeTags overlays orchestrator-set tags on a PU's tags (they win).
 func mergeTags(base identity.Tags, over map[string]string) identity.Tags {
-	m := tagMap(base)
+	m := base.Map()
 	for k, v := range over {
 		m[k] = v
 	}

@@ -190,14 +190,12 @@ func labelMap(kvs []string) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := make(map[string]string, len(tags))
 	for _, t := range tags {
 		if err := identity.CheckLabel(t.Key, t.Value, false); err != nil {
 			return nil, fmt.Errorf("label %q: %w", t, err)
 		}
-		m[t.Key] = t.Value
 	}
-	return m, nil
+	return tags.Map(), nil
 }
 
 // tagMap parses --tag key=value flags: reserved keys allowed (the caller
@@ -207,11 +205,7 @@ func tagMap(kvs []string) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := make(map[string]string, len(tags))
-	for _, t := range tags {
-		m[t.Key] = t.Value
-	}
-	return m, nil
+	return tags.Map(), nil
 }
 
 func printJSON(v any) error {
