@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/testenv"
 )
 
@@ -111,7 +112,7 @@ func TestLargeDatagrams(t *testing.T) {
 		client := netip.MustParseAddrPort(c.LocalAddr().String())
 		var found bool
 		for _, r := range s.d.Records() {
-			if r.Proto == "udp" && r.Action == "deny" && r.Server == netip.AddrPortFrom(s.db.Addr, 9999) {
+			if r.Proto == ipproto.UDP && r.Action == "deny" && r.Server == netip.AddrPortFrom(s.db.Addr, 9999) {
 				found = true
 				if r.Direction != "ingress" || r.Client != client || r.Remote.External {
 					t.Errorf("record of the denied inbound flow: %+v", r)

@@ -11,7 +11,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/testenv"
 	"github.com/trireme-go/trireme/tokens"
 )
@@ -40,7 +40,7 @@ func TestJunkTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	var c tokens.Conn
-	frame, err := eng.AppendSYN(nil, eng.NewLocal(policy.NewTags(map[string]string{"app": "web"})), &c, time.Now())
+	frame, err := eng.AppendSYN(nil, eng.NewLocal(identity.NewTags(map[string]string{"app": "web"})), &c, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

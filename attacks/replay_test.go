@@ -13,6 +13,7 @@ import (
 	"github.com/google/gopacket/layers"
 
 	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/tokens"
 )
@@ -155,8 +156,8 @@ policies:
 		return e
 	}
 	client, server := enforcer("node-c", nil), enforcer("node-s", sink)
-	web := client.AddPU("web", policy.NewTags(map[string]string{"app": "web"}), nil)
-	db := server.AddPU("db", policy.NewTags(map[string]string{"app": "db"}), nil)
+	web := client.AddPU("web", identity.NewTags(map[string]string{"app": "web"}), nil)
+	db := server.AddPU("db", identity.NewTags(map[string]string{"app": "db"}), nil)
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
 	webAddr, dbAddr := netip.MustParseAddrPort("10.0.1.1:40000"), netip.MustParseAddrPort("10.0.2.2:5432")
 	replayer := netip.MustParseAddrPort("10.0.9.9:50000")

@@ -10,7 +10,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/tokens"
 )
 
@@ -35,7 +35,7 @@ func TestForgedSYNACK(t *testing.T) {
 	}
 	eng := nodeTokens(t, s.d)
 	now := time.Now()
-	web := eng.NewLocal(policy.NewTags(map[string]string{"app": "web"}))
+	web := eng.NewLocal(identity.NewTags(map[string]string{"app": "web"}))
 	webToken := identityToken(mintSYN(t, eng, map[string]string{"app": "web"}, now))
 	rogue := identityToken(mintSYN(t, rogueTokens(t, st.Node), map[string]string{"app": "web"}, now))
 	server := netip.AddrPortFrom(host.Addr, 80) // frontend may reach app=web on tcp/80

@@ -15,7 +15,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/testenv"
 	"github.com/trireme-go/trireme/tokens"
 )
@@ -101,7 +101,7 @@ func newEngine(t *testing.T, node string, sec tokens.Secrets) *tokens.Engine {
 func mintSYN(t *testing.T, e *tokens.Engine, tags map[string]string, now time.Time) []byte {
 	t.Helper()
 	var c tokens.Conn
-	f, err := e.AppendSYN(nil, e.NewLocal(policy.NewTags(tags)), &c, now)
+	f, err := e.AppendSYN(nil, e.NewLocal(identity.NewTags(tags)), &c, now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,8 +4,8 @@
 package dataplane
 
 import (
-	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 )
@@ -43,16 +43,16 @@ func (c *slowPacket) datagram() {
 	ent.Value.role = roleDatagram
 	ent.Value.firstDir = c.dir
 	ent.Value.target = c.view.eng.IsTarget(c.remote)
-	proto := policy.Protocol(c.p.Proto)
+	proto := c.p.Proto
 	var port uint16
 	var d policy.Decision
 	if c.dir == FromApp {
-		if c.p.Proto == packet.ProtoTCP || c.p.Proto == packet.ProtoUDP {
+		if c.p.Proto.HasPorts() {
 			port = c.remotePort()
 		}
 		d = c.view.pol.Egress(nil, c.remote, proto, port)
 	} else {
-		if c.p.Proto == packet.ProtoUDP {
+		if c.p.Proto == ipproto.UDP {
 			port = c.localPort()
 		}
 		d = c.view.pol.Ingress(nil, c.remote, proto, port)

@@ -7,13 +7,17 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
@@ -103,7 +107,7 @@ const reauthorizeEvery = time.Second
 type Note struct {
 	Kind  NoteKind
 	PU    *PU
-	Proto uint8
+	Proto ipproto.Proto
 	// Local is the PU's end, Remote the peer's.
 	Local, Remote netip.AddrPort
 	VLAN          [2]uint16
@@ -178,17 +182,33 @@ const (
 	MidStreamAllowACL
 )
 
-// ParseMidStream reads "drop", "reset" or "allow-acl".
-func ParseMidStream(s string) (MidStream, error) {
-	switch s {
-	case "drop", "":
-		return MidStreamDrop, nil
-	case "reset":
-		return MidStreamReset, nil
-	case "allow-acl":
-		return MidStreamAllowACL, nil
+var midStreamNames = [...]string{MidStreamDrop: "drop", MidStreamReset: "reset", MidStreamAllowACL: "acl"}
+
+// String returns the rule's name: drop, reset or acl.
+func (m MidStream) String() string {
+	if int(m) < len(midStreamNames) {
+		return midStreamNames[m]
 	}
-	return 0, errors.New("mid-stream rule must be drop, reset or allow-acl")
+	return "mid-stream-" + strconv.Itoa(int(m))
+}
+
+// MarshalText writes the rule's name (the daemon config's midStream).
+func (m MidStream) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
+// UnmarshalText reads a rule's name; "allow-acl" is the name trireme replay's
+// --mid-stream first gave acl.
+func (m *MidStream) UnmarshalText(b []byte) error {
+	s := string(b)
+	if s == "allow-acl" {
+		s = "acl"
+	}
+	for i, name := range midStreamNames {
+		if s == name {
+			*m = MidStream(i)
+			return nil
+		}
+	}
+	return fmt.Errorf("mid-stream rule %q: want drop, reset or acl", b)
 }
 
 // Config configures an Enforcer.
@@ -229,7 +249,7 @@ type Config struct {
 // has to be looked up per frame.
 type PU struct {
 	id    string
-	tags  policy.Tags
+	tags  identity.Tags
 	owner any
 	index uint32
 	local *tokens.Local
@@ -243,7 +263,7 @@ type PU struct {
 func (pu *PU) ID() string { return pu.id }
 
 // Tags are the PU's identity tags as registered.
-func (pu *PU) Tags() policy.Tags { return pu.tags }
+func (pu *PU) Tags() identity.Tags { return pu.tags }
 
 // Owner is the value the caller registered the PU with.
 func (pu *PU) Owner() any { return pu.owner }
@@ -309,7 +329,7 @@ func New(cfg Config) (*Enforcer, error) {
 // AddPU registers a local PU and returns its handle; its policy view is
 // computed now (once per PU per policy engine). owner is the caller's value
 // for the PU (PU.Owner; the daemon: its frame ports and steering name).
-func (e *Enforcer) AddPU(id string, tags policy.Tags, owner any) *PU {
+func (e *Enforcer) AddPU(id string, tags identity.Tags, owner any) *PU {
 	pu := &PU{id: id, tags: tags, owner: owner, local: e.tok.NewLocal(tags)}
 	eng := e.policy.Load()
 	pu.view.Store(&puView{eng: eng, pol: eng.ForPU(tags)})
@@ -448,7 +468,7 @@ func (e *Enforcer) ProcessDecoded(pu *PU, dir Direction, p *packet.Packet, code 
 		sh.Lock()
 		if ent := sh.Get(&k); ent != nil && ent.State == flow.Established && ent.Value.authorized && !sh.Expired(ent, ns) {
 			sh.Touch(ent, flow.Dir(dir), len(frame), ns)
-			if v := &ent.Value; p.Proto == packet.ProtoTCP && !v.bypass {
+			if v := &ent.Value; p.Proto == ipproto.TCP && !v.bypass {
 				v.seq.observe(int(dir&1), p.Flags, p.Seq, p.Ack, p.Window, p.End-p.Payload)
 			}
 			// Live, an authorized flow's packets stay in the kernel until
@@ -477,11 +497,11 @@ func (e *Enforcer) ProcessDecoded(pu *PU, dir Direction, p *packet.Packet, code 
 // shapes the established-flow lookup is for.
 func fastShape(p *packet.Packet) bool {
 	switch p.Proto {
-	case packet.ProtoTCP:
+	case ipproto.TCP:
 		if p.Flags&(packet.SYN|packet.FIN|packet.RST) != 0 {
 			return false
 		}
-	case packet.ProtoUDP:
+	case ipproto.UDP:
 	default:
 		return false
 	}
@@ -543,7 +563,7 @@ func (e *Enforcer) slowPath(pu *PU, dir Direction, p *packet.Packet, ns int64, n
 		}
 		return
 	case packet.FirstFragment:
-		if p.Proto == packet.ProtoTCP && p.Flags&packet.SYN != 0 {
+		if p.Proto == ipproto.TCP && p.Flags&packet.SYN != 0 {
 			// The token and the options may be split across fragments: a
 			// fragmented SYN cannot be authorized.
 			e.drop(out, reason.Fragment)
@@ -553,7 +573,7 @@ func (e *Enforcer) slowPath(pu *PU, dir Direction, p *packet.Packet, ns int64, n
 	c := slowPacket{e: e, pu: pu, view: view, dir: dir, p: p, frame: frame, ns: ns, now: now, out: out}
 	makeKey(&c.key, pu, dir, p)
 	c.remote = remote
-	if p.Proto == packet.ProtoTCP {
+	if p.Proto == ipproto.TCP {
 		c.tcp()
 	} else {
 		c.datagram()
@@ -650,7 +670,7 @@ type fragKey struct {
 	id       uint32
 	pu       uint32
 	dir      Direction
-	proto    uint8
+	proto    ipproto.Proto
 }
 
 type fragEntry struct {
@@ -713,7 +733,7 @@ func (f *fragTable) expireLocked(now int64) {
 // as mid-stream. local is the PU's end. It returns false when the flow is
 // already known, the PU unknown, or the table full. The flow has no
 // recorded decision: its record says "restored".
-func (e *Enforcer) Restore(pu *PU, proto uint8, local, remote netip.AddrPort, now time.Time) bool {
+func (e *Enforcer) Restore(pu *PU, proto ipproto.Proto, local, remote netip.AddrPort, now time.Time) bool {
 	if pu == nil || pu.view.Load() == nil {
 		return false
 	}
@@ -735,7 +755,7 @@ func (e *Enforcer) Restore(pu *PU, proto uint8, local, remote netip.AddrPort, no
 	v.bypass = e.kernelBypass
 	v.dec.Action = policy.Allow
 	v.target = pu.view.Load().eng.IsTarget(remote.Addr())
-	if proto != packet.ProtoTCP {
+	if proto != ipproto.TCP {
 		v.role = roleDatagram
 	}
 	sh.SetState(ent, flow.Established, ns)
@@ -766,13 +786,13 @@ func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
 		if view == nil {
 			return false
 		}
-		var id *policy.Identity
+		var id *identity.Identity
 		if v.peer != nil {
 			id = v.peer.Identity
 		}
 		k := &ent.Key
 		remote := k.RemoteAddr()
-		proto := policy.Protocol(k.Proto)
+		proto := k.Proto
 		var d policy.Decision
 		switch {
 		case v.restored || v.pickedUp:
@@ -782,13 +802,13 @@ func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
 			}
 		case v.role == roleServer || v.role == roleDatagram && v.firstDir == FromNet:
 			port := k.LocalPort
-			if k.Proto != packet.ProtoTCP && k.Proto != packet.ProtoUDP {
+			if !k.Proto.HasPorts() {
 				port = 0
 			}
 			d = view.pol.Ingress(id, remote, proto, port)
 		default:
 			port := k.RemotePort
-			if k.Proto != packet.ProtoTCP && k.Proto != packet.ProtoUDP {
+			if !k.Proto.HasPorts() {
 				port = 0
 			}
 			d = view.pol.Egress(id, remote, proto, port)

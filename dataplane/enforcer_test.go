@@ -14,6 +14,8 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
@@ -103,7 +105,7 @@ func newSide(t testing.TB, node, yaml string, tags map[string]string, mode MidSt
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.pu = s.e.AddPU(node+"-pu", policy.NewTags(tags), nil)
+	s.pu = s.e.AddPU(node+"-pu", identity.NewTags(tags), nil)
 	return s
 }
 
@@ -1248,8 +1250,8 @@ func TestReadRecords(t *testing.T) {
 	var buf bytes.Buffer
 	s := NewJSONLSink(&buf)
 	in := []Record{
-		{Time: t0.UTC(), End: EndEstablished, Proto: "tcp", Client: netip.AddrPortFrom(cIP, 40000), Server: netip.AddrPortFrom(sIP, 5432), Direction: "ingress", Action: "allow", Reason: "none"},
-		{Time: t0.UTC(), End: EndDenied, Proto: "tcp", Client: netip.AddrPortFrom(cIP, 40001), Server: netip.AddrPortFrom(sIP, 22), Direction: "ingress", Action: "deny", Reason: "missing-token"},
+		{Time: t0.UTC(), End: EndEstablished, Proto: ipproto.TCP, Client: netip.AddrPortFrom(cIP, 40000), Server: netip.AddrPortFrom(sIP, 5432), Direction: "ingress", Action: "allow", Reason: "none"},
+		{Time: t0.UTC(), End: EndDenied, Proto: ipproto.TCP, Client: netip.AddrPortFrom(cIP, 40001), Server: netip.AddrPortFrom(sIP, 22), Direction: "ingress", Action: "deny", Reason: "missing-token"},
 	}
 	s.Record(&in[0])
 	buf.WriteString(`{"time":"2026-11-23T12:00:00Z","end":"clo` + "\n")

@@ -10,6 +10,7 @@ import (
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/dataplane/pcapio"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // FuzzProcess feeds arbitrary frames to an enforcer in both directions,
@@ -82,7 +83,7 @@ func FuzzProcess(f *testing.F) {
 			}
 			for _, in := range out.Inject {
 				var q packet.Packet
-				if q.Decode(in.Frame) != 0 || q.Proto != packet.ProtoTCP || !packet.VerifyTCPChecksum(&q) {
+				if q.Decode(in.Frame) != 0 || q.Proto != ipproto.TCP || !packet.VerifyTCPChecksum(&q) {
 					t.Fatalf("injected frame does not parse or has a bad checksum: %x", in.Frame)
 				}
 			}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
 )
@@ -42,7 +42,7 @@ func pkiSideBudget(t testing.TB, node, yaml string, tags map[string]string, ca *
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.pu = s.e.AddPU(node+"-pu", policy.NewTags(tags), nil)
+	s.pu = s.e.AddPU(node+"-pu", identity.NewTags(tags), nil)
 	return s
 }
 

@@ -5,7 +5,7 @@ package dataplane
 
 import (
 	"github.com/trireme-go/trireme/dataplane/packet"
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -37,9 +37,9 @@ func (c *slowPacket) midStream() {
 		if rst {
 			break
 		}
-		d := c.view.pol.Egress(nil, c.remote, policy.ProtoTCP, c.remotePort())
+		d := c.view.pol.Egress(nil, c.remote, ipproto.TCP, c.remotePort())
 		if !d.Allowed() {
-			d = c.view.pol.Ingress(nil, c.remote, policy.ProtoTCP, c.localPort())
+			d = c.view.pol.Ingress(nil, c.remote, ipproto.TCP, c.localPort())
 		}
 		if !d.Allowed() {
 			break

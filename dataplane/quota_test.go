@@ -8,7 +8,7 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
 )
@@ -40,7 +40,7 @@ func newOneNode(t *testing.T, yaml string, flows flow.Config) *oneNode {
 }
 
 func (n *oneNode) pu(app string) *PU {
-	return n.e.AddPU(app, policy.NewTags(map[string]string{"app": app}), nil)
+	return n.e.AddPU(app, identity.NewTags(map[string]string{"app": app}), nil)
 }
 
 func (n *oneNode) run(pu *PU, dir Direction, f []byte, now time.Time) result {

@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 )
@@ -42,8 +42,8 @@ type Record struct {
 	Time time.Time `json:"time"` // when it was decided (or first seen)
 	End  End       `json:"end"`
 	// EndTime is when the record was written.
-	EndTime time.Time `json:"endTime"`
-	Proto   string    `json:"proto"`
+	EndTime time.Time     `json:"endTime"`
+	Proto   ipproto.Proto `json:"proto"`
 	// Client and Server are the connection's ends (for datagrams: the
 	// sender of the first packet is the client).
 	Client netip.AddrPort `json:"client"`
@@ -144,49 +144,11 @@ func (s *JSONLSink) Err() error {
 	return s.err
 }
 
-func actionName(a policy.Action) string {
-	switch a {
-	case policy.Allow:
-		return "allow"
-	case policy.Reject:
-		return "reject"
-	}
-	return "deny"
-}
-
 func ruleInfo(r *policy.RuleRef) *RuleInfo {
 	if r == nil {
 		return nil
 	}
-	return &RuleInfo{Policy: r.Policy, Direction: r.Direction.String(), Index: r.Index, Name: r.Name, Action: actionName(r.Action)}
-}
-
-func protoName(p uint8) string {
-	switch p {
-	case 6:
-		return "tcp"
-	case 17:
-		return "udp"
-	case 1:
-		return "icmp"
-	case 58:
-		return "icmpv6"
-	}
-	return "ip-" + itoa(int(p))
-}
-
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	var b [8]byte
-	i := len(b)
-	for n > 0 && i > 0 {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-	}
-	return string(b[i:])
+	return &RuleInfo{Policy: r.Policy, Direction: r.Direction.String(), Index: r.Index, Name: r.Name, Action: r.Action.String()}
 }
 
 // finish ends a flow: its record (unless written at the denial) and, when
@@ -232,11 +194,11 @@ func (e *Enforcer) record(pu *PU, ent *flow.Entry[conn], end End, ns int64) {
 	}
 	r := &Record{
 		Time: time.Unix(0, at).UTC(), End: end, EndTime: time.Unix(0, ns).UTC(),
-		Proto:      protoName(k.Proto),
+		Proto:      k.Proto,
 		Direction:  "egress",
 		Client:     local,
 		Server:     remote,
-		Action:     actionName(v.dec.Action),
+		Action:     v.dec.Action.String(),
 		Reason:     v.reason.String(),
 		Rule:       ruleInfo(v.dec.Rule),
 		Observed:   ruleInfo(v.dec.Observed),
@@ -253,7 +215,7 @@ func (e *Enforcer) record(pu *PU, ent *flow.Entry[conn], end End, ns int64) {
 		if !v.decided {
 			r.Action = "deny"
 		}
-	case k.Proto == packet.ProtoTCP && ent.State.HalfOpen() && end != EndReplaced:
+	case k.Proto == ipproto.TCP && ent.State.HalfOpen() && end != EndReplaced:
 		// A handshake that never completed (whatever one side decided on
 		// the way): nothing was allowed to pass.
 		r.Action = "none"

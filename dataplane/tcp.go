@@ -10,6 +10,7 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
@@ -304,7 +305,7 @@ func cmpEnd(a [16]byte, ap uint16, b [16]byte, bp uint16) int {
 // packets bypass the dataplane.
 func (c *slowPacket) establish(ent *flow.Entry[conn]) {
 	ent.Value.authorized = true
-	ent.Value.bypass = c.e.kernelBypass && ent.Key.Proto == packet.ProtoTCP
+	ent.Value.bypass = c.e.kernelBypass && ent.Key.Proto == ipproto.TCP
 	ent.Value.authNoteAt = c.ns
 	c.sh.SetState(ent, flow.Established, c.ns)
 	c.out.Notes = append(c.out.Notes, note(Authorize, c.pu, &ent.Key))

@@ -7,7 +7,7 @@ package dataplane
 import (
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
 )
@@ -19,7 +19,7 @@ func (c *slowPacket) clientSYN(ent *flow.Entry[conn]) {
 	c.touch(ent, len(c.frame))
 	if !v.target {
 		if !v.decided {
-			c.decide(ent, c.view.pol.Egress(nil, c.remote, policy.ProtoTCP, c.remotePort()))
+			c.decide(ent, c.view.pol.Egress(nil, c.remote, ipproto.TCP, c.remotePort()))
 		}
 		if !v.dec.Allowed() {
 			c.deny(ent, v.reason)
@@ -183,7 +183,7 @@ func (c *slowPacket) deliverSYNACK(ent *flow.Entry[conn], first bool) {
 	}
 	if first {
 		v.peer = v.tok.Peer()
-		c.decide(ent, c.view.pol.Egress(v.peer.Identity, c.remote, policy.ProtoTCP, c.remotePort()))
+		c.decide(ent, c.view.pol.Egress(v.peer.Identity, c.remote, ipproto.TCP, c.remotePort()))
 		if !v.dec.Allowed() {
 			c.clientRefuse(ent, v.reason)
 			return

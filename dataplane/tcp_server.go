@@ -7,6 +7,8 @@ package dataplane
 import (
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
@@ -18,7 +20,7 @@ func (c *slowPacket) serverSYN(ent *flow.Entry[conn]) {
 	c.touch(ent, len(c.frame))
 	if !v.target {
 		if !v.decided {
-			c.decide(ent, c.view.pol.Ingress(nil, c.remote, policy.ProtoTCP, c.localPort()))
+			c.decide(ent, c.view.pol.Ingress(nil, c.remote, ipproto.TCP, c.localPort()))
 		}
 		if !v.dec.Allowed() {
 			c.deny(ent, v.reason)
@@ -47,7 +49,7 @@ func (c *slowPacket) serverSYN(ent *flow.Entry[conn]) {
 	}
 	if !v.decided {
 		v.peer = peer
-		c.decide(ent, c.view.pol.Ingress(peer.Identity, c.remote, policy.ProtoTCP, c.localPort()))
+		c.decide(ent, c.view.pol.Ingress(peer.Identity, c.remote, ipproto.TCP, c.localPort()))
 	}
 	if !v.dec.Allowed() {
 		c.deny(ent, v.reason)
@@ -138,7 +140,7 @@ func (c *slowPacket) peerSYN(ent *flow.Entry[conn]) {
 // tok, and the PU's ingress rules decide. rc is why it is refused (None:
 // allowed).
 func (c *slowPacket) authSYN(target bool, tok *tokens.Conn) (peer *tokens.Peer, d policy.Decision, rc reason.Code) {
-	var id *policy.Identity
+	var id *identity.Identity
 	if target {
 		_, n, rc := c.findToken()
 		if rc != reason.None {
@@ -150,7 +152,7 @@ func (c *slowPacket) authSYN(target bool, tok *tokens.Conn) (peer *tokens.Peer, 
 		}
 		id = peer.Identity
 	}
-	d = c.view.pol.Ingress(id, c.remote, policy.ProtoTCP, c.localPort())
+	d = c.view.pol.Ingress(id, c.remote, ipproto.TCP, c.localPort())
 	if !d.Allowed() {
 		rc = d.Reason
 		if rc == reason.None {
@@ -219,12 +221,12 @@ func (c *slowPacket) promoteSuccessor(old *flow.Entry[conn]) *flow.Entry[conn] {
 	q.nxt[sideRemote], q.sent[sideRemote] = v.succEnd, true
 	q.rcv[sideLocal], q.edge[sideLocal], q.acked[sideLocal] = v.succISN+1, v.succISN+1, true
 	q.offered[sideRemote], q.offered[sideLocal] = v.succScale, noScale
-	var id *policy.Identity
+	var id *identity.Identity
 	if n.target {
 		n.peer = n.tok.Peer()
 		id = n.peer.Identity
 	}
-	c.decide(ent, c.view.pol.Ingress(id, c.remote, policy.ProtoTCP, c.localPort()))
+	c.decide(ent, c.view.pol.Ingress(id, c.remote, ipproto.TCP, c.localPort()))
 	if !n.dec.Allowed() {
 		// The policy changed since the SYN was passed on.
 		c.sh.SetState(ent, flow.Denied, c.ns)

@@ -505,7 +505,7 @@ func (e *Env) WaitPUs(ctx context.Context, kind string, n int, limit time.Durati
 		if err == nil {
 			got = got[:0]
 			for _, p := range pus {
-				if p.Kind == kind && p.State == "running" {
+				if p.Kind == kind && p.State == node.PURunning {
 					got = append(got, p)
 				}
 			}

@@ -188,7 +188,7 @@ func (e *Env) Explain(rows []Row, wait time.Duration) error {
 func (e *Env) explain(r *Row, recs []dataplane.Record) bool {
 	var mine []dataplane.Record
 	for _, rec := range recs {
-		if rec.Server != r.server || !strings.EqualFold(rec.Proto, r.Conn.Proto) {
+		if rec.Server != r.server || !strings.EqualFold(rec.Proto.String(), r.Conn.Proto) {
 			continue
 		}
 		if rec.Client.Addr() == r.clientAddr || (!r.clientAddr.IsValid() && !rec.Time.Before(r.since) && !e.known(rec.Client.Addr())) {

@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -34,7 +35,7 @@ type Key struct {
 	// priority-only tag, which 802.1Q says carries no VLAN).
 	VLAN  [2]uint16
 	PU    uint32 // the local PU's index in its enforcer: its shard
-	Proto uint8
+	Proto ipproto.Proto
 }
 
 // LocalAddr returns the local address as a netip.Addr (unmapped for IPv4).
@@ -479,20 +480,20 @@ func (s *Shard[V]) Touch(e *Entry[V], d Dir, n int, now int64) {
 }
 
 func (t *Table[V]) timeout(e *Entry[V]) int64 {
-	if e.State == Established && e.Key.Proto != 6 {
+	if e.State == Established && e.Key.Proto != ipproto.TCP {
 		return int64(t.cfg.Datagram)
 	}
 	return t.timeouts[e.State%numStates]
 }
 
 // timeoutOf is the lifetime of a flow in state st (docs/dataplane.md).
-func (t *Table[V]) timeoutOf(st State, proto uint8) time.Duration {
+func (t *Table[V]) timeoutOf(st State, proto ipproto.Proto) time.Duration {
 	c := &t.cfg
 	switch {
 	case st.HalfOpen():
 		return c.HalfOpen
 	case st == Established:
-		if proto == 6 {
+		if proto == ipproto.TCP {
 			return c.Established
 		}
 		return c.Datagram
@@ -510,7 +511,9 @@ func (t *Table[V]) timeoutOf(st State, proto uint8) time.Duration {
 
 // Timeout is the lifetime of a flow of protocol proto in state st without
 // packets: the table's lifetimes, for documentation and stats.
-func (t *Table[V]) Timeout(st State, proto uint8) time.Duration { return t.timeoutOf(st, proto) }
+func (t *Table[V]) Timeout(st State, proto ipproto.Proto) time.Duration {
+	return t.timeoutOf(st, proto)
+}
 
 func (s *Shard[V]) link(e *Entry[V], c class) {
 	l := &s.lists[c]

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -99,7 +100,7 @@ func TestInsertGetDelete(t *testing.T) {
 func TestLifetimes(t *testing.T) {
 	cases := []struct {
 		name  string
-		proto uint8
+		proto ipproto.Proto
 		st    State
 		cfg   Config
 		ttl   time.Duration

@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -29,8 +30,8 @@ func bigCluster(b *testing.B, nss, pods int) *Cluster {
 			err := c.AddPod(Pod{Namespace: ns, Name: fmt.Sprintf("pod-%d", p),
 				Labels: map[string]string{"app": fmt.Sprintf("app-%d", p%10)},
 				IPs:    []netip.Addr{netip.AddrFrom4([4]byte{10, byte(n), byte(p >> 8), byte(p)})},
-				Ports: []Port{{Name: "http", Protocol: policy.ProtoTCP, Port: uint16(8000 + p%3)},
-					{Name: "metrics", Protocol: policy.ProtoTCP, Port: 9090}}})
+				Ports: []Port{{Name: "http", Protocol: ipproto.TCP, Port: uint16(8000 + p%3)},
+					{Name: "metrics", Protocol: ipproto.TCP, Port: 9090}}})
 			if err != nil {
 				b.Fatal(err)
 			}

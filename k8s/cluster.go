@@ -22,7 +22,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // MetadataNameLabel is the label the API server sets on every namespace to
@@ -33,9 +34,9 @@ const MetadataNameLabel = "kubernetes.io/metadata.name"
 // cannot contain '@'.
 const (
 	// TagNamespace holds the pod's namespace.
-	TagNamespace = policy.SysPrefix + "namespace"
+	TagNamespace = identity.SysPrefix + "namespace"
 	// TagName holds the pod's name.
-	TagName = policy.SysPrefix + "name"
+	TagName = identity.SysPrefix + "name"
 	// NamespaceLabelPrefix prefixes the pod's namespace's labels:
 	// namespace label k=v becomes tag @ns:k=v on every pod of the namespace.
 	NamespaceLabelPrefix = "@ns:"
@@ -53,7 +54,7 @@ type Namespace struct {
 // Port is a container port of a pod.
 type Port struct {
 	Name     string // "" when unnamed
-	Protocol policy.Protocol
+	Protocol ipproto.Proto
 	Port     uint16
 }
 
@@ -182,26 +183,26 @@ func PodFromObject(o *corev1.Pod) (Pod, error) {
 }
 
 // protocolOf maps a Kubernetes protocol name; "" is TCP.
-func protocolOf(p corev1.Protocol) (policy.Protocol, error) {
+func protocolOf(p corev1.Protocol) (ipproto.Proto, error) {
 	switch p {
 	case "", corev1.ProtocolTCP:
-		return policy.ProtoTCP, nil
+		return ipproto.TCP, nil
 	case corev1.ProtocolUDP:
-		return policy.ProtoUDP, nil
+		return ipproto.UDP, nil
 	case corev1.ProtocolSCTP:
-		return policy.ProtoSCTP, nil
+		return ipproto.SCTP, nil
 	}
 	return 0, fmt.Errorf("protocol %q: want TCP, UDP or SCTP", string(p))
 }
 
 // ProtocolName is the Kubernetes name of a protocol (TCP, UDP, SCTP).
-func ProtocolName(p policy.Protocol) string {
+func ProtocolName(p ipproto.Proto) string {
 	switch p {
-	case policy.ProtoTCP:
+	case ipproto.TCP:
 		return "TCP"
-	case policy.ProtoUDP:
+	case ipproto.UDP:
 		return "UDP"
-	case policy.ProtoSCTP:
+	case ipproto.SCTP:
 		return "SCTP"
 	}
 	return fmt.Sprintf("proto-%d", p)

@@ -8,9 +8,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/trireme-go/trireme/ipproto"
 	corev1 "k8s.io/api/core/v1"
-
-	"github.com/trireme-go/trireme/policy"
 )
 
 // Case is one cyclonus-generated conformance case (the format of
@@ -65,7 +64,7 @@ func ParseCase(data []byte) (*Case, error) {
 }
 
 // Proto is the probe's protocol.
-func (p *Probe) Proto() (policy.Protocol, error) {
+func (p *Probe) Proto() (ipproto.Proto, error) {
 	return protocolOf(corev1.Protocol(p.Protocol))
 }
 

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/node"
 	"github.com/trireme-go/trireme/testenv"
 )
@@ -220,7 +222,7 @@ func (u *liveUniverse) runStep(label string, st *Step, all *liveTally) bool {
 		}
 		labels, tags := map[string]string{}, map[string]string{}
 		for k, v := range want[id] {
-			if strings.HasPrefix(k, "@") {
+			if identity.IsReserved(k) {
 				tags[k] = v
 			} else {
 				labels[k] = v
@@ -387,7 +389,7 @@ func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, port uint16) 
 	for {
 		found := map[blameCell]bool{}
 		for _, r := range u.d.RecordsSince(offset) {
-			if r.Proto == "tcp" && r.Server.Port() == port && r.Action != "allow" {
+			if r.Proto == ipproto.TCP && r.Server.Port() == port && r.Action != "allow" {
 				found[blameCell{u.podAt(r.Client.Addr()), u.podAt(r.Server.Addr()), r.Direction}] = true
 			}
 		}
@@ -416,7 +418,7 @@ func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, port uint16) 
 func (u *liveUniverse) pairRecords(offset int64, port uint16) map[[2]string][]string {
 	out := map[[2]string][]string{}
 	for _, r := range u.d.RecordsSince(offset) {
-		if r.Proto != "tcp" || r.Server.Port() != port {
+		if r.Proto != ipproto.TCP || r.Server.Port() != port {
 			continue
 		}
 		k := [2]string{u.podAt(r.Client.Addr()), u.podAt(r.Server.Addr())}

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -41,7 +42,7 @@ type ports struct {
 }
 
 type namedPort struct {
-	proto policy.Protocol
+	proto ipproto.Proto
 	name  string
 }
 

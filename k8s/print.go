@@ -8,6 +8,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -105,7 +106,7 @@ func fileRuleOf(r *policy.Rule) (fileRule, error) {
 		fr.To = append(fr.To, filePeer{CIDR: pe.CIDR.String(), Except: prefixStrings(pe.Except)})
 	}
 	for _, pr := range r.Ports {
-		if pr.Protocol == policy.ProtoAny {
+		if pr.Protocol == ipproto.Any {
 			return fileRule{}, fmt.Errorf("port range of any protocol cannot be written")
 		}
 		fr.Ports = append(fr.Ports, pr.String())

@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -34,13 +36,13 @@ func TestTranslateMatchesReference(t *testing.T) {
 		}
 		e := mustCompile(t, tr.Set)
 		pols := make([]*policy.PUPolicy, len(tr.PUs))
-		ids := make([]*policy.Identity, len(tr.PUs))
+		ids := make([]*identity.Identity, len(tr.PUs))
 		for i := range tr.PUs {
-			pols[i], ids[i] = e.ForPU(tr.PUs[i].Tags), policy.NewIdentity(tr.PUs[i].Tags)
+			pols[i], ids[i] = e.ForPU(tr.PUs[i].Tags), identity.New(tr.PUs[i].Tags)
 		}
 		ext := netip.MustParseAddr("172.16.0.9")
 		ports := []uint16{80, 81, 443, 8080, 9000}
-		for _, proto := range []policy.Protocol{policy.ProtoTCP, policy.ProtoUDP, policy.ProtoSCTP} {
+		for _, proto := range []ipproto.Proto{ipproto.TCP, ipproto.UDP, ipproto.SCTP} {
 			for _, port := range ports {
 				for i := range tr.PUs {
 					from := &tr.PUs[i]
@@ -99,7 +101,7 @@ func refPod(c *Cluster, ns, name string) *Pod {
 // refAllowed is the NetworkPolicy rule for one half of a connection from
 // client to server (nil: the outside address addr). ingress: the server's
 // ingress policies decide; else the client's egress policies.
-func refAllowed(c *Cluster, client, server *Pod, addr netip.Addr, proto policy.Protocol, port uint16, ingress bool) bool {
+func refAllowed(c *Cluster, client, server *Pod, addr netip.Addr, proto ipproto.Proto, port uint16, ingress bool) bool {
 	subject, peer := client, server
 	if ingress {
 		subject, peer = server, client
@@ -202,18 +204,18 @@ func refPeers(c *Cluster, policyNS string, peers []networkingv1.NetworkPolicyPee
 
 // refPorts: named ports resolve on the server (the destination); outside
 // servers have none.
-func refPorts(ports []networkingv1.NetworkPolicyPort, server *Pod, proto policy.Protocol, port uint16) bool {
+func refPorts(ports []networkingv1.NetworkPolicyPort, server *Pod, proto ipproto.Proto, port uint16) bool {
 	if len(ports) == 0 {
 		return true
 	}
 	for _, p := range ports {
-		pp := policy.ProtoTCP
+		pp := ipproto.TCP
 		if p.Protocol != nil {
 			switch *p.Protocol {
 			case corev1.ProtocolUDP:
-				pp = policy.ProtoUDP
+				pp = ipproto.UDP
 			case corev1.ProtocolSCTP:
-				pp = policy.ProtoSCTP
+				pp = ipproto.SCTP
 			}
 		}
 		if pp != proto {
@@ -258,7 +260,7 @@ func randomCluster(rng *rand.Rand) *Cluster {
 		}
 		return m
 	}
-	protos := []policy.Protocol{policy.ProtoTCP, policy.ProtoUDP, policy.ProtoSCTP}
+	protos := []ipproto.Proto{ipproto.TCP, ipproto.UDP, ipproto.SCTP}
 	for n, ns := range []string{"x", "y", "z"} {
 		if err := c.AddNamespace(Namespace{Name: ns, Labels: randLabels()}); err != nil {
 			panic(err)

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -25,7 +27,7 @@ func (c *Cell) Allowed() bool {
 
 // Matrix is the reachability of every pod from every pod on one port.
 type Matrix struct {
-	Proto    policy.Protocol
+	Proto    ipproto.Proto
 	Port     uint16 // 0 when PortName is set
 	PortName string // a named port, resolved on each server
 	PUs      []PU
@@ -44,7 +46,7 @@ func (m *Matrix) Label() string {
 // traffic to itself follows its policies) on proto/port with the engine, as
 // the enforcers do: the client's egress against the server's identity and
 // address, the server's ingress against the client's.
-func Reach(e *policy.Engine, pus []PU, proto policy.Protocol, port uint16) *Matrix {
+func Reach(e *policy.Engine, pus []PU, proto ipproto.Proto, port uint16) *Matrix {
 	m := newMatrix(pus, proto)
 	m.Port = port
 	r := newReacher(e, pus)
@@ -57,7 +59,7 @@ func Reach(e *policy.Engine, pus []PU, proto policy.Protocol, port uint16) *Matr
 // ReachNamed is Reach on a named port: each server's container port of that
 // name and protocol (as cyclonus probes "serve-80-tcp"). Servers without one
 // are NotServed.
-func ReachNamed(e *policy.Engine, pus []PU, proto policy.Protocol, name string) *Matrix {
+func ReachNamed(e *policy.Engine, pus []PU, proto ipproto.Proto, name string) *Matrix {
 	m := newMatrix(pus, proto)
 	m.PortName = name
 	r := newReacher(e, pus)
@@ -74,7 +76,7 @@ func ReachNamed(e *policy.Engine, pus []PU, proto policy.Protocol, name string) 
 	return m
 }
 
-func newMatrix(pus []PU, proto policy.Protocol) *Matrix {
+func newMatrix(pus []PU, proto ipproto.Proto) *Matrix {
 	m := &Matrix{Proto: proto, PUs: pus, Cells: make([][]Cell, len(pus))}
 	for i := range m.Cells {
 		m.Cells[i] = make([]Cell, len(pus))
@@ -86,14 +88,14 @@ func newMatrix(pus []PU, proto policy.Protocol) *Matrix {
 type reacher struct {
 	pus  []PU
 	pols []*policy.PUPolicy
-	ids  []*policy.Identity
+	ids  []*identity.Identity
 }
 
 func newReacher(e *policy.Engine, pus []PU) *reacher {
-	r := &reacher{pus: pus, pols: make([]*policy.PUPolicy, len(pus)), ids: make([]*policy.Identity, len(pus))}
+	r := &reacher{pus: pus, pols: make([]*policy.PUPolicy, len(pus)), ids: make([]*identity.Identity, len(pus))}
 	for i := range pus {
 		r.pols[i] = e.ForPU(pus[i].Tags)
-		r.ids[i] = policy.NewIdentity(pus[i].Tags)
+		r.ids[i] = identity.New(pus[i].Tags)
 	}
 	return r
 }

@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -25,7 +26,7 @@ type Options struct {
 // PU is a pod as a trireme processing unit: its identity tags and addresses.
 type PU struct {
 	Namespace, Name string
-	Tags            policy.Tags
+	Tags            identity.Tags
 	IPs             []netip.Addr
 	Ports           []Port // container ports, for named ports and probes
 }
@@ -61,7 +62,7 @@ func (t *Translation) PU(id string) *PU {
 // PodTags is the identity of a pod: its labels, @sys:namespace, @sys:name,
 // and its namespace's labels as @ns:<key> (which include
 // kubernetes.io/metadata.name).
-func PodTags(ns Namespace, pod *Pod) policy.Tags {
+func PodTags(ns Namespace, pod *Pod) identity.Tags {
 	m := make(map[string]string, len(pod.Labels)+len(ns.Labels)+3)
 	for k, v := range pod.Labels {
 		m[k] = v
@@ -72,7 +73,7 @@ func PodTags(ns Namespace, pod *Pod) policy.Tags {
 	m[NamespaceLabelPrefix+MetadataNameLabel] = ns.Name
 	m[TagNamespace] = ns.Name
 	m[TagName] = pod.Name
-	return policy.NewTags(m)
+	return identity.NewTags(m)
 }
 
 // Names of the policies of a translation. A NetworkPolicy ns/name becomes

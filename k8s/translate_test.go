@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -380,23 +381,23 @@ func mustCompile(t *testing.T, s *policy.Set) *policy.Engine {
 // endpoint resolves a check's end: a pod (tags and address), "ext:ADDR"
 // (no identity) or "tags:k=v,..." (an identity that is no pod, address
 // 10.0.9.9).
-func endpoint(t *testing.T, tr *Translation, s string) (*policy.Identity, policy.Tags, netip.Addr, bool) {
+func endpoint(t *testing.T, tr *Translation, s string) (*identity.Identity, identity.Tags, netip.Addr, bool) {
 	t.Helper()
 	if a, ok := strings.CutPrefix(s, "ext:"); ok {
 		return nil, nil, netip.MustParseAddr(a), false
 	}
 	if kv, ok := strings.CutPrefix(s, "tags:"); ok {
-		tags, err := policy.ParseTags(strings.Split(kv, ","))
+		tags, err := identity.ParseTags(strings.Split(kv, ","))
 		if err != nil {
 			t.Fatal(err)
 		}
-		return policy.NewIdentity(tags), tags, netip.MustParseAddr("10.0.9.9"), false
+		return identity.New(tags), tags, netip.MustParseAddr("10.0.9.9"), false
 	}
 	pu := tr.PU(s)
 	if pu == nil {
 		t.Fatalf("no pod %s", s)
 	}
-	return policy.NewIdentity(pu.Tags), pu.Tags, pu.IP(), true
+	return identity.New(pu.Tags), pu.Tags, pu.IP(), true
 }
 
 // decide returns the server's ingress and the client's egress decisions;

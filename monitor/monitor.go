@@ -13,7 +13,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
 )
 
 // Monitor is a source of PU events. Run sends events until ctx is done or the
@@ -114,7 +114,7 @@ type PU struct {
 	MAC   net.HardwareAddr
 	Addrs []netip.Prefix
 	// Tags is the PU's identity: user tags from labels plus @sys: tags.
-	Tags policy.Tags
+	Tags identity.Tags
 	// Image is the image the container runs (Docker only).
 	Image string
 }

@@ -1,17 +1,13 @@
 package monitor
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/trireme-go/trireme/policy"
 )
 
 func TestBuildTags(t *testing.T) {
@@ -99,18 +95,11 @@ func testNetns(t *testing.T, tag, addr, bridge string) (name, hostVeth string) {
 	return name, hostVeth
 }
 
-func recv(t *testing.T, ch <-chan Event) Event {
-	t.Helper()
-	select {
-	case ev := <-ch:
-		return ev
-	case <-time.After(5 * time.Second):
-		t.Fatal("no event")
-	}
-	return Event{}
-}
-
-func TestSourceAttachDetach(t *testing.T) {
+// TestNetnsPU: a namespace with a veth on a bridge is a bridged PU with
+// that veth, its addresses and its labels as tags (a reserved label
+// dropped); a loopback-only namespace has no network; what is no network
+// namespace is refused.
+func TestNetnsPU(t *testing.T) {
 	needRoot(t)
 	br := fmt.Sprintf("trmbr%d", os.Getpid()%100000)
 	run(t, "ip", "link", "add", br, "type", "bridge")
@@ -118,47 +107,25 @@ func TestSourceAttachDetach(t *testing.T) {
 	nsVeth, hostVeth := testNetns(t, "a", "10.77.0.2/24", br)
 	nsBare, _ := testNetns(t, "b", "", "")
 
-	src := NewSource("attach", KindNetns, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	events := make(chan Event)
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx, events) }()
-
-	type result struct {
-		pu  PU
-		err error
-	}
-	// attach calls Attach and, when it succeeds, takes its Start event: Run
-	// has taken the event from the Source when Attach returns but may still
-	// be handing it on.
-	attach := func(req AttachRequest) result {
-		r := make(chan result, 1)
-		go func() { pu, err := src.Attach(ctx, req); r <- result{pu, err} }()
-		var res result
-		select {
-		case res = <-r:
-		case <-time.After(5 * time.Second):
-			t.Fatalf("attach %+v blocked", req)
+	netnsPU := func(nameOrPath, name string, labels map[string]string) (PU, error) {
+		path, err := NetnsPath(nameOrPath)
+		if err != nil {
+			return PU{}, err
 		}
-		if res.err == nil {
-			if ev := recv(t, events); ev.Type != Start || ev.PU.ID != res.pu.ID || ev.Source != "attach" {
-				t.Fatalf("attach %+v emitted %v", req, ev)
-			}
-		}
-		return res
+		return NetnsPU(nil, KindNetns, name, path, labels)
 	}
-
-	res := attach(AttachRequest{NetNS: nsVeth, Name: "web1", Labels: map[string]string{"app": "web", "@sys:name": "db"}})
-	if res.err != nil {
-		t.Fatal(res.err)
+	pu, err := netnsPU(nsVeth, "web1", map[string]string{"app": "web", "@sys:name": "db"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	pu := res.pu
-	if pu.HostVeth != hostVeth || pu.HostVethIndex == 0 || pu.Bridge != br || pu.Network != NetworkBridge || pu.Kind != KindNetns {
-		t.Errorf("pu %+v: want host veth %s on %s, bridge network, netns", pu, hostVeth, br)
+	if pu.ID != "web1" || pu.HostVeth != hostVeth || pu.HostVethIndex == 0 || pu.Bridge != br || pu.Network != NetworkBridge || pu.Kind != KindNetns {
+		t.Errorf("pu %+v: want web1 with host veth %s on %s, bridge network, netns", pu, hostVeth, br)
 	}
 	if len(pu.IPs) != 1 || pu.IPs[0] != netip.MustParseAddr("10.77.0.2") {
 		t.Errorf("IPs %v", pu.IPs)
+	}
+	if !slices.Contains(pu.Addrs, netip.MustParsePrefix("10.77.0.2/24")) {
+		t.Errorf("Addrs %v: want the veth's 10.77.0.2/24", pu.Addrs)
 	}
 	if got := pu.Tags.String(); got != "@sys:id=web1,@sys:kind=netns,@sys:name=web1,app=web" {
 		t.Errorf("tags %s", got)
@@ -166,53 +133,25 @@ func TestSourceAttachDetach(t *testing.T) {
 	if ok, why := pu.Enforceable(); !ok {
 		t.Errorf("not enforceable: %s", why)
 	}
-
-	// Same namespace under another name, same name again: refused.
-	if r := attach(AttachRequest{NetNS: "/var/run/netns/" + nsVeth, Name: "other"}); !errors.Is(r.err, ErrExists) {
-		t.Errorf("second attach of the same namespace: %v", r.err)
-	}
-	if r := attach(AttachRequest{NetNS: nsBare, Name: "web1"}); !errors.Is(r.err, ErrExists) {
-		t.Errorf("duplicate name: %v", r.err)
+	// By path, without a name: named after the namespace.
+	if pu, err := netnsPU(NetnsDir+"/"+nsVeth, "", nil); err != nil || pu.ID != nsVeth || pu.HostVeth != hostVeth {
+		t.Errorf("by path: %+v, %v", pu, err)
 	}
 	// Bad namespaces.
 	for _, bad := range []string{"", "nope-" + nsVeth, "/etc/passwd", ".."} {
-		if r := attach(AttachRequest{NetNS: bad}); r.err == nil {
-			t.Errorf("attach %q succeeded", bad)
+		if _, err := netnsPU(bad, "", nil); err == nil {
+			t.Errorf("namespace %q accepted", bad)
 		}
 	}
 	// Loopback-only namespace: no network.
-	res = attach(AttachRequest{NetNS: nsBare})
-	if res.err != nil {
-		t.Fatal(res.err)
-	}
-	if res.pu.ID != nsBare || res.pu.Network != NetworkNone || res.pu.HostVeth != "" {
-		t.Errorf("bare namespace PU %+v", res.pu)
-	}
-	if got := len(src.List()); got != 2 {
-		t.Errorf("List has %d PUs, want 2", got)
-	}
-
-	errc := make(chan error, 1)
-	go func() { errc <- src.Remove(ctx, "web1") }()
-	for _, want := range []EventType{Stop, Destroy} {
-		if ev := recv(t, events); ev.Type != want || ev.PU.ID != "web1" || ev.PU.HostVeth != hostVeth {
-			t.Errorf("got %v, want %v web1", ev, want)
-		}
-	}
-	if err := <-errc; err != nil {
+	pu, err = netnsPU(nsBare, "", nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := src.Remove(ctx, "web1"); !errors.Is(err, ErrUnknown) {
-		t.Errorf("second remove: %v", err)
+	if pu.ID != nsBare || pu.Network != NetworkNone || pu.HostVeth != "" {
+		t.Errorf("bare namespace PU %+v", pu)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("Run: %v", err)
-	}
-	// Calls after Run ended give up with their ctx.
-	short, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel2()
-	if err := src.Add(short, PU{ID: "late", Tags: policy.Tags{}}); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("add without a running Source: %v", err)
+	if ok, _ := pu.Enforceable(); ok {
+		t.Error("a namespace without a veth is enforceable")
 	}
 }

@@ -3,10 +3,12 @@ package monitor
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -152,4 +154,66 @@ func sameNetns(a, b string) bool {
 		return false
 	}
 	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+// NetnsPU describes the namespace at path (a checked path, see NetnsPath)
+// as a PU of the given kind named name (default: derived from the path).
+func NetnsPU(log *slog.Logger, kind Kind, name, path string, labels map[string]string) (PU, error) {
+	pid := pidOf(path)
+	if name == "" {
+		name = DefaultName(path)
+	}
+	info, err := InspectNetns(path)
+	if err != nil {
+		return PU{}, err
+	}
+	pu := PU{
+		ID: name, Name: name, Kind: kind, PID: pid, NetNS: path,
+		HostVeth: info.HostVeth, HostVethIndex: info.HostVethIndex, Bridge: info.Bridge, IPs: info.IPs,
+		MAC: info.MAC, Addrs: hostAddrs(info.Addrs, info.IPs),
+		Tags: BuildTags(log, name, labels, SysTags(kind, name, name, "")),
+	}
+	switch {
+	case info.HostVeth != "":
+		pu.Network = NetworkBridge
+	case len(info.IPs) == 0:
+		pu.Network = NetworkNone
+	default:
+		// Addresses but no veth toward us (macvlan, a veth into another
+		// namespace): report it as bridged; Enforceable says why it is not.
+		pu.Network = NetworkBridge
+	}
+	return pu, nil
+}
+
+// hostAddrs is what a namespace's PU may send from: the addresses of its
+// veth (with their prefixes) and its other interfaces' global addresses
+// (as host prefixes: a PU may send from any address it holds).
+func hostAddrs(veth []netip.Prefix, ips []netip.Addr) []netip.Prefix {
+	out := slices.Clone(veth)
+	for _, ip := range ips {
+		if !slices.ContainsFunc(out, func(p netip.Prefix) bool { return p.Addr() == ip }) {
+			out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
+		}
+	}
+	return out
+}
+
+// pidOf is N for /proc/N/ns/net, 0 otherwise.
+func pidOf(path string) int {
+	if rest, ok := strings.CutPrefix(path, "/proc/"); ok {
+		if n, err := strconv.Atoi(strings.TrimSuffix(rest, "/ns/net")); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 0
+}
+
+// DefaultName is the name of a PU attached without one: pid-N for
+// /proc/N/ns/net, the file name otherwise (a namespace's name).
+func DefaultName(path string) string {
+	if pid := pidOf(path); pid > 0 {
+		return "pid-" + strconv.Itoa(pid)
+	}
+	return filepath.Base(path)
 }

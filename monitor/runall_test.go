@@ -26,16 +26,25 @@ func (f *failing) Run(ctx context.Context, events chan<- Event) error {
 	return nil
 }
 
+// oneShot emits one PU's Start, then waits.
+type oneShot struct{ name, id string }
+
+func (o oneShot) Name() string { return o.name }
+func (o oneShot) Run(ctx context.Context, events chan<- Event) error {
+	if send(ctx, events, Event{Type: Start, PU: PU{ID: o.id}, Source: o.name}) == nil {
+		<-ctx.Done()
+	}
+	return nil
+}
+
 func TestRunAll(t *testing.T) {
-	a, b := NewSource("a", KindNetns, nil), NewSource("b", KindProcess, nil)
+	a, b := oneShot{"a", "pa"}, oneShot{"b", "pb"}
 	f := &failing{fails: 2}
 	ctx, cancel := context.WithCancel(context.Background())
 	events := make(chan Event)
 	done := make(chan struct{})
 	go func() { RunAll(ctx, events, nil, 10*time.Millisecond, a, b, f); close(done) }()
 
-	go a.Add(ctx, PU{ID: "pa"})
-	go b.Add(ctx, PU{ID: "pb"})
 	got := map[string]string{}
 	for len(got) < 3 {
 		select {

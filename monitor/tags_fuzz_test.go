@@ -3,6 +3,8 @@ package monitor
 import (
 	"strings"
 	"testing"
+
+	"github.com/trireme-go/trireme/identity"
 )
 
 // Whatever labels a workload carries, its tags are valid, carry every
@@ -26,7 +28,7 @@ func FuzzBuildTags(f *testing.F) {
 			}
 		}
 		for _, tag := range tags {
-			if strings.HasPrefix(tag.Key, "@") {
+			if identity.IsReserved(tag.Key) {
 				if _, isSys := sys[tag.Key]; !isSys {
 					t.Fatalf("reserved user tag %v", tag)
 				}
@@ -35,8 +37,8 @@ func FuzzBuildTags(f *testing.F) {
 				t.Fatalf("unsignable key %q", tag.Key)
 			}
 			if _, isSys := sys[tag.Key]; !isSys {
-				if err := CheckLabel(tag.Key, tag.Value, false); err != nil {
-					t.Fatalf("user tag %q=%q kept although CheckLabel refuses it: %v", tag.Key, tag.Value, err)
+				if err := identity.CheckLabel(tag.Key, tag.Value, false); err != nil {
+					t.Fatalf("user tag %q=%q kept although identity.CheckLabel refuses it: %v", tag.Key, tag.Value, err)
 				}
 				if strings.ContainsAny(tag.Key+tag.Value, "\x00\n\r") {
 					t.Fatalf("user tag %q=%q carries a control character", tag.Key, tag.Value)

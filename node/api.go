@@ -23,7 +23,7 @@ type PUInfo struct {
 	Tags    map[string]string `json:"tags"`
 	Veth    string            `json:"veth,omitempty"`
 	Bridge  string            `json:"bridge,omitempty"`
-	State   string            `json:"state"`
+	State   PUState           `json:"state"`
 	Created time.Time         `json:"created"`
 	// MAC and Addrs are who the PU is on its link: the only Ethernet
 	// source and the only IP sources (with their on-link prefix,

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -54,11 +55,11 @@ type Config struct {
 	Docker Docker `yaml:"docker"`
 
 	// MidStream says what happens to packets of a flow the enforcer does not
-	// know (e.g. after a restart): drop, reset or acl.
-	MidStream string `yaml:"midStream"`
+	// know (e.g. after a restart): drop (the default), reset or acl.
+	MidStream MidStream `yaml:"midStream"`
 	// OnPolicyChange says what happens to established flows when the policy
-	// changes: keep them, or reset those the new policy denies.
-	OnPolicyChange string `yaml:"onPolicyChange"`
+	// changes: keep them (the default), or reset those the new policy denies.
+	OnPolicyChange PolicyChange `yaml:"onPolicyChange"`
 	// TokenRefresh is how often a PU's identity token is re-signed.
 	TokenRefresh time.Duration `yaml:"tokenRefresh"`
 
@@ -163,13 +164,11 @@ func ParseByteSize(s string) (ByteSize, error) {
 
 // Defaults.
 const (
-	DefaultSocket    = "/run/trireme/trireme.sock"
-	DefaultStateDir  = "/var/lib/trireme"
-	DefaultFlowLog   = "/var/log/trireme/flows.jsonl"
-	DefaultBridge    = "trireme0"
-	DefaultMidStream = "drop"
-	DefaultOnChange  = "keep"
-	DefaultRefresh   = 5 * time.Minute
+	DefaultSocket   = "/run/trireme/trireme.sock"
+	DefaultStateDir = "/var/lib/trireme"
+	DefaultFlowLog  = "/var/log/trireme/flows.jsonl"
+	DefaultBridge   = "trireme0"
+	DefaultRefresh  = 5 * time.Minute
 	// The flow log takes at most 6 * 100 MiB.
 	DefaultFlowLogMaxSize   ByteSize = 100 << 20
 	DefaultFlowLogFiles              = 5
@@ -200,13 +199,27 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	c := &Config{path: path}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
+	// A bad mode setting (unmarshalSetting: "field: line N: ...") leaves the
+	// rest decoded, so it is reported with Validate's findings; yaml's own
+	// errors ("line N: ...": an unknown or repeated key, a wrong type) may
+	// leave whole sections undecoded, so they are reported alone.
+	var errs []string
 	if err := dec.Decode(c); err != nil && err != io.EOF { // io.EOF: an empty file
-		return nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+		var te *yaml.TypeError
+		if !errors.As(err, &te) || slices.ContainsFunc(te.Errors, func(e string) bool { return strings.HasPrefix(e, "line ") }) {
+			return nil, fmt.Errorf("%s: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+		}
+		for _, e := range te.Errors {
+			errs = append(errs, path+": "+e)
+		}
 	}
 	c.applyDefaults()
 	c.resolvePaths(filepath.Dir(path))
 	if err := c.Validate(); err != nil {
-		return nil, err
+		errs = append(errs, err.Error())
+	}
+	if len(errs) > 0 {
+		return nil, errors.New(strings.Join(errs, "\n"))
 	}
 	return c, nil
 }
@@ -242,12 +255,6 @@ func (c *Config) applyDefaults() {
 	}
 	if !c.Bridge.Subnet.IsValid() {
 		c.Bridge.Subnet = Prefix{DefaultSubnet}
-	}
-	if c.MidStream == "" {
-		c.MidStream = DefaultMidStream
-	}
-	if c.OnPolicyChange == "" {
-		c.OnPolicyChange = DefaultOnChange
 	}
 	if c.TokenRefresh == 0 {
 		c.TokenRefresh = DefaultRefresh
@@ -322,16 +329,6 @@ func (c *Config) Validate() error {
 	}
 	if !c.Bridge.Subnet.Addr().Is4() || c.Bridge.Subnet.Bits() > 30 {
 		bad("bridge.subnet", "%v: want an IPv4 prefix of /30 or larger", c.Bridge.Subnet)
-	}
-	switch c.MidStream {
-	case "drop", "reset", "acl":
-	default:
-		bad("midStream", "%q: want drop, reset or acl", c.MidStream)
-	}
-	switch c.OnPolicyChange {
-	case "keep", "reset":
-	default:
-		bad("onPolicyChange", "%q: want keep or reset", c.OnPolicyChange)
 	}
 	if c.Docker.Host != "" && !strings.HasPrefix(c.Docker.Host, "unix://") && !strings.HasPrefix(c.Docker.Host, "tcp://") {
 		bad("docker.host", "%q: want unix:///path or tcp://host:port", c.Docker.Host)

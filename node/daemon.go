@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/resolver"
 	"github.com/trireme-go/trireme/tokens"
@@ -96,10 +97,6 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	mid, err := dataplane.ParseMidStream(midStreamName(cfg.MidStream))
-	if err != nil {
-		return nil, err
-	}
 	owner := ownerMark(cfg.Node)
 	d := &Daemon{cfg: cfg, log: log, owner: owner, tok: tok, res: res, sink: newAsyncSink(log),
 		ports: newInjectionPorts(owner), reaper: newTapReaper(log), ops: make(chan kernelOp, 4096),
@@ -110,7 +107,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	d.enf, err = dataplane.New(dataplane.Config{
 		Tokens:    tok,
 		Policy:    pol,
-		MidStream: mid,
+		MidStream: cfg.MidStream.MidStream,
 		Sink:      d.sink,
 		// Authorized flows' packets stay in the kernel (steering).
 		KernelBypass: true,
@@ -171,7 +168,7 @@ func (d *Daemon) queueNotes(notes []dataplane.Note) {
 			tuple: steer.Tuple{Src: n.Local.Addr(), Dst: n.Remote.Addr(), Proto: n.Proto, SrcPort: n.Local.Port(), DstPort: n.Remote.Port()}}
 		if op.authorize {
 			op.timeout = kernelDatagramTimeout
-			if n.Proto == steer.ProtoTCP {
+			if n.Proto == ipproto.TCP {
 				op.timeout = kernelTCPTimeout
 			}
 		}

@@ -65,7 +65,7 @@ func waitPoliced(t *testing.T, d *testenv.Daemon, id string, notPID int) node.PU
 			t.Fatal(err)
 		}
 		for _, p := range pus {
-			if p.ID == id && p.State == "running" && p.PID != notPID {
+			if p.ID == id && p.State == node.PURunning && p.PID != notPID {
 				return p
 			}
 		}

@@ -14,6 +14,8 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/dataplane/packet"
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/netsetup/frameport"
 	"github.com/trireme-go/trireme/netsetup/vnet"
 	"github.com/trireme-go/trireme/policy"
@@ -67,7 +69,7 @@ policies:
 		m.notes = append(m.notes, ns...)
 		m.mu.Unlock()
 	}}
-	m.pu = enf.AddPU("web", policy.NewTags(map[string]string{"app": "web"}), &puPorts{
+	m.pu = enf.AddPU("web", identity.NewTags(map[string]string{"app": "web"}), &puPorts{
 		steer: "puweb", ips: []netip.Addr{ip}, fromApp: m.fromApp, fromNet: m.fromNet, toPU: m.toPU, toNet: m.toNet})
 	for _, dir := range []dataplane.Direction{dataplane.FromApp, dataplane.FromNet} {
 		m.loops.Add(1)
@@ -179,7 +181,7 @@ func TestFrameLoopInMemory(t *testing.T) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		for _, n := range m.notes {
-			if n.Kind == dataplane.Authorize && n.Proto == packet.ProtoUDP && portsOf(n.PU).steer == "puweb" {
+			if n.Kind == dataplane.Authorize && n.Proto == ipproto.UDP && portsOf(n.PU).steer == "puweb" {
 				return true
 			}
 		}

@@ -43,13 +43,6 @@ func tokenNode(cfg *Config, sec tokens.Secrets) string {
 	return cfg.Node
 }
 
-func midStreamName(s string) string {
-	if s == "acl" {
-		return "allow-acl"
-	}
-	return s
-}
-
 // loadPolicy loads the policy file and follows it. The config's target
 // and excluded networks are added to the file's before each content is
 // compiled: one compilation per content.
@@ -69,7 +62,7 @@ func (d *Daemon) policyLoop() {
 			d.excl.setPolicy(e.Set().ExcludedNetworks)
 			d.enf.SetPolicy(e)
 			d.log.Info("policy updated", "policies", len(e.Set().Policies))
-			if d.cfg.OnPolicyChange == "reset" {
+			if d.cfg.OnPolicyChange == PolicyChangeReset {
 				var out dataplane.Output
 				n := d.enf.Reevaluate(time.Now(), &out)
 				d.frames.sendInjected(&out)

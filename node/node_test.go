@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/trireme-go/trireme/dataplane"
 )
 
 func writeFile(t *testing.T, dir, name, data string) string {
@@ -76,7 +78,7 @@ func TestConfig(t *testing.T) {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
 				}
-				if c.Socket != DefaultSocket || c.Bridge.Name != DefaultBridge || c.MidStream != "drop" || c.TokenRefresh != DefaultRefresh {
+				if c.Socket != DefaultSocket || c.Bridge.Name != DefaultBridge || c.MidStream.MidStream != dataplane.MidStreamDrop || c.OnPolicyChange != PolicyChangeKeep || c.TokenRefresh != DefaultRefresh {
 					t.Errorf("defaults not applied: %+v", c)
 				}
 				if fl := c.flowLog(); fl.MaxSize != int64(DefaultFlowLogMaxSize) || fl.Files != DefaultFlowLogFiles || fl.Aggregate != DefaultFlowLogAggregate {
@@ -126,7 +128,7 @@ func (m *memController) AttachPU(r AttachRequest) (PUInfo, error) {
 	if strings.Contains(r.NetNS, "/") && !strings.HasPrefix(r.NetNS, "/") {
 		return PUInfo{}, errors.Join(ErrInvalid, errors.New("bad netns"))
 	}
-	p := PUInfo{ID: "pu-" + r.NetNS, Name: r.Name, Kind: "netns", NetNS: r.NetNS, Tags: r.Labels, State: "running", Created: time.Now()}
+	p := PUInfo{ID: "pu-" + r.NetNS, Name: r.Name, Kind: "netns", NetNS: r.NetNS, Tags: r.Labels, State: PURunning, Created: time.Now()}
 	m.pus[p.ID] = p
 	return p, nil
 }

@@ -13,12 +13,12 @@ import (
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/monitor"
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/inject"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/netsetup/tap"
-	"github.com/trireme-go/trireme/policy"
 )
 
 // livePU is a PU being enforced. Its fields are set before it is added to
@@ -121,11 +121,11 @@ func (d *Daemon) openPU(p *livePU) error {
 // register adds the PU to the enforcement core (before it is added to
 // the registry, which indexes its dataplane handle).
 func (d *Daemon) register(p *livePU) {
-	p.dp = d.enf.AddPU(p.info.ID, policy.NewTags(p.info.Tags), &puPorts{
+	p.dp = d.enf.AddPU(p.info.ID, identity.NewTags(p.info.Tags), &puPorts{
 		steer: p.steer, ips: slices.Clone(p.info.IPs),
 		fromApp: p.in, fromNet: p.out, toPU: p.toPU, toNet: p.toNet,
 	})
-	p.info.State = "running"
+	p.info.State = PURunning
 }
 
 // startReaders starts reading the PU's TAPs.
@@ -205,7 +205,7 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 	steerName, tin, tout, _ := puNames(mp.ID)
 	p := &livePU{
 		info: PUInfo{ID: mp.ID, Name: mp.Name, Kind: mp.Kind.String(), NetNS: mp.NetNS, PID: mp.PID,
-			IPs: mp.IPs, Tags: tagMap(mp.Tags), Veth: mp.HostVeth, Bridge: mp.Bridge, State: "starting", Created: time.Now(),
+			IPs: mp.IPs, Tags: mp.Tags.Map(), Veth: mp.HostVeth, Bridge: mp.Bridge, State: PUStarting, Created: time.Now(),
 			MAC: mp.MAC.String(), Addrs: mp.Addrs},
 		steer: steerName, tapIn: tin, tapOut: tout, owned: owned, mac: mp.MAC,
 	}
@@ -246,25 +246,17 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 	}
 	d.startReaders(p)
 	d.savePU(p)
-	d.log.Info("enforcing PU", "pu", info.ID, "name", info.Name, "kind", info.Kind, "veth", info.Veth, "tags", policy.NewTags(info.Tags).String())
+	d.log.Info("enforcing PU", "pu", info.ID, "name", info.Name, "kind", info.Kind, "veth", info.Veth, "tags", identity.NewTags(info.Tags).String())
 	return info, nil
 }
 
-func tagMap(t policy.Tags) map[string]string {
-	m := make(map[string]string, len(t))
-	for _, tag := range t {
-		m[tag.Key] = tag.Value
-	}
-	return m
-}
-
 // mergeTags overlays orchestrator-set tags on a PU's tags (they win).
-func mergeTags(base policy.Tags, over map[string]string) policy.Tags {
-	m := tagMap(base)
+func mergeTags(base identity.Tags, over map[string]string) identity.Tags {
+	m := base.Map()
 	for k, v := range over {
 		m[k] = v
 	}
-	return policy.NewTags(m)
+	return identity.NewTags(m)
 }
 
 // removePU stops enforcing a PU: its flows are closed, its chains and TAPs
@@ -325,17 +317,14 @@ func (d *Daemon) eventLoop(events <-chan monitor.Event) {
 				}
 			case monitor.Pause, monitor.Unpause:
 				// A paused PU keeps its namespace, its flows and its policy.
-				d.setState(ev.PU.ID, strings.ToLower(ev.Type.String()+"d"))
+				state := PUPaused
+				if ev.Type == monitor.Unpause {
+					state = PURunning
+				}
+				d.pus.setState(ev.PU.ID, state)
 			}
 		}
 	}
-}
-
-func (d *Daemon) setState(id, state string) {
-	if state == "unpaused" {
-		state = "running"
-	}
-	d.pus.setState(id, state)
 }
 
 // createdAddrs are the addresses of a PU trireme created: the one it

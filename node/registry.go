@@ -126,7 +126,7 @@ func (r *puRegistry) each(fn func(p *livePU)) {
 
 // setState records a PU's state (running, paused); false for an unknown
 // PU.
-func (r *puRegistry) setState(id, state string) bool {
+func (r *puRegistry) setState(id string, state PUState) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	p, ok := r.byID[id]

@@ -190,19 +190,19 @@ func TestRegistryNetnsReplaced(t *testing.T) {
 func TestRegistryState(t *testing.T) {
 	r := newPURegistry()
 	p := regPU(t, t.TempDir(), "a", "va", "")
-	p.info.State = "running"
+	p.info.State = PURunning
 	if err := r.add(p); err != nil {
 		t.Fatal(err)
 	}
-	if !r.setState("a", "paused") {
+	if !r.setState("a", PUPaused) {
 		t.Fatal("setState(a) did not find a")
 	}
-	if r.setState("z", "paused") {
+	if r.setState("z", PUPaused) {
 		t.Fatal("setState(z) found an unknown PU")
 	}
-	var states []string
+	var states []PUState
 	r.each(func(p *livePU) { states = append(states, p.info.State) })
-	if len(states) != 1 || states[0] != "paused" {
+	if len(states) != 1 || states[0] != PUPaused {
 		t.Fatalf("states = %v, want [paused]", states)
 	}
 }
@@ -238,7 +238,7 @@ func TestRegistryConcurrent(t *testing.T) {
 					errs <- fmt.Errorf("lookups of %s after add: not found", p.info.ID)
 					return
 				}
-				r.setState(p.info.ID, "paused")
+				r.setState(p.info.ID, PUPaused)
 			}
 			for _, p := range pus[w] {
 				if got, ok := r.remove(p.info.ID); !ok || got != p {

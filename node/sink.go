@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // flowLogConfig: where the flow records go and how the log is bounded.
@@ -225,11 +226,12 @@ func (s *asyncSink) close() {
 // aggKey is what makes refusals "the same" for aggregation: everything but
 // the client's port, so a flood from varying ports folds into one record.
 type aggKey struct {
-	pu, direction, proto, action, reason string
-	client                               netip.Addr
-	server                               netip.AddrPort
-	rule                                 dataplane.RuleInfo
-	hasRule                              bool
+	pu, direction, action, reason string
+	proto                         ipproto.Proto
+	client                        netip.Addr
+	server                        netip.AddrPort
+	rule                          dataplane.RuleInfo
+	hasRule                       bool
 }
 
 type aggEntry struct {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 func readLog(t *testing.T, path string) []dataplane.Record {
@@ -33,7 +34,7 @@ func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, n
 // record is a flow record of client port p to a server.
 func record(action string, client netip.Addr, p int, server netip.AddrPort) *dataplane.Record {
 	now := time.Now()
-	return &dataplane.Record{Time: now, EndTime: now, End: dataplane.EndDenied, Proto: "tcp",
+	return &dataplane.Record{Time: now, EndTime: now, End: dataplane.EndDenied, Proto: ipproto.TCP,
 		Client: netip.AddrPortFrom(client, uint16(p)), Server: server, Direction: "ingress",
 		Local: dataplane.PUInfo{ID: "pu-a"}, Action: action, Reason: "policy-denied",
 		Rule: &dataplane.RuleInfo{Policy: "p", Direction: "ingress", Index: 1, Action: action}}

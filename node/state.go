@@ -136,7 +136,7 @@ func (d *Daemon) loadState() []*livePU {
 			continue
 		}
 		out = append(out, &livePU{
-			info: PUInfo{ID: sp.ID, Name: sp.Name, Kind: sp.Kind, NetNS: sp.NetNS, PID: sp.PID, IPs: sp.IPs, Tags: sp.Tags, Veth: sp.Veth, Bridge: sp.Bridge, State: "restoring",
+			info: PUInfo{ID: sp.ID, Name: sp.Name, Kind: sp.Kind, NetNS: sp.NetNS, PID: sp.PID, IPs: sp.IPs, Tags: sp.Tags, Veth: sp.Veth, Bridge: sp.Bridge, State: PURestoring,
 				MAC: mac.String(), Addrs: addrs},
 			steer: steerName, tapIn: tin, tapOut: tout, owned: sp.Owned, mac: mac,
 		})

@@ -10,6 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/monitor"
 )
 
@@ -26,11 +27,11 @@ var attachName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 // namespace, trireme-<name>).
 var puName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
 
-// checkLabels refuses labels CheckLabel refuses ('@' keys are set by
+// checkLabels refuses labels identity.CheckLabel refuses ('@' keys are set by
 // trireme only), naming the first bad one (in key order).
 func checkLabels(m map[string]string) error {
 	for _, k := range slices.Sorted(maps.Keys(m)) {
-		if err := monitor.CheckLabel(k, m[k], false); err != nil {
+		if err := identity.CheckLabel(k, m[k], false); err != nil {
 			return fmt.Errorf("%w: label: %v", ErrInvalid, err)
 		}
 	}
@@ -41,7 +42,7 @@ func checkLabels(m map[string]string) error {
 // the rest as for labels.
 func checkTags(m map[string]string) error {
 	for _, k := range slices.Sorted(maps.Keys(m)) {
-		if err := monitor.CheckLabel(k, m[k], true); err != nil {
+		if err := identity.CheckLabel(k, m[k], true); err != nil {
 			return fmt.Errorf("%w: tag: %v", ErrInvalid, err)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/node"
 	"github.com/trireme-go/trireme/perf/loadgen"
@@ -330,7 +331,7 @@ func authorizeFlows(n *Node, pus []*PU, flows int) error {
 		k := i / len(pus)
 		b.Authorize(node.SteerName("netns-"+p.Name), steer.Tuple{
 			Src: p.Addr, Dst: netip.AddrFrom4([4]byte{198, 18, byte(k >> 8), byte(k)}),
-			Proto: steer.ProtoTCP, SrcPort: uint16(1024 + k%60000), DstPort: 443,
+			Proto: ipproto.TCP, SrcPort: uint16(1024 + k%60000), DstPort: 443,
 		}, 5*time.Minute)
 	}
 	return b.Commit()

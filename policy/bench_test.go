@@ -9,6 +9,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // threadCPU is the CPU time of the calling OS thread. The benchmarks report
@@ -61,7 +64,7 @@ func benchSet(n int) *Set {
 			}
 			r.Peers = []Peer{{Selector: sel}}
 		}
-		r.Ports = []PortRange{{Protocol: ProtoTCP, First: uint16(1000 + i%2000), Last: uint16(1000 + i%2000)}}
+		r.Ports = []PortRange{{Protocol: ipproto.TCP, First: uint16(1000 + i%2000), Last: uint16(1000 + i%2000)}}
 		return r
 	}
 	for p := 0; p*100 < n; p++ {
@@ -78,7 +81,7 @@ func benchSet(n int) *Set {
 	return s
 }
 
-func benchTags(r *rand.Rand, extra ...string) Tags {
+func benchTags(r *rand.Rand, extra ...string) identity.Tags {
 	m := map[string]string{"env": "prod"}
 	for i := 0; i < 100; i++ {
 		m[fmt.Sprintf("k%d", i)] = fmt.Sprintf("v%d", r.Intn(20))
@@ -87,11 +90,11 @@ func benchTags(r *rand.Rand, extra ...string) Tags {
 		k, v, _ := strings.Cut(kv, "=")
 		m[k] = v
 	}
-	return NewTags(m)
+	return identity.NewTags(m)
 }
 
 type benchQuery struct {
-	peer *Identity
+	peer *identity.Identity
 	addr netip.Addr
 	port uint16
 }
@@ -108,7 +111,7 @@ func BenchmarkDecide(b *testing.B) {
 			qs := make([]benchQuery, 256)
 			for i := range qs {
 				qs[i] = benchQuery{
-					peer: NewIdentity(benchTags(r)),
+					peer: identity.New(benchTags(r)),
 					addr: netip.AddrFrom4([4]byte{10, byte(r.Intn(40)), byte(r.Intn(256)), 7}),
 					port: uint16(1000 + r.Intn(min(n, 2000))),
 				}
@@ -122,7 +125,7 @@ func BenchmarkDecide(b *testing.B) {
 			stop := cpuTimer(b)
 			for i := 0; i < b.N; i++ {
 				q := &qs[i&255]
-				if pu.Ingress(q.peer, q.addr, ProtoTCP, q.port).Action == Allow {
+				if pu.Ingress(q.peer, q.addr, ipproto.TCP, q.port).Action == Allow {
 					allowed++
 				}
 			}
@@ -142,7 +145,7 @@ func BenchmarkDecideOnePort(b *testing.B) {
 			s := benchSet(n)
 			for pi := range s.Policies {
 				for ri := range s.Policies[pi].Ingress {
-					s.Policies[pi].Ingress[ri].Ports = []PortRange{{Protocol: ProtoTCP, First: 443, Last: 443}}
+					s.Policies[pi].Ingress[ri].Ports = []PortRange{{Protocol: ipproto.TCP, First: 443, Last: 443}}
 				}
 			}
 			e, err := Compile(s)
@@ -152,7 +155,7 @@ func BenchmarkDecideOnePort(b *testing.B) {
 			pu := e.ForPU(benchTags(r, "app=web"))
 			qs := make([]benchQuery, 256)
 			for i := range qs {
-				qs[i] = benchQuery{peer: NewIdentity(benchTags(r)), addr: netip.AddrFrom4([4]byte{10, byte(r.Intn(40)), byte(r.Intn(256)), 7})}
+				qs[i] = benchQuery{peer: identity.New(benchTags(r)), addr: netip.AddrFrom4([4]byte{10, byte(r.Intn(40)), byte(r.Intn(256)), 7})}
 				if i%4 == 0 {
 					qs[i].peer = nil
 				}
@@ -163,7 +166,7 @@ func BenchmarkDecideOnePort(b *testing.B) {
 			stop := cpuTimer(b)
 			for i := 0; i < b.N; i++ {
 				q := &qs[i&255]
-				if pu.Ingress(q.peer, q.addr, ProtoTCP, 443).Action == Allow {
+				if pu.Ingress(q.peer, q.addr, ipproto.TCP, 443).Action == Allow {
 					allowed++
 				}
 			}
@@ -176,12 +179,12 @@ func BenchmarkDecideOnePort(b *testing.B) {
 // BenchmarkNewIdentity: preparing a 100-tag peer (once per verified token).
 func BenchmarkNewIdentity(b *testing.B) {
 	tags := benchTags(rand.New(rand.NewSource(1)))
-	NewIdentity(tags) // symbols interned: measure the steady state
+	identity.New(tags) // symbols interned: measure the steady state
 	b.ReportAllocs()
 	b.ResetTimer()
 	stop := cpuTimer(b)
 	for i := 0; i < b.N; i++ {
-		NewIdentity(tags)
+		identity.New(tags)
 	}
 	stop()
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -94,7 +96,7 @@ func Compile(s *Set) (*Engine, error) {
 		cache: map[string]*PUPolicy{}}
 	names := map[string]bool{}
 	var held []uint32 // symbols of the policy selectors, released with e
-	defer func() { holdSymbols(e, held) }()
+	defer func() { identity.Hold(e, held) }()
 	for pi := range s.Policies {
 		p := &s.Policies[pi]
 		if names[p.Name] {
@@ -150,7 +152,7 @@ func checkSelector(s *Selector) error {
 // PUPolicy is the rules of one PU (the union of every policy whose selector
 // matches its tags), indexed for decisions. Immutable; safe for concurrent use.
 type PUPolicy struct {
-	_        noCopy // a copy would not keep the symbols held (holdSymbols)
+	_        noCopy // a copy would not keep the symbols held (identity.Hold)
 	policies []string
 	dir      [2]dirPolicy
 }
@@ -182,13 +184,13 @@ type crule struct {
 
 const noRank = ^uint32(0)
 
-func (r *crule) portMatch(proto Protocol, port uint16) bool {
+func (r *crule) portMatch(proto ipproto.Proto, port uint16) bool {
 	if len(r.ports) == 0 {
 		return true
 	}
 	for i := range r.ports {
 		pr := &r.ports[i]
-		if (pr.Protocol == ProtoAny || pr.Protocol == proto) && port >= pr.First && port <= pr.Last {
+		if (pr.Protocol == ipproto.Any || pr.Protocol == proto) && port >= pr.First && port <= pr.Last {
 			return true
 		}
 	}
@@ -197,8 +199,8 @@ func (r *crule) portMatch(proto Protocol, port uint16) bool {
 
 // ForPU returns the rules of the PU with these tags. Call it once per PU per
 // Engine; PUs selected by the same policies share the result.
-func (e *Engine) ForPU(tags Tags) *PUPolicy {
-	id := NewIdentity(tags)
+func (e *Engine) ForPU(tags identity.Tags) *PUPolicy {
+	id := identity.New(tags)
 	selected := make([]bool, len(e.set.Policies))
 	e.policies.lists(id, func(list, _ []int32) {
 		for _, ci := range list {
@@ -234,7 +236,7 @@ func (e *Engine) ForPU(tags Tags) *PUPolicy {
 func (e *Engine) build(policies []int) *PUPolicy {
 	p := &PUPolicy{}
 	var held []uint32 // symbols of the peer selectors, released with p
-	defer func() { holdSymbols(p, held) }()
+	defer func() { identity.Hold(p, held) }()
 	for _, pi := range policies {
 		p.policies = append(p.policies, e.set.Policies[pi].Name)
 	}
@@ -312,13 +314,13 @@ func (e *Engine) build(policies []int) *PUPolicy {
 
 // Ingress decides whether peer (nil: a host outside the target networks) at
 // addr may connect to this PU on proto/port (the PU's port).
-func (p *PUPolicy) Ingress(peer *Identity, addr netip.Addr, proto Protocol, port uint16) Decision {
+func (p *PUPolicy) Ingress(peer *identity.Identity, addr netip.Addr, proto ipproto.Proto, port uint16) Decision {
 	return p.dir[Ingress].decide(peer, addr, proto, port)
 }
 
 // Egress decides whether this PU may connect to peer (nil: a host outside
 // the target networks) at addr on proto/port (the peer's port).
-func (p *PUPolicy) Egress(peer *Identity, addr netip.Addr, proto Protocol, port uint16) Decision {
+func (p *PUPolicy) Egress(peer *identity.Identity, addr netip.Addr, proto ipproto.Proto, port uint16) Decision {
 	return p.dir[Egress].decide(peer, addr, proto, port)
 }
 
@@ -327,7 +329,7 @@ type verdict struct {
 	bestI, obsI int32
 }
 
-func (v *verdict) consider(d *dirPolicy, ri int32, proto Protocol, port uint16) {
+func (v *verdict) consider(d *dirPolicy, ri int32, proto ipproto.Proto, port uint16) {
 	r := &d.rules[ri]
 	if r.rank >= v.best && r.obsRank >= v.obs {
 		return
@@ -358,7 +360,7 @@ var portFirstMax, portFirstProbe = 32, 8
 // enumerates the rules whose peers match (inverted index over the peer's
 // tags, prefix table over its address) and keeps the best one covering the
 // port. Port-first is taken when few rules cover the port.
-func (d *dirPolicy) decide(peer *Identity, addr netip.Addr, proto Protocol, port uint16) Decision {
+func (d *dirPolicy) decide(peer *identity.Identity, addr netip.Addr, proto ipproto.Proto, port uint16) Decision {
 	v := verdict{best: noRank, obs: noRank}
 	addr = addr.Unmap()
 	if d.ports != nil {
@@ -448,7 +450,7 @@ func (d *dirPolicy) decide(peer *Identity, addr netip.Addr, proto Protocol, port
 }
 
 // peerMatch reports whether one of the rule's peers matches.
-func (d *dirPolicy) peerMatch(r *crule, peer *Identity, a netip.Addr) bool {
+func (d *dirPolicy) peerMatch(r *crule, peer *identity.Identity, a netip.Addr) bool {
 	if r.anyPeer {
 		return true
 	}

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -24,8 +26,8 @@ func mustEngine(t *testing.T, yamlText string) *Engine {
 	return e
 }
 
-func tags(kvs ...string) Tags {
-	t, err := ParseTags(kvs)
+func tags(kvs ...string) identity.Tags {
+	t, err := identity.ParseTags(kvs)
 	if err != nil {
 		panic(err)
 	}
@@ -45,7 +47,7 @@ func ref(r *RuleRef) string {
 func TestSelectorOperators(t *testing.T) {
 	cases := []struct {
 		sel  string // YAML value of the peer selector
-		peer Tags
+		peer identity.Tags
 		want bool
 	}{
 		{`app=web`, tags("app=web"), true},
@@ -56,7 +58,7 @@ func TestSelectorOperators(t *testing.T) {
 		{`app!=web`, tags("app=web"), false},
 		{`app!=web`, tags("app=db"), true},
 		{`app!=web`, tags("tier=x"), true},
-		{`app!=web`, Tags{}, true},
+		{`app!=web`, identity.Tags{}, true},
 		{`app in (web, db)`, tags("app=db"), true},
 		{`app in (web, db)`, tags("app=api"), false},
 		{`app in (web, db)`, tags("x=web"), false},
@@ -68,7 +70,7 @@ func TestSelectorOperators(t *testing.T) {
 		{`app`, tags("apps=x"), false},
 		{`"!app"`, tags("app=x"), false},
 		{`"!app"`, tags("b=x"), true},
-		{`"!app"`, Tags{}, true},
+		{`"!app"`, identity.Tags{}, true},
 		{`app=web, env in (prod,staging), tier!=db, !legacy`, tags("app=web", "env=prod"), true},
 		{`"app=web, env in (prod,staging), tier!=db, !legacy"`, tags("app=web", "env=prod", "tier=db"), false},
 		{`"app=web, env in (prod,staging), tier!=db, !legacy"`, tags("app=web", "env=prod", "legacy=1"), false},
@@ -81,19 +83,19 @@ func TestSelectorOperators(t *testing.T) {
 		{`"!@sys:image"`, tags("@sys:image=x"), false},
 		{`"@ns:kubernetes.io/metadata.name in (prod)"`, tags("@ns:kubernetes.io/metadata.name=prod"), true},
 		{`"@ns:kubernetes.io/metadata.name notin (prod)"`, tags("@ns:kubernetes.io/metadata.name=prod"), false},
-		{`"*"`, Tags{}, true},
+		{`"*"`, identity.Tags{}, true},
 		{`"*"`, tags("a=b"), true},
 		// structured form
 		{`{matchLabels: {app: web}}`, tags("app=web"), true},
 		{`{matchLabels: {app: web, env: prod}}`, tags("app=web"), false},
 		{`{matchLabels: {"@sys:name": db1}}`, tags("@sys:name=db1"), true},
 		{`{matchExpressions: [{key: app, operator: In, values: [web, db]}]}`, tags("app=db"), true},
-		{`{matchExpressions: [{key: app, operator: In, values: [web, db]}]}`, Tags{}, false},
-		{`{matchExpressions: [{key: app, operator: NotIn, values: [web]}]}`, Tags{}, true},
+		{`{matchExpressions: [{key: app, operator: In, values: [web, db]}]}`, identity.Tags{}, false},
+		{`{matchExpressions: [{key: app, operator: NotIn, values: [web]}]}`, identity.Tags{}, true},
 		{`{matchExpressions: [{key: app, operator: NotIn, values: [web]}]}`, tags("app=web"), false},
 		{`{matchExpressions: [{key: app, operator: Exists}]}`, tags("app=1"), true},
-		{`{matchExpressions: [{key: app, operator: Exists}]}`, Tags{}, false},
-		{`{matchExpressions: [{key: app, operator: DoesNotExist}]}`, Tags{}, true},
+		{`{matchExpressions: [{key: app, operator: Exists}]}`, identity.Tags{}, false},
+		{`{matchExpressions: [{key: app, operator: DoesNotExist}]}`, identity.Tags{}, true},
 		{`{matchExpressions: [{key: app, operator: DoesNotExist}]}`, tags("app=1"), false},
 		{`{matchLabels: {app: web}, matchExpressions: [{key: env, operator: NotIn, values: [dev]}]}`, tags("app=web", "env=dev"), false},
 		{`{matchLabels: {app: web}, matchExpressions: [{key: env, operator: NotIn, values: [dev]}]}`, tags("app=web"), true},
@@ -112,13 +114,13 @@ policies:
       - from: [{selector: `+sel+`}]
         action: allow
 `)
-			pu := e.ForPU(Tags{})
-			d := pu.Ingress(NewIdentity(c.peer), netip.Addr{}, ProtoTCP, 80)
+			pu := e.ForPU(identity.Tags{})
+			d := pu.Ingress(identity.New(c.peer), netip.Addr{}, ipproto.TCP, 80)
 			if got := d.Action == Allow; got != c.want {
 				t.Fatalf("selector %s, peer %v: allowed=%v, want %v", c.sel, c.peer, got, c.want)
 			}
 			// A peer without identity never matches a selector.
-			if d := pu.Ingress(nil, netip.MustParseAddr("10.0.0.1"), ProtoTCP, 80); d.Action != Deny {
+			if d := pu.Ingress(nil, netip.MustParseAddr("10.0.0.1"), ipproto.TCP, 80); d.Action != Deny {
 				t.Fatalf("selector %s matched a peer without identity: %+v", c.sel, d)
 			}
 		})
@@ -144,7 +146,7 @@ policies:
     ingress: [{action: allow}]
 `)
 	cases := []struct {
-		pu       Tags
+		pu       identity.Tags
 		policies string
 		open     []uint16
 	}{
@@ -163,7 +165,7 @@ policies:
 			for _, p := range c.open {
 				want = want || p == port
 			}
-			if got := pu.Ingress(NewIdentity(tags("x=y")), netip.Addr{}, ProtoTCP, port).Action == Allow; got != want {
+			if got := pu.Ingress(identity.New(tags("x=y")), netip.Addr{}, ipproto.TCP, port).Action == Allow; got != want {
 				t.Errorf("%v port %d: allowed=%v, want %v", c.pu, port, got, want)
 			}
 		}
@@ -209,14 +211,14 @@ func TestPrecedence(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			e := mustEngine(t, "policies:\n  - name: p\n    selector: \"*\"\n    ingress: "+c.rules+"\n")
 			pu := e.ForPU(tags("app=web"))
-			for _, peer := range []*Identity{nil, NewIdentity(tags("app=x"))} {
-				d := pu.Ingress(peer, netip.MustParseAddr("10.0.0.1"), ProtoTCP, 80)
+			for _, peer := range []*identity.Identity{nil, identity.New(tags("app=x"))} {
+				d := pu.Ingress(peer, netip.MustParseAddr("10.0.0.1"), ipproto.TCP, 80)
 				if d.Action != c.action || ref(d.Rule) != c.rule || ref(d.Observed) != c.observed || d.Reason != c.reason || d.Log != c.log {
 					t.Fatalf("got %v rule %s observed %s reason %v log %v; want %v %s %s %v %v",
 						d.Action, ref(d.Rule), ref(d.Observed), d.Reason, d.Log, c.action, c.rule, c.observed, c.reason, c.log)
 				}
 				// Egress of the same PU is untouched.
-				if d := pu.Egress(peer, netip.MustParseAddr("10.0.0.1"), ProtoTCP, 80); d.Action != Deny || d.Observed != nil {
+				if d := pu.Egress(peer, netip.MustParseAddr("10.0.0.1"), ipproto.TCP, 80); d.Action != Deny || d.Observed != nil {
 					t.Fatalf("egress: %+v", d)
 				}
 			}
@@ -257,43 +259,43 @@ policies:
         to: [{cidr: 10.9.9.0/24}]
         action: allow
 `)
-	pu := e.ForPU(Tags{})
+	pu := e.ForPU(identity.Tags{})
 	cases := []struct {
 		addr   string
-		proto  Protocol
+		proto  ipproto.Proto
 		port   uint16
 		action Action
 		rule   string
 	}{
-		{"10.2.3.4", ProtoTCP, 80, Allow, "ten"},
-		{"10.0.0.0", ProtoTCP, 80, Allow, "ten"},
-		{"10.255.255.255", ProtoTCP, 80, Allow, "ten"},
-		{"11.0.0.0", ProtoTCP, 80, Deny, ""},
-		{"9.255.255.255", ProtoTCP, 80, Deny, ""},
-		{"10.9.0.1", ProtoTCP, 80, Deny, ""},               // except carves a hole
-		{"10.9.9.9", ProtoTCP, 80, Allow, "hole-refilled"}, // another rule fills it
-		{"10.8.8.8", ProtoTCP, 80, Deny, ""},               // bare address except = /32
-		{"10.8.8.9", ProtoTCP, 80, Allow, "ten"},
-		{"10.1.0.1", ProtoTCP, 80, Reject, "ten-one"}, // overlapping: reject beats allow
-		{"10.1.2.3", ProtoTCP, 80, Reject, "ten-one"}, // deeper allow does not beat reject
-		{"192.168.1.1", ProtoTCP, 80, Allow, "host"},
-		{"192.168.1.2", ProtoTCP, 80, Deny, ""},
-		{"192.168.1.0", ProtoTCP, 80, Deny, ""},
-		{"192.168.1.2", ProtoUDP, 53, Allow, "all-v4-dns"}, // /0
-		{"255.255.255.255", ProtoUDP, 53, Allow, "all-v4-dns"},
-		{"0.0.0.0", ProtoUDP, 53, Allow, "all-v4-dns"},
-		{"::ffff:192.168.1.1", ProtoTCP, 80, Allow, "host"}, // IPv4-mapped = IPv4
-		{"fd12::1", ProtoTCP, 80, Allow, "v6"},
-		{"fd00:bad::1", ProtoTCP, 80, Deny, ""},
-		{"fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", ProtoTCP, 80, Allow, "v6"},
-		{"fe00::", ProtoTCP, 80, Deny, ""},
-		{"2001:db8::1", ProtoTCP, 80, Allow, "v6-host"},
-		{"2001:db8::2", ProtoTCP, 80, Deny, ""},
-		{"::", ProtoUDP, 53, Deny, ""}, // 0.0.0.0/0 is IPv4 only
-		{"::a00:1", ProtoTCP, 80, Deny, ""},
+		{"10.2.3.4", ipproto.TCP, 80, Allow, "ten"},
+		{"10.0.0.0", ipproto.TCP, 80, Allow, "ten"},
+		{"10.255.255.255", ipproto.TCP, 80, Allow, "ten"},
+		{"11.0.0.0", ipproto.TCP, 80, Deny, ""},
+		{"9.255.255.255", ipproto.TCP, 80, Deny, ""},
+		{"10.9.0.1", ipproto.TCP, 80, Deny, ""},               // except carves a hole
+		{"10.9.9.9", ipproto.TCP, 80, Allow, "hole-refilled"}, // another rule fills it
+		{"10.8.8.8", ipproto.TCP, 80, Deny, ""},               // bare address except = /32
+		{"10.8.8.9", ipproto.TCP, 80, Allow, "ten"},
+		{"10.1.0.1", ipproto.TCP, 80, Reject, "ten-one"}, // overlapping: reject beats allow
+		{"10.1.2.3", ipproto.TCP, 80, Reject, "ten-one"}, // deeper allow does not beat reject
+		{"192.168.1.1", ipproto.TCP, 80, Allow, "host"},
+		{"192.168.1.2", ipproto.TCP, 80, Deny, ""},
+		{"192.168.1.0", ipproto.TCP, 80, Deny, ""},
+		{"192.168.1.2", ipproto.UDP, 53, Allow, "all-v4-dns"}, // /0
+		{"255.255.255.255", ipproto.UDP, 53, Allow, "all-v4-dns"},
+		{"0.0.0.0", ipproto.UDP, 53, Allow, "all-v4-dns"},
+		{"::ffff:192.168.1.1", ipproto.TCP, 80, Allow, "host"}, // IPv4-mapped = IPv4
+		{"fd12::1", ipproto.TCP, 80, Allow, "v6"},
+		{"fd00:bad::1", ipproto.TCP, 80, Deny, ""},
+		{"fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", ipproto.TCP, 80, Allow, "v6"},
+		{"fe00::", ipproto.TCP, 80, Deny, ""},
+		{"2001:db8::1", ipproto.TCP, 80, Allow, "v6-host"},
+		{"2001:db8::2", ipproto.TCP, 80, Deny, ""},
+		{"::", ipproto.UDP, 53, Deny, ""}, // 0.0.0.0/0 is IPv4 only
+		{"::a00:1", ipproto.TCP, 80, Deny, ""},
 	}
 	for _, c := range cases {
-		for _, peer := range []*Identity{nil, NewIdentity(tags("app=x"))} {
+		for _, peer := range []*identity.Identity{nil, identity.New(tags("app=x"))} {
 			d := pu.Egress(peer, netip.MustParseAddr(c.addr), c.proto, c.port)
 			name := ""
 			if d.Rule != nil {
@@ -304,7 +306,7 @@ policies:
 			}
 		}
 	}
-	if d := pu.Egress(nil, netip.Addr{}, ProtoUDP, 53); d.Action != Deny {
+	if d := pu.Egress(nil, netip.Addr{}, ipproto.UDP, 53); d.Action != Deny {
 		t.Errorf("no address matched a CIDR: %+v", d)
 	}
 }
@@ -332,31 +334,31 @@ policies:
 	far, near := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("10.1.1.1")
 	cases := []struct {
 		addr  netip.Addr
-		proto Protocol
+		proto ipproto.Proto
 		port  uint16
 		rule  string
 	}{
-		{far, ProtoTCP, 80, "http"},
-		{far, ProtoTCP, 79, ""},
-		{far, ProtoTCP, 81, ""},
-		{far, ProtoUDP, 80, ""},
-		{far, ProtoTCP, 7999, ""},
-		{far, ProtoTCP, 8000, "range"},
-		{far, ProtoTCP, 8042, "range"},
-		{far, ProtoTCP, 8080, "range"},
-		{far, ProtoTCP, 8081, ""},
-		{far, ProtoUDP, 53, "dns"},
-		{far, ProtoTCP, 53, "dns"},
-		{far, ProtoSCTP, 53, ""},
-		{far, ProtoSCTP, 3869, "sctp"},
-		{far, ProtoICMP, 0, "icmp"},
-		{far, ProtoICMPv6, 0, ""},
-		{far, ProtoUDP, 9999, ""},
-		{near, ProtoUDP, 9999, "all-udp"},
-		{near, ProtoUDP, 1, "all-udp"},
-		{near, ProtoUDP, 65535, "all-udp"},
-		{near, ProtoTCP, 9999, ""},
-		{far, Protocol(47), 0, ""},
+		{far, ipproto.TCP, 80, "http"},
+		{far, ipproto.TCP, 79, ""},
+		{far, ipproto.TCP, 81, ""},
+		{far, ipproto.UDP, 80, ""},
+		{far, ipproto.TCP, 7999, ""},
+		{far, ipproto.TCP, 8000, "range"},
+		{far, ipproto.TCP, 8042, "range"},
+		{far, ipproto.TCP, 8080, "range"},
+		{far, ipproto.TCP, 8081, ""},
+		{far, ipproto.UDP, 53, "dns"},
+		{far, ipproto.TCP, 53, "dns"},
+		{far, ipproto.SCTP, 53, ""},
+		{far, ipproto.SCTP, 3869, "sctp"},
+		{far, ipproto.ICMP, 0, "icmp"},
+		{far, ipproto.ICMPv6, 0, ""},
+		{far, ipproto.UDP, 9999, ""},
+		{near, ipproto.UDP, 9999, "all-udp"},
+		{near, ipproto.UDP, 1, "all-udp"},
+		{near, ipproto.UDP, 65535, "all-udp"},
+		{near, ipproto.TCP, 9999, ""},
+		{far, ipproto.Proto(47), 0, ""},
 	}
 	for _, c := range cases {
 		d := pu.Ingress(nil, c.addr, c.proto, c.port)
@@ -389,10 +391,10 @@ policies:
         from: [{cidr: 10.66.0.0/16}]
         action: reject
 `)
-	pu := e.ForPU(Tags{})
-	web, db := NewIdentity(tags("app=web")), NewIdentity(tags("app=db"))
+	pu := e.ForPU(identity.Tags{})
+	web, db := identity.New(tags("app=web")), identity.New(tags("app=db"))
 	cases := []struct {
-		peer   *Identity
+		peer   *identity.Identity
 		addr   string
 		action Action
 		rule   string
@@ -406,7 +408,7 @@ policies:
 		{nil, "10.66.1.1", Reject, "block-lab"},
 	}
 	for _, c := range cases {
-		d := pu.Ingress(c.peer, netip.MustParseAddr(c.addr), ProtoTCP, 80)
+		d := pu.Ingress(c.peer, netip.MustParseAddr(c.addr), ipproto.TCP, 80)
 		name := ""
 		if d.Rule != nil {
 			name = d.Rule.Name
@@ -459,7 +461,7 @@ func TestRuleRefs(t *testing.T) {
         action: allow
         log: true
 `)
-	d := e.ForPU(tags("app=web")).Egress(NewIdentity(tags("app=db")), netip.Addr{}, ProtoTCP, 5432)
+	d := e.ForPU(tags("app=web")).Egress(identity.New(tags("app=db")), netip.Addr{}, ipproto.TCP, 5432)
 	want := RuleRef{Policy: "web", Direction: Egress, Index: 0, Name: "to-db", Action: Allow, Log: true,
 		Pos: Position{File: "test.yaml", Line: 5, Column: 9}}
 	if d.Rule == nil || *d.Rule != want || !d.Log {
@@ -505,8 +507,8 @@ func TestConcurrentUse(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < 200; i++ {
 				web := e.ForPU(tags("app=web", "env=prod", fmt.Sprintf("n=%d", i%7)))
-				fe := NewIdentity(tags("app=frontend", fmt.Sprintf("g=%d-%d", g, i)))
-				if d := web.Ingress(fe, netip.Addr{}, ProtoTCP, 80); d.Action != Allow {
+				fe := identity.New(tags("app=frontend", fmt.Sprintf("g=%d-%d", g, i)))
+				if d := web.Ingress(fe, netip.Addr{}, ipproto.TCP, 80); d.Action != Allow {
 					t.Errorf("frontend -> web:80 = %v", d.Action)
 					return
 				}

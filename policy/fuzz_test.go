@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"k8s.io/apimachinery/pkg/labels"
 )
 
@@ -67,12 +69,12 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("a parsed Set does not compile: %v", err)
 		}
-		pu := e.ForPU(Tags{{"app", "web"}})
-		peer := NewIdentity(Tags{{"app", "frontend"}})
+		pu := e.ForPU(identity.Tags{{Key: "app", Value: "web"}})
+		peer := identity.New(identity.Tags{{Key: "app", Value: "frontend"}})
 		for _, a := range []string{"10.0.1.1", "fd00::1", "192.0.2.1"} {
 			addr := netip.MustParseAddr(a)
-			pu.Ingress(peer, addr, ProtoTCP, 80)
-			pu.Egress(nil, addr, ProtoUDP, 53)
+			pu.Ingress(peer, addr, ipproto.TCP, 80)
+			pu.Egress(nil, addr, ipproto.UDP, 53)
 			e.IsTarget(addr)
 			e.IsExcluded(addr)
 		}

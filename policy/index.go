@@ -1,6 +1,10 @@
 package policy
 
-import "sort"
+import (
+	"sort"
+
+	"github.com/trireme-go/trireme/identity"
+)
 
 // selIndex finds the selector clauses that match an Identity without looking
 // at clauses that cannot match.
@@ -60,12 +64,12 @@ func hasSym(sorted []uint32, v uint32) bool {
 	return lo < len(sorted) && sorted[lo] == v
 }
 
-func (c *clause) matches(id *Identity) bool { return reqsMatch(c.reqs, id) }
+func (c *clause) matches(id *identity.Identity) bool { return reqsMatch(c.reqs, id) }
 
-func reqsMatch(reqs []creq, id *Identity) bool {
+func reqsMatch(reqs []creq, id *identity.Identity) bool {
 	for i := range reqs {
 		r := &reqs[i]
-		v, ok := id.value(r.key)
+		v, ok := id.Value(r.key)
 		switch r.op {
 		case OpIn:
 			if !ok || !hasSym(r.vals, v) {
@@ -93,10 +97,10 @@ func reqsMatch(reqs []creq, id *Identity) bool {
 func compileSelector(s *Selector, held *[]uint32) []creq {
 	reqs := make([]creq, len(s.reqs))
 	for i, r := range s.reqs {
-		c := creq{key: acquire(r.Key), op: r.Op}
+		c := creq{key: identity.Acquire(r.Key), op: r.Op}
 		*held = append(*held, c.key)
 		for _, v := range r.Values {
-			c.vals = append(c.vals, acquire(v))
+			c.vals = append(c.vals, identity.Acquire(v))
 		}
 		*held = append(*held, c.vals...)
 		sort.Slice(c.vals, func(a, b int) bool { return c.vals[a] < c.vals[b] })
@@ -238,16 +242,16 @@ func (x *selIndex) build(order [2]func(c *clause) uint32) {
 // clauses without positive requirements, then the postings of id's tags.
 // A clause is filed under one anchor and id has at most one value per key,
 // so every clause that matches id is in exactly one visited list.
-func (x *selIndex) lists(id *Identity, visit func(l0, l1 []int32)) {
+func (x *selIndex) lists(id *identity.Identity, visit func(l0, l1 []int32)) {
 	if len(x.always[0])+len(x.always[1]) > 0 {
 		visit(x.always[0], x.always[1])
 	}
 	if len(x.table) == 0 {
 		return
 	}
-	if len(x.keys) < len(id.pairs) {
+	if len(x.keys) < len(id.Pairs()) {
 		for _, k := range x.keys {
-			if v, ok := id.value(k); ok {
+			if v, ok := id.Value(k); ok {
 				x.probe(anchorKey(k, v), visit)
 				if hasBit(x.anyBits, k) {
 					x.probe(anchorKey(k, 0), visit)
@@ -256,7 +260,7 @@ func (x *selIndex) lists(id *Identity, visit func(l0, l1 []int32)) {
 		}
 		return
 	}
-	for _, e := range id.pairs {
+	for _, e := range id.Pairs() {
 		k := uint32(e >> 32)
 		if !hasBit(x.keyBits, k) {
 			continue

@@ -2,28 +2,16 @@ package policy
 
 import (
 	"net/netip"
-)
 
-// Protocol is an IANA IP protocol number. ProtoAny (0) in a port range means
-// every protocol.
-type Protocol uint8
-
-// Protocols trireme names in policy files.
-const (
-	ProtoAny    Protocol = 0
-	ProtoICMP   Protocol = 1
-	ProtoTCP    Protocol = 6
-	ProtoUDP    Protocol = 17
-	ProtoICMPv6 Protocol = 58
-	ProtoSCTP   Protocol = 132
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // PortRange is one entry of a rule's ports: a protocol and an inclusive port
-// range. {ProtoTCP, 0, 65535} is "tcp" (every TCP port); {ProtoAny, 0, 65535}
-// is every port of every protocol. Protocols without ports (ICMP) match on the
+// range. {ipproto.TCP, 0, 65535} is "tcp" (every TCP port); {ipproto.Any, 0,
+// 65535} is every port of every protocol. Protocols without ports (ICMP) match on the
 // protocol alone.
 type PortRange struct {
-	Protocol    Protocol
+	Protocol    ipproto.Proto
 	First, Last uint16
 }
 

@@ -3,6 +3,8 @@ package policy
 import (
 	"net/netip"
 
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -26,7 +28,7 @@ type naiveDecision struct {
 	log      bool
 }
 
-func (n naive) decide(local Tags, dir Direction, peer Tags, hasPeer bool, addr netip.Addr, proto Protocol, port uint16) naiveDecision {
+func (n naive) decide(local identity.Tags, dir Direction, peer identity.Tags, hasPeer bool, addr netip.Addr, proto ipproto.Proto, port uint16) naiveDecision {
 	addr = addr.Unmap()
 	var enforced, apply, observed *naiveRef
 	// "reject beats allow; among equals the first in file order".
@@ -80,7 +82,7 @@ func (n naive) decide(local Tags, dir Direction, peer Tags, hasPeer bool, addr n
 	return d
 }
 
-func naivePeer(r *Rule, peer Tags, hasPeer bool, addr netip.Addr) bool {
+func naivePeer(r *Rule, peer identity.Tags, hasPeer bool, addr netip.Addr) bool {
 	if len(r.Peers) == 0 {
 		return true
 	}
@@ -107,12 +109,12 @@ func naivePeer(r *Rule, peer Tags, hasPeer bool, addr netip.Addr) bool {
 	return false
 }
 
-func naivePort(r *Rule, proto Protocol, port uint16) bool {
+func naivePort(r *Rule, proto ipproto.Proto, port uint16) bool {
 	if len(r.Ports) == 0 {
 		return true
 	}
 	for _, pr := range r.Ports {
-		if (pr.Protocol == ProtoAny || pr.Protocol == proto) && pr.First <= port && port <= pr.Last {
+		if (pr.Protocol == ipproto.Any || pr.Protocol == proto) && pr.First <= port && port <= pr.Last {
 			return true
 		}
 	}
@@ -129,9 +131,9 @@ func sameRef(a *RuleRef, b *naiveRef) bool {
 // naiveSelects matches with apimachinery's own matcher when the selector's
 // values are all Kubernetes label values, and otherwise straight from the
 // table in docs/policy.md.
-func naiveSelects(s *Selector, tags Tags) bool {
+func naiveSelects(s *Selector, tags identity.Tags) bool {
 	if s.k8s != nil {
-		return s.k8s.Matches(tags)
+		return s.k8s.Matches(k8sLabels(tags))
 	}
 	for _, r := range s.Requirements() {
 		has, v := false, ""

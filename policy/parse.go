@@ -13,6 +13,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"gopkg.in/yaml.v3"
 )
 
@@ -763,23 +764,19 @@ func (p *parser) ports(n *yaml.Node, field string) []PortRange {
 	return out
 }
 
-var protocols = map[string]Protocol{
-	"tcp": ProtoTCP, "udp": ProtoUDP, "sctp": ProtoSCTP, "icmp": ProtoICMP, "icmpv6": ProtoICMPv6,
-}
-
 // ParsePortRange parses "tcp/80", "tcp/8000-8080", "udp/53", "tcp" (every TCP
 // port), "icmp", "icmpv6".
 func ParsePortRange(s string) (PortRange, error) {
 	s = strings.TrimSpace(s)
 	name, ports, hasPorts := strings.Cut(s, "/")
-	proto, ok := protocols[strings.ToLower(name)]
-	if !ok {
+	var proto ipproto.Proto
+	if err := proto.UnmarshalText([]byte(name)); err != nil || !proto.Named() || proto == ipproto.Any {
 		return PortRange{}, fmt.Errorf("bad port %q: unknown protocol %q (want tcp, udp, sctp, icmp or icmpv6)", s, name)
 	}
 	if !hasPorts {
 		return PortRange{Protocol: proto, First: 0, Last: 65535}, nil
 	}
-	if proto == ProtoICMP || proto == ProtoICMPv6 {
+	if proto == ipproto.ICMP || proto == ipproto.ICMPv6 {
 		return PortRange{}, fmt.Errorf("bad port %q: %s has no ports", s, name)
 	}
 	a, b, isRange := strings.Cut(ports, "-")
@@ -817,7 +814,7 @@ func parsePort(s string) (uint16, error) {
 
 func (pr PortRange) String() string {
 	name := pr.Protocol.String()
-	if pr.Protocol == ProtoAny {
+	if pr.Protocol == ipproto.Any {
 		return "any"
 	}
 	if pr.First == 0 && pr.Last == 65535 {
@@ -830,20 +827,8 @@ func (pr PortRange) String() string {
 }
 
 // Matches reports whether the range covers proto/port.
-func (pr PortRange) Matches(proto Protocol, port uint16) bool {
-	return (pr.Protocol == ProtoAny || pr.Protocol == proto) && port >= pr.First && port <= pr.Last
-}
-
-func (p Protocol) String() string {
-	for name, v := range protocols {
-		if v == p {
-			return name
-		}
-	}
-	if p == ProtoAny {
-		return "any"
-	}
-	return strconv.Itoa(int(p))
+func (pr PortRange) Matches(proto ipproto.Proto, port uint16) bool {
+	return (pr.Protocol == ipproto.Any || pr.Protocol == proto) && port >= pr.First && port <= pr.Last
 }
 
 func (a Action) String() string {

@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // TestParseErrors: every problem is reported, each with its exact
@@ -252,7 +254,7 @@ policies:
 		prefixesString(r.Peers[1].Except) != "10.1.2.0/24" {
 		t.Errorf("peers %+v", r.Peers)
 	}
-	wantPorts := []PortRange{{ProtoTCP, 80, 80}, {ProtoTCP, 8000, 8080}, {ProtoUDP, 53, 53}, {ProtoTCP, 0, 65535}, {ProtoICMP, 0, 65535}, {ProtoSCTP, 9, 9}}
+	wantPorts := []PortRange{{ipproto.TCP, 80, 80}, {ipproto.TCP, 8000, 8080}, {ipproto.UDP, 53, 53}, {ipproto.TCP, 0, 65535}, {ipproto.ICMP, 0, 65535}, {ipproto.SCTP, 9, 9}}
 	if len(r.Ports) != len(wantPorts) {
 		t.Fatalf("ports %v", r.Ports)
 	}

@@ -1,6 +1,10 @@
 package policy
 
-import "sort"
+import (
+	"sort"
+
+	"github.com/trireme-go/trireme/ipproto"
+)
 
 // portIndex lists, for every protocol and port, the rules whose ports cover
 // it, in precedence order. With it a decision can walk the few rules of the
@@ -26,11 +30,11 @@ const maxPortEntries = 1 << 20
 
 func buildPortIndex(rules []crule) *portIndex {
 	x := &portIndex{}
-	protos := []Protocol{}
+	protos := []ipproto.Proto{}
 	seen := [256]bool{}
 	for i := range rules {
 		for _, pr := range rules[i].ports {
-			if pr.Protocol != ProtoAny && !seen[pr.Protocol] {
+			if pr.Protocol != ipproto.Any && !seen[pr.Protocol] {
 				seen[pr.Protocol] = true
 				protos = append(protos, pr.Protocol)
 			}
@@ -39,8 +43,8 @@ func buildPortIndex(rules []crule) *portIndex {
 	sort.Slice(protos, func(i, j int) bool { return protos[i] < protos[j] })
 	total := 0
 	// Table 0 serves every protocol no rule names: only rules without ports
-	// or with ProtoAny ranges can match those.
-	for ti, proto := range append([]Protocol{ProtoAny}, protos...) {
+	// or with ipproto.Any ranges can match those.
+	for ti, proto := range append([]ipproto.Proto{ipproto.Any}, protos...) {
 		if ti > 0 {
 			x.proto[proto] = uint8(ti)
 		}
@@ -60,7 +64,7 @@ type portEvent struct {
 	add  bool
 }
 
-func buildPortTable(rules []crule, proto Protocol, list *[]int32) (portTable, int) {
+func buildPortTable(rules []crule, proto ipproto.Proto, list *[]int32) (portTable, int) {
 	var ev []portEvent
 	for i := range rules {
 		r := &rules[i]
@@ -69,7 +73,7 @@ func buildPortTable(rules []crule, proto Protocol, list *[]int32) (portTable, in
 			continue
 		}
 		for _, pr := range r.ports {
-			if pr.Protocol != ProtoAny && (proto == ProtoAny || pr.Protocol != proto) {
+			if pr.Protocol != ipproto.Any && (proto == ipproto.Any || pr.Protocol != proto) {
 				continue
 			}
 			ev = append(ev, portEvent{uint32(pr.First), int32(i), true})
@@ -158,7 +162,7 @@ func appendSpan(list *[]int32, ids []int32) span {
 }
 
 // lookup returns the interval of proto/port in its protocol's table.
-func (x *portIndex) lookup(proto Protocol, port uint16) (*portTable, int) {
+func (x *portIndex) lookup(proto ipproto.Proto, port uint16) (*portTable, int) {
 	t := &x.tables[x.proto[proto]]
 	lo, hi := 0, len(t.starts)
 	for lo < hi {

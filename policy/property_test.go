@@ -7,6 +7,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // gen draws random policies, tags, addresses and ports from small universes,
@@ -173,14 +176,14 @@ func (g gen) set() *Set {
 	return s
 }
 
-func (g gen) tags() Tags {
+func (g gen) tags() identity.Tags {
 	m := map[string]string{}
 	for _, k := range genKeys {
 		if g.r.Intn(2) == 0 {
 			m[k] = g.pick(genValues)
 		}
 	}
-	return NewTags(m)
+	return identity.NewTags(m)
 }
 
 func (g gen) addr() netip.Addr {
@@ -195,8 +198,8 @@ func (g gen) addr() netip.Addr {
 	return g.addrIn(netip.MustParsePrefix(g.pick(genCIDRs)))
 }
 
-func (g gen) port() (Protocol, uint16) {
-	protos := []Protocol{ProtoTCP, ProtoUDP, ProtoICMP, ProtoSCTP, ProtoICMPv6}
+func (g gen) port() (ipproto.Proto, uint16) {
+	protos := []ipproto.Proto{ipproto.TCP, ipproto.UDP, ipproto.ICMP, ipproto.SCTP, ipproto.ICMPv6}
 	ports := []uint16{0, 1, 22, 53, 79, 80, 85, 90, 91, 100, 101, 443, 65535}
 	return protos[g.r.Intn(len(protos))], ports[g.r.Intn(len(ports))]
 }
@@ -235,10 +238,10 @@ func TestPropertyEngineMatchesNaive(t *testing.T) {
 			pp, pp2 := e.ForPU(local), e2.ForPU(local)
 			for di := 0; di < decisions; di++ {
 				peerTags := g.tags()
-				var id *Identity
+				var id *identity.Identity
 				hasPeer := g.r.Intn(3) != 0
 				if hasPeer {
-					id = NewIdentity(peerTags)
+					id = identity.New(peerTags)
 				}
 				addr := g.addr()
 				proto, port := g.port()

@@ -11,6 +11,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/trireme-go/trireme/identity"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -47,7 +48,7 @@ type Requirement struct {
 }
 
 // Matches reports whether tags satisfy the requirement.
-func (r Requirement) Matches(tags Tags) bool {
+func (r Requirement) Matches(tags identity.Tags) bool {
 	v, ok := tags.Lookup(r.Key)
 	switch r.Op {
 	case OpIn:
@@ -74,7 +75,7 @@ type Selector struct {
 	Text string
 	reqs []Requirement
 	// k8s is apimachinery's matcher for the same requirements (over encoded
-	// reserved keys; Tags decodes them on lookup) when every value is a
+	// reserved keys, which tests decode on lookup) when every value is a
 	// Kubernetes label value, nil otherwise. The engine compiles reqs; the
 	// tests hold it to apimachinery through k8s.
 	k8s   labels.Selector
@@ -90,7 +91,7 @@ func (s *Selector) Empty() bool { return len(s.reqs) == 0 }
 
 // MatchesTags reports whether the selector matches tags, by the decoded
 // requirements (the semantics the engine compiles).
-func (s *Selector) MatchesTags(tags Tags) bool {
+func (s *Selector) MatchesTags(tags identity.Tags) bool {
 	for _, r := range s.reqs {
 		if !r.Matches(tags) {
 			return false
@@ -615,16 +616,13 @@ var (
 	reservedInTxt = regexp.MustCompile(`@[^:\s,()=!<>]*:[A-Za-z0-9._/-]*`)
 )
 
-// IsReservedKey reports whether key is a reserved key (@word:key).
-func IsReservedKey(key string) bool { return strings.HasPrefix(key, "@") }
-
 func isReservedDomain(key string) bool {
 	prefix, _, ok := strings.Cut(key, "/")
 	return ok && (prefix == reservedDomain || strings.HasSuffix(prefix, "."+reservedDomain))
 }
 
 func encodeKey(key string) (string, error) {
-	if !strings.HasPrefix(key, "@") {
+	if !identity.IsReserved(key) {
 		if isReservedDomain(key) {
 			return "", fmt.Errorf("key %q uses the reserved domain %s; write reserved keys as @word:key", key, reservedDomain)
 		}
@@ -652,13 +650,13 @@ func decodeKey(key string) string {
 	}
 	pw := strings.TrimSuffix(prefix, "."+reservedDomain)
 	if i := strings.LastIndexByte(pw, '.'); i >= 0 {
-		return "@" + pw[i+1:] + ":" + pw[:i] + "/" + name
+		return identity.ReservedPrefix + pw[i+1:] + ":" + pw[:i] + "/" + name
 	}
-	return "@" + pw + ":" + name
+	return identity.ReservedPrefix + pw + ":" + name
 }
 
 func encodeKeysInText(text string) (string, map[string]string, error) {
-	if !strings.Contains(text, "@") {
+	if !strings.Contains(text, identity.ReservedPrefix) {
 		return text, nil, nil
 	}
 	back := map[string]string{}

@@ -7,16 +7,19 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // settleSymbols collects garbage until the symbol table stops shrinking
 // (cleanups run asynchronously after a collection) and returns its stats.
 func settleSymbols() (live, span int) {
-	live, span = SymbolStats()
+	live, span = identity.SymbolStats()
 	for stable, i := 0, 0; stable < 3 && i < 500; i++ {
 		runtime.GC()
 		time.Sleep(2 * time.Millisecond)
-		l, s := SymbolStats()
+		l, s := identity.SymbolStats()
 		if l < live {
 			stable = 0
 		} else {
@@ -50,16 +53,16 @@ func TestSymbolTableBounded(t *testing.T) {
 		return e
 	}
 	e := compile("")
-	client := NewIdentity(Tags{{"@sys:image", "registry.local:5000/team/nginx:1.25"}, {"@sys:name", "/client-held"}})
+	client := identity.New(identity.Tags{{Key: "@sys:image", Value: "registry.local:5000/team/nginx:1.25"}, {Key: "@sys:name", Value: "/client-held"}})
 	baseLive, baseSpan := settleSymbols()
 	const rounds, perRound = 4, 5000
 	for r := 0; r < rounds; r++ {
 		for i := 0; i < perRound; i++ {
-			NewIdentity(Tags{{"@sys:id", fmt.Sprintf("%064x", r*perRound+i)}, {"@sys:name", fmt.Sprintf("/c-%d-%d", r, i)}})
+			identity.New(identity.Tags{{Key: "@sys:id", Value: fmt.Sprintf("%064x", r*perRound+i)}, {Key: "@sys:name", Value: fmt.Sprintf("/c-%d-%d", r, i)}})
 		}
 		// A policy swap whose selectors name values of their own.
 		e = compile(fmt.Sprintf("  - name: other\n    selector: '@sys:name in (/o-%d-a, /o-%d-b)'\n    egress: [{to: [{selector: '@sys:id=x%d'}], action: allow}]\n", r, r, r))
-		e.ForPU(Tags{{"@sys:name", fmt.Sprintf("/o-%d-a", r)}})
+		e.ForPU(identity.Tags{{Key: "@sys:name", Value: fmt.Sprintf("/o-%d-a", r)}})
 		live, span := settleSymbols()
 		if live > baseLive+64 {
 			t.Fatalf("round %d: %d symbols live, %d before the churn", r, live, baseLive)
@@ -70,17 +73,17 @@ func TestSymbolTableBounded(t *testing.T) {
 		}
 	}
 	addr := netip.MustParseAddr("10.0.0.1")
-	pu := e.ForPU(Tags{{"@sys:name", "/web-1"}})
+	pu := e.ForPU(identity.Tags{{Key: "@sys:name", Value: "/web-1"}})
 	for _, c := range []struct {
-		peer *Identity
+		peer *identity.Identity
 		want Action
 	}{
 		{client, Allow}, // prepared before the churn and the swaps
-		{NewIdentity(Tags{{"@sys:image", "registry.local:5000/team/nginx:1.25"}, {"@sys:name", "/c-0-1"}}), Allow},
-		{NewIdentity(Tags{{"@sys:image", "registry.local:5000/team/nginx:1.26"}, {"@sys:name", "/c-0-2"}}), Deny},
-		{NewIdentity(Tags{{"@sys:id", fmt.Sprintf("%064x", 7)}}), Deny},
+		{identity.New(identity.Tags{{Key: "@sys:image", Value: "registry.local:5000/team/nginx:1.25"}, {Key: "@sys:name", Value: "/c-0-1"}}), Allow},
+		{identity.New(identity.Tags{{Key: "@sys:image", Value: "registry.local:5000/team/nginx:1.26"}, {Key: "@sys:name", Value: "/c-0-2"}}), Deny},
+		{identity.New(identity.Tags{{Key: "@sys:id", Value: fmt.Sprintf("%064x", 7)}}), Deny},
 	} {
-		if d := pu.Ingress(c.peer, addr, ProtoTCP, 80); d.Action != c.want {
+		if d := pu.Ingress(c.peer, addr, ipproto.TCP, 80); d.Action != c.want {
 			t.Errorf("%v: %v, want %v", c.peer.Tags(), d.Action, c.want)
 		}
 	}
@@ -90,14 +93,9 @@ func TestSymbolTableBounded(t *testing.T) {
 // TestSymbolsReleasedWithHolders: the symbols of an Identity, an Engine and
 // a PUPolicy go when the last of them does, not before.
 func TestSymbolsReleasedWithHolders(t *testing.T) {
-	held := func(s string) bool {
-		symbols.RLock()
-		defer symbols.RUnlock()
-		_, ok := symbols.ids[s]
-		return ok
-	}
+	held := identity.Interned
 	settleSymbols()
-	id := NewIdentity(Tags{{"held-key-1", "held-value-1"}})
+	id := identity.New(identity.Tags{{Key: "held-key-1", Value: "held-value-1"}})
 	sel, err := ParseSelector(`held-key-2="held value 2"`)
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +108,7 @@ func TestSymbolsReleasedWithHolders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pu := e.ForPU(Tags{{"held-key-2", "held value 2"}})
+	pu := e.ForPU(identity.Tags{{Key: "held-key-2", Value: "held value 2"}})
 	if len(pu.Policies()) != 1 {
 		t.Fatal("not selected")
 	}
@@ -124,7 +122,7 @@ func TestSymbolsReleasedWithHolders(t *testing.T) {
 	if held("held-key-2") || held("held value 2") {
 		t.Error("engine's symbols not released with the engine")
 	}
-	if d := pu.Ingress(NewIdentity(Tags{{"held-key-3", "held-value-3"}}), netip.Addr{}, ProtoTCP, 1); d.Action != Allow {
+	if d := pu.Ingress(identity.New(identity.Tags{{Key: "held-key-3", Value: "held-value-3"}}), netip.Addr{}, ipproto.TCP, 1); d.Action != Allow {
 		t.Errorf("decision after the engine went: %v", d.Action)
 	}
 	runtime.KeepAlive(id)
@@ -150,7 +148,7 @@ func TestSymbolsConcurrentChurn(t *testing.T) {
 		t.Fatal(err)
 	}
 	web := e.ForPU(tags("app=web", "env=prod"))
-	fe := NewIdentity(tags("app=frontend"))
+	fe := identity.New(tags("app=frontend"))
 	stop := make(chan struct{})
 	var churners sync.WaitGroup
 	for g := 0; g < 2; g++ {
@@ -163,7 +161,7 @@ func TestSymbolsConcurrentChurn(t *testing.T) {
 					return
 				default:
 				}
-				NewIdentity(tags(fmt.Sprintf("k%d=v-%d-%d", i%5, g, i), "app=frontend"))
+				identity.New(tags(fmt.Sprintf("k%d=v-%d-%d", i%5, g, i), "app=frontend"))
 				if i%500 == 0 {
 					sel, _ := ParseSelector(fmt.Sprintf("app=x-%d-%d", g, i))
 					if _, err := Compile(&Set{Policies: []Policy{{Name: "p", Selector: sel}}}); err != nil {
@@ -183,13 +181,13 @@ func TestSymbolsConcurrentChurn(t *testing.T) {
 			for i := 0; i < 3000; i++ {
 				peer := fe
 				if i%2 == 1 {
-					peer = NewIdentity(tags("app=frontend", fmt.Sprintf("d=%d-%d", g, i)))
+					peer = identity.New(tags("app=frontend", fmt.Sprintf("d=%d-%d", g, i)))
 				}
-				if d := web.Ingress(peer, netip.Addr{}, ProtoTCP, 80); d.Action != Allow {
+				if d := web.Ingress(peer, netip.Addr{}, ipproto.TCP, 80); d.Action != Allow {
 					t.Errorf("frontend -> web:80 = %v", d.Action)
 					return
 				}
-				if d := web.Ingress(NewIdentity(tags("app=db", fmt.Sprintf("d=%d-%d", g, i))), netip.Addr{}, ProtoTCP, 80); d.Action == Allow {
+				if d := web.Ingress(identity.New(tags("app=db", fmt.Sprintf("d=%d-%d", g, i))), netip.Addr{}, ipproto.TCP, 80); d.Action == Allow {
 					t.Errorf("db -> web:80 allowed")
 					return
 				}

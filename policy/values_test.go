@@ -4,6 +4,9 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // Identity tags carry values that are no Kubernetes label values: images,
@@ -18,8 +21,8 @@ var (
 // TestSelectorValues: the string form accepts any tag value, bare or in
 // double quotes, in every operator; matching uses the decoded values.
 func TestSelectorValues(t *testing.T) {
-	tags := Tags{{"@sys:id", idValue}, {"@sys:image", imageValue}, {"@sys:name", nameValue}, {"app", "web"}, {"note", `say "hi" \o/`}}
-	other := Tags{{"@sys:image", "nginx:1.25"}, {"@sys:name", "/web-2"}, {"app", "web"}}
+	tags := identity.Tags{{Key: "@sys:id", Value: idValue}, {Key: "@sys:image", Value: imageValue}, {Key: "@sys:name", Value: nameValue}, {Key: "app", Value: "web"}, {Key: "note", Value: `say "hi" \o/`}}
+	other := identity.Tags{{Key: "@sys:image", Value: "nginx:1.25"}, {Key: "@sys:name", Value: "/web-2"}, {Key: "app", Value: "web"}}
 	cases := []struct {
 		text      string
 		want      string // requirementsText of the result
@@ -166,15 +169,15 @@ func TestStructuredSelectorValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	web := Tags{{"@sys:image", imageValue}, {"@sys:name", "/web-2"}}
+	web := identity.Tags{{Key: "@sys:image", Value: imageValue}, {Key: "@sys:name", Value: "/web-2"}}
 	pu := e.ForPU(web)
-	if len(pu.Policies()) != 1 || len(e.ForPU(Tags{{"@sys:image", imageValue}, {"@sys:name", "/web-3"}}).Policies()) != 0 {
+	if len(pu.Policies()) != 1 || len(e.ForPU(identity.Tags{{Key: "@sys:image", Value: imageValue}, {Key: "@sys:name", Value: "/web-3"}}).Policies()) != 0 {
 		t.Fatal("structured selector does not select by decoded values")
 	}
-	if d := pu.Ingress(NewIdentity(Tags{{"@sys:name", "/db"}}), netip.MustParseAddr("10.0.0.1"), ProtoTCP, 80); d.Action != Allow {
+	if d := pu.Ingress(identity.New(identity.Tags{{Key: "@sys:name", Value: "/db"}}), netip.MustParseAddr("10.0.0.1"), ipproto.TCP, 80); d.Action != Allow {
 		t.Errorf("peer /db: %v", d.Action)
 	}
-	if d := pu.Ingress(NewIdentity(Tags{{"@sys:name", "/dbx"}}), netip.MustParseAddr("10.0.0.1"), ProtoTCP, 80); d.Action != Deny {
+	if d := pu.Ingress(identity.New(identity.Tags{{Key: "@sys:name", Value: "/dbx"}}), netip.MustParseAddr("10.0.0.1"), ipproto.TCP, 80); d.Action != Deny {
 		t.Errorf("peer /dbx: %v", d.Action)
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
-	"github.com/trireme-go/trireme/monitor"
 	"github.com/trireme-go/trireme/policy"
 )
 
@@ -46,7 +45,7 @@ type Status struct {
 	ErrorAt   time.Time
 }
 
-// File is a Resolver over a policy file. It watches the file's directory
+// File is the policy in force, read from a policy file. It watches the file's directory
 // (and, when the path is a symlink, its target's directory) with fsnotify,
 // so edits in place, editors that write a new file and rename it over the
 // old one, and symlink swaps (Kubernetes ConfigMap volumes) are all seen.
@@ -98,10 +97,6 @@ func NewFile(path string, opts FileOptions) (*File, error) {
 }
 
 func (f *File) Current() *policy.Engine { return f.cur.Load() }
-
-func (f *File) Resolve(pu *monitor.PU) (*policy.Engine, *policy.PUPolicy) {
-	return resolve(f.cur.Load(), pu)
-}
 
 func (f *File) Updates() <-chan *policy.Engine { return f.updates.ch }
 

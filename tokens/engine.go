@@ -31,7 +31,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -189,8 +189,8 @@ func (e *Engine) Stats() Stats {
 // Peer is a verified identity token: the remote PU's identity. It is
 // immutable and shared by every connection that presented the same token.
 type Peer struct {
-	Tags     policy.Tags
-	Identity *policy.Identity
+	Tags     identity.Tags
+	Identity *identity.Identity
 	Node     string
 	// Expires is when the verification stops holding (the token's exp, or
 	// the certificate's end if sooner).
@@ -215,7 +215,7 @@ type sharedSecret struct {
 // Config.Refresh.
 type Local struct {
 	e    *Engine
-	tags policy.Tags
+	tags identity.Tags
 	mu   sync.Mutex
 	cur  atomic.Pointer[epoch]
 }
@@ -233,14 +233,14 @@ type epoch struct {
 
 // NewLocal returns the identity of a local PU with the given tags. The tags
 // are copied. The token is signed on first use.
-func (e *Engine) NewLocal(tags policy.Tags) *Local {
+func (e *Engine) NewLocal(tags identity.Tags) *Local {
 	t := slices.Clone(tags)
-	slices.SortFunc(t, func(a, b policy.Tag) int { return strings.Compare(a.Key, b.Key) })
+	slices.SortFunc(t, func(a, b identity.Tag) int { return strings.Compare(a.Key, b.Key) })
 	return &Local{e: e, tags: t}
 }
 
 // Tags returns the PU's tags.
-func (l *Local) Tags() policy.Tags { return l.tags }
+func (l *Local) Tags() identity.Tags { return l.tags }
 
 // Prepare makes the PU's identity token now if it has none current, so that
 // the cost of signing (and a problem such as tags too long for a frame) shows
@@ -268,17 +268,12 @@ func (l *Local) epoch(now time.Time) (*epoch, error) {
 	return ep, nil
 }
 
-func (e *Engine) newEpoch(tags policy.Tags, now time.Time) (*epoch, error) {
-	if tags.Validate() != nil { // a key twice: peers would reject the token
+func (e *Engine) newEpoch(tags identity.Tags, now time.Time) (*epoch, error) {
+	kvs, err := tags.Encode()
+	if err != nil { // e.g. a key twice: peers would reject the token
 		return nil, reason.MalformedToken
 	}
-	cl := &tokenClaims{T: make([]string, len(tags))}
-	for i, t := range tags {
-		if t.Key == "" || strings.Contains(t.Key, "=") {
-			return nil, reason.MalformedToken
-		}
-		cl.T[i] = t.Key + "=" + t.Value
-	}
+	cl := &tokenClaims{T: kvs}
 	cl.Issuer = e.node
 	iat := now.Truncate(time.Second)
 	cl.IssuedAt = jwt.NewNumericDate(iat)
@@ -356,15 +351,7 @@ func (e *Engine) verifyTokenSlow(token []byte, now time.Time, b *spend) (*Peer, 
 		return nil, err
 	}
 	p := &Peer{Node: cl.Issuer, Expires: until, token: bytes.Clone(token), hash: sha256.Sum256(token)}
-	p.Tags = make(policy.Tags, len(cl.T))
-	for i, kv := range cl.T {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return nil, reason.MalformedToken
-		}
-		p.Tags[i] = policy.Tag{Key: k, Value: v}
-	}
-	if p.Tags.Validate() != nil {
+	if p.Tags, err = identity.Decode(cl.T); err != nil {
 		return nil, reason.MalformedToken
 	}
 	if e.secrets.handshakePRK() == nil {
@@ -381,7 +368,7 @@ func (e *Engine) verifyTokenSlow(token []byte, now time.Time, b *spend) (*Peer, 
 		}
 		p.ekID = sha256.Sum256(pub)
 	}
-	p.Identity = policy.NewIdentity(p.Tags)
+	p.Identity = identity.New(p.Tags)
 	return p, nil
 }
 

@@ -13,7 +13,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -262,7 +262,7 @@ func TestConnSize(t *testing.T) {
 // TestBadLocalTags: tags a peer would reject are refused when signing.
 func TestBadLocalTags(t *testing.T) {
 	p := newPair(t, "psk")
-	for _, tags := range []policy.Tags{
+	for _, tags := range []identity.Tags{
 		{{Key: "app", Value: "a"}, {Key: "app", Value: "b"}},
 		{{Key: "", Value: "a"}},
 		{{Key: "a=b", Value: "c"}},
@@ -272,7 +272,7 @@ func TestBadLocalTags(t *testing.T) {
 		}
 	}
 	// Unsorted tags are sorted.
-	l := p.client.NewLocal(policy.Tags{{Key: "b", Value: "2"}, {Key: "a", Value: "1"}})
+	l := p.client.NewLocal(identity.Tags{{Key: "b", Value: "2"}, {Key: "a", Value: "1"}})
 	if err := l.Prepare(base); err != nil || l.Tags()[0].Key != "a" {
 		t.Errorf("unsorted tags: %v %v", l.Tags(), err)
 	}
@@ -280,9 +280,9 @@ func TestBadLocalTags(t *testing.T) {
 
 func TestTooManyTags(t *testing.T) {
 	p := newPair(t, "pki")
-	big := make(policy.Tags, 40)
+	big := make(identity.Tags, 40)
 	for i := range big {
-		big[i] = policy.Tag{Key: "label-" + string(rune('a'+i%26)) + string(rune('a'+i/26)), Value: "some-longish-value"}
+		big[i] = identity.Tag{Key: "label-" + string(rune('a'+i%26)) + string(rune('a'+i/26)), Value: "some-longish-value"}
 	}
 	var c Conn
 	if _, err := p.client.AppendSYN(nil, p.client.NewLocal(big), &c, base); err != reason.NoRoomForToken {
@@ -363,7 +363,7 @@ func TestConcurrent(t *testing.T) {
 			p.client.shared, p.server.shared = newClockCache[*sharedSecret](4), newClockCache[*sharedSecret](4)
 			var locals [4][2]*Local
 			for i := range locals {
-				tags := policy.Tags{{Key: "app", Value: string(rune('a' + i))}}
+				tags := identity.Tags{{Key: "app", Value: string(rune('a' + i))}}
 				locals[i] = [2]*Local{p.client.NewLocal(tags), p.server.NewLocal(tags)}
 			}
 			p.client.refresh, p.server.refresh = 10*time.Second, 10*time.Second

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
 )
 
 // base is the tests' clock origin: certificates are made valid around the
@@ -16,13 +16,13 @@ import (
 var base = time.Now().Truncate(time.Second)
 
 var (
-	clientTags = policy.Tags{
+	clientTags = identity.Tags{
 		{Key: "@sys:image", Value: "registry.example/shop/web:1.4"},
 		{Key: "@sys:name", Value: "web-7d9f"},
 		{Key: "app", Value: "web"},
 		{Key: "env", Value: "prod"},
 	}
-	serverTags = policy.Tags{
+	serverTags = identity.Tags{
 		{Key: "@sys:image", Value: "registry.example/shop/db:16"},
 		{Key: "app", Value: "db"},
 		{Key: "env", Value: "prod"},

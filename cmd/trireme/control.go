@@ -12,8 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/node"
-	"github.com/trireme-go/trireme/policy"
 )
 
 // The control commands talk to a running daemon over its socket.
@@ -52,7 +52,7 @@ func init() {
 					drops = strings.Join(ds, ",")
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Name, p.Kind, p.State,
-					strings.Join(ips, ","), drops, policy.NewTags(p.Tags))
+					strings.Join(ips, ","), drops, identity.NewTags(p.Tags))
 			}
 			return tw.Flush()
 		},
@@ -186,32 +186,26 @@ func printCounters(title string, m map[string]uint64) {
 }
 
 func labelMap(kvs []string) (map[string]string, error) {
-	tags, err := policy.ParseTags(kvs)
+	tags, err := identity.ParseTags(kvs)
 	if err != nil {
 		return nil, err
 	}
-	m := make(map[string]string, len(tags))
 	for _, t := range tags {
-		if strings.HasPrefix(t.Key, "@") {
-			return nil, fmt.Errorf("label %q: keys starting with '@' are reserved for trireme", t.Key)
+		if err := identity.CheckLabel(t.Key, t.Value, false); err != nil {
+			return nil, fmt.Errorf("label %q: %w", t, err)
 		}
-		m[t.Key] = t.Value
 	}
-	return m, nil
+	return tags.Map(), nil
 }
 
 // tagMap parses --tag key=value flags: reserved keys allowed (the caller
 // is trusted: the control socket is root-only).
 func tagMap(kvs []string) (map[string]string, error) {
-	tags, err := policy.ParseTags(kvs)
+	tags, err := identity.ParseTags(kvs)
 	if err != nil {
 		return nil, err
 	}
-	m := make(map[string]string, len(tags))
-	for _, t := range tags {
-		m[t.Key] = t.Value
-	}
-	return m, nil
+	return tags.Map(), nil
 }
 
 func printJSON(v any) error {

@@ -14,13 +14,10 @@ import (
 	"github.com/spf13/cobra"
 	"gopkg.in/yaml.v3"
 
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 )
-
-// liveDemo runs the live demo (real namespaces and enforcers); a later
-// change sets it. Until then, and with --offline, the demo shows the policy
-// engine deciding every example connection.
-var liveDemo func(cmd *cobra.Command, examples string) error
 
 func init() { rootCmd.AddCommand(newDemoCmd()) }
 
@@ -51,8 +48,8 @@ and prints client -> server:port, the verdict, the deciding rules and the
 reason.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !offline && liveDemo != nil {
-				return liveDemo(cmd, examples)
+			if !offline {
+				return runLiveDemo(cmd, examples)
 			}
 			return runOfflineDemo(cmd.OutOrStdout(), examples)
 		},
@@ -133,7 +130,7 @@ func loadDemoHosts(path string) ([]demoHost, error) {
 				if err != nil {
 					return nil, fmt.Errorf("%s: host %s: %v", path, h.Name, err)
 				}
-				if pr.First != pr.Last && pr.Protocol != policy.ProtoICMP && pr.Protocol != policy.ProtoICMPv6 {
+				if pr.First != pr.Last && pr.Protocol != ipproto.ICMP && pr.Protocol != ipproto.ICMPv6 {
 					return nil, fmt.Errorf("%s: host %s: serves %s: give single ports", path, h.Name, s)
 				}
 				h.ports = append(h.ports, pr)
@@ -147,7 +144,7 @@ func loadDemoHosts(path string) ([]demoHost, error) {
 func (h *demoHost) endpoint() endpoint {
 	ep := endpoint{Name: h.Name, Addr: h.addr, PU: h.pu}
 	if h.pu {
-		ep.Tags = policy.NewTags(h.Tags)
+		ep.Tags = identity.NewTags(h.Tags)
 	}
 	return ep
 }
@@ -197,7 +194,7 @@ func runOfflineDemo(w io.Writer, dir string) error {
 			}
 			for _, pr := range server.ports {
 				port := pr.First
-				if pr.Protocol == policy.ProtoICMP || pr.Protocol == policy.ProtoICMPv6 {
+				if pr.Protocol == ipproto.ICMP || pr.Protocol == ipproto.ICMPv6 {
 					port = 0
 				}
 				f, err := explainFlow(e, client.endpoint(), server.endpoint(), pr.Protocol, port)

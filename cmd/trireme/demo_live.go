@@ -19,10 +19,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/trireme-go/trireme/demo"
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
+	"github.com/trireme-go/trireme/monitor"
 	"github.com/trireme-go/trireme/policy"
 )
-
-func init() { liveDemo = runLiveDemo }
 
 // demoSubnet is the node bridge's subnet in the live demo: the target
 // network of examples/policy.yaml, so the PUs keep their example addresses.
@@ -47,11 +48,11 @@ func parseLiveConn(s string, hosts map[string]*demoHost) (demo.Conn, error) {
 	}
 	c := demo.Conn{Client: strings.TrimSpace(client), Server: strings.TrimSpace(server)}
 	pr, err := policy.ParsePortRange(strings.TrimSpace(port))
-	if err != nil || pr.First != pr.Last || (pr.Protocol != policy.ProtoTCP && pr.Protocol != policy.ProtoUDP) {
+	if err != nil || pr.First != pr.Last || !pr.Protocol.HasPorts() {
 		return demo.Conn{}, fmt.Errorf("live connection %q: want one tcp/PORT or udp/PORT", s)
 	}
 	c.Proto, c.Port = "tcp", int(pr.First)
-	if pr.Protocol == policy.ProtoUDP {
+	if pr.Protocol == ipproto.UDP {
 		c.Proto = "udp"
 	}
 	for _, n := range []string{c.Client, c.Server} {
@@ -142,12 +143,7 @@ func runLiveDemo(cmd *cobra.Command, dir string) (err error) {
 			dh := byName[n]
 			h := &demo.Host{Name: n, Addr: dh.addr, PU: dh.pu}
 			if dh.pu {
-				h.Labels = map[string]string{}
-				for k, v := range dh.Tags {
-					if !strings.HasPrefix(k, "@") { // system tags come from the daemon
-						h.Labels[k] = v
-					}
-				}
+				h.Labels = identity.UserLabels(dh.Tags) // system tags come from the daemon
 			}
 			hosts[n] = h
 			order = append(order, n)
@@ -171,7 +167,7 @@ func runLiveDemo(cmd *cobra.Command, dir string) (err error) {
 			if err != nil {
 				return fmt.Errorf("attach %s: %w", n, err)
 			}
-			env.Progressf("PU %-12s %-12s attached, tags %s", n, h.Addr, policy.NewTags(pu.Tags))
+			env.Progressf("PU %-12s %-12s attached, tags %s", n, h.Addr, identity.NewTags(pu.Tags))
 		} else {
 			kind := "external host, no enforcer"
 			switch {
@@ -372,12 +368,7 @@ func dockerExample(ctx context.Context, w io.Writer, env *demo.Env, byName map[s
 	}
 	names := []string{"c-frontend", "c-web", "c-db"}
 	for _, n := range names {
-		labels := map[string]string{}
-		for k, v := range byName[strings.TrimPrefix(n, "c-")].Tags {
-			if !strings.HasPrefix(k, "@") {
-				labels[k] = v
-			}
-		}
+		labels := identity.UserLabels(byName[strings.TrimPrefix(n, "c-")].Tags)
 		if err := env.RunContainer(ctx, &demo.Host{Name: n, Labels: labels, TCP: ports[n]}); err != nil {
 			return nil, err
 		}
@@ -392,12 +383,12 @@ func dockerExample(ctx context.Context, w io.Writer, env *demo.Env, byName map[s
 			if strings.HasSuffix(pu.Name, n) {
 				tags := map[string]string{}
 				for k, v := range pu.Tags {
-					if k == "@sys:id" && len(v) > 12 {
+					if k == monitor.TagID && len(v) > 12 {
 						v = v[:12] + "…"
 					}
 					tags[k] = v
 				}
-				env.Progressf("container %-10s %-12s policed, tags %s", n, env.Addr(n), policy.NewTags(tags))
+				env.Progressf("container %-10s %-12s policed, tags %s", n, env.Addr(n), identity.NewTags(tags))
 			}
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -191,7 +192,7 @@ func TestLiveDemo(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	for _, r := range rows {
-		key := r.Conn.Client + " -> " + r.Conn.Server + ":" + r.Conn.Proto + "/" + itoa(r.Conn.Port)
+		key := r.Conn.Client + " -> " + r.Conn.Server + ":" + r.Conn.Proto + "/" + strconv.Itoa(r.Conn.Port)
 		seen[key] = true
 		w, ok := cases[key]
 		if !ok {
@@ -266,9 +267,4 @@ func demoProcesses() []string {
 // in the host namespace; the demo creates none there at all.
 func otherTestLink(name string) bool {
 	return strings.HasPrefix(name, "trd") || strings.HasPrefix(name, "veth")
-}
-
-func itoa(i int) string {
-	b, _ := json.Marshal(i)
-	return string(b)
 }

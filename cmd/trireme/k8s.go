@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/k8s"
 	"github.com/trireme-go/trireme/policy"
 )
@@ -157,7 +158,7 @@ func addrs(ips []netip.Addr) string {
 
 // probe is one --port: a number, or a named port resolved on each server.
 type probe struct {
-	proto policy.Protocol
+	proto ipproto.Proto
 	port  uint16
 	name  string
 }
@@ -171,7 +172,7 @@ func probePorts(flags []string, tr *k8s.Translation) ([]probe, error) {
 		// Port names hold a letter; numbers and ranges do not.
 		if ok && strings.ContainsFunc(name, func(r rune) bool { return (r < '0' || r > '9') && r != '-' }) {
 			pr, err := policy.ParsePortRange(proto)
-			if err != nil || (pr.Protocol != policy.ProtoTCP && pr.Protocol != policy.ProtoUDP && pr.Protocol != policy.ProtoSCTP) {
+			if err != nil || (pr.Protocol != ipproto.TCP && pr.Protocol != ipproto.UDP && pr.Protocol != ipproto.SCTP) {
 				return nil, fmt.Errorf("--port %q: want tcp, udp or sctp before the port", s)
 			}
 			if msgs := validation.IsValidPortName(name); len(msgs) > 0 {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/k8s"
 	"github.com/trireme-go/trireme/policy"
 )
@@ -53,8 +54,8 @@ func TestK8sTranslateRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, pr := range []policy.PortRange{{Protocol: policy.ProtoTCP, First: 8080}, {Protocol: policy.ProtoTCP, First: 5432},
-		{Protocol: policy.ProtoUDP, First: 53}, {Protocol: policy.ProtoTCP, First: 9187}} {
+	for _, pr := range []policy.PortRange{{Protocol: ipproto.TCP, First: 8080}, {Protocol: ipproto.TCP, First: 5432},
+		{Protocol: ipproto.UDP, First: 53}, {Protocol: ipproto.TCP, First: 9187}} {
 		a, b := k8s.Reach(direct, tr.PUs, pr.Protocol, pr.First), k8s.Reach(printed, tr.PUs, pr.Protocol, pr.First)
 		allowed := 0
 		for i := range a.Cells {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/tokens"
 )
 
@@ -91,7 +91,7 @@ func TestPKICommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tags := policy.Tags{{Key: "app", Value: "web"}}
+	tags := identity.Tags{{Key: "app", Value: "web"}}
 	now := time.Now()
 	var cc, sc tokens.Conn
 	syn, err := a.AppendSYN(nil, a.NewLocal(tags), &cc, now)

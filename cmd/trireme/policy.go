@@ -10,6 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 )
@@ -121,10 +123,10 @@ give a PU's address, for CIDR rules.`,
 // endpoint is one side of a connection: a PU (tags, maybe an address) or a
 // host known only by its address.
 type endpoint struct {
-	Name string      `json:"name,omitempty"`
-	Tags policy.Tags `json:"-"`
-	PU   bool        `json:"pu"`
-	Addr netip.Addr  `json:"ip,omitzero"`
+	Name string        `json:"name,omitempty"`
+	Tags identity.Tags `json:"-"`
+	PU   bool          `json:"pu"`
+	Addr netip.Addr    `json:"ip,omitzero"`
 }
 
 func (ep endpoint) MarshalJSON() ([]byte, error) {
@@ -160,7 +162,7 @@ func parseEndpoint(flag, value, ip string) (endpoint, error) {
 		}
 		return endpoint{Addr: a.Unmap()}, nil
 	}
-	tags, err := policy.ParseTags(strings.Split(value, ","))
+	tags, err := identity.ParseTags(strings.Split(value, ","))
 	if err != nil {
 		return endpoint{}, fmt.Errorf("%s: want TAGS (k=v,k=v) or an IP: %v", flag, err)
 	}
@@ -176,12 +178,12 @@ func parseEndpoint(flag, value, ip string) (endpoint, error) {
 }
 
 // parseFlowPort parses one destination port: "tcp/80", "udp/53", "icmp".
-func parseFlowPort(s string) (policy.Protocol, uint16, error) {
+func parseFlowPort(s string) (ipproto.Proto, uint16, error) {
 	pr, err := policy.ParsePortRange(s)
 	if err != nil {
 		return 0, 0, fmt.Errorf("--port: %v", err)
 	}
-	if pr.Protocol == policy.ProtoICMP || pr.Protocol == policy.ProtoICMPv6 {
+	if pr.Protocol == ipproto.ICMP || pr.Protocol == ipproto.ICMPv6 {
 		return pr.Protocol, 0, nil
 	}
 	if pr.First != pr.Last {
@@ -266,8 +268,8 @@ type flow struct {
 	DecidedBy string   `json:"decidedBy,omitempty"` // which half denied, or "excluded-network"
 }
 
-func portString(proto policy.Protocol, port uint16) string {
-	if proto == policy.ProtoICMP || proto == policy.ProtoICMPv6 {
+func portString(proto ipproto.Proto, port uint16) string {
+	if proto == ipproto.ICMP || proto == ipproto.ICMPv6 {
 		return proto.String()
 	}
 	return fmt.Sprintf("%s/%d", proto, port)
@@ -275,7 +277,7 @@ func portString(proto policy.Protocol, port uint16) string {
 
 // explainFlow decides a connection from client to server the way the
 // enforcers on both sides do (docs/policy.md).
-func explainFlow(e *policy.Engine, client, server endpoint, proto policy.Protocol, port uint16) (*flow, error) {
+func explainFlow(e *policy.Engine, client, server endpoint, proto ipproto.Proto, port uint16) (*flow, error) {
 	if !client.PU && !server.PU {
 		return nil, errors.New("neither side is a PU (give TAGS for --from or --to): no enforcer decides this connection")
 	}
@@ -320,7 +322,7 @@ func explainFlow(e *policy.Engine, client, server endpoint, proto policy.Protoco
 
 // decideHalf is the decision of local's enforcer about peer: local's
 // ingress (local is the server) or egress (local is the client).
-func decideHalf(e *policy.Engine, local, peer endpoint, dir policy.Direction, proto policy.Protocol, port uint16) half {
+func decideHalf(e *policy.Engine, local, peer endpoint, dir policy.Direction, proto ipproto.Proto, port uint16) half {
 	if !local.PU {
 		return half{Note: "no enforcer on this side (not a PU)", Verdict: "allow", allowed: true}
 	}
@@ -329,9 +331,9 @@ func decideHalf(e *policy.Engine, local, peer endpoint, dir policy.Direction, pr
 	if h.Policies == nil {
 		h.Policies = []string{}
 	}
-	var id *policy.Identity
+	var id *identity.Identity
 	if peer.PU {
-		id = policy.NewIdentity(peer.Tags)
+		id = identity.New(peer.Tags)
 	} else if e.IsTarget(peer.Addr) {
 		// Inside the target networks every host must run an enforcer: no
 		// token is a failure whatever CIDR rules say.

@@ -53,8 +53,8 @@ cooked captures.`,
 			if err != nil {
 				return &exitError{code: 2, err: err}
 			}
-			mode, err := dataplane.ParseMidStream(midStream)
-			if err != nil {
+			var mode dataplane.MidStream
+			if err := mode.UnmarshalText([]byte(midStream)); err != nil {
 				return &exitError{code: 2, err: err}
 			}
 			var out *replayFiles
@@ -102,7 +102,7 @@ cooked captures.`,
 	f.StringVar(&outDir, "out", "", "directory for wire.pcap, delivered-<pu>.pcap and flows.jsonl")
 	f.BoolVar(&asJSON, "json", false, "print the summary as JSON")
 	f.BoolVar(&pki, "pki", false, "give nodes certificates from a throwaway in-memory CA (default: a shared PSK)")
-	f.StringVar(&midStream, "mid-stream", "drop", "rule for packets of unknown TCP flows: drop, reset or allow-acl")
+	f.StringVar(&midStream, "mid-stream", "drop", "rule for packets of unknown TCP flows: drop, reset or acl")
 	f.IntVar(&mtu, "mtu", 0, "largest IP packet a token insertion may make (0: 1500, -1: no limit)")
 	return cmd
 }

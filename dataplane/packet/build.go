@@ -2,6 +2,8 @@ package packet
 
 import (
 	"encoding/binary"
+
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // Segment describes a TCP segment to craft in the flow of a parsed packet.
@@ -45,7 +47,7 @@ func BuildTCP(dst []byte, tmpl *Packet, seg *Segment) []byte {
 		var h [40]byte
 		h[0] = 0x60
 		binary.BigEndian.PutUint16(h[4:], uint16(tcpLen))
-		h[6] = ProtoTCP
+		h[6] = byte(ipproto.TCP)
 		h[7] = 64
 		a, b := src.As16(), dstAddr.As16()
 		copy(h[8:24], a[:])
@@ -58,7 +60,7 @@ func BuildTCP(dst []byte, tmpl *Packet, seg *Segment) []byte {
 		binary.BigEndian.PutUint16(h[2:], uint16(20+tcpLen))
 		h[6] = 0x40 // DF
 		h[8] = 64
-		h[9] = ProtoTCP
+		h[9] = byte(ipproto.TCP)
 		a, b := src.As4(), dstAddr.As4()
 		copy(h[12:16], a[:])
 		copy(h[16:20], b[:])
@@ -79,7 +81,7 @@ func BuildTCP(dst []byte, tmpl *Packet, seg *Segment) []byte {
 	dst = append(dst, t[:]...)
 	dst = append(dst, seg.Options...)
 	dst = append(dst, seg.Payload...)
-	ph += uint32(ProtoTCP) + lenWords(uint32(tcpLen))
+	ph += uint32(ipproto.TCP) + lenWords(uint32(tcpLen))
 	binary.BigEndian.PutUint16(dst[l4+16:], Checksum(ph, dst[l4:]))
 	return dst
 }

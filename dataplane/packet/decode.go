@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -108,7 +109,7 @@ func (p *Packet) decodeIPv4(frame []byte, l3 int) reason.Code {
 	p.L3, p.L4, p.End = l3, l3+hl, l3+total
 	p.Src = netip.AddrFrom4([4]byte(b[12:16]))
 	p.Dst = netip.AddrFrom4([4]byte(b[16:20]))
-	p.Proto = b[9]
+	p.Proto = ipproto.Proto(b[9])
 	p.FragID = uint32(binary.BigEndian.Uint16(b[4:]))
 	ff := binary.BigEndian.Uint16(b[6:])
 	p.FragOff = int(ff&0x1fff) * 8
@@ -199,7 +200,7 @@ func (p *Packet) decodeIPv6(frame []byte, l3 int) reason.Code {
 	if ext && p.Frag == NotFragment && p.End-p.L4 < 8 {
 		return reason.Malformed
 	}
-	p.Proto = next
+	p.Proto = ipproto.Proto(next)
 	return p.decodeTransport()
 }
 
@@ -231,7 +232,7 @@ func (p *Packet) decodeTransport() reason.Code {
 	b := p.Frame[p.L4:p.End]
 	whole := p.Frag == NotFragment
 	switch p.Proto {
-	case ProtoTCP:
+	case ipproto.TCP:
 		if len(b) < 20 {
 			return reason.Malformed
 		}
@@ -246,7 +247,7 @@ func (p *Packet) decodeTransport() reason.Code {
 		p.Flags = b[13]
 		p.Window = binary.BigEndian.Uint16(b[14:])
 		p.Payload = p.L4 + hl
-	case ProtoUDP:
+	case ipproto.UDP:
 		if len(b) < 8 {
 			return reason.Malformed
 		}
@@ -256,8 +257,8 @@ func (p *Packet) decodeTransport() reason.Code {
 		p.SrcPort = binary.BigEndian.Uint16(b[0:])
 		p.DstPort = binary.BigEndian.Uint16(b[2:])
 		p.Payload = p.L4 + 8
-	case ProtoICMP, ProtoICMPv6:
-		if len(b) < 4 || whole && p.Proto == ProtoICMP && len(b) < 8 {
+	case ipproto.ICMP, ipproto.ICMPv6:
+		if len(b) < 4 || whole && p.Proto == ipproto.ICMP && len(b) < 8 {
 			return reason.Malformed
 		}
 		p.ICMPType, p.ICMPCode = b[0], b[1]

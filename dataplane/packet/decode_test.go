@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/trireme-go/trireme/dataplane/fixtures"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -54,7 +55,7 @@ func divergence(ref *Packet, refCode reason.Code, got *Packet, gotCode reason.Co
 		if nh := p.Frame[p.L3+6]; nh == 4 || nh == 41 || nh == 94 {
 			return "IP in IPv6"
 		}
-		ext := func(proto uint8) bool { return proto == 0 || proto == 43 || proto == 44 || proto == 60 }
+		ext := func(proto ipproto.Proto) bool { return proto == 0 || proto == 43 || proto == 44 || proto == 60 }
 		if gotCode == reason.Malformed && refCode == reason.None && (ext(ref.Proto) || ref.L4 > ref.L3+40) {
 			// The reference does not decode an extension header, or
 			// what should follow one, when the packet ends before it.
@@ -224,4 +225,4 @@ func FuzzDecode(f *testing.F) {
 }
 
 // ipInIP: the protocol numbers gopacket decodes as an IP header.
-func ipInIP(proto uint8) bool { return proto == 4 || proto == 41 || proto == 94 }
+func ipInIP(proto ipproto.Proto) bool { return proto == 4 || proto == 41 || proto == 94 }

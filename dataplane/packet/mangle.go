@@ -3,6 +3,7 @@ package packet
 import (
 	"encoding/binary"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -69,7 +70,7 @@ func pseudoHeader(p *Packet) uint32 {
 // to marker, walking the options until EOL; ok is false when absent or when
 // the option list is malformed.
 func FindOption(p *Packet, marker [4]byte) (off int, ok bool) {
-	if p.Proto != ProtoTCP || p.Frag != NotFragment {
+	if p.Proto != ipproto.TCP || p.Frag != NotFragment {
 		return 0, false
 	}
 	b := p.Frame[p.L4+20 : p.Payload]
@@ -100,7 +101,7 @@ func FindOption(p *Packet, marker [4]byte) (off int, ok bool) {
 // byte, wrong checksums included. mtu bounds the new IP packet (0: no
 // bound). p is not modified.
 func InsertToken(dst []byte, p *Packet, marker [4]byte, token []byte, mtu int) ([]byte, reason.Code) {
-	if p.Proto != ProtoTCP || p.Frag != NotFragment {
+	if p.Proto != ipproto.TCP || p.Frag != NotFragment {
 		return dst, reason.Unsupported
 	}
 	f := p.Frame
@@ -169,7 +170,7 @@ func adjustLengths(out []byte, p *Packet, grow int) {
 // InsertToken. It returns the shortened frame and updates p to describe it.
 func StripToken(p *Packet, optOff, tokenLen int) ([]byte, reason.Code) {
 	f := p.Frame
-	if p.Proto != ProtoTCP || optOff < p.L4+20 || optOff+4 > p.Payload || tokenLen < 0 || tokenLen > p.End-p.Payload {
+	if p.Proto != ipproto.TCP || optOff < p.L4+20 || optOff+4 > p.Payload || tokenLen < 0 || tokenLen > p.End-p.Payload {
 		return f, reason.Malformed
 	}
 	l4 := p.L4

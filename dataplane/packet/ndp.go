@@ -1,6 +1,10 @@
 package packet
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"github.com/trireme-go/trireme/ipproto"
+)
 
 // MaxNDP bounds the ICMPv6 message of an on-link neighbour discovery
 // packet (the kernel's steering rules use the same bound, see
@@ -59,9 +63,9 @@ func (p *Packet) OnLink() bool {
 // DHCPv6 server reply (source port 67, 547). A PU sends none of them.
 func (p *Packet) FromRouter() bool {
 	switch p.Proto {
-	case ProtoICMPv6:
+	case ipproto.ICMPv6:
 		return p.Frag != LaterFragment && (p.ICMPType == ndpRA || p.ICMPType == ndpRedirect)
-	case ProtoUDP:
+	case ipproto.UDP:
 		return p.Frag != LaterFragment && (!p.IPv6 && p.SrcPort == 67 || p.IPv6 && p.SrcPort == 547)
 	}
 	return false

@@ -9,14 +9,8 @@ package packet
 import (
 	"encoding/binary"
 	"net/netip"
-)
 
-// IP protocol numbers the enforcer handles specially.
-const (
-	ProtoICMP   = 1
-	ProtoTCP    = 6
-	ProtoUDP    = 17
-	ProtoICMPv6 = 58
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // TCP flag bits (byte 13 of the TCP header).
@@ -51,7 +45,7 @@ type Packet struct {
 	// (VID 0) count as untagged.
 	VLAN     [2]uint16
 	Src, Dst netip.Addr
-	Proto    uint8
+	Proto    ipproto.Proto
 	// SrcPort and DstPort are the transport ports; for ICMP echo both hold
 	// the echo identifier, for other ICMP messages both are 0.
 	SrcPort, DstPort uint16
@@ -75,8 +69,8 @@ func (p *Packet) TCPHeaderLen() int { return p.Payload - p.L4 }
 // PayloadLen is the length of the transport payload.
 func (p *Packet) PayloadLen() int { return p.End - p.Payload }
 
-func isEcho(proto, typ uint8) bool {
-	if proto == ProtoICMP {
+func isEcho(proto ipproto.Proto, typ uint8) bool {
+	if proto == ipproto.ICMP {
 		return typ == 8 || typ == 0
 	}
 	return typ == 128 || typ == 129
@@ -84,7 +78,7 @@ func isEcho(proto, typ uint8) bool {
 
 // IsEcho reports whether the packet is an ICMP/ICMPv6 echo request or reply.
 func (p *Packet) IsEcho() bool {
-	return (p.Proto == ProtoICMP || p.Proto == ProtoICMPv6) && isEcho(p.Proto, p.ICMPType)
+	return (p.Proto == ipproto.ICMP || p.Proto == ipproto.ICMPv6) && isEcho(p.Proto, p.ICMPType)
 }
 
 // IsNDP reports whether the packet is ICMPv6 link plumbing that IPv6 needs
@@ -92,7 +86,7 @@ func (p *Packet) IsEcho() bool {
 // and advertisement, redirect) and multicast listener discovery (MLD query,
 // report, done, MLDv2 report).
 func (p *Packet) IsNDP() bool {
-	if p.Proto != ProtoICMPv6 {
+	if p.Proto != ipproto.ICMPv6 {
 		return false
 	}
 	t := p.ICMPType
@@ -106,12 +100,12 @@ func (p *Packet) IsNDP() bool {
 // parameter problem.
 func (p *Packet) IsICMPError() bool {
 	switch p.Proto {
-	case ProtoICMP:
+	case ipproto.ICMP:
 		switch p.ICMPType {
 		case 3, 4, 5, 11, 12:
 			return true
 		}
-	case ProtoICMPv6:
+	case ipproto.ICMPv6:
 		return p.ICMPType >= 1 && p.ICMPType <= 4
 	}
 	return false
@@ -120,7 +114,7 @@ func (p *Packet) IsICMPError() bool {
 // Quoted reads the 5-tuple of the packet an ICMP error quotes (its IP
 // header and the first 8 bytes of its transport header). ok is false when
 // the quote is too short or not TCP/UDP/ICMP echo over the same IP version.
-func (p *Packet) Quoted() (src, dst netip.Addr, proto uint8, sport, dport uint16, ok bool) {
+func (p *Packet) Quoted() (src, dst netip.Addr, proto ipproto.Proto, sport, dport uint16, ok bool) {
 	if !p.IsICMPError() || p.L4+8 > p.End {
 		return
 	}
@@ -130,7 +124,7 @@ func (p *Packet) Quoted() (src, dst netip.Addr, proto uint8, sport, dport uint16
 		if len(q) < 40 || q[0]>>4 != 6 {
 			return
 		}
-		proto = q[6]
+		proto = ipproto.Proto(q[6])
 		src, dst = netip.AddrFrom16([16]byte(q[8:24])), netip.AddrFrom16([16]byte(q[24:40]))
 		l4 = q[40:]
 	} else {
@@ -141,17 +135,17 @@ func (p *Packet) Quoted() (src, dst netip.Addr, proto uint8, sport, dport uint16
 		if hl < 20 || len(q) < hl {
 			return
 		}
-		proto = q[9]
+		proto = ipproto.Proto(q[9])
 		src, dst = netip.AddrFrom4([4]byte(q[12:16])), netip.AddrFrom4([4]byte(q[16:20]))
 		l4 = q[hl:]
 	}
 	switch proto {
-	case ProtoTCP, ProtoUDP:
+	case ipproto.TCP, ipproto.UDP:
 		if len(l4) < 4 {
 			return
 		}
 		sport, dport = binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
-	case ProtoICMP, ProtoICMPv6:
+	case ipproto.ICMP, ipproto.ICMPv6:
 		if len(l4) < 8 || !isEcho(proto, l4[0]) {
 			return
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane/fixtures"
 	"github.com/trireme-go/trireme/dataplane/pcapio"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -40,7 +41,7 @@ func TestInsertStripRoundTripAllCaptures(t *testing.T) {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			for i, frame := range readAll(t, f) {
 				var p Packet
-				if p.Decode(frame) != reason.None || p.Proto != ProtoTCP || p.Frag != NotFragment {
+				if p.Decode(frame) != reason.None || p.Proto != ipproto.TCP || p.Frag != NotFragment {
 					continue
 				}
 				ckOK, ipOK := VerifyTCPChecksum(&p), VerifyIPv4Checksum(&p)
@@ -118,7 +119,7 @@ func TestParseCaptures(t *testing.T) {
 			}
 		}},
 		{"zeek-ipv6-fragmented-dns.pcap", 4, reason.None, func(t *testing.T, p *Packet) {
-			if p.Frag != LaterFragment || p.FragID != 1 || p.Proto != ProtoUDP {
+			if p.Frag != LaterFragment || p.FragID != 1 || p.Proto != ipproto.UDP {
 				t.Fatalf("lone later fragment: %+v", p)
 			}
 		}},
@@ -211,7 +212,7 @@ func FuzzParseMangle(f *testing.F) {
 		if p.L3 > p.L4 || p.L4 > p.Payload || p.Payload > p.End || p.End > len(frame) {
 			t.Fatalf("offsets out of order: %+v", p)
 		}
-		if p.Proto != ProtoTCP || p.Frag != NotFragment {
+		if p.Proto != ipproto.TCP || p.Frag != NotFragment {
 			return
 		}
 		orig := bytes.Clone(frame)
@@ -315,7 +316,7 @@ func TestParseIPv6HopByHop(t *testing.T) {
 			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
 			continue
 		}
-		if tt.want == reason.None && (p.Proto != ProtoICMPv6 || p.ICMPType != 143 || p.L4 != 14+40+8 || p.End != len(mld)) {
+		if tt.want == reason.None && (p.Proto != ipproto.ICMPv6 || p.ICMPType != 143 || p.L4 != 14+40+8 || p.End != len(mld)) {
 			t.Errorf("%s: proto %d type %d L4 %d End %d", tt.name, p.Proto, p.ICMPType, p.L4, p.End)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -88,7 +89,7 @@ func (ps *refParser) Parse(frame []byte, pkt *Packet) reason.Code {
 			pkt.L4 = pkt.L3 + len(ip.Contents)
 			pkt.Src = netip.AddrFrom4([4]byte(ip.SrcIP))
 			pkt.Dst = netip.AddrFrom4([4]byte(ip.DstIP))
-			pkt.Proto = uint8(ip.Protocol)
+			pkt.Proto = ipproto.Proto(ip.Protocol)
 			pkt.FragID = uint32(ip.Id)
 			pkt.FragOff = int(ip.FragOffset) * 8
 			if ip.FragOffset != 0 {
@@ -115,9 +116,9 @@ func (ps *refParser) Parse(frame []byte, pkt *Packet) reason.Code {
 			}
 			pkt.Src = netip.AddrFrom16([16]byte(ip.SrcIP))
 			pkt.Dst = netip.AddrFrom16([16]byte(ip.DstIP))
-			pkt.Proto = uint8(ip.NextHeader)
+			pkt.Proto = ipproto.Proto(ip.NextHeader)
 			if ip.HopByHop != nil {
-				pkt.Proto = uint8(ip.HopByHop.NextHeader)
+				pkt.Proto = ipproto.Proto(ip.HopByHop.NextHeader)
 			}
 		case layers.LayerTypeIPv6HopByHop, layers.LayerTypeIPv6Routing,
 			layers.LayerTypeIPv6Fragment, layers.LayerTypeIPv6Destination:
@@ -126,7 +127,7 @@ func (ps *refParser) Parse(frame []byte, pkt *Packet) reason.Code {
 				return reason.Malformed
 			}
 			pkt.L4 = offset(frame, ps.ext.Payload)
-			pkt.Proto = ps.ext.next
+			pkt.Proto = ipproto.Proto(ps.ext.next)
 			pkt.Frag = ps.ext.frag
 			pkt.FragID = ps.ext.fragID
 			pkt.FragOff = ps.ext.fragOff
@@ -170,7 +171,7 @@ func (ps *refParser) transport(pkt *Packet) reason.Code {
 		return reason.None
 	}
 	switch pkt.Proto {
-	case ProtoTCP:
+	case ipproto.TCP:
 		if len(b) < 20 {
 			return reason.Malformed
 		}
@@ -188,14 +189,14 @@ func (ps *refParser) transport(pkt *Packet) reason.Code {
 		pkt.Flags = b[13]
 		pkt.Window = binary.BigEndian.Uint16(b[14:])
 		pkt.Payload = pkt.L4 + hl
-	case ProtoUDP:
+	case ipproto.UDP:
 		if len(b) < 8 {
 			return reason.Malformed
 		}
 		pkt.SrcPort = binary.BigEndian.Uint16(b[0:])
 		pkt.DstPort = binary.BigEndian.Uint16(b[2:])
 		pkt.Payload = pkt.L4 + 8
-	case ProtoICMP, ProtoICMPv6:
+	case ipproto.ICMP, ipproto.ICMPv6:
 		if len(b) < 4 {
 			return reason.Malformed
 		}

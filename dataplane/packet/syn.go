@@ -1,6 +1,10 @@
 package packet
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"github.com/trireme-go/trireme/ipproto"
+)
 
 // TCP option kinds the enforcer reads or rewrites on SYNs.
 const (
@@ -14,7 +18,7 @@ const (
 // options returns the TCP options of p (nil when p is not a whole TCP
 // segment).
 func options(p *Packet) []byte {
-	if p.Proto != ProtoTCP || p.Frag != NotFragment || p.Payload-p.L4 < 20 {
+	if p.Proto != ipproto.TCP || p.Frag != NotFragment || p.Payload-p.L4 < 20 {
 		return nil
 	}
 	return p.Frame[p.L4+20 : p.Payload]

@@ -9,6 +9,7 @@ import (
 	"github.com/google/gopacket/layers"
 
 	"github.com/trireme-go/trireme/dataplane/fixtures"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 )
 
@@ -132,7 +133,7 @@ func FuzzStripSYNData(f *testing.F) {
 	f.Add(synFrame(f, false, []layers.TCPOption{optExp}, nil))
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		var p Packet
-		if p.Decode(frame) != reason.None || p.Proto != ProtoTCP || p.Frag != NotFragment || p.Flags&SYN == 0 {
+		if p.Decode(frame) != reason.None || p.Proto != ipproto.TCP || p.Frag != NotFragment || p.Flags&SYN == 0 {
 			return
 		}
 		okTCP, okIP := VerifyTCPChecksum(&p), VerifyIPv4Checksum(&p)

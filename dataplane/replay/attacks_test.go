@@ -14,7 +14,8 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/dataplane/pcapio"
-	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // Crafted captures of the attacks of issue 11 (items 4, 5, 6, 9, 10),
@@ -36,8 +37,8 @@ func webDBTopology() *Topology {
 	return &Topology{
 		TargetNetworks: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")},
 		PUs: []PUSpec{
-			{Name: "web", Node: "node-web", IPs: []netip.Addr{webIP}, Tags: policy.NewTags(map[string]string{"app": "web"})},
-			{Name: "db", Node: "node-db", IPs: []netip.Addr{dbIP}, Tags: policy.NewTags(map[string]string{"app": "db"})},
+			{Name: "web", Node: "node-web", IPs: []netip.Addr{webIP}, Tags: identity.NewTags(map[string]string{"app": "web"})},
+			{Name: "db", Node: "node-db", IPs: []netip.Addr{dbIP}, Tags: identity.NewTags(map[string]string{"app": "db"})},
 		},
 		WireMACs: []net.HardwareAddr{attackerMAC},
 	}
@@ -294,7 +295,7 @@ func TestCraftedSYNData(t *testing.T) {
 	mustSummary(t, sum, 5, map[string]int{"policy-denied": 1}, 1, 1, 0)
 	for _, dl := range out.delivered {
 		var p packet.Packet
-		if p.Decode(dl.frame) != 0 || p.Proto != packet.ProtoTCP {
+		if p.Decode(dl.frame) != 0 || p.Proto != ipproto.TCP {
 			continue
 		}
 		if p.Flags&packet.SYN != 0 && p.PayloadLen() != 0 || bytes.Contains(dl.frame, []byte("SSSS")) {

@@ -18,6 +18,7 @@ import (
 	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
@@ -406,7 +407,7 @@ type connState struct{ allowed, denied bool }
 func (s *recordSink) Record(rec *dataplane.Record) {
 	s.r.sum.Flows++
 	switch {
-	case rec.Proto != "tcp":
+	case rec.Proto != ipproto.TCP:
 	case rec.End == dataplane.EndRefused:
 		// A SYN refused on the 4-tuple of a live connection: an attempt
 		// of its own, not that connection's outcome.

@@ -14,6 +14,8 @@ import (
 	"github.com/trireme-go/trireme/dataplane/fixtures"
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/dataplane/pcapio"
+	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 )
@@ -81,7 +83,7 @@ func everyIPaPU(ips []netip.Addr) *Topology {
 	for i, a := range ips {
 		name := fmt.Sprintf("pu%d", i)
 		t.PUs = append(t.PUs, PUSpec{Name: name, Node: "node-" + name, IPs: []netip.Addr{a},
-			Tags: policy.NewTags(map[string]string{"app": name})})
+			Tags: identity.NewTags(map[string]string{"app": name})})
 		t.TargetNetworks = append(t.TargetNetworks, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return t
@@ -201,7 +203,7 @@ func asDelivered(f []byte) []byte {
 
 func isTCP(f []byte) (packet.Packet, bool) {
 	var p packet.Packet
-	ok := p.Decode(f) == reason.None && p.Proto == packet.ProtoTCP && p.Frag == packet.NotFragment
+	ok := p.Decode(f) == reason.None && p.Proto == ipproto.TCP && p.Frag == packet.NotFragment
 	return p, ok
 }
 
@@ -348,7 +350,7 @@ func TestDenyEveryTCPCapture(t *testing.T) {
 				t.Fatalf("connections: %+v", sum)
 			}
 			for _, r := range out.records {
-				if r.Proto == "tcp" && r.Direction == "ingress" && (r.Action != "deny" || r.Reason != "policy-denied") {
+				if r.Proto == ipproto.TCP && r.Direction == "ingress" && (r.Action != "deny" || r.Reason != "policy-denied") {
 					t.Fatalf("server record: %+v", r)
 				}
 			}

@@ -10,9 +10,8 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/trireme-go/trireme/identity"
 	"gopkg.in/yaml.v3"
-
-	"github.com/trireme-go/trireme/policy"
 )
 
 // Topology maps capture addresses to PUs and their nodes. Addresses not
@@ -35,7 +34,7 @@ type PUSpec struct {
 	Name string
 	Node string
 	IPs  []netip.Addr
-	Tags policy.Tags
+	Tags identity.Tags
 }
 
 type rawTopology struct {
@@ -133,7 +132,7 @@ func ParseTopology(file string, data []byte) (*Topology, error) {
 		if node == "" {
 			node = "node-" + r.Name
 		}
-		spec := PUSpec{Name: r.Name, Node: node, Tags: policy.NewTags(r.Tags)}
+		spec := PUSpec{Name: r.Name, Node: node, Tags: identity.NewTags(r.Tags)}
 		addrs := r.IPs
 		if r.IP != "" {
 			addrs = append([]string{r.IP}, addrs...)

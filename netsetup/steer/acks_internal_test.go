@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mdlayher/netlink"
+	"github.com/trireme-go/trireme/ipproto"
 	"golang.org/x/sys/unix"
 )
 
@@ -149,8 +150,8 @@ func TestElemMessageEncoding(t *testing.T) {
 		}
 		return k
 	}
-	v4 := key(Tuple{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2"), Proto: 6, SrcPort: 40000, DstPort: 80})
-	v6 := key(Tuple{Src: netip.MustParseAddr("fd00::1"), Dst: netip.MustParseAddr("fd00::2"), Proto: 17, SrcPort: 5353, DstPort: 53})
+	v4 := key(Tuple{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("10.0.0.2"), Proto: ipproto.TCP, SrcPort: 40000, DstPort: 80})
+	v6 := key(Tuple{Src: netip.MustParseAddr("fd00::1"), Dst: netip.MustParseAddr("fd00::2"), Proto: ipproto.UDP, SrcPort: 5353, DstPort: 53})
 	many := make([]elemOp, 300)
 	for i := range many {
 		many[i] = elemOp{set: "a4_pu0", key: v4, timeout: time.Duration(i) * time.Second}

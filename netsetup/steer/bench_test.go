@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/testenv"
 )
@@ -98,7 +99,7 @@ func benchTuple(i int) steer.Tuple {
 	return steer.Tuple{
 		Src:   netip.AddrFrom4([4]byte{10, 77, 0, 2}),
 		Dst:   netip.AddrFrom4([4]byte{10, 78, byte(i >> 8), byte(i)}),
-		Proto: steer.ProtoTCP, SrcPort: uint16(1024 + i%60000), DstPort: 443,
+		Proto: ipproto.TCP, SrcPort: uint16(1024 + i%60000), DstPort: 443,
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/netsetup/tap"
 	"github.com/trireme-go/trireme/netsetup/vnet"
@@ -56,8 +57,8 @@ func TestBudget(t *testing.T) {
 	in0, _ := tapNames(0)
 	_, out1 := tapNames(1)
 	const udpPort, synPort = 9999, 9998
-	udpIn0 := countTap(t, r.taps[in0], func(tu steer.Tuple, _ uint8) bool { return tu.Proto == steer.ProtoUDP && tu.DstPort == udpPort })
-	synIn0 := countTap(t, r.taps[in0], func(tu steer.Tuple, fl uint8) bool { return tu.Proto == steer.ProtoTCP && tu.DstPort == synPort })
+	udpIn0 := countTap(t, r.taps[in0], func(tu steer.Tuple, _ uint8) bool { return tu.Proto == ipproto.UDP && tu.DstPort == udpPort })
+	synIn0 := countTap(t, r.taps[in0], func(tu steer.Tuple, fl uint8) bool { return tu.Proto == ipproto.TCP && tu.DstPort == synPort })
 	countTap(t, r.taps[out1], func(steer.Tuple, uint8) bool { return false }) // drained, not forwarded
 
 	const n = 3000

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/netsetup/tap"
@@ -118,7 +119,7 @@ func TestRevokeSteersAgain(t *testing.T) {
 	echo(t, c, "before revoke")
 	f.stop()
 	lp := netip.MustParseAddrPort(c.LocalAddr().String())
-	tu := steer.Tuple{Src: lp.Addr(), Dst: addrOf(ln).Addr(), Proto: steer.ProtoTCP, SrcPort: lp.Port(), DstPort: addrOf(ln).Port()}
+	tu := steer.Tuple{Src: lp.Addr(), Dst: addrOf(ln).Addr(), Proto: ipproto.TCP, SrcPort: lp.Port(), DstPort: addrOf(ln).Port()}
 	for _, pu := range []string{"pu0", "pu1"} {
 		if err := r.s.Revoke(pu, tu); err != nil {
 			t.Fatal(err)
@@ -144,7 +145,7 @@ func TestRevokeSteersAgain(t *testing.T) {
 // (the kernel only does so when the expiration is sent too).
 func TestAuthorizeRefreshesTimeout(t *testing.T) {
 	r := newRig(t, 1, 1)
-	tu := steer.Tuple{Src: netip.MustParseAddr("10.77.0.2"), Dst: netip.MustParseAddr("192.0.2.1"), Proto: steer.ProtoUDP, SrcPort: 5000, DstPort: 53}
+	tu := steer.Tuple{Src: netip.MustParseAddr("10.77.0.2"), Dst: netip.MustParseAddr("192.0.2.1"), Proto: ipproto.UDP, SrcPort: 5000, DstPort: 53}
 	if err := r.s.Authorize("pu0", tu, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -165,14 +166,14 @@ func TestAuthorizeRefreshesTimeout(t *testing.T) {
 		}
 	}
 	// Portless protocols are keyed without ports.
-	icmp := steer.Tuple{Src: tu.Src, Dst: tu.Dst, Proto: 1, SrcPort: 7, DstPort: 9}
+	icmp := steer.Tuple{Src: tu.Src, Dst: tu.Dst, Proto: ipproto.ICMP, SrcPort: 7, DstPort: 9}
 	if err := r.s.Authorize("pu0", icmp, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	es, _ = r.s.List("pu0")
 	found := false
 	for _, e := range es {
-		if e.Tuple.Proto == 1 {
+		if e.Tuple.Proto == ipproto.ICMP {
 			found = true
 			if e.Tuple.SrcPort != 0 || e.Tuple.DstPort != 0 {
 				t.Errorf("ICMP entry has ports: %v", e.Tuple)
@@ -189,7 +190,7 @@ func TestAuthorizeRefreshesTimeout(t *testing.T) {
 		tu   steer.Tuple
 		to   time.Duration
 	}{
-		{"mixed families", "pu0", steer.Tuple{Src: tu.Src, Dst: netip.MustParseAddr("2001:db8::1"), Proto: 6}, time.Second},
+		{"mixed families", "pu0", steer.Tuple{Src: tu.Src, Dst: netip.MustParseAddr("2001:db8::1"), Proto: ipproto.TCP}, time.Second},
 		{"zero tuple", "pu0", steer.Tuple{}, time.Second},
 		{"unknown PU", "nope", tu, time.Second},
 		{"negative timeout", "pu0", tu, -time.Second},
@@ -398,7 +399,7 @@ func TestBatchLarge(t *testing.T) {
 		t.Fatalf("%d entries, want %d", len(es), 2*n)
 	}
 	// A batch with one bad flow changes nothing.
-	b.Authorize("pu0", steer.Tuple{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("192.0.2.9"), Proto: 6, SrcPort: 1, DstPort: 2}, time.Minute)
+	b.Authorize("pu0", steer.Tuple{Src: netip.MustParseAddr("10.0.0.1"), Dst: netip.MustParseAddr("192.0.2.9"), Proto: ipproto.TCP, SrcPort: 1, DstPort: 2}, time.Minute)
 	b.Authorize("nope", benchTuple(0), time.Minute)
 	if err := b.Commit(); err == nil {
 		t.Fatal("batch with an unknown PU committed")

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/inject"
 	"github.com/trireme-go/trireme/netsetup/steer"
@@ -227,11 +228,11 @@ func (f *forwarder) forward(pu string, pkt []byte, out *inject.Injector) error {
 	t, flags, ok := parse(frame)
 	if ok {
 		f.byProto[t.Proto].Add(1)
-		if t.Proto == steer.ProtoTCP && flags&0x05 != 0 {
+		if t.Proto == ipproto.TCP && flags&0x05 != 0 {
 			f.closes.Add(1)
 		}
 	}
-	if !ok || f.noAuth || (t.Proto == steer.ProtoTCP && flags&0x02 != 0) {
+	if !ok || f.noAuth || (t.Proto == ipproto.TCP && flags&0x02 != 0) {
 		return nil
 	}
 	key := pu + t.String()
@@ -261,23 +262,23 @@ func parse(f []byte) (steer.Tuple, uint8, bool) {
 		if ihl < 20 || len(ip) < ihl+4 {
 			return steer.Tuple{}, 0, false
 		}
-		t = steer.Tuple{Src: netip.AddrFrom4([4]byte(ip[12:16])), Dst: netip.AddrFrom4([4]byte(ip[16:20])), Proto: ip[9]}
+		t = steer.Tuple{Src: netip.AddrFrom4([4]byte(ip[12:16])), Dst: netip.AddrFrom4([4]byte(ip[16:20])), Proto: ipproto.Proto(ip[9])}
 		l4 = ip[ihl:]
 	case 0x86dd:
 		if len(ip) < 44 {
 			return steer.Tuple{}, 0, false
 		}
-		t = steer.Tuple{Src: netip.AddrFrom16([16]byte(ip[8:24])), Dst: netip.AddrFrom16([16]byte(ip[24:40])), Proto: ip[6]}
+		t = steer.Tuple{Src: netip.AddrFrom16([16]byte(ip[8:24])), Dst: netip.AddrFrom16([16]byte(ip[24:40])), Proto: ipproto.Proto(ip[6])}
 		l4 = ip[40:]
 	default:
 		return steer.Tuple{}, 0, false
 	}
 	var flags uint8
-	if t.Proto == steer.ProtoTCP || t.Proto == steer.ProtoUDP {
+	if t.Proto == ipproto.TCP || t.Proto == ipproto.UDP {
 		t.SrcPort = binary.BigEndian.Uint16(l4[0:])
 		t.DstPort = binary.BigEndian.Uint16(l4[2:])
 	}
-	if t.Proto == steer.ProtoTCP && len(l4) >= 14 {
+	if t.Proto == ipproto.TCP && len(l4) >= 14 {
 		flags = l4[13]
 	}
 	return t, flags, true

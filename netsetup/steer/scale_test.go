@@ -11,6 +11,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/netsetup/tap"
 	"github.com/trireme-go/trireme/testenv"
@@ -73,7 +74,7 @@ func flowOf(p, i int) steer.Tuple {
 	return steer.Tuple{
 		Src:   netip.AddrFrom4([4]byte{10, byte(p >> 8), byte(p), 1}),
 		Dst:   netip.AddrFrom4([4]byte{10, 200, byte(i >> 8), byte(i)}),
-		Proto: steer.ProtoTCP, SrcPort: uint16(10000 + i), DstPort: 443,
+		Proto: ipproto.TCP, SrcPort: uint16(10000 + i), DstPort: 443,
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/netsetup/tap"
 	"github.com/trireme-go/trireme/netsetup/vnet"
@@ -127,9 +128,9 @@ func TestSteeredTCP(t *testing.T) {
 	sink := server.Listen(0)
 	sinkServer(sink)
 	const size = 256 << 20
-	readsBefore := f.byProto[steer.ProtoTCP].Load()
+	readsBefore := f.byProto[ipproto.TCP].Load()
 	d := bulk(t, client, addrOf(sink), size)
-	reads := f.byProto[steer.ProtoTCP].Load() - readsBefore
+	reads := f.byProto[ipproto.TCP].Load() - readsBefore
 	f.check(t)
 	t.Logf("bulk %d MiB in %v (%.2f Gbit/s), %d frames through the TAPs", size>>20, d, float64(size)*8/d.Seconds()/1e9, reads)
 	// The handshake crosses 4 TAPs (client in, server out, and back) and
@@ -198,7 +199,7 @@ func TestSteeredTCP(t *testing.T) {
 func hasFlow(es []steer.Entry, src netip.Addr, dst netip.AddrPort) bool {
 	fwd, rev := false, false
 	for _, e := range es {
-		if e.Tuple.Proto != steer.ProtoTCP {
+		if e.Tuple.Proto != ipproto.TCP {
 			continue
 		}
 		if e.Tuple.Src == src && e.Tuple.Dst == dst.Addr() && e.Tuple.DstPort == dst.Port() {
@@ -239,7 +240,7 @@ func TestSteeredSYNOnTAP(t *testing.T) {
 			t.Fatal(err)
 		}
 		frame = buf[vnet.HdrLen:n]
-		if tu, _, ok := parse(frame); ok && tu.Proto == steer.ProtoTCP {
+		if tu, _, ok := parse(frame); ok && tu.Proto == ipproto.TCP {
 			break
 		}
 	}
@@ -325,12 +326,12 @@ func TestSteeredUDP(t *testing.T) {
 			c0, _ := r.s.Counters("pu0")
 			c1, _ := r.s.Counters("pu1")
 			t.Fatalf("round %d: %q, %v (forwarder: %d reads, %d UDP, %d errors, last %v; pu0 %+v; pu1 %+v)",
-				i, buf[:n], err, f.reads.Load(), f.byProto[steer.ProtoUDP].Load(), f.errs.Load(), f.last.Load(), c0, c1)
+				i, buf[:n], err, f.reads.Load(), f.byProto[ipproto.UDP].Load(), f.errs.Load(), f.last.Load(), c0, c1)
 		}
 	}
 	f.check(t)
 	c0, _ := r.s.Counters("pu0")
-	n := f.byProto[steer.ProtoUDP].Load()
+	n := f.byProto[ipproto.UDP].Load()
 	t.Logf("UDP: %d UDP frames (%d in all) through the TAPs for %d round trips; pu0 counters %+v", n, f.reads.Load(), rounds, c0)
 	// The first datagram crosses 2 TAPs (pu0 in, pu1 out), the first
 	// answer 2 more; a handful more may race the authorization.
@@ -360,9 +361,9 @@ func TestSteeredCrossNode(t *testing.T) {
 	d := bulk(t, client, addrOf(sink), size)
 	f0.check(t)
 	f1.check(t)
-	t.Logf("cross-node bulk %d MiB in %v; TCP frames through the TAPs: node0 %d, node1 %d", size>>20, d, f0.byProto[steer.ProtoTCP].Load(), f1.byProto[steer.ProtoTCP].Load())
+	t.Logf("cross-node bulk %d MiB in %v; TCP frames through the TAPs: node0 %d, node1 %d", size>>20, d, f0.byProto[ipproto.TCP].Load(), f1.byProto[ipproto.TCP].Load())
 	for i, f := range []*forwarder{f0, f1} {
-		if n := f.byProto[steer.ProtoTCP].Load(); n < 2 || n > 32 {
+		if n := f.byProto[ipproto.TCP].Load(); n < 2 || n > 32 {
 			t.Errorf("node %d: %d frames through the TAPs", i, n)
 		}
 	}
@@ -389,7 +390,7 @@ func TestSteeredUnauthorizedBulk(t *testing.T) {
 	d := bulk(t, client, addrOf(sink), size)
 	f.check(t)
 	t.Logf("unauthorized bulk %d MiB in %v (%.2f Gbit/s) through Go: %d frames, %d GSO, largest %d bytes",
-		size>>20, d, float64(size)*8/d.Seconds()/1e9, f.byProto[steer.ProtoTCP].Load(), f.gso.Load(), f.maxRead.Load())
+		size>>20, d, float64(size)*8/d.Seconds()/1e9, f.byProto[ipproto.TCP].Load(), f.gso.Load(), f.maxRead.Load())
 	if f.gso.Load() == 0 || f.maxRead.Load() <= 1514+vnet.HdrLen {
 		t.Errorf("no GSO super-packet read from the TAPs (largest frame %d)", f.maxRead.Load())
 	}
@@ -460,9 +461,9 @@ func TestSteeredTCP6(t *testing.T) {
 	sink := server.ListenOn(server.Addr6, 0)
 	sinkServer(sink)
 	const size = 64 << 20
-	before := f.byProto[steer.ProtoTCP].Load()
+	before := f.byProto[ipproto.TCP].Load()
 	d := bulk(t, client, addrOf(sink), size)
-	reads := f.byProto[steer.ProtoTCP].Load() - before
+	reads := f.byProto[ipproto.TCP].Load() - before
 	f.check(t)
 	t.Logf("IPv6 bulk %d MiB in %v, %d TCP frames through the TAPs", size>>20, d, reads)
 	if reads < 2 || reads > 64 {

@@ -5,12 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-)
 
-// IP protocol numbers that have ports in the authorized-set key.
-const (
-	ProtoTCP = 6
-	ProtoUDP = 17
+	"github.com/trireme-go/trireme/ipproto"
 )
 
 // Tuple is the 5-tuple of one direction of a flow, as the packet carries it.
@@ -18,7 +14,7 @@ const (
 // ignored: the key is the address pair and the protocol.
 type Tuple struct {
 	Src, Dst         netip.Addr
-	Proto            uint8
+	Proto            ipproto.Proto
 	SrcPort, DstPort uint16
 }
 
@@ -41,8 +37,6 @@ const (
 // ErrBadTuple is returned for tuples that cannot be a set key.
 var ErrBadTuple = errors.New("steer: tuple addresses must both be IPv4 or both IPv6")
 
-func hasPorts(proto uint8) bool { return proto == ProtoTCP || proto == ProtoUDP }
-
 // appendKey appends the set key of t and reports whether it is IPv6.
 func appendKey(b []byte, t Tuple) ([]byte, bool, error) {
 	src, dst := t.Src.Unmap(), t.Dst.Unmap()
@@ -50,7 +44,7 @@ func appendKey(b []byte, t Tuple) ([]byte, bool, error) {
 		return b, false, ErrBadTuple
 	}
 	sp, dp := t.SrcPort, t.DstPort
-	if !hasPorts(t.Proto) {
+	if !t.Proto.HasPorts() {
 		sp, dp = 0, 0
 	}
 	if src.Is4() {
@@ -62,7 +56,7 @@ func appendKey(b []byte, t Tuple) ([]byte, bool, error) {
 		b = append(b, a[:]...)
 		b = append(b, d[:]...)
 	}
-	b = append(b, t.Proto, 0, 0, 0)
+	b = append(b, byte(t.Proto), 0, 0, 0)
 	b = binary.BigEndian.AppendUint16(b, sp)
 	b = append(b, 0, 0)
 	b = binary.BigEndian.AppendUint16(b, dp)
@@ -86,7 +80,7 @@ func parseKey(k []byte) (Tuple, error) {
 	default:
 		return t, fmt.Errorf("steer: set key of %d bytes", len(k))
 	}
-	t.Proto = rest[0]
+	t.Proto = ipproto.Proto(rest[0])
 	t.SrcPort = binary.BigEndian.Uint16(rest[4:])
 	t.DstPort = binary.BigEndian.Uint16(rest[8:])
 	return t, nil

@@ -1,4 +1,4 @@
-package policy
+package identity
 
 import (
 	"errors"
@@ -6,10 +6,6 @@ import (
 	"sort"
 	"strings"
 )
-
-// SysPrefix starts the keys of system tags (@sys:image, @sys:name, ...),
-// which trireme sets itself; users cannot set them with labels.
-const SysPrefix = "@sys:"
 
 // Tag is one identity attribute of a PU.
 type Tag struct {
@@ -20,7 +16,6 @@ func (t Tag) String() string { return t.Key + "=" + t.Value }
 
 // Tags is a PU's identity: tags sorted by key, each key at most once.
 // Build one with NewTags or ParseTags; the zero value is the empty identity.
-// Tags implements labels.Labels so that selectors can match it.
 type Tags []Tag
 
 // NewTags builds Tags from a map.
@@ -33,7 +28,8 @@ func NewTags(m map[string]string) Tags {
 	return t
 }
 
-// ParseTags parses "key=value" strings. Keys must be unique and non-empty.
+// ParseTags parses "key=value" strings (spaces around key and value are
+// trimmed). Keys must be unique and non-empty.
 func ParseTags(kvs []string) (Tags, error) {
 	m := make(map[string]string, len(kvs))
 	for _, kv := range kvs {
@@ -72,33 +68,30 @@ func (t Tags) find(key string) (int, bool) {
 	return i, i < len(t) && t[i].Key == key
 }
 
-// labelKey maps a key as apimachinery's selectors see it (reserved keys
-// encoded, see selector.go) to the tag key.
-func labelKey(key string) string {
-	if strings.HasPrefix(key, "@") {
-		return key
-	}
-	return decodeKey(key)
-}
+// Has reports whether the key is present.
+func (t Tags) Has(key string) bool { _, ok := t.find(key); return ok }
 
-// Has reports whether the key is present (labels.Labels). Encoded reserved
-// keys are decoded first, so apimachinery selectors match reserved tags.
-func (t Tags) Has(key string) bool { _, ok := t.find(labelKey(key)); return ok }
-
-// Get returns the key's value, or "" (labels.Labels).
+// Get returns the key's value, or "".
 func (t Tags) Get(key string) string {
-	if i, ok := t.find(labelKey(key)); ok {
-		return t[i].Value
-	}
-	return ""
+	v, _ := t.Lookup(key)
+	return v
 }
 
-// Lookup returns the key's value and whether it is present (labels.Labels).
+// Lookup returns the key's value and whether it is present.
 func (t Tags) Lookup(key string) (string, bool) {
-	if i, ok := t.find(labelKey(key)); ok {
+	if i, ok := t.find(key); ok {
 		return t[i].Value, true
 	}
 	return "", false
+}
+
+// Map returns the tags as a map.
+func (t Tags) Map() map[string]string {
+	m := make(map[string]string, len(t))
+	for _, tag := range t {
+		m[tag.Key] = tag.Value
+	}
+	return m
 }
 
 // Strings returns the tags as "key=value" strings, in key order.
@@ -111,3 +104,38 @@ func (t Tags) Strings() []string {
 }
 
 func (t Tags) String() string { return strings.Join(t.Strings(), ",") }
+
+// Encode returns the tags as the exact "key=value" strings identity tokens
+// carry (signed), refusing tags Decode would refuse: keys must be sorted,
+// unique, non-empty and free of '='.
+func (t Tags) Encode() ([]string, error) {
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	kvs := make([]string, len(t))
+	for i, tag := range t {
+		if strings.Contains(tag.Key, "=") {
+			return nil, fmt.Errorf("tag key %q contains '='", tag.Key)
+		}
+		kvs[i] = tag.String()
+	}
+	return kvs, nil
+}
+
+// Decode is the inverse of Encode: exact "key=value" strings (nothing
+// trimmed; the value is what follows the first '='), sorted by unique,
+// non-empty key. Anything else is an error: the strings come from a peer.
+func Decode(kvs []string) (Tags, error) {
+	t := make(Tags, len(kvs))
+	for i, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, fmt.Errorf("tag %q: want key=value", kv)
+		}
+		t[i] = Tag{Key: k, Value: v}
+	}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}

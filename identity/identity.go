@@ -1,4 +1,4 @@
-package policy
+package identity
 
 import (
 	"runtime"
@@ -7,10 +7,10 @@ import (
 	"sync/atomic"
 )
 
-// Tag keys and values are interned into uint32 symbols so that the decision
-// path compares integers, never strings. The table is global, so a symbol
-// means the same string to every Engine and an Identity prepared under one
-// Engine stays valid after a policy swap.
+// Tag keys and values are interned into uint32 symbols so that the policy
+// decision path compares integers, never strings. The table is global, so a
+// symbol means the same string to every policy Engine and an Identity
+// prepared under one Engine stays valid after a policy swap.
 //
 // It does not grow forever with the tags it has seen (a new @sys:name per
 // container, say): each symbol counts its holders (Identities, Engines,
@@ -29,9 +29,9 @@ var symbols = struct {
 	free  []uint32 // released symbols, reused first
 }{ids: map[string]uint32{}, names: []string{""}, refs: []int32{0}}
 
-// acquire returns the symbol of s and counts one more holder of it. The
-// holder must release it (releaseSymbols) when it is done.
-func acquire(s string) uint32 {
+// Acquire returns the symbol of s and counts one more holder of it. The
+// holder must release it (Hold) when it is done.
+func Acquire(s string) uint32 {
 	symbols.RLock()
 	id, ok := symbols.ids[s]
 	if ok { // in the table, so held: it cannot be dropped under the read lock
@@ -79,21 +79,13 @@ func releaseSymbols(syms []uint32) {
 	}
 }
 
-// holdSymbols releases syms when holder becomes unreachable. Every
-// structure that keeps symbols must be reachable from holder while it is
-// used.
-func holdSymbols[T any](holder *T, syms []uint32) {
+// Hold releases syms when holder becomes unreachable. Every structure that
+// keeps symbols must be reachable from holder while it is used.
+func Hold[T any](holder *T, syms []uint32) {
 	if len(syms) > 0 {
 		runtime.AddCleanup(holder, releaseSymbols, syms)
 	}
 }
-
-// noCopy makes go vet refuse copies of the structures that hold symbols
-// through their own address.
-type noCopy struct{}
-
-func (*noCopy) Lock()   {}
-func (*noCopy) Unlock() {}
 
 // SymbolStats reports the interned strings now held (live) and the largest
 // symbol number in use so far (span), for metrics.
@@ -101,6 +93,15 @@ func SymbolStats() (live, span int) {
 	symbols.RLock()
 	defer symbols.RUnlock()
 	return len(symbols.ids), len(symbols.names) - 1
+}
+
+// Interned reports whether s is in the symbol table now, i.e. held by a live
+// holder (or one the collector has not yet found unreachable).
+func Interned(s string) bool {
+	symbols.RLock()
+	defer symbols.RUnlock()
+	_, ok := symbols.ids[s]
+	return ok
 }
 
 // internAll acquires the keys and values of t into syms (key, value, ...),
@@ -124,10 +125,10 @@ func internAll(t Tags, syms []uint32) {
 	}
 	for i, tag := range t {
 		if syms[2*i] == 0 {
-			syms[2*i] = acquire(tag.Key)
+			syms[2*i] = Acquire(tag.Key)
 		}
 		if syms[2*i+1] == 0 {
-			syms[2*i+1] = acquire(tag.Value)
+			syms[2*i+1] = Acquire(tag.Value)
 		}
 	}
 }
@@ -136,16 +137,16 @@ func internAll(t Tags, syms []uint32) {
 // and values interned, in a small open-addressing table keyed by key symbol.
 // It is immutable and safe to share.
 type Identity struct {
-	_     noCopy // a copy would not keep the symbols held (holdSymbols)
+	_     noCopy // a copy would not keep the symbols held (Hold)
 	tags  Tags
 	pairs []uint64 // key<<32 | value, in tag order
 	slots []uint64 // open addressing by key; 0 = empty
 	mask  uint32
 }
 
-// NewIdentity prepares tags for decisions. Tags should satisfy Validate; if a
-// key repeats, its first occurrence wins.
-func NewIdentity(tags Tags) *Identity {
+// New prepares tags for decisions. Tags should satisfy Validate; if a key
+// repeats, its first occurrence wins.
+func New(tags Tags) *Identity {
 	t := make(Tags, len(tags))
 	copy(t, tags)
 	if !sort.SliceIsSorted(t, func(i, j int) bool { return t[i].Key < t[j].Key }) {
@@ -166,7 +167,7 @@ func NewIdentity(tags Tags) *Identity {
 	id := &Identity{tags: t, pairs: make([]uint64, len(t)), slots: make([]uint64, n), mask: uint32(n - 1)}
 	syms := make([]uint32, 2*len(t))
 	internAll(t, syms)
-	holdSymbols(id, syms)
+	Hold(id, syms)
 	for i := range t {
 		k, v := syms[2*i], syms[2*i+1]
 		e := uint64(k)<<32 | uint64(v)
@@ -184,8 +185,9 @@ func NewIdentity(tags Tags) *Identity {
 // Tags returns the identity's tags, sorted by key.
 func (id *Identity) Tags() Tags { return id.tags }
 
-// value returns the value symbol of key, if the identity has that key.
-func (id *Identity) value(key uint32) (uint32, bool) {
+// Value returns the value symbol of the key symbol, if the identity has that
+// key.
+func (id *Identity) Value(key uint32) (uint32, bool) {
 	for j := hash32(key) & id.mask; ; j = (j + 1) & id.mask {
 		e := id.slots[j]
 		if e == 0 {
@@ -197,18 +199,18 @@ func (id *Identity) value(key uint32) (uint32, bool) {
 	}
 }
 
+// Pairs returns the identity's tags as key<<32 | value symbols, in tag
+// order. The slice is shared: do not modify it.
+func (id *Identity) Pairs() []uint64 { return id.pairs }
+
 func hash32(x uint32) uint32 {
 	x *= 0x9E3779B1
 	return x ^ x>>16
 }
 
-// hash64 is the splitmix64 finalizer: index keys are pairs of small
-// integers, which weaker mixes cluster badly in linear probing.
-func hash64(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xBF58476D1CE4E5B9
-	x ^= x >> 27
-	x *= 0x94D049BB133111EB
-	x ^= x >> 31
-	return x
-}
+// noCopy makes go vet refuse copies of the structures that hold symbols
+// through their own address.
+type noCopy struct{}
+
+func (*noCopy) Lock()   {}
+func (*noCopy) Unlock() {}
