@@ -130,8 +130,8 @@ func sameRef(a *RuleRef, b *naiveRef) bool {
 // values are all Kubernetes label values, and otherwise straight from the
 // table in docs/policy.md.
 func naiveSelects(s *Selector, tags Tags) bool {
-	if s.k8s != nil {
-		return s.k8s.Matches(tags)
+	if k := k8sSelector(s); k != nil {
+		return k.Matches(tags)
 	}
 	for _, r := range s.Requirements() {
 		has, v := false, ""
