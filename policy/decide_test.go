@@ -220,3 +220,24 @@ func halfString(h *Half) string {
 	}
 	return fmt.Sprintf("%s/%s/%s", h.Basis, h.Action, rule)
 }
+
+// BenchmarkDecideConn: one connection between two prepared PUs (a reach matrix
+// cell); ForPU and NewIdentity are done once, by Engine.PU.
+func BenchmarkDecideConn(b *testing.B) {
+	set, err := Parse("decide.yaml", []byte(decidePolicy))
+	if err != nil {
+		b.Fatal(err)
+	}
+	e, err := Compile(set)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := Conn{Client: e.PU(NewTags(map[string]string{"app": "frontend"}), netip.MustParseAddr("10.0.1.10")),
+		Server: e.PU(NewTags(map[string]string{"app": "web"}), netip.MustParseAddr("10.0.2.10")), Proto: ProtoTCP, Port: 80}
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := e.Decide(c); !d.Allowed() {
+			b.Fatal("denied")
+		}
+	}
+}
