@@ -149,14 +149,14 @@ func (d *ConnDecision) Allowed() bool { return d.Action == Allow }
 // and address; any other peer, and every peer of a datagram flow, by its
 // address alone. The connection is allowed when both ends allow it.
 func (e *Engine) Decide(c Conn) ConnDecision {
-	identity := c.Proto == ProtoTCP || c.AllProtocolsCarryIdentity
+	carriesIdentity := c.Proto == ProtoTCP || c.AllProtocolsCarryIdentity
 	port := c.Port
-	if !identity && c.Proto != ProtoUDP {
+	if !carriesIdentity && c.Proto != ProtoUDP {
 		port = 0 // the dataplane reads the ports of TCP and UDP only
 	}
 	var d ConnDecision
-	d.Ingress = e.half(&c.Server, &c.Client, Ingress, c.Proto, port, identity)
-	d.Egress = e.half(&c.Client, &c.Server, Egress, c.Proto, port, identity)
+	d.Ingress = e.half(&c.Server, &c.Client, Ingress, c.Proto, port, carriesIdentity)
+	d.Egress = e.half(&c.Client, &c.Server, Egress, c.Proto, port, carriesIdentity)
 	order := [2]struct {
 		p Party
 		h *Half
@@ -177,7 +177,7 @@ func (e *Engine) Decide(c Conn) ConnDecision {
 }
 
 // half is the decision of local's enforcer about peer.
-func (e *Engine) half(local, peer *Endpoint, dir Direction, proto Protocol, port uint16, identity bool) Half {
+func (e *Engine) half(local, peer *Endpoint, dir Direction, proto Protocol, port uint16, carriesIdentity bool) Half {
 	if !local.pu {
 		return Half{Basis: NoEnforcer, Decision: Decision{Action: Allow}}
 	}
@@ -192,7 +192,7 @@ func (e *Engine) half(local, peer *Endpoint, dir Direction, proto Protocol, port
 	}
 	var id *Identity
 	h.Basis = ByAddress
-	if identity && e.targetOrUnknown(peer) {
+	if carriesIdentity && e.targetOrUnknown(peer) {
 		// The peer's enforcer sends a token only toward a peer it sees
 		// inside the target networks (and not excluded).
 		if !peer.pu || e.IsExcluded(local.addr) || !e.targetOrUnknown(local) {
