@@ -68,7 +68,8 @@ TAGS is a comma-separated list of key=value (a PU inside the target
 networks, which presents its tags in a token); IP is a host without tags
 (outside the target networks it is matched by CIDR rules only; inside them a
 host that sends no token is denied with missing-token). --from-ip/--to-ip
-give a PU's address, for CIDR rules.`,
+give a PU's address, for CIDR rules. Tokens ride on TCP handshakes only:
+UDP and other datagram flows are matched by address, as the dataplane does.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := policy.Load(file)
