@@ -35,7 +35,7 @@ policies:
         action: allow
       - name: dns
         to: [{cidr: 198.51.100.0/24}]
-        ports: [udp/53]
+        ports: [udp/53, icmp, sctp/3868]
         action: allow
   - name: web
     selector: app=web
@@ -65,7 +65,7 @@ policies:
         action: allow
       - name: from-net
         from: [{cidr: 10.0.0.0/16}]
-        ports: [udp/5353]
+        ports: [udp/5353, icmp]
         action: allow
   - name: reports
     selector: app=reports
@@ -79,8 +79,8 @@ policies:
 // explain`, `k8s reach` and the offline demo print) to the enforcers: every
 // ordered pair of endpoints (PUs, external hosts, a host of the target
 // networks without an enforcer, an excluded host, a PU holding an excluded
-// address, a PU outside the target networks) opens a TCP connection or a
-// UDP flow on each port through the real enforcers of a replay, and the
+// address, a PU outside the target networks) opens a TCP connection, a UDP,
+// ICMP or SCTP flow on each port through the real enforcers of a replay, and the
 // outcome (delivered or not), the enforcer that refused, its reason, action
 // and rule, and the rules of both sides when allowed must be what Decide
 // says.
@@ -115,10 +115,18 @@ func TestDecideMatchesEnforcers(t *testing.T) {
 			topo.PUs = append(topo.PUs, PUSpec{Name: h.name, Node: "node-" + h.name, IPs: []netip.Addr{h.addr}, Tags: policy.NewTags(h.tags)})
 		}
 	}
-	out := &memOut{}
-	r, err := New(Options{Topology: topo, Policy: set, Out: out})
-	if err != nil {
-		t.Fatal(err)
+	// The dataplane reads no SCTP ports: an SCTP flow between two hosts is
+	// one flow both ways (what one direction decided, the other meets). Each
+	// direction of a pair gets its own replay.
+	var reps [2]*Replayer
+	var outs [2]*memOut
+	for i := range reps {
+		outs[i] = &memOut{}
+		r, err := New(Options{Topology: topo, Policy: set, Out: outs[i]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reps[i] = r
 	}
 	endpoint := func(h host) policy.Endpoint {
 		if h.tags == nil {
@@ -128,6 +136,7 @@ func TestDecideMatchesEnforcers(t *testing.T) {
 	}
 	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
 	idx := 0
+	r := reps[0]
 	send := func(f []byte) bool {
 		before := r.sum.Forwarded
 		r.Packet(idx, now, f)
@@ -152,12 +161,24 @@ func TestDecideMatchesEnforcers(t *testing.T) {
 				proto policy.Protocol
 				port  uint16
 			}{{policy.ProtoTCP, 80}, {policy.ProtoTCP, 8085}, {policy.ProtoTCP, 443}, {policy.ProtoTCP, 22},
-				{policy.ProtoTCP, 5432}, {policy.ProtoUDP, 53}, {policy.ProtoUDP, 5353}} {
+				{policy.ProtoTCP, 5432}, {policy.ProtoUDP, 53}, {policy.ProtoUDP, 5353}, {policy.ProtoICMP, 0},
+				{policy.ProtoSCTP, 3868}} {
 				cport++
 				cn := conn{client: c, server: s, proto: p.proto, port: p.port}
-				if p.proto == policy.ProtoUDP {
+				r = reps[0]
+				if p.proto == policy.ProtoSCTP && c.name > s.name {
+					r = reps[1]
+				}
+				switch p.proto {
+				case policy.ProtoUDP:
 					cn.reached = send(udpTo(t, c.addr, s.addr, cport, p.port))
-				} else {
+				case policy.ProtoICMP:
+					cn.reached = send(frameOf(t, c.addr, s.addr, ipv4(c.addr, s.addr, layers.IPProtocolICMPv4),
+						&layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoRequest, 0), Id: cport, Seq: 1}))
+				case policy.ProtoSCTP:
+					cn.reached = send(frameOf(t, c.addr, s.addr, ipv4(c.addr, s.addr, layers.IPProtocolSCTP),
+						&layers.SCTP{SrcPort: layers.SCTPPort(cport), DstPort: layers.SCTPPort(p.port)}))
+				default:
 					seg := func(src, dst netip.Addr, sp, dp uint16, syn, ack bool, seq, ackN uint32) []byte {
 						return tcpTo(t, src, dst, sp, dp, syn, ack, seq, ackN)
 					}
@@ -171,14 +192,31 @@ func TestDecideMatchesEnforcers(t *testing.T) {
 			}
 		}
 	}
-	r.Finish()
-	recs := map[uint16][]dataplane.Record{} // by client port
-	for _, rec := range out.records {
-		recs[rec.Client.Port()] = append(recs[rec.Client.Port()], rec)
+	for _, r := range reps {
+		r.Finish()
+	}
+	// Records by connection: TCP and UDP by client port; ICMP and SCTP (one
+	// flow per pair; the dataplane reads no ports of theirs) by addresses.
+	type recKey struct {
+		client, server netip.Addr
+		proto          string
+		port           uint16
+	}
+	keyOf := func(client, server netip.Addr, proto string, port uint16) recKey {
+		if proto != "tcp" && proto != "udp" {
+			port = 0
+		}
+		return recKey{client, server, proto, port}
+	}
+	recs := map[recKey][]dataplane.Record{}
+	for _, rec := range append(outs[0].records, outs[1].records...) {
+		k := keyOf(rec.Client.Addr(), rec.Server.Addr(), rec.Proto, rec.Client.Port())
+		recs[k] = append(recs[k], rec)
 	}
 	allowed, denied := 0, 0
+	protos := map[policy.Protocol]string{policy.ProtoTCP: "tcp", policy.ProtoUDP: "udp", policy.ProtoICMP: "icmp", policy.ProtoSCTP: "ip-132"} // as records name them
 	for i, cn := range conns {
-		port := uint16(20001 + i)
+		port := keyOf(cn.client.addr, cn.server.addr, protos[cn.proto], uint16(20001+i))
 		d := eng.Decide(policy.Conn{Client: endpoint(cn.client), Server: endpoint(cn.server), Proto: cn.proto, Port: cn.port})
 		what := fmt.Sprintf("%s -> %s %s/%d", cn.client.name, cn.server.name, cn.proto, cn.port)
 		if cn.reached != d.Allowed() {
@@ -254,6 +292,10 @@ func refName(r *policy.RuleRef) string {
 func macFor(a netip.Addr) net.HardwareAddr {
 	b := a.As16()
 	return net.HardwareAddr{2, 0, b[12], b[13], b[14], b[15]}
+}
+
+func ipv4(src, dst netip.Addr, proto layers.IPProtocol) *layers.IPv4 {
+	return &layers.IPv4{Version: 4, TTL: 64, Protocol: proto, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
 }
 
 func tcpTo(t *testing.T, src, dst netip.Addr, sport, dport uint16, syn, ack bool, seq, ackN uint32) []byte {
