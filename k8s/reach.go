@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 )
@@ -43,9 +42,12 @@ func (m *Matrix) Label() string {
 }
 
 // Reach decides every ordered pair of PUs (the diagonal included: a pod's
-// traffic to itself follows its policies) on proto/port with the engine, as
-// the enforcers do: the client's egress against the server's identity and
-// address, the server's ingress against the client's.
+// traffic to itself follows its policies) on proto/port with the engine's
+// Decide, as the enforcers do: the client's egress against the server's
+// identity and address, the server's ingress against the client's, the
+// target and excluded networks applied. Every protocol is decided with the
+// peer's identity, as NetworkPolicy means it: live, only TCP carries
+// identity today (docs/kubernetes.md).
 func Reach(e *policy.Engine, pus []PU, proto ipproto.Proto, port uint16) *Matrix {
 	m := newMatrix(pus, proto)
 	m.Port = port
@@ -84,28 +86,26 @@ func newMatrix(pus []PU, proto ipproto.Proto) *Matrix {
 	return m
 }
 
-// reacher holds each PU's policy and identity, prepared once.
+// reacher holds each PU as an endpoint of the engine, prepared once.
 type reacher struct {
-	pus  []PU
-	pols []*policy.PUPolicy
-	ids  []*identity.Identity
+	e   *policy.Engine
+	eps []policy.Endpoint
 }
 
 func newReacher(e *policy.Engine, pus []PU) *reacher {
-	r := &reacher{pus: pus, pols: make([]*policy.PUPolicy, len(pus)), ids: make([]*identity.Identity, len(pus))}
+	r := &reacher{e: e, eps: make([]policy.Endpoint, len(pus))}
 	for i := range pus {
-		r.pols[i] = e.ForPU(pus[i].Tags)
-		r.ids[i] = identity.New(pus[i].Tags)
+		r.eps[i] = e.PU(pus[i].Tags, pus[i].IP())
 	}
 	return r
 }
 
 // column decides every client toward server "to" on port.
 func (r *reacher) column(m *Matrix, to int, port uint16) {
-	for from := range r.pus {
+	for from := range r.eps {
+		d := r.e.Decide(policy.Conn{Client: r.eps[from], Server: r.eps[to], Proto: m.Proto, Port: port, AllProtocolsCarryIdentity: true})
 		c := &m.Cells[from][to]
-		c.Egress = r.pols[from].Egress(r.ids[to], r.pus[to].IP(), m.Proto, port)
-		c.Ingress = r.pols[to].Ingress(r.ids[from], r.pus[from].IP(), m.Proto, port)
+		c.Ingress, c.Egress = d.Ingress.Decision, d.Egress.Decision
 	}
 }
 

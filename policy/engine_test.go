@@ -473,7 +473,7 @@ func TestRuleRefs(t *testing.T) {
 // would compile to "match everything"; Compile must refuse it.
 func TestCompileRefusesBadSets(t *testing.T) {
 	good, _ := ParseSelector("app=web")
-	bad := &Selector{Text: good.Text, reqs: good.reqs, k8s: good.k8s} // not built by this package
+	bad := &Selector{Text: good.Text, reqs: good.reqs} // not built by this package
 	for name, s := range map[string]*Set{
 		"foreign selector": {Policies: []Policy{{Name: "p", Selector: bad}}},
 		"nil selector":     {Policies: []Policy{{Name: "p"}}},

@@ -132,8 +132,8 @@ func sameRef(a *RuleRef, b *naiveRef) bool {
 // values are all Kubernetes label values, and otherwise straight from the
 // table in docs/policy.md.
 func naiveSelects(s *Selector, tags identity.Tags) bool {
-	if s.k8s != nil {
-		return s.k8s.Matches(k8sLabels(tags))
+	if k := k8sSelector(s); k != nil {
+		return k.Matches(k8sLabels(tags))
 	}
 	for _, r := range s.Requirements() {
 		has, v := false, ""

@@ -215,7 +215,7 @@ func TestPropertyEngineMatchesNaive(t *testing.T) {
 	for si := 0; si < sets; si++ {
 		s := g.set()
 		for _, pol := range s.Policies {
-			wide[pol.Selector.k8s == nil]++
+			wide[k8sSelector(pol.Selector) == nil]++
 		}
 		e, err := Compile(s)
 		if err != nil {

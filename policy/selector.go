@@ -47,38 +47,12 @@ type Requirement struct {
 	Values []string
 }
 
-// Matches reports whether tags satisfy the requirement.
-func (r Requirement) Matches(tags identity.Tags) bool {
-	v, ok := tags.Lookup(r.Key)
-	switch r.Op {
-	case OpIn:
-		return ok && containsString(r.Values, v)
-	case OpNotIn:
-		return !ok || !containsString(r.Values, v)
-	case OpExists:
-		return ok
-	case OpDoesNotExist:
-		return !ok
-	}
-	return false
-}
-
-func containsString(sorted []string, v string) bool {
-	i := sort.SearchStrings(sorted, v)
-	return i < len(sorted) && sorted[i] == v
-}
-
 // Selector is a Kubernetes label selector over tags, kept with the text it was
 // written as, for messages and `policy explain`. Its values may be any tag
 // value (checkValue), not only Kubernetes label values.
 type Selector struct {
-	Text string
-	reqs []Requirement
-	// k8s is apimachinery's matcher for the same requirements (over encoded
-	// reserved keys, which tests decode on lookup) when every value is a
-	// Kubernetes label value, nil otherwise. The engine compiles reqs; the
-	// tests hold it to apimachinery through k8s.
-	k8s   labels.Selector
+	Text  string
+	reqs  []Requirement
 	built bool // made by this package (Compile refuses others)
 }
 
@@ -89,44 +63,6 @@ func (s *Selector) Requirements() []Requirement { return s.reqs }
 // Empty reports whether the selector matches every tag set.
 func (s *Selector) Empty() bool { return len(s.reqs) == 0 }
 
-// MatchesTags reports whether the selector matches tags, by the decoded
-// requirements (the semantics the engine compiles).
-func (s *Selector) MatchesTags(tags identity.Tags) bool {
-	for _, r := range s.reqs {
-		if !r.Matches(tags) {
-			return false
-		}
-	}
-	return true
-}
-
-// Matches reports whether the selector matches any labels.Labels whose keys
-// are tag keys (reserved keys as "@word:key").
-func (s *Selector) Matches(l labels.Labels) bool {
-	for _, r := range s.reqs {
-		ok := l.Has(r.Key)
-		var v string
-		if ok {
-			v = l.Get(r.Key)
-		}
-		switch r.Op {
-		case OpIn:
-			ok = ok && containsString(r.Values, v)
-		case OpNotIn:
-			ok = !ok || !containsString(r.Values, v)
-		case OpExists:
-		case OpDoesNotExist:
-			ok = !ok
-		default:
-			ok = false
-		}
-		if !ok {
-			return false
-		}
-	}
-	return true
-}
-
 func (s *Selector) String() string { return s.Text }
 
 // everything is the text of the selector that matches every tag set.
@@ -134,21 +70,7 @@ const everything = "*"
 
 // newSelector wraps parsed requirements (decoded, values sorted and unique).
 func newSelector(text string, reqs []Requirement) *Selector {
-	s := &Selector{Text: text, reqs: reqs, built: true}
-	k := labels.NewSelector()
-	for _, r := range reqs {
-		ek, err := encodeKey(r.Key)
-		if err != nil {
-			return s
-		}
-		lr, err := labels.NewRequirement(ek, labelOps[r.Op], r.Values)
-		if err != nil { // a value that is no label value
-			return s
-		}
-		k = k.Add(*lr)
-	}
-	s.k8s = k
-	return s
+	return &Selector{Text: text, reqs: reqs, built: true}
 }
 
 var labelOps = [...]selection.Operator{OpIn: selection.In, OpNotIn: selection.NotIn, OpExists: selection.Exists, OpDoesNotExist: selection.DoesNotExist}
@@ -168,7 +90,7 @@ var labelOps = [...]selection.Operator{OpIn: selection.In, OpNotIn: selection.No
 func ParseSelector(text string) (*Selector, error) {
 	t := strings.TrimSpace(text)
 	if t == "" || t == everything {
-		return &Selector{Text: everything, built: true, k8s: labels.Everything()}, nil
+		return newSelector(everything, nil), nil
 	}
 	if i := strings.IndexByte(text, 0); i >= 0 {
 		// apimachinery's lexer takes NUL for the end of the text and would

@@ -70,7 +70,8 @@ TAGS is a comma-separated list of key=value (a PU inside the target
 networks, which presents its tags in a token); IP is a host without tags
 (outside the target networks it is matched by CIDR rules only; inside them a
 host that sends no token is denied with missing-token). --from-ip/--to-ip
-give a PU's address, for CIDR rules.`,
+give a PU's address, for CIDR rules. Tokens ride on TCP handshakes only:
+UDP and other datagram flows are matched by address, as the dataplane does.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := policy.Load(file)
@@ -276,7 +277,7 @@ func portString(proto ipproto.Proto, port uint16) string {
 }
 
 // explainFlow decides a connection from client to server the way the
-// enforcers on both sides do (docs/policy.md).
+// enforcers on both sides do (policy.Engine.Decide, docs/policy.md).
 func explainFlow(e *policy.Engine, client, server endpoint, proto ipproto.Proto, port uint16) (*flow, error) {
 	if !client.PU && !server.PU {
 		return nil, errors.New("neither side is a PU (give TAGS for --from or --to): no enforcer decides this connection")
@@ -293,66 +294,64 @@ func explainFlow(e *policy.Engine, client, server endpoint, proto ipproto.Proto,
 			f.Notes = append(f.Notes, fmt.Sprintf("%s is outside the target networks: peers will not exchange tokens with it", ep.ep.Addr))
 		}
 	}
-	// Each enforcer looks at its peer only: the server's ingress bypasses
-	// a client in the excluded networks, the client's egress a server
-	// there; a PU whose own address is excluded is still checked.
-	excluded := half{Note: "the peer is in the excluded networks: no check", Verdict: "allow", allowed: true}
-	f.Ingress, f.Egress = excluded, excluded
-	if !e.IsExcluded(client.Addr) || !server.PU {
-		f.Ingress = decideHalf(e, server, client, policy.Ingress, proto, port)
+	if proto != ipproto.TCP && client.PU && server.PU {
+		f.Notes = append(f.Notes, fmt.Sprintf("%s flows carry no identity token: each enforcer matches its peer by address only (CIDR rules)", proto))
 	}
-	if !e.IsExcluded(server.Addr) || !client.PU {
-		f.Egress = decideHalf(e, client, server, policy.Egress, proto, port)
+	if proto != ipproto.TCP && proto != ipproto.UDP && port != 0 {
+		f.Notes = append(f.Notes, fmt.Sprintf("the dataplane reads no %s ports: rules with %s ports cannot match", proto, proto))
 	}
-	f.Verdict = "allow"
-	if f.Ingress.Note == excluded.Note || f.Egress.Note == excluded.Note {
+	d := e.Decide(policy.Conn{Client: client.decideEndpoint(e), Server: server.decideEndpoint(e), Proto: proto, Port: port})
+	f.Ingress = newHalf(e, &d.Ingress, server, client)
+	f.Egress = newHalf(e, &d.Egress, client, server)
+	f.Verdict = d.Action.String()
+	if d.Reason != reason.None {
+		f.Reason = d.Reason.String()
+	}
+	switch {
+	case d.DecidedBy != policy.Nobody:
+		f.DecidedBy = d.DecidedBy.String()
+	case d.Ingress.Basis == policy.PeerExcluded || d.Egress.Basis == policy.PeerExcluded:
 		f.DecidedBy = "excluded-network"
-	}
-	for _, h := range []struct {
-		name string
-		h    *half
-	}{{"server-ingress", &f.Ingress}, {"client-egress", &f.Egress}} {
-		if !h.h.allowed {
-			f.Verdict, f.Reason, f.DecidedBy = h.h.Verdict, h.h.Reason, h.name
-			break
-		}
 	}
 	return f, nil
 }
 
-// decideHalf is the decision of local's enforcer about peer: local's
-// ingress (local is the server) or egress (local is the client).
-func decideHalf(e *policy.Engine, local, peer endpoint, dir policy.Direction, proto ipproto.Proto, port uint16) half {
-	if !local.PU {
-		return half{Note: "no enforcer on this side (not a PU)", Verdict: "allow", allowed: true}
+func (ep endpoint) decideEndpoint(e *policy.Engine) policy.Endpoint {
+	if ep.PU {
+		return e.PU(ep.Tags, ep.Addr)
 	}
-	pu := e.ForPU(local.Tags)
-	h := half{Applies: true, Policies: pu.Policies()}
+	return policy.Host(ep.Addr)
+}
+
+// newHalf renders the decision of local's enforcer about peer.
+func newHalf(e *policy.Engine, d *policy.Half, local, peer endpoint) half {
+	switch d.Basis {
+	case policy.NoEnforcer:
+		return half{Note: "no enforcer on this side (not a PU)", Verdict: "allow", allowed: true}
+	case policy.PeerExcluded:
+		return half{Note: "the peer is in the excluded networks: no check", Verdict: "allow", allowed: true}
+	}
+	h := half{Applies: true, Policies: d.Policies, Verdict: d.Action.String(), allowed: d.Allowed()}
 	if h.Policies == nil {
 		h.Policies = []string{}
 	}
-	var id *identity.Identity
-	if peer.PU {
-		id = identity.New(peer.Tags)
-	} else if e.IsTarget(peer.Addr) {
-		// Inside the target networks every host must run an enforcer: no
-		// token is a failure whatever CIDR rules say.
-		h.Verdict, h.Reason = "deny", reason.MissingToken.String()
-		h.Note = peer.Addr.String() + " is inside the target networks but presents no token"
-		return h
-	}
-	var d policy.Decision
-	if dir == policy.Ingress {
-		d = pu.Ingress(id, peer.Addr, proto, port)
-	} else {
-		d = pu.Egress(id, peer.Addr, proto, port)
-	}
-	h.Verdict = d.Action.String()
 	if d.Reason != reason.None {
 		h.Reason = d.Reason.String()
 	}
+	if d.Basis == policy.NoToken {
+		// Inside the target networks every host must run an enforcer: no
+		// token is a failure whatever CIDR rules say.
+		switch {
+		case !peer.PU:
+			h.Note = peer.Addr.String() + " is inside the target networks but presents no token"
+		case e.IsExcluded(local.Addr):
+			h.Note = fmt.Sprintf("the peer sends no token: its enforcer lets %s (excluded networks) through unchecked", local.Addr)
+		default:
+			h.Note = fmt.Sprintf("the peer sends no token: its enforcer sees %s outside the target networks", local.Addr)
+		}
+		return h
+	}
 	h.Rule, h.Observed, h.Log = newRuleOut(d.Rule), newRuleOut(d.Observed), d.Log
-	h.allowed = d.Action == policy.Allow
 	return h
 }
 

@@ -111,10 +111,16 @@ func TestPolicyExplain(t *testing.T) {
 		}},
 		// A PU that holds an excluded address is not excluded: its own
 		// egress still decides (only its peers bypass checks toward it).
+		// Its peer's enforcer lets it through unchecked, so the SYN-ACK it
+		// gets carries no token: its enforcer refuses it (missing-token), as
+		// the enforcers do (dataplane/replay TestDecideMatchesEnforcers).
 		{"PU with an excluded address", []string{"--from", "app=web,env=prod", "--from-ip", "10.0.255.9", "--to", "app=frontend", "--to-ip", "10.0.1.10", "--port", "tcp/443"}, []string{
+			"server ingress:",
+			"  note      the peer is in the excluded networks: no check",
 			"client egress:",
-			"  verdict   deny (policy-denied)",
-			"verdict   deny (client-egress: policy-denied)",
+			"  verdict   deny (missing-token)",
+			"  note      the peer sends no token: its enforcer lets 10.0.255.9 (excluded networks) through unchecked",
+			"verdict   deny (client-egress: missing-token)",
 		}},
 		// Link-local peers are inside: no token, no entry, whatever an
 		// internet CIDR rule allows.
@@ -131,10 +137,30 @@ func TestPolicyExplain(t *testing.T) {
 			"  verdict   deny (policy-denied)",
 			"verdict   deny (client-egress: policy-denied)",
 		}},
+		// The server is outside the target networks: the client's enforcer
+		// adds no token toward it and decides first, on its SYN, by
+		// address; the server's wants the token of a client inside them.
 		{"both deny", []string{"--from", "app=db", "--to", "app=web,env=prod", "--port", "tcp/80", "--to-ip", "192.0.2.80"}, []string{
 			"note      --from has no address (--from-ip): CIDR rules cannot match it",
 			"note      192.0.2.80 is outside the target networks: peers will not exchange tokens with it",
-			"verdict   deny (server-ingress: policy-denied)",
+			"server ingress:",
+			"  verdict   deny (missing-token)",
+			"  note      the peer sends no token: its enforcer sees 192.0.2.80 outside the target networks",
+			"client egress:",
+			"  verdict   deny (policy-denied)",
+			"verdict   deny (client-egress: policy-denied)",
+		}},
+		// Datagrams carry no identity: selector rules (here web's
+		// no-dev-clients reject) cannot match them; the client's enforcer
+		// decides first, on the first datagram.
+		{"udp between PUs", []string{"--from", "app=frontend,env=dev", "--from-ip", "10.0.1.11", "--to", "app=web,env=prod", "--to-ip", "10.0.2.10", "--port", "udp/80"}, []string{
+			"note      udp flows carry no identity token: each enforcer matches its peer by address only (CIDR rules)",
+			"server ingress:",
+			"  verdict   deny (policy-denied)",
+			"  rule      -",
+			"client egress:",
+			"  verdict   deny (policy-denied)",
+			"verdict   deny (client-egress: policy-denied)",
 		}},
 	}
 	for _, c := range cases {
