@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trireme-go/trireme/netsetup"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -66,7 +67,7 @@ func (c *Client) startFactory(buffer int) (*socketFactory, error) {
 	ready := make(chan error, 1)
 	go func() {
 		defer close(f.fds)
-		leave, err := EnterNetns(c.ns)
+		leave, err := netsetup.EnterNetns(c.ns)
 		if err != nil {
 			ready <- err
 			return
