@@ -57,7 +57,12 @@ func Write(dir, binary string, cfg *node.Config) (*Daemon, error) {
 }
 
 // Client returns a control API client of the daemon.
-func (d *Daemon) Client() *node.Client { return node.NewClient(d.Config.Socket) }
+func (d *Daemon) Client() *node.Client {
+	if d.Config.Socket == "" {
+		return node.NewClient(node.DefaultSocket)
+	}
+	return node.NewClient(d.Config.Socket)
+}
 
 // Start starts the daemon in its namespace and waits until it is ready. A
 // daemon that exits or is not ready in time is an error naming the end of
