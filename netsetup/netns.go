@@ -148,7 +148,10 @@ func InNetns(ns netns.NsHandle, fn func() error) error {
 		return err
 	}
 	ferr := fn()
-	return errors.Join(ferr, leave())
+	if err := leave(); err != nil {
+		return errors.Join(ferr, err)
+	}
+	return ferr // as fn returned it: callers may inspect its type
 }
 
 // OpenNetnsPath returns a handle to a namespace given by name (under
