@@ -117,8 +117,19 @@ func (f *socketFactory) close() {
 // connect connects fd (which it owns from then on) to the server and returns
 // the connection as a pollable file with the time connect took.
 func (c *Client) connect(fd int, timeout time.Duration) (*os.File, time.Duration, error) {
+	// unix.Connect writes the address into the Sockaddr's own buffer:
+	// each connect gets a copy, connects run on many goroutines.
+	sa := c.sa
+	switch a := c.sa.(type) {
+	case *unix.SockaddrInet4:
+		cp := *a
+		sa = &cp
+	case *unix.SockaddrInet6:
+		cp := *a
+		sa = &cp
+	}
 	start := time.Now()
-	err := unix.Connect(fd, c.sa)
+	err := unix.Connect(fd, sa)
 	switch err {
 	case nil, unix.EINPROGRESS, unix.EINTR, unix.EALREADY:
 	default:
