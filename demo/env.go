@@ -28,6 +28,7 @@ import (
 	"github.com/trireme-go/trireme/monitor/process"
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/node"
+	"github.com/trireme-go/trireme/testenv/launch"
 	"github.com/trireme-go/trireme/tokens"
 )
 
@@ -78,8 +79,8 @@ type Env struct {
 	DockerErr error
 
 	mu      sync.Mutex
-	procs   []*proc // servers and other helpers, stopped at Close
-	daemon  *proc
+	procs   []*proc        // servers and other helpers, stopped at Close
+	daemon  *launch.Daemon // written by writeConfig, started by startDaemon
 	docker  *dockerd.Engine
 	closed  bool
 	created []string // namespaces, in creation order
@@ -276,34 +277,31 @@ func (e *Env) writePKI() error {
 	return nil
 }
 
+// writeConfig writes the daemon's config (node.Config.Marshal, through the
+// launcher tests and perf use too) and reads it back as the daemon will.
 func (e *Env) writeConfig(opts Options) error {
 	policy, err := filepath.Abs(opts.Policy)
 	if err != nil {
 		return err
 	}
-	docker := ""
-	if e.docker != nil {
-		docker = fmt.Sprintf("docker: {enabled: true, host: %q}\n", e.docker.Host())
-	}
 	pki := filepath.Join(e.Dir, "pki")
-	cfg := fmt.Sprintf(`node: %s
-secrets: {caCert: %s, nodeCert: %s, nodeKey: %s}
-policy: %s
-flowLog: %s
-socket: %s
-stateDir: %s
-bridge: {name: %s, subnet: %s}
-%s`, NodeName, filepath.Join(pki, "ca.crt"), filepath.Join(pki, "node.crt"), filepath.Join(pki, "node.key"),
-		policy, e.FlowLog(), e.Socket(), filepath.Join(e.Dir, "state"), bridgeName, e.Subnet, docker)
-	e.ConfigPath = filepath.Join(e.Dir, "config.yaml")
-	if err := os.WriteFile(e.ConfigPath, []byte(cfg), 0o600); err != nil {
-		return err
+	cfg := &node.Config{Node: NodeName, Policy: policy, FlowLog: e.FlowLog(), Socket: e.Socket(),
+		StateDir: filepath.Join(e.Dir, "state"),
+		Secrets:  node.Secrets{CACert: filepath.Join(pki, "ca.crt"), NodeCert: filepath.Join(pki, "node.crt"), NodeKey: filepath.Join(pki, "node.key")},
+		Bridge:   node.Bridge{Name: bridgeName, Subnet: node.Prefix{Prefix: e.Subnet}}}
+	if e.docker != nil {
+		cfg.Docker = node.Docker{Enabled: true, Host: e.docker.Host()}
 	}
-	c, err := node.LoadConfig(e.ConfigPath)
+	l, err := launch.Write(e.Dir, e.Binary, cfg)
 	if err != nil {
 		return err
 	}
-	e.Config = c
+	l.Netns, l.Args, l.ReadyTimeout = e.Node, []string{"--log-level", "info"}, 20*time.Second
+	c, err := node.LoadConfig(l.ConfigPath)
+	if err != nil {
+		return err
+	}
+	e.ConfigPath, e.Config, e.daemon = l.ConfigPath, c, l
 	return nil
 }
 
@@ -318,11 +316,14 @@ func (e *Env) Client() *node.Client { return node.NewClient(e.Socket()) }
 
 // DaemonLog returns the end of the daemon's log.
 func (e *Env) DaemonLog() string {
-	b, _ := os.ReadFile(filepath.Join(e.Dir, "daemon.log"))
+	if e.daemon == nil {
+		return ""
+	}
+	b := e.daemon.Logs()
 	if len(b) > 4000 {
 		b = b[len(b)-4000:]
 	}
-	return string(b)
+	return b
 }
 
 // startNodeDocker makes the node bridge (as the daemon would) so that
@@ -400,31 +401,7 @@ func (p *proc) stop(sig syscall.Signal, grace time.Duration) {
 }
 
 func (e *Env) startDaemon(ctx context.Context) error {
-	p, err := e.start(e.Node, "daemon", nil, "daemon", "--config", e.ConfigPath, "--log-level", "info")
-	if err != nil {
-		return err
-	}
-	e.mu.Lock()
-	e.daemon = p
-	e.mu.Unlock()
-	c := e.Client()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := c.Stats(); err == nil {
-			return nil
-		}
-		if p.exited() {
-			return fmt.Errorf("the daemon exited at start:\n%s", e.DaemonLog())
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the daemon did not answer on %s:\n%s", e.Socket(), e.DaemonLog())
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return e.daemon.Start(ctx)
 }
 
 // AddHost creates a host's namespace and joins it to the node bridge: its
@@ -619,7 +596,9 @@ func (e *Env) Close() error {
 	}
 	wg.Wait()
 	if daemon != nil {
-		daemon.stop(syscall.SIGTERM, 10*time.Second)
+		if err := daemon.Stop(syscall.SIGTERM, 10*time.Second); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if e.Config != nil && netsetup.NetnsExists(e.Node) {
 		if err := netsetup.InNamedNetns(e.Node, func() error { return node.Purge(e.Config) }); err != nil {

@@ -10,29 +10,20 @@ import (
 	"testing"
 
 	"github.com/trireme-go/trireme/policy"
+	"github.com/trireme-go/trireme/testenv/repo"
 )
 
-// casesDir finds shared/netpol-cases by walking up from the package
-// directory (CI checks the repository out with shared beside it), or takes
+// casesDir is the repository's testdata/netpol-cases, or
 // $TRIREME_NETPOL_CASES (e.g. the held-out acceptance cases).
 func casesDir(t testing.TB) string {
 	if d := os.Getenv("TRIREME_NETPOL_CASES"); d != "" {
 		return d
 	}
-	wd, err := os.Getwd()
+	d, err := repo.NetpolCasesDir()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for d := wd; ; d = filepath.Dir(d) {
-		for _, c := range []string{filepath.Join(d, "shared", "netpol-cases"), filepath.Join(d, "..", "shared", "netpol-cases")} {
-			if st, err := os.Stat(c); err == nil && st.IsDir() {
-				return c
-			}
-		}
-		if filepath.Dir(d) == d {
-			t.Fatalf("shared/netpol-cases not found above %s (set TRIREME_NETPOL_CASES)", wd)
-		}
-	}
+	return d
 }
 
 type tally struct {

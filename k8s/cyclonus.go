@@ -13,7 +13,7 @@ import (
 )
 
 // Case is one cyclonus-generated conformance case (the format of
-// shared/netpol-cases, see its README): steps, each with the full state in
+// testdata/netpol-cases, see its README): steps, each with the full state in
 // force after it and the expected reachability.
 type Case struct {
 	Name  string `json:"name"`

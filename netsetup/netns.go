@@ -107,29 +107,64 @@ func OpenNetns(name string) (netns.NsHandle, error) {
 	return h, nil
 }
 
-// InNetns runs fn on a locked OS thread switched into ns, and switches back
-// afterwards. Sockets and devices created by fn stay in ns. Goroutines
-// started by fn do not inherit ns.
-func InNetns(ns netns.NsHandle, fn func() error) error {
+// EnterNetns locks the calling goroutine to its OS thread and switches the
+// thread into ns; leave switches it back and unlocks it. Sockets and
+// devices created in between, and processes forked (a child inherits the
+// forking thread's namespace), are in ns. If switching back fails, leave
+// keeps the thread locked, so that the runtime discards the thread when the
+// goroutine exits instead of reusing it in the wrong namespace.
+//
+// Exiting a goroutine while locked is not the way to drop a switched
+// thread: on the main thread the runtime cannot exit and parks it forever,
+// still in the namespace, which then outlives its deletion. Call leave.
+func EnterNetns(ns netns.NsHandle) (leave func() error, err error) {
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
 		runtime.UnlockOSThread()
-		return fmt.Errorf("netsetup: current netns: %w", err)
+		return nil, fmt.Errorf("netsetup: current netns: %w", err)
 	}
-	defer orig.Close()
 	if err := netns.Set(ns); err != nil {
+		orig.Close()
 		runtime.UnlockOSThread()
-		return fmt.Errorf("netsetup: enter netns: %w", err)
+		return nil, fmt.Errorf("netsetup: enter netns: %w", err)
+	}
+	return func() error {
+		defer orig.Close()
+		if err := netns.Set(orig); err != nil {
+			return fmt.Errorf("netsetup: restore netns: %w", err) // thread stays locked: discarded
+		}
+		runtime.UnlockOSThread()
+		return nil
+	}, nil
+}
+
+// InNetns runs fn on a locked OS thread switched into ns, and switches back
+// afterwards (EnterNetns). Sockets and devices created by fn stay in ns.
+// Goroutines started by fn do not inherit ns.
+func InNetns(ns netns.NsHandle, fn func() error) error {
+	leave, err := EnterNetns(ns)
+	if err != nil {
+		return err
 	}
 	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: the runtime terminates it when the
-		// goroutine exits instead of reusing a thread in the wrong netns.
-		return errors.Join(ferr, fmt.Errorf("netsetup: restore netns: %w", err))
+	if err := leave(); err != nil {
+		return errors.Join(ferr, err)
 	}
-	runtime.UnlockOSThread()
-	return ferr
+	return ferr // as fn returned it: callers may inspect its type
+}
+
+// OpenNetnsPath returns a handle to a namespace given by name (under
+// NetnsDir) or by path (/proc/PID/ns/net, anything starting with "/").
+func OpenNetnsPath(nameOrPath string) (netns.NsHandle, error) {
+	if !strings.HasPrefix(nameOrPath, "/") {
+		return OpenNetns(nameOrPath)
+	}
+	h, err := netns.GetFromPath(nameOrPath)
+	if err != nil {
+		return netns.None(), fmt.Errorf("netsetup: open netns %s: %w", nameOrPath, err)
+	}
+	return h, nil
 }
 
 // InNamedNetns is InNetns for a namespace given by name.

@@ -56,12 +56,12 @@ type Config struct {
 
 	// MidStream says what happens to packets of a flow the enforcer does not
 	// know (e.g. after a restart): drop (the default), reset or acl.
-	MidStream MidStream `yaml:"midStream"`
+	MidStream MidStream `yaml:"midStream,omitempty"`
 	// OnPolicyChange says what happens to established flows when the policy
 	// changes: keep them (the default), or reset those the new policy denies.
-	OnPolicyChange PolicyChange `yaml:"onPolicyChange"`
+	OnPolicyChange PolicyChange `yaml:"onPolicyChange,omitempty"`
 	// TokenRefresh is how often a PU's identity token is re-signed.
-	TokenRefresh time.Duration `yaml:"tokenRefresh"`
+	TokenRefresh time.Duration `yaml:"tokenRefresh,omitempty"`
 
 	// FlowTable sizes the enforcer's flow table and each PU's share of it.
 	FlowTable FlowTable `yaml:"flowTable"`
@@ -83,7 +83,7 @@ type Secrets struct {
 
 // Docker configures the Docker monitor.
 type Docker struct {
-	Enabled bool `yaml:"enabled"`
+	Enabled bool `yaml:"enabled,omitempty"`
 	// Host is the engine's address (default unix:///var/run/docker.sock).
 	Host string `yaml:"host"`
 }
@@ -371,4 +371,78 @@ func (c *Config) flowLog() flowLogConfig {
 		fl.Aggregate = *c.FlowLogAggregate
 	}
 	return fl
+}
+
+// Marshal returns the config as YAML that ParseConfig reads back to the
+// same settings: the setups that write configs (tests, the demo, perf) fill
+// a Config and marshal it instead of printing YAML by hand. Unset fields
+// are left out (the parser's defaults apply), so a Config that was never
+// defaulted marshals to the few keys it sets.
+func (c *Config) Marshal() ([]byte, error) {
+	var n yaml.Node
+	if err := n.Encode(c); err != nil {
+		return nil, fmt.Errorf("node: marshal config: %w", err)
+	}
+	pruneUnset(&n)
+	return yaml.Marshal(&n)
+}
+
+// pruneUnset removes the keys of mappings whose value is null, "" or an
+// empty mapping or list: the parser treats them as absent.
+func pruneUnset(n *yaml.Node) {
+	if n.Kind == yaml.DocumentNode {
+		for _, c := range n.Content {
+			pruneUnset(c)
+		}
+		return
+	}
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	kept := n.Content[:0]
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		pruneUnset(v)
+		unset := (v.Kind == yaml.ScalarNode && (v.Tag == "!!null" || (v.Tag == "!!str" && v.Value == ""))) ||
+			((v.Kind == yaml.MappingNode || v.Kind == yaml.SequenceNode) && len(v.Content) == 0)
+		if !unset {
+			kept = append(kept, k, v)
+		}
+	}
+	n.Content = kept
+}
+
+// MarshalYAML writes the prefix in CIDR notation (nothing when unset).
+func (p Prefix) MarshalYAML() (any, error) {
+	if !p.IsValid() {
+		return nil, nil
+	}
+	return p.String(), nil
+}
+
+// MarshalYAML writes the size in bytes (nothing when 0: the default).
+func (b ByteSize) MarshalYAML() (any, error) {
+	if b == 0 {
+		return nil, nil
+	}
+	return int64(b), nil
+}
+
+// MarshalYAML writes the count (nothing when it was never set).
+func (c Count) MarshalYAML() (any, error) {
+	if !c.set && c.N == 0 {
+		return nil, nil
+	}
+	return c.N, nil
+}
+
+// MarshalYAML writes "25%" or a number of flows (nothing when never set).
+func (s Share) MarshalYAML() (any, error) {
+	switch {
+	case s.Percent > 0:
+		return strconv.Itoa(s.Percent) + "%", nil
+	case s.N > 0 || s.set:
+		return s.N, nil
+	}
+	return nil, nil
 }

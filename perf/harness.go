@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/perf/loadgen"
 )
 
@@ -380,12 +381,12 @@ func newSetup(ctx context.Context, cfg Config, v Variant) (*setup, error) {
 			return s, fmt.Errorf("%s has no address after setup", p.Name)
 		}
 	}
-	srvNs, err := loadgen.OpenNetns(topo.Server.Netns)
+	srvNs, err := netsetup.OpenNetnsPath(topo.Server.Netns)
 	if err != nil {
 		return s, err
 	}
 	s.ns = append(s.ns, func() { srvNs.Close() })
-	cliNs, err := loadgen.OpenNetns(topo.Client.Netns)
+	cliNs, err := netsetup.OpenNetnsPath(topo.Client.Netns)
 	if err != nil {
 		return s, err
 	}

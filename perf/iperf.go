@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/trireme-go/trireme/testenv/launch"
 )
 
 // iperf3Bulk runs one iperf3 test (one stream, client to server) between
@@ -23,13 +25,13 @@ func iperf3Bulk(ctx context.Context, bin string, t *Topology, port uint16, d tim
 	srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var srvOut bytes.Buffer
 	srv.Stdout, srv.Stderr = &srvOut, &srvOut
-	srvExit, err := startIn(t.Server.Netns, srv)
+	srvExit, err := launch.StartIn(t.Server.Netns, srv)
 	if err != nil {
 		return 0, fmt.Errorf("iperf3 server: %w", err)
 	}
 	defer func() {
 		srv.Process.Kill()
-		<-srvExit.done
+		<-srvExit.Done()
 	}()
 
 	// The server needs a moment to listen: retry while the client fails.
@@ -40,12 +42,11 @@ func iperf3Bulk(ctx context.Context, bin string, t *Topology, port uint16, d tim
 		cli.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		var cliOut bytes.Buffer
 		cli.Stdout = &cliOut
-		exit, err := startIn(t.Client.Netns, cli)
+		exit, err := launch.StartIn(t.Client.Netns, cli)
 		if err != nil {
 			return 0, fmt.Errorf("iperf3 client: %w", err)
 		}
-		<-exit.done
-		err = exit.err
+		err = exit.Err()
 		r = iperfReport{}
 		if jerr := json.Unmarshal(cliOut.Bytes(), &r); jerr != nil && err == nil {
 			err = fmt.Errorf("output: %w", jerr)

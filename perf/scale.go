@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/trireme-go/trireme/ipproto"
+	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/node"
 	"github.com/trireme-go/trireme/perf/loadgen"
@@ -226,12 +227,12 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // succeeds (at most 10 s).
 func (s *setup) probe(ctx context.Context) error {
 	if s.client == nil {
-		srvNs, err := loadgen.OpenNetns(s.topo.Server.Netns)
+		srvNs, err := netsetup.OpenNetnsPath(s.topo.Server.Netns)
 		if err != nil {
 			return err
 		}
 		s.ns = append(s.ns, func() { srvNs.Close() })
-		cliNs, err := loadgen.OpenNetns(s.topo.Client.Netns)
+		cliNs, err := netsetup.OpenNetnsPath(s.topo.Client.Netns)
 		if err != nil {
 			return err
 		}

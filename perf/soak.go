@@ -8,12 +8,12 @@ import (
 	"math"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/node"
 	"github.com/trireme-go/trireme/perf/loadgen"
 )
@@ -152,12 +152,12 @@ func RunSoak(ctx context.Context, cfg SoakConfig) (res *SoakResult, err error) {
 	if err := cfg.Variant.Setup(ctx, topo); err != nil {
 		return nil, err
 	}
-	srvNs, err := loadgen.OpenNetns(topo.Server.Netns)
+	srvNs, err := netsetup.OpenNetnsPath(topo.Server.Netns)
 	if err != nil {
 		return nil, err
 	}
 	s.ns = append(s.ns, func() { srvNs.Close() })
-	cliNs, err := loadgen.OpenNetns(topo.Client.Netns)
+	cliNs, err := netsetup.OpenNetnsPath(topo.Client.Netns)
 	if err != nil {
 		return nil, err
 	}
@@ -308,5 +308,5 @@ func metricValue(text, name string) float64 {
 
 // FlowLog is the flow log path of the daemon of node i.
 func (d *Daemon) FlowLog(i int) string {
-	return filepath.Join(filepath.Dir(d.nodes[i].cfg), "flows.jsonl")
+	return d.daemons[i].Config.FlowLog
 }

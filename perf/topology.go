@@ -13,8 +13,6 @@ import (
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-
-	"github.com/trireme-go/trireme/perf/loadgen"
 )
 
 // TopologyKind names the shape of a measurement topology.
@@ -289,7 +287,7 @@ func createNamed(name string) error {
 		return err
 	}
 	defer self.Close()
-	return loadgen.InNetns(self, func() error {
+	return netsetup.InNetns(self, func() error {
 		h, err := netns.NewNamed(name)
 		if err != nil {
 			return fmt.Errorf("perf: create netns %s: %w", name, err)
@@ -322,7 +320,7 @@ func sysctlsIn(name string, kv map[string]string) error {
 		return fmt.Errorf("perf: netns %s: %w", name, err)
 	}
 	defer ns.Close()
-	return loadgen.InNetns(ns, func() error {
+	return netsetup.InNetns(ns, func() error {
 		for k, v := range kv {
 			if err := os.WriteFile(filepath.Join("/proc/sys", k), []byte(v), 0o644); err != nil {
 				return fmt.Errorf("perf: sysctl %s in %s: %w", k, name, err)

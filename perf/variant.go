@@ -1,23 +1,21 @@
 package perf
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"gopkg.in/yaml.v3"
 
 	"github.com/trireme-go/trireme/node"
-	"github.com/trireme-go/trireme/perf/loadgen"
+	"github.com/trireme-go/trireme/testenv/launch"
 	"github.com/trireme-go/trireme/tokens"
 )
 
@@ -71,17 +69,9 @@ type Daemon struct {
 	// in place after Teardown, for diagnosis; KeptDir names it.
 	Keep bool
 
-	dir   string
-	bin   string
-	nodes []daemonNode
-	procs []*exec.Cmd
-	exits []*exited
-}
-
-// daemonNode is what it takes to (re)start the daemon of one node.
-type daemonNode struct {
-	node                 *Node
-	cfg, socket, logPath string
+	dir     string
+	bin     string
+	daemons []*launch.Daemon // one per node, in t.Nodes order
 }
 
 // tmpPrefix starts the names of the daemons' directories under os.TempDir,
@@ -164,9 +154,11 @@ func (d *Daemon) KeptDir() string {
 }
 
 func (d *Daemon) EnforcerPIDs() []int {
-	pids := make([]int, 0, len(d.procs))
-	for _, c := range d.procs {
-		pids = append(pids, c.Process.Pid)
+	pids := make([]int, 0, len(d.daemons))
+	for _, l := range d.daemons {
+		if pid := l.PID(); pid != 0 {
+			pids = append(pids, pid)
+		}
 	}
 	return pids
 }
@@ -202,19 +194,15 @@ func (d *Daemon) Setup(ctx context.Context, t *Topology) error {
 		if err := os.MkdirAll(ndir, 0o700); err != nil {
 			return err
 		}
-		cfgPath, socket, err := d.writeConfig(ndir, n, t, policy)
+		l, err := d.writeConfig(ndir, n, t, policy)
 		if err != nil {
 			return err
 		}
-		dn := daemonNode{node: n, cfg: cfgPath, socket: socket, logPath: filepath.Join(ndir, "daemon.log")}
-		d.nodes = append(d.nodes, dn)
-		if err := d.start(dn); err != nil {
-			return err
+		d.daemons = append(d.daemons, l)
+		if err := l.Start(ctx); err != nil {
+			return fmt.Errorf("perf: daemon on %s: %w", n.Name, err)
 		}
-		client := node.NewClient(socket)
-		if err := waitReady(ctx, client, d.startTimeout(), d.exits[len(d.exits)-1]); err != nil {
-			return fmt.Errorf("perf: daemon on %s: %w; end of its log:\n%s", n.Name, err, logTail(filepath.Join(ndir, "daemon.log"), 10))
-		}
+		client := l.Client()
 		for _, p := range t.PUs() {
 			if p.Node != n {
 				continue
@@ -238,159 +226,85 @@ func (d *Daemon) startTimeout() time.Duration {
 	return 15 * time.Second
 }
 
-func (d *Daemon) writeConfig(dir string, n *Node, t *Topology, policy string) (cfgPath, socket string, err error) {
+// writeConfig writes a node's secrets, policy and config (through the
+// launcher tests and the demo use too) and returns its daemon, not started.
+func (d *Daemon) writeConfig(dir string, n *Node, t *Topology, policy string) (*launch.Daemon, error) {
 	sec, err := d.Secrets(dir, n.Name)
 	if err != nil {
-		return "", "", fmt.Errorf("perf: secrets for %s: %w", n.Name, err)
+		return nil, fmt.Errorf("perf: secrets for %s: %w", n.Name, err)
 	}
 	policyPath := filepath.Join(dir, "policy.yaml")
 	if err := os.WriteFile(policyPath, []byte(policy), 0o600); err != nil {
-		return "", "", err
+		return nil, err
 	}
-	socket = filepath.Join(dir, "trireme.sock")
-	cfg := map[string]any{
-		"node":           n.Name,
-		"secrets":        sec,
-		"policy":         policyPath,
-		"socket":         socket,
-		"flowLog":        filepath.Join(dir, "flows.jsonl"),
-		"stateDir":       filepath.Join(dir, "state"),
-		"targetNetworks": []string{t.Targets.String()},
-		"bridge":         map[string]string{"name": n.Bridge, "subnet": n.Subnet.String()},
+	cfg := &node.Config{Node: n.Name, Secrets: sec, Policy: policyPath, Socket: filepath.Join(dir, "trireme.sock"),
+		FlowLog: filepath.Join(dir, "flows.jsonl"), StateDir: filepath.Join(dir, "state"),
+		TargetNetworks: node.Prefixes{t.Targets}, Bridge: node.Bridge{Name: n.Bridge, Subnet: node.Prefix{Prefix: n.Subnet}}}
+	if len(d.Extra) > 0 {
+		extra, err := yaml.Marshal(d.Extra)
+		if err != nil {
+			return nil, err
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(extra))
+		dec.KnownFields(true)
+		if err := dec.Decode(cfg); err != nil {
+			return nil, fmt.Errorf("perf: Extra config keys: %w", err)
+		}
 	}
-	for k, v := range d.Extra {
-		cfg[k] = v
-	}
-	data, err := yaml.Marshal(cfg)
+	l, err := launch.Write(dir, d.bin, cfg)
 	if err != nil {
-		return "", "", err
+		return nil, err
 	}
-	cfgPath = filepath.Join(dir, "config.yaml")
-	return cfgPath, socket, os.WriteFile(cfgPath, data, 0o600)
-}
-
-// start runs the daemon of a node inside the node's namespace (appending
-// to its log).
-func (d *Daemon) start(dn daemonNode) error {
-	logf, err := os.OpenFile(dn.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd := exec.Command(d.bin, "daemon", "--config", dn.cfg)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	exit, err := startIn(dn.node.Netns, cmd)
-	if err != nil {
-		return fmt.Errorf("perf: start daemon on %s: %w", dn.node.Name, err)
-	}
-	d.procs = append(d.procs, cmd)
-	d.exits = append(d.exits, exit)
-	return nil
+	l.Netns, l.ReadyTimeout = n.Netns, d.startTimeout()
+	return l, nil
 }
 
 // Client is a control API client of the daemon of node i.
-func (d *Daemon) Client(i int) *node.Client { return node.NewClient(d.nodes[i].socket) }
+func (d *Daemon) Client(i int) *node.Client { return d.daemons[i].Client() }
 
 // restart stops the daemon of node i (SIGTERM), runs between (if not nil)
 // and starts it again; it returns the time from the new process's start
 // until its control API answered with wantPUs PUs (all of them restored).
 func (d *Daemon) restart(ctx context.Context, i, wantPUs int, between func() error) (time.Duration, error) {
-	c, exit := d.procs[i], d.exits[i]
-	c.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exit.done:
-	case <-time.After(30 * time.Second):
-		c.Process.Kill()
-		<-exit.done
-		return 0, fmt.Errorf("perf: daemon %d did not stop on SIGTERM", c.Process.Pid)
+	l := d.daemons[i]
+	if err := l.Stop(syscall.SIGTERM, 30*time.Second); err != nil {
+		return 0, fmt.Errorf("perf: %w", err)
 	}
-	d.procs = slices.Delete(d.procs, i, i+1)
-	d.exits = slices.Delete(d.exits, i, i+1)
 	if between != nil {
 		if err := between(); err != nil {
 			return 0, err
 		}
 	}
+	// The daemon answers once it has restored every PU: wait for the
+	// answer, then check that it polices them all.
+	timeout := l.ReadyTimeout
+	l.ReadyTimeout = 5 * time.Minute
+	defer func() { l.ReadyTimeout = timeout }()
 	start := time.Now()
-	if err := d.start(d.nodes[i]); err != nil {
-		return 0, err
+	if err := l.Start(ctx); err != nil {
+		return 0, fmt.Errorf("perf: the restarted daemon: %w", err)
 	}
-	// start appended the new process: keep the nodes' order.
-	last := len(d.procs) - 1
-	d.procs = slices.Insert(d.procs[:last], i, d.procs[last])
-	d.exits = slices.Insert(d.exits[:last], i, d.exits[last])
-	client := d.Client(i)
-	deadline := start.Add(5 * time.Minute)
-	for {
-		s, err := client.Stats()
-		if err == nil && s.PUs >= wantPUs {
-			return time.Since(start), nil
-		}
-		if err == nil {
-			return 0, fmt.Errorf("perf: the restarted daemon polices %d PUs, want %d; end of its log:\n%s", s.PUs, wantPUs, logTail(d.nodes[i].logPath, 10))
-		}
-		select {
-		case <-d.exits[i].done:
-			return 0, fmt.Errorf("perf: the restarted daemon exited: %v; end of its log:\n%s", d.exits[i].err, logTail(d.nodes[i].logPath, 10))
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("perf: the restarted daemon did not answer within 5 minutes")
-		}
-	}
-}
-
-// logTail returns the last lines of a log file, for error messages.
-func logTail(path string, lines int) string {
-	data, err := os.ReadFile(path)
+	took := time.Since(start)
+	s, err := l.Client().Stats()
 	if err != nil {
-		return err.Error()
+		return 0, fmt.Errorf("perf: the restarted daemon: %w", err)
 	}
-	ls := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(ls) > lines {
-		ls = ls[len(ls)-lines:]
+	if s.PUs < wantPUs {
+		return 0, fmt.Errorf("perf: the restarted daemon polices %d PUs, want %d; end of its log:\n%s", s.PUs, wantPUs, l.LogTail(10))
 	}
-	return strings.Join(ls, "\n")
-}
-
-func waitReady(ctx context.Context, c *node.Client, timeout time.Duration, exit *exited) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		_, err := c.Stats()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-exit.done:
-			return fmt.Errorf("daemon exited: %v", exit.err)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("control API not ready after %v: %w", timeout, err)
-		}
-	}
+	return took, nil
 }
 
 // Teardown stops the daemons (SIGTERM, then SIGKILL after 5 s) and removes
 // their files.
 func (d *Daemon) Teardown() error {
 	var errs []error
-	for i, c := range d.procs {
-		c.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-d.exits[i].done:
-		case <-time.After(5 * time.Second):
-			c.Process.Kill()
-			<-d.exits[i].done
-			errs = append(errs, fmt.Errorf("perf: daemon %d did not stop on SIGTERM", c.Process.Pid))
+	for _, l := range d.daemons {
+		if err := l.Stop(syscall.SIGTERM, 5*time.Second); err != nil {
+			errs = append(errs, fmt.Errorf("perf: %w", err))
 		}
 	}
-	d.procs, d.exits, d.nodes = nil, nil, nil
+	d.daemons = nil
 	if d.dir != "" && len(errs) == 0 && !d.Keep {
 		if err := os.RemoveAll(d.dir); err != nil {
 			errs = append(errs, err)
@@ -398,45 +312,4 @@ func (d *Daemon) Teardown() error {
 		d.dir = ""
 	}
 	return errors.Join(errs...)
-}
-
-// exited tells when a started process has exited, to any number of
-// waiters: done is closed after err is set to cmd.Wait's result.
-type exited struct {
-	done chan struct{}
-	err  error
-}
-
-// startIn starts cmd inside a named network namespace: a child inherits the
-// namespace of the thread that forks it. That thread stays alive, waiting
-// for the child, for the child's whole life, because Pdeathsig fires when
-// the forking thread (not the process) exits.
-func startIn(nsName string, cmd *exec.Cmd) (*exited, error) {
-	ns, err := netns.GetFromName(nsName)
-	if err != nil {
-		return nil, err
-	}
-	started := make(chan error, 1)
-	exit := &exited{done: make(chan struct{})}
-	go func() {
-		leave, err := loadgen.EnterNetns(ns)
-		ns.Close()
-		if err == nil {
-			err = cmd.Start()
-		}
-		started <- err
-		if err != nil {
-			if leave != nil {
-				leave()
-			}
-			return
-		}
-		exit.err = cmd.Wait()
-		leave()
-		close(exit.done)
-	}()
-	if err := <-started; err != nil {
-		return nil, err
-	}
-	return exit, nil
 }

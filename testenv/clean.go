@@ -11,11 +11,16 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// Leftovers lists what testenv or trireme left in the host: namespaces
-// whose name contains sfx (all testenv namespaces if sfx is ""), host links
-// whose name contains sfx (only if sfx is not ""), and nftables tables of
-// the host namespace named with the trireme prefix and containing sfx.
+// Leftovers lists what a test whose names carry sfx (its Suffix) left in
+// the host: testenv namespaces whose name contains sfx, host links whose
+// name contains sfx, and nftables tables of the host namespace named with
+// the trireme prefix and containing sfx. It judges that test only: what
+// other tests, demos or daemons on the machine made is not its business,
+// so an empty sfx (everything) is refused.
 func Leftovers(sfx string) []string {
+	if sfx == "" {
+		return []string{"testenv: Leftovers needs the suffix of what the test made"}
+	}
 	var left []string
 	ents, _ := os.ReadDir(netsetup.NetnsDir)
 	for _, e := range ents {
@@ -23,12 +28,10 @@ func Leftovers(sfx string) []string {
 			left = append(left, "netns "+e.Name())
 		}
 	}
-	if sfx != "" {
-		links, _ := netsetup.Dump(netlink.LinkList)
-		for _, l := range links {
-			if strings.Contains(l.Attrs().Name, sfx) {
-				left = append(left, "link "+l.Attrs().Name)
-			}
+	links, _ := netsetup.Dump(netlink.LinkList)
+	for _, l := range links {
+		if strings.Contains(l.Attrs().Name, sfx) {
+			left = append(left, "link "+l.Attrs().Name)
 		}
 	}
 	if c, err := nftables.New(); err == nil {

@@ -16,6 +16,8 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/node"
+	"github.com/trireme-go/trireme/testenv/launch"
+	"gopkg.in/yaml.v3"
 )
 
 // Tests that need the product run the real binary, as an operator would:
@@ -90,25 +92,27 @@ type DaemonOptions struct {
 	MidStream  string // drop (default), reset, acl
 	// OnPolicyChange: keep (default) or reset.
 	OnPolicyChange string
-	// Extra is appended to the config file (more YAML keys).
+	// Extra is more config keys, as YAML, applied over the others.
 	Extra string
+	// Configure, when not nil, edits the config last.
+	Configure func(*node.Config)
 	// Bridge and Subnet replace the node's bridge and subnet in the
 	// config (a bridge the daemon must create, or one made beforehand).
 	Bridge string
 	Subnet netip.Prefix
 }
 
-// Daemon is a trireme daemon process running in a node namespace.
+// Daemon is a trireme daemon process running in a node namespace, started
+// by the one launcher of tests, demo and perf (testenv/launch).
 type Daemon struct {
 	t          testing.TB
 	Node       *Node
 	Dir        string
-	Config     string
+	Config     string // the config file's path
 	Socket     string
 	FlowLog    string
 	PolicyPath string
-	cmd        *exec.Cmd
-	done       chan error
+	launch     *launch.Daemon
 	logs       *syncBuffer
 }
 
@@ -138,44 +142,50 @@ func NewDaemon(t testing.TB, n *Node, opts DaemonOptions) *Daemon {
 	d := &Daemon{t: t, Node: n, Dir: dir, Socket: filepath.Join(dir, "trireme.sock"),
 		FlowLog: filepath.Join(dir, "flows.jsonl"), PolicyPath: filepath.Join(dir, "policy.yaml"), logs: &syncBuffer{}}
 	d.WritePolicy(opts.Policy)
-	nodeName := strings.ToLower(n.Name)
-	var secrets string
+	cfg := &node.Config{Node: strings.ToLower(n.Name), Policy: d.PolicyPath, FlowLog: d.FlowLog, Socket: d.Socket,
+		StateDir: filepath.Join(dir, "state"),
+		Bridge: node.Bridge{Name: n.Bridge, Subnet: node.Prefix{Prefix: n.Subnet}}}
 	if opts.PKI {
 		nodeDir := filepath.Join(dir, "pki")
-		RunBin(t, "pki", "issue", "--ca", opts.SecretsDir, "--node", nodeName, "--out", nodeDir)
-		secrets = fmt.Sprintf("{caCert: %s, nodeCert: %s, nodeKey: %s}",
-			filepath.Join(opts.SecretsDir, "ca.crt"), filepath.Join(nodeDir, "node.crt"), filepath.Join(nodeDir, "node.key"))
+		RunBin(t, "pki", "issue", "--ca", opts.SecretsDir, "--node", cfg.Node, "--out", nodeDir)
+		cfg.Secrets = node.Secrets{CACert: filepath.Join(opts.SecretsDir, "ca.crt"),
+			NodeCert: filepath.Join(nodeDir, "node.crt"), NodeKey: filepath.Join(nodeDir, "node.key")}
 	} else {
-		secrets = fmt.Sprintf("{pskFile: %s}", filepath.Join(opts.SecretsDir, "psk"))
+		cfg.Secrets = node.Secrets{PSKFile: filepath.Join(opts.SecretsDir, "psk")}
 	}
-	mid, onChange := opts.MidStream, opts.OnPolicyChange
-	if mid == "" {
-		mid = "drop"
+	// Defaults (zero values): midStream drop, onPolicyChange keep.
+	if opts.MidStream != "" {
+		if err := cfg.MidStream.UnmarshalText([]byte(opts.MidStream)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if onChange == "" {
-		onChange = "keep"
+	if opts.OnPolicyChange != "" {
+		if err := cfg.OnPolicyChange.UnmarshalText([]byte(opts.OnPolicyChange)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	bridge, subnet := n.Bridge, n.Subnet
 	if opts.Bridge != "" {
-		bridge = opts.Bridge
+		cfg.Bridge.Name = opts.Bridge
 	}
 	if opts.Subnet.IsValid() {
-		subnet = opts.Subnet
+		cfg.Bridge.Subnet = node.Prefix{Prefix: opts.Subnet}
 	}
-	cfg := fmt.Sprintf(`node: %s
-secrets: %s
-policy: %s
-flowLog: %s
-socket: %s
-stateDir: %s
-midStream: %s
-onPolicyChange: %s
-bridge: {name: %s, subnet: %s}
-%s`, nodeName, secrets, d.PolicyPath, d.FlowLog, d.Socket, filepath.Join(dir, "state"), mid, onChange, bridge, subnet, opts.Extra)
-	d.Config = filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(d.Config, []byte(cfg), 0o644); err != nil {
+	if opts.Extra != "" {
+		dec := yaml.NewDecoder(strings.NewReader(opts.Extra))
+		dec.KnownFields(true)
+		if err := dec.Decode(cfg); err != nil {
+			t.Fatalf("testenv: DaemonOptions.Extra: %v", err)
+		}
+	}
+	if opts.Configure != nil {
+		opts.Configure(cfg)
+	}
+	l, err := launch.Write(dir, Binary(t), cfg)
+	if err != nil {
 		t.Fatal(err)
 	}
+	l.Netns, l.Args, l.Log = n.Name, []string{"--log-level", "debug"}, d.logs
+	d.launch, d.Config = l, l.ConfigPath
 	t.Cleanup(func() {
 		d.Kill()
 		if out, err := n.Run(context.Background(), Binary(t), "daemon", "purge", "--config", d.Config); err != nil {
@@ -229,60 +239,24 @@ func (d *Daemon) Logs() string { return d.logs.String() }
 // API answers.
 func (d *Daemon) Start() {
 	d.t.Helper()
-	// nsenter switches only the network namespace: `ip netns exec` would
-	// also give the daemon a mount namespace of its own, hiding the
-	// namespaces it creates (`trireme run`) from the rest of the host.
-	d.cmd = exec.Command("nsenter", "--net="+filepath.Join("/var/run/netns", d.Node.Name), Binary(d.t), "daemon", "--config", d.Config, "--log-level", "debug")
-	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
-	if err := d.cmd.Start(); err != nil {
+	if err := d.launch.Start(context.Background()); err != nil {
 		d.t.Fatal(err)
-	}
-	d.done = make(chan error, 1)
-	go func(c *exec.Cmd, done chan error) { done <- c.Wait() }(d.cmd, d.done)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := d.Client().Stats(); err == nil {
-			return
-		}
-		select {
-		case err := <-d.done:
-			d.cmd = nil
-			d.t.Fatalf("daemon exited at start: %v\n%s", err, d.Logs())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("daemon did not answer on %s\n%s", d.Socket, d.Logs())
-		}
 	}
 }
 
 // Stop sends sig and waits for the process to end.
 func (d *Daemon) Stop(sig syscall.Signal) {
 	d.t.Helper()
-	if d.cmd == nil {
-		return
+	if err := d.launch.Stop(sig, 15*time.Second); err != nil {
+		d.t.Error(err)
 	}
-	_ = d.cmd.Process.Signal(sig)
-	select {
-	case <-d.done:
-	case <-time.After(15 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.done
-		d.t.Errorf("daemon did not stop on %v", sig)
-	}
-	d.cmd = nil
 }
 
 // Kill stops the daemon with SIGKILL (a crash).
 func (d *Daemon) Kill() { d.Stop(syscall.SIGKILL) }
 
 // PID is the daemon's process ID (0 when it is not running).
-func (d *Daemon) PID() int {
-	if d.cmd == nil || d.cmd.Process == nil {
-		return 0
-	}
-	return d.cmd.Process.Pid
-}
+func (d *Daemon) PID() int { return d.launch.PID() }
 
 // WaitKernelAuthorized waits until the daemon has put at least n flows in
 // the kernel's authorized sets since it started (each PU of a connection

@@ -3,8 +3,13 @@ package testenv
 import (
 	"io"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 )
 
 // roundTrip connects from a to b's listener and echoes a message.
@@ -113,5 +118,58 @@ func TestAddPUAddr(t *testing.T) {
 	}
 	for _, tc := range []struct{ from, to int }{{0, 1}, {1, 2}, {2, 0}} {
 		roundTrip(t, n.PUs[tc.from], n.PUs[tc.to])
+	}
+}
+
+// TestLeftoversJudgeOnlyOwn: what another run made (a namespace, a host
+// link and an nftables table named like testenv's, with another suffix)
+// is not this test's leftover; what this test made and left is.
+func TestLeftoversJudgeOnlyOwn(t *testing.T) {
+	RequireRoot(t)
+	own, other := Suffix(), Suffix()
+	for other == own {
+		other = Suffix()
+	}
+	hostLink := func(name string) {
+		t.Helper()
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if l, err := netlink.LinkByName(name); err == nil {
+				netlink.LinkDel(l)
+			}
+		})
+	}
+	hostTable := func(name string) {
+		t.Helper()
+		c, err := nftables.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tb := c.AddTable(&nftables.Table{Family: nftables.TableFamilyNetdev, Name: name})
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.DelTable(tb); c.Flush() })
+	}
+	// Another run's things, alive while this test judges its own.
+	DecoyNetns(t, NamePrefix+other+"-n0")
+	hostLink("trd" + other)
+	hostTable("trireme_" + other)
+	if left := Leftovers(own); len(left) != 0 {
+		t.Fatalf("another run's things reported as this test's: %v", left)
+	}
+	// This test's own leftovers are caught, and only they.
+	DecoyNetns(t, NamePrefix+own+"-n0")
+	hostLink("trd" + own)
+	hostTable("trireme_" + own)
+	left := Leftovers(own)
+	want := []string{"netns " + NamePrefix + own + "-n0", "link trd" + own, "nft table trireme_" + own}
+	if !slices.Equal(left, want) {
+		t.Fatalf("Leftovers(%s) = %v, want %v", own, left, want)
+	}
+	if left := Leftovers(""); len(left) != 1 || !strings.Contains(left[0], "needs the suffix") {
+		t.Fatalf(`Leftovers("") = %v, want a refusal`, left)
 	}
 }

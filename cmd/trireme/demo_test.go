@@ -2,19 +2,21 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/google/nftables"
-	"github.com/vishvananda/netlink"
 
 	"github.com/trireme-go/trireme/demo"
 	"github.com/trireme-go/trireme/netsetup"
+	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/testenv"
 )
 
@@ -85,16 +87,9 @@ func lineStarting(out, prefix string) string {
 	return ""
 }
 
-// hostState is what the host's own network namespace holds.
-func hostState(t *testing.T) (links, tables []string) {
+// hostTables lists the nftables tables of the host's own namespace.
+func hostTables(t *testing.T) []string {
 	t.Helper()
-	ls, err := netlink.LinkList()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range ls {
-		links = append(links, l.Attrs().Name)
-	}
 	c, err := nftables.New()
 	if err != nil {
 		t.Fatal(err)
@@ -103,23 +98,38 @@ func hostState(t *testing.T) (links, tables []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var tables []string
 	for _, tb := range ts {
 		tables = append(tables, tb.Name)
 	}
-	slices.Sort(links)
-	slices.Sort(tables)
-	return links, tables
+	return tables
 }
 
-func demoNamespaces() []string {
-	var out []string
-	ents, _ := os.ReadDir(netsetup.NetnsDir)
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), demo.NamePrefix) || strings.HasPrefix(e.Name(), "trireme-reports-") {
-			out = append(out, e.Name())
+// demoDecoys makes what another demo, alive beside this test, would have:
+// a node namespace, a directory and a daemon process naming it, all under
+// this test process's PID (alive, so the demo's CleanStale keeps them). The
+// demo under test must neither remove them nor count them as its own.
+func demoDecoys(t *testing.T) (check func()) {
+	sfx := fmt.Sprintf("%d-%s", os.Getpid(), testenv.Suffix()[:4])
+	ns := demo.NamePrefix + sfx + "-node"
+	testenv.DecoyNetns(t, ns)
+	dir := filepath.Join(os.TempDir(), "trireme-demo-"+sfx)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	pid := testenv.DecoyProcess(t, "trireme daemon --config "+filepath.Join(dir, "config.yaml"))
+	return func() {
+		if !netsetup.NetnsExists(ns) {
+			t.Errorf("the demo removed another demo's namespace %s", ns)
+		}
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("the demo removed another demo's directory: %v", err)
+		}
+		if syscall.Kill(pid, 0) != nil {
+			t.Errorf("the demo killed another demo's daemon (pid %d)", pid)
 		}
 	}
-	return out
 }
 
 // The live demo: real namespaces, the real daemon in PKI mode, real
@@ -128,8 +138,8 @@ func demoNamespaces() []string {
 func TestLiveDemo(t *testing.T) {
 	testenv.RequireRoot(t)
 	bin := testenv.Binary(t)
-	linksBefore, tablesBefore := hostState(t)
-	nsBefore := demoNamespaces()
+	decoysIntact := demoDecoys(t)
+	tablesBefore := hostTables(t)
 	results := filepath.Join(t.TempDir(), "rows.json")
 	cmd := exec.Command(bin, "demo", "--examples", demoExamples, "--results", results)
 	outb, err := cmd.CombinedOutput()
@@ -228,43 +238,17 @@ func TestLiveDemo(t *testing.T) {
 		t.Logf("demo output:\n%s", out)
 	}
 
-	// Nothing left: no demo namespace (nor one trireme run made), no new link or nftables table in
-	// the host namespace.
-	if ns := demoNamespaces(); !slices.Equal(ns, nsBefore) {
-		t.Errorf("namespaces left: %v (before: %v)", ns, nsBefore)
+	// Nothing left of this demo (its names carry its PID), whatever else
+	// runs on the machine: no namespace (nor one trireme run made), no
+	// directory, no process, no nftables table of its node in the host
+	// namespace (the demo makes nothing there: its node is a namespace).
+	for _, l := range demo.Leftovers(cmd.Process.Pid) {
+		t.Errorf("left behind: %s", l)
 	}
-	if left := demoProcesses(); len(left) > 0 {
-		t.Errorf("processes left: %v", left)
-	}
-	linksAfter, tablesAfter := hostState(t)
-	for _, l := range linksAfter {
-		if !slices.Contains(linksBefore, l) && !otherTestLink(l) {
-			t.Errorf("link left in the host namespace: %s", l)
-		}
-	}
-	for _, tb := range tablesAfter {
-		if !slices.Contains(tablesBefore, tb) && strings.Contains(tb, "demo") {
+	for _, tb := range hostTables(t) {
+		if !slices.Contains(tablesBefore, tb) && strings.HasPrefix(tb, steer.TablePrefix+demo.NodeName) {
 			t.Errorf("nftables table left in the host namespace: %s", tb)
 		}
 	}
-}
-
-// demoProcesses lists processes whose command line names a demo directory
-// (daemon, probes, containerd, dockerd, shims).
-func demoProcesses() []string {
-	var out []string
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err == nil && strings.Contains(string(b), "/trireme-demo-") {
-			out = append(out, p+": "+strings.ReplaceAll(string(b), "\x00", " "))
-		}
-	}
-	return out
-}
-
-// otherTestLink: links other packages' tests (running in parallel) create
-// in the host namespace; the demo creates none there at all.
-func otherTestLink(name string) bool {
-	return strings.HasPrefix(name, "trd") || strings.HasPrefix(name, "veth")
+	decoysIntact()
 }

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trireme-go/trireme/netsetup"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -66,7 +67,7 @@ func (c *Client) startFactory(buffer int) (*socketFactory, error) {
 	ready := make(chan error, 1)
 	go func() {
 		defer close(f.fds)
-		leave, err := EnterNetns(c.ns)
+		leave, err := netsetup.EnterNetns(c.ns)
 		if err != nil {
 			ready <- err
 			return
@@ -116,8 +117,19 @@ func (f *socketFactory) close() {
 // connect connects fd (which it owns from then on) to the server and returns
 // the connection as a pollable file with the time connect took.
 func (c *Client) connect(fd int, timeout time.Duration) (*os.File, time.Duration, error) {
+	// unix.Connect writes the address into the Sockaddr's own buffer:
+	// each connect gets a copy, connects run on many goroutines.
+	sa := c.sa
+	switch a := c.sa.(type) {
+	case *unix.SockaddrInet4:
+		cp := *a
+		sa = &cp
+	case *unix.SockaddrInet6:
+		cp := *a
+		sa = &cp
+	}
 	start := time.Now()
-	err := unix.Connect(fd, c.sa)
+	err := unix.Connect(fd, sa)
 	switch err {
 	case nil, unix.EINPROGRESS, unix.EINTR, unix.EALREADY:
 	default:

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/perf"
 	"github.com/trireme-go/trireme/perf/loadgen"
 )
@@ -30,12 +31,12 @@ func kernelPath(t *testing.T) (*loadgen.Server, *loadgen.Client) {
 	if err := perf.WireBridge(topo); err != nil {
 		t.Fatal(err)
 	}
-	srvNs, err := loadgen.OpenNetns(topo.Server.Netns)
+	srvNs, err := netsetup.OpenNetnsPath(topo.Server.Netns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srvNs.Close() })
-	cliNs, err := loadgen.OpenNetns(topo.Client.Netns)
+	cliNs, err := netsetup.OpenNetnsPath(topo.Client.Netns)
 	if err != nil {
 		t.Fatal(err)
 	}

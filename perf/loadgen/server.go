@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/trireme-go/trireme/netsetup"
 	"github.com/vishvananda/netns"
 )
 
@@ -43,7 +44,7 @@ type Server struct {
 // Listen starts a server on addr (port 0: any) inside ns.
 func Listen(ns netns.NsHandle, addr netip.AddrPort) (*Server, error) {
 	var ln net.Listener
-	err := InNetns(ns, func() error {
+	err := netsetup.InNetns(ns, func() error {
 		var err error
 		ln, err = net.Listen("tcp", addr.String())
 		return err
