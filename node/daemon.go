@@ -9,6 +9,7 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/ipproto"
+	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/resolver"
 	"github.com/trireme-go/trireme/tokens"
@@ -66,6 +67,7 @@ type Daemon struct {
 	pus     *puRegistry
 	changes sync.Mutex
 	addrs   *addrAllocator
+	backlog backlogTuner
 	excl    exclusions
 
 	// Set by Start (plumb and restore), read-only after.
@@ -102,6 +104,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 		ports: newInjectionPorts(owner), reaper: newTapReaper(log), ops: make(chan kernelOp, 4096),
 		pus: newPURegistry(), addrs: newAddrAllocator(cfg.Bridge.Subnet.Prefix)}
 	d.excl = exclusions{log: log, save: d.saveExcluded}
+	d.backlog = backlogTuner{path: netsetup.BacklogPath, log: log}
 	pol := res.Current()
 	d.excl.setPolicy(pol.Set().ExcludedNetworks)
 	d.enf, err = dataplane.New(dataplane.Config{

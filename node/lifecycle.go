@@ -122,6 +122,7 @@ func (d *Daemon) restore() error {
 	}
 	t2 := time.Now()
 	flows, missed := 0, 0
+	d.backlog.ensure(len(ready))
 	for _, p := range ready {
 		// The enforcer learns the PU's flows before its first packet is
 		// read: a packet of an established flow is not taken for one

@@ -202,6 +202,7 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 			return PUInfo{}, err
 		}
 	}
+	d.backlog.ensure(d.pus.len() + 1)
 	steerName, tin, tout, _ := puNames(mp.ID)
 	p := &livePU{
 		info: PUInfo{ID: mp.ID, Name: mp.Name, Kind: mp.Kind.String(), NetNS: mp.NetNS, PID: mp.PID,

@@ -111,6 +111,15 @@ func NewNode(t testing.TB, opts NodeOptions) *Node {
 	n.Subnet6 = opts.Subnet6.Masked()
 	n.Gateway6 = n.Subnet6.Addr().Next()
 	n.nextIP6 = n.Gateway6.Next()
+	// The node's daemon runs in the node's namespace, where the machine's
+	// input backlog is hidden: it is raised here for it, as the daemon
+	// does on a real node (node/backlog.go). Only ever raised, so that
+	// runs side by side cannot undo each other's.
+	if before, after, err := netsetup.RaiseBacklog(netsetup.BacklogPath, netsetup.BacklogFor(opts.PUs)); err != nil {
+		t.Logf("testenv: %v", err)
+	} else if after != before {
+		t.Logf("testenv: raised net.core.netdev_max_backlog from %d to %d for %d PUs on one bridge", before, after, opts.PUs)
+	}
 	h, err := netsetup.CreateNetns(name)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
