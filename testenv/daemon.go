@@ -144,7 +144,7 @@ func NewDaemon(t testing.TB, n *Node, opts DaemonOptions) *Daemon {
 	d.WritePolicy(opts.Policy)
 	cfg := &node.Config{Node: strings.ToLower(n.Name), Policy: d.PolicyPath, FlowLog: d.FlowLog, Socket: d.Socket,
 		StateDir: filepath.Join(dir, "state"),
-		Bridge: node.Bridge{Name: n.Bridge, Subnet: node.Prefix{Prefix: n.Subnet}}}
+		Bridge:   node.Bridge{Name: n.Bridge, Subnet: node.Prefix{Prefix: n.Subnet}}}
 	if opts.PKI {
 		nodeDir := filepath.Join(dir, "pki")
 		RunBin(t, "pki", "issue", "--ca", opts.SecretsDir, "--node", cfg.Node, "--out", nodeDir)
