@@ -5,12 +5,13 @@
 // Where things are:
 //
 //	config.go, flowtable.go  the configuration file
-//	daemon.go       the Daemon (its state, grouped), New, the frame and kernel loops
-//	frameio.go      one TAP reader: a frame read, decided, sent
+//	daemon.go       the Daemon (its state, grouped), New, the timer and kernel loops
+//	frameio.go      the frame path: each PU's TAP readers, a frame read, decoded, decided, sent
+//	settings.go     the config's enumerated settings (midStream, onPolicyChange) and PU states
 //	load.go         secrets, tokens and the policy file (config networks merged before the one compilation); policy updates
 //	lifecycle.go    Start (plumb, restore, serve) and Stop
 //	pu.go           a PU's life: names, TAPs, steering, register, add, remove, monitor events, addresses
-//	registry.go     puRegistry: the one list of PUs, by ID, veth, namespace and dataplane handle
+//	registry.go     puRegistry: the one list of PUs, by ID, veth and namespace
 //	controller.go   the Controller the control API serves: list, attach, create, detach, exclude, stats
 //	api.go, client.go, metrics.go  the control API, its client, the Prometheus view of Stats
 //	validate.go     checks of API requests (names, labels, tags, attachable namespaces)
@@ -21,5 +22,6 @@
 //	owner.go        the node bridge, what the daemon owns in the kernel, Purge
 //	reaper.go       background deletion of the TAPs of detached PUs
 //	kerneldrops.go  the kernel's drop counters of PUs (anti-spoofing, packet budget), by reason
+//	backlog.go      the kernel's input backlog, kept large enough for the PUs' bridges
 //	sink.go         the flow log (asynchronous, aggregated, rotated)
 package node

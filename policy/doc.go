@@ -9,7 +9,7 @@
 //	set, err := policy.Load("policy.yaml") // or Parse(name, data): a Set, or every error as file:line:col
 //	eng, err := policy.Compile(set)        // an immutable Engine; a policy update compiles a new one
 //	pu := eng.ForPU(tags)                  // once per PU: its rules, indexed
-//	d := pu.Ingress(peer, addr, policy.ProtoTCP, 443) // per connection, allocation-free
+//	d := pu.Ingress(peer, addr, ipproto.TCP, 443) // per connection, allocation-free
 //
 // The enforcers ask the two halves separately: the server's enforcer its
 // PU's Ingress about the client, the client's enforcer its PU's Egress about
@@ -33,8 +33,9 @@
 //     and CIDRs.
 //   - selector.go: label selectors over tags (Kubernetes syntax, with
 //     reserved "@" keys and any tag value).
-//   - tags.go, identity.go: a PU's tags, and Identity, its tags interned into
-//     symbols so decisions compare integers.
+//   - symbols.go: the symbol table that interns tag keys and values, so that
+//     a decision compares integers (the tags and the interned Identity are
+//     package identity's).
 //   - engine.go: Compile, Engine, ForPU, PUPolicy and one half's decision.
 //   - index.go, cidr.go, ports.go: the indexes a decision walks (selector
 //     anchors, a prefix table, rules by port).
