@@ -17,6 +17,10 @@ func (c *slowPacket) datagram() {
 	if c.p.IsICMPError() && c.icmpError() {
 		return
 	}
+	if c.identityDatagram() {
+		c.udp()
+		return
+	}
 	c.sh = c.e.table.Shard(&c.key)
 	c.sh.Lock()
 	defer c.sh.Unlock()
@@ -27,12 +31,7 @@ func (c *slowPacket) datagram() {
 		ent = nil
 	}
 	if ent != nil {
-		c.touch(ent, len(c.frame))
-		if ent.State.Refused() {
-			c.e.drop(c.out, ent.Value.reason)
-			return
-		}
-		c.e.forward(c.out, c.frame)
+		c.knownDatagram(ent)
 		return
 	}
 	ent, rc := c.insert()
@@ -66,6 +65,16 @@ func (c *slowPacket) datagram() {
 		return
 	}
 	c.establish(ent)
+	c.e.forward(c.out, c.frame)
+}
+
+// knownDatagram handles a datagram of a flow decided by CIDR rules.
+func (c *slowPacket) knownDatagram(ent *flow.Entry[conn]) {
+	c.touch(ent, len(c.frame))
+	if ent.State.Refused() {
+		c.e.drop(c.out, ent.Value.reason)
+		return
+	}
 	c.e.forward(c.out, c.frame)
 }
 

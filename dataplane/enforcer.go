@@ -134,6 +134,9 @@ type Output struct {
 	Notes []Note
 
 	pkt  packet.Packet
+	// loans are held datagrams released into Inject: back to their pool
+	// at the next reset.
+	loans []*[]byte
 	main []byte
 	tok  []byte
 	bufs [4][]byte
@@ -143,6 +146,11 @@ type Output struct {
 func (o *Output) reset() {
 	o.Verdict, o.Reason, o.Frame, o.Rewritten = Forward, reason.None, nil, false
 	o.Inject, o.Notes, o.nbuf = o.Inject[:0], o.Notes[:0], 0
+	for i, b := range o.loans {
+		putBuf(b)
+		o.loans[i] = nil
+	}
+	o.loans = o.loans[:0]
 	if o.main == nil {
 		o.main = make([]byte, 0, 2048)
 		o.tok = make([]byte, 0, 1280)
@@ -257,6 +265,9 @@ type PU struct {
 	// refused counts the PU's new flows refused for lack of room
 	// (flow-quota, table-full).
 	refused atomic.Uint64
+	// held is the bytes of the PU's datagrams held while their flows'
+	// handshakes run (at most HoldPerPU).
+	held atomic.Int64
 }
 
 // ID is the PU's ID as registered.
@@ -297,6 +308,8 @@ type Enforcer struct {
 	free []uint32
 
 	stats counters
+	// pending: client datagram flows waiting for an answer (Retry).
+	pending pendingHellos
 }
 
 // New returns an Enforcer.
@@ -414,6 +427,7 @@ func (e *Enforcer) Expire(now time.Time, out *Output) int {
 	out.reset()
 	ns := now.UnixNano()
 	e.frags.expire(ns)
+	e.retry(ns, out)
 	return e.table.Sweep(ns, func(ent *flow.Entry[conn]) {
 		e.finish(e.puByIndex(ent.Key.PU), ent, EndExpired, ns, out)
 	})
@@ -502,6 +516,11 @@ func fastShape(p *packet.Packet) bool {
 			return false
 		}
 	case ipproto.UDP:
+		// A datagram handshake message (or a datagram that looks like
+		// one) is for the slow path to judge.
+		if p.Payload+tokens.MarkerSize <= p.End && [tokens.MarkerSize]byte(p.Frame[p.Payload:p.Payload+tokens.MarkerSize]) == tokens.DatagramMarker {
+			return false
+		}
 	default:
 		return false
 	}

@@ -160,6 +160,11 @@ func (e *Enforcer) finish(pu *PU, ent *flow.Entry[conn], end End, ns int64, out 
 	if !ent.Value.recorded {
 		e.record(pu, ent, end, ns)
 	}
+	if ent.Value.dg.held != nil {
+		// Its handshake did not complete: the datagrams it held are lost.
+		e.pending.remove(&ent.Key)
+		e.release(pu, &ent.Value, nil, false, reason.Timeout)
+	}
 	if ent.Value.authorized {
 		ent.Value.authorized = false
 		if out != nil && !ent.Value.released {

@@ -186,3 +186,8 @@ func (e *Engine) VerifyConfirm(payload []byte, c *Conn) error {
 // Rejected reports whether the flow's server denied it (a reject sent or
 // verified).
 func (c *Conn) Rejected() bool { return c.rejected }
+
+// Answered reports whether the server's end answered the hello it
+// verified (a reply or reject made): a repeated hello with the same nonce
+// leaves it so, a new one starts the flow over.
+func (c *Conn) Answered() bool { return c.state == stateSYNACKSent || c.state == stateServerDone }
