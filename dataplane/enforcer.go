@@ -133,14 +133,14 @@ type Output struct {
 	// Notes for the live daemon (authorize / revoke a flow in the kernel).
 	Notes []Note
 
-	pkt  packet.Packet
+	pkt packet.Packet
 	// loans are held datagrams released into Inject: back to their pool
 	// at the next reset.
 	loans []*[]byte
-	main []byte
-	tok  []byte
-	bufs [4][]byte
-	nbuf int
+	main  []byte
+	tok   []byte
+	bufs  [4][]byte
+	nbuf  int
 }
 
 func (o *Output) reset() {
