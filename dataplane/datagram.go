@@ -8,6 +8,7 @@ import (
 	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
+	"github.com/trireme-go/trireme/tokens"
 )
 
 // datagram handles UDP, ICMP and other non-TCP protocols: the PU's CIDR
@@ -65,6 +66,20 @@ func (c *slowPacket) datagram() {
 		return
 	}
 	c.establish(ent)
+	c.consumeHandshake()
+}
+
+// consumeHandshake forwards a datagram of a flow decided by CIDR rules,
+// unless it is a datagram handshake message from the network: the peer's
+// enforcer sees this PU inside the target networks, this one sees the peer
+// outside (their configurations differ). The message is consumed, never
+// delivered; the peer's enforcer, unanswered, denies its flow
+// missing-token, as a TCP client's does at a SYN-ACK without a token.
+func (c *slowPacket) consumeHandshake() {
+	if c.dir == FromNet && c.p.Proto == ipproto.UDP && tokens.KindOf(c.p.UDPPayload()) != tokens.NotHandshake {
+		c.e.drop(c.out, reason.None)
+		return
+	}
 	c.e.forward(c.out, c.frame)
 }
 
@@ -75,7 +90,7 @@ func (c *slowPacket) knownDatagram(ent *flow.Entry[conn]) {
 		c.e.drop(c.out, ent.Value.reason)
 		return
 	}
-	c.e.forward(c.out, c.frame)
+	c.consumeHandshake()
 }
 
 // icmpError handles an ICMP error that quotes a packet of a flow of the PU.

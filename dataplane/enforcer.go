@@ -86,6 +86,17 @@ type Injected struct {
 	// it otherwise), e.g. a probe that must reach the PU after the RST it
 	// follows.
 	AfterFrame bool
+	// Released: a datagram of the PU, held while its flow's handshake
+	// ran (Output.Held), sent now, unchanged.
+	Released bool
+}
+
+// Discard is a held datagram dropped before it could be released: its
+// flow was denied, or ended before its handshake completed.
+type Discard struct {
+	PU     *PU
+	Frame  []byte
+	Reason reason.Code
 }
 
 // NoteKind says what a Note asks of the live daemon.
@@ -132,6 +143,12 @@ type Output struct {
 	Inject []Injected
 	// Notes for the live daemon (authorize / revoke a flow in the kernel).
 	Notes []Note
+	// Held says that the frame (Verdict Drop, Reason none) is held while
+	// its flow's datagram handshake runs: it comes out later, unchanged,
+	// as an Injected marked Released, or in Discarded.
+	Held bool
+	// Discarded lists held datagrams dropped (and counted) now.
+	Discarded []Discard
 
 	pkt packet.Packet
 	// loans are held datagrams released into Inject: back to their pool
@@ -144,8 +161,8 @@ type Output struct {
 }
 
 func (o *Output) reset() {
-	o.Verdict, o.Reason, o.Frame, o.Rewritten = Forward, reason.None, nil, false
-	o.Inject, o.Notes, o.nbuf = o.Inject[:0], o.Notes[:0], 0
+	o.Verdict, o.Reason, o.Frame, o.Rewritten, o.Held = Forward, reason.None, nil, false, false
+	o.Inject, o.Notes, o.nbuf, o.Discarded = o.Inject[:0], o.Notes[:0], 0, o.Discarded[:0]
 	for i, b := range o.loans {
 		putBuf(b)
 		o.loans[i] = nil
@@ -460,10 +477,10 @@ func (e *Enforcer) Process(pu *PU, dir Direction, frame []byte, now time.Time, o
 // that a frame is decoded once: p and code are what p.Decode(frame)
 // returned, p.Frame is the frame. p is updated as the frame is rewritten.
 func (e *Enforcer) ProcessDecoded(pu *PU, dir Direction, p *packet.Packet, code reason.Code, now time.Time, out *Output) {
-	if out.main == nil || out.nbuf != 0 || len(out.Inject) != 0 || len(out.Notes) != 0 {
+	if out.main == nil || out.nbuf != 0 || len(out.Inject) != 0 || len(out.Notes) != 0 || len(out.Discarded) != 0 || len(out.loans) != 0 {
 		out.reset()
 	} else {
-		out.Verdict, out.Reason, out.Frame, out.Rewritten = Forward, reason.None, nil, false
+		out.Verdict, out.Reason, out.Frame, out.Rewritten, out.Held = Forward, reason.None, nil, false, false
 	}
 	if pu == nil {
 		e.drop(out, reason.UnknownPU)

@@ -247,7 +247,7 @@ func (c *slowPacket) hold(ent *flow.Entry[conn]) {
 	h.bytes += n
 	// Not counted yet: a held datagram is counted forwarded when it is
 	// released, dropped when its flow is denied or ends first.
-	c.out.Verdict, c.out.Reason, c.out.Frame = Drop, reason.None, nil
+	c.out.Verdict, c.out.Reason, c.out.Frame, c.out.Held = Drop, reason.None, nil, true
 }
 
 // release ends a flow's holding: the held datagrams go to out toward the
@@ -262,11 +262,16 @@ func (e *Enforcer) release(pu *PU, v *conn, out *Output, send bool, rc reason.Co
 	for i := 0; i < h.n; i++ {
 		b := h.frames[i]
 		h.frames[i] = nil
-		if send && out != nil {
-			out.Inject = append(out.Inject, Injected{To: ToNet, Frame: *b, PU: pu})
+		switch {
+		case send && out != nil:
+			out.Inject = append(out.Inject, Injected{To: ToNet, Frame: *b, PU: pu, Released: true})
 			out.loans = append(out.loans, b)
 			e.stats.forwarded.Add(1)
-		} else {
+		case out != nil:
+			out.Discarded = append(out.Discarded, Discard{PU: pu, Frame: *b, Reason: rc})
+			out.loans = append(out.loans, b)
+			e.stats.count(rc)
+		default:
 			putBuf(b)
 			e.stats.count(rc)
 		}
@@ -324,12 +329,12 @@ func (c *slowPacket) udpClientReply(ent *flow.Entry[conn]) {
 	v.peer = peer
 	c.e.pending.remove(&c.key)
 	if rejected {
-		c.udpDeny(ent, reason.IngressDenied)
+		c.udpDeny(ent, reason.IngressDenied, EndRejected)
 		return
 	}
 	c.decide(ent, c.view.pol.Egress(peer.Identity, c.remote, ipproto.UDP, c.remotePort()))
 	if !v.dec.Allowed() {
-		c.udpDeny(ent, v.reason)
+		c.udpDeny(ent, v.reason, EndDenied)
 		return
 	}
 	c.injectConfirm(&v.tok)
@@ -341,15 +346,15 @@ func (c *slowPacket) udpClientReply(ent *flow.Entry[conn]) {
 // udpDeny denies a client flow: its held datagrams are dropped with rc and
 // it is remembered (denied lifetime), so that the PU's next datagrams are
 // dropped without a new handshake.
-func (c *slowPacket) udpDeny(ent *flow.Entry[conn], rc reason.Code) {
+func (c *slowPacket) udpDeny(ent *flow.Entry[conn], rc reason.Code, end End) {
 	v := &ent.Value
 	v.reason = rc
 	if !v.decided {
 		v.decidedAt = c.ns
 	}
-	c.e.release(c.pu, v, nil, false, rc)
+	c.e.release(c.pu, v, c.out, false, rc)
 	c.sh.SetState(ent, flow.Denied, c.ns)
-	c.e.record(c.pu, ent, EndDenied, c.ns)
+	c.e.record(c.pu, ent, end, c.ns)
 	c.e.drop(c.out, rc)
 }
 
@@ -382,8 +387,12 @@ func (c *slowPacket) udpServer(ent *flow.Entry[conn], kind tokens.DatagramKind) 
 		}
 		if c.dir == FromNet {
 			// Data before the confirm: the confirm was lost (or the peer
-			// skips it). The answer goes again, so that the client's
-			// enforcer confirms again.
+			// skips it). The answer goes again (at once the first time:
+			// the data came right behind the lost confirm), so that the
+			// client's enforcer confirms again.
+			if v.dg.tries == 0 {
+				v.dg.tries, v.dg.next = 1, c.ns
+			}
 			c.answerAgain(ent)
 		}
 		c.e.drop(c.out, reason.HandshakePending)
@@ -563,7 +572,7 @@ func (e *Enforcer) retry(ns int64, out *Output) {
 		if v.dg.tries >= HelloTries || pu == nil {
 			// No enforcer answered: like a SYN-ACK without a token.
 			v.reason, v.decidedAt = reason.MissingToken, ns
-			e.release(pu, v, nil, false, reason.MissingToken)
+			e.release(pu, v, out, false, reason.MissingToken)
 			sh.SetState(ent, flow.Denied, ns)
 			e.record(pu, ent, EndDenied, ns)
 			sh.Unlock()
