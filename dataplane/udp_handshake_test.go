@@ -560,10 +560,10 @@ func BenchmarkDatagramNewFlow(b *testing.B) {
 				s.e.Expire(now, &os)
 			}
 			c.e.Process(c.pu, FromApp, frames[i%len(frames)], now, &oc) // held, hello
-			s.e.Process(s.pu, FromNet, oc.Inject[0].Frame, now, &os)     // reply
-			c.e.Process(c.pu, FromNet, os.Inject[0].Frame, now, &oc)     // confirm, release
-			s.e.Process(s.pu, FromNet, oc.Inject[0].Frame, now, &os)     // confirm
-			s.e.Process(s.pu, FromNet, oc.Inject[1].Frame, now, &os)     // the datagram
+			s.e.Process(s.pu, FromNet, oc.Inject[0].Frame, now, &os)    // reply
+			c.e.Process(c.pu, FromNet, os.Inject[0].Frame, now, &oc)    // confirm, release
+			s.e.Process(s.pu, FromNet, oc.Inject[0].Frame, now, &os)    // confirm
+			s.e.Process(s.pu, FromNet, oc.Inject[1].Frame, now, &os)    // the datagram
 			if os.Verdict != Forward {
 				b.Fatalf("datagram not delivered: %v %v", os.Verdict, os.Reason)
 			}
