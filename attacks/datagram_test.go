@@ -2,10 +2,12 @@ package attacks
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -100,7 +102,14 @@ func (e *dgEcho) received(marker string) bool {
 // returns the replies that came within wait.
 func dgQuery(t *testing.T, pu *testenv.PU, dst netip.AddrPort, payloads [][]byte, wait time.Duration) [][]byte {
 	t.Helper()
-	var replies [][]byte
+	replies, _ := dgQueryErr(t, pu, dst, payloads, wait)
+	return replies
+}
+
+// dgQueryErr is dgQuery that also returns the error that ended the wait
+// for replies (a timeout, or what an ICMP error made of it).
+func dgQueryErr(t *testing.T, pu *testenv.PU, dst netip.AddrPort, payloads [][]byte, wait time.Duration) (replies [][]byte, readErr error) {
+	t.Helper()
 	if err := pu.Do(func() error {
 		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
 		if err != nil {
@@ -117,7 +126,8 @@ func dgQuery(t *testing.T, pu *testenv.PU, dst netip.AddrPort, payloads [][]byte
 		for len(replies) < len(payloads) {
 			n, err := c.Read(buf)
 			if err != nil {
-				return nil // the deadline
+				readErr = err
+				return nil
 			}
 			replies = append(replies, bytes.Clone(buf[:n]))
 		}
@@ -125,7 +135,7 @@ func dgQuery(t *testing.T, pu *testenv.PU, dst netip.AddrPort, payloads [][]byte
 	}); err != nil {
 		t.Fatal(err)
 	}
-	return replies
+	return replies, readErr
 }
 
 func dgStrs(bs [][]byte) string {
@@ -193,9 +203,11 @@ func TestDatagramIdentityAcrossNodes(t *testing.T) {
 	}
 
 	// udp/54: the client's egress allows, dns's ingress does not.
+	// The client's socket is told (an ICMP unreachable, administratively
+	// prohibited), as a TCP client gets a RST.
 	before := dgDrops(t, s.d0, "ingress-denied")
-	if got := dgQuery(t, s.client, dns54.addr, [][]byte{[]byte("to-54")}, time.Second); len(got) != 0 {
-		t.Fatalf("client -> dns:54 answered: %q", dgStrs(got))
+	if got, err := dgQueryErr(t, s.client, dns54.addr, [][]byte{[]byte("to-54")}, 5*time.Second); len(got) != 0 || !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Fatalf("client -> dns:54: replies %q, error %v (want EHOSTUNREACH)", dgStrs(got), err)
 	}
 	dgWaitDrops(t, s.d0, "ingress-denied", before)
 	if dns54.received("to-54") {
@@ -207,8 +219,8 @@ func TestDatagramIdentityAcrossNodes(t *testing.T) {
 
 	// The attacker PU (its egress allows anything) is not app=client.
 	before = dgDrops(t, s.d0, "ingress-denied")
-	if got := dgQuery(t, s.attacker, dns53.addr, [][]byte{[]byte("from-attacker")}, time.Second); len(got) != 0 {
-		t.Fatalf("attacker -> dns:53 answered: %q", dgStrs(got))
+	if got, err := dgQueryErr(t, s.attacker, dns53.addr, [][]byte{[]byte("from-attacker")}, 5*time.Second); len(got) != 0 || !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Fatalf("attacker -> dns:53: replies %q, error %v (want EHOSTUNREACH)", dgStrs(got), err)
 	}
 	dgWaitDrops(t, s.d0, "ingress-denied", before)
 	if dns53.received("from-attacker") {
@@ -219,8 +231,8 @@ func TestDatagramIdentityAcrossNodes(t *testing.T) {
 	// enforcer gets no answer and gives up (missing-token); the host's
 	// plain datagrams toward dns are missing-token at dns's enforcer.
 	before = dgDrops(t, s.d0, "missing-token")
-	if got := dgQuery(t, s.client, bare.addr, [][]byte{[]byte("to-bare")}, time.Second); len(got) != 0 {
-		t.Fatalf("client -> bare host answered: %q", dgStrs(got))
+	if got, err := dgQueryErr(t, s.client, bare.addr, [][]byte{[]byte("to-bare")}, 8*time.Second); len(got) != 0 || !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Fatalf("client -> bare host: replies %q, error %v (want EHOSTUNREACH after the retries)", dgStrs(got), err)
 	}
 	dgWaitDrops(t, s.d0, "missing-token", before)
 	if bare.received("to-bare") {

@@ -162,6 +162,13 @@ func (c *slowPacket) udp() {
 			c.udpServerHello(ent) // a hello after datagrams without one
 			return
 		}
+		if c.dir == FromApp && v.firstDir == FromApp && !v.revoked && c.ns >= v.dg.next {
+			// The PU's next datagram of a denied flow: told again, as
+			// a kernel answers each datagram to a closed port (at most
+			// every answerEvery).
+			v.dg.next = c.ns + answerEvery
+			c.e.unreachable(c.pu, c.out, c.p)
+		}
 		c.e.drop(c.out, v.reason)
 		return
 	}
@@ -285,6 +292,29 @@ func (e *Enforcer) release(pu *PU, v *conn, out *Output, send bool, rc reason.Co
 	heldPool.Put(h)
 }
 
+// unreachable tells the PU that its datagram p was refused: an ICMP
+// unreachable (administratively prohibited) from the peer's address, as a
+// firewall answers, so that its connected socket fails now rather than at
+// its timeout (the RST of a refused TCP connection).
+func (e *Enforcer) unreachable(pu *PU, out *Output, p *packet.Packet) {
+	out.inject(pu, ToPU, packet.BuildUnreachable(out.injectBuf(), p))
+	e.stats.injected.Add(1)
+}
+
+// unreachableHeld answers the first datagram a denied flow held.
+func (e *Enforcer) unreachableHeld(pu *PU, v *conn, out *Output, ns int64) {
+	h := v.dg.held
+	if h == nil || h.n == 0 || out == nil {
+		return
+	}
+	var p packet.Packet
+	if p.Decode(*h.frames[0]) != reason.None {
+		return
+	}
+	v.dg.next = ns + answerEvery
+	e.unreachable(pu, out, &p)
+}
+
 // udpClient handles a packet of a flow the PU started.
 func (c *slowPacket) udpClient(ent *flow.Entry[conn], kind tokens.DatagramKind) {
 	v := &ent.Value
@@ -352,6 +382,7 @@ func (c *slowPacket) udpDeny(ent *flow.Entry[conn], rc reason.Code, end End) {
 	if !v.decided {
 		v.decidedAt = c.ns
 	}
+	c.e.unreachableHeld(c.pu, v, c.out, c.ns)
 	c.e.release(c.pu, v, c.out, false, rc)
 	c.sh.SetState(ent, flow.Denied, c.ns)
 	c.e.record(c.pu, ent, end, c.ns)
@@ -572,6 +603,9 @@ func (e *Enforcer) retry(ns int64, out *Output) {
 		if v.dg.tries >= HelloTries || pu == nil {
 			// No enforcer answered: like a SYN-ACK without a token.
 			v.reason, v.decidedAt = reason.MissingToken, ns
+			if pu != nil {
+				e.unreachableHeld(pu, v, out, ns)
+			}
 			e.release(pu, v, out, false, reason.MissingToken)
 			sh.SetState(ent, flow.Denied, ns)
 			e.record(pu, ent, EndDenied, ns)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
 )
@@ -155,7 +156,11 @@ func (w *udpWire) retry() {
 	var out Output
 	w.p.c.e.Retry(w.p.now, &out)
 	for _, in := range out.Inject {
-		w.toServer = append(w.toServer, bytes.Clone(in.Frame))
+		if in.To == ToNet {
+			w.toServer = append(w.toServer, bytes.Clone(in.Frame))
+		} else {
+			w.atClient = append(w.atClient, bytes.Clone(in.Frame))
+		}
 	}
 	w.notesC = append(w.notesC, out.Notes...)
 }
@@ -226,6 +231,27 @@ func TestDatagramHandshakeAllowed(t *testing.T) {
 	}
 }
 
+// mustUnreachable checks that f is an ICMP unreachable, administratively
+// prohibited, from the destination of the datagram d to its sender, quoting
+// it.
+func mustUnreachable(t *testing.T, f, d []byte) {
+	t.Helper()
+	var p, q packet.Packet
+	if p.Decode(f) != reason.None || q.Decode(d) != reason.None {
+		t.Fatal("decode")
+	}
+	if p.Proto != ipproto.ICMP || p.ICMPType != 3 || p.ICMPCode != 13 || p.Src != q.Dst || p.Dst != q.Src || !p.IsICMPError() {
+		t.Fatalf("not an unreachable answering the datagram: %+v", p)
+	}
+	src, dst, proto, sport, dport, ok := p.Quoted()
+	if !ok || src != q.Src || dst != q.Dst || proto != ipproto.UDP || sport != q.SrcPort || dport != q.DstPort {
+		t.Fatalf("quotes %v:%d -> %v:%d", src, sport, dst, dport)
+	}
+	if !packet.VerifyIPv4Checksum(&p) || packet.Checksum(0, f[p.L4:p.End]) != 0 {
+		t.Fatal("bad checksums")
+	}
+}
+
 func sumDrops(s Stats) uint64 {
 	var n uint64
 	for _, d := range s.Drops {
@@ -267,9 +293,13 @@ func TestDatagramDenials(t *testing.T) {
 			w.clientSends(udpData(t, cIP, sIP, 40000, tc.dport, []byte("a")))
 			w.clientSends(udpData(t, cIP, sIP, 40000, tc.dport, []byte("b")))
 			w.flush(nil)
-			if len(w.atServer) != 0 || len(w.atClient) != 0 {
+			if len(w.atServer) != 0 || len(w.atClient) != 1 {
 				t.Fatalf("delivered: server %d client %d", len(w.atServer), len(w.atClient))
 			}
+			// The client PU is told at once: an ICMP unreachable
+			// (administratively prohibited) from the server's address,
+			// quoting its first datagram.
+			mustUnreachable(t, w.atClient[0], udpData(t, cIP, sIP, 40000, tc.dport, []byte("a")))
 			if authorized(w.notesC)+authorized(w.notesS) != 0 {
 				t.Fatal("a denied flow was authorized")
 			}
@@ -377,6 +407,10 @@ func TestDatagramWithoutEnforcer(t *testing.T) {
 	if w.p.c.e.Stats().Drops[reason.MissingToken] != 1 {
 		t.Fatal("held datagram not dropped missing-token")
 	}
+	if len(w.atClient) != 1 {
+		t.Fatalf("the PU got %d frames at the give-up, want an ICMP unreachable", len(w.atClient))
+	}
+	mustUnreachable(t, w.atClient[0], w.data(0))
 	if r := w.clientSends(w.data(1)); r.v != Drop || r.code != reason.MissingToken || len(w.toServer) != 0 {
 		t.Fatalf("next datagram: %v %v", r.v, r.code)
 	}

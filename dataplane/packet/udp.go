@@ -84,3 +84,64 @@ func (p *Packet) UDPPayload() []byte {
 	}
 	return p.Frame[p.Payload:end]
 }
+
+// BuildUnreachable appends to dst an ICMP "destination unreachable,
+// communication administratively prohibited" (IPv4 type 3 code 13, ICMPv6
+// type 1 code 1) answering the packet tmpl, as its destination would send
+// it: toward tmpl's sender (MACs swapped), quoting tmpl's IP packet (at most
+// 512 bytes of it, within the 576/1280 bytes an ICMP error may take). A
+// connected UDP socket that sent tmpl sees the error at once (EHOSTUNREACH
+// on Linux, EACCES for ICMPv6), as a TCP client sees a RST.
+func BuildUnreachable(dst []byte, tmpl *Packet) []byte {
+	f := tmpl.Frame
+	start := len(dst)
+	dst = append(dst, f[:tmpl.L3]...)
+	if tmpl.L3 >= 12 {
+		l2 := dst[start:]
+		var tmp [6]byte
+		copy(tmp[:], l2[0:6])
+		copy(l2[0:6], l2[6:12])
+		copy(l2[6:12], tmp[:])
+	}
+	quote := f[tmpl.L3:tmpl.End]
+	if len(quote) > 512 {
+		quote = quote[:512]
+	}
+	icmpLen := 8 + len(quote)
+	src, to := tmpl.Dst, tmpl.Src
+	var ph uint32
+	proto := ipproto.ICMP
+	if tmpl.IPv6 {
+		proto = ipproto.ICMPv6
+		var h [40]byte
+		h[0] = 0x60
+		binary.BigEndian.PutUint16(h[4:], uint16(icmpLen))
+		h[6] = byte(proto)
+		h[7] = 64
+		a, b := src.As16(), to.As16()
+		copy(h[8:24], a[:])
+		copy(h[24:40], b[:])
+		dst = append(dst, h[:]...)
+		ph = sum(sum(0, a[:]), b[:]) + uint32(proto) + lenWords(uint32(icmpLen))
+	} else {
+		var h [20]byte
+		h[0] = 0x45
+		binary.BigEndian.PutUint16(h[2:], uint16(20+icmpLen))
+		h[8] = 64
+		h[9] = byte(proto)
+		a, b := src.As4(), to.As4()
+		copy(h[12:16], a[:])
+		copy(h[16:20], b[:])
+		binary.BigEndian.PutUint16(h[10:], Checksum(0, h[:]))
+		dst = append(dst, h[:]...)
+	}
+	l4 := len(dst)
+	if tmpl.IPv6 {
+		dst = append(dst, 1, 1, 0, 0, 0, 0, 0, 0)
+	} else {
+		dst = append(dst, 3, 13, 0, 0, 0, 0, 0, 0)
+	}
+	dst = append(dst, quote...)
+	binary.BigEndian.PutUint16(dst[l4+2:], Checksum(ph, dst[l4:]))
+	return dst
+}
