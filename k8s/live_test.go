@@ -179,12 +179,13 @@ type attachedPod struct {
 }
 
 type liveUniverse struct {
-	t        *testing.T
-	d        *testenv.Daemon
-	pus      map[string]*testenv.PU // by pod ID
-	attached map[string]attachedPod // by pod ID
-	mu       sync.Mutex
-	nextPort int
+	t           *testing.T
+	d           *testenv.Daemon
+	pus         map[string]*testenv.PU // by pod ID
+	attached    map[string]attachedPod // by pod ID
+	mu          sync.Mutex
+	nextPort    int
+	nextUDPPort int
 }
 
 // runStep puts the step's state in force (policy, attached pods and their
@@ -367,7 +368,7 @@ func (u *liveUniverse) probe(ids []string, proto ipproto.Proto, port uint16) map
 				msg, to := "probe "+j.from+" -> "+j.to, netip.AddrPortFrom(dst.Addr, port)
 				var err error
 				if proto == ipproto.UDP {
-					err = udpEchoFrom(src, u.localPort(), to, msg, probeTimeout)
+					err = udpEchoFrom(src, u.udpPort(), to, msg, probeTimeout)
 				} else {
 					err = src.EchoFrom(u.localPort(), to, msg, probeTimeout)
 				}
@@ -505,6 +506,20 @@ func udpEchoFrom(src *testenv.PU, localPort int, addr netip.AddrPort, msg string
 		}
 		return nil
 	})
+}
+
+// udpPort is the client port of a UDP probe: one of its own for every
+// probe of the run. A datagram flow has no opening packet: a probe from a
+// port the kernel chose again (it does, within seconds) on a 5-tuple whose
+// flow an earlier step allowed would be that flow's next datagram, which
+// keeps its decision across a policy change (docs/daemon.md,
+// onPolicyChange) instead of being a new flow decided under the step's
+// policy.
+func (u *liveUniverse) udpPort() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.nextUDPPort++
+	return 10000 + u.nextUDPPort%55000
 }
 
 func (u *liveUniverse) podAt(a netip.Addr) string {
