@@ -145,6 +145,15 @@ func (c *slowPacket) icmpError() bool {
 		return false
 	}
 	sh.Touch(ent, flow.Dir(c.dir), len(c.frame), c.ns)
+	if v := &ent.Value; c.dir == FromNet && v.role == roleDatagram && v.dg.identity && ent.State == flow.Established &&
+		p.Src == k.RemoteAddr() && p.AdministrativelyProhibited() {
+		// The peer's enforcer does not know this flow (it answers a
+		// datagram without a handshake): forget it too, so that the
+		// PU's next datagram starts a new handshake. The error goes on
+		// to the PU, whose datagram was lost.
+		c.e.finish(c.pu, ent, EndReset, c.ns, c.out)
+		sh.Delete(ent)
+	}
 	c.e.forward(c.out, c.frame)
 	return true
 }

@@ -162,12 +162,17 @@ func (c *slowPacket) udp() {
 			c.udpServerHello(ent) // a hello after datagrams without one
 			return
 		}
-		if c.dir == FromApp && v.firstDir == FromApp && !v.revoked && c.ns >= v.dg.next {
-			// The PU's next datagram of a denied flow: told again, as
-			// a kernel answers each datagram to a closed port (at most
-			// every answerEvery).
+		if c.dir == v.firstDir && !v.revoked && c.ns >= v.dg.next {
+			// The next datagram of a denied flow: its sender is told
+			// again, as a kernel answers each datagram to a closed port
+			// (at most every answerEvery): the PU, or a peer that sent
+			// datagrams without a handshake.
 			v.dg.next = c.ns + answerEvery
-			c.e.unreachable(c.pu, c.out, c.p)
+			if c.dir == FromApp {
+				c.e.unreachable(c.pu, c.out, c.p)
+			} else if v.reason == reason.MissingToken {
+				c.e.unreachableToPeer(c.pu, c.out, c.p)
+			}
 		}
 		c.e.drop(c.out, v.reason)
 		return
@@ -197,6 +202,8 @@ func (c *slowPacket) udpMissing() {
 	c.touch(ent, len(c.frame))
 	c.sh.SetState(ent, flow.Denied, c.ns)
 	c.e.record(c.pu, ent, EndDenied, c.ns)
+	v.dg.next = c.ns + answerEvery
+	c.e.unreachableToPeer(c.pu, c.out, c.p)
 	c.e.drop(c.out, reason.MissingToken)
 }
 
@@ -298,6 +305,17 @@ func (e *Enforcer) release(pu *PU, v *conn, out *Output, send bool, rc reason.Co
 // its timeout (the RST of a refused TCP connection).
 func (e *Enforcer) unreachable(pu *PU, out *Output, p *packet.Packet) {
 	out.inject(pu, ToPU, packet.BuildUnreachable(out.injectBuf(), p))
+	e.stats.injected.Add(1)
+}
+
+// unreachableToPeer answers a datagram from the network that starts no
+// handshake with an ICMP unreachable toward its sender (as a firewall
+// does): a host without an enforcer learns that it is refused, and the
+// enforcer of a client whose flow this side has forgotten (this PU
+// re-attached, its entry expired) forgets it too and starts over
+// (icmpError).
+func (e *Enforcer) unreachableToPeer(pu *PU, out *Output, p *packet.Packet) {
+	out.inject(pu, ToNet, packet.BuildUnreachable(out.injectBuf(), p))
 	e.stats.injected.Add(1)
 }
 

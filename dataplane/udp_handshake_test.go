@@ -628,3 +628,39 @@ func BenchmarkDatagramNewFlow(b *testing.B) {
 		}
 	})
 }
+
+// TestDatagramServerForgot: the server's enforcer lost an established flow
+// (its PU re-attached, its entry expired) while the client's still holds
+// it: the client's next datagram is missing-token there and answered with
+// an ICMP unreachable, on which the client's enforcer forgets the flow (the
+// error goes on to the PU); the PU's next datagram starts a new handshake
+// and passes.
+func TestDatagramServerForgot(t *testing.T) {
+	w := newUDPWire(t, udpPolicy, "web", "db")
+	w.clientSends(w.data(0))
+	w.flush(nil)
+	// The server's PU is detached and attached again.
+	var out Output
+	s := w.p.s
+	s.e.RemovePU(s.pu, w.p.now, &out)
+	s.pu = s.e.AddPU("db-again", s.pu.Tags(), nil)
+	w.p.now = w.p.now.Add(time.Second)
+	w.clientSends(w.data(1)) // the client's fast path: the flow lives there
+	w.flush(nil)
+	if len(w.atServer) != 1 {
+		t.Fatalf("server got %d datagrams, want only the first", len(w.atServer))
+	}
+	if len(w.atClient) != 1 {
+		t.Fatalf("the client PU got %d frames, want the ICMP unreachable", len(w.atClient))
+	}
+	mustUnreachable(t, w.atClient[0], w.data(1))
+	if w.p.c.e.PUStats(w.p.c.pu).Flows != 0 {
+		t.Fatal("the client's enforcer kept the flow the server forgot")
+	}
+	d := w.data(2)
+	w.clientSends(d)
+	w.flush(nil)
+	if len(w.atServer) != 2 || !bytes.Equal(w.atServer[1], d) {
+		t.Fatalf("after a new handshake: server got %d datagrams", len(w.atServer))
+	}
+}

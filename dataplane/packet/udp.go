@@ -145,3 +145,13 @@ func BuildUnreachable(dst []byte, tmpl *Packet) []byte {
 	binary.BigEndian.PutUint16(dst[l4+2:], Checksum(ph, dst[l4:]))
 	return dst
 }
+
+// AdministrativelyProhibited reports whether p is an ICMP "destination
+// unreachable, communication administratively prohibited" (IPv4 type 3
+// code 13, ICMPv6 type 1 code 1): what BuildUnreachable makes.
+func (p *Packet) AdministrativelyProhibited() bool {
+	if p.IPv6 {
+		return p.Proto == ipproto.ICMPv6 && p.ICMPType == 1 && p.ICMPCode == 1
+	}
+	return p.Proto == ipproto.ICMP && p.ICMPType == 3 && p.ICMPCode == 13
+}
