@@ -315,11 +315,14 @@ func TestDatagramHandshakeAttacks(t *testing.T) {
 	}
 	dgWaitDrops(t, s.d0, "ingress-denied", beforeDenied)
 
-	// 3. A handshake flood from the attacker PU: 300 new flows.
+	// 3. A handshake flood from the attacker PU: 300 new flows, each
+	// rejected by dns's enforcer (named on the attacker's node).
+	beforeFlood := dgDrops(t, s.d0, "ingress-denied")
 	for i := 0; i < 300; i++ {
 		src := netip.AddrPortFrom(s.attacker.Addr, uint16(31000+i))
 		araw.MustSend(testenv.UDPDatagram(araw.MAC, gw, src, dns.addr, []byte("smuggled-flood")))
 	}
+	dgWaitDrops(t, s.d0, "ingress-denied", beforeFlood)
 	time.Sleep(time.Second)
 
 	for _, m := range []string{"smuggled", "\x1ftr"} {
