@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,6 +46,9 @@ policies:
         ports: [udp/5353]
         action: allow
 `
+
+// held reports whether the frame was taken and held (not counted yet).
+func (r result) held() bool { return r.v == Drop && r.code == reason.None && r.frame == nil }
 
 func udpData(t testing.TB, src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
 	t.Helper()
@@ -662,5 +666,53 @@ func TestDatagramServerForgot(t *testing.T) {
 	w.flush(nil)
 	if len(w.atServer) != 2 || !bytes.Equal(w.atServer[1], d) {
 		t.Fatalf("after a new handshake: server got %d datagrams", len(w.atServer))
+	}
+}
+
+func udpData6(t testing.TB, src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
+	t.Helper()
+	eth := &layers.Ethernet{SrcMAC: cMAC, DstMAC: sMAC, EthernetType: layers.EthernetTypeIPv6}
+	if src.As16()[15] == 2 {
+		eth.SrcMAC, eth.DstMAC = sMAC, cMAC
+	}
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolUDP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	udp := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
+	udp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, udp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Clone(buf.Bytes())
+}
+
+// TestDatagramHandshakeIPv6: the same exchange over IPv6, and a denial
+// answered with an ICMPv6 unreachable (administratively prohibited).
+func TestDatagramHandshakeIPv6(t *testing.T) {
+	pol := strings.Replace(udpPolicy, "targetNetworks: [10.0.0.0/8]", "targetNetworks: [fd00::/8]", 1)
+	w := newUDPWire(t, pol, "web", "db")
+	c6, s6 := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2")
+	d := udpData6(t, c6, s6, 40000, 53, []byte("q6"))
+	if r := w.clientSends(d); !r.held() {
+		t.Fatalf("first IPv6 datagram: %v %v", r.v, r.code)
+	}
+	w.flush(nil)
+	if len(w.atServer) != 1 || !bytes.Equal(w.atServer[0], d) || authorized(w.notesC) != 1 || authorized(w.notesS) != 1 {
+		t.Fatalf("IPv6: server got %d, notes %v %v", len(w.atServer), w.notesC, w.notesS)
+	}
+	reply := udpData6(t, s6, c6, 53, 40000, []byte("a6"))
+	w.serverSends(reply)
+	w.flush(nil)
+	if len(w.atClient) != 1 || !bytes.Equal(w.atClient[0], reply) {
+		t.Fatal("IPv6 reply not delivered")
+	}
+	// Port 99: dns's ingress denies.
+	w.clientSends(udpData6(t, c6, s6, 40001, 99, []byte("no")))
+	w.flush(nil)
+	if len(w.atClient) != 2 {
+		t.Fatalf("client PU got %d frames, want the reply and an ICMPv6 unreachable", len(w.atClient))
+	}
+	var p packet.Packet
+	if p.Decode(w.atClient[1]) != reason.None || p.Proto != ipproto.ICMPv6 || !p.AdministrativelyProhibited() || p.Src != s6 || p.Dst != c6 || !packet.VerifyTCPChecksum(&p) {
+		t.Fatalf("not an ICMPv6 unreachable from the server: %+v", p)
 	}
 }
