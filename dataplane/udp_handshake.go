@@ -162,6 +162,16 @@ func (c *slowPacket) udp() {
 			c.udpServerHello(ent) // a hello after datagrams without one
 			return
 		}
+		if c.dir == FromApp && v.firstDir == FromNet && v.reason == reason.MissingToken {
+			// The PU starts a flow of its own on a 5-tuple where datagrams
+			// without a handshake came from the network (possibly forged
+			// to deny it this 5-tuple): a new flow, decided by a
+			// handshake.
+			c.e.finish(c.pu, ent, EndReplaced, c.ns, c.out)
+			c.sh.Delete(ent)
+			c.udpClientNew()
+			return
+		}
 		if c.dir == v.firstDir && !v.revoked && c.ns >= v.dg.next {
 			// The next datagram of a denied flow: its sender is told
 			// again, as a kernel answers each datagram to a closed port

@@ -716,3 +716,22 @@ func TestDatagramHandshakeIPv6(t *testing.T) {
 		t.Fatalf("not an ICMPv6 unreachable from the server: %+v", p)
 	}
 }
+
+// TestDatagramForgedMissingTokenDoesNotDeny: datagrams without a handshake
+// from the network (forged by someone spoofing the server) make the
+// client's enforcer remember a missing-token denial of that 5-tuple; the
+// PU's own next flow on it is still decided by a handshake, and passes.
+func TestDatagramForgedMissingTokenDoesNotDeny(t *testing.T) {
+	w := newUDPWire(t, udpPolicy, "web", "db")
+	if r := w.p.c.run(FromNet, udpData(t, sIP, cIP, 53, 40000, []byte("forged")), w.p.now); r.v != Drop || r.code != reason.MissingToken {
+		t.Fatalf("forged datagram: %v %v", r.v, r.code)
+	}
+	d := w.data(0)
+	if r := w.clientSends(d); !r.held() || len(w.toServer) != 1 {
+		t.Fatalf("the PU's datagram on that 5-tuple: %v %v (want held, a hello sent)", r.v, r.code)
+	}
+	w.flush(nil)
+	if len(w.atServer) != 1 || !bytes.Equal(w.atServer[0], d) {
+		t.Fatal("the PU's flow did not pass")
+	}
+}
