@@ -592,10 +592,13 @@ func (e *Enforcer) slowPath(pu *PU, dir Direction, p *packet.Packet, ns int64, n
 	}
 	switch p.Frag {
 	case packet.LaterFragment:
-		if e.frags.allowed(pu.index, dir, p, ns) {
-			e.forward(out, frame)
-		} else {
+		ok, held, key := e.frags.allowed(pu.index, dir, p, ns)
+		switch {
+		case !ok:
 			e.drop(out, reason.Fragment)
+		case held && e.holdFragment(pu, view, dir, p, &key, ns, now, out):
+		default:
+			e.forward(out, frame)
 		}
 		return
 	case packet.FirstFragment:
@@ -712,6 +715,10 @@ type fragKey struct {
 type fragEntry struct {
 	deadline int64
 	first    int // bytes of the datagram's payload in its first fragment
+	// held: the first fragment is held while its flow's datagram
+	// handshake runs (udp_handshake.go); key is that flow's.
+	held bool
+	key  flow.Key
 }
 
 const fragTTL = int64(30 * time.Second)
@@ -740,13 +747,26 @@ func (f *fragTable) add(pu uint32, dir Direction, p *packet.Packet, now int64) {
 }
 
 // allowed reports whether a later fragment belongs to a datagram whose
-// first fragment was forwarded (same PU, direction, addresses, protocol
-// and ID, within fragTTL) and starts after that first fragment's data.
-func (f *fragTable) allowed(pu uint32, dir Direction, p *packet.Packet, now int64) bool {
+// first fragment was forwarded or held (same PU, direction, addresses,
+// protocol and ID, within fragTTL) and starts after that first fragment's
+// data; held and key say whether the first fragment is held and by which
+// flow.
+func (f *fragTable) allowed(pu uint32, dir Direction, p *packet.Packet, now int64) (ok, held bool, key flow.Key) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	d, ok := f.m[fk(pu, dir, p)]
-	return ok && now <= d.deadline && p.FragOff >= d.first
+	return ok && now <= d.deadline && p.FragOff >= d.first, d.held, d.key
+}
+
+// hold remembers a first fragment held by flow key.
+func (f *fragTable) hold(pu uint32, dir Direction, p *packet.Packet, now int64, key *flow.Key) {
+	f.add(pu, dir, p, now)
+	f.mu.Lock()
+	if d, ok := f.m[fk(pu, dir, p)]; ok {
+		d.held, d.key = true, *key
+		f.m[fk(pu, dir, p)] = d
+	}
+	f.mu.Unlock()
 }
 
 func (f *fragTable) expire(now int64) {

@@ -139,9 +139,6 @@ func (c *slowPacket) udp() {
 	}
 	if ent == nil {
 		switch {
-		case c.p.Frag != packet.NotFragment:
-			// A fragmented first datagram cannot be held whole.
-			c.e.drop(c.out, reason.Fragment)
 		case c.dir == FromApp:
 			c.udpClientNew()
 		case kind == tokens.Hello:
@@ -249,6 +246,29 @@ func (c *slowPacket) udpClientNew() {
 	c.hold(ent)
 }
 
+// holdFragment handles a later fragment of a datagram whose first
+// fragment a flow held: held too while the handshake runs, dropped with the
+// flow's reason when it was denied. It reports false when the flow is
+// established (the fragment goes on, after the released first fragment).
+func (e *Enforcer) holdFragment(pu *PU, view *puView, dir Direction, p *packet.Packet, key *flow.Key, ns int64, now time.Time, out *Output) bool {
+	c := slowPacket{e: e, pu: pu, view: view, dir: dir, p: p, frame: p.Frame, ns: ns, now: now, out: out, key: *key}
+	c.sh = e.table.Shard(&c.key)
+	c.sh.Lock()
+	defer c.sh.Unlock()
+	ent := c.sh.Get(&c.key)
+	switch {
+	case ent == nil:
+		e.drop(out, reason.Fragment)
+	case ent.State == flow.SynSent && ent.Value.dg.held != nil:
+		c.hold(ent)
+	case ent.State.Refused():
+		e.drop(out, ent.Value.reason)
+	default:
+		return false
+	}
+	return true
+}
+
 // hold keeps the PU's datagram until the handshake completes, within the
 // flow's and the PU's bounds (hold-full beyond).
 func (c *slowPacket) hold(ent *flow.Entry[conn]) {
@@ -269,6 +289,10 @@ func (c *slowPacket) hold(ent *flow.Entry[conn]) {
 	h.frames[h.n] = b
 	h.n++
 	h.bytes += n
+	if c.p.Frag == packet.FirstFragment {
+		// Its later fragments are held with it (Enforcer.holdFragment).
+		c.e.frags.hold(c.pu.index, c.dir, c.p, c.ns, &c.key)
+	}
 	// Not counted yet: a held datagram is counted forwarded when it is
 	// released, dropped when its flow is denied or ends first.
 	c.out.Verdict, c.out.Reason, c.out.Frame, c.out.Held = Drop, reason.None, nil, true
@@ -539,9 +563,10 @@ func (c *slowPacket) udpServerHello(ent *flow.Entry[conn]) {
 		// The client's enforcer remembers the reject; this side keeps
 		// nothing (a repeated hello, the reject lost, is decided again
 		// from the caches), so a denial costs one entry, the client's.
+		rc := v.reason
 		c.e.record(c.pu, ent, EndDenied, c.ns)
-		c.sh.Delete(ent)
-		c.e.drop(c.out, v.reason)
+		c.sh.Delete(ent) // zeroes *v
+		c.e.drop(c.out, rc)
 		return
 	}
 	c.sh.SetState(ent, flow.SynAckSent, c.ns)

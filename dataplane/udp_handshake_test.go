@@ -310,6 +310,9 @@ func TestDatagramDenials(t *testing.T) {
 			if got := w.p.c.e.Stats().Drops[tc.want]; got < 2 {
 				t.Fatalf("client drops %v = %d, want the 2 held datagrams", tc.want, got)
 			}
+			if tc.want == reason.IngressDenied && w.p.s.e.Stats().Drops[reason.PolicyDenied] != 1 {
+				t.Fatalf("server drops %v: the hello's denial not counted policy-denied", w.p.s.e.Stats().Drops)
+			}
 			r := w.clientSends(udpData(t, cIP, sIP, 40000, tc.dport, []byte("c")))
 			if r.v != Drop || r.code != tc.want || len(w.toServer) != 0 {
 				t.Fatalf("next datagram: %v %v, %d on the wire (want dropped, no hello)", r.v, r.code, len(w.toServer))
@@ -733,5 +736,40 @@ func TestDatagramForgedMissingTokenDoesNotDeny(t *testing.T) {
 	w.flush(nil)
 	if len(w.atServer) != 1 || !bytes.Equal(w.atServer[0], d) {
 		t.Fatal("the PU's flow did not pass")
+	}
+}
+
+// TestDatagramFragmentedFirst: a flow's first datagram in fragments (a
+// 3,000-byte query) is held whole, its later fragments with its first, and
+// released in order; the server's enforcer lets the later fragments follow
+// the first. A denied flow's fragments are dropped with its reason.
+func TestDatagramFragmentedFirst(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		dport uint16
+		want  reason.Code
+	}{{"allowed", 53, reason.None}, {"denied", 99, reason.IngressDenied}} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newUDPWire(t, udpPolicy, "web", "db")
+			whole := udpData(t, cIP, sIP, 40000, tc.dport, bytes.Repeat([]byte("z"), 2000))
+			l4 := whole[34:] // UDP header and payload
+			first := fragFrame(t, cIP, sIP, layers.IPProtocolUDP, 77, layers.IPv4MoreFragments, 0, l4[:1480])
+			second := fragFrame(t, cIP, sIP, layers.IPProtocolUDP, 77, 0, 1480/8, l4[1480:])
+			for i, f := range [][]byte{first, second} {
+				if r := w.clientSends(f); !r.held() {
+					t.Fatalf("fragment %d: %v %v (want held)", i+1, r.v, r.code)
+				}
+			}
+			w.flush(nil)
+			if tc.want != reason.None {
+				if len(w.atServer) != 0 || w.p.c.e.Stats().Drops[tc.want] < 2 { // the two held fragments (and the reject itself)
+					t.Fatalf("denied: server got %d, drops %v", len(w.atServer), w.p.c.e.Stats().Drops[tc.want])
+				}
+				return
+			}
+			if len(w.atServer) != 2 || !bytes.Equal(w.atServer[0], first) || !bytes.Equal(w.atServer[1], second) {
+				t.Fatalf("server got %d frames, want both fragments in order", len(w.atServer))
+			}
+		})
 	}
 }
