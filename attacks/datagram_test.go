@@ -289,8 +289,21 @@ func TestDatagramHandshakeAttacks(t *testing.T) {
 	raw, toNode1 := host.Raw(), s.c.Nodes[1].UplinkMAC()
 	spoofed := netip.AddrPortFrom(helloSrc.Addr(), helloSrc.Port()+1)
 	beforePending, beforeNonce := dgDrops(t, s.d1, "handshake-pending"), dgDrops(t, s.d1, "nonce-mismatch")
-	raw.MustSend(testenv.UDPDatagram(raw.MAC, toNode1, spoofed, dns.addr, hello))
-	time.Sleep(100 * time.Millisecond)
+	// dns's enforcer answers the replayed hello (seen on node 1's wire);
+	// the hello is sent again if the first copy was lost on the way.
+	wire1 := s.c.SniffUnderlay(t, 1)
+	answered := false
+	for try := 0; try < 5 && !answered; try++ {
+		raw.MustSend(testenv.UDPDatagram(raw.MAC, toNode1, spoofed, dns.addr, hello))
+		for _, p := range wire1.Capture(500*time.Millisecond, nil) {
+			if u, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && uint16(u.DstPort) == spoofed.Port() && tokens.KindOf(u.Payload) == tokens.Reply {
+				answered = true
+			}
+		}
+	}
+	if !answered {
+		t.Fatal("dns's enforcer never answered the replayed hello")
+	}
 	raw.MustSend(testenv.UDPDatagram(raw.MAC, toNode1, spoofed, dns.addr, confirm))
 	raw.MustSend(testenv.UDPDatagram(raw.MAC, toNode1, spoofed, dns.addr, []byte("smuggled-after-replay")))
 	dgWaitDrops(t, s.d1, "handshake-pending", beforePending)
