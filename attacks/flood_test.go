@@ -39,8 +39,10 @@ func floodPhase() time.Duration {
 }
 
 // TestFloodFairness: the attacker PU floods db (10k SYN/s to a port db
-// denies it, then 5k UDP datagrams/s to one, each from a new source port,
-// through a raw socket) while frontend and web keep opening allowed
+// denies it), then sends 5k UDP datagrams/s to the internet, which its
+// egress allows, each from a new source port, through a raw socket (a UDP
+// flood toward db itself is a flood of datagram handshakes, each refused
+// by db's enforcer: TestDatagramHandshakeAttacks), while frontend and web keep opening allowed
 // connections (frontend -> web:80, web -> db:5432). The flood must not
 // take the node's flow table: no legitimate connection is refused, the
 // flooder's new flows are refused once its own share is full (flow-quota,
@@ -84,9 +86,12 @@ func TestFloodFairness(t *testing.T) {
 	}
 
 	raw := s.attacker.Raw()
-	attMAC, dbMAC := s.attacker.MACOf(), s.db.MACOf()
+	attMAC, dbMAC, gwMAC := s.attacker.MACOf(), s.db.MACOf(), s.node.GatewayMAC()
 	synTo := netip.AddrPortFrom(s.db.Addr, 5432) // db accepts web only
-	udpTo := netip.AddrPortFrom(s.db.Addr, 5353) // db accepts 192.168.100.0/24 only
+	// Outside the target networks: the attacker's "internet" egress
+	// allows each new flow, decided by CIDR rules and held for the
+	// datagram lifetime.
+	udpTo := netip.AddrPortFrom(netip.MustParseAddr("198.51.100.7"), 5353)
 	// The frames are made before the floods: sending them is then all the
 	// flood costs the test process (its legitimate clients share it).
 	const ports = 60000
@@ -94,7 +99,7 @@ func TestFloodFairness(t *testing.T) {
 	for i := range ports {
 		from := netip.AddrPortFrom(s.attacker.Addr, uint16(1024+i))
 		synFlood[i] = testenv.TCPSegment(attMAC, dbMAC, from, synTo, "S", uint32(i)*7919, 0, nil)
-		udpFlood[i] = testenv.UDPDatagram(attMAC, dbMAC, from, udpTo, []byte("flood"))
+		udpFlood[i] = testenv.UDPDatagram(attMAC, gwMAC, from, udpTo, []byte("flood"))
 	}
 
 	var figs []phaseFigures

@@ -69,6 +69,8 @@ type conn struct {
 	succISN   uint32
 	succEnd   uint32
 	succScale uint8
+	// dg: the datagram handshake (udp_handshake.go).
+	dg dgState
 }
 
 // slowPacket is one frame on the slow path (no established flow took it)

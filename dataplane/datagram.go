@@ -8,6 +8,7 @@ import (
 	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
+	"github.com/trireme-go/trireme/tokens"
 )
 
 // datagram handles UDP, ICMP and other non-TCP protocols: the PU's CIDR
@@ -15,6 +16,10 @@ import (
 // later packets and replies of an allowed flow pass.
 func (c *slowPacket) datagram() {
 	if c.p.IsICMPError() && c.icmpError() {
+		return
+	}
+	if c.identityDatagram() {
+		c.udp()
 		return
 	}
 	c.sh = c.e.table.Shard(&c.key)
@@ -27,12 +32,7 @@ func (c *slowPacket) datagram() {
 		ent = nil
 	}
 	if ent != nil {
-		c.touch(ent, len(c.frame))
-		if ent.State.Refused() {
-			c.e.drop(c.out, ent.Value.reason)
-			return
-		}
-		c.e.forward(c.out, c.frame)
+		c.knownDatagram(ent)
 		return
 	}
 	ent, rc := c.insert()
@@ -66,7 +66,31 @@ func (c *slowPacket) datagram() {
 		return
 	}
 	c.establish(ent)
+	c.consumeHandshake()
+}
+
+// consumeHandshake forwards a datagram of a flow decided by CIDR rules,
+// unless it is a datagram handshake message from the network: the peer's
+// enforcer sees this PU inside the target networks, this one sees the peer
+// outside (their configurations differ). The message is consumed, never
+// delivered; the peer's enforcer, unanswered, denies its flow
+// missing-token, as a TCP client's does at a SYN-ACK without a token.
+func (c *slowPacket) consumeHandshake() {
+	if c.dir == FromNet && c.p.Proto == ipproto.UDP && tokens.KindOf(c.p.UDPPayload()) != tokens.NotHandshake {
+		c.e.drop(c.out, reason.None)
+		return
+	}
 	c.e.forward(c.out, c.frame)
+}
+
+// knownDatagram handles a datagram of a flow decided by CIDR rules.
+func (c *slowPacket) knownDatagram(ent *flow.Entry[conn]) {
+	c.touch(ent, len(c.frame))
+	if ent.State.Refused() {
+		c.e.drop(c.out, ent.Value.reason)
+		return
+	}
+	c.consumeHandshake()
 }
 
 // icmpError handles an ICMP error that quotes a packet of a flow of the PU.
@@ -121,6 +145,15 @@ func (c *slowPacket) icmpError() bool {
 		return false
 	}
 	sh.Touch(ent, flow.Dir(c.dir), len(c.frame), c.ns)
+	if v := &ent.Value; c.dir == FromNet && v.role == roleDatagram && v.dg.identity && ent.State == flow.Established &&
+		p.Src == k.RemoteAddr() && p.AdministrativelyProhibited() {
+		// The peer's enforcer does not know this flow (it answers a
+		// datagram without a handshake): forget it too, so that the
+		// PU's next datagram starts a new handshake. The error goes on
+		// to the PU, whose datagram was lost.
+		c.e.finish(c.pu, ent, EndReset, c.ns, c.out)
+		sh.Delete(ent)
+	}
 	c.e.forward(c.out, c.frame)
 	return true
 }

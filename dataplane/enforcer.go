@@ -86,6 +86,17 @@ type Injected struct {
 	// it otherwise), e.g. a probe that must reach the PU after the RST it
 	// follows.
 	AfterFrame bool
+	// Released: a datagram of the PU, held while its flow's handshake
+	// ran (Output.Held), sent now, unchanged.
+	Released bool
+}
+
+// Discard is a held datagram dropped before it could be released: its
+// flow was denied, or ended before its handshake completed.
+type Discard struct {
+	PU     *PU
+	Frame  []byte
+	Reason reason.Code
 }
 
 // NoteKind says what a Note asks of the live daemon.
@@ -132,17 +143,31 @@ type Output struct {
 	Inject []Injected
 	// Notes for the live daemon (authorize / revoke a flow in the kernel).
 	Notes []Note
+	// Held says that the frame (Verdict Drop, Reason none) is held while
+	// its flow's datagram handshake runs: it comes out later, unchanged,
+	// as an Injected marked Released, or in Discarded.
+	Held bool
+	// Discarded lists held datagrams dropped (and counted) now.
+	Discarded []Discard
 
-	pkt  packet.Packet
-	main []byte
-	tok  []byte
-	bufs [4][]byte
-	nbuf int
+	pkt packet.Packet
+	// loans are held datagrams released into Inject: back to their pool
+	// at the next reset.
+	loans []*[]byte
+	main  []byte
+	tok   []byte
+	bufs  [4][]byte
+	nbuf  int
 }
 
 func (o *Output) reset() {
-	o.Verdict, o.Reason, o.Frame, o.Rewritten = Forward, reason.None, nil, false
-	o.Inject, o.Notes, o.nbuf = o.Inject[:0], o.Notes[:0], 0
+	o.Verdict, o.Reason, o.Frame, o.Rewritten, o.Held = Forward, reason.None, nil, false, false
+	o.Inject, o.Notes, o.nbuf, o.Discarded = o.Inject[:0], o.Notes[:0], 0, o.Discarded[:0]
+	for i, b := range o.loans {
+		putBuf(b)
+		o.loans[i] = nil
+	}
+	o.loans = o.loans[:0]
 	if o.main == nil {
 		o.main = make([]byte, 0, 2048)
 		o.tok = make([]byte, 0, 1280)
@@ -257,6 +282,9 @@ type PU struct {
 	// refused counts the PU's new flows refused for lack of room
 	// (flow-quota, table-full).
 	refused atomic.Uint64
+	// held is the bytes of the PU's datagrams held while their flows'
+	// handshakes run (at most HoldPerPU).
+	held atomic.Int64
 }
 
 // ID is the PU's ID as registered.
@@ -297,6 +325,8 @@ type Enforcer struct {
 	free []uint32
 
 	stats counters
+	// pending: client datagram flows waiting for an answer (Retry).
+	pending pendingHellos
 }
 
 // New returns an Enforcer.
@@ -414,6 +444,7 @@ func (e *Enforcer) Expire(now time.Time, out *Output) int {
 	out.reset()
 	ns := now.UnixNano()
 	e.frags.expire(ns)
+	e.retry(ns, out)
 	return e.table.Sweep(ns, func(ent *flow.Entry[conn]) {
 		e.finish(e.puByIndex(ent.Key.PU), ent, EndExpired, ns, out)
 	})
@@ -446,10 +477,10 @@ func (e *Enforcer) Process(pu *PU, dir Direction, frame []byte, now time.Time, o
 // that a frame is decoded once: p and code are what p.Decode(frame)
 // returned, p.Frame is the frame. p is updated as the frame is rewritten.
 func (e *Enforcer) ProcessDecoded(pu *PU, dir Direction, p *packet.Packet, code reason.Code, now time.Time, out *Output) {
-	if out.main == nil || out.nbuf != 0 || len(out.Inject) != 0 || len(out.Notes) != 0 {
+	if out.main == nil || out.nbuf != 0 || len(out.Inject) != 0 || len(out.Notes) != 0 || len(out.Discarded) != 0 || len(out.loans) != 0 {
 		out.reset()
 	} else {
-		out.Verdict, out.Reason, out.Frame, out.Rewritten = Forward, reason.None, nil, false
+		out.Verdict, out.Reason, out.Frame, out.Rewritten, out.Held = Forward, reason.None, nil, false, false
 	}
 	if pu == nil {
 		e.drop(out, reason.UnknownPU)
@@ -502,6 +533,11 @@ func fastShape(p *packet.Packet) bool {
 			return false
 		}
 	case ipproto.UDP:
+		// A datagram handshake message (or a datagram that looks like
+		// one) is for the slow path to judge.
+		if p.Payload+tokens.MarkerSize <= p.End && [tokens.MarkerSize]byte(p.Frame[p.Payload:p.Payload+tokens.MarkerSize]) == tokens.DatagramMarker {
+			return false
+		}
 	default:
 		return false
 	}
@@ -556,10 +592,13 @@ func (e *Enforcer) slowPath(pu *PU, dir Direction, p *packet.Packet, ns int64, n
 	}
 	switch p.Frag {
 	case packet.LaterFragment:
-		if e.frags.allowed(pu.index, dir, p, ns) {
-			e.forward(out, frame)
-		} else {
+		ok, held, key := e.frags.allowed(pu.index, dir, p, ns)
+		switch {
+		case !ok:
 			e.drop(out, reason.Fragment)
+		case held && e.holdFragment(pu, view, dir, p, &key, ns, now, out):
+		default:
+			e.forward(out, frame)
 		}
 		return
 	case packet.FirstFragment:
@@ -676,6 +715,10 @@ type fragKey struct {
 type fragEntry struct {
 	deadline int64
 	first    int // bytes of the datagram's payload in its first fragment
+	// held: the first fragment is held while its flow's datagram
+	// handshake runs (udp_handshake.go); key is that flow's.
+	held bool
+	key  flow.Key
 }
 
 const fragTTL = int64(30 * time.Second)
@@ -704,13 +747,26 @@ func (f *fragTable) add(pu uint32, dir Direction, p *packet.Packet, now int64) {
 }
 
 // allowed reports whether a later fragment belongs to a datagram whose
-// first fragment was forwarded (same PU, direction, addresses, protocol
-// and ID, within fragTTL) and starts after that first fragment's data.
-func (f *fragTable) allowed(pu uint32, dir Direction, p *packet.Packet, now int64) bool {
+// first fragment was forwarded or held (same PU, direction, addresses,
+// protocol and ID, within fragTTL) and starts after that first fragment's
+// data; held and key say whether the first fragment is held and by which
+// flow.
+func (f *fragTable) allowed(pu uint32, dir Direction, p *packet.Packet, now int64) (ok, held bool, key flow.Key) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	d, ok := f.m[fk(pu, dir, p)]
-	return ok && now <= d.deadline && p.FragOff >= d.first
+	return ok && now <= d.deadline && p.FragOff >= d.first, d.held, d.key
+}
+
+// hold remembers a first fragment held by flow key.
+func (f *fragTable) hold(pu uint32, dir Direction, p *packet.Packet, now int64, key *flow.Key) {
+	f.add(pu, dir, p, now)
+	f.mu.Lock()
+	if d, ok := f.m[fk(pu, dir, p)]; ok {
+		d.held, d.key = true, *key
+		f.m[fk(pu, dir, p)] = d
+	}
+	f.mu.Unlock()
 }
 
 func (f *fragTable) expire(now int64) {

@@ -11,6 +11,7 @@ import (
 	"github.com/trireme-go/trireme/dataplane/pcapio"
 	"github.com/trireme-go/trireme/flow"
 	"github.com/trireme-go/trireme/ipproto"
+	"github.com/trireme-go/trireme/tokens"
 )
 
 // FuzzProcess feeds arbitrary frames to an enforcer in both directions,
@@ -41,6 +42,13 @@ func FuzzProcess(f *testing.F) {
 	for _, w := range [][]byte{w1, w2, w3, data} {
 		f.Add(w, false)
 	}
+	// A datagram handshake's messages, and a datagram between the PUs.
+	dw := &udpWire{t: &testing.T{}, p: p}
+	dw.clientSends(udpData(dw.t, cIP, sIP, 40000, 53, []byte("q")))
+	f.Add(dw.toServer[0], false) // the hello
+	dw.flush(func(n int) bool { return false })
+	f.Add(udpData(dw.t, cIP, sIP, 40001, 53, []byte("q")), true)
+	f.Add(udpData(dw.t, sIP, cIP, 53, 40000, append(tokens.DatagramMarker[:4:4], 1, 5, 0, 60)), false)
 	// SYN data, RSTs, ICMP errors and fragments (issue 11's attacks).
 	ft := &testing.T{}
 	q := udpFrame(ft, cIP, extIP, 5353, 53)
@@ -83,8 +91,22 @@ func FuzzProcess(f *testing.F) {
 			}
 			for _, in := range out.Inject {
 				var q packet.Packet
-				if q.Decode(in.Frame) != 0 || q.Proto != ipproto.TCP || !packet.VerifyTCPChecksum(&q) {
-					t.Fatalf("injected frame does not parse or has a bad checksum: %x", in.Frame)
+				if q.Decode(in.Frame) != 0 {
+					t.Fatalf("injected frame does not parse: %x", in.Frame)
+				}
+				switch {
+				case in.Released: // the PU's own datagram, as it came
+				case q.Proto == ipproto.TCP, q.Proto == ipproto.UDP:
+					// (VerifyTCPChecksum is the TCP/UDP pseudo-header sum.)
+					if !packet.VerifyTCPChecksum(&q) {
+						t.Fatalf("injected %v frame with a bad checksum: %x", q.Proto, in.Frame)
+					}
+				case q.Proto == ipproto.ICMP, q.Proto == ipproto.ICMPv6:
+					if !q.IsICMPError() {
+						t.Fatalf("injected ICMP that is no error: %x", in.Frame)
+					}
+				default:
+					t.Fatalf("injected %v frame: %x", q.Proto, in.Frame)
 				}
 			}
 		}

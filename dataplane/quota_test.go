@@ -57,16 +57,23 @@ func (n *oneNode) run(pu *PU, dir Direction, f []byte, now time.Time) result {
 // what the enforcer injects toward the network to the other PU.
 func (n *oneNode) connect(client, server *PU, syn []byte, now time.Time) (atServer result) {
 	a := n.run(client, FromApp, syn, now)
+	n.pump(client, server, a, now)
 	if a.v != Forward {
 		return a
 	}
 	b := n.run(server, FromNet, a.frame, now)
-	for _, in := range b.inject {
+	n.pump(server, client, b, now)
+	return b
+}
+
+// pump delivers what the enforcer injected for from toward the network to
+// the other PU, and so on back and forth (a datagram handshake).
+func (n *oneNode) pump(from, to *PU, r result, now time.Time) {
+	for _, in := range r.inject {
 		if in.To == ToNet {
-			n.run(client, FromNet, in.Frame, now)
+			n.pump(to, from, n.run(to, FromNet, in.Frame, now), now)
 		}
 	}
-	return b
 }
 
 func (n *oneNode) flows(pu *PU) int { return n.e.PUStats(pu).Flows }
@@ -90,7 +97,7 @@ func TestDenialCostsOneEntry(t *testing.T) {
 	}{
 		{"tcp, server ingress denies", "db", 22, "tcp", "db"},
 		{"tcp, client egress denies (external)", "ext", 25, "tcp", "bad"},
-		{"udp, client egress denies (datagrams are CIDR-only)", "db", 53, "udp", "bad"},
+		{"udp, server ingress denies (the client's enforcer remembers the reject)", "db", 53, "udp", "bad"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

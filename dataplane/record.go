@@ -34,6 +34,9 @@ const (
 	// EndEstablished marks the interim record written when a flow is
 	// established (Config.RecordEstablished); its final record follows.
 	EndEstablished End = "established"
+	// EndRejected is the client's record of a datagram flow the server's
+	// enforcer refused (a reject): the server's record holds the decision.
+	EndRejected End = "rejected"
 )
 
 // Record is one flow record: what was decided about a connection (or
@@ -159,6 +162,11 @@ func (e *Enforcer) finish(pu *PU, ent *flow.Entry[conn], end End, ns int64, out 
 	}
 	if !ent.Value.recorded {
 		e.record(pu, ent, end, ns)
+	}
+	if ent.Value.dg.held != nil {
+		// Its handshake did not complete: the datagrams it held are lost.
+		e.pending.remove(&ent.Key)
+		e.release(pu, &ent.Value, out, false, reason.Timeout)
 	}
 	if ent.Value.authorized {
 		ent.Value.authorized = false

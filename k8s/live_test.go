@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/node"
@@ -32,7 +34,7 @@ const (
 
 type liveTally struct {
 	cases, casesOK, steps, stepsOK int
-	probes, skipped                int // TCP probes run live; UDP/SCTP probes not run
+	probes, udpProbes, skipped     int // TCP and UDP probes run live (udpProbes of them UDP); SCTP probes not run
 	cells, cellsOK                 int // off-diagonal reachable cells
 	allowed, denied                int // cells observed open / closed
 	deniedByTimeout                int // closed cells that timed out instead of a prompt RST
@@ -44,20 +46,23 @@ type liveTally struct {
 // TestLiveConformance runs the cyclonus cases live: every case of the
 // directory (casesDir), or the ones TRIREME_LIVE_CASES=a,b,... names (file
 // stems). The universe is one node (testenv) whose pods are network-namespace PUs with
-// the cases' addresses, each serving TCP 80 and 81; the real `trireme
+// the cases' addresses, each serving TCP and UDP 80 and 81; the real `trireme
 // daemon` enforces the translated policy (written to its policy file, as a
 // node integration would) and the pods are attached through the control
 // API with their identity tags (reserved keys as orchestrator tags). For
-// every step and every TCP probe, every ordered pair of distinct pods makes
-// a real connection, and the observed matrix must equal cyclonus's
-// expected reachable table, cell by cell. Each denial must also be in the
-// flow log, recorded by the enforcer expected to deny: the server's when
-// its ingress denies (it decides first, on the SYN), else the client's.
+// every step and every TCP and UDP probe, every ordered pair of distinct
+// pods makes a real connection (UDP: a datagram and its echo), and the
+// observed matrix must equal cyclonus's expected reachable table, cell by
+// cell. Each denial must also be in the flow log, recorded by the enforcer
+// expected to deny: the server's when its ingress denies (it decides
+// first, on the SYN or the datagram handshake's hello), else the client's.
+// A denial must be prompt: a RST (TCP), an ICMP unreachable (UDP), not a
+// timeout.
 //
 // The diagonal is not compared: a pod connecting to its own address goes
 // through its own loopback, never its veth, so no enforcer sees it (as
-// cyclonus --ignore-loopback). UDP and SCTP probes are not run: those flows
-// do not carry identity yet (docs/kubernetes.md).
+// cyclonus --ignore-loopback). SCTP probes are not run: SCTP does not carry
+// identity (docs/kubernetes.md, docs/dataplane.md).
 func TestLiveConformance(t *testing.T) {
 	testenv.RequireRoot(t)
 	start := time.Now()
@@ -85,6 +90,8 @@ func TestLiveConformance(t *testing.T) {
 				p := n.AddPUAddr(ip)
 				p.ServeEcho(80)
 				p.ServeEcho(81)
+				serveUDPEcho(t, p, 80)
+				serveUDPEcho(t, p, 81)
 				pus[id] = p
 			}
 		}
@@ -120,10 +127,10 @@ func TestLiveConformance(t *testing.T) {
 			all.casesOK++
 		}
 	}
-	t.Logf("live conformance: cases %d/%d, steps %d/%d, TCP probes %d (%d UDP/SCTP probes not run), "+
+	t.Logf("live conformance: cases %d/%d, steps %d/%d, TCP and UDP probes %d (%d UDP; %d SCTP probes not run), "+
 		"off-diagonal cells %d/%d (observed %d open, %d closed, %d of them by timeout rather than RST; %d diagonal cells not compared), "+
 		"denials recorded by the expected side %d/%d (%d by the client's egress), %d pods, universe ready in %v, steps %v",
-		all.casesOK, all.cases, all.stepsOK, all.steps, all.probes, all.skipped, all.cellsOK, all.cells,
+		all.casesOK, all.cases, all.stepsOK, all.steps, all.probes, all.udpProbes, all.skipped, all.cellsOK, all.cells,
 		all.allowed, all.denied, all.deniedByTimeout, all.diagonal, all.blamedOK, all.blamed, all.blamedEgress, len(pus),
 		ready.Sub(start).Round(100*time.Millisecond), time.Since(ready).Round(100*time.Millisecond))
 	if st, err := d.Client().Stats(); err == nil {
@@ -172,12 +179,13 @@ type attachedPod struct {
 }
 
 type liveUniverse struct {
-	t        *testing.T
-	d        *testenv.Daemon
-	pus      map[string]*testenv.PU // by pod ID
-	attached map[string]attachedPod // by pod ID
-	mu       sync.Mutex
-	nextPort int
+	t           *testing.T
+	d           *testenv.Daemon
+	pus         map[string]*testenv.PU // by pod ID
+	attached    map[string]attachedPod // by pod ID
+	mu          sync.Mutex
+	nextPort    int
+	nextUDPPort int
 }
 
 // runStep puts the step's state in force (policy, attached pods and their
@@ -244,19 +252,26 @@ func (u *liveUniverse) runStep(label string, st *Step, all *liveTally) bool {
 	ok := true
 	for pi := range st.Probes {
 		pr := &st.Probes[pi]
-		if pr.Protocol != "TCP" {
+		var proto ipproto.Proto
+		switch pr.Protocol {
+		case "TCP":
+			proto = ipproto.TCP
+		case "UDP":
+			proto = ipproto.UDP
+			all.udpProbes++
+		default:
 			all.skipped++
 			continue
 		}
 		all.probes++
-		plabel := fmt.Sprintf("%s probe TCP/%s (port %d)", label, strings.Trim(string(pr.Port), `"`), pr.ResolvedPort)
+		plabel := fmt.Sprintf("%s probe %s/%s (port %d)", label, pr.Protocol, strings.Trim(string(pr.Port), `"`), pr.ResolvedPort)
 		if have := sortedKeys(pr.Reachable); !slices.Equal(have, ids) {
 			t.Errorf("%s: pods %v, expected table covers %v", plabel, ids, have)
 			ok = false
 			continue
 		}
 		logStart := u.flowLogSize()
-		got := u.probe(ids, uint16(pr.ResolvedPort))
+		got := u.probe(ids, proto, uint16(pr.ResolvedPort))
 		var diffs []string
 		var blame []blameCell
 		var wrong [][2]string
@@ -280,8 +295,9 @@ func (u *liveUniverse) runStep(label string, st *Step, all *liveTally) bool {
 					all.cellsOK++
 					if !w {
 						// The server's ingress decides first: it sees
-						// the SYN; the client's egress decides on the
-						// SYN-ACK, which a denying server never sends.
+						// the SYN (the hello); the client's egress
+						// decides on the SYN-ACK (the reply), which a
+						// denying server never sends.
 						dir := "ingress"
 						if pr.Ingress[from][to] {
 							dir = "egress"
@@ -301,12 +317,12 @@ func (u *liveUniverse) runStep(label string, st *Step, all *liveTally) bool {
 				all.blamedEgress++
 			}
 		}
-		missing := u.checkBlame(blame, logStart, uint16(pr.ResolvedPort))
+		missing := u.checkBlame(blame, logStart, proto, uint16(pr.ResolvedPort))
 		all.blamedOK += len(blame) - len(missing)
 		diffs = append(diffs, missing...)
 		if len(wrong) > 0 {
 			time.Sleep(time.Second) // let the records of the wrong cells be written
-			recs := u.pairRecords(logStart, uint16(pr.ResolvedPort))
+			recs := u.pairRecords(logStart, proto, uint16(pr.ResolvedPort))
 			for _, c := range wrong {
 				diffs = append(diffs, fmt.Sprintf("records of %s -> %s: %v", c[0], c[1], recs[c]))
 			}
@@ -334,10 +350,10 @@ type outcome struct {
 	refused bool
 }
 
-// probe connects over TCP from every pod to every other one on port, in
-// parallel (bounded), each connection exchanging one message with the
-// server's echo.
-func (u *liveUniverse) probe(ids []string, port uint16) map[[2]string]outcome {
+// probe connects over TCP (or UDP) from every pod to every other one on
+// port, in parallel (bounded), each connection exchanging one message with
+// the server's echo.
+func (u *liveUniverse) probe(ids []string, proto ipproto.Proto, port uint16) map[[2]string]outcome {
 	type job struct{ from, to string }
 	jobs := make(chan job)
 	out := make(map[[2]string]outcome, len(ids)*len(ids))
@@ -349,8 +365,14 @@ func (u *liveUniverse) probe(ids []string, port uint16) map[[2]string]outcome {
 			defer wg.Done()
 			for j := range jobs {
 				src, dst := u.pus[j.from], u.pus[j.to]
-				err := src.EchoFrom(u.localPort(), netip.AddrPortFrom(dst.Addr, port), "probe "+j.from+" -> "+j.to, probeTimeout)
-				o := outcome{err: err, refused: errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)}
+				msg, to := "probe "+j.from+" -> "+j.to, netip.AddrPortFrom(dst.Addr, port)
+				var err error
+				if proto == ipproto.UDP {
+					err = udpEchoFrom(src, u.udpPort(), to, msg, probeTimeout)
+				} else {
+					err = src.EchoFrom(u.localPort(), to, msg, probeTimeout)
+				}
+				o := outcome{err: err, refused: errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EHOSTUNREACH)}
 				mu.Lock()
 				out[[2]string{j.from, j.to}] = o
 				mu.Unlock()
@@ -384,12 +406,12 @@ func (u *liveUniverse) flowLogSize() int64 {
 // checkBlame waits (up to 5 s: records are written asynchronously) until
 // the flow log, past offset, holds a denial by the expected enforcer for
 // every cell, and returns the cells that have none.
-func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, port uint16) []string {
+func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, proto ipproto.Proto, port uint16) []string {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		found := map[blameCell]bool{}
 		for _, r := range u.d.RecordsSince(offset) {
-			if r.Proto == ipproto.TCP && r.Server.Port() == port && r.Action != "allow" {
+			if r.Proto == proto && r.Server.Port() == port && r.Action != "allow" && r.End != dataplane.EndRejected {
 				found[blameCell{u.podAt(r.Client.Addr()), u.podAt(r.Server.Addr()), r.Direction}] = true
 			}
 		}
@@ -403,7 +425,7 @@ func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, port uint16) 
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		recs := u.pairRecords(offset, port)
+		recs := u.pairRecords(offset, proto, port)
 		var out []string
 		for _, c := range missing {
 			out = append(out, fmt.Sprintf("%s -> %s: denied, but no denial in the flow log by the %s side (%s); records: %v",
@@ -415,10 +437,10 @@ func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, port uint16) 
 
 // pairRecords lists, for the report, the flow log's records past offset of
 // connections to port, by pair of pods.
-func (u *liveUniverse) pairRecords(offset int64, port uint16) map[[2]string][]string {
+func (u *liveUniverse) pairRecords(offset int64, proto ipproto.Proto, port uint16) map[[2]string][]string {
 	out := map[[2]string][]string{}
 	for _, r := range u.d.RecordsSince(offset) {
-		if r.Proto != ipproto.TCP || r.Server.Port() != port {
+		if r.Proto != proto || r.Server.Port() != port {
 			continue
 		}
 		k := [2]string{u.podAt(r.Client.Addr()), u.podAt(r.Server.Addr())}
@@ -442,6 +464,62 @@ func (u *liveUniverse) localPort() int {
 	defer u.mu.Unlock()
 	u.nextPort++
 	return 10000 + u.nextPort%55000
+}
+
+// serveUDPEcho answers every datagram to port of the pod with its payload.
+func serveUDPEcho(t *testing.T, p *testenv.PU, port int) {
+	c := p.ListenUDP(port)
+	t.Cleanup(func() { c.Close() })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			c.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+}
+
+// udpEchoFrom sends msg from localPort (0: the kernel chooses) of src to
+// addr and waits for its echo: nil, the timeout, or the error an ICMP
+// error made of the wait (a denial: EHOSTUNREACH).
+func udpEchoFrom(src *testenv.PU, localPort int, addr netip.AddrPort, msg string, timeout time.Duration) error {
+	return src.Do(func() error {
+		c, err := net.DialUDP("udp", &net.UDPAddr{Port: localPort}, net.UDPAddrFromAddrPort(addr))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return err
+		}
+		c.SetReadDeadline(time.Now().Add(timeout))
+		buf := make([]byte, len(msg)+1)
+		n, err := c.Read(buf)
+		if err != nil {
+			return err
+		}
+		if string(buf[:n]) != msg {
+			return fmt.Errorf("echo %q, sent %q", buf[:n], msg)
+		}
+		return nil
+	})
+}
+
+// udpPort is the client port of a UDP probe: one of its own for every
+// probe of the run. A datagram flow has no opening packet: a probe from a
+// port the kernel chose again (it does, within seconds) on a 5-tuple whose
+// flow an earlier step allowed would be that flow's next datagram, which
+// keeps its decision across a policy change (docs/daemon.md,
+// onPolicyChange) instead of being a new flow decided under the step's
+// policy.
+func (u *liveUniverse) udpPort() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.nextUDPPort++
+	return 10000 + u.nextUDPPort%55000
 }
 
 func (u *liveUniverse) podAt(a netip.Addr) string {

@@ -127,11 +127,14 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 
 // ---- frame and kernel loops ----
 
-// expireLoop runs the flow timers once a second.
+// expireLoop runs the flow timers once a second, and the datagram
+// handshake's retries every 100 ms (dataplane.HelloRetry is 250 ms).
 func (d *Daemon) expireLoop() {
 	defer d.wg.Done()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	retry := time.NewTicker(100 * time.Millisecond)
+	defer retry.Stop()
 	var out dataplane.Output
 	for {
 		select {
@@ -140,7 +143,11 @@ func (d *Daemon) expireLoop() {
 		case now := <-tick.C:
 			out.Notes = out.Notes[:0]
 			d.enf.Expire(now, &out)
+			d.frames.sendInjected(&out)
 			d.queueNotes(out.Notes)
+		case now := <-retry.C:
+			d.enf.Retry(now, &out)
+			d.frames.sendInjected(&out)
 		}
 	}
 }

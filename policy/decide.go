@@ -49,11 +49,12 @@ type Conn struct {
 	Proto          ipproto.Proto
 	// Port is the server's port; 0 for protocols without ports (ICMP).
 	Port uint16
-	// AllProtocolsCarryIdentity decides datagram flows (every protocol but
-	// TCP) as if they carried identity tokens like TCP handshakes do: what
-	// the rules intend, the model Kubernetes NetworkPolicy conformance is
-	// held to. Without it they are decided as the dataplane does today: by
-	// the peer's address alone (docs/dataplane.md, UDP).
+	// AllProtocolsCarryIdentity decides flows of every protocol as if they
+	// carried identity tokens like TCP handshakes and UDP's datagram
+	// handshake do: what the rules intend, the model Kubernetes
+	// NetworkPolicy conformance is held to. Without it the other
+	// protocols (ICMP, SCTP, ...) are decided as the dataplane does: by
+	// the peer's address alone (docs/dataplane.md, Datagrams).
 	AllProtocolsCarryIdentity bool
 }
 
@@ -146,12 +147,13 @@ func (d *ConnDecision) Allowed() bool { return d.Action == Allow }
 
 // Decide decides a connection the way the enforcers at both ends do
 // (docs/policy.md): each enforcer looks at its peer only. A peer in the
-// excluded networks is let through; on TCP a peer inside the target networks
-// must present a token (else missing-token) and is matched by its identity
-// and address; any other peer, and every peer of a datagram flow, by its
-// address alone. The connection is allowed when both ends allow it.
+// excluded networks is let through; on TCP and UDP a peer inside the target
+// networks must present a token (else missing-token) and is matched by its
+// identity and address; any other peer, and every peer of a flow of another
+// protocol, by its address alone. The connection is allowed when both ends
+// allow it.
 func (e *Engine) Decide(c Conn) ConnDecision {
-	carriesIdentity := c.Proto == ipproto.TCP || c.AllProtocolsCarryIdentity
+	carriesIdentity := c.Proto == ipproto.TCP || c.Proto == ipproto.UDP || c.AllProtocolsCarryIdentity
 	port := c.Port
 	if !carriesIdentity && c.Proto != ipproto.UDP {
 		port = 0 // the dataplane reads the ports of TCP and UDP only

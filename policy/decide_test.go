@@ -150,10 +150,11 @@ func TestDecide(t *testing.T) {
 		{"PU with an excluded address", webExcluded, frontend, "tcp/443", false, "peer-excluded/allow/-", "no-token/deny/-", "deny/client-egress/missing-token"},
 
 		// Datagram flows carry no identity: by address, the client first.
-		{"udp between PUs: selectors do not match", frontend, web, "udp/53", false, "address/deny/-", "address/deny/-", "deny/client-egress/policy-denied"},
+		// UDP carries identity live (the datagram handshake).
+		{"udp between PUs: selectors match", frontend, web, "udp/53", false, "identity/allow/from-frontend", "identity/allow/to-web", "allow"},
 		{"udp between PUs, as intended", frontend, web, "udp/53", true, "identity/allow/from-frontend", "identity/allow/to-web", "allow"},
-		{"udp by address in the target networks", web, db, "udp/5353", false, "address/allow/from-net", "address/deny/-", "deny/client-egress/policy-denied"},
-		{"udp from a host without enforcer: no token needed", legacy, db, "udp/5353", false, "address/allow/from-net", "no-enforcer/allow/-", "allow"},
+		{"udp with an address rule in the target networks", web, db, "udp/5353", false, "identity/allow/from-net", "identity/deny/-", "deny/client-egress/policy-denied"},
+		{"udp from a host without enforcer: missing-token", legacy, db, "udp/5353", false, "no-token/deny/-", "no-enforcer/allow/-", "deny/server-ingress/missing-token"},
 		{"udp from a host without enforcer, as intended", legacy, db, "udp/5353", true, "no-token/deny/-", "no-enforcer/allow/-", "deny/server-ingress/missing-token"},
 		// The dataplane reads the ports of TCP and UDP only.
 		{"sctp port rules do not match live", frontend, dns, "sctp/3868", false, "no-enforcer/allow/-", "address/deny/-", "deny/client-egress/policy-denied"},

@@ -53,6 +53,10 @@ const (
 	InvalidNDP    // a neighbour discovery or MLD message that is not on-link link plumbing
 	PacketBudget  // a packet leaving a PU beyond its packet budget (netsetup/steer), dropped in the kernel
 
+	// The datagram handshake (dataplane/udp_handshake.go).
+	HoldFull         // a datagram of a flow whose handshake runs, beyond what may be held for the flow or its PU
+	HandshakePending // a datagram of a flow whose handshake this end has not completed
+
 	numCodes
 )
 
@@ -87,6 +91,8 @@ var names = [numCodes]string{
 	RogueRouter:          "rogue-router",
 	InvalidNDP:           "invalid-ndp",
 	PacketBudget:         "pu-packet-budget",
+	HoldFull:             "hold-full",
+	HandshakePending:     "handshake-pending",
 }
 
 // String returns the code's stable name, e.g. "missing-token".

@@ -450,16 +450,33 @@ func (e *Engine) ecdh(own *epoch, peer *Peer) (*sharedSecret, error) {
 	return s, nil
 }
 
-// Transcript labels; they make the SYN-ACK and ACK MACs differ.
+// Transcript labels; they make the SYN-ACK and ACK MACs differ, and the
+// datagram handshake's MACs differ from TCP's.
 const (
-	synackLabel = "trireme/1 SYN-ACK"
-	ackLabel    = "trireme/1 ACK"
+	synackLabel  = "trireme/1 SYN-ACK"
+	ackLabel     = "trireme/1 ACK"
+	replyLabel   = "trireme/1 datagram reply"
+	rejectLabel  = "trireme/1 datagram reject"
+	confirmLabel = "trireme/1 datagram confirm"
+)
+
+// messages are a handshake's frame types and MAC labels.
+type messages struct {
+	first, second, third, reject         byte
+	secondLabel, thirdLabel, rejectLabel string
+}
+
+var (
+	tcpMessages      = messages{typeSYN, typeSYNACK, typeACK, 0, synackLabel, ackLabel, ""}
+	datagramMessages = messages{typeHello, typeReply, typeConfirm, typeReject, replyLabel, confirmLabel, rejectLabel}
 )
 
 // The MAC inputs must fit hmacSHA256's buffer (a compile-time check).
 var (
 	_ [maxMACInput - (len(synackLabel) + 2*NonceSize + 2*sha256.Size)]byte
 	_ [maxMACInput - (len(ackLabel) + 2*NonceSize + 2*sha256.Size + MACSize)]byte
+	_ [maxMACInput - (len(rejectLabel) + 2*NonceSize + 2*sha256.Size)]byte
+	_ [maxMACInput - (len(confirmLabel) + 2*NonceSize + 2*sha256.Size + MACSize)]byte
 	_ [maxMACInput - (len(keyInfo) + 2*NonceSize + 1)]byte
 )
 
@@ -468,8 +485,18 @@ var (
 //	synack = HMAC(K, "trireme/1 SYN-ACK" ‖ Nc ‖ Ns ‖ H(client token) ‖ H(server token))[:16]
 //	ack    = HMAC(K, "trireme/1 ACK" ‖ Nc ‖ Ns ‖ H(client token) ‖ H(server token) ‖ synack)[:16]
 func handshakeMACs(k *[32]byte, nc, ns *[NonceSize]byte, hc, hs *[32]byte) (synack, ack [MACSize]byte) {
+	return transcriptMACs(k, &tcpMessages, false, nc, ns, hc, hs)
+}
+
+// transcriptMACs computes the second and third messages' MACs with the
+// labels of m (the reject label for the second when reject).
+func transcriptMACs(k *[32]byte, msgs *messages, reject bool, nc, ns *[NonceSize]byte, hc, hs *[32]byte) (synack, ack [MACSize]byte) {
 	var t [maxMACInput]byte
-	n := copy(t[:], synackLabel)
+	l2 := msgs.secondLabel
+	if reject {
+		l2 = msgs.rejectLabel
+	}
+	n := copy(t[:], l2)
 	n += copy(t[n:], nc[:])
 	n += copy(t[n:], ns[:])
 	n += copy(t[n:], hc[:])
@@ -477,7 +504,7 @@ func handshakeMACs(k *[32]byte, nc, ns *[NonceSize]byte, hc, hs *[32]byte) (syna
 	m := hmacSHA256(k[:], t[:n])
 	copy(synack[:], m[:])
 
-	n = copy(t[:], ackLabel)
+	n = copy(t[:], msgs.thirdLabel)
 	n += copy(t[n:], nc[:])
 	n += copy(t[n:], ns[:])
 	n += copy(t[n:], hc[:])
@@ -498,6 +525,20 @@ type Conn struct {
 	synack [MACSize]byte
 	ack    [MACSize]byte
 	state  connState
+	// dgram: the datagram handshake (datagram.go), whose messages have
+	// their own types and MAC labels.
+	dgram bool
+	// rejected: the server's enforcer denied the flow (datagrams: it sent
+	// or we verified a reject).
+	rejected bool
+}
+
+// msgs returns the message types and labels of c's protocol.
+func (c *Conn) msgs() *messages {
+	if c.dgram {
+		return &datagramMessages
+	}
+	return &tcpMessages
 }
 
 type connState uint8
@@ -545,7 +586,7 @@ func (e *Engine) AppendSYN(dst []byte, l *Local, c *Conn, now time.Time) ([]byte
 	default:
 		return dst, reason.InvalidState
 	}
-	return appendSYN(dst, &c.nc, c.own.token)
+	return appendFirst(dst, c.msgs().first, &c.nc, c.own.token)
 }
 
 // VerifySYN verifies a SYN frame on the server side and returns the client
@@ -566,7 +607,7 @@ func (e *Engine) VerifySYNFrom(frame []byte, c *Conn, now time.Time, src netip.A
 	default:
 		return nil, reason.InvalidState
 	}
-	f, err := parseFrame(frame, typeSYN)
+	f, err := parseFrame(frame, c.msgs().first)
 	if err != nil {
 		return nil, err
 	}
@@ -577,7 +618,7 @@ func (e *Engine) VerifySYNFrom(frame []byte, c *Conn, now time.Time, src netip.A
 	if c.state != stateNew && bytes.Equal(f.lcl, c.nc[:]) && p.hash == c.peer.hash {
 		return p, nil
 	}
-	*c = Conn{peer: p, state: stateSYNReceived}
+	*c = Conn{peer: p, state: stateSYNReceived, dgram: c.dgram}
 	copy(c.nc[:], f.lcl)
 	return p, nil
 }
@@ -601,13 +642,17 @@ func (e *Engine) AppendSYNACK(dst []byte, l *Local, c *Conn, now time.Time) ([]b
 		if err != nil {
 			return dst, err
 		}
-		c.synack, c.ack = handshakeMACs(&k, &c.nc, &ns, &c.peer.hash, &ep.hash)
+		c.synack, c.ack = transcriptMACs(&k, c.msgs(), c.rejected, &c.nc, &ns, &c.peer.hash, &ep.hash)
 		c.own, c.ns, c.state = ep, ns, stateSYNACKSent
 	case stateSYNACKSent, stateServerDone:
 	default:
 		return dst, reason.InvalidState
 	}
-	return appendSYNACK(dst, &c.ns, &c.nc, &c.synack, c.own.token)
+	typ := c.msgs().second
+	if c.rejected {
+		typ = c.msgs().reject
+	}
+	return appendSYNACK(dst, typ, &c.ns, &c.nc, &c.synack, c.own.token)
 }
 
 // VerifySYNACK verifies the server's SYN-ACK frame on the client side: it
@@ -618,7 +663,16 @@ func (e *Engine) VerifySYNACK(frame []byte, c *Conn, now time.Time) (*Peer, erro
 	if c.state != stateSYNSent && c.state != stateClientDone {
 		return nil, reason.InvalidState
 	}
-	f, err := parseFrame(frame, typeSYNACK)
+	m := c.msgs()
+	reject := false
+	if c.dgram && len(frame) > 1 && frame[0] == Version && frame[1] == m.reject {
+		reject = true
+	}
+	typ := m.second
+	if reject {
+		typ = m.reject
+	}
+	f, err := parseFrame(frame, typ)
 	if err != nil {
 		return nil, err
 	}
@@ -637,30 +691,30 @@ func (e *Engine) VerifySYNACK(frame []byte, c *Conn, now time.Time) (*Peer, erro
 	if err != nil {
 		return nil, err
 	}
-	synack, ack := handshakeMACs(&k, &c.nc, &ns, &c.own.hash, &p.hash)
+	synack, ack := transcriptMACs(&k, m, reject, &c.nc, &ns, &c.own.hash, &p.hash)
 	if !macEqual(synack[:], f.mac) {
 		return nil, reason.BadMAC
 	}
-	c.peer, c.ns, c.synack, c.ack, c.state = p, ns, synack, ack, stateClientDone
+	c.peer, c.ns, c.synack, c.ack, c.state, c.rejected = p, ns, synack, ack, stateClientDone, reject
 	return p, nil
 }
 
 // AppendACK appends the handshake ACK frame of a client connection whose
 // SYN-ACK VerifySYNACK accepted.
 func (e *Engine) AppendACK(dst []byte, c *Conn) ([]byte, error) {
-	if c.state != stateClientDone {
+	if c.state != stateClientDone || c.rejected {
 		return dst, reason.InvalidState
 	}
-	return appendACK(dst, &c.ns, &c.ack), nil
+	return appendACK(dst, c.msgs().third, &c.ns, &c.ack), nil
 }
 
 // VerifyACK verifies the client's handshake ACK frame on the server side: it
 // must answer this connection's server nonce with the expected MAC.
 func (e *Engine) VerifyACK(frame []byte, c *Conn) error {
-	if c.state != stateSYNACKSent && c.state != stateServerDone {
+	if c.state != stateSYNACKSent && c.state != stateServerDone || c.rejected {
 		return reason.InvalidState
 	}
-	f, err := parseFrame(frame, typeACK)
+	f, err := parseFrame(frame, c.msgs().third)
 	if err != nil {
 		return err
 	}

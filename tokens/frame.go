@@ -39,6 +39,13 @@ const (
 	typeSYN    = 1
 	typeSYNACK = 2
 	typeACK    = 3
+	// Datagram handshake messages (datagram.go): the same layouts as
+	// SYN, SYN-ACK and ACK, other types so that a frame of one protocol is
+	// never accepted by the other.
+	typeHello   = 4 // layout of SYN
+	typeReply   = 5 // layout of SYN-ACK
+	typeConfirm = 6 // layout of ACK
+	typeReject  = 7 // layout of SYN-ACK: the server's enforcer denied the flow
 )
 
 // Fixed part of each message after the header.
@@ -68,7 +75,7 @@ func FrameLen(payload []byte) (int, error) {
 	}
 	n := int(binary.BigEndian.Uint16(payload[2:4]))
 	var lo, hi int
-	switch payload[1] {
+	switch layoutOf(payload[1]) {
 	case typeSYN:
 		lo, hi = headerSize+synFixed+minToken, MaxFrame
 	case typeSYNACK:
@@ -102,7 +109,7 @@ func parseFrame(payload []byte, typ byte) (frame, error) {
 	}
 	b := payload[headerSize:n]
 	var f frame
-	switch typ {
+	switch layoutOf(typ) {
 	case typeSYN:
 		f.lcl, f.token = b[:NonceSize], b[NonceSize:]
 	case typeSYNACK:
@@ -116,35 +123,53 @@ func parseFrame(payload []byte, typ byte) (frame, error) {
 	return f, nil
 }
 
+// layoutOf returns the TCP message type whose layout a frame type has (0
+// for an unknown type).
+func layoutOf(typ byte) byte {
+	switch typ {
+	case typeSYN, typeHello:
+		return typeSYN
+	case typeSYNACK, typeReply, typeReject:
+		return typeSYNACK
+	case typeACK, typeConfirm:
+		return typeACK
+	}
+	return 0
+}
+
 // appendHeader appends a frame header for a frame of total length n.
 func appendHeader(dst []byte, typ byte, n int) []byte {
 	return append(dst, Version, typ, byte(n>>8), byte(n))
 }
 
 func appendSYN(dst []byte, lcl *[NonceSize]byte, token []byte) ([]byte, error) {
+	return appendFirst(dst, typeSYN, lcl, token)
+}
+
+func appendFirst(dst []byte, typ byte, lcl *[NonceSize]byte, token []byte) ([]byte, error) {
 	n := headerSize + synFixed + len(token)
 	if n > MaxFrame {
 		return dst, reason.NoRoomForToken
 	}
-	dst = appendHeader(dst, typeSYN, n)
+	dst = appendHeader(dst, typ, n)
 	dst = append(dst, lcl[:]...)
 	return append(dst, token...), nil
 }
 
-func appendSYNACK(dst []byte, lcl, rmt *[NonceSize]byte, mac *[MACSize]byte, token []byte) ([]byte, error) {
+func appendSYNACK(dst []byte, typ byte, lcl, rmt *[NonceSize]byte, mac *[MACSize]byte, token []byte) ([]byte, error) {
 	n := headerSize + synackFixed + len(token)
 	if n > MaxFrame {
 		return dst, reason.NoRoomForToken
 	}
-	dst = appendHeader(dst, typeSYNACK, n)
+	dst = appendHeader(dst, typ, n)
 	dst = append(dst, lcl[:]...)
 	dst = append(dst, rmt[:]...)
 	dst = append(dst, mac[:]...)
 	return append(dst, token...), nil
 }
 
-func appendACK(dst []byte, rmt *[NonceSize]byte, mac *[MACSize]byte) []byte {
-	dst = appendHeader(dst, typeACK, ackSize)
+func appendACK(dst []byte, typ byte, rmt *[NonceSize]byte, mac *[MACSize]byte) []byte {
+	dst = appendHeader(dst, typ, ackSize)
 	dst = append(dst, rmt[:]...)
 	return append(dst, mac[:]...)
 }

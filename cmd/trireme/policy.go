@@ -294,7 +294,7 @@ func explainFlow(e *policy.Engine, client, server endpoint, proto ipproto.Proto,
 			f.Notes = append(f.Notes, fmt.Sprintf("%s is outside the target networks: peers will not exchange tokens with it", ep.ep.Addr))
 		}
 	}
-	if proto != ipproto.TCP && client.PU && server.PU {
+	if proto != ipproto.TCP && proto != ipproto.UDP && client.PU && server.PU {
 		f.Notes = append(f.Notes, fmt.Sprintf("%s flows carry no identity token: each enforcer matches its peer by address only (CIDR rules)", proto))
 	}
 	if proto != ipproto.TCP && proto != ipproto.UDP && port != 0 {

@@ -150,17 +150,15 @@ func TestPolicyExplain(t *testing.T) {
 			"  verdict   deny (policy-denied)",
 			"verdict   deny (client-egress: policy-denied)",
 		}},
-		// Datagrams carry no identity: selector rules (here web's
-		// no-dev-clients reject) cannot match them; the client's enforcer
-		// decides first, on the first datagram.
+		// UDP between PUs carries identity (the datagram handshake):
+		// selector rules (here web's no-dev-clients reject) match it, and
+		// the server decides first, on the hello.
 		{"udp between PUs", []string{"--from", "app=frontend,env=dev", "--from-ip", "10.0.1.11", "--to", "app=web,env=prod", "--to-ip", "10.0.2.10", "--port", "udp/80"}, []string{
-			"note      udp flows carry no identity token: each enforcer matches its peer by address only (CIDR rules)",
 			"server ingress:",
-			"  verdict   deny (policy-denied)",
-			"  rule      -",
+			"  verdict   reject (policy-rejected)",
 			"client egress:",
 			"  verdict   deny (policy-denied)",
-			"verdict   deny (client-egress: policy-denied)",
+			"verdict   reject (server-ingress: policy-rejected)",
 		}},
 	}
 	for _, c := range cases {

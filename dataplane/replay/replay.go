@@ -51,10 +51,11 @@ type Options struct {
 }
 
 type node struct {
-	name string
-	enf  *dataplane.Enforcer
-	out  dataplane.Output
-	last time.Time // last expiry sweep
+	name  string
+	enf   *dataplane.Enforcer
+	out   dataplane.Output
+	last  time.Time // last expiry sweep
+	retry time.Time // last datagram handshake retry
 }
 
 type pu struct {
@@ -74,6 +75,10 @@ type Replayer struct {
 	recs  *recordSink
 	last  time.Time
 	wire  []net.HardwareAddr // Topology.WireMACs
+	// held: the captured packets an enforcer holds while a datagram
+	// handshake runs, by frame bytes: released (sent on with their
+	// origin) or discarded (counted dropped) later.
+	held map[string][]int
 }
 
 // Summary counts what happened.
@@ -116,7 +121,7 @@ func New(o Options) (*Replayer, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Replayer{byIP: map[netip.Addr]*pu{}, out: o.Out,
+	r := &Replayer{byIP: map[netip.Addr]*pu{}, out: o.Out, held: map[string][]int{},
 		sum: Summary{Dropped: map[string]int{}}, wire: o.Topology.WireMACs}
 	r.recs = &recordSink{r: r, conns: map[connKey]connState{}}
 	secrets, err := newSecrets(o.PKI, o.Topology)
@@ -240,41 +245,85 @@ func (r *Replayer) Packet(idx int, t time.Time, frame []byte) {
 		// as network input: it drops them with the reason.
 		to = r.first
 	}
-	wire := [][]byte{frame}
+	wire := []wireFrame{{frame, idx}}
 	if from != nil {
 		n := from.node
+		held := bytes.Clone(frame)
 		n.enf.Process(from.pu, dataplane.FromApp, frame, t, &n.out)
-		wire = wire[:0]
-		for _, in := range n.out.Inject {
-			r.sum.Injected++
-			if in.To == dataplane.ToPU {
-				r.deliver(from, t, in.Frame, -1)
-			} else {
-				wire = append(wire, bytes.Clone(in.Frame))
+		wire = r.injected(from, n, t, wire[:0])
+		switch {
+		case n.out.Verdict == dataplane.Forward:
+			wire = append(wire, wireFrame{bytes.Clone(n.out.Frame), idx})
+		case n.out.Held:
+			r.held[string(held)] = append(r.held[string(held)], idx)
+			fallthrough
+		default:
+			if !n.out.Held {
+				r.count(n.out.Verdict, n.out.Reason)
 			}
-		}
-		if n.out.Verdict == dataplane.Forward {
-			wire = append(wire, bytes.Clone(n.out.Frame))
-		} else {
-			r.count(n.out.Verdict, n.out.Reason)
 			for _, w := range wire {
-				r.send(w, t, -1, 0)
+				r.send(w.frame, t, w.origin, 0)
 			}
 			return
 		}
 	}
 	last := len(wire) - 1
 	for i, w := range wire {
-		origin := -1
-		if i == last {
-			origin = idx
-		}
 		if !ok && i == last {
-			r.receive(to, w, t, origin, 0)
+			r.receive(to, w.frame, t, w.origin, 0)
 			continue
 		}
-		r.send(w, t, origin, 0)
+		r.send(w.frame, t, w.origin, 0)
 	}
+}
+
+// wireFrame is a frame an enforcer sends toward the network, with the index
+// of the captured packet it carries (-1: one an enforcer made).
+type wireFrame struct {
+	frame  []byte
+	origin int
+}
+
+// injected handles the frames n's enforcer injected and the held
+// datagrams it discarded (its Output): frames toward p are delivered (not
+// those marked AfterFrame), frames toward the network appended to wire,
+// released datagrams with the origin they were held with.
+func (r *Replayer) injected(p *pu, n *node, t time.Time, wire []wireFrame) []wireFrame {
+	for _, in := range n.out.Inject {
+		switch {
+		case in.Released:
+			wire = append(wire, wireFrame{bytes.Clone(in.Frame), r.unhold(in.Frame)})
+		case in.To == dataplane.ToNet:
+			r.sum.Injected++
+			wire = append(wire, wireFrame{bytes.Clone(in.Frame), -1})
+		case !in.AfterFrame && p != nil:
+			r.sum.Injected++
+			r.deliver(p, t, in.Frame, -1)
+		default:
+			r.sum.Injected++
+		}
+	}
+	for _, d := range n.out.Discarded {
+		if r.unhold(d.Frame) >= 0 {
+			r.sum.Dropped[d.Reason.String()]++
+		}
+	}
+	return wire
+}
+
+// unhold returns the origin of a held frame (-1 if unknown).
+func (r *Replayer) unhold(f []byte) int {
+	q := r.held[string(f)]
+	if len(q) == 0 {
+		return -1
+	}
+	o := q[0]
+	if len(q) == 1 {
+		delete(r.held, string(f))
+	} else {
+		r.held[string(f)] = q[1:]
+	}
+	return o
 }
 
 func (r *Replayer) count(v dataplane.Verdict, code reason.Code) {
@@ -304,16 +353,7 @@ func (r *Replayer) send(w []byte, t time.Time, origin, depth int) {
 func (r *Replayer) receive(to *pu, w []byte, t time.Time, origin, depth int) {
 	n := to.node
 	n.enf.Process(to.pu, dataplane.FromNet, w, t, &n.out)
-	back := [][]byte{}
-	for _, in := range n.out.Inject {
-		r.sum.Injected++
-		switch {
-		case in.To == dataplane.ToNet:
-			back = append(back, bytes.Clone(in.Frame))
-		case !in.AfterFrame:
-			r.deliver(to, t, in.Frame, -1)
-		}
-	}
+	back := r.injected(to, n, t, nil)
 	if n.out.Verdict == dataplane.Forward {
 		r.deliver(to, t, n.out.Frame, origin)
 		if origin >= 0 {
@@ -329,7 +369,7 @@ func (r *Replayer) receive(to *pu, w []byte, t time.Time, origin, depth int) {
 	}
 	if depth < 4 {
 		for _, b := range back {
-			r.send(b, t, -1, depth+1)
+			r.send(b.frame, t, b.origin, depth+1)
 		}
 	}
 }
@@ -352,16 +392,42 @@ func (r *Replayer) expire(t time.Time) {
 		}
 		if t.Sub(n.last) >= time.Second {
 			n.enf.Expire(t, &n.out)
-			n.last = t
+			n.last, n.retry = t, t
+			r.sendAll(n, t)
+		} else if t.Sub(n.retry) >= 100*time.Millisecond {
+			// Datagram handshake retries (the daemon: every 100 ms).
+			n.enf.Retry(t, &n.out)
+			n.retry = t
+			r.sendAll(n, t)
 		}
+	}
+}
+
+// sendAll sends what n's enforcer injected outside a packet (retries) and
+// counts the held datagrams it discarded.
+func (r *Replayer) sendAll(n *node, t time.Time) {
+	for _, w := range r.injected(nil, n, t, nil) {
+		r.send(w.frame, t, w.origin, 0)
 	}
 }
 
 // Finish flushes every flow (records for flows still open) and returns the
 // summary.
 func (r *Replayer) Finish() Summary {
+	// Datagram handshakes still waiting for an answer get their retries
+	// (at most HelloTries, under 4 s), so that a flow toward a peer without
+	// an enforcer ends missing-token as it would live.
+	// The other flows end at the capture's last time.
+	for i, t := 0, r.last; i < 50; i++ {
+		t = t.Add(100 * time.Millisecond)
+		for _, n := range r.nodes {
+			n.enf.Retry(t, &n.out)
+			r.sendAll(n, t)
+		}
+	}
 	for _, n := range r.nodes {
 		n.enf.Flush(r.last, &n.out)
+		r.injected(nil, n, r.last, nil)
 		_, ev := n.enf.Flows()
 		r.sum.Evictions += ev
 	}

@@ -146,8 +146,10 @@ var allowAllExpect = map[string]expectation{
 	// RSTs after the FINs: the first (seq 98756183) is one byte behind
 	// what the server acknowledged (the FIN): out of its window, dropped;
 	// the second (98756184) is the exact one.
-	"suricata-tfo-iana-syn-data.pcap":     {forwarded: 19, injected: 1, dropped: map[string]int{"out-of-window": 1}, allowed: 2},
-	"tcpdump-LINKTYPE_RAW_ipv4.pcap":      {forwarded: 1},
+	"suricata-tfo-iana-syn-data.pcap": {forwarded: 19, injected: 1, dropped: map[string]int{"out-of-window": 1}, allowed: 2},
+	// A UDP datagram between PUs: held while its flow's datagram
+	// handshake runs (hello, reply, confirm injected), then delivered.
+	"tcpdump-LINKTYPE_RAW_ipv4.pcap":      {forwarded: 1, injected: 3},
 	"tcpdump-dns_tcp.pcap":                {forwarded: 11, allowed: 1},
 	"tcpdump-ssh.pcap":                    {forwarded: 54, allowed: 1},
 	"tcpdump-tcp-handshake-nano-sll.pcap": {forwarded: 3, allowed: 1},
@@ -162,11 +164,13 @@ var allowAllExpect = map[string]expectation{
 	// 4+... ARP frames pass, the ICMP echoes in VLAN 123 are allowed.
 	"zeek-icmp_dot1q.pcap": {forwarded: 15},
 	// the lone trailing fragment (id 1) has no allowed first fragment.
-	"zeek-ipv6-fragmented-dns.pcap": {forwarded: 7, dropped: map[string]int{"fragment": 1}},
+	// Two DNS flows, each opened by a datagram handshake (3 messages).
+	"zeek-ipv6-fragmented-dns.pcap": {forwarded: 7, injected: 6, dropped: map[string]int{"fragment": 1}},
 	// 17 TCP connection attempts, all allowed by policy: 3 complete their
 	// handshake (connect-then-abort); 14 never do (refused by the server's
 	// kernel with a RST+ACK, or unanswered): incomplete.
-	"zeek-nmap-vsn-refused.pcap": {forwarded: 547, allowed: 3, incomplete: 14},
+	// One UDP flow among them: a datagram handshake (3 messages).
+	"zeek-nmap-vsn-refused.pcap": {forwarded: 547, injected: 3, allowed: 3, incomplete: 14},
 	"zeek-port4242-ipv6.pcap":    {forwarded: 8, allowed: 1},
 	// conn 1's handshake ACK carries the HTTP request: one token-ACK. Its
 	// SYN's Fast Open cookie request and conn 2's SYN data (86 bytes, with

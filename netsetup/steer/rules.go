@@ -5,6 +5,8 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/trireme-go/trireme/tokens"
 )
 
 // Rule building blocks. Registers: 1 is a 128-bit scratch register; the
@@ -310,6 +312,18 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 			rules = append(rules, budgetRule(s.cfg.Budget, pu.Name, m))
 		}
 		rules = append(rules, cat(m, steerTo(tap, steerCounter)))
+	}
+	// 4c. (toward the PU only) UDP datagrams that start with the datagram
+	//     handshake's marker go to the dataplane, authorized flow or not:
+	//     a handshake message must never reach an application (a reply
+	//     re-sent after a lost confirm arrives on a flow the kernel
+	//     already passes); the enforcer consumes what verifies and
+	//     forwards the rest as the application data it is.
+	if egress {
+		rules = append(rules, cat(l4Proto(expr.CmpOpEq, unix.IPPROTO_UDP), []expr.Any{
+			loadTransport(8, uint32(tokens.MarkerSize), regScratch),
+			cmp(expr.CmpOpEq, tokens.DatagramMarker[:]...),
+		}, steerTo(tap, steerCounter)))
 	}
 	// 5. Packets of authorized flows stay in the kernel.
 	for _, v6 := range []bool{false, true} {
