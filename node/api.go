@@ -211,6 +211,7 @@ func Handler(c Controller) http.Handler {
 		writeJSON(w, http.StatusOK, c.Stats())
 	})
 	mux.Handle("GET /metrics", MetricsHandler(c))
+	registerFlows(mux, c)
 	return mux
 }
 
