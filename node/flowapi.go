@@ -60,6 +60,11 @@ func registerFlows(mux *http.ServeMux, c Controller) {
 		}
 		serveFlows(w, r, fs, q)
 	})
+	// The web page (web.go), read-only, under /ui/.
+	if ws, ok := c.(WebSource); ok {
+		mux.Handle("/ui/", http.StripPrefix("/ui", WebHandler(ws)))
+		mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
+	}
 }
 
 func serveFlows(w http.ResponseWriter, r *http.Request, fs FlowSource, q *FlowQuery) {
