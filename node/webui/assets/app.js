@@ -9,6 +9,8 @@ const colours = { allowed: '#2e9e44', denied: '#d64545', none: '#9aa5b1' };
 const cy = cytoscape({
   container: document.getElementById('cy'),
   wheelSensitivity: 0.3,
+  minZoom: 0.2,
+  maxZoom: 1.5,
   style: [
     { selector: 'node', style: { 'label': 'data(label)', 'font-size': 11, 'text-valign': 'bottom', 'text-margin-y': 4, 'width': 28, 'height': 28 } },
     { selector: 'node[kind = "pu"]', style: { 'shape': 'round-rectangle', 'background-color': '#3b6fb6' } },
@@ -72,7 +74,7 @@ function apply(m) {
     add.sort((a, b) => (a.group === b.group ? (a.data.kind === 'group' ? -1 : 1) : (a.group === 'nodes' ? -1 : 1)));
     cy.add(add);
   });
-  if (relayout) cy.layout({ name: 'cose', animate: false, padding: 30, nodeRepulsion: () => 9000, idealEdgeLength: () => 90 }).run();
+  if (relayout) cy.layout({ name: 'cose', animate: false, randomize: true, padding: 40, nodeDimensionsIncludeLabels: true, nodeRepulsion: () => 2000000, idealEdgeLength: () => 160, nestingFactor: 0.8, gravity: 0.1, numIter: 3000, componentSpacing: 120, nodeOverlap: 40 }).run();
   status.textContent = m.nodes.length + ' nodes, ' + m.edges.length + ' edges, window ' + m.window + ', ' + new Date(m.generated).toLocaleTimeString();
   document.body.dataset.updated = m.generated;
 }
