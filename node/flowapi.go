@@ -88,6 +88,11 @@ func serveFlows(w http.ResponseWriter, r *http.Request, fs FlowSource, q *FlowQu
 		if first && q.Last > 0 && len(matched) > q.Last {
 			matched = matched[len(matched)-q.Last:]
 		}
+		// The kernel's counts of the open flows (one dump of each PU's
+		// set): for the answer to the query, not for each record followed.
+		if kc, ok := fs.(kernelCounter); ok && first {
+			kc.addKernelCounts(matched)
+		}
 		first = false
 		for i := range matched {
 			if enc.Encode(&matched[i]) != nil {

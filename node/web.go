@@ -172,6 +172,9 @@ func WebHandler(src WebSource) http.Handler {
 				out = append(out, flows[i])
 			}
 		}
+		if kc, ok := src.(kernelCounter); ok {
+			kc.addKernelCounts(out)
+		}
 		writeJSON(w, http.StatusOK, out)
 	})
 	mux.HandleFunc("GET /api/policy", func(w http.ResponseWriter, r *http.Request) {
