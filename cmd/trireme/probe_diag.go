@@ -309,13 +309,13 @@ func printProbe(w io.Writer, rep *probeReport) {
 			line += ", observed " + ruleLabel(f.Observed.Policy, f.Observed.Direction, f.Observed.Index, f.Observed.Name)
 		}
 		fmt.Fprintln(w, line)
-		peer := "not verified (no identity: " + f.Remote.IP.String() + ")"
+		peer := "peer not verified (no identity seen from " + f.Remote.IP.String() + ")"
 		if len(f.Remote.Tags) > 0 {
-			peer = strings.Join(f.Remote.Tags, ",")
+			peer = "peer verified as " + strings.Join(f.Remote.Tags, ",")
 			if f.Remote.Node != "" {
 				peer += " (node " + f.Remote.Node + ")"
 			}
 		}
-		fmt.Fprintf(w, "  %-10s  peer verified as %s\n", "", peer)
+		fmt.Fprintf(w, "  %-10s  %s\n", "", peer)
 	}
 }
