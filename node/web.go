@@ -1,13 +1,16 @@
 package node
 
 import (
+	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -316,4 +319,30 @@ func (d *Daemon) serveWeb() error {
 	}
 	d.log.Info("web page", "listen", d.web.Addr())
 	return nil
+}
+
+// WebProxy serves, to requests with the token, the web page of the daemon
+// whose control socket is at socket: `trireme ui` runs it on a local TCP
+// address for a browser (the page itself is on the socket under /ui/).
+// Only the page's paths are forwarded, read-only; never the control API.
+func WebProxy(socket, token string) (http.Handler, error) {
+	if len(token) < minWebToken {
+		return nil, errors.New("web: the token is too short")
+	}
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.Out.URL.Scheme, r.Out.URL.Host, r.Out.Host = "http", "trireme", "trireme"
+			// Cleaned: "/../v1/pus" stays under /ui/.
+			r.Out.URL.Path = "/ui" + path.Clean("/"+r.In.URL.Path)
+			r.Out.URL.RawPath = ""
+			r.Out.Header.Del("Authorization")
+			r.Out.Header.Del("Cookie")
+		},
+		Transport: tr,
+	}
+	return requireToken(token, webHeaders(proxy)), nil
 }

@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -354,5 +356,69 @@ func TestWebPage(t *testing.T) {
 	defer mu.Unlock()
 	if len(pageErrors) > 0 {
 		t.Errorf("the page reported errors:\n%s", strings.Join(pageErrors, "\n"))
+	}
+}
+
+// TestWebUIProxy: `trireme ui` serves the page of the daemon's socket on a
+// local address, to the token it prints only, read-only, and nothing of the
+// control API.
+func TestWebUIProxy(t *testing.T) {
+	s := newFlowScene(t, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testenv.Binary(t), "ui", "--socket", s.d.Socket)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(strings.TrimSpace(line))
+	if err != nil || u.Query().Get("token") == "" {
+		t.Fatalf("trireme ui printed %q", line)
+	}
+	token := u.Query().Get("token")
+	base := "http://" + u.Host
+	hc := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func(method, path, bearer string) (int, string) {
+		req, _ := http.NewRequest(method, base+path, nil)
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, tc := range []struct {
+		method, path, bearer string
+		want                 int
+	}{
+		{"GET", "/", "", http.StatusUnauthorized},
+		{"GET", "/api/map", "not-the-token-at-all", http.StatusUnauthorized},
+		{"GET", "/?token=" + token, "", http.StatusSeeOther},
+		{"GET", "/", token, http.StatusOK},
+		{"GET", "/api/map", token, http.StatusOK},
+		{"POST", "/api/map", token, http.StatusMethodNotAllowed},
+		{"GET", "/v1/pus", token, http.StatusNotFound},
+		{"GET", "/../v1/pus", token, http.StatusNotFound},
+		{"GET", "/metrics", token, http.StatusNotFound},
+	} {
+		code, body := get(tc.method, tc.path, tc.bearer)
+		if code != tc.want {
+			t.Errorf("%s %s: %d %.200s, want %d", tc.method, tc.path, code, body, tc.want)
+		}
+		if tc.path == "/api/map" && code == http.StatusOK && !strings.Contains(body, s.webN) {
+			t.Errorf("the map lacks the PU %s: %.300s", s.webN, body)
+		}
 	}
 }
