@@ -107,6 +107,23 @@ func (r *flowRing) since(seq uint64, dst []Flow) ([]Flow, <-chan struct{}) {
 	return dst, r.changed
 }
 
+// FlowRingStats is the ring's size and fill (`trireme stats`).
+type FlowRingStats struct {
+	// Size is the most records it keeps (observe.flowRing); Records how
+	// many it holds; Total how many it was given since the daemon started
+	// (the last record's seq: Total - Records were pushed out).
+	Size    int    `json:"size"`
+	Records int    `json:"records"`
+	Total   uint64 `json:"total"`
+}
+
+// ringStats returns the ring's FlowRingStats.
+func (r *flowRing) ringStats() FlowRingStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return FlowRingStats{Size: len(r.buf), Records: int(min(r.next-1, uint64(len(r.buf)))), Total: r.next - 1}
+}
+
 // stats returns the ring's size and how many records it holds.
 func (r *flowRing) stats() (size, held int) {
 	r.mu.Lock()

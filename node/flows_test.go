@@ -390,4 +390,20 @@ func TestFlowsBadQueries(t *testing.T) {
 	if len(fs) > 64 {
 		t.Errorf("a ring of 64 answered %d records", len(fs))
 	}
+	// trireme stats and the metrics show its size and fill.
+	st, err := s.d.Client().Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := st.FlowRing; r.Size != 64 || r.Records < len(fs) || r.Records > 64 || r.Total < uint64(r.Records) {
+		t.Errorf("stats: flow ring %+v, answered %d records", r, len(fs))
+	}
+	out := testenv.RunBin(t, "stats", "--socket", s.d.Socket)
+	if !strings.Contains(out, "flow ring: ") || !strings.Contains(out, " of 64 records") {
+		t.Errorf("trireme stats does not show the ring:\n%s", out)
+	}
+	m, err := s.d.Client().Metrics()
+	if err != nil || !strings.Contains(m, "trireme_flow_ring_size 64") || !strings.Contains(m, "trireme_flow_ring_records ") {
+		t.Errorf("metrics lack the ring (%v)", err)
+	}
 }
