@@ -65,8 +65,10 @@ type flowRing struct {
 	buf  []dataplane.Record
 	next uint64 // Seq of the next record; buf[(seq-1) % len] holds seq
 	// changed is closed (and replaced) when records arrive: followers
-	// wait on it.
+	// wait on it. waited says a follower took it since it was made: only
+	// then does Record replace it (no allocation otherwise).
 	changed chan struct{}
+	waited  bool
 }
 
 func newFlowRing(size int) *flowRing {
@@ -81,10 +83,14 @@ func (r *flowRing) Record(rec *dataplane.Record) {
 	r.mu.Lock()
 	r.buf[(r.next-1)%uint64(len(r.buf))] = *rec
 	r.next++
-	ch := r.changed
-	r.changed = make(chan struct{})
+	var ch chan struct{}
+	if r.waited {
+		ch, r.changed, r.waited = r.changed, make(chan struct{}), false
+	}
 	r.mu.Unlock()
-	close(ch)
+	if ch != nil {
+		close(ch)
+	}
 }
 
 // since appends to dst copies of the records after seq (at most the
@@ -104,6 +110,7 @@ func (r *flowRing) since(seq uint64, dst []Flow) ([]Flow, <-chan struct{}) {
 	for s := first; s < r.next; s++ {
 		dst = append(dst, Flow{Seq: s, Record: r.buf[(s-1)%uint64(len(r.buf))]})
 	}
+	r.waited = true
 	return dst, r.changed
 }
 
