@@ -12,7 +12,7 @@ FUZZTIME ?= 30s
 # (minutes the first time, then reused; see docs/kubernetes.md).
 CONTROLPLANE_DIR = $(shell tools/controlplane/build.sh --print-dir)
 
-.PHONY: all build test vet deps bench demo fuzz perf clean controlplane
+.PHONY: all build test vet deps bench demo fuzz perf clean controlplane webui-vendor
 
 all: build
 
@@ -59,3 +59,12 @@ demo: build
 
 clean:
 	rm -rf bin bench.txt
+
+# The web page's cytoscape.js (node/webui/assets/vendor), fetched again from
+# npm at the pinned version; npm checks the package's integrity.
+CYTOSCAPE_VERSION = 3.35.0
+webui-vendor:
+	d=$$(mktemp -d) && cd $$d && npm pack --silent cytoscape@$(CYTOSCAPE_VERSION) >/dev/null && \
+	  tar xzf cytoscape-$(CYTOSCAPE_VERSION).tgz && \
+	  cp package/dist/cytoscape.min.js $(CURDIR)/node/webui/assets/vendor/cytoscape.min.js && \
+	  cp package/LICENSE $(CURDIR)/node/webui/assets/vendor/cytoscape.LICENSE && rm -rf $$d

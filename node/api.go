@@ -70,6 +70,8 @@ type Stats struct {
 	// of it, most flows first.
 	FlowTable FlowTableStats `json:"flowTable"`
 	PUFlows   []PUFlowStats  `json:"puFlows,omitempty"`
+	// FlowRing is the ring of recent flow records (flowring.go).
+	FlowRing FlowRingStats `json:"flowRing"`
 }
 
 // FlowTableStats is the flow table's size and fill.
@@ -211,6 +213,7 @@ func Handler(c Controller) http.Handler {
 		writeJSON(w, http.StatusOK, c.Stats())
 	})
 	mux.Handle("GET /metrics", MetricsHandler(c))
+	registerFlows(mux, c)
 	return mux
 }
 

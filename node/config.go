@@ -69,6 +69,9 @@ type Config struct {
 	// daemon process.
 	PUPacketBudget PacketBudget `yaml:"puPacketBudget"`
 
+	// Observe: the ring of recent flows and the web page (observe.go).
+	Observe Observe `yaml:"observe,omitempty"`
+
 	path string
 }
 
@@ -287,6 +290,7 @@ func (c *Config) resolvePaths(dir string) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
+	c.Observe.resolvePaths(dir)
 }
 
 // Validate checks every field and reports every problem found.
@@ -347,6 +351,7 @@ func (c *Config) Validate() error {
 	}
 	c.FlowTable.validate(c.path, func(msg string) { errs = append(errs, msg) })
 	c.PUPacketBudget.validate(c.path, func(msg string) { errs = append(errs, msg) })
+	c.Observe.validate(bad)
 	for _, p := range []string{c.Socket, c.StateDir, c.FlowLog} {
 		if !filepath.IsAbs(p) {
 			bad("paths", "%q must be absolute", p)

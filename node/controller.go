@@ -169,6 +169,7 @@ func (d *Daemon) Stats() Stats {
 		Policy:    PolicyStatus{File: st.File, LoadedAt: st.LoadedAt, Policies: st.Policies, LastError: st.LastError, ErrorAt: st.ErrorAt},
 		Excluded:  d.excl.runtimeList(),
 		FlowTable: FlowTableStats{Capacity: s.Capacity, PerPU: s.PerPU, Flows: s.Flows, Evictions: s.Evictions},
+		FlowRing:  d.ring.ringStats(),
 	}
 	kernel, err := d.steer.AllCounters()
 	if err != nil {

@@ -49,6 +49,7 @@ type Daemon struct {
 	res  *resolver.File
 	enf  *dataplane.Enforcer
 	sink *asyncSink
+	ring *flowRing // the newest records, for `trireme flows` (flowring.go)
 
 	steer *steer.Steerer
 	// Frames leaving a PU are injected into the PU's own bridge (the node
@@ -76,6 +77,7 @@ type Daemon struct {
 	wg      sync.WaitGroup // the daemon's goroutines but the TAP readers
 	started time.Time
 	api     *Server
+	web     *webServer // the web page's TCP listener, when configured (web.go)
 	// bridgeAddrs are the addresses the daemon added to a node bridge it
 	// did not create: purge removes those and nothing else of it.
 	bridgeAddrs []netip.Prefix
@@ -102,7 +104,8 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	owner := ownerMark(cfg.Node)
 	d := &Daemon{cfg: cfg, log: log, owner: owner, tok: tok, res: res, sink: newAsyncSink(log),
 		ports: newInjectionPorts(owner), reaper: newTapReaper(log), ops: make(chan kernelOp, 4096),
-		pus: newPURegistry(), addrs: newAddrAllocator(cfg.Bridge.Subnet.Prefix)}
+		pus: newPURegistry(), addrs: newAddrAllocator(cfg.Bridge.Subnet.Prefix),
+		ring: newFlowRing(cfg.Observe.FlowRing)}
 	d.excl = exclusions{log: log, save: d.saveExcluded}
 	d.backlog = backlogTuner{path: netsetup.BacklogPath, log: log}
 	pol := res.Current()
@@ -111,7 +114,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 		Tokens:    tok,
 		Policy:    pol,
 		MidStream: cfg.MidStream.MidStream,
-		Sink:      d.sink,
+		Sink:      teeSink{d.ring, d.sink},
 		// Authorized flows' packets stay in the kernel (steering).
 		KernelBypass: true,
 		Flows:        cfg.FlowTable.Flows(),

@@ -24,4 +24,9 @@
 //	kerneldrops.go  the kernel's drop counters of PUs (anti-spoofing, packet budget), by reason
 //	backlog.go      the kernel's input backlog, kept large enough for the PUs' bridges
 //	sink.go         the flow log (asynchronous, aggregated, rotated)
+//	flowring.go     the ring of recent flow records (`trireme flows`, the web page), fed with the flow log
+//	flowquery.go, flowapi.go, flowclient.go  GET /v1/flows: its filters, its handler (follow), its client
+//	flowcounters.go the kernel's per-entry counters added to the records of open flows
+//	observe.go      the config's observe section (ring size, the web page's TCP listener)
+//	web.go, servicemap.go, webui/  the web page: its read-only API, the service map, its embedded files
 package node

@@ -157,6 +157,9 @@ func (d *Daemon) serve() error {
 	if d.api, err = Serve(d.cfg.Socket, d); err != nil {
 		return fmt.Errorf("control socket: %w", err)
 	}
+	if err := d.serveWeb(); err != nil {
+		return err
+	}
 	if d.cfg.Docker.Enabled {
 		mon, err := docker.New(docker.Config{Host: d.cfg.Docker.Host, Logger: d.log})
 		if err != nil {
@@ -181,6 +184,9 @@ func (d *Daemon) serve() error {
 func (d *Daemon) Stop() {
 	if d.api != nil {
 		d.api.Close()
+	}
+	if d.web != nil {
+		d.web.Close()
 	}
 	d.cancel()
 	pus := d.pus.all()

@@ -14,6 +14,7 @@ type metricsCollector struct {
 
 	counters, drops, puDrops, pus, flows, policyOK, policies *prometheus.Desc
 	capacity, perPU, puFlows, puRefused                      *prometheus.Desc
+	ringSize, ringRecords                                    *prometheus.Desc
 }
 
 func newMetricsCollector(c StatsSource) *metricsCollector {
@@ -35,11 +36,13 @@ func newMetricsCollector(c StatsSource) *metricsCollector {
 		puFlows:  prometheus.NewDesc("trireme_pu_flows", "Flows a PU holds in the flow table.", []string{"pu"}, nil),
 		puRefused: prometheus.NewDesc("trireme_pu_flows_refused_total",
 			"New flows of a PU refused for lack of room: its share full of established flows (flow-quota), or the table (table-full).", []string{"pu"}, nil),
+		ringSize:    prometheus.NewDesc("trireme_flow_ring_size", "The most flow records the daemon keeps in memory (observe.flowRing).", nil, nil),
+		ringRecords: prometheus.NewDesc("trireme_flow_ring_records", "Flow records the daemon holds in memory for trireme flows and the web page.", nil, nil),
 	}
 }
 
 func (m *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.puDrops, m.pus, m.flows, m.policyOK, m.policies, m.capacity, m.perPU, m.puFlows, m.puRefused} {
+	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.puDrops, m.pus, m.flows, m.policyOK, m.policies, m.capacity, m.perPU, m.puFlows, m.puRefused, m.ringSize, m.ringRecords} {
 		ch <- d
 	}
 }
@@ -67,6 +70,8 @@ func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.policies, prometheus.GaugeValue, float64(s.Policy.Policies))
 	ch <- prometheus.MustNewConstMetric(m.capacity, prometheus.GaugeValue, float64(s.FlowTable.Capacity))
 	ch <- prometheus.MustNewConstMetric(m.perPU, prometheus.GaugeValue, float64(s.FlowTable.PerPU))
+	ch <- prometheus.MustNewConstMetric(m.ringSize, prometheus.GaugeValue, float64(s.FlowRing.Size))
+	ch <- prometheus.MustNewConstMetric(m.ringRecords, prometheus.GaugeValue, float64(s.FlowRing.Records))
 	for _, p := range s.PUFlows {
 		ch <- prometheus.MustNewConstMetric(m.puFlows, prometheus.GaugeValue, float64(p.Flows), p.ID)
 		ch <- prometheus.MustNewConstMetric(m.puRefused, prometheus.CounterValue, float64(p.Refused), p.ID)

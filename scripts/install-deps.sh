@@ -9,6 +9,8 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 # The Docker monitor's tests run a private dockerd (Debian's docker.io).
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+# The web page's test loads it in a headless browser (node/web_test.go).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "install-deps: missing ${need[*]} and not root; install them or run as root" >&2

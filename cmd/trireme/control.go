@@ -137,6 +137,7 @@ func init() {
 				fmt.Printf("policy reload FAILED at %s (previous policy stays in force):\n%s\n", s.Policy.ErrorAt.Format("15:04:05"), s.Policy.LastError)
 			}
 			printFlowTable(s)
+			fmt.Printf("flow ring: %d of %d records (%d since start; trireme flows)\n", s.FlowRing.Records, s.FlowRing.Size, s.FlowRing.Total)
 			printCounters("counters", s.Counters)
 			printCounters("drops", s.Drops)
 			return nil

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/trireme-go/trireme/node"
 )
 
 // Probe outcomes and their exit codes.
@@ -37,10 +39,28 @@ var probeOutcome = [...]string{"ok", "refused", "reset", "timeout", "error"}
 func init() { rootCmd.AddCommand(probeCmd()) }
 
 func probeCmd() *cobra.Command {
+	var socket string
+	var timeout time.Duration
+	var asJSON bool
 	probe := &cobra.Command{
-		Use:   "probe",
-		Short: "Built-in test server and client (demo, tests, perf)",
+		Use:   "probe FROM TO:PORT",
+		Short: "Diagnose a connection from a PU (and the built-in test server and client)",
+		Long: `trireme probe FROM TO:PORT connects from the namespace of the PU FROM (a name
+or ID) to TO:PORT (an address or a PU's name) over TCP, and explains the
+outcome from the flow records of the daemon: the verdict, which side
+decided, the rule, the peer's identity as verified, and what the
+enforcement of the handshake added. Exit code 0 when it connected, 1 if not.
+
+probe serve and probe connect are the small test server and client of the
+demo, the tests and perf.`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return probeDiagRun(cmd, args, socket, timeout, asJSON)
+		},
 	}
+	probe.Flags().StringVar(&socket, "socket", node.DefaultSocket, "daemon control socket")
+	probe.Flags().DurationVar(&timeout, "timeout", 3*time.Second, "how long the connection may take")
+	probe.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	probe.AddCommand(probeServeCmd(), probeConnectCmd())
 	return probe
 }

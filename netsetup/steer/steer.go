@@ -671,8 +671,9 @@ var (
 func (s *Steerer) puUnit(sh *shard, pu PU, old *found) (unit, *puState, error) {
 	t := sh.table
 	sets := puSets{
-		a4: &nftables.Set{Table: t, Name: "a4_" + pu.Name, KeyType: key4Type, Concatenation: true, HasTimeout: true},
-		a6: &nftables.Set{Table: t, Name: "a6_" + pu.Name, KeyType: key6Type, Concatenation: true, HasTimeout: true},
+		// Counter: each entry counts its packets (FlowCounters).
+		a4: &nftables.Set{Table: t, Name: "a4_" + pu.Name, KeyType: key4Type, Concatenation: true, HasTimeout: true, Counter: true},
+		a6: &nftables.Set{Table: t, Name: "a6_" + pu.Name, KeyType: key6Type, Concatenation: true, HasTimeout: true, Counter: true},
 		x4: sh.x4, x6: sh.x6,
 	}
 	b := newBuilder()
