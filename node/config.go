@@ -73,7 +73,13 @@ type Config struct {
 	Observe Observe `yaml:"observe,omitempty"`
 
 	path string
+	// keys: where each key set in the file is (dotted name → its value's
+	// line and column), so that a finding names the line.
+	keys map[string]keyPos
 }
+
+// keyPos is a value's position in the config file.
+type keyPos struct{ line, col int }
 
 // Secrets selects PSK or PKI mode: exactly one of PSKFile or the three PKI
 // files is set.
@@ -216,6 +222,10 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 			errs = append(errs, path+": "+e)
 		}
 	}
+	c.keys = keyPositions(data)
+	if err := c.checkPaths(); err != nil {
+		errs = append(errs, err.Error())
+	}
 	c.applyDefaults()
 	c.resolvePaths(filepath.Dir(path))
 	if err := c.Validate(); err != nil {
@@ -284,20 +294,93 @@ func sanitizeNodeName(h string) string {
 	return s
 }
 
-func (c *Config) resolvePaths(dir string) {
-	for _, p := range []*string{&c.Policy, &c.Secrets.PSKFile, &c.Secrets.CACert, &c.Secrets.NodeCert, &c.Secrets.NodeKey} {
-		if *p != "" && !filepath.IsAbs(*p) {
-			*p = filepath.Join(dir, *p)
+// pathFields are the config's file names, by key: each is relative to the
+// config file's directory unless absolute.
+func (c *Config) pathFields() []struct {
+	key string
+	p   *string
+} {
+	return []struct {
+		key string
+		p   *string
+	}{
+		{"policy", &c.Policy}, {"flowLog", &c.FlowLog}, {"socket", &c.Socket}, {"stateDir", &c.StateDir},
+		{"secrets.pskFile", &c.Secrets.PSKFile}, {"secrets.caCert", &c.Secrets.CACert},
+		{"secrets.nodeCert", &c.Secrets.NodeCert}, {"secrets.nodeKey", &c.Secrets.NodeKey},
+		{"observe.web.tokenFile", &c.Observe.Web.TokenFile},
+	}
+}
+
+// checkPaths refuses, before the defaults apply, a file name key that is
+// set but empty (it would silently mean the default) or that holds a NUL.
+func (c *Config) checkPaths() error {
+	var errs []string
+	for _, f := range c.pathFields() {
+		pos, set := c.keys[f.key]
+		switch {
+		case set && strings.TrimSpace(*f.p) == "":
+			errs = append(errs, fmt.Sprintf("%s: %s: empty: want a file name, or leave the key out for the default", at(c.path, pos.line, pos.col), f.key))
+		case strings.ContainsRune(*f.p, 0):
+			errs = append(errs, fmt.Sprintf("%s: %s: %q holds a NUL byte", at(c.path, pos.line, pos.col), f.key, *f.p))
 		}
 	}
-	c.Observe.resolvePaths(dir)
+	if len(errs) > 0 {
+		return errors.New(strings.Join(errs, "\n"))
+	}
+	return nil
 }
+
+// resolvePaths makes every relative file name relative to dir, the config
+// file's directory (not the daemon's working directory).
+func (c *Config) resolvePaths(dir string) {
+	if !filepath.IsAbs(dir) {
+		if abs, err := filepath.Abs(dir); err == nil {
+			dir = abs
+		}
+	}
+	for _, f := range c.pathFields() {
+		if *f.p != "" && !filepath.IsAbs(*f.p) {
+			*f.p = filepath.Join(dir, *f.p)
+		}
+	}
+}
+
+// keyPositions maps the dotted name of every key in the YAML document to
+// its value's position (unparseable data: none; the decoder reports it).
+func keyPositions(data []byte) map[string]keyPos {
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil || doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
+		return nil
+	}
+	keys := map[string]keyPos{}
+	var walk func(prefix string, n *yaml.Node)
+	walk = func(prefix string, n *yaml.Node) {
+		if n.Kind != yaml.MappingNode {
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i].Value, n.Content[i+1]
+			if prefix != "" {
+				k = prefix + "." + k
+			}
+			keys[k] = keyPos{v.Line, v.Column}
+			walk(k, v)
+		}
+	}
+	walk("", doc.Content[0])
+	return keys
+}
+
+// maxSocketPath is the longest unix socket path bind(2) takes (sun_path
+// holds 108 bytes with its NUL).
+const maxSocketPath = 107
 
 // Validate checks every field and reports every problem found.
 func (c *Config) Validate() error {
 	var errs []string
 	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Sprintf("%s: %s: %s", c.path, field, fmt.Sprintf(format, args...)))
+		pos := c.keys[field]
+		errs = append(errs, fmt.Sprintf("%s: %s: %s", at(c.path, pos.line, pos.col), field, fmt.Sprintf(format, args...)))
 	}
 	if !nodeName.MatchString(c.Node) {
 		bad("node", "%q is not a valid node name (lowercase letters, digits and '-', at most 32)", c.Node)
@@ -352,9 +435,20 @@ func (c *Config) Validate() error {
 	c.FlowTable.validate(c.path, func(msg string) { errs = append(errs, msg) })
 	c.PUPacketBudget.validate(c.path, func(msg string) { errs = append(errs, msg) })
 	c.Observe.validate(bad)
-	for _, p := range []string{c.Socket, c.StateDir, c.FlowLog} {
-		if !filepath.IsAbs(p) {
-			bad("paths", "%q must be absolute", p)
+	for field, p := range map[string]string{"socket": c.Socket, "stateDir": c.StateDir, "flowLog": c.FlowLog} {
+		if !filepath.IsAbs(p) { // a Config not read by ParseConfig
+			bad(field, "%q must be absolute", p)
+		}
+	}
+	if len(c.Socket) > maxSocketPath {
+		bad("socket", "%s: %d bytes, longer than a unix socket path may be (%d)", c.Socket, len(c.Socket), maxSocketPath)
+	}
+	if st, err := os.Stat(c.StateDir); err == nil && !st.IsDir() {
+		bad("stateDir", "%s is not a directory", c.StateDir)
+	}
+	for field, p := range map[string]string{"socket": c.Socket, "flowLog": c.FlowLog} {
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			bad(field, "%s is a directory", p)
 		}
 	}
 	if len(errs) > 0 {

@@ -16,7 +16,7 @@ import (
 // path, the lines of counts) so that two parses compare by settings.
 func comparable(c *Config) Config {
 	out := *c
-	out.path = ""
+	out.path, out.keys = "", nil
 	for _, n := range []*Count{&out.FlowTable.Capacity, &out.PUPacketBudget.Rate, &out.PUPacketBudget.Burst} {
 		n.line, n.col, n.set = 0, 0, false
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 )
 
@@ -34,12 +33,6 @@ const maxFlowRing = 1 << 20
 
 // minWebToken is the shortest token the TCP listener accepts.
 const minWebToken = 16
-
-func (o *Observe) resolvePaths(dir string) {
-	if o.Web.TokenFile != "" && !filepath.IsAbs(o.Web.TokenFile) {
-		o.Web.TokenFile = filepath.Join(dir, o.Web.TokenFile)
-	}
-}
 
 func (o *Observe) validate(bad func(field, format string, args ...any)) {
 	if o.FlowRing < 0 || o.FlowRing > maxFlowRing {
