@@ -214,7 +214,7 @@ func Handler(c Controller) http.Handler {
 	})
 	mux.Handle("GET /metrics", MetricsHandler(c))
 	registerFlows(mux, c)
-	return mux
+	return readyGate(c, mux)
 }
 
 // ParsePrefixOrAddr accepts "10.0.0.1" (a /32 or /128) or "10.0.0.0/24".

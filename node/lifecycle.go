@@ -21,15 +21,26 @@ import (
 func (d *Daemon) Start(ctx context.Context) error {
 	d.ctx, d.cancel = context.WithCancel(ctx)
 	d.started = time.Now()
+	// The control socket first: /healthz and /readyz answer while the
+	// node is set up (ready.go), and a second daemon on the same socket is
+	// refused before it touches the kernel.
+	d.phase.set(phaseStarting)
+	var err error
+	if d.api, err = Serve(d.cfg.Socket, d); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
 	if err := d.plumb(); err != nil {
 		return err
 	}
+	d.phase.set(phaseRestoring)
 	if err := d.restore(); err != nil {
 		return err
 	}
+	d.phase.set(phaseServing)
 	if err := d.serve(); err != nil {
 		return err
 	}
+	d.phase.set("")
 	d.log.Info("daemon started", "node", d.cfg.Node, "bridge", d.cfg.Bridge.Name, "pus", d.pus.len(), "socket", d.cfg.Socket)
 	return nil
 }
@@ -151,12 +162,9 @@ func (d *Daemon) restore() error {
 	return nil
 }
 
-// serve starts the control API, the monitors and the daemon's loops.
+// serve starts the web page's listener, the monitors and the daemon's
+// loops (the control API is served from the start, gated until ready).
 func (d *Daemon) serve() error {
-	var err error
-	if d.api, err = Serve(d.cfg.Socket, d); err != nil {
-		return fmt.Errorf("control socket: %w", err)
-	}
 	if err := d.serveWeb(); err != nil {
 		return err
 	}
@@ -182,6 +190,7 @@ func (d *Daemon) serve() error {
 // daemon runs again, policed PUs cannot open new connections (fail closed)
 // while their authorized flows continue. Purge removes everything.
 func (d *Daemon) Stop() {
+	d.phase.set(phaseStopping)
 	if d.api != nil {
 		d.api.Close()
 	}

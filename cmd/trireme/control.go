@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -9,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -118,13 +120,26 @@ func init() {
 		},
 	})
 
-	var statsJSON bool
+	var statsJSON, waitReady bool
+	var readyTimeout time.Duration
 	stats := &cobra.Command{
-		Use:   "stats",
+		Use:   "stats [--wait-ready [--timeout D]]",
 		Short: "Show the daemon's counters, drops by reason and policy status",
-		Args:  cobra.NoArgs,
+		Long: `Show the daemon's counters, drops by reason and policy status.
+
+With --wait-ready it first waits (up to --timeout) until the daemon enforces:
+its control socket answers /readyz (plumbed, the PUs of the previous run
+restored, the policy loaded). It exits 1 with the daemon's last answer if
+it is not ready in time.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := node.NewClient(socketPath).Stats()
+			c := node.NewClient(socketPath)
+			if waitReady {
+				if err := waitUntilReady(cmd.Context(), c, readyTimeout); err != nil {
+					return err
+				}
+			}
+			s, err := c.Stats()
 			if err != nil {
 				return err
 			}
@@ -145,8 +160,33 @@ func init() {
 	}
 	stats.Flags().StringVar(&socketPath, "socket", node.DefaultSocket, "daemon control socket")
 	stats.Flags().BoolVar(&statsJSON, "json", false, "print JSON")
+	stats.Flags().BoolVar(&waitReady, "wait-ready", false, "wait until the daemon enforces (its /readyz) before printing")
+	stats.Flags().DurationVar(&readyTimeout, "timeout", time.Minute, "with --wait-ready: how long to wait")
 
 	rootCmd.AddCommand(pu, exclude, stats)
+}
+
+// waitUntilReady polls the daemon's /readyz until it answers 200: a socket
+// not there yet or a 503 is waited for, up to timeout.
+func waitUntilReady(ctx context.Context, c *node.Client, timeout time.Duration) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := c.Ready()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("daemon not ready after %v: %w", timeout, err)
+		case <-tick.C:
+		}
+	}
 }
 
 // printFlowTable shows the flow table's fill and the PUs holding the most

@@ -46,8 +46,17 @@ everything the daemon put in the kernel.`,
 				d.Stop()
 				return err
 			}
+			// Under systemd (Type=notify): enforcing now.
+			if sent, err := node.SDNotify("READY=1\nSTATUS=enforcing"); err != nil {
+				log.Warn("could not tell systemd the daemon is ready", "err", err)
+			} else if sent {
+				log.Debug("told systemd: READY=1")
+			}
 			<-ctx.Done()
 			log.Info("signal received, stopping")
+			if _, err := node.SDNotify("STOPPING=1"); err != nil {
+				log.Warn("could not tell systemd the daemon stops", "err", err)
+			}
 			d.Stop()
 			return nil
 		},

@@ -29,6 +29,7 @@ type Daemon struct {
 	Config     *node.Config // what ConfigPath holds
 	ConfigPath string
 	Args       []string // more daemon flags, e.g. --log-level debug
+	Env        []string // more environment variables (KEY=value), e.g. NOTIFY_SOCKET
 	// LogPath receives the daemon's output, appended across restarts;
 	// Log, when not nil, receives it too.
 	LogPath string
@@ -107,6 +108,9 @@ func (d *Daemon) spawn() (*Process, error) {
 	}
 	cmd := exec.Command(d.Binary, append([]string{"daemon", "--config", d.ConfigPath}, d.Args...)...)
 	cmd.Stdout, cmd.Stderr = out, out
+	if len(d.Env) > 0 {
+		cmd.Env = append(os.Environ(), d.Env...)
+	}
 	// Own process group: a terminal's ^C reaches the caller only, which
 	// stops the daemon in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
