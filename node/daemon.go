@@ -77,7 +77,7 @@ type Daemon struct {
 	wg      sync.WaitGroup // the daemon's goroutines but the TAP readers
 	started time.Time
 	api     *Server
-	phase   phase // readiness (ready.go)
+	phase   phase      // readiness (ready.go)
 	web     *webServer // the web page's TCP listener, when configured (web.go)
 	// bridgeAddrs are the addresses the daemon added to a node bridge it
 	// did not create: purge removes those and nothing else of it.
