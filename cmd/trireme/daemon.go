@@ -14,9 +14,9 @@ import (
 )
 
 func init() {
-	var configPath, logLevel string
+	var configPath, logLevel, netnsName string
 	daemon := &cobra.Command{
-		Use:   "daemon --config FILE",
+		Use:   "daemon --config FILE [--netns NAME]",
 		Short: "Run the node daemon: discover PUs and enforce their policy",
 		Long: `Run the node daemon. It creates the node bridge, steers each PU's handshakes
 into the enforcement core, and serves the control API on a unix socket.
@@ -28,6 +28,11 @@ PUs and their authorized flows up again. 'trireme daemon purge' removes
 everything the daemon put in the kernel.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if netnsName != "" {
+				if err := runInNetns(netnsName); err != nil {
+					return err
+				}
+			}
 			log, err := newLogger(logLevel)
 			if err != nil {
 				return err
@@ -63,12 +68,18 @@ everything the daemon put in the kernel.`,
 	}
 	daemon.Flags().StringVar(&configPath, "config", "/etc/trireme/config.yaml", "daemon configuration file")
 	daemon.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	daemon.PersistentFlags().StringVar(&netnsName, "netns", "", "run inside this network namespace (a name under /run/netns, or a path such as /proc/PID/ns/net) instead of the caller's; no 'ip netns exec' needed")
 
 	purge := &cobra.Command{
-		Use:   "purge --config FILE",
+		Use:   "purge --config FILE [--netns NAME]",
 		Short: "Remove everything a stopped daemon left in the kernel (steering table, TAPs, bridge, created PUs)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if netnsName != "" {
+				if err := runInNetns(netnsName); err != nil {
+					return err
+				}
+			}
 			cfg, err := node.LoadConfig(configPath)
 			if err != nil {
 				return err
