@@ -2,9 +2,12 @@ package node
 
 import (
 	"net/http"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/trireme-go/trireme/buildinfo"
 )
 
 // metricsCollector exposes a StatsSource's Stats to Prometheus. It reads the
@@ -15,6 +18,7 @@ type metricsCollector struct {
 	counters, drops, puDrops, pus, flows, policyOK, policies *prometheus.Desc
 	capacity, perPU, puFlows, puRefused                      *prometheus.Desc
 	ringSize, ringRecords                                    *prometheus.Desc
+	buildInfo                                                *prometheus.Desc
 }
 
 func newMetricsCollector(c StatsSource) *metricsCollector {
@@ -38,16 +42,20 @@ func newMetricsCollector(c StatsSource) *metricsCollector {
 			"New flows of a PU refused for lack of room: its share full of established flows (flow-quota), or the table (table-full).", []string{"pu"}, nil),
 		ringSize:    prometheus.NewDesc("trireme_flow_ring_size", "The most flow records the daemon keeps in memory (observe.flowRing).", nil, nil),
 		ringRecords: prometheus.NewDesc("trireme_flow_ring_records", "Flow records the daemon holds in memory for trireme flows and the web page.", nil, nil),
+		buildInfo: prometheus.NewDesc("trireme_build_info", "1, labelled with the running build: version, commit (vcs.revision), modified (vcs.modified) and Go version.",
+			[]string{"version", "commit", "modified", "goversion"}, nil),
 	}
 }
 
 func (m *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.puDrops, m.pus, m.flows, m.policyOK, m.policies, m.capacity, m.perPU, m.puFlows, m.puRefused, m.ringSize, m.ringRecords} {
+	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.puDrops, m.pus, m.flows, m.policyOK, m.policies, m.capacity, m.perPU, m.puFlows, m.puRefused, m.ringSize, m.ringRecords, m.buildInfo} {
 		ch <- d
 	}
 }
 
 func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
+	bi := buildinfo.Get()
+	ch <- prometheus.MustNewConstMetric(m.buildInfo, prometheus.GaugeValue, 1, bi.Version, bi.Commit, strconv.FormatBool(bi.Modified), bi.Go)
 	s := m.c.Stats()
 	for k, v := range s.Counters {
 		ch <- prometheus.MustNewConstMetric(m.counters, prometheus.CounterValue, float64(v), k)

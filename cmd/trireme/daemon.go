@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trireme-go/trireme/buildinfo"
 	"github.com/trireme-go/trireme/node"
 )
 
@@ -37,6 +38,8 @@ everything the daemon put in the kernel.`,
 			if err != nil {
 				return err
 			}
+			bi := buildinfo.Get()
+			log.Info("trireme daemon", "version", bi.Version, "commit", bi.Commit, "modified", bi.Modified, "go", bi.Go)
 			cfg, err := node.LoadConfig(configPath)
 			if err != nil {
 				return err
