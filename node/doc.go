@@ -10,6 +10,7 @@
 //	settings.go     the config's enumerated settings (midStream, onPolicyChange) and PU states
 //	load.go         secrets, tokens and the policy file (config networks merged before the one compilation); policy updates
 //	lifecycle.go    Start (plumb, restore, serve) and Stop
+//	ready.go, sdnotify.go  readiness: /healthz, /readyz and the gate before the API; sd_notify
 //	pu.go           a PU's life: names, TAPs, steering, register, add, remove, monitor events, addresses
 //	registry.go     puRegistry: the one list of PUs, by ID, veth and namespace
 //	controller.go   the Controller the control API serves: list, attach, create, detach, exclude, stats
