@@ -17,8 +17,9 @@ import (
 // a rejected and a denied port (the server's ingress decides), TCP an
 // allowed port an observed rule also watches, TCP 7011 and UDP 7010 are
 // denied by the client's egress, and ICMP from a third PU to the client is
-// denied at the client's ingress. Datagram flows carry no
-// identity yet (docs/dataplane.md): their rules are CIDR rules.
+// denied at the client's ingress. The server admits TCP 7011 and UDP 7010,
+// so that the client's egress is what refuses them (a datagram flow's
+// client decides on the server's answer, as a TCP client at the SYN-ACK).
 const recordsPolicy = `
 targetNetworks: [%[1]s]
 policies:
@@ -51,7 +52,7 @@ policies:
         action: reject
       - name: s-dgram
         from: [{cidr: %[1]s}]
-        ports: [udp/7000, icmp]
+        ports: [udp/7000, udp/7010, icmp]
         action: allow
       - name: s-reject-dgram
         from: [{cidr: %[1]s}]
@@ -223,11 +224,12 @@ func TestRecordFields(t *testing.T) {
 				if f.Observed != nil {
 					observed = f.Observed.Name
 				}
-				// TCP peers present a verified identity; datagram peers
-				// none yet (but they are in the target networks).
+				// TCP and UDP peers present a verified identity (the
+				// SYN's token; the datagram handshake, #15); ICMP peers
+				// none (but they are in the target networks).
 				verified := len(f.Remote.Tags) > 0
 				bad := f.LocalName != names[w.local] || f.Remote.IP != remote || f.RemoteName != names[remote] ||
-					f.Remote.External || verified != (w.proto == "tcp") || f.Reason != w.reason || rule != w.rule || observed != w.observed
+					f.Remote.External || verified != (w.proto == "tcp" || w.proto == "udp") || f.Reason != w.reason || rule != w.rule || observed != w.observed
 				// Counters: the record of a TCP connection allowed is
 				// written after the handshake (packets both ways); any
 				// other is written at the first packet, which it counts
