@@ -51,7 +51,7 @@ policies:
         action: reject
       - name: s-dgram
         from: [{cidr: %[1]s}]
-        ports: [udp/7000, icmp]
+        ports: [udp/7000, udp/7010, icmp]
         action: allow
       - name: s-reject-dgram
         from: [{cidr: %[1]s}]
@@ -223,11 +223,12 @@ func TestRecordFields(t *testing.T) {
 				if f.Observed != nil {
 					observed = f.Observed.Name
 				}
-				// TCP peers present a verified identity; datagram peers
-				// none yet (but they are in the target networks).
+				// TCP and UDP peers present a verified identity (the
+				// handshakes); ICMP peers none (decided by address, but
+				// they are in the target networks).
 				verified := len(f.Remote.Tags) > 0
 				bad := f.LocalName != names[w.local] || f.Remote.IP != remote || f.RemoteName != names[remote] ||
-					f.Remote.External || verified != (w.proto == "tcp") || f.Reason != w.reason || rule != w.rule || observed != w.observed
+					f.Remote.External || verified != (w.proto != "icmp") || f.Reason != w.reason || rule != w.rule || observed != w.observed
 				// Counters: the record of a TCP connection allowed is
 				// written after the handshake (packets both ways); any
 				// other is written at the first packet, which it counts
