@@ -1,4 +1,4 @@
-package k8s
+package k8s_test
 
 import (
 	"errors"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/ipproto"
+	"github.com/trireme-go/trireme/k8s"
 	"github.com/trireme-go/trireme/node"
 	"github.com/trireme-go/trireme/testenv"
 )
@@ -89,11 +90,11 @@ func TestLiveConformance(t *testing.T) {
 			}
 		}
 	}
-	empty, err := Translate(&Cluster{}, Options{})
+	empty, err := k8s.Translate(&k8s.Cluster{}, k8s.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	initial, err := MarshalSet(empty.Set)
+	initial, err := k8s.MarshalSet(empty.Set)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,8 +135,8 @@ func TestLiveConformance(t *testing.T) {
 	}
 }
 
-func loadLiveCases(t *testing.T) []*Case {
-	dir := casesDir(t)
+func loadLiveCases(t *testing.T) []*k8s.Case {
+	dir := k8s.CasesDir(t)
 	var names []string
 	if sel := os.Getenv("TRIREME_LIVE_CASES"); sel != "" {
 		names = strings.Split(sel, ",")
@@ -148,13 +149,13 @@ func loadLiveCases(t *testing.T) []*Case {
 			names = append(names, strings.TrimSuffix(filepath.Base(f), ".json"))
 		}
 	}
-	var out []*Case
+	var out []*k8s.Case
 	for _, name := range names {
 		data, err := os.ReadFile(filepath.Join(dir, name+".json"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := ParseCase(data)
+		c, err := k8s.ParseCase(data)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -182,19 +183,19 @@ type liveUniverse struct {
 
 // runStep puts the step's state in force (policy, attached pods and their
 // tags), probes it and compares; it reports whether every cell matched.
-func (u *liveUniverse) runStep(label string, st *Step, all *liveTally) bool {
+func (u *liveUniverse) runStep(label string, st *k8s.Step, all *liveTally) bool {
 	t := u.t
 	cl, err := st.Cluster()
 	if err != nil {
 		t.Errorf("%s: %v", label, err)
 		return false
 	}
-	tr, err := Translate(cl, Options{})
+	tr, err := k8s.Translate(cl, k8s.Options{})
 	if err != nil {
 		t.Errorf("%s: translate: %v", label, err)
 		return false
 	}
-	text, err := MarshalSet(tr.Set)
+	text, err := k8s.MarshalSet(tr.Set)
 	if err != nil {
 		t.Errorf("%s: marshal: %v", label, err)
 		return false
@@ -250,7 +251,7 @@ func (u *liveUniverse) runStep(label string, st *Step, all *liveTally) bool {
 		}
 		all.probes++
 		plabel := fmt.Sprintf("%s probe TCP/%s (port %d)", label, strings.Trim(string(pr.Port), `"`), pr.ResolvedPort)
-		if have := sortedKeys(pr.Reachable); !slices.Equal(have, ids) {
+		if have := k8s.SortedKeys(pr.Reachable); !slices.Equal(have, ids) {
 			t.Errorf("%s: pods %v, expected table covers %v", plabel, ids, have)
 			ok = false
 			continue
@@ -319,7 +320,7 @@ func (u *liveUniverse) runStep(label string, st *Step, all *liveTally) bool {
 	return ok
 }
 
-func tagMapOf(p *PU) map[string]string {
+func tagMapOf(p *k8s.PU) map[string]string {
 	m := make(map[string]string, len(p.Tags))
 	for _, tag := range p.Tags {
 		m[tag.Key] = tag.Value

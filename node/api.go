@@ -70,6 +70,8 @@ type Stats struct {
 	// of it, most flows first.
 	FlowTable FlowTableStats `json:"flowTable"`
 	PUFlows   []PUFlowStats  `json:"puFlows,omitempty"`
+	// Kubernetes is the Kubernetes source's state (nil when it is off).
+	Kubernetes *KubernetesStatus `json:"kubernetes,omitempty"`
 }
 
 // FlowTableStats is the flow table's size and fill.

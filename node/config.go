@@ -54,6 +54,11 @@ type Config struct {
 	// this node (their bridge and veths must be in the daemon's namespace).
 	Docker Docker `yaml:"docker"`
 
+	// Kubernetes, when enabled, makes the daemon a Kubernetes node agent:
+	// its policy is the cluster's NetworkPolicies (policy must then be
+	// unset) and this node's pods are its PUs (kubernetes.go).
+	Kubernetes Kubernetes `yaml:"kubernetes"`
+
 	// MidStream says what happens to packets of a flow the enforcer does not
 	// know (e.g. after a restart): drop (the default), reset or acl.
 	MidStream MidStream `yaml:"midStream,omitempty"`
@@ -282,7 +287,7 @@ func sanitizeNodeName(h string) string {
 }
 
 func (c *Config) resolvePaths(dir string) {
-	for _, p := range []*string{&c.Policy, &c.Secrets.PSKFile, &c.Secrets.CACert, &c.Secrets.NodeCert, &c.Secrets.NodeKey} {
+	for _, p := range []*string{&c.Policy, &c.Kubernetes.Kubeconfig, &c.Secrets.PSKFile, &c.Secrets.CACert, &c.Secrets.NodeCert, &c.Secrets.NodeKey} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -311,7 +316,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	for field, v := range map[string]string{"secrets.pskFile": s.PSKFile, "secrets.caCert": s.CACert, "secrets.nodeCert": s.NodeCert, "secrets.nodeKey": s.NodeKey, "policy": c.Policy} {
+	for field, v := range map[string]string{"secrets.pskFile": s.PSKFile, "secrets.caCert": s.CACert, "secrets.nodeCert": s.NodeCert, "secrets.nodeKey": s.NodeKey, "policy": c.Policy, "kubernetes.kubeconfig": c.Kubernetes.Kubeconfig} {
 		if v == "" {
 			continue
 		}
@@ -321,8 +326,15 @@ func (c *Config) Validate() error {
 			bad(field, "%s is a directory", v)
 		}
 	}
-	if c.Policy == "" {
-		bad("policy", "missing: the policy file to enforce")
+	switch k := c.Kubernetes; {
+	case k.Enabled && c.Policy != "":
+		bad("policy", "set either policy (a policy file) or kubernetes.enabled (the cluster's NetworkPolicies), not both")
+	case !k.Enabled && c.Policy == "":
+		bad("policy", "missing: the policy file to enforce (or enable the kubernetes source)")
+	case !k.Enabled && (k.Kubeconfig != "" || k.NodeName != "" || len(k.PodNetworks) > 0 || k.NetnsDir != ""):
+		bad("kubernetes", "settings given but kubernetes.enabled is false")
+	case k.NetnsDir != "" && !filepath.IsAbs(k.NetnsDir):
+		bad("kubernetes.netnsDir", "%q must be absolute", k.NetnsDir)
 	}
 	if !ifName.MatchString(c.Bridge.Name) {
 		bad("bridge.name", "%q is not a valid interface name (at most 12 of [A-Za-z0-9_.-])", c.Bridge.Name)

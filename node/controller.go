@@ -195,5 +195,9 @@ func (d *Daemon) Stats() Stats {
 		}
 	}
 	d.addKernelDrops(out.Drops, kernel)
+	if d.k8s != nil {
+		ks := d.k8s.Status()
+		out.Kubernetes = &ks
+	}
 	return out
 }

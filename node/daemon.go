@@ -9,6 +9,7 @@ import (
 
 	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/ipproto"
+	"github.com/trireme-go/trireme/k8s/agent"
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/resolver"
@@ -45,8 +46,11 @@ type Daemon struct {
 	// owner marks the links the daemon creates (owner.go).
 	owner string
 
-	tok  *tokens.Engine
-	res  *resolver.File
+	tok *tokens.Engine
+	res policySource
+	// kpol and k8s are the Kubernetes source (kubernetes.go), when enabled.
+	kpol *resolver.Pushed
+	k8s  *agent.Agent
 	enf  *dataplane.Enforcer
 	sink *asyncSink
 
@@ -95,12 +99,19 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := loadPolicy(cfg, log)
+	var res policySource
+	var kpol *resolver.Pushed
+	if cfg.Kubernetes.Enabled {
+		kpol, err = loadKubernetesPolicy(cfg, resolver.FileOptions{Logger: log, TargetNetworks: cfg.TargetNetworks, ExcludedNetworks: cfg.ExcludedNetworks})
+		res = kpol
+	} else {
+		res, err = loadPolicy(cfg, log)
+	}
 	if err != nil {
 		return nil, err
 	}
 	owner := ownerMark(cfg.Node)
-	d := &Daemon{cfg: cfg, log: log, owner: owner, tok: tok, res: res, sink: newAsyncSink(log),
+	d := &Daemon{cfg: cfg, log: log, owner: owner, tok: tok, res: res, kpol: kpol, sink: newAsyncSink(log),
 		ports: newInjectionPorts(owner), reaper: newTapReaper(log), ops: make(chan kernelOp, 4096),
 		pus: newPURegistry(), addrs: newAddrAllocator(cfg.Bridge.Subnet.Prefix)}
 	d.excl = exclusions{log: log, save: d.saveExcluded}

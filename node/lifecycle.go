@@ -167,6 +167,11 @@ func (d *Daemon) serve() error {
 		go func() { defer d.wg.Done(); monitor.RunAll(d.ctx, events, d.log, time.Second, mon) }()
 		go d.eventLoop(events)
 	}
+	if d.cfg.Kubernetes.Enabled {
+		if err := d.startKubernetes(); err != nil {
+			return err
+		}
+	}
 	d.wg.Add(4)
 	go d.kernelLoop()
 	go d.expireLoop()
