@@ -161,4 +161,3 @@ func CreateNamespace(t testing.TB, c kubernetes.Interface, name string, labels m
 		t.Fatalf("create namespace %s: %v", name, err)
 	}
 }
-

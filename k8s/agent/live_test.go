@@ -180,7 +180,7 @@ func (s *scene) converge(what, probe string, want bool, start time.Time) time.Du
 	}
 }
 
-func tcpPort(p int32) *intstr.IntOrString { v := intstr.FromInt32(p); return &v }
+func tcpPort(p int32) *intstr.IntOrString    { v := intstr.FromInt32(p); return &v }
 func namedPort(n string) *intstr.IntOrString { v := intstr.FromString(n); return &v }
 
 // establish opens a connection from -> to:port and checks one round trip.
