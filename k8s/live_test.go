@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/ipproto"
 	"github.com/trireme-go/trireme/k8s"
@@ -102,7 +103,8 @@ func TestLiveConformance(t *testing.T) {
 	// aggregation of repeated refusals (docs/daemon.md, Flow records).
 	d := testenv.NewDaemon(t, n, testenv.DaemonOptions{SecretsDir: testenv.PSKDir(t), Policy: string(initial), Extra: "flowLogAggregate: 0s\n"})
 	d.Start()
-	u := &liveUniverse{t: t, d: d, pus: pus, attached: map[string]attachedPod{}}
+	u := &liveUniverse{t: t, ds: []*testenv.Daemon{d}, pus: pus, attached: map[string]attachedPod{}}
+	u.apply = u.applyFiles
 	ready := time.Now()
 
 	var all liveTally
@@ -173,10 +175,14 @@ type attachedPod struct {
 }
 
 type liveUniverse struct {
-	t        *testing.T
-	d        *testenv.Daemon
+	t *testing.T
+	// ds are the nodes' daemons: their flow logs hold the denials.
+	ds       []*testenv.Daemon
 	pus      map[string]*testenv.PU // by pod ID
-	attached map[string]attachedPod // by pod ID
+	attached map[string]attachedPod // by pod ID (apply = applyFiles)
+	// apply puts a step's state in force (translated as tr, printed as
+	// text); it reports whether it could.
+	apply    func(label string, st *k8s.Step, tr *k8s.Translation, text []byte) bool
 	mu       sync.Mutex
 	nextPort int
 }
@@ -200,48 +206,14 @@ func (u *liveUniverse) runStep(label string, st *k8s.Step, all *liveTally) bool 
 		t.Errorf("%s: marshal: %v", label, err)
 		return false
 	}
-	want := map[string]map[string]string{}
+	if !u.apply(label, st, tr, text) {
+		return false
+	}
+	ids := make([]string, 0, len(tr.PUs))
 	for i := range tr.PUs {
-		want[tr.PUs[i].ID()] = tagMapOf(&tr.PUs[i])
+		ids = append(ids, tr.PUs[i].ID())
 	}
-	// Pods deleted, or whose identity changed (labels of the pod or of its
-	// namespace), are detached first; the new policy goes in; then the
-	// pods that are not attached are, with their current tags.
-	for _, id := range slices.Sorted(maps.Keys(u.attached)) {
-		a := u.attached[id]
-		if w, ok := want[id]; !ok || !maps.Equal(w, a.tags) {
-			if err := u.d.Client().DetachPU(a.id); err != nil {
-				t.Fatalf("%s: detach %s: %v", label, id, err)
-			}
-			delete(u.attached, id)
-		}
-	}
-	u.d.SetPolicy(string(text))
-	for _, id := range slices.Sorted(maps.Keys(want)) {
-		if _, ok := u.attached[id]; ok {
-			continue
-		}
-		labels, tags := map[string]string{}, map[string]string{}
-		for k, v := range want[id] {
-			if identity.IsReserved(k) {
-				tags[k] = v
-			} else {
-				labels[k] = v
-			}
-		}
-		info, err := u.d.Client().AttachPU(node.AttachRequest{NetNS: u.pus[id].Name, Labels: labels, Tags: tags})
-		if err != nil {
-			t.Fatalf("%s: attach %s: %v", label, id, err)
-		}
-		for k, v := range want[id] {
-			if info.Tags[k] != v {
-				t.Fatalf("%s: pod %s attached with tag %s=%q, want %q", label, id, k, info.Tags[k], v)
-			}
-		}
-		u.attached[id] = attachedPod{id: info.ID, tags: want[id]}
-	}
-
-	ids := slices.Sorted(maps.Keys(want))
+	slices.Sort(ids)
 	ok := true
 	for pi := range st.Probes {
 		pr := &st.Probes[pi]
@@ -320,6 +292,55 @@ func (u *liveUniverse) runStep(label string, st *k8s.Step, all *liveTally) bool 
 	return ok
 }
 
+// applyFiles puts a step in force as a node integration without an API
+// server would: the translated policy written to the daemon's policy file,
+// each pod attached through the control API with its tags.
+func (u *liveUniverse) applyFiles(label string, st *k8s.Step, tr *k8s.Translation, text []byte) bool {
+	t := u.t
+	want := map[string]map[string]string{}
+	for i := range tr.PUs {
+		want[tr.PUs[i].ID()] = tagMapOf(&tr.PUs[i])
+	}
+	// Pods deleted, or whose identity changed (labels of the pod or of its
+	// namespace), are detached first; the new policy goes in; then the
+	// pods that are not attached are, with their current tags.
+	for _, id := range slices.Sorted(maps.Keys(u.attached)) {
+		a := u.attached[id]
+		if w, ok := want[id]; !ok || !maps.Equal(w, a.tags) {
+			if err := u.ds[0].Client().DetachPU(a.id); err != nil {
+				t.Fatalf("%s: detach %s: %v", label, id, err)
+			}
+			delete(u.attached, id)
+		}
+	}
+	u.ds[0].SetPolicy(string(text))
+	for _, id := range slices.Sorted(maps.Keys(want)) {
+		if _, ok := u.attached[id]; ok {
+			continue
+		}
+		labels, tags := map[string]string{}, map[string]string{}
+		for k, v := range want[id] {
+			if identity.IsReserved(k) {
+				tags[k] = v
+			} else {
+				labels[k] = v
+			}
+		}
+		info, err := u.ds[0].Client().AttachPU(node.AttachRequest{NetNS: u.pus[id].Name, Labels: labels, Tags: tags})
+		if err != nil {
+			t.Fatalf("%s: attach %s: %v", label, id, err)
+		}
+		for k, v := range want[id] {
+			if info.Tags[k] != v {
+				t.Fatalf("%s: pod %s attached with tag %s=%q, want %q", label, id, k, info.Tags[k], v)
+			}
+		}
+		u.attached[id] = attachedPod{id: info.ID, tags: want[id]}
+	}
+
+	return true
+}
+
 func tagMapOf(p *k8s.PU) map[string]string {
 	m := make(map[string]string, len(p.Tags))
 	for _, tag := range p.Tags {
@@ -374,22 +395,34 @@ func (u *liveUniverse) probe(ids []string, port uint16) map[[2]string]outcome {
 // server's ("ingress") or the client's ("egress").
 type blameCell struct{ from, to, direction string }
 
-func (u *liveUniverse) flowLogSize() int64 {
-	st, err := os.Stat(u.d.FlowLog)
-	if err != nil {
-		return 0
+// flowLogSize is the size of each daemon's flow log.
+func (u *liveUniverse) flowLogSize() []int64 {
+	out := make([]int64, len(u.ds))
+	for i, d := range u.ds {
+		if st, err := os.Stat(d.FlowLog); err == nil {
+			out[i] = st.Size()
+		}
 	}
-	return st.Size()
+	return out
+}
+
+// recordsSince returns the records of every daemon's flow log past offsets.
+func (u *liveUniverse) recordsSince(offsets []int64) []dataplane.Record {
+	var out []dataplane.Record
+	for i, d := range u.ds {
+		out = append(out, d.RecordsSince(offsets[i])...)
+	}
+	return out
 }
 
 // checkBlame waits (up to 5 s: records are written asynchronously) until
 // the flow log, past offset, holds a denial by the expected enforcer for
 // every cell, and returns the cells that have none.
-func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, port uint16) []string {
+func (u *liveUniverse) checkBlame(cells []blameCell, offset []int64, port uint16) []string {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		found := map[blameCell]bool{}
-		for _, r := range u.d.RecordsSince(offset) {
+		for _, r := range u.recordsSince(offset) {
 			if r.Proto == ipproto.TCP && r.Server.Port() == port && r.Action != "allow" {
 				found[blameCell{u.podAt(r.Client.Addr()), u.podAt(r.Server.Addr()), r.Direction}] = true
 			}
@@ -416,9 +449,9 @@ func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, port uint16) 
 
 // pairRecords lists, for the report, the flow log's records past offset of
 // connections to port, by pair of pods.
-func (u *liveUniverse) pairRecords(offset int64, port uint16) map[[2]string][]string {
+func (u *liveUniverse) pairRecords(offset []int64, port uint16) map[[2]string][]string {
 	out := map[[2]string][]string{}
-	for _, r := range u.d.RecordsSince(offset) {
+	for _, r := range u.recordsSince(offset) {
 		if r.Proto != ipproto.TCP || r.Server.Port() != port {
 			continue
 		}

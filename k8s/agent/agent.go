@@ -17,6 +17,8 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"maps"
@@ -122,8 +124,11 @@ type Status struct {
 	Unenforced map[string]string `json:"unenforced,omitempty"`
 	// PolicyError is why the newest translation is not in force ("" when it is).
 	PolicyError string `json:"policyError,omitempty"`
-	// Policies is the number of NetworkPolicies the node's policy translates.
-	NetworkPolicies int `json:"networkPolicies"`
+	// NetworkPolicies is the number of NetworkPolicies the node's policy
+	// translates; PolicyHash identifies the policy in force (PolicyHash of
+	// its printed form).
+	NetworkPolicies int    `json:"networkPolicies"`
+	PolicyHash      string `json:"policyHash,omitempty"`
 }
 
 // New prepares an agent (nothing runs until Run).
@@ -308,6 +313,9 @@ func (a *Agent) sync() (pending bool) {
 				a.log.Error("the translated policy was refused: the previous policy stays in force", "err", err)
 			} else if merr == nil {
 				a.lastPolicy = string(text)
+				a.mu.Lock()
+				a.status.PolicyHash = PolicyHash(text)
+				a.mu.Unlock()
 			}
 		}
 	}
@@ -381,15 +389,33 @@ func (a *Agent) sync() (pending bool) {
 // returns this node's pods that should be PUs, and the pods of this node
 // that cannot be (with why).
 func (a *Agent) universe() (*k8s.Cluster, []*corev1.Pod, map[string]string) {
+	var nss []*corev1.Namespace
+	var pods []*corev1.Pod
+	var nps []*networkingv1.NetworkPolicy
+	for _, o := range a.nss.GetStore().List() {
+		nss = append(nss, o.(*corev1.Namespace))
+	}
+	for _, o := range a.pods.GetStore().List() {
+		pods = append(pods, o.(*corev1.Pod))
+	}
+	for _, o := range a.nps.GetStore().List() {
+		nps = append(nps, o.(*networkingv1.NetworkPolicy))
+	}
+	return Universe(a.cfg.NodeName, a.log, nss, pods, nps)
+}
+
+// Universe is the translation's input for the API objects: every namespace
+// and policy, every pod but host-network and ended ones. It also returns
+// the pods of node nodeName that should be PUs (they have an address) and
+// the pods of that node that cannot be, with why.
+func Universe(nodeName string, log *slog.Logger, nss []*corev1.Namespace, pods []*corev1.Pod, nps []*networkingv1.NetworkPolicy) (*k8s.Cluster, []*corev1.Pod, map[string]string) {
 	cl := &k8s.Cluster{}
 	unenforced := map[string]string{}
-	for _, o := range a.nss.GetStore().List() {
-		ns := o.(*corev1.Namespace)
+	for _, ns := range nss {
 		cl.Namespaces = append(cl.Namespaces, k8s.Namespace{Name: ns.Name, Labels: ns.Labels})
 	}
 	var local []*corev1.Pod
-	for _, o := range a.pods.GetStore().List() {
-		p := o.(*corev1.Pod)
+	for _, p := range pods {
 		if p.Spec.HostNetwork {
 			continue // NetworkPolicy does not apply to host-network pods
 		}
@@ -398,19 +424,19 @@ func (a *Agent) universe() (*k8s.Cluster, []*corev1.Pod, map[string]string) {
 		}
 		pod, err := k8s.PodFromObject(p)
 		if err != nil {
-			if p.Spec.NodeName == a.cfg.NodeName {
+			if p.Spec.NodeName == nodeName {
 				unenforced[p.Namespace+"/"+p.Name] = err.Error()
 			}
-			a.log.Warn("pod left out of the translation", "pod", p.Namespace+"/"+p.Name, "err", err)
+			log.Warn("pod left out of the translation", "pod", p.Namespace+"/"+p.Name, "err", err)
 			continue
 		}
 		cl.Pods = append(cl.Pods, pod)
-		if p.Spec.NodeName == a.cfg.NodeName && len(pod.IPs) > 0 {
+		if p.Spec.NodeName == nodeName && len(pod.IPs) > 0 {
 			local = append(local, p)
 		}
 	}
-	for _, o := range a.nps.GetStore().List() {
-		cl.Policies = append(cl.Policies, *o.(*networkingv1.NetworkPolicy))
+	for _, np := range nps {
+		cl.Policies = append(cl.Policies, *np)
 	}
 	// Informer stores are maps: sort, so that the same state translates
 	// to the same text.
@@ -420,6 +446,13 @@ func (a *Agent) universe() (*k8s.Cluster, []*corev1.Pod, map[string]string) {
 		return compare(x.Namespace+"/"+x.Name, y.Namespace+"/"+y.Name)
 	})
 	return cl, local, unenforced
+}
+
+// PolicyHash identifies a printed policy (k8s.MarshalSet): the first 16
+// hex digits of its SHA-256.
+func PolicyHash(text []byte) string {
+	h := sha256.Sum256(text)
+	return hex.EncodeToString(h[:8])
 }
 
 func compare(a, b string) int {
