@@ -84,6 +84,11 @@ type Secrets struct {
 	CACert   string `yaml:"caCert"`
 	NodeCert string `yaml:"nodeCert"`
 	NodeKey  string `yaml:"nodeKey"`
+	// CAKey, instead of nodeCert and nodeKey, is the CA's key: the node
+	// issues itself a certificate for its name at start (a cluster CA held
+	// in a Kubernetes Secret). Every node holding it can issue any node's
+	// certificate.
+	CAKey string `yaml:"caKey"`
 }
 
 // Docker configures the Docker monitor.
@@ -287,7 +292,7 @@ func sanitizeNodeName(h string) string {
 }
 
 func (c *Config) resolvePaths(dir string) {
-	for _, p := range []*string{&c.Policy, &c.Kubernetes.Kubeconfig, &c.Secrets.PSKFile, &c.Secrets.CACert, &c.Secrets.NodeCert, &c.Secrets.NodeKey} {
+	for _, p := range []*string{&c.Policy, &c.Kubernetes.Kubeconfig, &c.Secrets.CAKey, &c.Secrets.PSKFile, &c.Secrets.CACert, &c.Secrets.NodeCert, &c.Secrets.NodeKey} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -305,18 +310,22 @@ func (c *Config) Validate() error {
 	}
 	s := c.Secrets
 	switch {
-	case s.PSKFile != "" && (s.CACert != "" || s.NodeCert != "" || s.NodeKey != ""):
+	case s.PSKFile != "" && (s.CACert != "" || s.NodeCert != "" || s.NodeKey != "" || s.CAKey != ""):
 		bad("secrets", "set either pskFile or caCert/nodeCert/nodeKey, not both")
-	case s.PSKFile == "" && s.CACert == "" && s.NodeCert == "" && s.NodeKey == "":
+	case s.PSKFile == "" && s.CACert == "" && s.NodeCert == "" && s.NodeKey == "" && s.CAKey == "":
 		bad("secrets", "missing: set pskFile (PSK mode) or caCert, nodeCert and nodeKey (PKI mode)")
-	case s.PSKFile == "":
+	case s.CAKey != "" && (s.NodeCert != "" || s.NodeKey != ""):
+		bad("secrets", "set either caKey (the node issues its certificate) or nodeCert and nodeKey, not both")
+	case s.CAKey != "" && s.CACert == "":
+		bad("secrets.caCert", "missing (caKey needs the CA's certificate)")
+	case s.PSKFile == "" && s.CAKey == "":
 		for field, v := range map[string]string{"secrets.caCert": s.CACert, "secrets.nodeCert": s.NodeCert, "secrets.nodeKey": s.NodeKey} {
 			if v == "" {
 				bad(field, "missing (PKI mode needs caCert, nodeCert and nodeKey)")
 			}
 		}
 	}
-	for field, v := range map[string]string{"secrets.pskFile": s.PSKFile, "secrets.caCert": s.CACert, "secrets.nodeCert": s.NodeCert, "secrets.nodeKey": s.NodeKey, "policy": c.Policy, "kubernetes.kubeconfig": c.Kubernetes.Kubeconfig} {
+	for field, v := range map[string]string{"secrets.caKey": s.CAKey, "secrets.pskFile": s.PSKFile, "secrets.caCert": s.CACert, "secrets.nodeCert": s.NodeCert, "secrets.nodeKey": s.NodeKey, "policy": c.Policy, "kubernetes.kubeconfig": c.Kubernetes.Kubeconfig} {
 		if v == "" {
 			continue
 		}

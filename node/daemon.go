@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
@@ -61,6 +62,8 @@ type Daemon struct {
 	reaper *tapReaper
 	ops    chan kernelOp // to kernelLoop
 	frames *framePath    // the TAP readers (frameio.go)
+	// secretsReloads and secretsErrors count the secrets' reloads (secrets.go).
+	secretsReloads, secretsErrors atomic.Uint64
 	// retired holds the kernel drop counters of PUs already removed, so
 	// that the node-wide drop counts never go down.
 	retired kernelDrops

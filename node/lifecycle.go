@@ -172,7 +172,8 @@ func (d *Daemon) serve() error {
 			return err
 		}
 	}
-	d.wg.Add(4)
+	d.wg.Add(5)
+	go d.secretsLoop(d.ctx)
 	go d.kernelLoop()
 	go d.expireLoop()
 	go d.policyLoop()

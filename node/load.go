@@ -19,13 +19,7 @@ import (
 // loadTokens loads the node's secrets (PKI or pre-shared key) and makes the
 // token engine.
 func loadTokens(cfg *Config) (*tokens.Engine, error) {
-	var sec tokens.Secrets
-	var err error
-	if cfg.Secrets.PKI() {
-		sec, err = tokens.LoadPKI(cfg.Secrets.CACert, cfg.Secrets.NodeCert, cfg.Secrets.NodeKey)
-	} else {
-		sec, err = tokens.LoadPSK(cfg.Secrets.PSKFile)
-	}
+	sec, err := loadSecrets(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("secrets: %w", err)
 	}
