@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,9 +15,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
 
 	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/k8s"
@@ -53,9 +56,13 @@ func newScene(t *testing.T, nodes int, configure func(i int, c *node.Config)) *s
 	testenv.RequireRoot(t)
 	cp := controlplane.Start(t, controlplane.Options{})
 	s := &scene{t: t, cp: cp, c: cp.Client(), cluster: testenv.NewCluster(t, nodes, 0), pods: map[string]*pod{}}
+	// The agents run as the DaemonSet's service account, with the RBAC of
+	// deploy/kubernetes: what it grants must be enough.
+	applyRBAC(t, s.c)
+	agentCfg := cp.ConfigAs("system:serviceaccount:trireme-system:trireme", "system:serviceaccounts", "system:serviceaccounts:trireme-system", "system:authenticated")
 	psk := testenv.PSKDir(t)
 	for i, n := range s.cluster.Nodes {
-		kubeconfig := n.Kubeconfig(cp.Config, n.APIProxy(cp.URL))
+		kubeconfig := n.Kubeconfig(agentCfg, n.APIProxy(cp.URL))
 		d := testenv.NewDaemon(t, n, testenv.DaemonOptions{SecretsDir: psk, OnPolicyChange: "reset",
 			Extra: "flowLogAggregate: 0s\n",
 			Configure: func(c *node.Config) {
@@ -346,6 +353,40 @@ func TestAgent(t *testing.T) {
 	for _, n := range s.cluster.Nodes {
 		if out, err := n.Run(ctx, "ip", "-br", "addr", "show", "dev", n.Bridge); err != nil || !strings.Contains(out, n.Gateway.String()) {
 			t.Errorf("CNI bridge %s of %s: %v %s", n.Bridge, n.Name, err, out)
+		}
+	}
+}
+
+// applyRBAC creates the ClusterRole and ClusterRoleBinding of the
+// deploy manifests.
+func applyRBAC(t *testing.T, c kubernetes.Interface) {
+	data, err := os.ReadFile("../../deploy/kubernetes/trireme.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		var meta metav1.TypeMeta
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			t.Fatal(err)
+		}
+		switch meta.Kind {
+		case "ClusterRole":
+			var r rbacv1.ClusterRole
+			if err := yaml.UnmarshalStrict([]byte(doc), &r); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.RbacV1().ClusterRoles().Create(ctx, &r, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		case "ClusterRoleBinding":
+			var b rbacv1.ClusterRoleBinding
+			if err := yaml.UnmarshalStrict([]byte(doc), &b); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.RbacV1().ClusterRoleBindings().Create(ctx, &b, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 }
