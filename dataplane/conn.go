@@ -58,6 +58,9 @@ type conn struct {
 	seq     seqs
 	bypass  bool
 	probeAt int64
+	// fins is what the enforcer saw of the flow's FINs (flow.Entry.FIN
+	// holds the ones it believes).
+	fins fins
 	// A new connection's SYN for this 4-tuple, passed to the PU while the
 	// established connection lives (its TCP answers a live connection
 	// with a challenge ACK; a SYN-ACK means the old one is gone): its ISN,

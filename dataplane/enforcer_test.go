@@ -732,6 +732,30 @@ func TestHalfOpenTimeout(t *testing.T) {
 	}
 }
 
+// TestHalfOpenNotRenewedByJunk: a handshake has the half-open lifetime from
+// its last step to finish. Packets anyone can send on its 5-tuple — the
+// SYN replayed, junk segments — do not keep it alive (they would let one
+// sender pin half-open entries forever).
+func TestHalfOpenNotRenewedByJunk(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	syn, synack, _, _, _ := p.frames()
+	wire, _, _ := p.c2s(syn)
+	p.s2c(synack)
+	junk := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.ACK | packet.PSH, seq: 9000, ack: 1, payload: []byte("junk")})
+	for _, at := range []time.Duration{20 * time.Second, 40 * time.Second, 59 * time.Second} {
+		p.s.run(FromNet, wire, t0.Add(at)) // the token SYN, replayed
+		p.s.run(FromNet, junk, t0.Add(at))
+		p.c.run(FromApp, syn, t0.Add(at)) // the client's own retransmission
+	}
+	var out Output
+	if n := p.s.e.Expire(t0.Add(61*time.Second), &out); n != 1 {
+		t.Fatalf("server: %d flows expired 61 s after the SYN-ACK, want the half-open one", n)
+	}
+	if n := p.c.e.Expire(t0.Add(61*time.Second), &out); n != 1 {
+		t.Fatalf("client: %d flows expired 61 s after its SYN, want the half-open one", n)
+	}
+}
+
 func TestFastPathNoAlloc(t *testing.T) {
 	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
 	p.handshake()

@@ -695,3 +695,75 @@ func TestRecordsSayTheRightThing(t *testing.T) {
 		}
 	}
 }
+
+// TestForgedFINDoesNotCloseFlow: a FIN from the network is believed only when
+// a TCP that accepted it shows it (it acknowledges the PU's FIN, or the PU's
+// FIN acknowledges it). A forged FIN is passed on (the PU's TCP judges it)
+// but does not let the PU's own FIN take the flow out of the kernel; the
+// real close does, whichever side closes first, even with forged FINs
+// before and after the real one.
+func TestForgedFINDoesNotCloseFlow(t *testing.T) {
+	revokes := func(r result) int {
+		n := 0
+		for _, nt := range r.notes {
+			if nt.Kind == Revoke {
+				n++
+			}
+		}
+		return n
+	}
+	forged := func(t *testing.T, seq, ack uint32) []byte {
+		return tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.FIN | packet.ACK, seq: seq, ack: ack})
+	}
+	tests := []struct {
+		name string
+		run  func(t *testing.T, p *pair)
+	}{
+		{"forged FIN, then the server PU closes", func(t *testing.T, p *pair) {
+			if r := p.s.run(FromNet, forged(t, 5000, 9999), p.now); r.v != Forward || revokes(r) != 0 {
+				t.Fatalf("forged FIN: %v %v notes %+v", r.v, r.code, r.notes)
+			}
+			// The server PU closes; its FIN acknowledges what the client
+			// really sent (101), not the forged FIN.
+			fin := tcpFrame(t, seg{src: sIP, dst: cIP, sport: 5432, dport: 40000, flags: packet.FIN | packet.ACK, seq: 701, ack: 101})
+			if r := p.s.run(FromApp, fin, p.now); r.v != Forward || revokes(r) != 0 {
+				t.Fatalf("server FIN after a forged one: %v notes %+v, want the flow kept", r.v, r.notes)
+			}
+			// The real client FIN acknowledges the server's: closing.
+			cfin := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.FIN | packet.ACK, seq: 101, ack: 702})
+			if r := p.s.run(FromNet, cfin, p.now); revokes(r) != 1 {
+				t.Fatalf("real client FIN: notes %+v, want one revoke", r.notes)
+			}
+		}},
+		{"forged FINs around the real one, client closes first", func(t *testing.T, p *pair) {
+			p.s.run(FromNet, forged(t, 5000, 9999), p.now)
+			cfin := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.FIN | packet.ACK, seq: 101, ack: 701})
+			if r := p.s.run(FromNet, cfin, p.now); revokes(r) != 0 {
+				t.Fatalf("first FIN: notes %+v", r.notes)
+			}
+			p.s.run(FromNet, forged(t, 7000, 9999), p.now)
+			p.s.run(FromNet, forged(t, 8000, 9999), p.now)
+			// The server's FIN acknowledges the real client FIN (101+1).
+			fin := tcpFrame(t, seg{src: sIP, dst: cIP, sport: 5432, dport: 40000, flags: packet.FIN | packet.ACK, seq: 701, ack: 102})
+			if r := p.s.run(FromApp, fin, p.now); revokes(r) != 1 {
+				t.Fatalf("server FIN acknowledging the real one: notes %+v, want one revoke", r.notes)
+			}
+		}},
+		{"forged FIN guessing close to the PU's FIN", func(t *testing.T, p *pair) {
+			fin := tcpFrame(t, seg{src: sIP, dst: cIP, sport: 5432, dport: 40000, flags: packet.FIN | packet.ACK, seq: 701, ack: 101})
+			p.s.run(FromApp, fin, p.now)
+			for _, ack := range []uint32{701, 703, 1} {
+				if r := p.s.run(FromNet, forged(t, 101, ack), p.now); revokes(r) != 0 {
+					t.Fatalf("forged FIN acking %d: notes %+v, want the flow kept", ack, r.notes)
+				}
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+			p.handshake()
+			tt.run(t, p)
+		})
+	}
+}

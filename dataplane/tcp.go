@@ -328,7 +328,7 @@ func (c *slowPacket) established(ent *flow.Entry[conn]) {
 		return
 	}
 	if p.Flags&packet.FIN != 0 {
-		ent.FIN[c.dir&1] = true
+		c.sawFIN(ent, false)
 		if ent.FIN[0] && ent.FIN[1] && ent.State != flow.Closing {
 			c.sh.SetState(ent, flow.Closing, c.ns)
 			// Take the flow out of the kernel now, not at the end of the

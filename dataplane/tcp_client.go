@@ -253,7 +253,7 @@ func (c *slowPacket) clientACK(ent *flow.Entry[conn]) {
 		}
 	}
 	if p.Flags&packet.FIN != 0 {
-		ent.FIN[c.dir&1] = true
+		c.sawFIN(ent, true) // the PU's own
 	}
 	c.establish(ent)
 	c.e.forward(c.out, f)

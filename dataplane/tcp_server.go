@@ -348,7 +348,7 @@ func (c *slowPacket) serverACK(ent *flow.Entry[conn]) {
 		return
 	}
 	if fin {
-		ent.FIN[c.dir&1] = true
+		c.sawFIN(ent, true) // on the token-verified ACK
 	}
 	c.establish(ent)
 	c.e.forward(c.out, f)

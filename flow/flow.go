@@ -471,12 +471,18 @@ func (s *Shard[V]) setState(e *Entry[V], st State, now int64) {
 	e.deadline = now + s.t.timeout(e)
 }
 
-// Touch records a packet of n bytes in direction d and refreshes the timer.
+// Touch records a packet of n bytes in direction d and refreshes the timer,
+// except in a handshake: a handshake has HalfOpen from its last step
+// (SetState) to finish, however many packets arrive meanwhile — packets
+// anyone can send (a retransmitted or forged SYN, junk on the 5-tuple) must
+// not keep a half-open flow alive.
 func (s *Shard[V]) Touch(e *Entry[V], d Dir, n int, now int64) {
 	e.Packets[d&1]++
 	e.Bytes[d&1] += uint64(n)
 	e.LastSeen = now
-	e.deadline = now + s.t.timeout(e)
+	if !e.State.HalfOpen() {
+		e.deadline = now + s.t.timeout(e)
+	}
 }
 
 func (t *Table[V]) timeout(e *Entry[V]) int64 {

@@ -138,8 +138,22 @@ func TestLifetimes(t *testing.T) {
 				t.Fatal("not expired after its deadline")
 			}
 			s.Touch(e, FromNet, 100, int64(c.ttl))
-			if s.Expired(e, int64(2*c.ttl)) || e.Packets[FromNet] != 1 || e.Bytes[FromNet] != 100 {
-				t.Fatalf("touch did not refresh or count: %+v", e)
+			if e.Packets[FromNet] != 1 || e.Bytes[FromNet] != 100 {
+				t.Fatalf("touch did not count: %+v", e)
+			}
+			if c.st.HalfOpen() {
+				// A handshake's deadline runs from its last step:
+				// packets do not renew it.
+				if !s.Expired(e, int64(c.ttl)+1) {
+					t.Fatal("touch renewed a half-open flow")
+				}
+				if n := tb.Sweep(int64(c.ttl)+1, nil); n != 1 || tb.Len() != 0 {
+					t.Fatalf("half-open: swept %d, %d left", n, tb.Len())
+				}
+				return
+			}
+			if s.Expired(e, int64(2*c.ttl)) {
+				t.Fatalf("touch did not refresh: %+v", e)
 			}
 			if n := tb.Sweep(int64(2*c.ttl), nil); n != 0 {
 				t.Fatalf("swept %d at the refreshed deadline", n)
