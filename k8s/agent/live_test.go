@@ -234,6 +234,21 @@ func TestAgent(t *testing.T) {
 	if a.Bridge != s.cluster.Nodes[0].Bridge || a.IPs[0] != s.pods["x/a"].pu.Addr {
 		t.Errorf("PU of x/a on bridge %q with %v, want the CNI bridge %q and %v", a.Bridge, a.IPs, s.cluster.Nodes[0].Bridge, s.pods["x/a"].pu.Addr)
 	}
+	// A pod whose network the node cannot find (no namespace holds its
+	// address: an unsupported CNI) is listed as unenforced, with why.
+	testenv.CreatePod(t, s.c, testenv.PodSpec{Namespace: "x", Name: "ghost", NodeName: nodeName(0), IP: netip.MustParseAddr("10.80.0.250")})
+	s.waitFor("the ghost pod listed as unenforced", func() bool {
+		return strings.Contains(s.stats(0).Kubernetes.Unenforced["x/ghost"], "no network namespace")
+	})
+	if m, err := s.daemons[0].Client().Metrics(); err != nil || !strings.Contains(m, "trireme_kubernetes_pods_unenforced 1") {
+		t.Errorf("metric with an unenforced pod: %v\n%s", err, grep(m, "trireme_kubernetes"))
+	}
+	if k := s.stats(0).Kubernetes; k.Pods != 2 {
+		t.Errorf("pods enforced with the ghost: %d, want 2", k.Pods)
+	}
+	testenv.DeletePod(t, s.c, "x", "ghost")
+	s.waitFor("the ghost pod gone from the unenforced list", func() bool { return len(s.stats(0).Kubernetes.Unenforced) == 0 })
+
 	// No policy: every pod reaches every other, across nodes too.
 	s.expect("no policy", true, "x/a>x/b:80", "y/c>x/a:80", "x/b>y/c:81", "y/e>x/b:80")
 
