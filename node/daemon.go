@@ -136,6 +136,13 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d.frames = &framePath{enf: d.enf, log: log, notes: d.queueNotes}
+	if cfg.Kubernetes.Enabled {
+		// Made here, run by Start: the control API may ask for its status
+		// as soon as it serves.
+		if d.k8s, err = newKubernetesAgent(d); err != nil {
+			return nil, err
+		}
+	}
 	return d, nil
 }
 

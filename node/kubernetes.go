@@ -77,8 +77,8 @@ func loadKubernetesPolicy(cfg *Config, opts resolver.FileOptions) (*resolver.Pus
 	return resolver.NewPushed("kubernetes", initial, opts)
 }
 
-// startKubernetes starts the node agent.
-func (d *Daemon) startKubernetes() error {
+// newKubernetesAgent makes the node agent (nothing runs yet).
+func newKubernetesAgent(d *Daemon) (*agent.Agent, error) {
 	kc := d.cfg.Kubernetes
 	var rc *rest.Config
 	var err error
@@ -88,24 +88,23 @@ func (d *Daemon) startKubernetes() error {
 		rc, err = rest.InClusterConfig()
 	}
 	if err != nil {
-		return fmt.Errorf("kubernetes: %w", err)
+		return nil, fmt.Errorf("kubernetes: %w", err)
 	}
 	rc.UserAgent = "trireme/" + d.cfg.Node
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return fmt.Errorf("kubernetes: %w", err)
+		return nil, fmt.Errorf("kubernetes: %w", err)
 	}
-	a, err := agent.New(agent.Config{Client: client, NodeName: kc.nodeName(d.cfg), Enforcer: k8sEnforcer{d}, Log: d.log,
+	d.log.Info("kubernetes source", "node", kc.nodeName(d.cfg), "server", rc.Host)
+	return agent.New(agent.Config{Client: client, NodeName: kc.nodeName(d.cfg), Enforcer: k8sEnforcer{d}, Log: d.log,
 		Translate: k8s.Options{TargetNetworks: kc.PodNetworks}, NetnsDir: kc.NetnsDir})
-	if err != nil {
-		return err
-	}
-	d.k8s = a
-	done := a.Run(d.ctx)
+}
+
+// startKubernetes runs the node agent until the daemon stops.
+func (d *Daemon) startKubernetes() {
+	done := d.k8s.Run(d.ctx)
 	d.wg.Add(1)
 	go func() { defer d.wg.Done(); <-done }()
-	d.log.Info("kubernetes source started", "node", kc.nodeName(d.cfg), "server", rc.Host)
-	return nil
 }
 
 // k8sEnforcer is the daemon as the agent's Enforcer.
