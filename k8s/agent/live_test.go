@@ -281,8 +281,11 @@ func TestAgent(t *testing.T) {
 	}
 	conn := s.establish("x/a", "x/b", 81)
 	before := s.pu("x/b")
-	s.relabel("x", "b", map[string]string{"app": "b2"})
 	start = time.Now()
+	s.relabel("x", "b", map[string]string{"app": "b2"})
+	// The relabel and the new translation are two steps (docs/kubernetes.md):
+	// the PU's tags first, then the traffic.
+	s.waitFor("x/b relabelled", func() bool { p := s.pu("x/b"); return p != nil && p.Tags["app"] == "b2" })
 	lat = s.converge("relabel", "x/a>x/b:80", false, start)
 	t.Logf("label change: in force on live traffic %v after the API write", lat.Round(time.Millisecond))
 	after := s.pu("x/b")
