@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -153,19 +154,31 @@ func TestEchoDirection(t *testing.T) {
 				icmp, _ := p.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
 				return ip != nil && icmp != nil && ip.SrcIP.Equal(to.AsSlice()) && icmp.TypeCode.Type() == 8
 			}
-			for i, bid := range []uint16{id, id + 1} {
-				seq := uint16(100 + i)
-				before := dropsOf(t, d)
-				b.request(t, from, bid, seq)
-				waitDropOn(t, d, before, "policy-denied")
-				if b.reply(bid, seq, 300*time.Millisecond) {
-					t.Errorf("target -> pinger (denied), id %#x: target got a reply", bid)
-				}
-				if got := atPinger.Capture(200*time.Millisecond, isRequestFromTarget); len(got) != 0 {
-					t.Errorf("target -> pinger (denied), id %#x: %d echo requests reached pinger", bid, len(got))
+			denied := func(seq uint16) {
+				t.Helper()
+				for i, bid := range []uint16{id, id + 1} {
+					seq := seq + uint16(i)
+					before := dropsOf(t, d)
+					b.request(t, from, bid, seq)
+					waitDropOn(t, d, before, "policy-denied")
+					if b.reply(bid, seq, 300*time.Millisecond) {
+						t.Errorf("target -> pinger (denied), id %#x: target got a reply", bid)
+					}
+					if got := atPinger.Capture(200*time.Millisecond, isRequestFromTarget); len(got) != 0 {
+						t.Errorf("target -> pinger (denied), id %#x: %d echo requests reached pinger", bid, len(got))
+					}
 				}
 			}
+			denied(100)
 			ping(6) // pinger's own flow is untouched
+			// A restarted daemon takes the flow back from the kernel's
+			// authorized set with its direction: pinger's ping goes on,
+			// target's requests are still decided.
+			d.Stop(syscall.SIGTERM)
+			d.Start()
+			ping(7)
+			denied(200)
+			ping(8)
 		})
 	}
 }
