@@ -21,12 +21,13 @@ const (
 	ethARP  = unix.ETH_P_ARP
 
 	protoICMPv6 = 58
-	// icmpEchoID is the offset of an echo's identifier in its ICMP
-	// header (type, code, checksum, identifier, sequence number).
-	icmpEchoID = 4
 	tcpFlagFIN  = 0x01
 	tcpFlagSYN  = 0x02
 	tcpFlagRST  = 0x04
+
+	// icmpEchoID is the offset of an echo's identifier in its ICMP
+	// header (type, code, checksum, identifier, sequence number).
+	icmpEchoID = 4
 )
 
 func ethProto(p uint16) []expr.Any {
