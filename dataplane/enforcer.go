@@ -872,9 +872,13 @@ func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
 		var d policy.Decision
 		switch {
 		case v.restored || v.pickedUp:
-			d = view.pol.Egress(nil, remote, proto, k.RemotePort)
+			rport, lport := k.RemotePort, k.LocalPort
+			if !k.Proto.HasPorts() {
+				rport, lport = 0, 0 // ICMP echo identifiers are no ports to the rules
+			}
+			d = view.pol.Egress(nil, remote, proto, rport)
 			if !d.Allowed() {
-				d = view.pol.Ingress(nil, remote, proto, k.LocalPort)
+				d = view.pol.Ingress(nil, remote, proto, lport)
 			}
 		case v.role == roleServer || v.role == roleDatagram && v.firstDir == FromNet:
 			port := k.LocalPort
