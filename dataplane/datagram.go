@@ -43,20 +43,7 @@ func (c *slowPacket) datagram() {
 	ent.Value.role = roleDatagram
 	ent.Value.firstDir = c.dir
 	ent.Value.target = c.view.eng.IsTarget(c.remote)
-	proto := c.p.Proto
-	var port uint16
-	var d policy.Decision
-	if c.dir == FromApp {
-		if c.p.Proto.HasPorts() {
-			port = c.remotePort()
-		}
-		d = c.view.pol.Egress(nil, c.remote, proto, port)
-	} else {
-		if c.p.Proto == ipproto.UDP {
-			port = c.localPort()
-		}
-		d = c.view.pol.Ingress(nil, c.remote, proto, port)
-	}
+	d := c.decideAlone()
 	c.decide(ent, d)
 	c.touch(ent, len(c.frame))
 	if !d.Allowed() {
@@ -90,7 +77,49 @@ func (c *slowPacket) knownDatagram(ent *flow.Entry[conn]) {
 		c.e.drop(c.out, ent.Value.reason)
 		return
 	}
+	if c.p.IsEcho() && c.key.LocalPort == 0 && c.key.RemotePort == 0 && !c.echoFits(ent) {
+		// An echo of identifier 0 is keyed like any other ICMP message
+		// between the two addresses (both ports 0): its direction is not
+		// in its key, so it is checked here; one that goes the wrong way
+		// for the flow is decided by the rules of its own direction.
+		d := c.decideAlone()
+		if !d.Allowed() {
+			rc := d.Reason
+			if rc == reason.None {
+				rc = reason.PolicyDenied
+			}
+			c.e.drop(c.out, rc)
+			return
+		}
+	}
 	c.consumeHandshake()
+}
+
+// echoFits reports whether an echo goes the way its flow was opened: a
+// request in the direction of the flow's first packet, a reply against
+// it. A restored flow's first direction is not known: nothing fits it.
+func (c *slowPacket) echoFits(ent *flow.Entry[conn]) bool {
+	v := &ent.Value
+	if v.restored || v.pickedUp {
+		return false
+	}
+	return c.p.IsEchoRequest() == (c.dir == v.firstDir)
+}
+
+// decideAlone applies the PU's rules to the packet as the first of a
+// datagram flow of its direction, without keeping a flow.
+func (c *slowPacket) decideAlone() policy.Decision {
+	var port uint16
+	if c.dir == FromApp {
+		if c.p.Proto.HasPorts() {
+			port = c.remotePort()
+		}
+		return c.view.pol.Egress(nil, c.remote, c.p.Proto, port)
+	}
+	if c.p.Proto == ipproto.UDP {
+		port = c.localPort()
+	}
+	return c.view.pol.Ingress(nil, c.remote, c.p.Proto, port)
 }
 
 // icmpError handles an ICMP error that quotes a packet of a flow of the PU.

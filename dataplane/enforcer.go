@@ -274,10 +274,11 @@ type Config struct {
 // has to be looked up per frame.
 type PU struct {
 	id    string
-	tags  identity.Tags
 	owner any
 	index uint32
-	local *tokens.Local
+	// ident is the PU's identity: its tags and its token signer. It
+	// changes in place when an orchestrator relabels the PU (SetTags).
+	ident atomic.Pointer[puIdent]
 	view  atomic.Pointer[puView]
 	// refused counts the PU's new flows refused for lack of room
 	// (flow-quota, table-full).
@@ -291,7 +292,15 @@ type PU struct {
 func (pu *PU) ID() string { return pu.id }
 
 // Tags are the PU's identity tags as registered.
-func (pu *PU) Tags() identity.Tags { return pu.tags }
+func (pu *PU) Tags() identity.Tags { return pu.ident.Load().tags }
+
+// puIdent is a PU's identity: its tags and the signer of its tokens.
+type puIdent struct {
+	tags  identity.Tags
+	local *tokens.Local
+}
+
+func (pu *PU) local() *tokens.Local { return pu.ident.Load().local }
 
 // Owner is the value the caller registered the PU with.
 func (pu *PU) Owner() any { return pu.owner }
@@ -319,6 +328,10 @@ type Enforcer struct {
 	frags      *fragTable
 	// kernelBypass: Config.KernelBypass.
 	kernelBypass bool
+
+	// viewMu serialises the computation of PU views (SetPolicy, SetTags),
+	// so that a view is never stored for a policy or tags already replaced.
+	viewMu sync.Mutex
 
 	mu   sync.Mutex
 	pus  []*PU // by index; nil when removed
@@ -360,9 +373,12 @@ func New(cfg Config) (*Enforcer, error) {
 // computed now (once per PU per policy engine). owner is the caller's value
 // for the PU (PU.Owner; the daemon: its frame ports and steering name).
 func (e *Enforcer) AddPU(id string, tags identity.Tags, owner any) *PU {
-	pu := &PU{id: id, tags: tags, owner: owner, local: e.tok.NewLocal(tags)}
+	pu := &PU{id: id, owner: owner}
+	pu.ident.Store(&puIdent{tags: tags, local: e.tok.NewLocal(tags)})
+	e.viewMu.Lock()
 	eng := e.policy.Load()
 	pu.view.Store(&puView{eng: eng, pol: eng.ForPU(tags)})
+	e.viewMu.Unlock()
 	e.mu.Lock()
 	if n := len(e.free); n > 0 {
 		pu.index = e.free[n-1]
@@ -380,7 +396,9 @@ func (e *Enforcer) AddPU(id string, tags identity.Tags, owner any) *PU {
 // notes appended to out) and later packets for it are dropped (UnknownPU).
 func (e *Enforcer) RemovePU(pu *PU, now time.Time, out *Output) {
 	out.reset()
+	e.viewMu.Lock()
 	pu.view.Store(nil)
+	e.viewMu.Unlock()
 	ns := now.UnixNano()
 	e.table.RangePU(pu.index, func(ent *flow.Entry[conn]) bool {
 		e.finish(pu, ent, EndPURemoved, ns, out)
@@ -397,13 +415,15 @@ func (e *Enforcer) RemovePU(pu *PU, now time.Time, out *Output) {
 // SetPolicy replaces the policy engine and every PU's view of it. Flows
 // already decided keep their decision; new connections use the new policy.
 func (e *Enforcer) SetPolicy(eng *policy.Engine) {
+	e.viewMu.Lock()
+	defer e.viewMu.Unlock()
 	e.policy.Store(eng)
 	e.mu.Lock()
 	pus := append([]*PU(nil), e.pus...)
 	e.mu.Unlock()
 	for _, pu := range pus {
 		if pu != nil && pu.view.Load() != nil {
-			pu.view.Store(&puView{eng: eng, pol: eng.ForPU(pu.tags)})
+			pu.view.Store(&puView{eng: eng, pol: eng.ForPU(pu.Tags())})
 		}
 	}
 }
@@ -852,9 +872,13 @@ func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
 		var d policy.Decision
 		switch {
 		case v.restored || v.pickedUp:
-			d = view.pol.Egress(nil, remote, proto, k.RemotePort)
+			rport, lport := k.RemotePort, k.LocalPort
+			if !k.Proto.HasPorts() {
+				rport, lport = 0, 0 // ICMP echo identifiers are no ports to the rules
+			}
+			d = view.pol.Egress(nil, remote, proto, rport)
 			if !d.Allowed() {
-				d = view.pol.Ingress(nil, remote, proto, k.LocalPort)
+				d = view.pol.Ingress(nil, remote, proto, lport)
 			}
 		case v.role == roleServer || v.role == roleDatagram && v.firstDir == FromNet:
 			port := k.LocalPort

@@ -393,7 +393,7 @@ func TestMissingAndBadToken(t *testing.T) {
 	sec, _ := tokens.NewPSK(bytes.Repeat([]byte("z"), 32))
 	te, _ := tokens.New(tokens.Config{Node: "node-x", Secrets: sec})
 	other.e.tok = te
-	other.pu.local = te.NewLocal(other.pu.tags)
+	other.pu.ident.Store(&puIdent{tags: other.pu.Tags(), local: te.NewLocal(other.pu.Tags())})
 	w := other.run(FromApp, syn, p.now)
 	r = p.s.run(FromNet, w.frame, p.now)
 	if r.v != Drop || r.code != reason.BadSignature {

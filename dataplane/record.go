@@ -246,7 +246,7 @@ func (e *Enforcer) record(pu *PU, ent *flow.Entry[conn], end End, ns int64) {
 		}
 	}
 	if pu != nil {
-		r.Local = PUInfo{ID: pu.id, Node: e.node, Tags: pu.tags.Strings()}
+		r.Local = PUInfo{ID: pu.id, Node: e.node, Tags: pu.Tags().Strings()}
 	}
 	if v.peer != nil {
 		r.Remote.Node = v.peer.Node

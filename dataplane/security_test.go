@@ -24,7 +24,7 @@ func forger(t *testing.T, tags map[string]string) *side {
 	sec, _ := tokens.NewPSK(bytes.Repeat([]byte("z"), 32))
 	te, _ := tokens.New(tokens.Config{Node: "node-x", Secrets: sec})
 	s.e.tok = te
-	s.pu.local = te.NewLocal(s.pu.tags)
+	s.pu.ident.Store(&puIdent{tags: s.pu.Tags(), local: te.NewLocal(s.pu.Tags())})
 	return s
 }
 

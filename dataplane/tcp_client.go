@@ -35,7 +35,7 @@ func (c *slowPacket) clientSYN(ent *flow.Entry[conn]) {
 	// option; the PU's kernel sends it again after the handshake. It also
 	// makes room for the token.
 	c.frame, _ = packet.StripSYNData(c.p)
-	tok, err := c.e.tok.AppendSYN(c.out.tok[:0], c.pu.local, &v.tok, c.now)
+	tok, err := c.e.tok.AppendSYN(c.out.tok[:0], c.pu.local(), &v.tok, c.now)
 	if err != nil {
 		c.denyCode(ent, code(err))
 		return

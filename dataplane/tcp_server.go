@@ -283,7 +283,7 @@ func (c *slowPacket) server(ent *flow.Entry[conn]) {
 			c.e.forward(c.out, c.frame)
 			return
 		}
-		tok, err := c.e.tok.AppendSYNACK(c.out.tok[:0], c.pu.local, &v.tok, c.now)
+		tok, err := c.e.tok.AppendSYNACK(c.out.tok[:0], c.pu.local(), &v.tok, c.now)
 		if err != nil {
 			c.e.drop(c.out, code(err))
 			return

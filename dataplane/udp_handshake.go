@@ -225,7 +225,7 @@ func (c *slowPacket) udpClientNew() {
 	v := &ent.Value
 	v.role, v.firstDir, v.target, v.dg.identity = roleDatagram, FromApp, true, true
 	c.touch(ent, len(c.frame))
-	msg, err := c.e.tok.AppendHello(c.out.tok[:0], c.pu.local, &v.tok, c.now)
+	msg, err := c.e.tok.AppendHello(c.out.tok[:0], c.pu.local(), &v.tok, c.now)
 	if err != nil {
 		v.reason, v.decidedAt = code(err), c.ns
 		c.sh.SetState(ent, flow.Denied, c.ns)
@@ -578,7 +578,7 @@ func (c *slowPacket) udpServerHello(ent *flow.Entry[conn]) {
 // dropped with the reason.
 func (c *slowPacket) answer(ent *flow.Entry[conn], reject bool) bool {
 	v := &ent.Value
-	msg, err := c.e.tok.AppendReply(c.out.tok[:0], c.pu.local, &v.tok, c.now, reject)
+	msg, err := c.e.tok.AppendReply(c.out.tok[:0], c.pu.local(), &v.tok, c.now, reject)
 	if err != nil {
 		v.reason, v.decidedAt = code(err), c.ns
 		c.e.record(c.pu, ent, EndDenied, c.ns)

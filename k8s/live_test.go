@@ -1,4 +1,4 @@
-package k8s
+package k8s_test
 
 import (
 	"errors"
@@ -18,6 +18,7 @@ import (
 	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/ipproto"
+	"github.com/trireme-go/trireme/k8s"
 	"github.com/trireme-go/trireme/node"
 	"github.com/trireme-go/trireme/testenv"
 )
@@ -96,11 +97,11 @@ func TestLiveConformance(t *testing.T) {
 			}
 		}
 	}
-	empty, err := Translate(&Cluster{}, Options{})
+	empty, err := k8s.Translate(&k8s.Cluster{}, k8s.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	initial, err := MarshalSet(empty.Set)
+	initial, err := k8s.MarshalSet(empty.Set)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +109,8 @@ func TestLiveConformance(t *testing.T) {
 	// aggregation of repeated refusals (docs/daemon.md, Flow records).
 	d := testenv.NewDaemon(t, n, testenv.DaemonOptions{SecretsDir: testenv.PSKDir(t), Policy: string(initial), Extra: "flowLogAggregate: 0s\n"})
 	d.Start()
-	u := &liveUniverse{t: t, d: d, pus: pus, attached: map[string]attachedPod{}}
+	u := &liveUniverse{t: t, ds: []*testenv.Daemon{d}, pus: pus, attached: map[string]attachedPod{}}
+	u.apply = u.applyFiles
 	ready := time.Now()
 
 	var all liveTally
@@ -141,8 +143,8 @@ func TestLiveConformance(t *testing.T) {
 	}
 }
 
-func loadLiveCases(t *testing.T) []*Case {
-	dir := casesDir(t)
+func loadLiveCases(t *testing.T) []*k8s.Case {
+	dir := k8s.CasesDir(t)
 	var names []string
 	if sel := os.Getenv("TRIREME_LIVE_CASES"); sel != "" {
 		names = strings.Split(sel, ",")
@@ -155,13 +157,13 @@ func loadLiveCases(t *testing.T) []*Case {
 			names = append(names, strings.TrimSuffix(filepath.Base(f), ".json"))
 		}
 	}
-	var out []*Case
+	var out []*k8s.Case
 	for _, name := range names {
 		data, err := os.ReadFile(filepath.Join(dir, name+".json"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := ParseCase(data)
+		c, err := k8s.ParseCase(data)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -179,10 +181,14 @@ type attachedPod struct {
 }
 
 type liveUniverse struct {
-	t           *testing.T
-	d           *testenv.Daemon
-	pus         map[string]*testenv.PU // by pod ID
-	attached    map[string]attachedPod // by pod ID
+	t *testing.T
+	// ds are the nodes' daemons: their flow logs hold the denials.
+	ds       []*testenv.Daemon
+	pus      map[string]*testenv.PU // by pod ID
+	attached map[string]attachedPod // by pod ID (apply = applyFiles)
+	// apply puts a step's state in force (translated as tr, printed as
+	// text); it reports whether it could.
+	apply       func(label string, st *k8s.Step, tr *k8s.Translation, text []byte) bool
 	mu          sync.Mutex
 	nextPort    int
 	nextUDPPort int
@@ -190,65 +196,31 @@ type liveUniverse struct {
 
 // runStep puts the step's state in force (policy, attached pods and their
 // tags), probes it and compares; it reports whether every cell matched.
-func (u *liveUniverse) runStep(label string, st *Step, all *liveTally) bool {
+func (u *liveUniverse) runStep(label string, st *k8s.Step, all *liveTally) bool {
 	t := u.t
 	cl, err := st.Cluster()
 	if err != nil {
 		t.Errorf("%s: %v", label, err)
 		return false
 	}
-	tr, err := Translate(cl, Options{})
+	tr, err := k8s.Translate(cl, k8s.Options{})
 	if err != nil {
 		t.Errorf("%s: translate: %v", label, err)
 		return false
 	}
-	text, err := MarshalSet(tr.Set)
+	text, err := k8s.MarshalSet(tr.Set)
 	if err != nil {
 		t.Errorf("%s: marshal: %v", label, err)
 		return false
 	}
-	want := map[string]map[string]string{}
+	if !u.apply(label, st, tr, text) {
+		return false
+	}
+	ids := make([]string, 0, len(tr.PUs))
 	for i := range tr.PUs {
-		want[tr.PUs[i].ID()] = tagMapOf(&tr.PUs[i])
+		ids = append(ids, tr.PUs[i].ID())
 	}
-	// Pods deleted, or whose identity changed (labels of the pod or of its
-	// namespace), are detached first; the new policy goes in; then the
-	// pods that are not attached are, with their current tags.
-	for _, id := range slices.Sorted(maps.Keys(u.attached)) {
-		a := u.attached[id]
-		if w, ok := want[id]; !ok || !maps.Equal(w, a.tags) {
-			if err := u.d.Client().DetachPU(a.id); err != nil {
-				t.Fatalf("%s: detach %s: %v", label, id, err)
-			}
-			delete(u.attached, id)
-		}
-	}
-	u.d.SetPolicy(string(text))
-	for _, id := range slices.Sorted(maps.Keys(want)) {
-		if _, ok := u.attached[id]; ok {
-			continue
-		}
-		labels, tags := map[string]string{}, map[string]string{}
-		for k, v := range want[id] {
-			if identity.IsReserved(k) {
-				tags[k] = v
-			} else {
-				labels[k] = v
-			}
-		}
-		info, err := u.d.Client().AttachPU(node.AttachRequest{NetNS: u.pus[id].Name, Labels: labels, Tags: tags})
-		if err != nil {
-			t.Fatalf("%s: attach %s: %v", label, id, err)
-		}
-		for k, v := range want[id] {
-			if info.Tags[k] != v {
-				t.Fatalf("%s: pod %s attached with tag %s=%q, want %q", label, id, k, info.Tags[k], v)
-			}
-		}
-		u.attached[id] = attachedPod{id: info.ID, tags: want[id]}
-	}
-
-	ids := slices.Sorted(maps.Keys(want))
+	slices.Sort(ids)
 	ok := true
 	for pi := range st.Probes {
 		pr := &st.Probes[pi]
@@ -265,7 +237,7 @@ func (u *liveUniverse) runStep(label string, st *Step, all *liveTally) bool {
 		}
 		all.probes++
 		plabel := fmt.Sprintf("%s probe %s/%s (port %d)", label, pr.Protocol, strings.Trim(string(pr.Port), `"`), pr.ResolvedPort)
-		if have := sortedKeys(pr.Reachable); !slices.Equal(have, ids) {
+		if have := k8s.SortedKeys(pr.Reachable); !slices.Equal(have, ids) {
 			t.Errorf("%s: pods %v, expected table covers %v", plabel, ids, have)
 			ok = false
 			continue
@@ -335,7 +307,56 @@ func (u *liveUniverse) runStep(label string, st *Step, all *liveTally) bool {
 	return ok
 }
 
-func tagMapOf(p *PU) map[string]string {
+// applyFiles puts a step in force as a node integration without an API
+// server would: the translated policy written to the daemon's policy file,
+// each pod attached through the control API with its tags.
+func (u *liveUniverse) applyFiles(label string, st *k8s.Step, tr *k8s.Translation, text []byte) bool {
+	t := u.t
+	want := map[string]map[string]string{}
+	for i := range tr.PUs {
+		want[tr.PUs[i].ID()] = tagMapOf(&tr.PUs[i])
+	}
+	// Pods deleted, or whose identity changed (labels of the pod or of its
+	// namespace), are detached first; the new policy goes in; then the
+	// pods that are not attached are, with their current tags.
+	for _, id := range slices.Sorted(maps.Keys(u.attached)) {
+		a := u.attached[id]
+		if w, ok := want[id]; !ok || !maps.Equal(w, a.tags) {
+			if err := u.ds[0].Client().DetachPU(a.id); err != nil {
+				t.Fatalf("%s: detach %s: %v", label, id, err)
+			}
+			delete(u.attached, id)
+		}
+	}
+	u.ds[0].SetPolicy(string(text))
+	for _, id := range slices.Sorted(maps.Keys(want)) {
+		if _, ok := u.attached[id]; ok {
+			continue
+		}
+		labels, tags := map[string]string{}, map[string]string{}
+		for k, v := range want[id] {
+			if identity.IsReserved(k) {
+				tags[k] = v
+			} else {
+				labels[k] = v
+			}
+		}
+		info, err := u.ds[0].Client().AttachPU(node.AttachRequest{NetNS: u.pus[id].Name, Labels: labels, Tags: tags})
+		if err != nil {
+			t.Fatalf("%s: attach %s: %v", label, id, err)
+		}
+		for k, v := range want[id] {
+			if info.Tags[k] != v {
+				t.Fatalf("%s: pod %s attached with tag %s=%q, want %q", label, id, k, info.Tags[k], v)
+			}
+		}
+		u.attached[id] = attachedPod{id: info.ID, tags: want[id]}
+	}
+
+	return true
+}
+
+func tagMapOf(p *k8s.PU) map[string]string {
 	m := make(map[string]string, len(p.Tags))
 	for _, tag := range p.Tags {
 		m[tag.Key] = tag.Value
@@ -395,22 +416,34 @@ func (u *liveUniverse) probe(ids []string, proto ipproto.Proto, port uint16) map
 // server's ("ingress") or the client's ("egress").
 type blameCell struct{ from, to, direction string }
 
-func (u *liveUniverse) flowLogSize() int64 {
-	st, err := os.Stat(u.d.FlowLog)
-	if err != nil {
-		return 0
+// flowLogSize is the size of each daemon's flow log.
+func (u *liveUniverse) flowLogSize() []int64 {
+	out := make([]int64, len(u.ds))
+	for i, d := range u.ds {
+		if st, err := os.Stat(d.FlowLog); err == nil {
+			out[i] = st.Size()
+		}
 	}
-	return st.Size()
+	return out
+}
+
+// recordsSince returns the records of every daemon's flow log past offsets.
+func (u *liveUniverse) recordsSince(offsets []int64) []dataplane.Record {
+	var out []dataplane.Record
+	for i, d := range u.ds {
+		out = append(out, d.RecordsSince(offsets[i])...)
+	}
+	return out
 }
 
 // checkBlame waits (up to 5 s: records are written asynchronously) until
 // the flow log, past offset, holds a denial by the expected enforcer for
 // every cell, and returns the cells that have none.
-func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, proto ipproto.Proto, port uint16) []string {
+func (u *liveUniverse) checkBlame(cells []blameCell, offset []int64, proto ipproto.Proto, port uint16) []string {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		found := map[blameCell]bool{}
-		for _, r := range u.d.RecordsSince(offset) {
+		for _, r := range u.recordsSince(offset) {
 			if r.Proto == proto && r.Server.Port() == port && r.Action != "allow" && r.End != dataplane.EndRejected {
 				found[blameCell{u.podAt(r.Client.Addr()), u.podAt(r.Server.Addr()), r.Direction}] = true
 			}
@@ -437,9 +470,9 @@ func (u *liveUniverse) checkBlame(cells []blameCell, offset int64, proto ipproto
 
 // pairRecords lists, for the report, the flow log's records past offset of
 // connections to port, by pair of pods.
-func (u *liveUniverse) pairRecords(offset int64, proto ipproto.Proto, port uint16) map[[2]string][]string {
+func (u *liveUniverse) pairRecords(offset []int64, proto ipproto.Proto, port uint16) map[[2]string][]string {
 	out := map[[2]string][]string{}
-	for _, r := range u.d.RecordsSince(offset) {
+	for _, r := range u.recordsSince(offset) {
 		if r.Proto != proto || r.Server.Port() != port {
 			continue
 		}

@@ -72,6 +72,8 @@ type Stats struct {
 	PUFlows   []PUFlowStats  `json:"puFlows,omitempty"`
 	// FlowRing is the ring of recent flow records (flowring.go).
 	FlowRing FlowRingStats `json:"flowRing"`
+	// Kubernetes is the Kubernetes source's state (nil when it is off).
+	Kubernetes *KubernetesStatus `json:"kubernetes,omitempty"`
 }
 
 // FlowTableStats is the flow table's size and fill.

@@ -54,6 +54,11 @@ type Config struct {
 	// this node (their bridge and veths must be in the daemon's namespace).
 	Docker Docker `yaml:"docker"`
 
+	// Kubernetes, when enabled, makes the daemon a Kubernetes node agent:
+	// its policy is the cluster's NetworkPolicies (policy must then be
+	// unset) and this node's pods are its PUs (kubernetes.go).
+	Kubernetes Kubernetes `yaml:"kubernetes"`
+
 	// MidStream says what happens to packets of a flow the enforcer does not
 	// know (e.g. after a restart): drop (the default), reset or acl.
 	MidStream MidStream `yaml:"midStream,omitempty"`
@@ -88,6 +93,11 @@ type Secrets struct {
 	CACert   string `yaml:"caCert"`
 	NodeCert string `yaml:"nodeCert"`
 	NodeKey  string `yaml:"nodeKey"`
+	// CAKey, instead of nodeCert and nodeKey, is the CA's key: the node
+	// issues itself a certificate for its name at start (a cluster CA held
+	// in a Kubernetes Secret). Every node holding it can issue any node's
+	// certificate.
+	CAKey string `yaml:"caKey"`
 }
 
 // Docker configures the Docker monitor.
@@ -307,6 +317,7 @@ func (c *Config) pathFields() []struct {
 		{"policy", &c.Policy}, {"flowLog", &c.FlowLog}, {"socket", &c.Socket}, {"stateDir", &c.StateDir},
 		{"secrets.pskFile", &c.Secrets.PSKFile}, {"secrets.caCert", &c.Secrets.CACert},
 		{"secrets.nodeCert", &c.Secrets.NodeCert}, {"secrets.nodeKey", &c.Secrets.NodeKey},
+		{"secrets.caKey", &c.Secrets.CAKey}, {"kubernetes.kubeconfig", &c.Kubernetes.Kubeconfig},
 		{"observe.web.tokenFile", &c.Observe.Web.TokenFile},
 	}
 }
@@ -387,18 +398,22 @@ func (c *Config) Validate() error {
 	}
 	s := c.Secrets
 	switch {
-	case s.PSKFile != "" && (s.CACert != "" || s.NodeCert != "" || s.NodeKey != ""):
+	case s.PSKFile != "" && (s.CACert != "" || s.NodeCert != "" || s.NodeKey != "" || s.CAKey != ""):
 		bad("secrets", "set either pskFile or caCert/nodeCert/nodeKey, not both")
-	case s.PSKFile == "" && s.CACert == "" && s.NodeCert == "" && s.NodeKey == "":
+	case s.PSKFile == "" && s.CACert == "" && s.NodeCert == "" && s.NodeKey == "" && s.CAKey == "":
 		bad("secrets", "missing: set pskFile (PSK mode) or caCert, nodeCert and nodeKey (PKI mode)")
-	case s.PSKFile == "":
+	case s.CAKey != "" && (s.NodeCert != "" || s.NodeKey != ""):
+		bad("secrets", "set either caKey (the node issues its certificate) or nodeCert and nodeKey, not both")
+	case s.CAKey != "" && s.CACert == "":
+		bad("secrets.caCert", "missing (caKey needs the CA's certificate)")
+	case s.PSKFile == "" && s.CAKey == "":
 		for field, v := range map[string]string{"secrets.caCert": s.CACert, "secrets.nodeCert": s.NodeCert, "secrets.nodeKey": s.NodeKey} {
 			if v == "" {
 				bad(field, "missing (PKI mode needs caCert, nodeCert and nodeKey)")
 			}
 		}
 	}
-	for field, v := range map[string]string{"secrets.pskFile": s.PSKFile, "secrets.caCert": s.CACert, "secrets.nodeCert": s.NodeCert, "secrets.nodeKey": s.NodeKey, "policy": c.Policy} {
+	for field, v := range map[string]string{"secrets.caKey": s.CAKey, "secrets.pskFile": s.PSKFile, "secrets.caCert": s.CACert, "secrets.nodeCert": s.NodeCert, "secrets.nodeKey": s.NodeKey, "policy": c.Policy, "kubernetes.kubeconfig": c.Kubernetes.Kubeconfig} {
 		if v == "" {
 			continue
 		}
@@ -408,8 +423,15 @@ func (c *Config) Validate() error {
 			bad(field, "%s is a directory", v)
 		}
 	}
-	if c.Policy == "" {
-		bad("policy", "missing: the policy file to enforce")
+	switch k := c.Kubernetes; {
+	case k.Enabled && c.Policy != "":
+		bad("policy", "set either policy (a policy file) or kubernetes.enabled (the cluster's NetworkPolicies), not both")
+	case !k.Enabled && c.Policy == "":
+		bad("policy", "missing: the policy file to enforce (or enable the kubernetes source)")
+	case !k.Enabled && (k.Kubeconfig != "" || k.NodeName != "" || len(k.PodNetworks) > 0 || k.NetnsDir != ""):
+		bad("kubernetes", "settings given but kubernetes.enabled is false")
+	case k.NetnsDir != "" && !filepath.IsAbs(k.NetnsDir):
+		bad("kubernetes.netnsDir", "%q must be absolute", k.NetnsDir)
 	}
 	if !ifName.MatchString(c.Bridge.Name) {
 		bad("bridge.name", "%q is not a valid interface name (at most 12 of [A-Za-z0-9_.-])", c.Bridge.Name)

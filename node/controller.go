@@ -164,6 +164,9 @@ func (d *Daemon) Stats() Stats {
 			// RSTs from the network on flows the kernel carries, left to
 			// the PU's TCP to judge and followed by a probe.
 			"rst-probes": s.Probes,
+			// Secrets files reloaded, and changes that could not be.
+			"secrets-reloads": d.secretsReloads.Load(),
+			"secrets-errors":  d.secretsErrors.Load(),
 		},
 		Drops:     map[string]uint64{},
 		Policy:    PolicyStatus{File: st.File, LoadedAt: st.LoadedAt, Policies: st.Policies, LastError: st.LastError, ErrorAt: st.ErrorAt},
@@ -196,5 +199,9 @@ func (d *Daemon) Stats() Stats {
 		}
 	}
 	d.addKernelDrops(out.Drops, kernel)
+	if d.k8s != nil {
+		ks := d.k8s.Status()
+		out.Kubernetes = &ks
+	}
 	return out
 }

@@ -5,10 +5,12 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/ipproto"
+	"github.com/trireme-go/trireme/k8s/agent"
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/steer"
 	"github.com/trireme-go/trireme/resolver"
@@ -45,8 +47,11 @@ type Daemon struct {
 	// owner marks the links the daemon creates (owner.go).
 	owner string
 
-	tok  *tokens.Engine
-	res  *resolver.File
+	tok *tokens.Engine
+	res policySource
+	// kpol and k8s are the Kubernetes source (kubernetes.go), when enabled.
+	kpol *resolver.Pushed
+	k8s  *agent.Agent
 	enf  *dataplane.Enforcer
 	sink *asyncSink
 	ring *flowRing // the newest records, for `trireme flows` (flowring.go)
@@ -58,6 +63,8 @@ type Daemon struct {
 	reaper *tapReaper
 	ops    chan kernelOp // to kernelLoop
 	frames *framePath    // the TAP readers (frameio.go)
+	// secretsReloads and secretsErrors count the secrets' reloads (secrets.go).
+	secretsReloads, secretsErrors atomic.Uint64
 	// retired holds the kernel drop counters of PUs already removed, so
 	// that the node-wide drop counts never go down.
 	retired kernelDrops
@@ -98,12 +105,19 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := loadPolicy(cfg, log)
+	var res policySource
+	var kpol *resolver.Pushed
+	if cfg.Kubernetes.Enabled {
+		kpol, err = loadKubernetesPolicy(cfg, resolver.FileOptions{Logger: log, TargetNetworks: cfg.TargetNetworks, ExcludedNetworks: cfg.ExcludedNetworks})
+		res = kpol
+	} else {
+		res, err = loadPolicy(cfg, log)
+	}
 	if err != nil {
 		return nil, err
 	}
 	owner := ownerMark(cfg.Node)
-	d := &Daemon{cfg: cfg, log: log, owner: owner, tok: tok, res: res, sink: newAsyncSink(log),
+	d := &Daemon{cfg: cfg, log: log, owner: owner, tok: tok, res: res, kpol: kpol, sink: newAsyncSink(log),
 		ports: newInjectionPorts(owner), reaper: newTapReaper(log), ops: make(chan kernelOp, 4096),
 		pus: newPURegistry(), addrs: newAddrAllocator(cfg.Bridge.Subnet.Prefix),
 		ring: newFlowRing(cfg.Observe.FlowRing)}
@@ -126,6 +140,13 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 		return nil, err
 	}
 	d.frames = &framePath{enf: d.enf, log: log, notes: d.queueNotes}
+	if cfg.Kubernetes.Enabled {
+		// Made here, run by Start: the control API may ask for its status
+		// as soon as it serves.
+		if d.k8s, err = newKubernetesAgent(d); err != nil {
+			return nil, err
+		}
+	}
 	return d, nil
 }
 

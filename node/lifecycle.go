@@ -178,11 +178,15 @@ func (d *Daemon) serve() error {
 		go func() { defer d.wg.Done(); monitor.RunAll(d.ctx, events, d.log, time.Second, mon) }()
 		go d.eventLoop(events)
 	}
-	d.wg.Add(4)
+	d.wg.Add(5)
+	go d.secretsLoop(d.ctx)
 	go d.kernelLoop()
 	go d.expireLoop()
 	go d.policyLoop()
 	go func() { defer d.wg.Done(); _ = d.res.Run(d.ctx) }()
+	if d.k8s != nil {
+		d.startKubernetes()
+	}
 	return nil
 }
 

@@ -1,11 +1,13 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
+	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/resolver"
 	"github.com/trireme-go/trireme/tokens"
 )
@@ -17,13 +19,7 @@ import (
 // loadTokens loads the node's secrets (PKI or pre-shared key) and makes the
 // token engine.
 func loadTokens(cfg *Config) (*tokens.Engine, error) {
-	var sec tokens.Secrets
-	var err error
-	if cfg.Secrets.PKI() {
-		sec, err = tokens.LoadPKI(cfg.Secrets.CACert, cfg.Secrets.NodeCert, cfg.Secrets.NodeKey)
-	} else {
-		sec, err = tokens.LoadPSK(cfg.Secrets.PSKFile)
-	}
+	sec, err := loadSecrets(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("secrets: %w", err)
 	}
@@ -49,6 +45,15 @@ func tokenNode(cfg *Config, sec tokens.Secrets) string {
 func loadPolicy(cfg *Config, log *slog.Logger) (*resolver.File, error) {
 	return resolver.NewFile(cfg.Policy, resolver.FileOptions{Logger: log,
 		TargetNetworks: cfg.TargetNetworks, ExcludedNetworks: cfg.ExcludedNetworks})
+}
+
+// policySource is where the daemon's policy comes from: a policy file
+// (resolver.File) or the Kubernetes source (resolver.Pushed).
+type policySource interface {
+	Current() *policy.Engine
+	Updates() <-chan *policy.Engine
+	Status() resolver.Status
+	Run(ctx context.Context) error
 }
 
 // policyLoop puts each new policy in force.

@@ -16,6 +16,7 @@ type metricsCollector struct {
 	c StatsSource
 
 	counters, drops, puDrops, pus, flows, policyOK, policies *prometheus.Desc
+	k8sConnected, k8sUnenforced                              *prometheus.Desc
 	capacity, perPU, puFlows, puRefused                      *prometheus.Desc
 	ringSize, ringRecords                                    *prometheus.Desc
 	buildInfo                                                *prometheus.Desc
@@ -35,9 +36,12 @@ func newMetricsCollector(c StatsSource) *metricsCollector {
 		policyOK: prometheus.NewDesc("trireme_policy_file_valid",
 			"1 when the policy file's newest content is in force, 0 when it was rejected (the previous policy stays in force).", nil, nil),
 		policies: prometheus.NewDesc("trireme_policies", "Policies in the policy in force.", nil, nil),
-		capacity: prometheus.NewDesc("trireme_flow_table_capacity", "The most flows the enforcement core tracks (all PUs).", nil, nil),
-		perPU:    prometheus.NewDesc("trireme_flow_table_per_pu", "The most flows one PU may hold (its share of the flow table).", nil, nil),
-		puFlows:  prometheus.NewDesc("trireme_pu_flows", "Flows a PU holds in the flow table.", []string{"pu"}, nil),
+		k8sConnected: prometheus.NewDesc("trireme_kubernetes_api_reachable",
+			"1 while the Kubernetes API server is reachable; 0 while the node enforces what it last knew.", nil, nil),
+		k8sUnenforced: prometheus.NewDesc("trireme_kubernetes_pods_unenforced", "Pods of this node that are not enforced (see trireme stats).", nil, nil),
+		capacity:      prometheus.NewDesc("trireme_flow_table_capacity", "The most flows the enforcement core tracks (all PUs).", nil, nil),
+		perPU:         prometheus.NewDesc("trireme_flow_table_per_pu", "The most flows one PU may hold (its share of the flow table).", nil, nil),
+		puFlows:       prometheus.NewDesc("trireme_pu_flows", "Flows a PU holds in the flow table.", []string{"pu"}, nil),
 		puRefused: prometheus.NewDesc("trireme_pu_flows_refused_total",
 			"New flows of a PU refused for lack of room: its share full of established flows (flow-quota), or the table (table-full).", []string{"pu"}, nil),
 		ringSize:    prometheus.NewDesc("trireme_flow_ring_size", "The most flow records the daemon keeps in memory (observe.flowRing).", nil, nil),
@@ -48,7 +52,7 @@ func newMetricsCollector(c StatsSource) *metricsCollector {
 }
 
 func (m *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.puDrops, m.pus, m.flows, m.policyOK, m.policies, m.capacity, m.perPU, m.puFlows, m.puRefused, m.ringSize, m.ringRecords, m.buildInfo} {
+	for _, d := range []*prometheus.Desc{m.counters, m.drops, m.puDrops, m.pus, m.flows, m.policyOK, m.policies, m.capacity, m.perPU, m.puFlows, m.puRefused, m.ringSize, m.ringRecords, m.buildInfo, m.k8sConnected, m.k8sUnenforced} {
 		ch <- d
 	}
 }
@@ -76,6 +80,14 @@ func (m *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(m.policyOK, prometheus.GaugeValue, ok)
 	ch <- prometheus.MustNewConstMetric(m.policies, prometheus.GaugeValue, float64(s.Policy.Policies))
+	if k := s.Kubernetes; k != nil {
+		up := 0.0
+		if k.Connected {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(m.k8sConnected, prometheus.GaugeValue, up)
+		ch <- prometheus.MustNewConstMetric(m.k8sUnenforced, prometheus.GaugeValue, float64(len(k.Unenforced)))
+	}
 	ch <- prometheus.MustNewConstMetric(m.capacity, prometheus.GaugeValue, float64(s.FlowTable.Capacity))
 	ch <- prometheus.MustNewConstMetric(m.perPU, prometheus.GaugeValue, float64(s.FlowTable.PerPU))
 	ch <- prometheus.MustNewConstMetric(m.ringSize, prometheus.GaugeValue, float64(s.FlowRing.Size))

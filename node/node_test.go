@@ -49,6 +49,8 @@ func TestConfig(t *testing.T) {
 	writeFile(t, dir, "ca.pem", "x")
 	writeFile(t, dir, "node.pem", "x")
 	writeFile(t, dir, "node.key", "x")
+	writeFile(t, dir, "ca.key", "x")
+	writeFile(t, dir, "kubeconfig", "x")
 
 	tests := []struct {
 		name    string
@@ -57,6 +59,16 @@ func TestConfig(t *testing.T) {
 	}{
 		{name: "minimal psk", config: "node: n1\nsecrets: {pskFile: psk}\npolicy: policy.yaml\n"},
 		{name: "pki", config: "node: n1\nsecrets: {caCert: ca.pem, nodeCert: node.pem, nodeKey: node.key}\npolicy: policy.yaml\n"},
+		{name: "kubernetes", config: "node: n1\nsecrets: {pskFile: psk}\nkubernetes: {enabled: true, kubeconfig: kubeconfig, podNetworks: [10.244.0.0/16]}\n"},
+		{name: "kubernetes in-cluster", config: "node: n1\nsecrets: {pskFile: psk}\nkubernetes: {enabled: true}\n"},
+		{name: "pki ca key", config: "node: n1\nsecrets: {caCert: ca.pem, caKey: ca.key}\npolicy: policy.yaml\n"},
+		{name: "kubernetes and policy", config: "node: n1\nsecrets: {pskFile: psk}\npolicy: policy.yaml\nkubernetes: {enabled: true}\n", wantErr: []string{"policy:", "not both"}},
+		{name: "kubernetes settings off", config: "node: n1\nsecrets: {pskFile: psk}\npolicy: policy.yaml\nkubernetes: {nodeName: x}\n", wantErr: []string{"kubernetes: settings given"}},
+		{name: "kubernetes bad", config: "node: n1\nsecrets: {pskFile: psk}\nkubernetes: {enabled: true, kubeconfig: nope, netnsDir: rel}\n", wantErr: []string{"kubernetes.kubeconfig", "no such file"}},
+		{name: "kubernetes relative netns", config: "node: n1\nsecrets: {pskFile: psk}\nkubernetes: {enabled: true, netnsDir: rel}\n", wantErr: []string{"kubernetes.netnsDir", "absolute"}},
+		{name: "kubernetes bad cidr", config: "node: n1\nsecrets: {pskFile: psk}\nkubernetes:\n  enabled: true\n  podNetworks: [10.0.0.0/40]\n", wantErr: []string{"line 5"}},
+		{name: "ca key and node cert", config: "node: n1\nsecrets: {caCert: ca.pem, caKey: ca.key, nodeCert: node.pem}\npolicy: policy.yaml\n", wantErr: []string{"caKey", "not both"}},
+		{name: "ca key without ca", config: "node: n1\nsecrets: {caKey: ca.key}\npolicy: policy.yaml\n", wantErr: []string{"secrets.caCert: missing"}},
 		{name: "no secrets", config: "node: n1\npolicy: policy.yaml\n", wantErr: []string{"secrets: missing"}},
 		{name: "both kinds", config: "node: n1\nsecrets: {pskFile: psk, caCert: ca.pem}\npolicy: policy.yaml\n", wantErr: []string{"not both"}},
 		{name: "pki incomplete", config: "node: n1\nsecrets: {caCert: ca.pem}\npolicy: policy.yaml\n", wantErr: []string{"secrets.nodeCert: missing", "secrets.nodeKey: missing"}},
@@ -84,7 +96,7 @@ func TestConfig(t *testing.T) {
 				if fl := c.flowLog(); fl.MaxSize != int64(DefaultFlowLogMaxSize) || fl.Files != DefaultFlowLogFiles || fl.Aggregate != DefaultFlowLogAggregate {
 					t.Errorf("flow log defaults not applied: %+v", fl)
 				}
-				if !filepath.IsAbs(c.Policy) {
+				if c.Policy == "" && !c.Kubernetes.Enabled || c.Policy != "" && !filepath.IsAbs(c.Policy) {
 					t.Errorf("policy path not resolved: %s", c.Policy)
 				}
 				return

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -117,7 +118,8 @@ func Purge(cfg *Config) error {
 	if !deleteOwned(cfg.Bridge.Name) {
 		errs = append(errs, netsetup.RemoveAddrs(cfg.Bridge.Name, st.BridgeAddrs))
 	}
-	errs = append(errs, os.Remove(statePath(cfg.StateDir)), os.RemoveAll(puStateDir(cfg.StateDir)))
+	errs = append(errs, os.Remove(statePath(cfg.StateDir)), os.RemoveAll(puStateDir(cfg.StateDir)),
+		os.Remove(filepath.Join(cfg.StateDir, kubernetesPolicyFile)))
 	var out []error
 	for _, e := range errs {
 		if e != nil && !errors.Is(e, os.ErrNotExist) {

@@ -223,7 +223,7 @@ func TestAttacksOnSYN(t *testing.T) {
 		}, 0, reason.UntrustedCertificate},
 		{"issuer is not the certificate's node", "pki", func(t *testing.T, p pair, valid []byte) []byte {
 			n, _ := synParts(t, valid)
-			forged, err := p.client.secrets.sign(validClaims(t, "node-z", base, true))
+			forged, err := p.client.sec().sign(validClaims(t, "node-z", base, true))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -238,13 +238,13 @@ func TestAttacksOnSYN(t *testing.T) {
 		{"expired token", "pki", keep, 2*DefaultRefresh + time.Second, reason.ExpiredToken},
 		{"expired token", "psk", keep, 2*DefaultRefresh + time.Second, reason.ExpiredToken},
 		{"token from the future", "pki", func(t *testing.T, p pair, valid []byte) []byte {
-			return synFrom(t, p.client.secrets, base.Add(10*time.Minute))
+			return synFrom(t, p.client.sec().Secrets, base.Add(10*time.Minute))
 		}, 0, reason.ExpiredToken},
 		{"unsorted tags", "psk", func(t *testing.T, p pair, valid []byte) []byte {
 			n, _ := synParts(t, valid)
 			cl := validClaims(t, "node-a", base, false)
 			cl.T = []string{"env=prod", "app=web"}
-			tok, err := p.client.secrets.sign(cl)
+			tok, err := p.client.sec().sign(cl)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -252,7 +252,7 @@ func TestAttacksOnSYN(t *testing.T) {
 		}, 0, reason.MalformedToken},
 		{"no ephemeral key", "pki", func(t *testing.T, p pair, valid []byte) []byte {
 			n, _ := synParts(t, valid)
-			tok, err := p.client.secrets.sign(validClaims(t, "node-a", base, false))
+			tok, err := p.client.sec().sign(validClaims(t, "node-a", base, false))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -262,7 +262,7 @@ func TestAttacksOnSYN(t *testing.T) {
 			n, _ := synParts(t, valid)
 			cl := validClaims(t, "node-a", base, false)
 			cl.EK = base64.RawURLEncoding.EncodeToString(append([]byte{5}, make([]byte, 32)...))
-			tok, err := p.client.secrets.sign(cl)
+			tok, err := p.client.sec().sign(cl)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -21,6 +21,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/maphash"
 	"net/netip"
 	"slices"
@@ -63,8 +64,10 @@ type Config struct {
 // Engine signs, verifies and caches identity tokens and runs the handshake
 // for one node. It is safe for concurrent use.
 type Engine struct {
-	node    string
-	secrets Secrets
+	node string
+	// secrets are swapped whole by SetSecrets (a rotated key or
+	// certificate); gen counts the swaps, so that Locals sign again.
+	secrets atomic.Pointer[secretsGen]
 	refresh time.Duration
 	seed    maphash.Seed
 	// check is a second, independent hash of a token: with seed's it
@@ -99,13 +102,46 @@ type failure struct {
 }
 
 // How long a failed token's answer is reused: a signature that does not
-// verify never will (the secrets do not change while the engine lives); a
+// verify never will (until SetSecrets, which forgets them all); a
 // token refused for its time (expired, not yet valid, a certificate out of
 // its validity) is looked at again soon.
 const (
 	failureTTL     = 5 * time.Minute
 	failureTimeTTL = 10 * time.Second
 )
+
+// secretsGen is one generation of an engine's secrets.
+type secretsGen struct {
+	Secrets
+	gen uint64
+}
+
+func (e *Engine) sec() *secretsGen { return e.secrets.Load() }
+
+// SetSecrets replaces the engine's secrets while it runs (a rotated
+// pre-shared key, a renewed node certificate or CA): tokens signed from now
+// on use them, each PU signs a new token on its next connection, and every
+// cached verification is forgotten (a token verified with the old secrets
+// is verified again with the new ones). The kind cannot change (PSK to PKI
+// needs a restart), nor the node name a certificate certifies.
+func (e *Engine) SetSecrets(s Secrets) error {
+	if s == nil {
+		return errors.New("tokens: no secrets")
+	}
+	old := e.sec()
+	if s.Kind() != old.Kind() {
+		return fmt.Errorf("tokens: secrets of kind %s cannot replace %s (restart to change modes)", s.Kind(), old.Kind())
+	}
+	if n := s.Node(); n != "" && n != e.node {
+		return fmt.Errorf("tokens: the new certificate names node %s, not %s", n, e.node)
+	}
+	e.secrets.Store(&secretsGen{Secrets: s, gen: old.gen + 1})
+	e.tokens.reset()
+	e.failures.reset()
+	e.shared.reset()
+	e.certs.reset()
+	return nil
+}
 
 // New returns an Engine.
 func New(cfg Config) (*Engine, error) {
@@ -128,9 +164,8 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.CacheSize <= 0 {
 		cfg.CacheSize = DefaultCacheSize
 	}
-	return &Engine{
+	e := &Engine{
 		node:     node,
-		secrets:  cfg.Secrets,
 		refresh:  cfg.Refresh,
 		seed:     maphash.MakeSeed(),
 		check:    maphash.MakeSeed(),
@@ -139,7 +174,9 @@ func New(cfg Config) (*Engine, error) {
 		shared:   newClockCache[*sharedSecret](cfg.CacheSize),
 		certs:    newClockCache[*verifiedCert](cfg.CacheSize),
 		budget:   newVerifyLimiter(cfg.Budget),
-	}, nil
+	}
+	e.secrets.Store(&secretsGen{Secrets: cfg.Secrets})
+	return e, nil
 }
 
 // Node returns the node name in this engine's tokens.
@@ -229,6 +266,7 @@ type epoch struct {
 	priv      *ecdh.PrivateKey // nil in PSK mode
 	ekID      [32]byte
 	refreshAt time.Time
+	gen       uint64 // of the secrets that signed it
 }
 
 // NewLocal returns the identity of a local PU with the given tags. The tags
@@ -252,12 +290,12 @@ func (l *Local) Prepare(now time.Time) error {
 
 // epoch returns the current epoch, making a new one if none is current.
 func (l *Local) epoch(now time.Time) (*epoch, error) {
-	if ep := l.cur.Load(); ep != nil && now.Before(ep.refreshAt) {
+	if ep := l.cur.Load(); ep != nil && now.Before(ep.refreshAt) && ep.gen == l.e.sec().gen {
 		return ep, nil
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if ep := l.cur.Load(); ep != nil && now.Before(ep.refreshAt) {
+	if ep := l.cur.Load(); ep != nil && now.Before(ep.refreshAt) && ep.gen == l.e.sec().gen {
 		return ep, nil
 	}
 	ep, err := l.e.newEpoch(l.tags, now)
@@ -279,7 +317,9 @@ func (e *Engine) newEpoch(tags identity.Tags, now time.Time) (*epoch, error) {
 	cl.IssuedAt = jwt.NewNumericDate(iat)
 	cl.ExpiresAt = jwt.NewNumericDate(iat.Add(2 * e.refresh))
 	ep := &epoch{refreshAt: now.Add(e.refresh)}
-	if e.secrets.handshakePRK() == nil {
+	sec := e.sec()
+	ep.gen = sec.gen
+	if sec.handshakePRK() == nil {
 		k, err := ecdh.P256().GenerateKey(rand.Reader)
 		if err != nil {
 			return nil, err
@@ -291,7 +331,7 @@ func (e *Engine) newEpoch(tags identity.Tags, now time.Time) (*epoch, error) {
 		ep.ekID = sha256.Sum256(pub)
 		cl.EK = base64.RawURLEncoding.EncodeToString(compressP256(pub))
 	}
-	tok, err := e.secrets.sign(cl)
+	tok, err := sec.sign(cl)
 	if err != nil {
 		return nil, err
 	}
@@ -346,7 +386,7 @@ func (e *Engine) verifyToken(token []byte, now time.Time, budgeted bool, src net
 
 // verifyTokenSlow verifies a token from scratch and makes its Peer.
 func (e *Engine) verifyTokenSlow(token []byte, now time.Time, b *spend) (*Peer, error) {
-	cl, until, err := e.secrets.verify(e, token, now, b)
+	cl, until, err := e.sec().verify(e, token, now, b)
 	if err != nil {
 		return nil, err
 	}
@@ -354,7 +394,7 @@ func (e *Engine) verifyTokenSlow(token []byte, now time.Time, b *spend) (*Peer, 
 	if p.Tags, err = identity.Decode(cl.T); err != nil {
 		return nil, reason.MalformedToken
 	}
-	if e.secrets.handshakePRK() == nil {
+	if e.sec().handshakePRK() == nil {
 		raw, err := base64.RawURLEncoding.Strict().DecodeString(cl.EK)
 		if err != nil {
 			return nil, reason.MalformedToken
@@ -408,7 +448,7 @@ func (e *Engine) verifyCert(p *pkiSecrets, der []byte, now time.Time, b *spend) 
 // in PKI mode (cached per pair of ephemeral keys) and the PSK's handshake key
 // in PSK mode. Per connection this is one HMAC.
 func (e *Engine) handshakeKey(own *epoch, peer *Peer, nc, ns *[NonceSize]byte) ([32]byte, error) {
-	prk := e.secrets.handshakePRK()
+	prk := e.sec().handshakePRK()
 	if prk == nil {
 		if own.priv == nil || peer.ek == nil {
 			return [32]byte{}, reason.MalformedToken

@@ -35,9 +35,9 @@ func junkSYNs(t testing.TB, p pair, n int) [][]byte {
 	wrongPSK := testPSK(t, 99)
 	out := make([][]byte, n)
 	for i := range out {
-		cl := validClaims(t, "node-a", base, p.client.secrets.Kind() == "pki")
+		cl := validClaims(t, "node-a", base, p.client.sec().Kind() == "pki")
 		cl.T = append(cl.T, fmt.Sprintf("junk=%d", i))
-		if p.client.secrets.Kind() == "psk" {
+		if p.client.sec().Kind() == "psk" {
 			jt, err := wrongPSK.sign(cl)
 			if err != nil {
 				t.Fatal(err)
@@ -283,7 +283,7 @@ func TestSourceTableBounded(t *testing.T) {
 // engineWith returns a copy of e's engine configuration with budget b.
 func engineWith(t testing.TB, e *Engine, b VerifyBudget) *Engine {
 	t.Helper()
-	n, err := New(Config{Node: e.node, Secrets: e.secrets, Refresh: e.refresh, Budget: b})
+	n, err := New(Config{Node: e.node, Secrets: e.sec().Secrets, Refresh: e.refresh, Budget: b})
 	if err != nil {
 		t.Fatal(err)
 	}

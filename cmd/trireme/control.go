@@ -151,6 +151,9 @@ it is not ready in time.`,
 			if s.Policy.LastError != "" {
 				fmt.Printf("policy reload FAILED at %s (previous policy stays in force):\n%s\n", s.Policy.ErrorAt.Format("15:04:05"), s.Policy.LastError)
 			}
+			if k := s.Kubernetes; k != nil {
+				printKubernetes(k)
+			}
 			printFlowTable(s)
 			fmt.Printf("flow ring: %d of %d records (%d since start; trireme flows)\n", s.FlowRing.Records, s.FlowRing.Size, s.FlowRing.Total)
 			printCounters("counters", s.Counters)
@@ -253,4 +256,24 @@ func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// printKubernetes prints the Kubernetes source's state: whether the API
+// server is reachable (while it is not, the node enforces what it last knew).
+func printKubernetes(k *node.KubernetesStatus) {
+	state := "API server reachable"
+	if !k.Connected {
+		state = "API server UNREACHABLE: enforcing the last known pods and policies"
+	}
+	fmt.Printf("kubernetes node %s: %s since %s; %d pods enforced, %d NetworkPolicies, synced %v, last sync %s\n",
+		k.NodeName, state, k.Since.Format("15:04:05"), k.Pods, k.NetworkPolicies, k.Synced, k.LastSync.Format("15:04:05"))
+	if k.LastError != "" && !k.Connected {
+		fmt.Printf("  last error: %s\n", k.LastError)
+	}
+	if k.PolicyError != "" {
+		fmt.Printf("  translation FAILED (previous policy stays in force): %s\n", k.PolicyError)
+	}
+	for _, pod := range slices.Sorted(maps.Keys(k.Unenforced)) {
+		fmt.Printf("  pod %s NOT enforced: %s\n", pod, k.Unenforced[pod])
+	}
 }

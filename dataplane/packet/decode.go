@@ -267,8 +267,7 @@ func (p *Packet) decodeTransport() reason.Code {
 			if len(b) < 8 {
 				return reason.Malformed
 			}
-			id := binary.BigEndian.Uint16(b[4:])
-			p.SrcPort, p.DstPort = id, id
+			p.SrcPort, p.DstPort = echoPorts(p.Proto, p.ICMPType, binary.BigEndian.Uint16(b[4:]))
 			p.Payload = p.L4 + 8
 		}
 	default:

@@ -46,8 +46,12 @@ type Packet struct {
 	VLAN     [2]uint16
 	Src, Dst netip.Addr
 	Proto    ipproto.Proto
-	// SrcPort and DstPort are the transport ports; for ICMP echo both hold
-	// the echo identifier, for other ICMP messages both are 0.
+	// SrcPort and DstPort are the transport ports. An ICMP echo's
+	// identifier is the port of the side that sent the request, the other
+	// side's is 0 (a request: SrcPort=id, DstPort=0; a reply: SrcPort=0,
+	// DstPort=id), so that a reply is in its request's flow and a request
+	// from the other side is a flow of its own. Other ICMP messages have
+	// both 0.
 	SrcPort, DstPort uint16
 	// TCP fields (zero for other protocols).
 	Flags    uint8
@@ -74,6 +78,25 @@ func isEcho(proto ipproto.Proto, typ uint8) bool {
 		return typ == 8 || typ == 0
 	}
 	return typ == 128 || typ == 129
+}
+
+// isEchoRequest reports whether an echo message (isEcho) is a request.
+func isEchoRequest(proto ipproto.Proto, typ uint8) bool {
+	return proto == ipproto.ICMP && typ == 8 || proto == ipproto.ICMPv6 && typ == 128
+}
+
+// echoPorts returns the ports an echo message of identifier id is keyed
+// by: the identifier on the requester's side, 0 on the responder's.
+func echoPorts(proto ipproto.Proto, typ uint8, id uint16) (sport, dport uint16) {
+	if isEchoRequest(proto, typ) {
+		return id, 0
+	}
+	return 0, id
+}
+
+// IsEchoRequest reports whether the packet is an ICMP/ICMPv6 echo request.
+func (p *Packet) IsEchoRequest() bool {
+	return (p.Proto == ipproto.ICMP || p.Proto == ipproto.ICMPv6) && isEchoRequest(p.Proto, p.ICMPType)
 }
 
 // IsEcho reports whether the packet is an ICMP/ICMPv6 echo request or reply.
@@ -149,8 +172,7 @@ func (p *Packet) Quoted() (src, dst netip.Addr, proto ipproto.Proto, sport, dpor
 		if len(l4) < 8 || !isEcho(proto, l4[0]) {
 			return
 		}
-		id := binary.BigEndian.Uint16(l4[4:])
-		sport, dport = id, id
+		sport, dport = echoPorts(proto, l4[0], binary.BigEndian.Uint16(l4[4:]))
 	default:
 		return
 	}

@@ -134,8 +134,14 @@ func TestParseCaptures(t *testing.T) {
 			}
 		}},
 		{"zeek-icmp-ping.pcap", 1, reason.None, func(t *testing.T, p *Packet) {
-			if !p.IsEcho() || p.SrcPort != 34844 || p.DstPort != 34844 {
-				t.Fatalf("echo id: %d", p.SrcPort)
+			// The requester's side holds the id, the responder's 0.
+			if !p.IsEcho() || !p.IsEchoRequest() || p.SrcPort != 34844 || p.DstPort != 0 {
+				t.Fatalf("echo request: request %v ports %d -> %d", p.IsEchoRequest(), p.SrcPort, p.DstPort)
+			}
+		}},
+		{"zeek-icmp-ping.pcap", 2, reason.None, func(t *testing.T, p *Packet) {
+			if !p.IsEcho() || p.IsEchoRequest() || p.SrcPort != 0 || p.DstPort != 34844 {
+				t.Fatalf("echo reply: request %v ports %d -> %d", p.IsEchoRequest(), p.SrcPort, p.DstPort)
 			}
 		}},
 		{"zeek-port4242-ipv6.pcap", 1, reason.None, func(t *testing.T, p *Packet) {

@@ -207,7 +207,10 @@ func (ps *refParser) transport(pkt *Packet) reason.Code {
 				return reason.Malformed
 			}
 			id := binary.BigEndian.Uint16(b[4:])
-			pkt.SrcPort, pkt.DstPort = id, id
+			pkt.SrcPort, pkt.DstPort = 0, id // a reply: the requester's side holds the id
+			if pkt.Proto == ipproto.ICMP && pkt.ICMPType == 8 || pkt.Proto == ipproto.ICMPv6 && pkt.ICMPType == 128 {
+				pkt.SrcPort, pkt.DstPort = id, 0
+			}
 			pkt.Payload = pkt.L4 + 8
 		}
 	default:

@@ -165,23 +165,28 @@ func TestAuthorizeRefreshesTimeout(t *testing.T) {
 			t.Errorf("entry %v expires in %v: timeout not refreshed", e.Tuple, e.Expires)
 		}
 	}
-	// Portless protocols are keyed without ports.
-	icmp := steer.Tuple{Src: tu.Src, Dst: tu.Dst, Proto: ipproto.ICMP, SrcPort: 7, DstPort: 9}
-	if err := r.s.Authorize("pu0", icmp, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	es, _ = r.s.List("pu0")
-	found := false
-	for _, e := range es {
-		if e.Tuple.Proto == ipproto.ICMP {
-			found = true
-			if e.Tuple.SrcPort != 0 || e.Tuple.DstPort != 0 {
-				t.Errorf("ICMP entry has ports: %v", e.Tuple)
-			}
+	// Portless protocols are keyed without ports; an ICMP echo keeps its
+	// identifier on the requester's side (and 0 on the other).
+	gre := steer.Tuple{Src: tu.Src, Dst: tu.Dst, Proto: 47, SrcPort: 7, DstPort: 9}
+	echo := steer.Tuple{Src: tu.Src, Dst: tu.Dst, Proto: ipproto.ICMP, SrcPort: 7}
+	for _, x := range []steer.Tuple{gre, echo} {
+		if err := r.s.Authorize("pu0", x, time.Minute); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if !found {
-		t.Error("ICMP flow not listed")
+	es, _ = r.s.List("pu0")
+	want := map[steer.Tuple]bool{
+		{Src: tu.Src, Dst: tu.Dst, Proto: 47}: true, {Src: tu.Dst, Dst: tu.Src, Proto: 47}: true,
+		echo: true, echo.Reverse(): true,
+	}
+	for _, e := range es {
+		if e.Tuple.Proto != ipproto.UDP && !want[e.Tuple] {
+			t.Errorf("unexpected entry %v", e.Tuple)
+		}
+		delete(want, e.Tuple)
+	}
+	if len(want) != 0 {
+		t.Errorf("entries not listed: %v", want)
 	}
 	// Hostile input: mixed families, unknown PU, absurd timeouts.
 	for _, tc := range []struct {

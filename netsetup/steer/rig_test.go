@@ -278,6 +278,17 @@ func parse(f []byte) (steer.Tuple, uint8, bool) {
 		t.SrcPort = binary.BigEndian.Uint16(l4[0:])
 		t.DstPort = binary.BigEndian.Uint16(l4[2:])
 	}
+	// An echo is keyed as the dataplane keys it: the identifier is the
+	// port of the side that sent the request, the other side's is 0.
+	if len(l4) >= 8 && (t.Proto == ipproto.ICMP && t.Src.Is4() || t.Proto == ipproto.ICMPv6 && t.Src.Is6()) {
+		id := binary.BigEndian.Uint16(l4[4:])
+		switch l4[0] {
+		case 8, 128:
+			t.SrcPort = id
+		case 0, 129:
+			t.DstPort = id
+		}
+	}
 	if t.Proto == ipproto.TCP && len(l4) >= 14 {
 		flags = l4[13]
 	}

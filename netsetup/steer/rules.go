@@ -24,6 +24,10 @@ const (
 	tcpFlagFIN  = 0x01
 	tcpFlagSYN  = 0x02
 	tcpFlagRST  = 0x04
+
+	// icmpEchoID is the offset of an echo's identifier in its ICMP
+	// header (type, code, checksum, identifier, sequence number).
+	icmpEchoID = 4
 )
 
 func ethProto(p uint16) []expr.Any {
@@ -343,13 +347,42 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 				lookup,
 			}, counted(authCounter, accept)))
 		}
-		// Protocols without ports: the key's port fields are zero.
-		rules = append(rules, cat(ethProto(ep), l4Proto(expr.CmpOpNeq, unix.IPPROTO_TCP), l4Proto(expr.CmpOpNeq, unix.IPPROTO_UDP), addrs, []expr.Any{
-			proto,
-			&expr.Immediate{Register: regKey + 2*w + 1, Data: []byte{0, 0, 0, 0}},
-			&expr.Immediate{Register: regKey + 2*w + 2, Data: []byte{0, 0, 0, 0}},
-			lookup,
+		// ICMP echo of the family: the direction is part of the key. The
+		// side that sent the request holds the identifier in its port,
+		// the other side 0, as the dataplane keys the flow: a request is
+		// saddr . daddr . icmp . id . 0, a reply saddr . daddr . icmp .
+		// 0 . id. So the authorized entries of A's ping to B, (A, B, id,
+		// 0) and (B, A, 0, id), pass A's requests and B's replies, never
+		// a request from B to A. Identifier 0 is not looked up (such an
+		// echo's key would be that of any ICMP message between the two,
+		// both ports 0): it goes to the dataplane.
+		icmp, req, rep := uint8(unix.IPPROTO_ICMP), uint8(8), uint8(0)
+		if v6 {
+			icmp, req, rep = protoICMPv6, 128, 129
+		}
+		zero := func(r uint32) *expr.Immediate { return &expr.Immediate{Register: r, Data: []byte{0, 0, 0, 0}} }
+		echo := func(typ uint8) []expr.Any {
+			return cat(ethProto(ep), l4Proto(expr.CmpOpEq, icmp), []expr.Any{
+				loadTransport(0, 1, regScratch), cmp(expr.CmpOpEq, typ),
+				loadTransport(icmpEchoID, 2, regScratch), cmp(expr.CmpOpNeq, 0, 0),
+			}, addrs, []expr.Any{proto})
+		}
+		rules = append(rules, cat(echo(req), []expr.Any{
+			loadTransport(icmpEchoID, 2, regKey+2*w+1), zero(regKey + 2*w + 2), lookup,
 		}, counted(authCounter, accept)))
+		rules = append(rules, cat(echo(rep), []expr.Any{
+			zero(regKey + 2*w + 1), loadTransport(icmpEchoID, 2, regKey+2*w+2), lookup,
+		}, counted(authCounter, accept)))
+		// Other ICMP messages of the family, and protocols without ports:
+		// the key's port fields are zero, one flow per address pair and
+		// protocol, both ways (as the dataplane keys them). Echoes never
+		// take these rules.
+		portless := cat(addrs, []expr.Any{proto, zero(regKey + 2*w + 1), zero(regKey + 2*w + 2), lookup}, counted(authCounter, accept))
+		rules = append(rules, cat(ethProto(ep), l4Proto(expr.CmpOpEq, icmp), []expr.Any{
+			loadTransport(0, 1, regScratch), cmp(expr.CmpOpNeq, req), cmp(expr.CmpOpNeq, rep),
+		}, portless))
+		rules = append(rules, cat(ethProto(ep), l4Proto(expr.CmpOpNeq, unix.IPPROTO_TCP), l4Proto(expr.CmpOpNeq, unix.IPPROTO_UDP),
+			l4Proto(expr.CmpOpNeq, icmp), portless))
 	}
 	// 6. Everything else goes to the dataplane (leaving the PU, within its
 	//    budget).

@@ -399,9 +399,9 @@ func TestSteeredUnauthorizedBulk(t *testing.T) {
 	}
 }
 
-// TestSteeredICMP: the portless rule. The first echo request goes through
-// the dataplane, which authorizes (src, dst, icmp) with zero ports; the
-// following requests and replies stay in the kernel.
+// TestSteeredICMP: the echo rules. The first echo request goes through
+// the dataplane, which authorizes (src:id, dst:0, icmp); the following
+// requests and replies stay in the kernel.
 func TestSteeredICMP(t *testing.T) {
 	r := newRig(t, 2, 2)
 	f := r.startForwarder()

@@ -10,8 +10,11 @@ import (
 )
 
 // Tuple is the 5-tuple of one direction of a flow, as the packet carries it.
-// For protocols without ports (everything but TCP and UDP) the ports are
-// ignored: the key is the address pair and the protocol.
+// An ICMP (ICMPv6) echo flow has the echo identifier as the port of the side
+// that sent the request and 0 as the other's (the dataplane's keys; a
+// request from the other side is another flow). For other protocols
+// without ports the ports are ignored: the key is the address pair and the
+// protocol.
 type Tuple struct {
 	Src, Dst         netip.Addr
 	Proto            ipproto.Proto
@@ -44,7 +47,7 @@ func appendKey(b []byte, t Tuple) ([]byte, bool, error) {
 		return b, false, ErrBadTuple
 	}
 	sp, dp := t.SrcPort, t.DstPort
-	if !t.Proto.HasPorts() {
+	if !t.Proto.HasPorts() && t.Proto != ipproto.ICMP && t.Proto != ipproto.ICMPv6 {
 		sp, dp = 0, 0
 	}
 	if src.Is4() {
