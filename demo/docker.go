@@ -1,12 +1,15 @@
 package demo
 
 import (
+	"bytes"
 	"context"
 	"debug/elf"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
@@ -89,6 +92,9 @@ func (e *Env) RunContainer(ctx context.Context, h *Host) error {
 	if _, err := d.ContainerStart(ctx, res.ID, client.ContainerStartOptions{}); err != nil {
 		return fmt.Errorf("start container %s: %w", h.Name, err)
 	}
+	if err := waitContainerReady(ctx, d, res.ID, h.Name); err != nil {
+		return err
+	}
 	ins, err := d.ContainerInspect(ctx, res.ID, client.ContainerInspectOptions{})
 	if err != nil {
 		return fmt.Errorf("inspect container %s: %w", h.Name, err)
@@ -109,4 +115,29 @@ func (e *Env) RunContainer(ctx context.Context, h *Host) error {
 	e.hosts[h.Name] = h
 	e.hostNS[h.Name] = fmt.Sprintf("/proc/%d/ns/net", c.State.Pid)
 	return nil
+}
+
+// waitContainerReady waits until the container's `trireme probe serve`
+// printed "ready" (every port bound): a connection made before would be
+// refused by the container's kernel, not by policy.
+func waitContainerReady(ctx context.Context, d *client.Client, id, name string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		logs, err := d.ContainerLogs(ctx, id, client.ContainerLogsOptions{ShowStdout: true})
+		if err == nil {
+			b, _ := io.ReadAll(logs)
+			logs.Close()
+			if bytes.Contains(b, []byte("ready")) {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("probe server in container %s not ready after 10s (%v)", name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
