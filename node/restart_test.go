@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -78,7 +79,7 @@ policies:
 	// in 1 ms.
 	const allowedTimeout = 5 * time.Second
 	for _, p := range pairs {
-		c, err := p.cl.Dial(p.allowed, allowedTimeout)
+		c, err := dialResolving(t, p.cl, p.allowed, allowedTimeout)
 		if err != nil {
 			t.Fatalf("%s -> %s before the restart: %v", p.cl.Name, p.srv.Name, err)
 		}
@@ -111,7 +112,12 @@ policies:
 		if err := testenv.EchoConn(p.conn, "after", allowedTimeout); err != nil {
 			t.Errorf("%s -> %s: established connection lost over the restart: %v", p.cl.Name, p.srv.Name, err)
 		}
-		if err := p.cl.Echo(p.allowed, "ping", allowedTimeout); err != nil {
+		c, err := dialResolving(t, p.cl, p.allowed, allowedTimeout)
+		if err == nil {
+			err = testenv.EchoConn(c, "ping", allowedTimeout)
+			c.Close()
+		}
+		if err != nil {
 			t.Errorf("%s -> %s: new allowed connection after the restart: %v", p.cl.Name, p.allowed, err)
 		}
 		// Denied: never connected. (Refused at once when the enforcer
@@ -290,5 +296,22 @@ policies:
 	pus, err := d.Client().ListPUs()
 	if err != nil || len(pus) != 3 {
 		t.Errorf("PUs after the next restart: %d (%v)", len(pus), err)
+	}
+}
+
+// dialResolving dials addr from pu, again (up to three times) when the
+// kernel could not resolve the peer's address ("no route to host": its ARP
+// requests went unanswered). With 1,000 interfaces just created on one
+// bridge, broadcasts are delivered to every port and some are lost on a
+// loaded machine; that is the node's L2, not the enforcer (which never sees
+// ARP), and each retry is logged. Any other error is returned at once.
+func dialResolving(t *testing.T, pu *testenv.PU, addr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	t.Helper()
+	for i := 0; ; i++ {
+		c, err := pu.Dial(addr, timeout)
+		if err == nil || !errors.Is(err, syscall.EHOSTUNREACH) || i == 2 {
+			return c, err
+		}
+		t.Logf("%s -> %s: %v (ARP unanswered): dialling again", pu.Name, addr, err)
 	}
 }
