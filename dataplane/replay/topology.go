@@ -43,11 +43,11 @@ type PUSpec struct {
 }
 
 type rawTopology struct {
-	TargetNetworks   []string `yaml:"targetNetworks"`
-	ExcludedNetworks []string `yaml:"excludedNetworks"`
-	WireMACs         []string `yaml:"wireMACs"`
+	TargetNetworks   []string       `yaml:"targetNetworks"`
+	ExcludedNetworks []string       `yaml:"excludedNetworks"`
+	WireMACs         []string       `yaml:"wireMACs"`
 	Lose             map[string]int `yaml:"lose"`
-	PUs              []rawPU  `yaml:"pus"`
+	PUs              []rawPU        `yaml:"pus"`
 }
 
 type rawPU struct {
