@@ -172,7 +172,23 @@ func TestSYNFloodFlowLogRotated(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	time.Sleep(500 * time.Millisecond) // the writer's periodic flush
+	// Measure once the writer is done: while it still writes it rotates,
+	// and a file listed here may be gone when it is read.
+	settle := time.Now().Add(10 * time.Second)
+	for prev := uint64(0); ; {
+		time.Sleep(500 * time.Millisecond) // the writer's periodic flush
+		if st, err = s.d.Client().Stats(); err != nil {
+			t.Fatal(err)
+		}
+		if w := st.Counters["records-written"]; w == prev {
+			break
+		} else {
+			prev = w
+		}
+		if time.Now().After(settle) {
+			t.Fatal("the flow log writer never settled")
+		}
+	}
 	fs := node.FlowLogFiles(s.d.FlowLog)
 	total := logBytes(t, s.d.FlowLog)
 	t.Logf("%d records written for %d SYNs; log files %v, %d bytes", st.Counters["records-written"]-st0.Counters["records-written"], n, fs, total)
@@ -180,8 +196,11 @@ func TestSYNFloodFlowLogRotated(t *testing.T) {
 		t.Errorf("log files %v, want the log and %d rotated", fs, files)
 	}
 	for _, f := range fs {
-		if st, err := os.Stat(f); err != nil || st.Size() > maxSize {
-			t.Errorf("%s: %d bytes (%v), max %d", f, st.Size(), err, maxSize)
+		fi, err := os.Stat(f)
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+		} else if fi.Size() > maxSize {
+			t.Errorf("%s: %d bytes, max %d", f, fi.Size(), maxSize)
 		}
 	}
 	if total > (files+1)*maxSize {
