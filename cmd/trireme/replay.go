@@ -225,7 +225,11 @@ func printSummary(w io.Writer, s replay.Summary) {
 		fmt.Fprintf(w, "unreadable     %d (unsupported link type)\n", s.Unreadable)
 	}
 	if len(s.Handshake) > 0 || s.Lost > 0 {
-		fmt.Fprintf(w, "handshake      %d hello, %d reply, %d confirm on the wire", s.Handshake["hello"], s.Handshake["reply"], s.Handshake["confirm"])
+		fmt.Fprintf(w, "handshake      %d hello, %d reply, %d confirm", s.Handshake["hello"], s.Handshake["reply"], s.Handshake["confirm"])
+		if n := s.Handshake["reject"]; n > 0 {
+			fmt.Fprintf(w, ", %d reject", n)
+		}
+		fmt.Fprint(w, " on the wire")
 		if s.Lost > 0 {
 			fmt.Fprintf(w, ", %d lost", s.Lost)
 		}

@@ -373,7 +373,7 @@ func (r *Replayer) handshake(w []byte) (lost bool) {
 	if k == tokens.NotHandshake {
 		return false
 	}
-	r.sum.Handshake[kindNames[k]]++
+	r.sum.Handshake[kindName(k)]++
 	if r.lose[k] > 0 {
 		r.lose[k]--
 		r.sum.Lost++
@@ -382,7 +382,20 @@ func (r *Replayer) handshake(w []byte) (lost bool) {
 	return false
 }
 
-var kindNames = [...]string{tokens.Hello: "hello", tokens.Reply: "reply", tokens.Confirm: "confirm"}
+// kindName names a handshake message kind in the summary.
+func kindName(k tokens.DatagramKind) string {
+	switch k {
+	case tokens.Hello:
+		return "hello"
+	case tokens.Reply:
+		return "reply"
+	case tokens.Confirm:
+		return "confirm"
+	case tokens.Reject:
+		return "reject"
+	}
+	return "other"
+}
 
 func (r *Replayer) receive(to *pu, w []byte, t time.Time, origin, depth int) {
 	n := to.node

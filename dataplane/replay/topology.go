@@ -29,7 +29,7 @@ type Topology struct {
 	// passing any sender's, whatever source address it claims.
 	WireMACs []net.HardwareAddr `yaml:"-"`
 	// Lose makes the wire lose datagram handshake messages: the first
-	// Lose[kind] messages of that kind (hello, reply, confirm) sent
+	// Lose[kind] messages of that kind (hello, reply, confirm, reject) sent
 	// between enforcers, to replay loss and the retries it causes.
 	Lose map[tokens.DatagramKind]int `yaml:"-"`
 }
@@ -82,7 +82,7 @@ func (r *rawPU) UnmarshalYAML(n *yaml.Node) error {
 }
 
 // loseKinds names the handshake messages a topology's wire may lose.
-var loseKinds = map[string]tokens.DatagramKind{"hello": tokens.Hello, "reply": tokens.Reply, "confirm": tokens.Confirm}
+var loseKinds = map[string]tokens.DatagramKind{"hello": tokens.Hello, "reply": tokens.Reply, "confirm": tokens.Confirm, "reject": tokens.Reject}
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
@@ -130,7 +130,7 @@ func ParseTopology(file string, data []byte) (*Topology, error) {
 	for k, n := range raw.Lose {
 		kind, ok := loseKinds[k]
 		if !ok || n < 0 {
-			errs = append(errs, fmt.Sprintf("%s: lose: %q: %d: want hello, reply or confirm and a count >= 0", file, k, n))
+			errs = append(errs, fmt.Sprintf("%s: lose: %q: %d: want hello, reply, confirm or reject and a count >= 0", file, k, n))
 			continue
 		}
 		if t.Lose == nil {
