@@ -106,6 +106,13 @@ const (
 	CPUPer1k     FigureKey = "cpu_s_per_1k_conns"
 	PeakRSS      FigureKey = "peak_rss_mib"
 	Iperf3Bulk1  FigureKey = "iperf3_bulk_1_gbps"
+
+	UDPFlows1   FigureKey = "udp_flows_1"
+	UDPFlowsN   FigureKey = "udp_flows_n"
+	UDPFirstP50 FigureKey = "udp_first_response_p50_us"
+	UDPFirstP99 FigureKey = "udp_first_response_p99_us"
+	UDPBulk1    FigureKey = "udp_bulk_1_gbps"
+	UDPRTTP50   FigureKey = "udp_rtt_p50_us"
 )
 
 // FigureInfo describes a figure for people.
@@ -137,6 +144,14 @@ func figureInfos(c *Config) []FigureInfo {
 		{Key: CPUPer1k, Label: "enforcer CPU per 1k conns", Unit: "s", Enforcer: true},
 		{Key: PeakRSS, Label: "enforcer peak RSS", Unit: "MiB", Enforcer: true},
 	}
+	fs = append(fs,
+		FigureInfo{Key: UDPFlows1, Label: "new UDP flows/s, 1 client", Unit: "flow/s", Higher: true},
+		FigureInfo{Key: UDPFlowsN, Label: fmt.Sprintf("new UDP flows/s, %d clients", c.Clients), Unit: "flow/s", Higher: true},
+		FigureInfo{Key: UDPFirstP50, Label: "UDP first response p50", Unit: "µs", Delta: true},
+		FigureInfo{Key: UDPFirstP99, Label: "UDP first response p99", Unit: "µs", Delta: true},
+		FigureInfo{Key: UDPBulk1, Label: "UDP bulk, 1 flow", Unit: "Gbit/s", Higher: true},
+		FigureInfo{Key: UDPRTTP50, Label: "UDP RTT (median)", Unit: "µs", Delta: true},
+	)
 	if c.Iperf3 != "" {
 		fs = append(fs, FigureInfo{Key: Iperf3Bulk1, Label: "iperf3 bulk, 1 stream", Unit: "Gbit/s", Higher: true})
 	}
@@ -249,6 +264,7 @@ type setup struct {
 	topo   *Topology
 	ns     []func() // closers
 	server *loadgen.Server
+	udp    *loadgen.UDPServer // on the same port number
 	client *loadgen.Client
 }
 
@@ -256,6 +272,9 @@ func (s *setup) close() error {
 	var errs []error
 	if s.server != nil {
 		s.server.Close()
+	}
+	if s.udp != nil {
+		s.udp.Close()
 	}
 	for _, c := range s.ns {
 		c()
@@ -394,10 +413,16 @@ func newSetup(ctx context.Context, cfg Config, v Variant) (*setup, error) {
 	if s.server, err = loadgen.Listen(srvNs, netip.AddrPortFrom(topo.Server.Addr, cfg.Port)); err != nil {
 		return s, err
 	}
+	if s.udp, err = loadgen.ListenUDP(srvNs, s.server.Addr()); err != nil {
+		return s, err
+	}
 	if s.client, err = loadgen.NewClient(cliNs, s.server.Addr()); err != nil {
 		return s, err
 	}
 	if err := s.client.Probe(ctx, 10*time.Second); err != nil {
+		return s, err
+	}
+	if err := s.client.UDPProbe(ctx, 10*time.Second); err != nil {
 		return s, err
 	}
 	return s, nil
@@ -479,6 +504,47 @@ func measureRound(ctx context.Context, cfg Config, s *setup, r int, out map[Figu
 		notes = append(notes, fmt.Sprintf("rtt: %v", err))
 	} else if len(rt.Samples) > 0 {
 		out[RTTP50][r] = us(LatenciesOf(rt.Samples).P50)
+	}
+	return append(notes, measureUDP(ctx, cfg, s, r, out, prog)...)
+}
+
+// measureUDP takes the UDP figures: new flows (request/response on a new
+// client port each time) from 1 and from N clients, the first response's
+// latency, then bulk and RTT on one established flow.
+func measureUDP(ctx context.Context, cfg Config, s *setup, r int, out map[FigureKey][]float64, prog func(string)) (notes []string) {
+	d := cfg.Duration
+	for _, run := range []struct {
+		key     FigureKey
+		clients int
+	}{{UDPFlows1, 1}, {UDPFlowsN, cfg.Clients}} {
+		prog(fmt.Sprintf("new UDP flows, %d client(s)", run.clients))
+		fr, err := s.client.UDPFlowRate(ctx, run.clients, d, run.clients == 1)
+		if err != nil {
+			notes = append(notes, fmt.Sprintf("udp flow rate %d: %v", run.clients, err))
+			continue
+		}
+		if fr.Failed > 0 {
+			notes = append(notes, fmt.Sprintf("udp flow rate %d: %d of %d flows got no response, first: %v", run.clients, fr.Failed, fr.Conns+fr.Failed, fr.FirstErr))
+		}
+		out[run.key][r] = fr.PerSecond()
+		if run.clients == 1 && fr.Conns > 0 {
+			f := LatenciesOf(fr.FirstByte)
+			out[UDPFirstP50][r], out[UDPFirstP99][r] = us(f.P50), us(f.P99)
+		}
+	}
+	prog("UDP bulk, 1 flow")
+	if br, err := s.client.UDPBulk(ctx, d); err != nil {
+		notes = append(notes, fmt.Sprintf("udp bulk: %v", err))
+	} else if br.Received == 0 {
+		notes = append(notes, fmt.Sprintf("udp bulk: sent %d bytes, server received none", br.Sent))
+	} else {
+		out[UDPBulk1][r] = br.Gbps()
+	}
+	prog("UDP round-trip time")
+	if rt, err := s.client.UDPRTT(ctx, d); err != nil {
+		notes = append(notes, fmt.Sprintf("udp rtt: %v", err))
+	} else if len(rt.Samples) > 0 {
+		out[UDPRTTP50][r] = us(LatenciesOf(rt.Samples).P50)
 	}
 	return notes
 }

@@ -58,7 +58,10 @@ func newPerfCmd() *cobra.Command {
 measures every variant in turn, round after round (A B C A B C ...), so that
 drift on a noisy machine hits them alike: new connections per second with 1
 and N clients, connect latency, bulk throughput with 1 and several streams,
-round-trip time, and the enforcer's CPU time and peak RSS. Each figure is
+round-trip time, the enforcer's CPU time and peak RSS; then for UDP, new
+flows per second (a request and its response on a fresh client port each
+time) with 1 and N clients, the first response's latency, and bulk
+throughput and round-trip time on an established flow. Each figure is
 reported as the median of the per-round ratios to the kernel path (the
 headline), then as median and range over the rounds.`,
 		Args: cobra.NoArgs,

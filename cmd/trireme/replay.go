@@ -120,6 +120,13 @@ func add(t *replay.Summary, s replay.Summary) {
 	for k, v := range s.Dropped {
 		t.Dropped[k] += v
 	}
+	if len(s.Handshake) > 0 && t.Handshake == nil {
+		t.Handshake = map[string]int{}
+	}
+	for k, v := range s.Handshake {
+		t.Handshake[k] += v
+	}
+	t.Lost += s.Lost
 }
 
 // countingReader counts bytes for the progress bar.
@@ -216,6 +223,17 @@ func printSummary(w io.Writer, s replay.Summary) {
 	fmt.Fprintf(w, "injected       %d\n", s.Injected)
 	if s.Unreadable > 0 {
 		fmt.Fprintf(w, "unreadable     %d (unsupported link type)\n", s.Unreadable)
+	}
+	if len(s.Handshake) > 0 || s.Lost > 0 {
+		fmt.Fprintf(w, "handshake      %d hello, %d reply, %d confirm", s.Handshake["hello"], s.Handshake["reply"], s.Handshake["confirm"])
+		if n := s.Handshake["reject"]; n > 0 {
+			fmt.Fprintf(w, ", %d reject", n)
+		}
+		fmt.Fprint(w, " on the wire")
+		if s.Lost > 0 {
+			fmt.Fprintf(w, ", %d lost", s.Lost)
+		}
+		fmt.Fprintln(w)
 	}
 	fmt.Fprintf(w, "connections    %d allowed, %d denied, %d incomplete\n", s.ConnectionsAllowed, s.ConnectionsDenied, s.ConnectionsIncomplete)
 	fmt.Fprintf(w, "flow records   %d\n", s.Flows)

@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"sort"
@@ -79,6 +80,9 @@ type Replayer struct {
 	// handshake runs, by frame bytes: released (sent on with their
 	// origin) or discarded (counted dropped) later.
 	held map[string][]int
+	// lose: handshake messages the wire still has to lose, by kind
+	// (Topology.Lose).
+	lose map[tokens.DatagramKind]int
 }
 
 // Summary counts what happened.
@@ -103,6 +107,11 @@ type Summary struct {
 	ConnectionsIncomplete int    `json:"connectionsIncomplete"`
 	Flows                 int    `json:"flows"`
 	Evictions             uint64 `json:"evictions"`
+	// Handshake counts the datagram handshake messages enforcers sent on
+	// the wire, by kind (hello, reply, confirm): more hellos than flows are
+	// retries. Lost counts those the wire lost (Topology.Lose).
+	Handshake map[string]int `json:"handshake,omitempty"`
+	Lost      int            `json:"lost,omitempty"`
 }
 
 // New builds the nodes, enforcers and PUs of the topology.
@@ -122,7 +131,8 @@ func New(o Options) (*Replayer, error) {
 		return nil, err
 	}
 	r := &Replayer{byIP: map[netip.Addr]*pu{}, out: o.Out, held: map[string][]int{},
-		sum: Summary{Dropped: map[string]int{}}, wire: o.Topology.WireMACs}
+		sum: Summary{Dropped: map[string]int{}, Handshake: map[string]int{}}, wire: o.Topology.WireMACs,
+		lose: maps.Clone(o.Topology.Lose)}
 	r.recs = &recordSink{r: r, conns: map[connKey]connState{}}
 	secrets, err := newSecrets(o.PKI, o.Topology)
 	if err != nil {
@@ -339,6 +349,9 @@ func (r *Replayer) send(w []byte, t time.Time, origin, depth int) {
 	if r.out != nil {
 		r.out.Wire(t, w)
 	}
+	if origin < 0 && r.handshake(w) {
+		return // lost on the wire
+	}
 	_, dst, ok := r.endpoints(w)
 	to := r.byIP[dst]
 	if !ok || to == nil {
@@ -348,6 +361,40 @@ func (r *Replayer) send(w []byte, t time.Time, origin, depth int) {
 		return
 	}
 	r.receive(to, w, t, origin, depth)
+}
+
+// handshake counts w if it is a datagram handshake message an enforcer
+// made, and reports whether the wire loses it (Topology.Lose).
+func (r *Replayer) handshake(w []byte) (lost bool) {
+	if r.pkt.Decode(w) != reason.None || r.pkt.Proto != ipproto.UDP {
+		return false
+	}
+	k := tokens.KindOf(r.pkt.UDPPayload())
+	if k == tokens.NotHandshake {
+		return false
+	}
+	r.sum.Handshake[kindName(k)]++
+	if r.lose[k] > 0 {
+		r.lose[k]--
+		r.sum.Lost++
+		return true
+	}
+	return false
+}
+
+// kindName names a handshake message kind in the summary.
+func kindName(k tokens.DatagramKind) string {
+	switch k {
+	case tokens.Hello:
+		return "hello"
+	case tokens.Reply:
+		return "reply"
+	case tokens.Confirm:
+		return "confirm"
+	case tokens.Reject:
+		return "reject"
+	}
+	return "other"
 }
 
 func (r *Replayer) receive(to *pu, w []byte, t time.Time, origin, depth int) {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/trireme-go/trireme/identity"
+	"github.com/trireme-go/trireme/tokens"
 	"gopkg.in/yaml.v3"
 )
 
@@ -27,6 +28,10 @@ type Topology struct {
 	// source MAC is one of them reaches its receiver's enforcer without
 	// passing any sender's, whatever source address it claims.
 	WireMACs []net.HardwareAddr `yaml:"-"`
+	// Lose makes the wire lose datagram handshake messages: the first
+	// Lose[kind] messages of that kind (hello, reply, confirm, reject) sent
+	// between enforcers, to replay loss and the retries it causes.
+	Lose map[tokens.DatagramKind]int `yaml:"-"`
 }
 
 // PUSpec is one PU of the topology.
@@ -38,10 +43,11 @@ type PUSpec struct {
 }
 
 type rawTopology struct {
-	TargetNetworks   []string `yaml:"targetNetworks"`
-	ExcludedNetworks []string `yaml:"excludedNetworks"`
-	WireMACs         []string `yaml:"wireMACs"`
-	PUs              []rawPU  `yaml:"pus"`
+	TargetNetworks   []string       `yaml:"targetNetworks"`
+	ExcludedNetworks []string       `yaml:"excludedNetworks"`
+	WireMACs         []string       `yaml:"wireMACs"`
+	Lose             map[string]int `yaml:"lose"`
+	PUs              []rawPU        `yaml:"pus"`
 }
 
 type rawPU struct {
@@ -74,6 +80,9 @@ func (r *rawPU) UnmarshalYAML(n *yaml.Node) error {
 	r.line, r.col = n.Line, n.Column
 	return nil
 }
+
+// loseKinds names the handshake messages a topology's wire may lose.
+var loseKinds = map[string]tokens.DatagramKind{"hello": tokens.Hello, "reply": tokens.Reply, "confirm": tokens.Confirm, "reject": tokens.Reject}
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
@@ -117,6 +126,17 @@ func ParseTopology(file string, data []byte) (*Topology, error) {
 			continue
 		}
 		t.WireMACs = append(t.WireMACs, mac)
+	}
+	for k, n := range raw.Lose {
+		kind, ok := loseKinds[k]
+		if !ok || n < 0 {
+			errs = append(errs, fmt.Sprintf("%s: lose: %q: %d: want hello, reply, confirm or reject and a count >= 0", file, k, n))
+			continue
+		}
+		if t.Lose == nil {
+			t.Lose = map[tokens.DatagramKind]int{}
+		}
+		t.Lose[kind] = n
 	}
 	names := map[string]bool{}
 	ips := map[netip.Addr]string{}

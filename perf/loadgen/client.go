@@ -32,6 +32,8 @@ type Client struct {
 	sa      unix.Sockaddr
 	family  int
 	Timeout time.Duration
+	// udpPorts counts the client ports given to UDP flows (udp.go).
+	udpPorts atomic.Uint32
 }
 
 // NewClient returns a client whose sockets live in ns. ns must stay open
@@ -63,6 +65,12 @@ type socketFactory struct {
 var errFactoryStopped = errors.New("loadgen: socket factory stopped")
 
 func (c *Client) startFactory(buffer int) (*socketFactory, error) {
+	return c.startFactoryOf(buffer, unix.SOCK_STREAM, nil)
+}
+
+// startFactoryOf makes sockets of type sotype; prepare, if set, readies
+// each one (a bind) and may reject it (it closes the socket then).
+func (c *Client) startFactoryOf(buffer, sotype int, prepare func(fd int) error) (*socketFactory, error) {
 	f := &socketFactory{fds: make(chan int, buffer), stop: make(chan struct{})}
 	ready := make(chan error, 1)
 	go func() {
@@ -75,13 +83,22 @@ func (c *Client) startFactory(buffer int) (*socketFactory, error) {
 		defer leave()
 		ready <- nil
 		for {
-			fd, err := unix.Socket(c.family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			fd, err := unix.Socket(c.family, sotype|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
 				f.err.Store(fmt.Errorf("loadgen: socket: %w", err))
 				return
 			}
-			// As Go's net package does for every TCP socket.
-			unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+			if sotype == unix.SOCK_STREAM {
+				// As Go's net package does for every TCP socket.
+				unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+			}
+			if prepare != nil {
+				if err := prepare(fd); err != nil {
+					unix.Close(fd)
+					f.err.Store(err)
+					return
+				}
+			}
 			select {
 			case f.fds <- fd:
 			case <-f.stop:

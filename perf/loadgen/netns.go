@@ -1,7 +1,7 @@
-// Package loadgen is trireme's own load generator: a TCP server and client
-// that run in two network namespaces of one process and measure new
-// connections per second, connect latency, bulk throughput and round-trip
-// time.
+// Package loadgen is trireme's own load generator: a TCP and UDP server
+// and client that run in two network namespaces of one process and measure
+// new connections (and new UDP flows) per second, connect and first-response
+// latency, bulk throughput and round-trip time.
 //
 // A socket belongs to the network namespace of the thread that created it,
 // for its whole life. So only socket creation happens on a thread switched
