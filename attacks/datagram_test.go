@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -175,7 +176,7 @@ func dgDrops(t *testing.T, d *testenv.Daemon, reason string) uint64 {
 // TestDatagramIdentityAcrossNodes: UDP between PUs of two nodes is decided
 // by the peers' identities (the datagram handshake): a selector-based rule
 // allows (the first datagrams, sent before the handshake completed, arrive
-// in order and are answered), another port and another PU are denied by the
+// and are answered), another port and another PU are denied by the
 // server's rules, and a target-network host without an enforcer gets
 // missing-token.
 func TestDatagramIdentityAcrossNodes(t *testing.T) {
@@ -183,9 +184,15 @@ func TestDatagramIdentityAcrossNodes(t *testing.T) {
 	dns53, dns54 := serveDatagramEcho(t, s.dns, 53), serveDatagramEcho(t, s.dns, 54)
 	bare := serveDatagramEcho(t, s.bare, 53)
 
+	// Every datagram is answered, each once. The held ones are released in
+	// order (TestDatagramHandshakeAllowed, dataplane), but a datagram the
+	// PU sends just as the release is being written (the other TAP
+	// reader) can overtake it: seen under load as q2,q1,q3. UDP promises
+	// no order; docs/dataplane.md lists it as a limit.
 	want := [][]byte{[]byte("q1"), []byte("q2"), []byte("q3")}
-	if got := dgQuery(t, s.client, dns53.addr, want, 5*time.Second); dgStrs(got) != "q1,q2,q3" {
-		t.Fatalf("client -> dns:53 (selector rule allows): replies %q, want q1,q2,q3 in order", dgStrs(got))
+	got := dgQuery(t, s.client, dns53.addr, want, 5*time.Second)
+	if strs := strings.Split(dgStrs(got), ","); len(strs) != 3 || !slices.Equal(slices.Sorted(slices.Values(strs)), []string{"q1", "q2", "q3"}) {
+		t.Fatalf("client -> dns:53 (selector rule allows): replies %q, want q1, q2 and q3 each once", dgStrs(got))
 	}
 	// Both ends authorized the flow in the kernel; a repeat flow works too.
 	s.d0.WaitKernelAuthorized(1)
