@@ -2,6 +2,7 @@ package packet
 
 import (
 	"encoding/binary"
+	"net/netip"
 
 	"github.com/trireme-go/trireme/ipproto"
 )
@@ -41,34 +42,8 @@ func BuildTCP(dst []byte, tmpl *Packet, seg *Segment) []byte {
 		sport, dport = dport, sport
 	}
 	tcpLen := 20 + len(seg.Options) + len(seg.Payload)
-	l3 := len(dst)
 	var ph uint32
-	if tmpl.IPv6 {
-		var h [40]byte
-		h[0] = 0x60
-		binary.BigEndian.PutUint16(h[4:], uint16(tcpLen))
-		h[6] = byte(ipproto.TCP)
-		h[7] = 64
-		a, b := src.As16(), dstAddr.As16()
-		copy(h[8:24], a[:])
-		copy(h[24:40], b[:])
-		dst = append(dst, h[:]...)
-		ph = sum(sum(0, a[:]), b[:])
-	} else {
-		var h [20]byte
-		h[0] = 0x45
-		binary.BigEndian.PutUint16(h[2:], uint16(20+tcpLen))
-		h[6] = 0x40 // DF
-		h[8] = 64
-		h[9] = byte(ipproto.TCP)
-		a, b := src.As4(), dstAddr.As4()
-		copy(h[12:16], a[:])
-		copy(h[16:20], b[:])
-		binary.BigEndian.PutUint16(h[10:], Checksum(0, h[:]))
-		dst = append(dst, h[:]...)
-		ph = sum(sum(0, a[:]), b[:])
-	}
-	_ = l3
+	dst, ph = appendIPHeader(dst, tmpl.IPv6, src, dstAddr, ipproto.TCP, tcpLen)
 	l4 := len(dst)
 	var t [20]byte
 	binary.BigEndian.PutUint16(t[0:], sport)
@@ -97,4 +72,33 @@ func VerifyTCPChecksum(p *Packet) bool {
 // VerifyIPv4Checksum reports whether the IPv4 header checksum of p is correct.
 func VerifyIPv4Checksum(p *Packet) bool {
 	return p.IPv6 || fold(sum(0, p.Frame[p.L3:p.L4])) == 0xffff
+}
+
+// appendIPHeader appends an IPv4 (DF, TTL 64, checksummed) or IPv6 (hop
+// limit 64) header from src to dst carrying l4Len bytes of proto, and
+// returns the frame and the pseudo-header's address sum for the transport
+// checksum.
+func appendIPHeader(frame []byte, v6 bool, src, dst netip.Addr, proto ipproto.Proto, l4Len int) ([]byte, uint32) {
+	if v6 {
+		var h [40]byte
+		h[0] = 0x60
+		binary.BigEndian.PutUint16(h[4:], uint16(l4Len))
+		h[6] = byte(proto)
+		h[7] = 64
+		a, b := src.As16(), dst.As16()
+		copy(h[8:24], a[:])
+		copy(h[24:40], b[:])
+		return append(frame, h[:]...), sum(sum(0, a[:]), b[:])
+	}
+	var h [20]byte
+	h[0] = 0x45
+	binary.BigEndian.PutUint16(h[2:], uint16(20+l4Len))
+	h[6] = 0x40 // DF
+	h[8] = 64
+	h[9] = byte(proto)
+	a, b := src.As4(), dst.As4()
+	copy(h[12:16], a[:])
+	copy(h[16:20], b[:])
+	binary.BigEndian.PutUint16(h[10:], Checksum(0, h[:]))
+	return append(frame, h[:]...), sum(sum(0, a[:]), b[:])
 }

@@ -30,31 +30,7 @@ func BuildUDP(dst []byte, tmpl *Packet, reverse bool, payload []byte) []byte {
 	}
 	udpLen := 8 + len(payload)
 	var ph uint32
-	if tmpl.IPv6 {
-		var h [40]byte
-		h[0] = 0x60
-		binary.BigEndian.PutUint16(h[4:], uint16(udpLen))
-		h[6] = byte(ipproto.UDP)
-		h[7] = 64
-		a, b := src.As16(), dstAddr.As16()
-		copy(h[8:24], a[:])
-		copy(h[24:40], b[:])
-		dst = append(dst, h[:]...)
-		ph = sum(sum(0, a[:]), b[:])
-	} else {
-		var h [20]byte
-		h[0] = 0x45
-		binary.BigEndian.PutUint16(h[2:], uint16(20+udpLen))
-		h[6] = 0x40 // DF
-		h[8] = 64
-		h[9] = byte(ipproto.UDP)
-		a, b := src.As4(), dstAddr.As4()
-		copy(h[12:16], a[:])
-		copy(h[16:20], b[:])
-		binary.BigEndian.PutUint16(h[10:], Checksum(0, h[:]))
-		dst = append(dst, h[:]...)
-		ph = sum(sum(0, a[:]), b[:])
-	}
+	dst, ph = appendIPHeader(dst, tmpl.IPv6, src, dstAddr, ipproto.UDP, udpLen)
 	l4 := len(dst)
 	var u [8]byte
 	binary.BigEndian.PutUint16(u[0:], sport)
