@@ -263,8 +263,18 @@ func TestControlPlane(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := agent.CoreV1().Pods("").List(ctx, metav1.ListOptions{}); err != nil {
-			t.Fatalf("agent lists pods: %v", err)
+		// The API server's RBAC authorizer reads bindings from an informer
+		// cache: a binding just created is in force a moment later. Forbidden
+		// is retried until then (30 s at most); any other error fails.
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			_, err := agent.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+			if err == nil {
+				break
+			}
+			if !apierrors.IsForbidden(err) || time.Now().After(deadline) {
+				t.Fatalf("agent lists pods: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 		if err := agent.CoreV1().Pods(ns.Name).Delete(ctx, "elsewhere", *metav1.NewDeleteOptions(0)); !apierrors.IsForbidden(err) {
 			t.Fatalf("agent deletes a pod: got %v, want Forbidden", err)
