@@ -122,6 +122,11 @@ type Note struct {
 	// Local is the PU's end, Remote the peer's.
 	Local, Remote netip.AddrPort
 	VLAN          [2]uint16
+	// Handshake marks the Authorize note of a TCP flow the enforcer just
+	// established (handshake completed, or picked up mid-stream), not a
+	// refresh of a known flow: the daemon may put it in the kernel before
+	// the frame that completed it is delivered (node/frameio.go).
+	Handshake bool
 }
 
 // Output is the result of Process. Reuse one per goroutine: it owns the

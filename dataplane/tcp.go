@@ -308,7 +308,9 @@ func (c *slowPacket) establish(ent *flow.Entry[conn]) {
 	ent.Value.bypass = c.e.kernelBypass && ent.Key.Proto == ipproto.TCP
 	ent.Value.authNoteAt = c.ns
 	c.sh.SetState(ent, flow.Established, c.ns)
-	c.out.Notes = append(c.out.Notes, note(Authorize, c.pu, &ent.Key))
+	n := note(Authorize, c.pu, &ent.Key)
+	n.Handshake = ent.Key.Proto == ipproto.TCP
+	c.out.Notes = append(c.out.Notes, n)
 	if c.e.recordOpen {
 		c.e.recordEstablished(c.pu, ent, c.ns)
 	}

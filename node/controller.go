@@ -161,6 +161,12 @@ func (d *Daemon) Stats() Stats {
 			"kernel-authorized": d.frames.stats.kernelAuthorized.Load(),
 			"kernel-revoked":    d.frames.stats.kernelRevoked.Load(),
 			"foreign-frames":    d.frames.stats.foreignFrames.Load(),
+			// Frames leaving a PU handed to another PU of the node in the
+			// same visit; flows put in the kernel before their handshake's
+			// last frame was delivered, and such transactions that failed.
+			"one-pass":             d.frames.stats.onePass.Load(),
+			"authorized-now":       d.frames.stats.authorizedNow.Load(),
+			"authorize-now-errors": d.frames.stats.authorizeNowErrors.Load(),
 			// RSTs from the network on flows the kernel carries, left to
 			// the PU's TCP to judge and followed by a probe.
 			"rst-probes": s.Probes,

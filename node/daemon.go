@@ -139,7 +139,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.frames = &framePath{enf: d.enf, log: log, notes: d.queueNotes}
+	d.frames = &framePath{enf: d.enf, log: log, notes: d.queueNotes, authorizeNow: d.authorizeNow}
 	if cfg.Kubernetes.Enabled {
 		// Made here, run by Start: the control API may ask for its status
 		// as soon as it serves.
@@ -185,27 +185,37 @@ type kernelOp struct {
 	timeout   time.Duration
 }
 
+// kernelOpOf is the change to a PU's authorized set a note asks for; false
+// for a note of no PU of the frame path, or of a PU being removed (its
+// set goes with it).
+func kernelOpOf(n *dataplane.Note) (kernelOp, bool) {
+	if n.PU == nil {
+		return kernelOp{}, false
+	}
+	pp := portsOf(n.PU)
+	if pp == nil || n.PU.Removed() {
+		return kernelOp{}, false
+	}
+	op := kernelOp{authorize: n.Kind == dataplane.Authorize, pu: pp.steer,
+		tuple: steer.Tuple{Src: n.Local.Addr(), Dst: n.Remote.Addr(), Proto: n.Proto, SrcPort: n.Local.Port(), DstPort: n.Remote.Port()}}
+	if op.authorize {
+		op.timeout = kernelDatagramTimeout
+		if n.Proto == ipproto.TCP {
+			op.timeout = kernelTCPTimeout
+		}
+	}
+	return op, true
+}
+
 // queueNotes hands the enforcer's notes to kernelLoop. The packet path
 // never waits for a netlink transaction; when the queue is full it waits
 // for room (back-pressure), as dropping a revoke would leave a flow in the
 // kernel.
 func (d *Daemon) queueNotes(notes []dataplane.Note) {
 	for i := range notes {
-		n := &notes[i]
-		if n.PU == nil {
+		op, ok := kernelOpOf(&notes[i])
+		if !ok {
 			continue
-		}
-		pp := portsOf(n.PU)
-		if pp == nil || n.PU.Removed() {
-			continue // the PU is being removed: its set goes with it
-		}
-		op := kernelOp{authorize: n.Kind == dataplane.Authorize, pu: pp.steer,
-			tuple: steer.Tuple{Src: n.Local.Addr(), Dst: n.Remote.Addr(), Proto: n.Proto, SrcPort: n.Local.Port(), DstPort: n.Remote.Port()}}
-		if op.authorize {
-			op.timeout = kernelDatagramTimeout
-			if n.Proto == ipproto.TCP {
-				op.timeout = kernelTCPTimeout
-			}
 		}
 		select {
 		case d.ops <- op:
@@ -213,6 +223,37 @@ func (d *Daemon) queueNotes(notes []dataplane.Note) {
 			return
 		}
 	}
+}
+
+// authorizeNow puts the flows of handshake notes in the kernel in one
+// transaction, on the frame reader's goroutine (framePath.authorizeNow):
+// a handshake's last frame waits for it (one transaction per new
+// connection, ~10 µs), and what the PUs send next never reaches the
+// daemon. Authorizations queued for the kernel loop before it may land
+// after it; a revocation queued before it for the same 4-tuple (a
+// TIME_WAIT reuse) could then take the new flow out again: its packets
+// would pass through the dataplane, which authorizes it again (at most
+// once a second), never around it.
+func (d *Daemon) authorizeNow(notes []dataplane.Note) error {
+	b := d.steer.NewBatch()
+	var n uint64
+	for i := range notes {
+		op, ok := kernelOpOf(&notes[i])
+		if !ok || !op.authorize {
+			continue
+		}
+		b.Authorize(op.pu, op.tuple, op.timeout)
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := b.Commit(); err != nil {
+		d.frames.stats.kernelErrors.Add(1)
+		return err
+	}
+	d.frames.stats.kernelAuthorized.Add(n)
+	return nil
 }
 
 // kernelLoop applies queued authorizations and revocations in batches, in

@@ -121,11 +121,31 @@ func (d *Daemon) openPU(p *livePU) error {
 // register adds the PU to the enforcement core (before it is added to
 // the registry, which indexes its dataplane handle).
 func (d *Daemon) register(p *livePU) {
-	p.dp = d.enf.AddPU(p.info.ID, identity.NewTags(p.info.Tags), &puPorts{
+	pp := &puPorts{
 		steer: p.steer, ips: slices.Clone(p.info.IPs),
 		fromApp: p.in, fromNet: p.out, toPU: p.toPU, toNet: p.toNet,
-	})
+		// The node bridge is trireme's: nothing but the PUs' steering
+		// filters what crosses it, so a frame between two of its PUs
+		// may skip it (frameIO.peerOf).
+		onePass: (p.info.Bridge == "" || p.info.Bridge == d.cfg.Bridge.Name) && len(p.mac) == 6,
+	}
+	if len(p.mac) == 6 {
+		pp.mac = [6]byte(p.mac)
+	}
+	p.dp = d.enf.AddPU(p.info.ID, identity.NewTags(p.info.Tags), pp)
+	if pp.onePass {
+		d.frames.peers.add(pp.mac, p.dp)
+	}
 	p.info.State = PURunning
+}
+
+// unregister takes the PU out of the enforcement core: no frame reaches
+// its enforcer afterwards, not even in one pass.
+func (d *Daemon) unregister(p *livePU, out *dataplane.Output) {
+	if pp := portsOf(p.dp); pp != nil && pp.onePass {
+		d.frames.peers.remove(pp.mac, p.dp)
+	}
+	d.enf.RemovePU(p.dp, time.Now(), out)
 }
 
 // startReaders starts reading the PU's TAPs.
@@ -240,7 +260,7 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 	if err := d.pus.add(p); err != nil {
 		// Cannot be: the ID was looked up under d.changes.
 		var out dataplane.Output
-		d.enf.RemovePU(p.dp, time.Now(), &out)
+		d.unregister(p, &out)
 		d.steer.RemovePU(p.steer)
 		p.close()
 		return PUInfo{}, err
@@ -273,7 +293,7 @@ func (d *Daemon) removePU(id string) error {
 	d.changes.Unlock()
 
 	var out dataplane.Output
-	d.enf.RemovePU(p.dp, time.Now(), &out)
+	d.unregister(p, &out)
 	p.close()
 	p.readers.Wait()
 	if c, err := d.steer.Counters(p.steer); err == nil {
