@@ -431,3 +431,20 @@ func vlanSYN(t *testing.T, srcMAC, dstMAC net.HardwareAddr, src, dst netip.AddrP
 	tagged = append(tagged, 0x81, 0x00, 0x00, 0x05)
 	return append(tagged, f[12:]...)
 }
+
+// TestPeerOfDoesNotAllocate: finding the receiving PU of a frame is on the
+// per-packet path.
+func TestPeerOfDoesNotAllocate(t *testing.T) {
+	r := newOnePassRig(t)
+	f := r.fp.newFrameIO(r.front.pu)
+	var p packet.Packet
+	if code := p.Decode(tcpSegment(t, r.front.mac, r.web.mac, netip.AddrPortFrom(r.front.ip, 44000), netip.AddrPortFrom(r.web.ip, 80), "A", 1, 1, []byte("data"))); code != reason.None {
+		t.Fatal(code)
+	}
+	if got := f.peerOf(&p); got != r.web.pu {
+		t.Fatalf("peerOf = %v, want web", got)
+	}
+	if n := testing.AllocsPerRun(100, func() { f.peerOf(&p) }); n != 0 {
+		t.Fatalf("peerOf allocates %v times", n)
+	}
+}
