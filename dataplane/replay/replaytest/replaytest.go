@@ -40,7 +40,8 @@ type Spec struct {
 var Default = Spec{PUs: 200, Nodes: 20, Conns: 2000, Exchanges: 10, Concurrent: 200,
 	Request: 200, Response: 1200, Seed: 1}
 
-func (s Spec) withDefaults() Spec {
+// WithDefaults is s with its zero fields set from Default.
+func (s Spec) WithDefaults() Spec {
 	d := Default
 	set := func(v *int, def int) {
 		if *v <= 0 {
@@ -59,7 +60,7 @@ func (s Spec) withDefaults() Spec {
 }
 
 // PacketsPerConn is the number of packets one connection has.
-func (s Spec) PacketsPerConn() int { return 3 + 4*s.withDefaults().Exchanges + 3 }
+func (s Spec) PacketsPerConn() int { return 3 + 4*s.WithDefaults().Exchanges + 3 }
 
 // PU is one PU of the capture's topology.
 type PU struct {
@@ -70,7 +71,7 @@ type PU struct {
 // PUList lists the capture's PUs: pu<i> at 10.1.0.0/16 + i + 1 on
 // node<i mod Nodes>, all in 10.1.0.0/16 (the target network).
 func (s Spec) PUList() []PU {
-	s = s.withDefaults()
+	s = s.WithDefaults()
 	out := make([]PU, s.PUs)
 	for i := range out {
 		out[i] = PU{Name: fmt.Sprintf("pu%d", i), Node: fmt.Sprintf("node%d", i%s.Nodes), IP: addr(i)}
@@ -106,7 +107,7 @@ type conn struct {
 // Write writes the capture (pcap, nanosecond timestamps) to w and returns
 // the number of packets.
 func Write(w io.Writer, spec Spec) (int, error) {
-	s := spec.withDefaults()
+	s := spec.WithDefaults()
 	pw := pcapgo.NewWriterNanos(w)
 	if err := pw.WriteFileHeader(65535, layers.LinkTypeEthernet); err != nil {
 		return 0, err
