@@ -1,6 +1,9 @@
 // Package pcapio reads pcap and pcapng captures into Ethernet frames for the
 // enforcer (raw-IP and Linux cooked captures get a synthesized Ethernet
-// header) and writes Ethernet pcap files.
+// header) and writes Ethernet pcap files. It reads what tcpdump (libpcap)
+// reads, by libpcap's rules, with its own readers: every length a file
+// claims is checked before anything is allocated for it, and a file cut
+// inside a record is an error (ErrTruncated), not a clean end.
 package pcapio
 
 import (
