@@ -190,7 +190,9 @@ func (r *Reader) Count() int { return r.n }
 // microsecond, nanosecond and the modified (Kuznetzov) format, both byte
 // orders, versions 2.0 to 2.4; a snapshot length of 0 (or over the
 // maximum) means the maximum, and a record longer than the file's
-// snapshot length is read whole (libpcap reads it) up to MaxCaptureLen.
+// snapshot length is read whole up to MaxCaptureLen (libpcap accepts it
+// but hands out only the snapshot length; Wireshark reads it whole: the
+// bytes are in the file, and a frame cut short would replay as malformed).
 type pcapSource struct {
 	br      *bufio.Reader
 	big     bool // big-endian file
