@@ -1,6 +1,9 @@
 package tokens
 
-import "sync"
+import (
+	"slices"
+	"sync"
+)
 
 // clockCache is a bounded, sharded map from a 64-bit key to a value, evicting
 // with the CLOCK algorithm (a second chance for entries used since the hand
@@ -33,12 +36,13 @@ func newClockCache[V any](capacity int) *clockCache[V] {
 	if per < 1 {
 		per = 1
 	}
+	// The shards grow as entries come, up to their size: a node that
+	// meets few peers (a replay of hundreds of nodes) holds little; once
+	// grown, the CLOCK replacement allocates nothing.
 	c := &clockCache[V]{}
 	for i := range c.shards {
 		s := &c.shards[i]
-		s.size = per
-		s.index = make(map[uint64]int32, per)
-		s.slots = make([]cacheSlot[V], 0, per)
+		s.size = per // index is made at the first put
 	}
 	return c
 }
@@ -75,6 +79,12 @@ func (c *clockCache[V]) put(k uint64, v V) {
 		return
 	}
 	if len(s.slots) < s.size {
+		if s.index == nil {
+			s.index = make(map[uint64]int32)
+		}
+		if len(s.slots) == cap(s.slots) {
+			s.slots = slices.Grow(s.slots, min(max(2*cap(s.slots), 8), s.size)-len(s.slots))
+		}
 		s.index[k] = int32(len(s.slots))
 		s.slots = append(s.slots, cacheSlot[V]{key: k, val: v})
 		return

@@ -352,6 +352,41 @@ func TestCacheBounded(t *testing.T) {
 	}
 }
 
+// TestCacheGrowsOnDemand: a cache holds memory for the entries put in it,
+// not for its capacity (a replay makes an engine per node of hundreds),
+// and never more slots than its capacity.
+func TestCacheGrowsOnDemand(t *testing.T) {
+	c := newClockCache[int](4096)
+	slots := func() (n, capacity int) {
+		for i := range c.shards {
+			n, capacity = n+len(c.shards[i].slots), capacity+cap(c.shards[i].slots)
+		}
+		return
+	}
+	if n, capacity := slots(); n != 0 || capacity != 0 {
+		t.Fatalf("empty cache: %d slots, room for %d", n, capacity)
+	}
+	const mix = 0x9e3779b97f4a7c15
+	for i := range 10 {
+		c.put(uint64(i)*mix, i)
+	}
+	if n, capacity := slots(); n != 10 || capacity > 10*8 {
+		t.Fatalf("10 entries: %d slots, room for %d", n, capacity)
+	}
+	for i := range 100000 {
+		c.put(uint64(i)*mix, i)
+	}
+	for i := range c.shards {
+		if s := &c.shards[i]; len(s.slots) != s.size || len(s.index) != s.size {
+			t.Fatalf("full shard %d: %d slots, %d indexed, size %d", i, len(s.slots), len(s.index), s.size)
+		}
+	}
+	last := uint64(99999)
+	if v, ok := c.get(last * mix); !ok || v != 99999 {
+		t.Fatalf("last entry: %v %v", v, ok)
+	}
+}
+
 // TestConcurrent runs handshakes between several PUs from many goroutines
 // against shared engines with small caches (eviction under contention), and
 // refreshes tokens meanwhile. Run under -race.

@@ -123,7 +123,7 @@ type sourceSlot struct {
 func newVerifyLimiter(cfg VerifyBudget) *verifyLimiter {
 	cfg = cfg.withDefaults()
 	return &verifyLimiter{cfg: cfg, node: bucket{level: cfg.NodeBurst},
-		index: make(map[netip.Addr]int), slots: make([]sourceSlot, 0, min(cfg.Sources, 1024))}
+		index: make(map[netip.Addr]int)} // slots grow as sources come
 }
 
 // allow reports whether src may cost one more verification at now. An

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/trireme-go/trireme/dataplane"
@@ -39,7 +40,9 @@ The topology file maps addresses to PUs (name, tags, node); other addresses
 are external hosts. With --out it writes wire.pcap (frames between
 enforcers, tokens included), delivered-<pu>.pcap (what each PU received)
 and flows.jsonl (flow records). pcap and pcapng; Ethernet, raw IP and Linux
-cooked captures.`,
+cooked captures. The summary ends with the replay's speed (packets/s, wall
+and CPU time). A capture that ends inside a packet (a truncated file) prints
+the summary of the packets read, then the error, and exits non-zero.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, captures []string) error {
 			if topoPath == "" || policyPath == "" {
@@ -63,36 +66,52 @@ cooked captures.`,
 					return err
 				}
 			}
-			total := replay.Summary{Dropped: map[string]int{}}
+			rep := replayReport{Summary: replay.Summary{Dropped: map[string]int{}}}
+			var clock replayClock
+			var failed error
 			for _, path := range captures {
 				var o replay.Output
 				if out != nil {
 					o = out
 				}
+				clock.start()
 				r, err := replay.New(replay.Options{Topology: topo, Policy: set, PKI: pki, MidStream: mode, MTU: mtu, Out: o})
 				if err != nil {
 					return &exitError{code: 2, err: err}
 				}
-				if err := replayFile(r, path, &total); err != nil {
-					if out != nil {
-						out.Close()
-					}
-					return err
+				clock.setupDone()
+				err = replayFile(r, path, &rep.Summary)
+				// A capture that fails midway still ends its flows: the
+				// summary counts the packets read so far.
+				add(&rep.Summary, r.Finish())
+				clock.stop()
+				if err != nil {
+					failed = err
+					break
 				}
-				add(&total, r.Finish())
 			}
 			if out != nil {
-				if err := out.Close(); err != nil {
-					return err
+				if err := out.Close(); err != nil && failed == nil {
+					failed = err
 				}
+			}
+			clock.report(&rep)
+			if failed != nil {
+				rep.Error = failed.Error()
 			}
 			w := cmd.OutOrStdout()
 			if asJSON {
 				enc := json.NewEncoder(w)
 				enc.SetIndent("", "  ")
-				return enc.Encode(total)
+				if err := enc.Encode(rep); err != nil {
+					return err
+				}
+			} else {
+				printSummary(w, rep)
 			}
-			printSummary(w, total)
+			if failed != nil {
+				return &exitError{code: 1, err: failed}
+			}
 			return nil
 		},
 	}
@@ -105,6 +124,62 @@ cooked captures.`,
 	f.StringVar(&midStream, "mid-stream", "drop", "rule for packets of unknown TCP flows: drop, reset or acl")
 	f.IntVar(&mtu, "mtu", 0, "largest IP packet a token insertion may make (0: 1500, -1: no limit)")
 	return cmd
+}
+
+// replayReport is what `trireme replay` prints: the summary of every
+// capture and how fast they were replayed.
+type replayReport struct {
+	replay.Summary
+	// Seconds and CPUSeconds are the wall and process CPU time spent
+	// reading and replaying the packets (enforcer setup excluded: it is
+	// SetupSeconds); the rates are PacketsIn over them.
+	Seconds             float64 `json:"seconds"`
+	CPUSeconds          float64 `json:"cpuSeconds"`
+	PacketsPerSecond    float64 `json:"packetsPerSecond"`
+	PacketsPerCPUSecond float64 `json:"packetsPerCPUSecond"`
+	SetupSeconds        float64 `json:"setupSeconds"`
+	// Error is why the replay stopped early (a truncated capture): the
+	// figures above are those of the packets read until then.
+	Error string `json:"error,omitempty"`
+}
+
+// replayClock adds up the wall and CPU time of the replays and of their
+// setup.
+type replayClock struct {
+	wall0, wall1 time.Time
+	cpu0, cpu1   time.Duration
+	setup, run   time.Duration
+	cpu          time.Duration
+}
+
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func (c *replayClock) start() { c.wall0 = time.Now() }
+
+func (c *replayClock) setupDone() {
+	c.wall1, c.cpu0 = time.Now(), processCPU()
+	c.setup += c.wall1.Sub(c.wall0)
+}
+
+func (c *replayClock) stop() {
+	c.run += time.Since(c.wall1)
+	c.cpu += processCPU() - c.cpu0
+}
+
+func (c *replayClock) report(r *replayReport) {
+	r.Seconds, r.CPUSeconds, r.SetupSeconds = c.run.Seconds(), c.cpu.Seconds(), c.setup.Seconds()
+	if r.Seconds > 0 {
+		r.PacketsPerSecond = float64(r.PacketsIn) / r.Seconds
+	}
+	if r.CPUSeconds > 0 {
+		r.PacketsPerCPUSecond = float64(r.PacketsIn) / r.CPUSeconds
+	}
 }
 
 func add(t *replay.Summary, s replay.Summary) {
@@ -152,7 +227,7 @@ func replayFile(r *replay.Replayer, path string, total *replay.Summary) error {
 		return err
 	}
 	cr := &countingReader{r: f}
-	rd, err := pcapio.NewReader(bufio.NewReaderSize(cr, 1<<16))
+	rd, err := pcapio.NewReader(bufio.NewReaderSize(cr, 1<<20))
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
@@ -160,7 +235,7 @@ func replayFile(r *replay.Replayer, path string, total *replay.Summary) error {
 	lastDraw := time.Time{}
 	name := filepath.Base(path)
 	for i := 0; ; i++ {
-		p, err := rd.Next()
+		p, err := rd.NextShared() // Packet copies what it keeps
 		if err == io.EOF {
 			break
 		}
@@ -169,10 +244,13 @@ func replayFile(r *replay.Replayer, path string, total *replay.Summary) error {
 			continue
 		}
 		if err != nil {
+			if progress {
+				fmt.Fprintln(os.Stderr)
+			}
 			return fmt.Errorf("%s: %w", path, err)
 		}
 		r.Packet(i, p.Time, p.Frame)
-		if progress && time.Since(lastDraw) > 100*time.Millisecond {
+		if progress && i%1024 == 0 && time.Since(lastDraw) > 100*time.Millisecond {
 			lastDraw = time.Now()
 			drawProgress(name, cr.n, st.Size(), i+1)
 		}
@@ -203,7 +281,8 @@ func drawProgress(name string, done, size int64, pkts int) {
 	fmt.Fprintf(os.Stderr, "\r%s [%s] %3.0f%%%s", name, bar, frac*100, count)
 }
 
-func printSummary(w io.Writer, s replay.Summary) {
+func printSummary(w io.Writer, rep replayReport) {
+	s := rep.Summary
 	dropped := 0
 	for _, n := range s.Dropped {
 		dropped += n
@@ -240,6 +319,8 @@ func printSummary(w io.Writer, s replay.Summary) {
 	if s.Evictions > 0 {
 		fmt.Fprintf(w, "evictions      %d\n", s.Evictions)
 	}
+	fmt.Fprintf(w, "speed          %.0f packets/s (%d packets in %.3f s; %.3f s CPU: %.0f packets per CPU-second; setup %.3f s)\n",
+		rep.PacketsPerSecond, s.PacketsIn, rep.Seconds, rep.CPUSeconds, rep.PacketsPerCPUSecond, rep.SetupSeconds)
 }
 
 // replayFiles writes the replay's pcaps and flow records.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -165,4 +166,84 @@ func TestReplayCommand(t *testing.T) {
 			t.Fatal("missing capture accepted")
 		}
 	})
+}
+
+// TestReplayTruncatedCapture: a capture cut inside a packet replays up to
+// it: the summary of the packets read (text and JSON, with the error), the
+// speed line, then the error naming the packet, and a non-zero exit; the
+// files of --out hold what was replayed.
+func TestReplayTruncatedCapture(t *testing.T) {
+	dir, err := fixtures.PcapDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole, err := os.ReadFile(filepath.Join(dir, "zeek-http-get.pcap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The end of packet 9's record: 24-byte file header, then each record's
+	// 16-byte header and data.
+	end := 24
+	for range 9 {
+		end += 16 + int(uint32(whole[end+8])|uint32(whole[end+9])<<8|uint32(whole[end+10])<<16|uint32(whole[end+11])<<24)
+	}
+	examples := filepath.Join("..", "..", "examples")
+	for name, cut := range map[string]int{"in a record header": end + 7, "in a record's data": end + 16 + 20} {
+		t.Run(name, func(t *testing.T) {
+			capture := filepath.Join(t.TempDir(), "cut.pcap")
+			if err := os.WriteFile(capture, whole[:cut], 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out := t.TempDir()
+			args := []string{"--topology", filepath.Join(examples, "topology.yaml"), "--policy", filepath.Join(examples, "policy.yaml"), capture}
+			stdout, err := runReplay(t, append([]string{"--json", "--out", out}, args...)...)
+			var ee *exitError
+			if !errors.As(err, &ee) || ee.code != 1 || !strings.Contains(err.Error(), "packet 10: truncated capture") {
+				t.Fatalf("error %v, want exit 1 naming packet 10", err)
+			}
+			var rep replayReport
+			if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+				t.Fatal(err, stdout)
+			}
+			if rep.PacketsIn != 9 || rep.Forwarded != 9 || rep.Error != err.Error() || rep.Flows != 2 || rep.PacketsPerSecond <= 0 {
+				t.Fatalf("report %+v", rep)
+			}
+			if recs := records(t, filepath.Join(out, "flows.jsonl")); len(recs) != 2 {
+				t.Fatalf("%d flow records", len(recs))
+			}
+			stdout, err = runReplay(t, args...)
+			if err == nil || !strings.Contains(stdout, "packets in     9\n") || !strings.Contains(stdout, "speed          ") {
+				t.Fatalf("text: %v\n%s", err, stdout)
+			}
+		})
+	}
+}
+
+// TestReplaySpeedJSON: the JSON summary carries the speed figures.
+func TestReplaySpeedJSON(t *testing.T) {
+	dir, err := fixtures.PcapDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	examples := filepath.Join("..", "..", "examples")
+	stdout, err := runReplay(t, "--topology", filepath.Join(examples, "topology.yaml"), "--policy", filepath.Join(examples, "policy.yaml"),
+		"--json", filepath.Join(dir, "zeek-http-get.pcap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(stdout), &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"seconds", "cpuSeconds", "packetsPerSecond", "packetsPerCPUSecond", "setupSeconds"} {
+		if v, ok := m[k].(float64); !ok || v < 0 {
+			t.Errorf("%s: %v", k, m[k])
+		}
+	}
+	if m["packetsPerSecond"].(float64) <= 0 || m["packetsIn"].(float64) != 14 {
+		t.Errorf("%v", m)
+	}
+	if _, ok := m["error"]; ok {
+		t.Error("error set for a whole capture")
+	}
 }

@@ -52,11 +52,14 @@ type Options struct {
 }
 
 type node struct {
-	name  string
-	enf   *dataplane.Enforcer
-	out   dataplane.Output
-	last  time.Time // last expiry sweep
-	retry time.Time // last datagram handshake retry
+	name string
+	enf  *dataplane.Enforcer
+	out  dataplane.Output
+	// active: the node's enforcer has had a frame. The timers and the end
+	// of the replay run over active nodes only (the others have nothing
+	// to sweep), so that nodes the capture never reaches cost nothing
+	// after their setup.
+	active bool
 }
 
 type pu struct {
@@ -68,14 +71,25 @@ type pu struct {
 // Replayer runs packets through the enforcers of a topology.
 type Replayer struct {
 	nodes []*node
-	byIP  map[netip.Addr]*pu
+	byIP  map[addrKey]*pu
 	first *pu
 	out   Output
 	pkt   packet.Packet
 	sum   Summary
 	recs  *recordSink
 	last  time.Time
-	wire  []net.HardwareAddr // Topology.WireMACs
+	// sweep and retry are when the nodes' flow tables were last swept
+	// and their datagram handshakes retried (Unix ns; once clock): every
+	// node at once, as capture time advances.
+	sweep, retry int64
+	clock        bool               // sweep and retry are set
+	wire         []net.HardwareAddr // Topology.WireMACs
+	// copies holds the frames of one captured packet's passage (the
+	// captured frame, what enforcers forward or inject), reused from
+	// packet to packet: replaying allocates nothing per packet.
+	copies frameCopies
+	// heldKey is the captured datagram as it went in, for held.
+	heldKey []byte
 	// held: the captured packets an enforcer holds while a datagram
 	// handshake runs, by frame bytes: released (sent on with their
 	// origin) or discarded (counted dropped) later.
@@ -130,7 +144,7 @@ func New(o Options) (*Replayer, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Replayer{byIP: map[netip.Addr]*pu{}, out: o.Out, held: map[string][]int{},
+	r := &Replayer{byIP: map[addrKey]*pu{}, out: o.Out, held: map[string][]int{},
 		sum: Summary{Dropped: map[string]int{}, Handshake: map[string]int{}}, wire: o.Topology.WireMACs,
 		lose: maps.Clone(o.Topology.Lose)}
 	r.recs = &recordSink{r: r, conns: map[connKey]connState{}}
@@ -160,7 +174,7 @@ func New(o Options) (*Replayer, error) {
 			r.first = p
 		}
 		for _, a := range spec.IPs {
-			r.byIP[a] = p
+			r.byIP[keyOf(a)] = p
 		}
 	}
 	if r.first == nil {
@@ -207,11 +221,43 @@ func newSecrets(pki bool, t *Topology) (map[string]tokens.Secrets, error) {
 	return out, nil
 }
 
-// endpoints reads a frame's source and destination addresses (IP, or the
-// protocol addresses of an ARP packet).
-func (r *Replayer) endpoints(frame []byte) (src, dst netip.Addr, ok bool) {
+// addrKey is an address as a map key without a pointer (netip.Addr holds
+// its zone's): hashed as plain bytes, twice as fast per packet. v4 keeps
+// an IPv4 address apart from its IPv4-mapped IPv6 form.
+type addrKey struct {
+	a  [16]byte
+	v4 bool
+}
+
+func keyOf(a netip.Addr) addrKey { return addrKey{a.As16(), a.Is4()} }
+
+// frameCopies hands out buffers for frame copies; reset makes them all
+// free again (the copies of the last packet are no longer used).
+type frameCopies struct {
+	bufs [][]byte
+	n    int
+}
+
+func (c *frameCopies) reset() { c.n = 0 }
+
+// clone returns a copy of f, valid until reset.
+func (c *frameCopies) clone(f []byte) []byte {
+	if c.n == len(c.bufs) {
+		c.bufs = append(c.bufs, make([]byte, 0, 2048))
+	}
+	b := append(c.bufs[c.n][:0], f...)
+	c.bufs[c.n] = b[:0] // keep a grown buffer
+	c.n++
+	return b
+}
+
+// endpoints reads the source and destination addresses (IP, or the
+// protocol addresses of an ARP packet) of the frame r.pkt holds; code is
+// what decoding it returned.
+func (r *Replayer) endpoints(code reason.Code) (src, dst netip.Addr, ok bool) {
 	p := &r.pkt
-	if p.Decode(frame) != reason.None {
+	frame := p.Frame
+	if code != reason.None {
 		return src, dst, false
 	}
 	if p.ARP {
@@ -238,15 +284,18 @@ func (r *Replayer) fromWire(frame []byte) bool {
 	return false
 }
 
-// Packet runs captured packet number idx (0-based) with timestamp t.
+// Packet runs captured packet number idx (0-based) with timestamp t. frame
+// is not kept nor changed: the caller may reuse it.
 func (r *Replayer) Packet(idx int, t time.Time, frame []byte) {
 	r.sum.PacketsIn++
+	r.copies.reset()
 	r.expire(t)
-	frame = bytes.Clone(frame)
-	src, dst, ok := r.endpoints(frame)
+	frame = r.copies.clone(frame)
+	code := r.pkt.Decode(frame)
+	src, dst, ok := r.endpoints(code)
 	var from, to *pu
 	if ok {
-		from, to = r.byIP[src], r.byIP[dst]
+		from, to = r.byIP[keyOf(src)], r.byIP[keyOf(dst)]
 		if r.fromWire(frame) {
 			from = nil // put on the wire by a host without an enforcer
 		}
@@ -257,15 +306,29 @@ func (r *Replayer) Packet(idx int, t time.Time, frame []byte) {
 	}
 	wire := []wireFrame{{frame, idx}}
 	if from != nil {
-		n := from.node
-		held := bytes.Clone(frame)
-		n.enf.Process(from.pu, dataplane.FromApp, frame, t, &n.out)
+		n := r.activate(from.node)
+		// A datagram may be held (Output.Held): remember it as it went in.
+		datagram := code == reason.None && !r.pkt.ARP && r.pkt.Proto != ipproto.TCP
+		if datagram {
+			r.heldKey = append(r.heldKey[:0], frame...)
+		}
+		n.enf.ProcessDecoded(from.pu, dataplane.FromApp, &r.pkt, code, t, &n.out)
 		wire = r.injected(from, n, t, wire[:0])
 		switch {
 		case n.out.Verdict == dataplane.Forward:
-			wire = append(wire, wireFrame{bytes.Clone(n.out.Frame), idx})
+			// The captured frame's copy (perhaps shortened in place), or a
+			// buffer of n.out, which the node's next frame reuses.
+			f := n.out.Frame
+			if len(f) == 0 || &f[0] != &frame[0] {
+				f = r.copies.clone(f)
+			}
+			wire = append(wire, wireFrame{f, idx})
 		case n.out.Held:
-			r.held[string(held)] = append(r.held[string(held)], idx)
+			key := r.heldKey
+			if !datagram {
+				key = frame
+			}
+			r.held[string(key)] = append(r.held[string(key)], idx)
 			fallthrough
 		default:
 			if !n.out.Held {
@@ -302,10 +365,10 @@ func (r *Replayer) injected(p *pu, n *node, t time.Time, wire []wireFrame) []wir
 	for _, in := range n.out.Inject {
 		switch {
 		case in.Released:
-			wire = append(wire, wireFrame{bytes.Clone(in.Frame), r.unhold(in.Frame)})
+			wire = append(wire, wireFrame{r.copies.clone(in.Frame), r.unhold(in.Frame)})
 		case in.To == dataplane.ToNet:
 			r.sum.Injected++
-			wire = append(wire, wireFrame{bytes.Clone(in.Frame), -1})
+			wire = append(wire, wireFrame{r.copies.clone(in.Frame), -1})
 		case !in.AfterFrame && p != nil:
 			r.sum.Injected++
 			r.deliver(p, t, in.Frame, -1)
@@ -349,24 +412,26 @@ func (r *Replayer) send(w []byte, t time.Time, origin, depth int) {
 	if r.out != nil {
 		r.out.Wire(t, w)
 	}
-	if origin < 0 && r.handshake(w) {
+	code := r.pkt.Decode(w)
+	if origin < 0 && r.handshake(code) {
 		return // lost on the wire
 	}
-	_, dst, ok := r.endpoints(w)
-	to := r.byIP[dst]
+	_, dst, ok := r.endpoints(code)
+	to := r.byIP[keyOf(dst)]
 	if !ok || to == nil {
 		if origin >= 0 {
 			r.sum.Forwarded++
 		}
 		return
 	}
-	r.receive(to, w, t, origin, depth)
+	r.receiveDecoded(to, code, t, origin, depth)
 }
 
-// handshake counts w if it is a datagram handshake message an enforcer
-// made, and reports whether the wire loses it (Topology.Lose).
-func (r *Replayer) handshake(w []byte) (lost bool) {
-	if r.pkt.Decode(w) != reason.None || r.pkt.Proto != ipproto.UDP {
+// handshake counts the frame r.pkt holds (decoded with code) if it is a
+// datagram handshake message an enforcer made, and reports whether the
+// wire loses it (Topology.Lose).
+func (r *Replayer) handshake(code reason.Code) (lost bool) {
+	if code != reason.None || r.pkt.Proto != ipproto.UDP {
 		return false
 	}
 	k := tokens.KindOf(r.pkt.UDPPayload())
@@ -397,9 +462,21 @@ func kindName(k tokens.DatagramKind) string {
 	return "other"
 }
 
+// activate notes that n's enforcer is given a frame.
+func (r *Replayer) activate(n *node) *node {
+	n.active = true
+	return n
+}
+
+// receive runs frame w through its receiver's enforcer.
 func (r *Replayer) receive(to *pu, w []byte, t time.Time, origin, depth int) {
-	n := to.node
-	n.enf.Process(to.pu, dataplane.FromNet, w, t, &n.out)
+	r.receiveDecoded(to, r.pkt.Decode(w), t, origin, depth)
+}
+
+// receiveDecoded is receive for the frame r.pkt holds, decoded with code.
+func (r *Replayer) receiveDecoded(to *pu, code reason.Code, t time.Time, origin, depth int) {
+	n := r.activate(to.node)
+	n.enf.ProcessDecoded(to.pu, dataplane.FromNet, &r.pkt, code, t, &n.out)
 	back := r.injected(to, n, t, nil)
 	if n.out.Verdict == dataplane.Forward {
 		r.deliver(to, t, n.out.Frame, origin)
@@ -427,24 +504,34 @@ func (r *Replayer) deliver(p *pu, t time.Time, f []byte, origin int) {
 	}
 }
 
-// expire sweeps the flow tables as capture time advances (every second).
+// expire sweeps the flow tables as capture time advances (every second)
+// and runs the datagram handshake retries (the daemon: every 100 ms). It
+// looks at the clock once per packet, at the nodes only when one is due.
 func (r *Replayer) expire(t time.Time) {
 	if t.After(r.last) {
 		r.last = t
 	}
-	for _, n := range r.nodes {
-		if n.last.IsZero() {
-			n.last = t
-			continue
-		}
-		if t.Sub(n.last) >= time.Second {
+	ns := t.UnixNano()
+	switch {
+	case !r.clock:
+		r.clock, r.sweep = true, ns // the first packet starts the clock
+		return
+	case ns-r.sweep >= int64(time.Second):
+		r.sweep, r.retry = ns, ns
+		for _, n := range r.nodes {
+			if !n.active {
+				continue
+			}
 			n.enf.Expire(t, &n.out)
-			n.last, n.retry = t, t
 			r.sendAll(n, t)
-		} else if t.Sub(n.retry) >= 100*time.Millisecond {
-			// Datagram handshake retries (the daemon: every 100 ms).
+		}
+	case ns-r.retry >= int64(100*time.Millisecond):
+		r.retry = ns
+		for _, n := range r.nodes {
+			if !n.active {
+				continue
+			}
 			n.enf.Retry(t, &n.out)
-			n.retry = t
 			r.sendAll(n, t)
 		}
 	}
@@ -467,12 +554,20 @@ func (r *Replayer) Finish() Summary {
 	// The other flows end at the capture's last time.
 	for i, t := 0, r.last; i < 50; i++ {
 		t = t.Add(100 * time.Millisecond)
+		r.copies.reset()
 		for _, n := range r.nodes {
+			if !n.active {
+				continue
+			}
 			n.enf.Retry(t, &n.out)
 			r.sendAll(n, t)
 		}
 	}
+	r.copies.reset()
 	for _, n := range r.nodes {
+		if !n.active {
+			continue
+		}
 		n.enf.Flush(r.last, &n.out)
 		r.injected(nil, n, r.last, nil)
 		_, ev := n.enf.Flows()
