@@ -241,6 +241,7 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 		// Cannot be: the ID was looked up under d.changes.
 		var out dataplane.Output
 		d.enf.RemovePU(p.dp, time.Now(), &out)
+		d.recordRemoved(p, out.Notes)
 		d.steer.RemovePU(p.steer)
 		p.close()
 		return PUInfo{}, err
@@ -276,6 +277,7 @@ func (d *Daemon) removePU(id string) error {
 	d.enf.RemovePU(p.dp, time.Now(), &out)
 	p.close()
 	p.readers.Wait()
+	d.recordRemoved(p, out.Notes)
 	if c, err := d.steer.Counters(p.steer); err == nil {
 		d.retired.add(c)
 	}

@@ -40,6 +40,7 @@ type batchOp struct {
 	t       Tuple
 	timeout time.Duration
 	del     bool
+	counts  *FinalCounts // RevokeCounted: read the counters first
 }
 
 // NewBatch starts a batch.
@@ -82,13 +83,17 @@ func (b *Batch) Commit() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	eops := make([]elemOp, 0, 2*len(ops))
+	var gets []counterReq
 	s.keyBuf = s.keyBuf[:0]
 	for _, op := range ops {
 		st, ok := s.pus[op.pu]
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownPU, op.pu)
 		}
-		for _, t := range [2]Tuple{op.t, op.t.Reverse()} {
+		if op.counts != nil {
+			*op.counts = FinalCounts{}
+		}
+		for i, t := range [2]Tuple{op.t, op.t.Reverse()} {
 			start := len(s.keyBuf)
 			var v6 bool
 			s.keyBuf, v6, err = appendKey(s.keyBuf, t)
@@ -99,7 +104,22 @@ func (b *Batch) Commit() error {
 			if v6 {
 				set = st.sets.a6.Name
 			}
-			eops = append(eops, elemOp{table: st.shard.table.Name, set: set, key: s.keyBuf[start:len(s.keyBuf):len(s.keyBuf)], timeout: op.timeout, del: op.del})
+			key := s.keyBuf[start:len(s.keyBuf):len(s.keyBuf)]
+			eops = append(eops, elemOp{table: st.shard.table.Name, set: set, key: key, timeout: op.timeout, del: op.del})
+			if op.counts != nil {
+				dst := &op.counts.Out
+				if i == 1 {
+					dst = &op.counts.In
+				}
+				gets = append(gets, counterReq{table: st.shard.table.Name, set: set, key: key, dst: dst, found: &op.counts.Found})
+			}
+		}
+	}
+	// The counters of the entries about to go, read last thing before
+	// the transaction (under s.mu: nothing else changes the sets).
+	if len(gets) > 0 {
+		if err := s.elems.counters(gets); err != nil {
+			return err
 		}
 	}
 	return s.elems.commit(eops)
