@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -267,6 +268,12 @@ func (d *Daemon) kernelLoop() {
 				}
 			}
 			err := b.Commit()
+			counted := err == nil
+			if errors.Is(err, steer.ErrCountsUnread) {
+				// Applied; the final records go without the kernel's counts.
+				d.log.Debug("reading the kernel's flow counters", "err", err)
+				err = nil
+			}
 			if err != nil {
 				if d.ctx.Err() == nil {
 					d.frames.stats.kernelErrors.Add(1)
@@ -276,7 +283,7 @@ func (d *Daemon) kernelLoop() {
 				d.frames.stats.kernelAuthorized.Add(authorized)
 				d.frames.stats.kernelRevoked.Add(revoked)
 			}
-			d.deliverFinals(finals, err == nil)
+			d.deliverFinals(finals, counted)
 			clear(finals)
 			authorized, revoked, finals = 0, 0, finals[:0]
 		}

@@ -1,6 +1,7 @@
 package steer
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -69,6 +70,10 @@ func (b *Batch) setErr(err error) {
 	}
 }
 
+// ErrCountsUnread: Commit applied the batch, but could not read the
+// counters its RevokeCounted asked for (they are zero, Found false).
+var ErrCountsUnread = errors.New("steer: flow counters not read")
+
 // Commit applies the queued changes and empties the batch.
 func (b *Batch) Commit() error {
 	ops, err := b.ops, b.err
@@ -116,13 +121,26 @@ func (b *Batch) Commit() error {
 		}
 	}
 	// The counters of the entries about to go, read last thing before
-	// the transaction (under s.mu: nothing else changes the sets).
+	// the transaction (under s.mu: nothing else changes the sets). A
+	// failed read does not hold the transaction back: the revokes and
+	// authorizations matter more than the counts.
+	var cerr error
 	if len(gets) > 0 {
-		if err := s.elems.counters(gets); err != nil {
-			return err
+		if cerr = s.elems.counters(gets); cerr != nil {
+			for _, op := range ops {
+				if op.counts != nil {
+					*op.counts = FinalCounts{}
+				}
+			}
 		}
 	}
-	return s.elems.commit(eops)
+	if err := s.elems.commit(eops); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("%w: %v", ErrCountsUnread, cerr)
+	}
+	return nil
 }
 
 // List returns the PU's authorized entries, both directions of each flow,
