@@ -45,11 +45,14 @@ type conn struct {
 	// released: the kernel no longer holds the flow (revoked when it
 	// started closing), though the enforcer still forwards its last packets.
 	released bool
-	recorded bool // the flow record was written (at the denial or the RST)
-	revoked  bool // denied by a policy change after it was established
-	restored bool // re-created from the kernel's authorized set (restart)
-	firstDir Direction
-	reset    bool // a RST ended the flow; it lingers for the closing timeout
+	// kernelCounted: the kernel's counts of its entries were added to the
+	// flow's counters (AddKernelCounts).
+	kernelCounted bool
+	recorded      bool // the flow record was written (at the denial or the RST)
+	revoked       bool // denied by a policy change after it was established
+	restored      bool // re-created from the kernel's authorized set (restart)
+	firstDir      Direction
+	reset         bool // a RST ended the flow; it lingers for the closing timeout
 	// seq is what the enforcer saw of the flow's sequence numbers (RST
 	// acceptance). bypass: the flow's packets may pass in the kernel
 	// without the enforcer (Config.KernelBypass, once authorized), so seq

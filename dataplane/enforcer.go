@@ -127,6 +127,17 @@ type Note struct {
 	// refresh of a known flow: the daemon may put it in the kernel before
 	// the frame that completed it is delivered (node/frameio.go).
 	Handshake bool
+	// Count (Revoke, Config.KernelCounts): read what the kernel counted on
+	// the flow's entries before removing them, and give it back with
+	// AddKernelCounts (the flow's final record is still to be written).
+	// Since is when the flow's entry was made, so that counts reach the
+	// flow they belong to.
+	Count bool
+	Since int64
+	// Record (Revoke, Config.KernelCounts) is the flow's final record: the
+	// caller adds to it what the kernel counted on the entries it removes
+	// (Record.KernelCounted) and hands it to the Sink itself.
+	Record *Record
 }
 
 // Output is the result of Process. Reuse one per goroutine: it owns the
@@ -271,6 +282,14 @@ type Config struct {
 	// PU for the outcome (see docs/dataplane.md). Replay sees every packet
 	// and leaves it false.
 	KernelBypass bool
+	// KernelCounts says that the caller reads what the kernel counted on a
+	// flow's authorized entries when it revokes them (the live daemon),
+	// so that final records carry the packets that never reached the
+	// enforcer: the final record of a flow still authorized in the kernel
+	// rides on its Revoke note (Note.Record) instead of going to the Sink,
+	// and a flow revoked before its record is written (at its FINs) asks
+	// for the counts (Note.Count) and gets them with AddKernelCounts.
+	KernelCounts bool
 }
 
 // PU is the handle of a local processing unit registered with the
@@ -333,6 +352,8 @@ type Enforcer struct {
 	frags      *fragTable
 	// kernelBypass: Config.KernelBypass.
 	kernelBypass bool
+	// kernelCounts: Config.KernelCounts.
+	kernelCounts bool
 
 	// viewMu serialises the computation of PU views (SetPolicy, SetTags),
 	// so that a view is never stored for a policy or tags already replaced.
@@ -369,6 +390,7 @@ func New(cfg Config) (*Enforcer, error) {
 		frags:      newFragTable(cfg.Fragments),
 
 		kernelBypass: cfg.KernelBypass,
+		kernelCounts: cfg.KernelCounts,
 	}
 	e.policy.Store(cfg.Policy)
 	return e, nil
@@ -903,7 +925,6 @@ func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
 		}
 		n++
 		v.authorized = false
-		out.Notes = append(out.Notes, note(Revoke, pu, k))
 		v.dec, v.revoked = d, true
 		v.reason = d.Reason
 		if v.reason == reason.None {
@@ -912,7 +933,15 @@ func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
 		v.decidedAt = ns
 		sh := e.table.Shard(k)
 		sh.SetState(ent, flow.Revoked, ns)
-		e.record(pu, ent, EndRevoked, ns)
+		rv := note(Revoke, pu, k)
+		if e.kernelCounts {
+			// The record waits for the kernel's counts.
+			rv.Record = e.buildRecord(pu, ent, EndRevoked, ns)
+			v.recorded = true
+		} else {
+			e.record(pu, ent, EndRevoked, ns)
+		}
+		out.Notes = append(out.Notes, rv)
 		return false
 	})
 	return n

@@ -65,8 +65,12 @@ type Record struct {
 	PacketsIn  uint64 `json:"packetsIn"`
 	BytesOut   uint64 `json:"bytesOut"`
 	BytesIn    uint64 `json:"bytesIn"`
-	MidStream  bool   `json:"midStream,omitempty"`
-	Restored   bool   `json:"restored,omitempty"`
+	// KernelCounted says the counters include what the kernel counted on
+	// the flow's authorized entries (the packets that never reached the
+	// enforcer; Config.KernelCounts).
+	KernelCounted bool `json:"kernelCounted,omitempty"`
+	MidStream     bool `json:"midStream,omitempty"`
+	Restored      bool `json:"restored,omitempty"`
 	// Count is set on the daemon's aggregate records only: the number of
 	// refused flows it stands for, all with the same local PU, direction,
 	// client address (the client port is 0), server, protocol, action,
@@ -155,25 +159,62 @@ func ruleInfo(r *policy.RuleRef) *RuleInfo {
 }
 
 // finish ends a flow: its record (unless written at the denial) and, when
-// it was authorized, a revoke note. The caller deletes the entry.
+// it was authorized, a revoke note. The caller deletes the entry. With
+// Config.KernelCounts the record of a flow still in the kernel rides on
+// the revoke note, for the caller to add the kernel's counts.
 func (e *Enforcer) finish(pu *PU, ent *flow.Entry[conn], end End, ns int64, out *Output) {
 	if ent.State == flow.Closing && (end == EndExpired || end == EndEvicted) {
 		end = EndClosed // it had closed (FINs both ways): an eviction only cut its linger short
 	}
-	if !ent.Value.recorded {
-		e.record(pu, ent, end, ns)
-	}
-	if ent.Value.dg.held != nil {
-		// Its handshake did not complete: the datagrams it held are lost.
-		e.pending.remove(&ent.Key)
-		e.release(pu, &ent.Value, out, false, reason.Timeout)
-	}
-	if ent.Value.authorized {
-		ent.Value.authorized = false
-		if out != nil && !ent.Value.released {
-			out.Notes = append(out.Notes, note(Revoke, pu, &ent.Key))
+	v := &ent.Value
+	revoke := v.authorized && out != nil && !v.released
+	var rec *Record
+	if !v.recorded {
+		if revoke && e.kernelCounts {
+			rec = e.buildRecord(pu, ent, end, ns)
+			v.recorded = true
+		} else {
+			e.record(pu, ent, end, ns)
 		}
 	}
+	if v.dg.held != nil {
+		// Its handshake did not complete: the datagrams it held are lost.
+		e.pending.remove(&ent.Key)
+		e.release(pu, v, out, false, reason.Timeout)
+	}
+	if v.authorized {
+		v.authorized = false
+		if revoke {
+			n := note(Revoke, pu, &ent.Key)
+			n.Record = rec
+			out.Notes = append(out.Notes, n)
+		}
+	}
+}
+
+// AddKernelCounts adds to the flow of n (a Revoke note with Count) what
+// the kernel counted on its entries until it removed them: packets and
+// bytes from the PU (out) and toward it (in). It reports false when the
+// flow is gone (its record written) or the 4-tuple is another flow's now.
+func (e *Enforcer) AddKernelCounts(n *Note, pktsOut, bytesOut, pktsIn, bytesIn uint64) bool {
+	if n.PU == nil {
+		return false
+	}
+	k := flow.Key{Local: n.Local.Addr().As16(), Remote: n.Remote.Addr().As16(),
+		LocalPort: n.Local.Port(), RemotePort: n.Remote.Port(), PU: n.PU.index, Proto: n.Proto, VLAN: n.VLAN}
+	sh := e.table.Shard(&k)
+	sh.Lock()
+	defer sh.Unlock()
+	ent := sh.Get(&k)
+	if ent == nil || ent.Created != n.Since || ent.Value.recorded {
+		return false
+	}
+	ent.Packets[flow.FromPU] += pktsOut
+	ent.Bytes[flow.FromPU] += bytesOut
+	ent.Packets[flow.FromNet] += pktsIn
+	ent.Bytes[flow.FromNet] += bytesIn
+	ent.Value.kernelCounted = true
+	return true
 }
 
 // recordEstablished writes the interim record of a flow just established,
@@ -188,10 +229,18 @@ func (e *Enforcer) recordEstablished(pu *PU, ent *flow.Entry[conn], ns int64) {
 
 // record writes the flow record of ent (once).
 func (e *Enforcer) record(pu *PU, ent *flow.Entry[conn], end End, ns int64) {
+	ent.Value.recorded = true
+	if r := e.buildRecord(pu, ent, end, ns); r != nil {
+		e.sink.Record(r)
+	}
+}
+
+// buildRecord makes the flow record of ent; nil when there is no sink or
+// nothing to record.
+func (e *Enforcer) buildRecord(pu *PU, ent *flow.Entry[conn], end End, ns int64) *Record {
 	v := &ent.Value
-	v.recorded = true
 	if e.sink == nil || (v.role == roleNone) {
-		return
+		return nil
 	}
 	k := &ent.Key
 	local := netip.AddrPortFrom(k.LocalAddr(), k.LocalPort)
@@ -212,9 +261,10 @@ func (e *Enforcer) record(pu *PU, ent *flow.Entry[conn], end End, ns int64) {
 		Observed:   ruleInfo(v.dec.Observed),
 		PacketsOut: ent.Packets[flow.FromPU], PacketsIn: ent.Packets[flow.FromNet],
 		BytesOut: ent.Bytes[flow.FromPU], BytesIn: ent.Bytes[flow.FromNet],
-		MidStream: v.pickedUp,
-		Restored:  v.restored,
-		Remote:    PeerInfo{IP: remote.Addr(), External: !v.target},
+		MidStream:     v.pickedUp,
+		Restored:      v.restored,
+		KernelCounted: v.kernelCounted,
+		Remote:        PeerInfo{IP: remote.Addr(), External: !v.target},
 	}
 	switch {
 	case v.reason != reason.None:
@@ -252,5 +302,5 @@ func (e *Enforcer) record(pu *PU, ent *flow.Entry[conn], end End, ns int64) {
 		r.Remote.Node = v.peer.Node
 		r.Remote.Tags = v.peer.Tags.Strings()
 	}
-	e.sink.Record(r)
+	return r
 }

@@ -339,7 +339,11 @@ func (c *slowPacket) established(ent *flow.Entry[conn]) {
 			// enforcers. The last ACKs come here and are forwarded.
 			if !ent.Value.released {
 				ent.Value.released = true
-				c.out.Notes = append(c.out.Notes, note(Revoke, c.pu, &ent.Key))
+				n := note(Revoke, c.pu, &ent.Key)
+				// The record comes at the end of the closing timer: the
+				// kernel's counts are added to the flow before.
+				n.Count, n.Since = c.e.kernelCounts, ent.Created
+				c.out.Notes = append(c.out.Notes, n)
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -54,7 +55,11 @@ type Daemon struct {
 	k8s  *agent.Agent
 	enf  *dataplane.Enforcer
 	sink *asyncSink
-	ring *flowRing // the newest records, for `trireme flows` (flowring.go)
+	// records is where flow records go (the ring and the flow log): the
+	// enforcer's sink, and the kernel loop's for the final records that
+	// wait for the kernel's counts (finalcounts.go).
+	records dataplane.Sink
+	ring    *flowRing // the newest records, for `trireme flows` (flowring.go)
 
 	steer *steer.Steerer
 	// Frames leaving a PU are injected into the PU's own bridge (the node
@@ -121,6 +126,7 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 		ports: newInjectionPorts(owner), reaper: newTapReaper(log), ops: make(chan kernelOp, 4096),
 		pus: newPURegistry(), addrs: newAddrAllocator(cfg.Bridge.Subnet.Prefix),
 		ring: newFlowRing(cfg.Observe.FlowRing)}
+	d.records = teeSink{d.ring, d.sink}
 	d.excl = exclusions{log: log, save: d.saveExcluded}
 	d.backlog = backlogTuner{path: netsetup.BacklogPath, log: log}
 	pol := res.Current()
@@ -129,9 +135,11 @@ func New(cfg *Config, log *slog.Logger) (*Daemon, error) {
 		Tokens:    tok,
 		Policy:    pol,
 		MidStream: cfg.MidStream.MidStream,
-		Sink:      teeSink{d.ring, d.sink},
-		// Authorized flows' packets stay in the kernel (steering).
+		Sink:      d.records,
+		// Authorized flows' packets stay in the kernel (steering), which
+		// counts them: final records get those counts (finalcounts.go).
 		KernelBypass: true,
+		KernelCounts: true,
 		Flows:        cfg.FlowTable.Flows(),
 		// Flows close in the kernel: record each decision when it is made.
 		RecordEstablished: true,
@@ -183,6 +191,9 @@ type kernelOp struct {
 	pu        string // steering name
 	tuple     steer.Tuple
 	timeout   time.Duration
+	// final: a revoke whose kernel counts a flow record needs
+	// (finalcounts.go).
+	final *finalRevoke
 }
 
 // kernelOpOf is the change to a PU's authorized set a note asks for; false
@@ -213,13 +224,23 @@ func kernelOpOf(n *dataplane.Note) (kernelOp, bool) {
 // kernel.
 func (d *Daemon) queueNotes(notes []dataplane.Note) {
 	for i := range notes {
-		op, ok := kernelOpOf(&notes[i])
+		n := &notes[i]
+		op, ok := kernelOpOf(n)
 		if !ok {
+			// No PU of the frame path, or it is being removed: its set
+			// goes with it; a final record is written without counts.
+			d.recordUncounted(n)
 			continue
+		}
+		if !op.authorize && (n.Count || n.Record != nil) {
+			op.final = &finalRevoke{note: *n}
 		}
 		select {
 		case d.ops <- op:
 		case <-d.ctx.Done():
+			for j := i; j < len(notes); j++ {
+				d.recordUncounted(&notes[j])
+			}
 			return
 		}
 	}
@@ -262,11 +283,17 @@ func (d *Daemon) kernelLoop() {
 	defer d.wg.Done()
 	b := d.steer.NewBatch()
 	var authorized, revoked uint64 // in the batch being built
+	var finals []*finalRevoke      // its revokes that read the kernel's counts
 	add := func(op kernelOp) {
-		if op.authorize {
+		switch {
+		case op.authorize:
 			b.Authorize(op.pu, op.tuple, op.timeout)
 			authorized++
-		} else {
+		case op.final != nil:
+			b.RevokeCounted(op.pu, op.tuple, &op.final.counts)
+			finals = append(finals, op.final)
+			revoked++
+		default:
 			b.Revoke(op.pu, op.tuple)
 			revoked++
 		}
@@ -274,6 +301,7 @@ func (d *Daemon) kernelLoop() {
 	for {
 		select {
 		case <-d.ctx.Done():
+			d.drainFinals()
 			return
 		case op := <-d.ops:
 			add(op)
@@ -286,7 +314,14 @@ func (d *Daemon) kernelLoop() {
 					break drain
 				}
 			}
-			if err := b.Commit(); err != nil {
+			err := b.Commit()
+			counted := err == nil
+			if errors.Is(err, steer.ErrCountsUnread) {
+				// Applied; the final records go without the kernel's counts.
+				d.log.Debug("reading the kernel's flow counters", "err", err)
+				err = nil
+			}
+			if err != nil {
 				if d.ctx.Err() == nil {
 					d.frames.stats.kernelErrors.Add(1)
 					d.log.Warn("updating authorized flows", "err", err)
@@ -295,7 +330,9 @@ func (d *Daemon) kernelLoop() {
 				d.frames.stats.kernelAuthorized.Add(authorized)
 				d.frames.stats.kernelRevoked.Add(revoked)
 			}
-			authorized, revoked = 0, 0
+			d.deliverFinals(finals, counted)
+			clear(finals)
+			authorized, revoked, finals = 0, 0, finals[:0]
 		}
 	}
 }

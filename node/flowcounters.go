@@ -15,8 +15,8 @@ type kernelCounter interface {
 // addKernelCounts implements kernelCounter for the records of flows still
 // open (the interim record written when the flow was established): their
 // counters become the dataplane's plus the kernel's, read now (one dump of
-// each PU's set). The final records of flows that ended carry the
-// dataplane's counts only (docs/observability.md).
+// each PU's set). The final records of flows that ended get the kernel's
+// counts to their end (finalcounts.go).
 func (d *Daemon) addKernelCounts(flows []Flow) {
 	byPU := map[string][]int{}
 	for i := range flows {
@@ -50,6 +50,7 @@ func (d *Daemon) addKernelCounts(flows []Flow) {
 			if !okOut && !okIn {
 				continue // gone from the kernel (ended or expired there)
 			}
+			out, in = asFrames(out, in)
 			f.PacketsOut += out.Packets
 			f.BytesOut += out.Bytes
 			f.PacketsIn += in.Packets

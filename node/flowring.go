@@ -28,9 +28,9 @@ type Flow struct {
 	// Verdict is allowed, denied, rejected or none (a handshake that never
 	// completed, nothing passed); Observed says an observed rule matched.
 	Verdict string `json:"verdict"`
-	// KernelCounted says the packet and byte counters include what the
-	// kernel counted of the flow so far (an open, authorized flow).
-	KernelCounted bool `json:"kernelCounted,omitempty"`
+	// Record.KernelCounted says the packet and byte counters include what
+	// the kernel counted of the flow: so far (an open, authorized flow,
+	// read at query time) or to its end (a final record).
 }
 
 // Verdicts a flow can have (Flow.Verdict; the `verdict` filter also takes

@@ -261,6 +261,7 @@ func (d *Daemon) addPU(mp monitor.PU, owned, exclusive bool) (PUInfo, error) {
 		// Cannot be: the ID was looked up under d.changes.
 		var out dataplane.Output
 		d.unregister(p, &out)
+		d.recordRemoved(p, out.Notes)
 		d.steer.RemovePU(p.steer)
 		p.close()
 		return PUInfo{}, err
@@ -296,6 +297,7 @@ func (d *Daemon) removePU(id string) error {
 	d.unregister(p, &out)
 	p.close()
 	p.readers.Wait()
+	d.recordRemoved(p, out.Notes)
 	if c, err := d.steer.Counters(p.steer); err == nil {
 		d.retired.add(c)
 	}

@@ -1,6 +1,7 @@
 package steer
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -40,6 +41,7 @@ type batchOp struct {
 	t       Tuple
 	timeout time.Duration
 	del     bool
+	counts  *FinalCounts // RevokeCounted: read the counters first
 }
 
 // NewBatch starts a batch.
@@ -68,6 +70,10 @@ func (b *Batch) setErr(err error) {
 	}
 }
 
+// ErrCountsUnread: Commit applied the batch, but could not read the
+// counters its RevokeCounted asked for (they are zero, Found false).
+var ErrCountsUnread = errors.New("steer: flow counters not read")
+
 // Commit applies the queued changes and empties the batch.
 func (b *Batch) Commit() error {
 	ops, err := b.ops, b.err
@@ -82,13 +88,17 @@ func (b *Batch) Commit() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	eops := make([]elemOp, 0, 2*len(ops))
+	var gets []counterReq
 	s.keyBuf = s.keyBuf[:0]
 	for _, op := range ops {
 		st, ok := s.pus[op.pu]
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownPU, op.pu)
 		}
-		for _, t := range [2]Tuple{op.t, op.t.Reverse()} {
+		if op.counts != nil {
+			*op.counts = FinalCounts{}
+		}
+		for i, t := range [2]Tuple{op.t, op.t.Reverse()} {
 			start := len(s.keyBuf)
 			var v6 bool
 			s.keyBuf, v6, err = appendKey(s.keyBuf, t)
@@ -99,10 +109,38 @@ func (b *Batch) Commit() error {
 			if v6 {
 				set = st.sets.a6.Name
 			}
-			eops = append(eops, elemOp{table: st.shard.table.Name, set: set, key: s.keyBuf[start:len(s.keyBuf):len(s.keyBuf)], timeout: op.timeout, del: op.del})
+			key := s.keyBuf[start:len(s.keyBuf):len(s.keyBuf)]
+			eops = append(eops, elemOp{table: st.shard.table.Name, set: set, key: key, timeout: op.timeout, del: op.del})
+			if op.counts != nil {
+				dst := &op.counts.Out
+				if i == 1 {
+					dst = &op.counts.In
+				}
+				gets = append(gets, counterReq{table: st.shard.table.Name, set: set, key: key, dst: dst, found: &op.counts.Found})
+			}
 		}
 	}
-	return s.elems.commit(eops)
+	// The counters of the entries about to go, read last thing before
+	// the transaction (under s.mu: nothing else changes the sets). A
+	// failed read does not hold the transaction back: the revokes and
+	// authorizations matter more than the counts.
+	var cerr error
+	if len(gets) > 0 {
+		if cerr = s.elems.counters(gets); cerr != nil {
+			for _, op := range ops {
+				if op.counts != nil {
+					*op.counts = FinalCounts{}
+				}
+			}
+		}
+	}
+	if err := s.elems.commit(eops); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("%w: %v", ErrCountsUnread, cerr)
+	}
+	return nil
 }
 
 // List returns the PU's authorized entries, both directions of each flow,

@@ -58,7 +58,8 @@ type elemWriter struct {
 	seq   uint32
 	io    rawIO
 	rbuf  []byte
-	wbuf  []byte // the last transaction, reused
+	wbuf  []byte   // the last transaction, reused
+	mm    mmsgRecv // answers to element reads (finalcounts.go)
 }
 
 // rawIO is one raw send or receive on the netlink socket; its methods are

@@ -9,7 +9,10 @@ import (
 // FlowCount is what the kernel counted on one authorized entry (one
 // direction of a flow): the packets that stayed in the kernel. The
 // packets steered to the dataplane (TCP SYN, FIN and RST, the packets
-// before the authorization) are not in it.
+// before the authorization) are not in it. Bytes are as the hook that
+// matched saw the packet: leaving the PU (ingress hook) the IP packet,
+// toward the PU (egress hook) the Ethernet frame (measured on 6.18,
+// TestRevokeCounted); a GSO super-packet counts once, with its length.
 type FlowCount struct {
 	Packets, Bytes uint64
 }
