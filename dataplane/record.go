@@ -253,11 +253,11 @@ func (e *Enforcer) record(pu *PU, ent *flow.Entry[conn], end End, ns int64) {
 		}
 	}
 	if pu != nil {
-		r.Local = PUInfo{ID: pu.id, Node: e.node, Tags: pu.Tags().Strings()}
+		r.Local = PUInfo{ID: pu.id, Node: e.node, Tags: pu.tagStrings()}
 	}
 	if v.peer != nil {
 		r.Remote.Node = v.peer.Node
-		r.Remote.Tags = v.peer.Tags.Strings()
+		r.Remote.Tags = v.peer.TagStrings()
 	}
 	e.sink.Record(r)
 }

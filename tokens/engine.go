@@ -237,6 +237,8 @@ type Peer struct {
 	// the certificate's end if sooner).
 	Expires time.Time
 
+	tagStrs []string // Tags.Strings(), made once (TagStrings)
+
 	token []byte          // the identity token bytes (cache hit check)
 	hash  [32]byte        // SHA-256 of token, in the MAC transcript
 	ek    *ecdh.PublicKey // ephemeral key (PKI)
@@ -422,7 +424,19 @@ func newPeer(sec Secrets, token []byte, cl *tokenClaims, until time.Time) (*Peer
 		p.ekID = sha256.Sum256(pub)
 	}
 	p.Identity = identity.New(p.Tags)
+	p.tagStrs = p.Tags.Strings()
 	return p, nil
+}
+
+// TagStrings returns the peer's tags as "key=value" strings
+// (identity.Tags.Strings), made once per verified token rather than for
+// every flow record that names the peer. The slice is shared: callers must
+// not modify it.
+func (p *Peer) TagStrings() []string {
+	if p.tagStrs == nil && len(p.Tags) > 0 { // a Peer not made by an Engine
+		return p.Tags.Strings()
+	}
+	return p.tagStrs
 }
 
 // knowOwn puts the identity token of a new epoch of this engine's PU in the
