@@ -11,6 +11,7 @@ import (
 	"errors"
 	"math/big"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -91,8 +92,8 @@ func parseJWTFast(jws []byte, alg string, key any, now time.Time) (*tokenClaims,
 	if err != nil {
 		return nil, reason.MalformedToken
 	}
-	cl := new(tokenClaims)
-	if err := json.Unmarshal(pbuf[:n], cl); err != nil {
+	cl, err := decodeClaims(pbuf[:n])
+	if err != nil {
 		return nil, reason.MalformedToken
 	}
 
@@ -192,4 +193,132 @@ func ownClaims(token []byte) (*tokenClaims, error) {
 		return nil, reason.MalformedToken
 	}
 	return cl, nil
+}
+
+// decodeClaims decodes a JWT's claims as json.Unmarshal into a tokenClaims
+// does. The claims trireme signs have one shape (json.Marshal of
+// tokenClaims: T, EK, iss, exp, iat in this order, plain strings, integer
+// times; docs/wire.md §4); scanClaims reads that shape without reflection
+// (the JSON decoder was most of a JWT's cost besides the signature), and
+// anything else goes to encoding/json.
+func decodeClaims(b []byte) (*tokenClaims, error) {
+	if cl := scanClaims(b); cl != nil {
+		return cl, nil
+	}
+	cl := new(tokenClaims)
+	if err := json.Unmarshal(b, cl); err != nil {
+		return nil, err
+	}
+	return cl, nil
+}
+
+// scanClaims reads claims of exactly the shape trireme signs, or returns
+// nil: `{"T":[...]` then optional `"EK":`, then `"iss":`, `"exp":`, `"iat":`,
+// no white space, strings without escapes, control characters or invalid
+// UTF-8 (encoding/json would change those), integers of at most 15 digits
+// (exact as float64, as the jwt library's NumericDate reads them).
+func scanClaims(b []byte) *tokenClaims {
+	sc := claimScanner{b: b}
+	cl := new(tokenClaims)
+	if !sc.lit(`{"T":[`) {
+		return nil
+	}
+	if !sc.lit("]") {
+		for {
+			str, ok := sc.str()
+			if !ok {
+				return nil
+			}
+			cl.T = append(cl.T, str)
+			if sc.lit("]") {
+				break
+			}
+			if !sc.lit(",") {
+				return nil
+			}
+		}
+	}
+	if cl.T == nil {
+		cl.T = []string{} // json.Unmarshal of [] is an empty, non-nil slice
+	}
+	var ok bool
+	if sc.lit(`,"EK":`) {
+		if cl.EK, ok = sc.str(); !ok {
+			return nil
+		}
+	}
+	if !sc.lit(`,"iss":`) {
+		return nil
+	}
+	if cl.Issuer, ok = sc.str(); !ok {
+		return nil
+	}
+	if !sc.lit(`,"exp":`) {
+		return nil
+	}
+	if cl.ExpiresAt, ok = sc.date(); !ok {
+		return nil
+	}
+	if !sc.lit(`,"iat":`) {
+		return nil
+	}
+	if cl.IssuedAt, ok = sc.date(); !ok {
+		return nil
+	}
+	if !sc.lit("}") || len(sc.b) != 0 {
+		return nil
+	}
+	return cl
+}
+
+type claimScanner struct{ b []byte }
+
+func (s *claimScanner) lit(l string) bool {
+	if len(s.b) < len(l) || string(s.b[:len(l)]) != l {
+		return false
+	}
+	s.b = s.b[len(l):]
+	return true
+}
+
+// str reads a JSON string that needs no unescaping or repair.
+func (s *claimScanner) str() (string, bool) {
+	if len(s.b) == 0 || s.b[0] != '"' {
+		return "", false
+	}
+	for i := 1; i < len(s.b); i++ {
+		switch c := s.b[i]; {
+		case c == '"':
+			v := s.b[1:i]
+			if !utf8.Valid(v) {
+				return "", false
+			}
+			s.b = s.b[i+1:]
+			return string(v), true
+		case c == '\\' || c < 0x20:
+			return "", false
+		}
+	}
+	return "", false
+}
+
+// date reads a non-negative integer without leading zeros as the jwt
+// library's NumericDate does (float64 seconds, truncated to TimePrecision).
+func (s *claimScanner) date() (*jwt.NumericDate, bool) {
+	n := 0
+	for n < len(s.b) && s.b[n] >= '0' && s.b[n] <= '9' {
+		n++
+	}
+	if n == 0 || n > 15 || (n > 1 && s.b[0] == '0') {
+		return nil, false
+	}
+	if n < len(s.b) && (s.b[n] == '.' || s.b[n] == 'e' || s.b[n] == 'E') {
+		return nil, false
+	}
+	var v int64
+	for _, c := range s.b[:n] {
+		v = v*10 + int64(c-'0')
+	}
+	s.b = s.b[n:]
+	return jwt.NewNumericDate(time.Unix(v, 0)), true
 }

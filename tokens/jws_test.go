@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"reflect"
 	"strings"
@@ -111,6 +112,22 @@ func TestParseJWTPathsAgree(t *testing.T) {
 		`{"T":["\u0000\ud800"],"iss":"\"<>","exp":1795449284,"iat":1}`, // escapes
 		"{\"T\":[\"\xff\"],\"iss\":\"n\",\"exp\":1795449284}",          // invalid UTF-8
 		`null`, `[]`, `{}`, `"s"`, `1`, ``, `{`,
+		// The shape trireme signs, and near misses of it.
+		`{"T":["a=b","c=d"],"EK":"","iss":"n","exp":1795449284,"iat":0}`,
+		`{"T":["a=b"],"iss":"n","exp":1795449284,"iat":1795448684} `,
+		`{"T":["a=\"b"],"iss":"n","exp":1795449284,"iat":1}`,
+		`{"T":["caf\u00e9=1"],"iss":"n","exp":1795449284,"iat":1}`,
+		"{\"T\":[\"a=\tb\"],\"iss\":\"n\",\"exp\":1795449284,\"iat\":1}",
+		`{"T":["a=b"],"iss":"n","exp":01795449284,"iat":1}`,
+		`{"T":["a=b"],"iss":"n","exp":1795449284000000,"iat":1}`,
+		`{"T":["a=b"],"iss":"n","exp":179544928400000,"iat":1}`,
+		`{"T":["a=b"],"iss":"n","exp":1795449284.0,"iat":1}`,
+		`{"T":["a=b"],"iss":"n","exp":1795449284e0,"iat":1}`,
+		`{"T":["a=b"],"iss":"n","exp":-1,"iat":1}`,
+		`{"T":["a=b"],"iss":"n","exp":1795449284,"iat":1,"nbf":5}`,
+		`{"T":["a=b"],"iss":"n","exp":1795449284,"iat":1}}`,
+		`{"T":["a=b",],"iss":"n","exp":1795449284,"iat":1}`,
+		`{"T":["a=b"],"iss":"n","iat":1,"exp":1795449284}`,
 	}
 	for _, alg := range []string{"ES256", "HS256"} {
 		hdr := `{"alg":"` + alg + `"}`
@@ -185,6 +202,62 @@ func TestJWSHeaders(t *testing.T) {
 		b, err := base64.RawURLEncoding.DecodeString(string(h))
 		if err != nil || string(b) != fmt.Sprintf(`{"alg":%q}`, alg) {
 			t.Errorf("%s header %s decodes to %s (%v)", alg, h, b, err)
+		}
+	}
+}
+
+// BenchmarkParseJWT: verifying one identity JWT by hand (the token path)
+// and with the jwt library (other headers; the path before #14), same
+// token, same key.
+func BenchmarkParseJWT(b *testing.B) {
+	k := newJWSKeys(b)
+	now := time.Unix(1795448700, 0)
+	claims := `{"T":["@sys:image=registry.example/shop/web:1.4","@sys:name=web-7d9f","app=web","env=prod"],"EK":"A0-Umb8zprHAPvHvi4GJgoqfubhEU34R99f-nz6sRKLw","iss":"node-a","exp":1795449284,"iat":1795448684}`
+	for _, alg := range []string{"HS256", "ES256"} {
+		jws := []byte(k.sign(b, alg, `{"alg":"`+alg+`"}`, claims))
+		key := k.verifyKey(alg)
+		for _, path := range []struct {
+			name  string
+			parse func([]byte, string, any, time.Time) (*tokenClaims, error)
+		}{{"fast", parseJWTFast}, {"library", parseJWTLib}} {
+			b.Run(alg+"/"+path.name, func(b *testing.B) {
+				b.ReportAllocs()
+				clock := startCPUClock(b)
+				for b.Loop() {
+					if _, err := path.parse(jws, alg, key, now); err != nil {
+						b.Fatal(err)
+					}
+				}
+				clock.report(b)
+			})
+		}
+	}
+}
+
+// TestScanClaimsCanonical: the claims an engine signs are read by the
+// scanner (not by encoding/json), into what encoding/json makes of them.
+func TestScanClaimsCanonical(t *testing.T) {
+	for _, mode := range []string{"psk", "pki"} {
+		p := newPair(t, mode)
+		ep, err := p.client.newEpoch(clientTags, base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jws := ep.token[2+int(ep.token[0])<<8+int(ep.token[1]):]
+		payload, err := base64.RawURLEncoding.DecodeString(strings.Split(string(jws), ".")[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := scanClaims(payload)
+		if got == nil {
+			t.Fatalf("%s: the scanner refused %s", mode, payload)
+		}
+		want := new(tokenClaims)
+		if err := json.Unmarshal(payload, want); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: scanner %+v, encoding/json %+v", mode, got, want)
 		}
 	}
 }
