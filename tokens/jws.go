@@ -188,8 +188,8 @@ func ownClaims(token []byte) (*tokenClaims, error) {
 	if err != nil {
 		return nil, reason.MalformedToken
 	}
-	cl := new(tokenClaims)
-	if err := json.Unmarshal(b[:n], cl); err != nil {
+	cl, err := decodeClaims(b[:n])
+	if err != nil {
 		return nil, reason.MalformedToken
 	}
 	return cl, nil
