@@ -322,6 +322,23 @@ func (pu *PU) Tags() identity.Tags { return pu.ident.Load().tags }
 type puIdent struct {
 	tags  identity.Tags
 	local *tokens.Local
+	// strs is tags.Strings(), made once for the PU's flow records (which
+	// share it) rather than per record.
+	strs []string
+}
+
+func newPUIdent(tags identity.Tags, local *tokens.Local) *puIdent {
+	return &puIdent{tags: tags, local: local, strs: tags.Strings()}
+}
+
+// tagStrings returns the PU's tags as "key=value" strings; the slice is
+// shared.
+func (pu *PU) tagStrings() []string {
+	id := pu.ident.Load()
+	if id.strs == nil && len(id.tags) > 0 {
+		return id.tags.Strings()
+	}
+	return id.strs
 }
 
 func (pu *PU) local() *tokens.Local { return pu.ident.Load().local }
@@ -401,7 +418,7 @@ func New(cfg Config) (*Enforcer, error) {
 // for the PU (PU.Owner; the daemon: its frame ports and steering name).
 func (e *Enforcer) AddPU(id string, tags identity.Tags, owner any) *PU {
 	pu := &PU{id: id, owner: owner}
-	pu.ident.Store(&puIdent{tags: tags, local: e.tok.NewLocal(tags)})
+	pu.ident.Store(newPUIdent(tags, e.tok.NewLocal(tags)))
 	e.viewMu.Lock()
 	eng := e.policy.Load()
 	pu.view.Store(&puView{eng: eng, pol: eng.ForPU(tags)})

@@ -110,10 +110,12 @@ type Sink interface {
 	Record(r *Record)
 }
 
-// JSONLSink writes records as JSON lines.
+// JSONLSink writes records as JSON lines (Record.AppendJSON, one Write per
+// line).
 type JSONLSink struct {
 	mu  sync.Mutex
-	enc *json.Encoder
+	w   io.Writer
+	buf []byte
 	err error
 }
 
@@ -133,15 +135,20 @@ func ReadRecords(r io.Reader) ([]Record, error) {
 }
 
 // NewJSONLSink writes to w.
-func NewJSONLSink(w io.Writer) *JSONLSink { return &JSONLSink{enc: json.NewEncoder(w)} }
+func NewJSONLSink(w io.Writer) *JSONLSink { return &JSONLSink{w: w} }
 
 // Record writes r as one line.
 func (s *JSONLSink) Record(r *Record) {
 	s.mu.Lock()
-	if s.err == nil {
-		s.err = s.enc.Encode(r)
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return
 	}
-	s.mu.Unlock()
+	if s.buf, s.err = r.AppendJSON(s.buf[:0]); s.err != nil {
+		return
+	}
+	s.buf = append(s.buf, '\n')
+	_, s.err = s.w.Write(s.buf)
 }
 
 // Err returns the first write error.
@@ -296,11 +303,11 @@ func (e *Enforcer) buildRecord(pu *PU, ent *flow.Entry[conn], end End, ns int64)
 		}
 	}
 	if pu != nil {
-		r.Local = PUInfo{ID: pu.id, Node: e.node, Tags: pu.Tags().Strings()}
+		r.Local = PUInfo{ID: pu.id, Node: e.node, Tags: pu.tagStrings()}
 	}
 	if v.peer != nil {
 		r.Remote.Node = v.peer.Node
-		r.Remote.Tags = v.peer.Tags.Strings()
+		r.Remote.Tags = v.peer.TagStrings()
 	}
 	return r
 }

@@ -14,7 +14,7 @@ func (e *Enforcer) SetTags(pu *PU, tags identity.Tags) bool {
 	if pu.view.Load() == nil {
 		return false
 	}
-	pu.ident.Store(&puIdent{tags: tags, local: e.tok.NewLocal(tags)})
+	pu.ident.Store(newPUIdent(tags, e.tok.NewLocal(tags)))
 	eng := e.policy.Load()
 	pu.view.Store(&puView{eng: eng, pol: eng.ForPU(tags)})
 	return true

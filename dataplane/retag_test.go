@@ -32,6 +32,12 @@ func TestSetTagsNewConnections(t *testing.T) {
 	if !found {
 		t.Fatalf("server record of the relabelled client: remote tags %v", rs[len(rs)-1].Remote.Tags)
 	}
+	// The client's own record names its new tags as its local ones.
+	p.c.e.Flush(p.now, &out)
+	rc := p.c.sink.all()
+	if len(rc) == 0 || len(rc[len(rc)-1].Local.Tags) != 1 || rc[len(rc)-1].Local.Tags[0] != "app=web" {
+		t.Fatalf("client records after the relabel: %+v", rc)
+	}
 }
 
 // A relabelled server that no policy lets in anymore loses its established

@@ -2,7 +2,6 @@ package node
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -123,7 +122,7 @@ func (s *asyncSink) Record(r *dataplane.Record) {
 
 func (s *asyncSink) run(f *rotatingFile) {
 	defer close(s.done)
-	enc := json.NewEncoder(f)
+	var line []byte // one record, reused: encoding allocates nothing
 	var spare []dataplane.Record
 	flush := time.NewTicker(200 * time.Millisecond)
 	defer flush.Stop()
@@ -134,7 +133,12 @@ func (s *asyncSink) run(f *rotatingFile) {
 		aggTick = t.C
 	}
 	write := func(r *dataplane.Record) {
-		if err := enc.Encode(r); err != nil {
+		var err error
+		if line, err = r.AppendJSON(line[:0]); err == nil {
+			line = append(line, '\n')
+			_, err = f.Write(line)
+		}
+		if err != nil {
 			s.dropped.Add(1)
 			s.logWriteError(err)
 			return
@@ -379,7 +383,7 @@ func (r *rotatingFile) openFile() error {
 	return nil
 }
 
-// Write appends one line (json.Encoder writes a record in one call).
+// Write appends one line (the writer writes a record in one call).
 func (r *rotatingFile) Write(p []byte) (int, error) {
 	if r.maxSize > 0 && r.size > 0 && r.size+int64(len(p)) > r.maxSize {
 		r.err = r.rotate()

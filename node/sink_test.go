@@ -1,6 +1,8 @@
 package node
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -223,5 +225,43 @@ func TestSinkClosed(t *testing.T) {
 	s.Record(record("allow", cli, 1, srv))
 	if s.dropped.Load() != 1 {
 		t.Errorf("dropped %d", s.dropped.Load())
+	}
+}
+
+// TestSinkLineFormat: the flow log holds, per record, the line
+// encoding/json's Encoder writes (the format tools read,
+// docs/observability.md), hostile names included; a record whose time
+// RFC 3339 cannot write is dropped and counted, as before.
+func TestSinkLineFormat(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "flows.jsonl")
+	s := newAsyncSink(quietLog())
+	if err := s.open(flowLogConfig{Path: path, MaxSize: 1 << 30, Files: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var want bytes.Buffer
+	enc := json.NewEncoder(&want)
+	for i, name := range []string{"web", `q"uote<&>`, "ctl\x00\n\x1f", "bad\xffutf8", "sep\u2028"} {
+		r := record("allow", cli, 40000+i, srv)
+		r.Local = dataplane.PUInfo{ID: name, Node: "node-a", Tags: []string{"app=" + name, "env=prod"}}
+		r.Remote = dataplane.PeerInfo{IP: cli, Node: name, Tags: []string{name}}
+		r.VLAN = []uint16{7}
+		s.Record(r)
+		if err := enc.Encode(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad := record("allow", cli, 1, srv)
+	bad.EndTime = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)
+	s.Record(bad)
+	s.close()
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want.Bytes()) {
+		t.Errorf("flow log:\n%s\nencoding/json:\n%s", got, want.Bytes())
+	}
+	if s.dropped.Load() != 1 || s.written.Load() != 5 {
+		t.Errorf("dropped %d, written %d; want 1 and 5", s.dropped.Load(), s.written.Load())
 	}
 }

@@ -49,12 +49,16 @@ func threadCPU(b *testing.B) int64 {
 //   - cold-known-node (PKI): the token and ECDH caches are emptied, the
 //     verified node certificates are kept (the first connection between two
 //     PUs in an epoch, between nodes that met before).
+//   - same-node-cold: both PUs on one node (one engine), their ECDH result
+//     forgotten before each handshake (the first connection between the two
+//     PUs in an epoch; the engine knows its own PUs' tokens).
 //
 // The PUs' tokens are signed already (once per PU per epoch, see
 // BenchmarkNewEpoch).
 func BenchmarkHandshake(b *testing.B) {
 	for _, v := range []struct{ mode, cache string }{
 		{"psk", "warm"}, {"psk", "cold"}, {"pki", "warm"}, {"pki", "cold"}, {"pki", "cold-known-node"},
+		{"pki", "same-node-cold"},
 	} {
 		b.Run(v.mode+"/"+v.cache, func(b *testing.B) {
 			p := newPair(b, v.mode)
@@ -62,6 +66,9 @@ func BenchmarkHandshake(b *testing.B) {
 			// clock stands still: it would never refill).
 			p.server = engineWith(b, p.server, VerifyBudget{SourceRate: -1, NodeRate: -1})
 			p.sl = p.server.NewLocal(serverTags)
+			if v.cache == "same-node-cold" {
+				p.client, p.cl = p.server, p.server.NewLocal(clientTags)
+			}
 			var cc, sc Conn
 			if _, _, _, err := p.handshake(&cc, &sc, base); err != nil {
 				b.Fatal(err)
@@ -76,6 +83,10 @@ func BenchmarkHandshake(b *testing.B) {
 					clock.pause(b) // StopTimer itself stops the world
 					b.StopTimer()
 					for _, e := range []*Engine{p.client, p.server} {
+						if v.cache == "same-node-cold" {
+							e.shared.reset()
+							continue
+						}
 						e.tokens.reset()
 						e.shared.reset()
 						if v.cache == "cold" {

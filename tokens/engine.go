@@ -68,6 +68,8 @@ type Engine struct {
 	// secrets are swapped whole by SetSecrets (a rotated key or
 	// certificate); gen counts the swaps, so that Locals sign again.
 	secrets atomic.Pointer[secretsGen]
+	// secMu orders SetSecrets' forgetting with knowOwn's caching.
+	secMu   sync.Mutex
 	refresh time.Duration
 	seed    maphash.Seed
 	// check is a second, independent hash of a token: with seed's it
@@ -135,6 +137,8 @@ func (e *Engine) SetSecrets(s Secrets) error {
 	if n := s.Node(); n != "" && n != e.node {
 		return fmt.Errorf("tokens: the new certificate names node %s, not %s", n, e.node)
 	}
+	e.secMu.Lock()
+	defer e.secMu.Unlock()
 	e.secrets.Store(&secretsGen{Secrets: s, gen: old.gen + 1})
 	e.tokens.reset()
 	e.failures.reset()
@@ -233,6 +237,8 @@ type Peer struct {
 	// the certificate's end if sooner).
 	Expires time.Time
 
+	tagStrs []string // Tags.Strings(), made once (TagStrings)
+
 	token []byte          // the identity token bytes (cache hit check)
 	hash  [32]byte        // SHA-256 of token, in the MAC transcript
 	ek    *ecdh.PublicKey // ephemeral key (PKI)
@@ -243,8 +249,8 @@ type Peer struct {
 // sharedSecret is a cached ECDH result for a pair of ephemeral keys, as
 // the HKDF pseudorandom key the connections' keys are expanded from.
 type sharedSecret struct {
-	own, peer [32]byte // key ids
-	prk       [32]byte
+	lo, hi [32]byte // the key ids, lo < hi (the pair is unordered)
+	prk    [32]byte
 }
 
 // Local is a local PU's identity: its tags and its current epoch (identity
@@ -303,6 +309,7 @@ func (l *Local) epoch(now time.Time) (*epoch, error) {
 		return nil, err
 	}
 	l.cur.Store(ep)
+	l.e.knowOwn(ep, now)
 	return ep, nil
 }
 
@@ -386,15 +393,23 @@ func (e *Engine) verifyToken(token []byte, now time.Time, budgeted bool, src net
 
 // verifyTokenSlow verifies a token from scratch and makes its Peer.
 func (e *Engine) verifyTokenSlow(token []byte, now time.Time, b *spend) (*Peer, error) {
-	cl, until, err := e.sec().verify(e, token, now, b)
+	sec := e.sec()
+	cl, until, err := sec.verify(e, token, now, b)
 	if err != nil {
 		return nil, err
 	}
+	return newPeer(sec, token, cl, until)
+}
+
+// newPeer makes the Peer of a token whose claims were verified (or that
+// this engine signed), valid until until.
+func newPeer(sec Secrets, token []byte, cl *tokenClaims, until time.Time) (*Peer, error) {
 	p := &Peer{Node: cl.Issuer, Expires: until, token: bytes.Clone(token), hash: sha256.Sum256(token)}
+	var err error
 	if p.Tags, err = identity.Decode(cl.T); err != nil {
 		return nil, reason.MalformedToken
 	}
-	if e.sec().handshakePRK() == nil {
+	if sec.handshakePRK() == nil {
 		raw, err := base64.RawURLEncoding.Strict().DecodeString(cl.EK)
 		if err != nil {
 			return nil, reason.MalformedToken
@@ -409,7 +424,56 @@ func (e *Engine) verifyTokenSlow(token []byte, now time.Time, b *spend) (*Peer, 
 		p.ekID = sha256.Sum256(pub)
 	}
 	p.Identity = identity.New(p.Tags)
+	p.tagStrs = p.Tags.Strings()
 	return p, nil
+}
+
+// TagStrings returns the peer's tags as "key=value" strings
+// (identity.Tags.Strings), made once per verified token rather than for
+// every flow record that names the peer. The slice is shared: callers must
+// not modify it.
+func (p *Peer) TagStrings() []string {
+	if p.tagStrs == nil && len(p.Tags) > 0 { // a Peer not made by an Engine
+		return p.Tags.Strings()
+	}
+	return p.tagStrs
+}
+
+// knowOwn puts the identity token of a new epoch of this engine's PU in the
+// verified-token cache: a PU connecting to a PU of the same node presents a
+// token this engine signed, and verifying it again (its ECDSA signature,
+// and this node's certificate) would cost the node the same public-key
+// operations on every first contact. The Peer is what verifying the token
+// would give: made from the token's own bytes (its claims decoded as a
+// verifier decodes them), valid until its exp or the end of this node's
+// certificate chain; nothing is cached when a verifier would refuse it now.
+// Like any cached token it is forgotten by SetSecrets, and an epoch of
+// secrets already replaced is not cached.
+func (e *Engine) knowOwn(ep *epoch, now time.Time) {
+	sec := e.sec()
+	if sec.gen != ep.gen {
+		return
+	}
+	cl, err := ownClaims(ep.token)
+	if err != nil || cl.Issuer != e.node || cl.ExpiresAt == nil || validateTimes(cl, now) != nil || checkClaims(cl, now) != nil {
+		return
+	}
+	until, ok := sec.ownValidity(now)
+	if !ok {
+		return
+	}
+	if cl.ExpiresAt.Before(until) {
+		until = cl.ExpiresAt.Time
+	}
+	p, err := newPeer(sec.Secrets, ep.token, cl, until)
+	if err != nil {
+		return
+	}
+	e.secMu.Lock()
+	defer e.secMu.Unlock()
+	if e.sec().gen == ep.gen { // SetSecrets has not forgotten the caches since
+		e.tokens.put(maphash.Bytes(e.seed, ep.token), p)
+	}
 }
 
 // verifyCert returns a verified node certificate, from the cache when the
@@ -472,10 +536,17 @@ const (
 )
 
 // ecdh returns the PRK of ECDH(own private, peer public), cached per pair of
-// keys.
+// keys. The pair is unordered: ECDH(a, B) = ECDH(b, A), so when both PUs are
+// on this node (one engine) the server's computation serves the client too.
+// The key ids are SHA-256 of the public keys: an entry cannot answer for
+// another pair.
 func (e *Engine) ecdh(own *epoch, peer *Peer) (*sharedSecret, error) {
-	k := binary.LittleEndian.Uint64(own.ekID[:]) ^ binary.LittleEndian.Uint64(peer.ekID[8:])
-	if s, ok := e.shared.get(k); ok && s.own == own.ekID && s.peer == peer.ekID {
+	lo, hi := own.ekID, peer.ekID
+	if bytes.Compare(lo[:], hi[:]) > 0 {
+		lo, hi = hi, lo
+	}
+	k := binary.LittleEndian.Uint64(lo[:]) ^ binary.LittleEndian.Uint64(hi[8:])
+	if s, ok := e.shared.get(k); ok && s.lo == lo && s.hi == hi {
 		e.stats.ecdhHits.Add(1)
 		return s, nil
 	}
@@ -485,7 +556,7 @@ func (e *Engine) ecdh(own *epoch, peer *Peer) (*sharedSecret, error) {
 	if err != nil {
 		return nil, reason.MalformedToken
 	}
-	s := &sharedSecret{own: own.ekID, peer: peer.ekID, prk: hkdfExtract([]byte(ecdhSalt), b)}
+	s := &sharedSecret{lo: lo, hi: hi, prk: hkdfExtract([]byte(ecdhSalt), b)}
 	e.shared.put(k, s)
 	return s, nil
 }

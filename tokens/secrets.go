@@ -40,6 +40,10 @@ type Secrets interface {
 	// handshakePRK is the HKDF pseudorandom key the connections' keys are
 	// expanded from, or nil when it comes from ECDH of the two ephemeral keys.
 	handshakePRK() *[32]byte
+	// ownValidity is until when a verifier at now accepts what these
+	// secrets certify (the end of the node's certificate chain; no limit
+	// for a PSK), and whether it does at now.
+	ownValidity(now time.Time) (time.Time, bool)
 }
 
 // MinPSKSize is the smallest accepted pre-shared key.
@@ -124,12 +128,18 @@ func (p *pskSecrets) verify(e *Engine, token []byte, now time.Time, _ *spend) (*
 
 func (p *pskSecrets) handshakePRK() *[32]byte { return &p.handshakeKey }
 
+func (*pskSecrets) ownValidity(time.Time) (time.Time, bool) {
+	return time.Unix(1<<62, 0), true
+}
+
 type pkiSecrets struct {
 	ca    *x509.Certificate
 	roots *x509.CertPool
 	cert  *x509.Certificate
 	key   *ecdsa.PrivateKey
 	node  string
+	// self is the node certificate as checkNodeCert accepted it.
+	self *verifiedCert
 }
 
 // NewPKI returns secrets from the deployment CA certificate and this node's
@@ -149,9 +159,11 @@ func NewPKI(ca *x509.Certificate, cert *x509.Certificate, key *ecdsa.PrivateKey)
 	roots := x509.NewCertPool()
 	roots.AddCert(ca)
 	p := &pkiSecrets{ca: ca, roots: roots, cert: cert, key: key, node: cert.Subject.CommonName}
-	if _, err := p.checkNodeCert(cert, time.Now()); err != nil {
+	self, err := p.checkNodeCert(cert, time.Now())
+	if err != nil {
 		return nil, fmt.Errorf("pki: node certificate %q: %w", cert.Subject.CommonName, err)
 	}
+	p.self = self
 	if !key.PublicKey.Equal(cert.PublicKey) {
 		return nil, errors.New("pki: node key does not match the node certificate")
 	}
@@ -237,6 +249,15 @@ func (p *pkiSecrets) verify(e *Engine, token []byte, now time.Time, b *spend) (*
 
 func (p *pkiSecrets) handshakePRK() *[32]byte { return nil }
 
+func (p *pkiSecrets) ownValidity(now time.Time) (time.Time, bool) {
+	// verifyCert's test of a cached certificate; secrets not made by
+	// NewPKI (tests' forgeries) vouch for nothing.
+	if p.self == nil || now.Before(p.self.notBefore) || now.After(p.self.notAfter) {
+		return time.Time{}, false
+	}
+	return p.self.notAfter, true
+}
+
 // NodeExtKeyUsages are the extended key usages a node certificate must carry:
 // every node is a client (SYN) and a server (SYN-ACK) of the handshake.
 var NodeExtKeyUsages = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}
@@ -301,28 +322,6 @@ func signJWT(m jwt.SigningMethod, key any, cl *tokenClaims) (string, error) {
 	t := jwt.NewWithClaims(m, cl)
 	delete(t.Header, "typ") // every byte counts in a SYN
 	return t.SignedString(key)
-}
-
-// parseJWT verifies a JWT's signature and its exp and iat at now. Errors are
-// reason codes.
-func parseJWT(jws []byte, alg string, key any, now time.Time) (*tokenClaims, error) {
-	p := jwt.NewParser(
-		jwt.WithValidMethods([]string{alg}),
-		jwt.WithExpirationRequired(),
-		jwt.WithStrictDecoding(),
-		jwt.WithTimeFunc(func() time.Time { return now }),
-	)
-	cl := new(tokenClaims)
-	if _, err := p.ParseWithClaims(string(jws), cl, func(*jwt.Token) (any, error) { return key, nil }); err != nil {
-		return nil, jwtReason(err)
-	}
-	if cl.IssuedAt == nil || cl.Issuer == "" {
-		return nil, reason.MalformedToken
-	}
-	if cl.IssuedAt.After(now.Add(MaxClockSkew)) {
-		return nil, reason.ExpiredToken // not valid yet
-	}
-	return cl, nil
 }
 
 // jwtReason maps a jwt error to the drop reason.
