@@ -6,12 +6,8 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/trireme-go/trireme/netsetup"
@@ -112,10 +108,6 @@ func RunFlows(ctx context.Context, cfg FlowsConfig) (res *FlowsResult, err error
 	if cfg.CalibrationElements <= 0 {
 		cfg.CalibrationElements = max(4*largest, 50000)
 	}
-	// Two sockets per connection and path, in this process.
-	if err := raiseFDLimit(uint64(4*largest + 4096)); err != nil {
-		return nil, err
-	}
 	res = &FlowsResult{Machine: ThisMachine(), Started: time.Now(), Rounds: cfg.Rounds, Duration: cfg.Duration.String()}
 	if err := CleanStale(); err != nil {
 		cfg.Progress(fmt.Sprintf("warning: %v", err))
@@ -193,12 +185,8 @@ func RunFlows(ctx context.Context, cfg FlowsConfig) (res *FlowsResult, err error
 			res.Notes = append(res.Notes, fmt.Sprintf("%d flows: %v", n, err))
 		}
 		var notes []string
-		row.Path, notes = comparePaths(ctx, kernel, enf, cfg.Rounds, cfg.Duration, func(m string) {
-			cfg.Progress(fmt.Sprintf("%d flows: %s", n, m))
-		})
-		for _, m := range notes {
-			res.Notes = append(res.Notes, fmt.Sprintf("%d flows: %s", n, m))
-		}
+		row.Path, notes = comparePaths(ctx, kernel, enf, cfg.Rounds, cfg.Duration, fmt.Sprintf("%d flows", n), cfg.Progress)
+		res.Notes = append(res.Notes, notes...)
 		res.Rows = append(res.Rows, row)
 	}
 
@@ -216,20 +204,27 @@ func RunFlows(ctx context.Context, cfg FlowsConfig) (res *FlowsResult, err error
 			res.RSSAfterMiB = Value(float64(p.RSS) / (1 << 20))
 		}
 		cfg.Progress(fmt.Sprintf("a round trip on each of the %d connections", largest))
-		res.HeldOK, res.HeldFailed = holders[1].check()
+		var err error
+		if res.HeldOK, res.HeldFailed, err = holders[1].check(); err != nil {
+			res.Notes = append(res.Notes, fmt.Sprintf("held connections after the restart: %v", err))
+		}
 	}
 	res.Elapsed = time.Since(res.Started).Round(time.Millisecond).String()
 	return res, nil
 }
 
 // holder keeps idle connections open through one setup, spread over as
-// many servers (ports of its server PU) as perServerPort needs.
+// many servers (ports of its server PU) as perServerPort needs. Both ends
+// of every connection are parked (loadgen.Parking): 100,000 connections
+// through each of two paths are 400,000 sockets, more than a process may
+// have open where the hard RLIMIT_NOFILE cannot be raised.
 type holder struct {
 	s       *setup
 	clients []*loadgen.Client // toward the extra servers, in order
 	servers []*loadgen.Server
-	held    []*loadgen.Held
-	n       int
+	// Client and server ends of the held connections.
+	cliPark, srvPark *loadgen.Parking
+	n                int
 }
 
 func (h *holder) len() int { return h.n }
@@ -239,6 +234,15 @@ const holdWorkers = 8
 
 // fill opens connections until n are open.
 func (h *holder) fill(ctx context.Context, n int) error {
+	if h.cliPark == nil {
+		var err error
+		if h.cliPark, err = loadgen.NewParking(); err != nil {
+			return err
+		}
+		if h.srvPark, err = loadgen.NewParking(); err != nil {
+			return err
+		}
+	}
 	for len(h.servers)*perServerPort < n {
 		// The extra servers listen beside the measuring one (DefaultPort,
 		// and the next port for iperf3).
@@ -252,7 +256,7 @@ func (h *holder) fill(ctx context.Context, n int) error {
 	// Jobs of contiguous connection numbers, each toward one server.
 	type job struct{ client, count int }
 	var jobs []job
-	const chunk = 2000
+	const chunk = 1000 // connections of a job: holdWorkers*chunk files open at most
 	for i := h.n; i < n; {
 		c := i / perServerPort
 		end := min(n, (c+1)*perServerPort, i+chunk)
@@ -269,11 +273,15 @@ func (h *holder) fill(ctx context.Context, n int) error {
 		wg.Go(func() {
 			for j := range queue {
 				held, err := h.clients[j.client].Hold(ctx, j.count)
+				if err == nil {
+					if err = held.Park(h.cliPark); err != nil {
+						held.Close()
+					}
+				}
 				mu.Lock()
 				if err != nil {
 					errs = append(errs, err)
 				} else {
-					h.held = append(h.held, held)
 					h.n += j.count
 				}
 				mu.Unlock()
@@ -285,6 +293,9 @@ func (h *holder) fill(ctx context.Context, n int) error {
 	}
 	close(queue)
 	wg.Wait()
+	if err := h.srvPark.Flush(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -300,6 +311,7 @@ func (h *holder) listen(addr netip.AddrPort) (*loadgen.Server, *loadgen.Client, 
 	if err != nil {
 		return nil, nil, err
 	}
+	srv.ParkPings(h.srvPark)
 	cli, err := h.s.client.To(srv.Addr())
 	if err != nil {
 		srv.Close()
@@ -308,52 +320,23 @@ func (h *holder) listen(addr netip.AddrPort) (*loadgen.Server, *loadgen.Client, 
 	return srv, cli, nil
 }
 
-// check makes a round trip on every held connection.
-func (h *holder) check() (ok, failed int) {
-	for _, held := range h.held {
-		o, f := held.Check(loadgen.DefaultTimeout)
-		ok, failed = ok+o, failed+f
+// check sends a byte on every held connection and waits for its
+// acknowledgement (loadgen.CheckParked).
+func (h *holder) check() (ok, failed int, err error) {
+	if h.cliPark == nil {
+		return 0, 0, nil
 	}
-	return ok, failed
+	return loadgen.CheckParked(h.cliPark, loadgen.DefaultTimeout)
 }
 
 func (h *holder) close() {
-	for _, held := range h.held {
-		held.Close()
+	for _, p := range []*loadgen.Parking{h.cliPark, h.srvPark} {
+		if p != nil {
+			p.Close()
+		}
 	}
 	for _, s := range h.servers {
 		s.Close()
 	}
-	h.held, h.servers = nil, nil
-}
-
-// raiseFDLimit makes sure the process may open n files (as root, raising
-// the hard limit up to fs.nr_open if need be).
-func raiseFDLimit(n uint64) error {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return err
-	}
-	if lim.Cur >= n {
-		return nil
-	}
-	if lim.Max < n {
-		b, err := os.ReadFile("/proc/sys/fs/nr_open")
-		if err != nil {
-			return err
-		}
-		nrOpen, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-		if err != nil {
-			return err
-		}
-		if n > nrOpen {
-			return fmt.Errorf("perf: %d open files needed, fs.nr_open is %d", n, nrOpen)
-		}
-		lim.Max = n
-	}
-	lim.Cur = n
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return fmt.Errorf("perf: raise the open files limit to %d: %w", n, err)
-	}
-	return nil
+	h.servers = nil
 }

@@ -24,28 +24,32 @@ type PathCost struct {
 
 // comparePaths measures RTT and 1-stream bulk on a new connection of the
 // kernel setup and of the enforcer setup, rounds times, each figure for d.
-// A figure that fails stays out of its round and becomes a note.
-func comparePaths(ctx context.Context, kernel, enf *setup, rounds int, d time.Duration, prog func(string)) (PathCost, []string) {
+// A figure that fails stays out of its round and becomes a note; label
+// (e.g. "100 PUs") starts the notes and the progress messages.
+func comparePaths(ctx context.Context, kernel, enf *setup, rounds int, d time.Duration, label string, progress func(string)) (PathCost, []string) {
 	var notes []string
+	note := func(format string, args ...any) { notes = append(notes, label+": "+fmt.Sprintf(format, args...)) }
+	prog := func(m string) { progress(label + ": " + m) }
 	rtt := [2][]float64{nanSlice(rounds), nanSlice(rounds)}
 	bulk := [2][]float64{nanSlice(rounds), nanSlice(rounds)}
 	for r := range rounds {
 		for i, s := range []*setup{kernel, enf} {
 			if ctx.Err() != nil {
-				return PathCost{}, append(notes, ctx.Err().Error())
+				note("%v", ctx.Err())
+				return PathCost{}, notes
 			}
 			prog(fmt.Sprintf("round %d/%d %s: RTT and bulk", r+1, rounds, s.v.Name()))
 			if rt, err := s.client.RTT(ctx, d); err != nil {
-				notes = append(notes, fmt.Sprintf("%s rtt: %v", s.v.Name(), err))
+				note("%s rtt: %v", s.v.Name(), err)
 			} else if len(rt.Samples) > 0 {
 				rtt[i][r] = us(LatenciesOf(rt.Samples).P50)
 			}
 			br, err := s.client.Bulk(ctx, 1, d)
 			switch {
 			case err != nil:
-				notes = append(notes, fmt.Sprintf("%s bulk: %v", s.v.Name(), err))
+				note("%s bulk: %v", s.v.Name(), err)
 			case br.Sent != br.Received:
-				notes = append(notes, fmt.Sprintf("%s bulk: sent %d bytes, server received %d", s.v.Name(), br.Sent, br.Received))
+				note("%s bulk: sent %d bytes, server received %d", s.v.Name(), br.Sent, br.Received)
 			default:
 				bulk[i][r] = br.Gbps()
 			}

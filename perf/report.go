@@ -10,11 +10,7 @@ import (
 )
 
 // WriteJSON writes the result as indented JSON.
-func (r *Result) WriteJSON(w io.Writer) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(r)
-}
+func (r *Result) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
 
 // WriteTable writes the result as a table for people: per variant, the
 // ratio to the baseline (the headline), the difference for latencies, then
@@ -99,11 +95,7 @@ func num(x float64) string {
 }
 
 // WriteJSON writes the result as indented JSON.
-func (r *ScaleResult) WriteJSON(w io.Writer) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(r)
-}
+func (r *ScaleResult) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
 
 // WriteTable writes the scale result as a table for people.
 func (r *ScaleResult) WriteTable(w io.Writer) error {
@@ -131,11 +123,7 @@ func (r *ScaleResult) WriteTable(w io.Writer) error {
 }
 
 // WriteJSON writes the soak result as indented JSON.
-func (r *SoakResult) WriteJSON(w io.Writer) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(r)
-}
+func (r *SoakResult) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
 
 // WriteTable writes the soak result as a table for people: one row per
 // interval, then the drain after the load.
@@ -173,11 +161,7 @@ func pathCell(ratio, v, kernel Value) string {
 }
 
 // WriteJSON writes the flows result as indented JSON.
-func (r *FlowsResult) WriteJSON(w io.Writer) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(r)
-}
+func (r *FlowsResult) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
 
 // WriteTable writes the flows result as a table for people.
 func (r *FlowsResult) WriteTable(w io.Writer) error {
@@ -203,4 +187,11 @@ func (r *FlowsResult) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}
 	return nil
+}
+
+// writeJSON writes a result as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

@@ -174,12 +174,8 @@ func RunScale(ctx context.Context, cfg ScaleConfig) (res *ScaleResult, err error
 			res.Notes = append(res.Notes, fmt.Sprintf("%d PUs: %v", n, err))
 		}
 		var notes []string
-		row.Path, notes = comparePaths(ctx, kernel, s, cfg.Rounds, cfg.Duration, func(m string) {
-			cfg.Progress(fmt.Sprintf("%d PUs: %s", n, m))
-		})
-		for _, m := range notes {
-			res.Notes = append(res.Notes, fmt.Sprintf("%d PUs: %s", n, m))
-		}
+		row.Path, notes = comparePaths(ctx, kernel, s, cfg.Rounds, cfg.Duration, fmt.Sprintf("%d PUs", n), cfg.Progress)
+		res.Notes = append(res.Notes, notes...)
 		sampled[n] = row
 	}
 

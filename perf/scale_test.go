@@ -87,6 +87,18 @@ func checkPath(t *testing.T, what string, p PathCost) {
 	}
 }
 
+// checkRun fails the test on notes (something failed during the run) and
+// stops it when the rows are not one per size.
+func checkRun(t *testing.T, notes []string, rows, sizes int) {
+	t.Helper()
+	for _, n := range notes {
+		t.Errorf("note: %s", n)
+	}
+	if rows != sizes {
+		t.Fatalf("%d rows, want %d", rows, sizes)
+	}
+}
+
 func TestFlowsScenario(t *testing.T) {
 	noLeftovers(t)
 	sizes := []int{10, 20}
@@ -95,12 +107,7 @@ func TestFlowsScenario(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range res.Notes {
-		t.Errorf("note: %s", n)
-	}
-	if len(res.Rows) != len(sizes) {
-		t.Fatalf("%d rows, want %d", len(res.Rows), len(sizes))
-	}
+	checkRun(t, res.Notes, len(res.Rows), len(sizes))
 	if !finite(res.BaseRSSMiB) || res.BaseRSSMiB <= 0 {
 		t.Errorf("base RSS %v", res.BaseRSSMiB)
 	}
@@ -151,12 +158,7 @@ func TestScaleScenario(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, n := range res.Notes {
-		t.Errorf("note: %s", n)
-	}
-	if len(res.Rows) != len(sizes) {
-		t.Fatalf("%d rows, want %d", len(res.Rows), len(sizes))
-	}
+	checkRun(t, res.Notes, len(res.Rows), len(sizes))
 	for i, row := range res.Rows {
 		if row.PUs != sizes[i] || !finite(row.RSSMiB) || row.RSSMiB <= 0 || row.AttachMs <= 0 {
 			t.Errorf("row %d: %+v", i, row)
