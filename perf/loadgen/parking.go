@@ -113,33 +113,33 @@ func (p *Parking) send(fds []int) error {
 	return nil
 }
 
-// Visit takes every parked socket out in batches, calls fn on each batch
-// and parks again the sockets fn keeps (keep[i] for fds[i]); the others
-// are closed. It returns how many were kept and how many closed.
-func (p *Parking) Visit(fn func(fds []int) (keep []bool)) (kept, closed int, err error) {
+// Visit takes the parked sockets out, group messages (up to
+// group*parkBatch sockets, which must fit the file table) at a time, calls
+// fn on them and parks again the sockets fn keeps (keep[i] for fds[i]);
+// the others are closed. It returns how many were kept and how many
+// closed.
+func (p *Parking) Visit(group int, fn func(fds []int) (keep []bool)) (kept, closed int, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.flush(); err != nil {
 		return 0, 0, err
 	}
-	for range p.msgs {
-		n, oobn, _, _, err := unix.Recvmsg(p.pair[1], p.dummy[:], p.oob, unix.MSG_CMSG_CLOEXEC)
-		if err != nil {
-			return kept, closed, fmt.Errorf("loadgen: unpark: %w", err)
+	closeAll := func(fds []int) {
+		for _, fd := range fds {
+			unix.Close(fd)
 		}
-		if n != 1 {
-			return kept, closed, fmt.Errorf("loadgen: unpark: a message of %d bytes", n)
+	}
+	for left := p.msgs; left > 0; {
+		var fds []int
+		for k := 0; k < max(group, 1) && left > 0; k++ {
+			got, err := p.receive()
+			if err != nil {
+				closeAll(fds)
+				return kept, closed + len(fds), err
+			}
+			left--
+			fds = append(fds, got...)
 		}
-		cmsgs, err := unix.ParseSocketControlMessage(p.oob[:oobn])
-		if err != nil || len(cmsgs) != 1 {
-			return kept, closed, fmt.Errorf("loadgen: unpark: control messages %d: %v", len(cmsgs), err)
-		}
-		fds, err := unix.ParseUnixRights(&cmsgs[0])
-		if err != nil {
-			return kept, closed, fmt.Errorf("loadgen: unpark: %w", err)
-		}
-		p.msgs--
-		p.n -= len(fds)
 		keep := fn(fds)
 		var again []int
 		for i, fd := range fds {
@@ -150,18 +150,33 @@ func (p *Parking) Visit(fn func(fds []int) (keep []bool)) (kept, closed int, err
 				closed++
 			}
 		}
-		if err := p.send(again); err != nil {
-			for _, fd := range again {
-				unix.Close(fd)
-			}
+		err := p.send(again)
+		closeAll(again)
+		if err != nil {
 			return kept, closed + len(again), err
-		}
-		for _, fd := range again {
-			unix.Close(fd)
 		}
 		kept += len(again)
 	}
 	return kept, closed, nil
+}
+
+// receive takes the files of the first message queued.
+func (p *Parking) receive() ([]int, error) {
+	n, oobn, _, _, err := unix.Recvmsg(p.pair[1], p.dummy[:], p.oob, unix.MSG_CMSG_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("loadgen: unpark: %w", err)
+	}
+	cmsgs, perr := unix.ParseSocketControlMessage(p.oob[:oobn])
+	var fds []int
+	if perr == nil && len(cmsgs) == 1 {
+		fds, perr = unix.ParseUnixRights(&cmsgs[0])
+	}
+	if n != 1 || perr != nil || len(cmsgs) != 1 {
+		return nil, fmt.Errorf("loadgen: unpark: a message of %d bytes with %d control messages: %v", n, len(cmsgs), perr)
+	}
+	p.msgs--
+	p.n -= len(fds)
+	return fds, nil
 }
 
 // Close closes the parking and with it every socket parked.
@@ -181,13 +196,19 @@ func (p *Parking) Close() {
 	p.n, p.msgs = 0, 0
 }
 
+// checkGroup is the messages of sockets CheckParked takes out at a time
+// (8,000 sockets).
+const checkGroup = 32
+
 // CheckParked writes a byte on every parked connection (client sockets of
 // held connections) and waits until the peer's kernel has acknowledged it
 // (the socket's send queue is empty): the connection still carries data
 // one way and acknowledgements the other through the path under test. A
 // connection that does not within timeout is closed and counted as failed.
 func CheckParked(p *Parking, timeout time.Duration) (ok, failed int, err error) {
-	return p.Visit(func(fds []int) []bool {
+	// Thousands at a time: a connection that fails costs the whole
+	// timeout, once per group rather than once per message.
+	return p.Visit(checkGroup, func(fds []int) []bool {
 		keep := make([]bool, len(fds))
 		var waiting []int
 		for i, fd := range fds {
