@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -50,6 +51,10 @@ type Config struct {
 	// Iperf3 is the iperf3 binary for a cross-check of the 1-stream bulk
 	// figure; "" leaves it out.
 	Iperf3 string
+	// ConnectionsOnly measures only the TCP new-connection figures
+	// (connection rates, connect and first-response latency, the
+	// enforcer's CPU and peak RSS): what a policy change can move.
+	ConnectionsOnly bool
 	// Progress, if set, is told what is being measured.
 	Progress func(msg string)
 }
@@ -144,6 +149,9 @@ func figureInfos(c *Config) []FigureInfo {
 		{Key: CPUPer1k, Label: "enforcer CPU per 1k conns", Unit: "s", Enforcer: true},
 		{Key: PeakRSS, Label: "enforcer peak RSS", Unit: "MiB", Enforcer: true},
 	}
+	if c.ConnectionsOnly {
+		return slices.DeleteFunc(fs, func(f FigureInfo) bool { return !connectionFigure(f.Key) })
+	}
 	fs = append(fs,
 		FigureInfo{Key: UDPFlows1, Label: "new UDP flows/s, 1 client", Unit: "flow/s", Higher: true},
 		FigureInfo{Key: UDPFlowsN, Label: fmt.Sprintf("new UDP flows/s, %d clients", c.Clients), Unit: "flow/s", Higher: true},
@@ -156,6 +164,15 @@ func figureInfos(c *Config) []FigureInfo {
 		fs = append(fs, FigureInfo{Key: Iperf3Bulk1, Label: "iperf3 bulk, 1 stream", Unit: "Gbit/s", Higher: true})
 	}
 	return fs
+}
+
+// connectionFigure tells the figures of a ConnectionsOnly run.
+func connectionFigure(k FigureKey) bool {
+	switch k {
+	case ConnRate1, ConnRateN, ConnectP50, ConnectP90, ConnectP99, FirstByteP50, FirstByteP90, FirstByteP99, CPUPer1k, PeakRSS:
+		return true
+	}
+	return false
 }
 
 // Machine describes where a run took place.
@@ -472,6 +489,9 @@ func measureRound(ctx context.Context, cfg Config, s *setup, r int, out map[Figu
 			out[CPUPer1k][r] = (after.CPU - before.CPU).Seconds() / float64(conns) * 1000
 			out[PeakRSS][r] = float64(after.PeakRSS) / (1 << 20)
 		}
+	}
+	if cfg.ConnectionsOnly {
+		return notes
 	}
 
 	for _, b := range []struct {

@@ -10,11 +10,7 @@ import (
 )
 
 // WriteJSON writes the result as indented JSON.
-func (r *Result) WriteJSON(w io.Writer) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(r)
-}
+func (r *Result) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
 
 // WriteTable writes the result as a table for people: per variant, the
 // ratio to the baseline (the headline), the difference for latencies, then
@@ -99,21 +95,21 @@ func num(x float64) string {
 }
 
 // WriteJSON writes the result as indented JSON.
-func (r *ScaleResult) WriteJSON(w io.Writer) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(r)
-}
+func (r *ScaleResult) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
 
 // WriteTable writes the scale result as a table for people.
 func (r *ScaleResult) WriteTable(w io.Writer) error {
 	m := r.Machine
-	fmt.Fprintf(w, "trireme perf --scale: attach and detach through the control API, mean of %d per size (max)\n", r.Window)
+	fmt.Fprintf(w, "trireme perf --scale: attach and detach through the control API, mean of %d per size (max);\n", r.Window)
+	fmt.Fprintf(w, "with that many PUs attached: daemon RSS, nftables tables/chains/rules, RTT and 1-stream bulk between two PUs (median of %d rounds of %s, ×ratio to the kernel path)\n", r.Rounds, r.Duration)
 	fmt.Fprintf(w, "machine: %d CPUs, kernel %s, %s\n\n", m.CPUs, m.Kernel, m.GoVersion)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PUs\tattach ms\tdetach ms")
+	fmt.Fprintln(tw, "PUs\tattach ms\tdetach ms\tRSS MiB\tnft tables/chains/rules\tRTT µs\tbulk Gbit/s")
 	for _, row := range r.Rows {
-		fmt.Fprintf(tw, "%d\t%s (%s)\t%s (%s)\n", row.PUs, num(float64(row.AttachMs)), num(float64(row.AttachMaxMs)), num(float64(row.DetachMs)), num(float64(row.DetachMaxMs)))
+		fmt.Fprintf(tw, "%d\t%s (%s)\t%s (%s)\t%s\t%d/%d/%d\t%s\t%s\n", row.PUs, num(float64(row.AttachMs)), num(float64(row.AttachMaxMs)),
+			num(float64(row.DetachMs)), num(float64(row.DetachMaxMs)), num(float64(row.RSSMiB)),
+			row.Nft.Tables, row.Nft.Chains, row.Nft.Rules, pathCell(row.Path.RTTRatio, row.Path.RTTUs, row.Path.KernelRTTUs),
+			pathCell(row.Path.BulkRatio, row.Path.BulkGbps, row.Path.KernelBulkGbps))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -127,11 +123,7 @@ func (r *ScaleResult) WriteTable(w io.Writer) error {
 }
 
 // WriteJSON writes the soak result as indented JSON.
-func (r *SoakResult) WriteJSON(w io.Writer) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(r)
-}
+func (r *SoakResult) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
 
 // WriteTable writes the soak result as a table for people: one row per
 // interval, then the drain after the load.
@@ -161,4 +153,45 @@ func (r *SoakResult) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}
 	return nil
+}
+
+// pathCell is "×ratio value (kernel: value)".
+func pathCell(ratio, v, kernel Value) string {
+	return fmt.Sprintf("×%s %s (kernel %s)", num(float64(ratio)), num(float64(v)), num(float64(kernel)))
+}
+
+// WriteJSON writes the flows result as indented JSON.
+func (r *FlowsResult) WriteJSON(w io.Writer) error { return writeJSON(w, r) }
+
+// WriteTable writes the flows result as a table for people.
+func (r *FlowsResult) WriteTable(w io.Writer) error {
+	m := r.Machine
+	fmt.Fprintf(w, "trireme perf --flows: idle TCP connections held open through one node (and as many through the kernel path);\n")
+	fmt.Fprintf(w, "RTT and 1-stream bulk of a new connection: median of %d rounds of %s, ×ratio to the kernel path\n", r.Rounds, r.Duration)
+	fmt.Fprintf(w, "machine: %d CPUs, kernel %s, %s\n", m.CPUs, m.Kernel, m.GoVersion)
+	fmt.Fprintf(w, "daemon RSS before any connection: %s MiB; kernel memory of a set element: %s bytes (%d elements in a set of its own, median of %d)\n\n",
+		num(float64(r.BaseRSSMiB)), num(float64(r.Calibration.BytesPerElement)), r.Calibration.Elements, r.Calibration.Reps)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "connections\topened in s\tdaemon flows\tRSS MiB\tbytes/conn\tset elements\tset MiB\tRTT µs\tbulk Gbit/s")
+	for _, row := range r.Rows {
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%d\t%s\t%s\t%s\n", row.Flows, num(float64(row.OpenSeconds)), row.DaemonFlows,
+			num(float64(row.RSSMiB)), num(float64(row.BytesPerFlow)), row.SetElements, num(float64(row.SetMiB)),
+			pathCell(row.Path.RTTRatio, row.Path.RTTUs, row.Path.KernelRTTUs), pathCell(row.Path.BulkRatio, row.Path.BulkGbps, row.Path.KernelBulkGbps))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "restart with %d connections open: %s ms (to the control API answering); flows tracked after it: %d; RSS after: %s MiB; held connections answering after it: %d, failed: %d\n",
+		r.RestartFlows, num(float64(r.RestartMs)), r.FlowsAfter, num(float64(r.RSSAfterMiB)), r.HeldOK, r.HeldFailed)
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+	return nil
+}
+
+// writeJSON writes a result as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

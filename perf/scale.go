@@ -37,7 +37,13 @@ type ScaleConfig struct {
 	// the PUs (spread evenly) while the daemon is stopped for the restart:
 	// the restarted daemon keeps them and gives them back to its
 	// enforcer.
-	Flows    int
+	Flows int
+	// Rounds and Duration: at each size, the RTT and 1-stream bulk between
+	// the client and server PUs are measured Rounds times for Duration,
+	// interleaved with the kernel path on a topology of its own (defaults
+	// 3 and 1 s).
+	Rounds   int
+	Duration time.Duration
 	Progress func(string)
 }
 
@@ -51,15 +57,24 @@ type ScaleRow struct {
 	// AttachMaxMs is the slowest attach of the window.
 	AttachMaxMs Value `json:"attachMaxMs"`
 	DetachMaxMs Value `json:"detachMaxMs"`
+	// With Size PUs attached: the daemon's RSS, its nftables tables,
+	// chains and rules, and the cost of an established flow between two
+	// of the PUs against the kernel path.
+	RSSMiB Value    `json:"daemonRssMiB"`
+	Nft    NftCount `json:"nftables"`
+	Path   PathCost `json:"path"`
 }
 
 // ScaleResult is the outcome of a scale run.
 type ScaleResult struct {
-	Machine Machine    `json:"machine"`
-	Started time.Time  `json:"started"`
-	Elapsed string     `json:"elapsed"`
-	Window  int        `json:"window"`
-	Rows    []ScaleRow `json:"rows"`
+	Machine Machine   `json:"machine"`
+	Started time.Time `json:"started"`
+	Elapsed string    `json:"elapsed"`
+	Window  int       `json:"window"`
+	// Rounds of Duration each of the RTT and bulk figures per size.
+	Rounds   int        `json:"pathRounds"`
+	Duration string     `json:"pathDuration"`
+	Rows     []ScaleRow `json:"rows"`
 	// RestartPUs PUs were attached when the daemon was stopped (SIGTERM)
 	// and started again; RestartMs is from the new process's start until
 	// its control API answered with every PU restored, and a new
@@ -87,6 +102,12 @@ func RunScale(ctx context.Context, cfg ScaleConfig) (res *ScaleResult, err error
 	if cfg.Progress == nil {
 		cfg.Progress = func(string) {}
 	}
+	if cfg.Rounds <= 0 {
+		cfg.Rounds = 3
+	}
+	if cfg.Duration <= 0 {
+		cfg.Duration = time.Second
+	}
 	if len(cfg.Sizes) == 0 || cfg.Variant == nil {
 		return nil, errors.New("perf: scale: no sizes or no daemon")
 	}
@@ -99,7 +120,7 @@ func RunScale(ctx context.Context, cfg ScaleConfig) (res *ScaleResult, err error
 	if max-2 > 65000 {
 		return nil, fmt.Errorf("perf: scale: at most 65002 PUs")
 	}
-	res = &ScaleResult{Machine: ThisMachine(), Started: time.Now(), Window: cfg.Window}
+	res = &ScaleResult{Machine: ThisMachine(), Started: time.Now(), Window: cfg.Window, Rounds: cfg.Rounds, Duration: cfg.Duration.String()}
 	if err := CleanStale(); err != nil {
 		cfg.Progress(fmt.Sprintf("warning: %v", err))
 	}
@@ -117,12 +138,46 @@ func RunScale(ctx context.Context, cfg ScaleConfig) (res *ScaleResult, err error
 	if err := cfg.Variant.Setup(ctx, topo); err != nil {
 		return nil, err
 	}
+	if err := s.probe(ctx); err != nil {
+		return nil, err
+	}
+	cfg.Progress("setting up the kernel path")
+	kernel, err := kernelSetup(ctx)
+	if kernel != nil {
+		defer func() {
+			if cerr := kernel.close(); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}()
+	}
+	if err != nil {
+		return nil, err
+	}
 	cfg.Progress(fmt.Sprintf("creating %d PU namespaces", max-2))
 	extra, err := topo.addBarePUs(max-2, extraNet)
 	if err != nil {
 		return nil, err
 	}
 	client := cfg.Variant.Client(0)
+	pid := cfg.Variant.EnforcerPIDs()[0]
+	// At each size: the daemon's memory, its rules, the per-packet cost.
+	sampled := map[int]ScaleRow{}
+	sample := func(n int) {
+		row := ScaleRow{PUs: n, RSSMiB: Value(math.NaN())}
+		if p, err := loadgen.ReadProc(pid); err == nil {
+			row.RSSMiB = Value(float64(p.RSS) / (1 << 20))
+		} else {
+			res.Notes = append(res.Notes, fmt.Sprintf("%d PUs: daemon: %v", n, err))
+		}
+		var err error
+		if row.Nft, err = countNft(topo.Nodes[0].Netns, false); err != nil {
+			res.Notes = append(res.Notes, fmt.Sprintf("%d PUs: %v", n, err))
+		}
+		var notes []string
+		row.Path, notes = comparePaths(ctx, kernel, s, cfg.Rounds, cfg.Duration, fmt.Sprintf("%d PUs", n), cfg.Progress)
+		res.Notes = append(res.Notes, notes...)
+		sampled[n] = row
+	}
 
 	// Attach: PU number i (counting the client and server) costs attach[i].
 	attach := make([]time.Duration, max+1)
@@ -139,6 +194,9 @@ func RunScale(ctx context.Context, cfg ScaleConfig) (res *ScaleResult, err error
 			return nil, fmt.Errorf("perf: attach %s: %w", p.Name, err)
 		}
 		attach[n] = time.Since(start)
+		if slices.Contains(sizes, n) {
+			sample(n)
+		}
 	}
 
 	// Detach: going from n PUs to n-1 costs detach[n].
@@ -196,7 +254,7 @@ func RunScale(ctx context.Context, cfg ScaleConfig) (res *ScaleResult, err error
 
 	for _, size := range sizes {
 		w := min(cfg.Window, size-2)
-		row := ScaleRow{PUs: size}
+		row := sampled[size]
 		row.AttachMs, row.AttachMaxMs = window(attach[size-w+1 : size+1])
 		row.DetachMs, row.DetachMaxMs = window(detach[size-w+1 : size+1])
 		res.Rows = append(res.Rows, row)

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -49,6 +51,8 @@ func newPerfCmd() *cobra.Command {
 		profDir  string
 		scale    string
 		flows    int
+		held     string
+		rules    string
 		soak     perf.SoakConfig
 	)
 	cmd := &cobra.Command{
@@ -63,11 +67,35 @@ flows per second (a request and its response on a fresh client port each
 time) with 1 and N clients, the first response's latency, and bulk
 throughput and round-trip time on an established flow. Each figure is
 reported as the median of the per-round ratios to the kernel path (the
-headline), then as median and range over the rounds.`,
+headline), then as median and range over the rounds.
+
+Scale scenarios (docs/perf.md), each with --json:
+  --scale 10,100,500         PUs per node: attach/detach time, daemon RSS,
+                             nftables rules, RTT and bulk vs the kernel path
+  --flows 1000,10000,100000  concurrent established connections: daemon RSS
+                             per flow, kernel set memory, RTT and bulk vs the
+                             kernel path, restart time
+  --rules 10,1000,10000      new-connection figures with policies of that
+                             many rules, vs the kernel path
+--rounds and --duration set the RTT/bulk rounds of --scale and --flows
+(default 3 of 1s there).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The scale scenarios measure a path only on the side: their
+			// own defaults unless --rounds or --duration say otherwise.
+			var pathRounds int
+			var pathDuration time.Duration
+			if cmd.Flags().Changed("rounds") {
+				pathRounds = rounds
+			}
+			if cmd.Flags().Changed("duration") {
+				pathDuration = duration
+			}
 			if scale != "" {
-				return runScale(cmd, scale, flows, daemon, keep, asJSON)
+				return runScale(cmd, scale, flows, daemon, keep, asJSON, pathRounds, pathDuration)
+			}
+			if held != "" {
+				return runFlows(cmd, held, daemon, keep, asJSON, pathRounds, pathDuration)
 			}
 			if soak.Duration > 0 {
 				return runSoak(cmd, soak, daemon, keep, asJSON)
@@ -77,21 +105,16 @@ headline), then as median and range over the rounds.`,
 				return &exitError{code: 2, err: err}
 			}
 			var vs []perf.Variant
-			for _, name := range strings.Split(variants, ",") {
-				name = strings.TrimSpace(name)
-				mk, ok := perfVariants[name]
-				if !ok {
-					return &exitError{code: 2, err: fmt.Errorf("unknown variant %q (known: %s)", name, knownVariants())}
-				}
-				v, err := mk()
-				if err != nil {
-					return err
-				}
-				if d, ok := v.(*perf.Daemon); ok {
-					d.Keep = keep
-					d.Binary = daemon
-				}
-				vs = append(vs, v)
+			switch {
+			case rules != "" && cmd.Flags().Changed("variants"):
+				return &exitError{code: 2, err: fmt.Errorf("--rules makes its own variants: kernel and rules-N; --variants does not go with it")}
+			case rules != "":
+				vs, err = rulesVariants(rules, daemon, keep)
+			default:
+				vs, err = namedVariants(variants, daemon, keep)
+			}
+			if err != nil {
+				return err
 			}
 			if rounds < 1 || duration <= 0 || clients < 1 || streams < 1 {
 				return &exitError{code: 2, err: fmt.Errorf("--rounds, --duration, --clients and --streams must be positive")}
@@ -101,7 +124,7 @@ headline), then as median and range over the rounds.`,
 			cfg := perf.Config{
 				Topology: topo, Variants: vs, Rounds: rounds, Duration: duration,
 				Clients: clients, Streams: streams, NoTimeWaitReuse: !twReuse,
-				ProfileDir: profDir,
+				ProfileDir: profDir, ConnectionsOnly: rules != "",
 			}
 			if profDir != "" {
 				if err := os.MkdirAll(profDir, 0o755); err != nil {
@@ -156,6 +179,8 @@ headline), then as median and range over the rounds.`,
 	f.IntVar(&soak.Allowed, "soak-allowed", 6, "with --soak: closed-loop clients making allowed connections")
 	f.IntVar(&soak.Denied, "soak-denied", 2, "with --soak: closed-loop clients making connections the policy refuses")
 	f.IntVar(&soak.Held, "soak-held", 1000, "with --soak: idle connections held open and checked every interval")
+	f.StringVar(&held, "flows", "", "instead of the comparison: idle TCP connections held open through one node at these counts (e.g. 1000,10000,100000): daemon RSS, flow table, kernel set memory, RTT and bulk against the kernel path, restart time at the largest (psk daemon)")
+	f.StringVar(&rules, "rules", "", "compare new-connection figures with policies of these many rules in force (e.g. 10,1000,10000; at least 2: the two that allow the measured flow), against the kernel path (psk daemons)")
 	f.IntVar(&flows, "scale-flows", 0, "with --scale: authorized flows written into the kernel before the restart")
 	f.StringVar(&iperf3, "iperf3", "auto", "iperf3 binary for a cross-check of bulk throughput: auto (if installed), off, or a path")
 	return cmd
@@ -170,36 +195,84 @@ func knownVariants() string {
 	return strings.Join(names, ",")
 }
 
-// runScale is `trireme perf --scale SIZES`.
-func runScale(cmd *cobra.Command, sizes string, flows int, binary string, keep, asJSON bool) error {
-	cfg := perf.ScaleConfig{Flows: flows}
-	for _, f := range strings.Split(sizes, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 3 {
-			return &exitError{code: 2, err: fmt.Errorf("--scale: %q: want PU counts of at least 3, comma-separated", f)}
+// namedVariants are the variants of a --variants list.
+func namedVariants(list, binary string, keep bool) ([]perf.Variant, error) {
+	var vs []perf.Variant
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		mk, ok := perfVariants[name]
+		if !ok {
+			return nil, &exitError{code: 2, err: fmt.Errorf("unknown variant %q (known: %s)", name, knownVariants())}
 		}
-		cfg.Sizes = append(cfg.Sizes, n)
+		v, err := mk()
+		if err != nil {
+			return nil, err
+		}
+		if d, ok := v.(*perf.Daemon); ok {
+			d.Keep = keep
+			d.Binary = binary
+		}
+		vs = append(vs, v)
 	}
-	cfg.Variant = &perf.Daemon{VariantName: "psk", Secrets: perf.PSKSecrets(), Binary: binary, Keep: keep}
-	if term.IsTerminal(int(os.Stderr.Fd())) {
-		cfg.Progress = func(msg string) { fmt.Fprintf(os.Stderr, "\r\033[K%s", msg) }
+	return vs, nil
+}
+
+// parseSizes reads a comma-separated list of counts of at least least.
+func parseSizes(flag, list, what string, least int) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < least {
+			return nil, &exitError{code: 2, err: fmt.Errorf("--%s: %q: want %s of at least %d, comma-separated", flag, f, what, least)}
+		}
+		out = append(out, n)
 	}
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	res, err := perf.RunScale(ctx, cfg)
-	if cfg.Progress != nil {
-		fmt.Fprint(os.Stderr, "\r\033[K")
+	return out, nil
+}
+
+// rulesVariants are the variants of `trireme perf --rules SIZES`: the
+// kernel path and a PSK daemon per policy size.
+func rulesVariants(list, binary string, keep bool) ([]perf.Variant, error) {
+	sizes, err := parseSizes("rules", list, "rule counts", perf.MinRules)
+	if err != nil {
+		return nil, err
 	}
-	if d := cfg.Variant.KeptDir(); d != "" {
-		fmt.Fprintf(os.Stderr, "daemon files kept in %s\n", d)
+	vs := []perf.Variant{perf.Kernel{}}
+	seen := map[int]bool{}
+	for _, n := range sizes {
+		if seen[n] {
+			return nil, &exitError{code: 2, err: fmt.Errorf("--rules: %d twice", n)}
+		}
+		seen[n] = true
+		pol, err := perf.RulesPolicy(n, perf.DefaultPort)
+		if err != nil {
+			return nil, err
+		}
+		vs = append(vs, &perf.Daemon{VariantName: fmt.Sprintf("rules-%d", n), Secrets: perf.PSKSecrets(), Policy: pol, Binary: binary, Keep: keep})
 	}
+	return vs, nil
+}
+
+// runScale is `trireme perf --scale SIZES`.
+func runScale(cmd *cobra.Command, list string, flows int, binary string, keep, asJSON bool, rounds int, d time.Duration) error {
+	sizes, err := parseSizes("scale", list, "PU counts", 3)
 	if err != nil {
 		return err
 	}
-	if asJSON {
-		return res.WriteJSON(cmd.OutOrStdout())
+	return runScenario(cmd, binary, keep, asJSON, func(ctx context.Context, v *perf.Daemon, progress func(string)) (*perf.ScaleResult, error) {
+		return perf.RunScale(ctx, perf.ScaleConfig{Flows: flows, Sizes: sizes, Rounds: rounds, Duration: d, Variant: v, Progress: progress})
+	})
+}
+
+// runFlows is `trireme perf --flows SIZES`.
+func runFlows(cmd *cobra.Command, list, binary string, keep, asJSON bool, rounds int, d time.Duration) error {
+	sizes, err := parseSizes("flows", list, "connection counts", 1)
+	if err != nil {
+		return err
 	}
-	return res.WriteTable(cmd.OutOrStdout())
+	return runScenario(cmd, binary, keep, asJSON, func(ctx context.Context, v *perf.Daemon, progress func(string)) (*perf.FlowsResult, error) {
+		return perf.RunFlows(ctx, perf.FlowsConfig{Sizes: sizes, Rounds: rounds, Duration: d, Variant: v, Progress: progress})
+	})
 }
 
 // runSoak is `trireme perf --soak DURATION`.
@@ -207,17 +280,35 @@ func runSoak(cmd *cobra.Command, cfg perf.SoakConfig, binary string, keep, asJSO
 	if cfg.Allowed < 1 || cfg.Denied < 0 || cfg.Held < 0 || cfg.Interval <= 0 {
 		return &exitError{code: 2, err: fmt.Errorf("--soak-allowed must be positive, --soak-denied and --soak-held not negative, --soak-interval positive")}
 	}
-	cfg.Variant = &perf.Daemon{VariantName: "psk", Secrets: perf.PSKSecrets(), Binary: binary, Keep: keep}
+	return runScenario(cmd, binary, keep, asJSON, func(ctx context.Context, v *perf.Daemon, progress func(string)) (*perf.SoakResult, error) {
+		cfg.Variant, cfg.Progress = v, progress
+		return perf.RunSoak(ctx, cfg)
+	})
+}
+
+// scenarioResult is what a one-daemon scenario prints.
+type scenarioResult interface {
+	WriteJSON(io.Writer) error
+	WriteTable(io.Writer) error
+}
+
+// runScenario runs a one-daemon scenario (--scale, --flows, --soak) with
+// a PSK daemon, progress on a terminal, until done or interrupted, and
+// prints its result.
+func runScenario[R scenarioResult](cmd *cobra.Command, binary string, keep, asJSON bool,
+	run func(ctx context.Context, v *perf.Daemon, progress func(string)) (R, error)) error {
+	v := &perf.Daemon{VariantName: "psk", Secrets: perf.PSKSecrets(), Binary: binary, Keep: keep}
+	var progress func(string)
 	if term.IsTerminal(int(os.Stderr.Fd())) {
-		cfg.Progress = func(msg string) { fmt.Fprintf(os.Stderr, "\r\033[K%s", msg) }
+		progress = func(msg string) { fmt.Fprintf(os.Stderr, "\r\033[K%s", msg) }
 	}
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	res, err := perf.RunSoak(ctx, cfg)
-	if cfg.Progress != nil {
+	res, err := run(ctx, v, progress)
+	if progress != nil {
 		fmt.Fprint(os.Stderr, "\r\033[K")
 	}
-	if d := cfg.Variant.KeptDir(); d != "" {
+	if d := v.KeptDir(); d != "" {
 		fmt.Fprintf(os.Stderr, "daemon files kept in %s\n", d)
 	}
 	if err != nil {

@@ -26,6 +26,11 @@ func TestPerfBadArguments(t *testing.T) {
 		{[]string{"--variants", "kernel", "--rounds", "0"}, "must be positive"},
 		{[]string{"--variants", "kernel", "--duration", "-1s"}, "must be positive"},
 		{[]string{"--variants", "kernel", "--iperf3", "/nonexistent/iperf3"}, "nonexistent"},
+		{[]string{"--rules", "10,1"}, "at least 2"},
+		{[]string{"--rules", "10,10"}, "10 twice"},
+		{[]string{"--rules", "10", "--variants", "kernel"}, "--variants does not go with it"},
+		{[]string{"--flows", "0"}, "want connection counts of at least 1"},
+		{[]string{"--scale", "2"}, "want PU counts of at least 3"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			_, err := runPerf(t, tc.args...)

@@ -6,7 +6,10 @@ import (
 	"io"
 	"os"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Held is a set of idle connections kept open to a server (ping mode), as
@@ -101,4 +104,45 @@ func (h *Held) Close() {
 		f.Close()
 	}
 	h.conns = nil
+}
+
+// Park moves every held connection into p (see Parking): they stay open,
+// out of the process's file table, and are no longer h's.
+func (h *Held) Park(p *Parking) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for len(h.conns) > 0 {
+		f := h.conns[len(h.conns)-1]
+		fd, err := dupFile(f)
+		if err != nil {
+			return err
+		}
+		if err := p.Add(fd); err != nil {
+			return err
+		}
+		f.Close()
+		h.conns = h.conns[:len(h.conns)-1]
+	}
+	return p.Flush()
+}
+
+// dupFile duplicates the descriptor of f (without putting f into blocking
+// mode, as f.Fd would).
+func dupFile(f interface {
+	SyscallConn() (syscall.RawConn, error)
+}) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	dup := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) { dup, derr = unix.Dup(int(fd)) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("loadgen: dup: %w", derr)
+	}
+	unix.CloseOnExec(dup)
+	return dup, nil
 }

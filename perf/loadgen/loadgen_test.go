@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -161,6 +162,60 @@ func TestHold(t *testing.T) {
 	if ok, failed := h.Check(time.Second); ok != 0 || failed != 50 || h.Len() != 0 {
 		t.Fatalf("after the server closed them: %d ok, %d failed, %d left", ok, failed, h.Len())
 	}
+}
+
+// TestParking: held connections parked at both ends stay open with no
+// file of this process each, carry data when checked, and close with
+// their parking: the check then counts every one as failed.
+func TestParking(t *testing.T) {
+	srv, cli := kernelPath(t)
+	cliPark, err := loadgen.NewParking()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cliPark.Close()
+	srvPark, err := loadgen.NewParking()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srvPark.Close()
+	srv.ParkPings(srvPark)
+	const n = 600 // more than one message of files at each end
+	fdsBefore := openFiles(t)
+	h, err := cli.Hold(context.Background(), n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Park(cliPark); err != nil {
+		t.Fatal(err)
+	}
+	if err := srvPark.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if h.Len() != 0 || cliPark.Len() != n || srvPark.Len() != n {
+		t.Fatalf("held %d, parked %d client and %d server ends, want 0, %d, %d", h.Len(), cliPark.Len(), srvPark.Len(), n, n)
+	}
+	if got := openFiles(t); got > fdsBefore+20 {
+		t.Fatalf("%d files open with %d connections parked, %d before", got, n, fdsBefore)
+	}
+	for range 2 {
+		if ok, failed, err := loadgen.CheckParked(cliPark, time.Second); ok != n || failed != 0 || err != nil {
+			t.Fatalf("check: %d ok, %d failed, %v", ok, failed, err)
+		}
+	}
+	srvPark.Close() // closes the server ends: the peers reset
+	if ok, failed, err := loadgen.CheckParked(cliPark, time.Second); ok != 0 || failed != n || err != nil || cliPark.Len() != 0 {
+		t.Fatalf("after the server ends closed: %d ok, %d failed, %v, %d left", ok, failed, err, cliPark.Len())
+	}
+}
+
+func openFiles(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
 
 // A path that refuses connections is counted as failures, not as

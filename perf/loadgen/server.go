@@ -39,7 +39,16 @@ type Server struct {
 
 	accepted atomic.Uint64
 	received atomic.Uint64 // bulk bytes received, mode bytes excluded
+	// park, if set, takes ping connections after their first echo (they
+	// stay open, idle and unanswered: see Parking).
+	park atomic.Pointer[Parking]
 }
+
+// ParkPings makes the server park every ping connection in p once it has
+// echoed its mode byte (the handshake of Client.Hold), instead of echoing
+// on: the server then holds any number of idle connections without a
+// file or goroutine each. Call it before the clients connect.
+func (s *Server) ParkPings(p *Parking) { s.park.Store(p) }
 
 // Listen starts a server on addr (port 0: any) inside ns.
 func Listen(ns netns.NsHandle, addr netip.AddrPort) (*Server, error) {
@@ -142,6 +151,17 @@ func (s *Server) handle(c net.Conn) {
 		binary.BigEndian.PutUint64(out[:], n)
 		c.Write(out[:])
 	case modePing:
+		if p := s.park.Load(); p != nil {
+			if _, err := c.Write(b[:]); err != nil {
+				return
+			}
+			// On failure the socket closes: the client's check
+			// (CheckParked) counts the connection as failed.
+			if fd, err := dupFile(c.(*net.TCPConn)); err == nil {
+				p.Add(fd)
+			}
+			return
+		}
 		for { // the mode byte is echoed too
 			if _, err := c.Write(b[:]); err != nil {
 				return
