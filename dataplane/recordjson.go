@@ -87,6 +87,9 @@ func (r *Record) AppendJSON(dst []byte) ([]byte, error) {
 	dst = strconv.AppendUint(dst, r.BytesOut, 10)
 	dst = append(dst, `,"bytesIn":`...)
 	dst = strconv.AppendUint(dst, r.BytesIn, 10)
+	if r.KernelCounted {
+		dst = append(dst, `,"kernelCounted":true`...)
+	}
 	if r.MidStream {
 		dst = append(dst, `,"midStream":true`...)
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 
@@ -209,4 +210,75 @@ func BenchmarkRecordJSON(b *testing.B) {
 			io.Discard.Write(buf)
 		}
 	})
+}
+
+// everyFieldRecord sets every field of a Record and of what it holds, so
+// that a field the hand-written encoder does not know shows up in
+// TestRecordAppendJSONEveryField.
+func everyFieldRecord() Record {
+	t0 := time.Date(2026, 12, 4, 8, 0, 0, 1, time.UTC)
+	rule := &RuleInfo{Policy: "p", Direction: "ingress", Index: 2, Name: "n", Action: "allow"}
+	return Record{
+		Time: t0, End: EndClosed, EndTime: t0.Add(time.Second), Proto: ipproto.TCP,
+		Client: netip.MustParseAddrPort("10.0.0.1:1"), Server: netip.MustParseAddrPort("10.0.0.2:2"),
+		VLAN: []uint16{7}, Direction: "ingress",
+		Local:  PUInfo{ID: "db", Node: "n1", Tags: []string{"app=db"}},
+		Remote: PeerInfo{IP: netip.MustParseAddr("10.0.0.1"), External: true, Node: "n2", Tags: []string{"app=web"}},
+		Action: "allow", Reason: "none", Rule: rule, Observed: rule,
+		PacketsOut: 1, PacketsIn: 2, BytesOut: 3, BytesIn: 4,
+		KernelCounted: true, MidStream: true, Restored: true, Count: 5,
+	}
+}
+
+// zeroFields lists the fields of v (a struct, followed through pointers
+// and into nested structs of this package) that hold their zero value.
+func zeroFields(prefix string, v reflect.Value) []string {
+	for v.Kind() == reflect.Pointer {
+		if v.IsNil() {
+			return []string{prefix}
+		}
+		v = v.Elem()
+	}
+	var zero []string
+	for i := 0; i < v.NumField(); i++ {
+		f, ft := v.Field(i), v.Type().Field(i)
+		if !ft.IsExported() {
+			continue
+		}
+		name := prefix + "." + ft.Name
+		if f.IsZero() {
+			zero = append(zero, name)
+			continue
+		}
+		inner := f
+		for inner.Kind() == reflect.Pointer {
+			inner = inner.Elem()
+		}
+		if inner.Kind() == reflect.Struct && inner.Type().PkgPath() == v.Type().PkgPath() {
+			zero = append(zero, zeroFields(name, f)...)
+		}
+	}
+	return zero
+}
+
+// TestRecordAppendJSONEveryField: a record with every field set encodes as
+// encoding/json encodes it. A field added to Record (or PUInfo, PeerInfo,
+// RuleInfo) without the encoder knowing it fails here: first because the
+// record below leaves it zero, then because the encoder leaves it out.
+func TestRecordAppendJSONEveryField(t *testing.T) {
+	r := everyFieldRecord()
+	if zero := zeroFields("Record", reflect.ValueOf(&r)); len(zero) > 0 {
+		t.Fatalf("everyFieldRecord leaves %v zero: set them there (and encode them in AppendJSON)", zero)
+	}
+	want, err := json.Marshal(&r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.AppendJSON(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("AppendJSON:\n got %s\nwant %s", got, want)
+	}
 }
