@@ -41,7 +41,7 @@ type batchOp struct {
 	t       Tuple
 	timeout time.Duration
 	del     bool
-	counts  *FinalCounts // RevokeCounted: read the counters first
+	counts  *FinalCounts // RevokeCounted: the counters, echoed by the delete
 }
 
 // NewBatch starts a batch.
