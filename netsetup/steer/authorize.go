@@ -41,7 +41,7 @@ type batchOp struct {
 	t       Tuple
 	timeout time.Duration
 	del     bool
-	counts  *FinalCounts // RevokeCounted: read the counters first
+	counts  *FinalCounts // RevokeCounted: the counters, echoed by the delete
 }
 
 // NewBatch starts a batch.
@@ -88,7 +88,6 @@ func (b *Batch) Commit() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	eops := make([]elemOp, 0, 2*len(ops))
-	var gets []counterReq
 	s.keyBuf = s.keyBuf[:0]
 	for _, op := range ops {
 		st, ok := s.pus[op.pu]
@@ -110,34 +109,29 @@ func (b *Batch) Commit() error {
 				set = st.sets.a6.Name
 			}
 			key := s.keyBuf[start:len(s.keyBuf):len(s.keyBuf)]
-			eops = append(eops, elemOp{table: st.shard.table.Name, set: set, key: key, timeout: op.timeout, del: op.del})
+			e := elemOp{table: st.shard.table.Name, set: set, key: key, timeout: op.timeout, del: op.del}
 			if op.counts != nil {
-				dst := &op.counts.Out
+				e.count, e.found = &op.counts.Out, &op.counts.Found
 				if i == 1 {
-					dst = &op.counts.In
-				}
-				gets = append(gets, counterReq{table: st.shard.table.Name, set: set, key: key, dst: dst, found: &op.counts.Found})
-			}
-		}
-	}
-	// The counters of the entries about to go, read last thing before
-	// the transaction (under s.mu: nothing else changes the sets). A
-	// failed read does not hold the transaction back: the revokes and
-	// authorizations matter more than the counts.
-	var cerr error
-	if len(gets) > 0 {
-		if cerr = s.elems.counters(gets); cerr != nil {
-			for _, op := range ops {
-				if op.counts != nil {
-					*op.counts = FinalCounts{}
+					e.count = &op.counts.In
 				}
 			}
+			eops = append(eops, e)
 		}
 	}
-	if err := s.elems.commit(eops); err != nil {
+	// The counters of the entries revoked counted come back with the
+	// transaction that deletes them. Counts that could not be read do
+	// not undo it: the revokes and authorizations matter more.
+	cerr, err := s.elems.commit(eops)
+	if err != nil {
 		return err
 	}
 	if cerr != nil {
+		for _, op := range ops {
+			if op.counts != nil {
+				*op.counts = FinalCounts{}
+			}
+		}
 		return fmt.Errorf("%w: %v", ErrCountsUnread, cerr)
 	}
 	return nil

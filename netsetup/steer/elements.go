@@ -37,6 +37,11 @@ type elemOp struct {
 	key     []byte
 	timeout time.Duration // 0: no timeout (until revoked)
 	del     bool
+	// count, for a delete, asks for the entry's counter (RevokeCounted):
+	// the kernel echoes the deleted element; found is set if it was there.
+	count  *FlowCount
+	found  *bool
+	echoed bool // its echo was read
 }
 
 // elemWriter sends batches of set-element changes on its own netfilter
@@ -58,8 +63,10 @@ type elemWriter struct {
 	seq   uint32
 	io    rawIO
 	rbuf  []byte
-	wbuf  []byte   // the last transaction, reused
-	mm    mmsgRecv // answers to element reads (finalcounts.go)
+	wbuf  []byte // the last transaction, reused
+	// echoed are the counted deletes of the transaction being read, by
+	// message (finalcounts.go).
+	echoed [][]elemOp
 }
 
 // rawIO is one raw send or receive on the netlink socket; its methods are
@@ -139,23 +146,30 @@ func nfgen(family uint8, resID uint16) []byte {
 }
 
 // commit applies ops in order, in one nf_tables transaction (all or
-// nothing) per maxElemsPerTxn elements.
-func (w *elemWriter) commit(ops []elemOp) error {
-	for len(ops) > maxElemsPerTxn {
-		if err := w.commitTxn(ops[:maxElemsPerTxn]); err != nil {
-			return err
+// nothing) per maxElemsPerTxn elements. The counts of counted deletes come
+// with the transaction (echoes); if some of them could not be read, the
+// transactions are still applied and countErr says why.
+func (w *elemWriter) commit(ops []elemOp) (countErr, err error) {
+	for len(ops) > 0 {
+		n := min(len(ops), maxElemsPerTxn)
+		cerr, err := w.commitTxn(ops[:n])
+		if err != nil {
+			return countErr, err
 		}
-		ops = ops[maxElemsPerTxn:]
+		if countErr == nil {
+			countErr = cerr
+		}
+		ops = ops[n:]
 	}
-	return w.commitTxn(ops)
+	return countErr, nil
 }
 
-func (w *elemWriter) commitTxn(ops []elemOp) error {
+func (w *elemWriter) commitTxn(ops []elemOp) (countErr, err error) {
 	if len(ops) == 0 {
-		return nil
+		return nil, nil
 	}
 	if _, err := w.dial(); err != nil {
-		return err
+		return nil, err
 	}
 	// One datagram holds the whole transaction, encoded into a buffer
 	// kept from one commit to the next.
@@ -167,15 +181,25 @@ func (w *elemWriter) commitTxn(ops []elemOp) error {
 	// message, for a batch of flows of many PUs (a message per PU), did
 	// not fit the socket's receive buffer (ENOBUFS). A failing message is
 	// reported whatever its flags, before that acknowledgement.
+	//
+	// Counted deletes go in messages of their own, with NLM_F_ECHO: the
+	// kernel then sends the deleted elements back, with their counters
+	// as the transaction commits (nf_tables_setelem_notify), before the
+	// acknowledgement. Only those: echoes of every change overflowed the
+	// receive buffer of a restart's transactions.
 	last := 0
+	w.echoed = w.echoed[:0]
 	for i := 0; i < len(ops); {
 		j := i + 1
-		for j < len(ops) && j-i < maxElemsPerMsg && ops[j].set == ops[i].set && ops[j].table == ops[i].table && ops[j].del == ops[i].del {
+		for j < len(ops) && j-i < maxElemsPerMsg && ops[j].set == ops[i].set && ops[j].table == ops[i].table && ops[j].del == ops[i].del && (ops[j].count == nil) == (ops[i].count == nil) {
 			j++
 		}
 		w.seq++
 		last = len(txn)
 		txn = appendElemMessage(txn, ops[i:j], w.seq)
+		if ops[i].count != nil {
+			w.echoed = append(w.echoed, ops[i:j])
+		}
 		i = j
 	}
 	flags := binary.NativeEndian.Uint16(txn[last+6:])
@@ -186,7 +210,7 @@ func (w *elemWriter) commitTxn(ops []elemOp) error {
 	txn = append(txn, nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)...)
 	w.wbuf = txn
 	w.io.b = txn
-	err := w.rc.Write(w.io.send)
+	err = w.rc.Write(w.io.send)
 	if err == nil && w.io.errno != 0 {
 		err = w.io.errno
 	}
@@ -195,7 +219,7 @@ func (w *elemWriter) commitTxn(ops []elemOp) error {
 	}
 	if err != nil {
 		w.close()
-		return fmt.Errorf("steer: send set elements: %w", err)
+		return nil, fmt.Errorf("steer: send set elements: %w", err)
 	}
 	for want > 0 {
 		w.io.b = w.rbuf
@@ -207,15 +231,21 @@ func (w *elemWriter) commitTxn(ops []elemOp) error {
 			var acked int
 			acked, err = parseAcks(w.rbuf[:w.io.n])
 			want -= acked
+			if err == nil && len(w.echoed) > 0 && countErr == nil {
+				countErr = w.readEchoes(w.rbuf[:w.io.n])
+			}
 		}
 		if err != nil {
 			// The transaction was aborted; unread acks may remain on the
 			// socket, so start afresh next time.
 			w.close()
-			return fmt.Errorf("steer: set elements: %w", err)
+			return nil, fmt.Errorf("steer: set elements: %w", err)
 		}
 	}
-	return nil
+	if countErr != nil {
+		w.close() // echoes may remain on the socket: start afresh
+	}
+	return countErr, nil
 }
 
 // appendHeader appends a netlink header (native byte order) whose length
@@ -274,6 +304,9 @@ func appendElemMessage(b []byte, ops []elemOp, seq uint32) []byte {
 	if ops[0].del {
 		typ = unix.NFNL_SUBSYS_NFTABLES<<8 | msgDestroySetElem
 		flags = netlink.Request
+		if ops[0].count != nil {
+			flags |= netlink.Echo
+		}
 	}
 	msg := len(b)
 	b = appendHeader(b, typ, flags, seq)

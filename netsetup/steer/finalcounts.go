@@ -1,9 +1,9 @@
 package steer
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
-	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -19,231 +19,126 @@ type FinalCounts struct {
 	Found   bool
 }
 
-// RevokeCounted queues Steerer.Revoke, and reads the entries' counters
-// into c first: Commit reads them right before the transaction that
-// deletes the entries (the packets the kernel passes between the read and
-// the delete, a few µs, are not in them). c is filled when Commit returns
-// without error.
+// RevokeCounted queues Steerer.Revoke, and reads the entries' final
+// counters into c: the kernel reports each deleted entry, with its
+// counter, as Commit's transaction deletes it (so the counts miss no
+// packet the kernel passed). c is filled when Commit returns without
+// error.
 func (b *Batch) RevokeCounted(pu string, t Tuple, c *FinalCounts) {
 	b.ops = append(b.ops, batchOp{pu: pu, t: t, del: true, counts: c})
 }
 
-// counterReq asks for the counter of one entry.
-type counterReq struct {
-	table, set string
-	key        []byte
-	dst        *FlowCount
-	found      *bool
-}
+// Types of the echo of a deleted element (a DESTROYSETELEM's is reported
+// as a DELSETELEM; both are accepted).
+const (
+	msgDelSetElem      = unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_DELSETELEM
+	msgDestroyElemEcho = unix.NFNL_SUBSYS_NFTABLES<<8 | msgDestroySetElem
+)
 
-// maxGetsPerSend bounds the element reads of one sendmsg: each answer is
-// a message of its own on the receive buffer.
-const maxGetsPerSend = 256
-
-// counters reads the counters of the entries of reqs (one GETSETELEM
-// message each, so that an entry gone does not hide the others: the
-// kernel stops at the first element it cannot find in a message).
-func (w *elemWriter) counters(reqs []counterReq) error {
-	for len(reqs) > 0 {
-		n := min(len(reqs), maxGetsPerSend)
-		if err := w.countersOnce(reqs[:n]); err != nil {
-			return err
-		}
-		reqs = reqs[n:]
-	}
-	return nil
-}
-
-func (w *elemWriter) countersOnce(reqs []counterReq) error {
-	if _, err := w.dial(); err != nil {
-		return err
-	}
-	b := w.wbuf[:0]
-	first := w.seq + 1
-	for _, r := range reqs {
-		w.seq++
-		msg := len(b)
-		b = appendHeader(b, unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETSETELEM, netlink.Request, w.seq)
-		b = append(b, nfgen(unix.NFPROTO_NETDEV, 0)...)
-		b = appendStringAttr(b, unix.NFTA_SET_ELEM_LIST_TABLE, r.table)
-		b = appendStringAttr(b, unix.NFTA_SET_ELEM_LIST_SET, r.set)
-		var elems, elem, key int
-		b, elems = beginAttr(b, netlink.Nested|unix.NFTA_SET_ELEM_LIST_ELEMENTS)
-		b, elem = beginAttr(b, netlink.Nested|nftaListElem)
-		b, key = beginAttr(b, netlink.Nested|unix.NFTA_SET_ELEM_KEY)
-		b = appendAttr(b, unix.NFTA_DATA_VALUE, r.key)
-		b = endAttr(b, key)
-		b = endAttr(b, elem)
-		b = endAttr(b, elems)
-		setMsgLen(b, msg)
-	}
-	w.wbuf = b
-	w.io.b = b
-	err := w.rc.Write(w.io.send)
-	if err == nil && w.io.errno != 0 {
-		err = w.io.errno
-	}
-	if err == nil && w.io.n != len(b) {
-		err = fmt.Errorf("short write (%d of %d bytes)", w.io.n, len(b))
-	}
-	if err != nil {
-		w.close()
-		return fmt.Errorf("steer: read flow counters: %w", err)
-	}
-	// Each message is answered by one message: the element, or an error
-	// (ENOENT: not there). The kernel queues them before sendmsg returns;
-	// recvmmsg takes them all in one system call (each answer is a
-	// datagram of its own: one recvfrom each cost ~5 µs per flow).
-	m := &w.mm
-	m.init()
-	for answered := 0; answered < len(reqs); {
-		m.vlen = len(reqs) - answered
-		err := w.rc.Read(m.recv)
-		if err == nil && m.errno != 0 {
-			err = m.errno
-		}
-		for i := 0; err == nil && i < m.n; i++ {
-			h := &m.hdrs[i]
-			if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
-				err = fmt.Errorf("netlink answer of more than %d bytes", replySlot)
-				break
-			}
-			var n int
-			n, err = parseCounterReplies(m.buf[i*replySlot:i*replySlot+int(h.Len)], reqs, first)
-			answered += n
-		}
-		if err != nil {
-			w.close() // answers may remain on the socket: start afresh
-			return fmt.Errorf("steer: read flow counters: %w", err)
-		}
-	}
-	return nil
-}
-
-// replySlot is the room for one answer to an element read (~200 bytes:
-// table and set names, key, timeout, expiration, counter).
-const replySlot = 1024
-
-// mmsgRecv receives up to maxGetsPerSend netlink messages in one
-// recvmmsg; its buffers are made once and its recv method bound once, so
-// a read allocates nothing.
-type mmsgRecv struct {
-	hdrs  []unix.Mmsghdr
-	iovs  []unix.Iovec
-	buf   []byte
-	vlen  int // messages wanted
-	n     int // messages received
-	errno unix.Errno
-	recv  func(fd uintptr) bool
-}
-
-func (m *mmsgRecv) init() {
-	if m.recv != nil {
-		return
-	}
-	m.hdrs = make([]unix.Mmsghdr, maxGetsPerSend)
-	m.iovs = make([]unix.Iovec, maxGetsPerSend)
-	m.buf = make([]byte, maxGetsPerSend*replySlot)
-	for i := range m.hdrs {
-		m.iovs[i].Base = &m.buf[i*replySlot]
-		m.iovs[i].SetLen(replySlot)
-		m.hdrs[i].Hdr.Iov = &m.iovs[i]
-		m.hdrs[i].Hdr.SetIovlen(1)
-	}
-	m.recv = m.sysRecv
-}
-
-// sysRecv runs recvmmsg (no timeout, no flags: the socket does not
-// block); false (EAGAIN) parks the caller in the poller.
-func (m *mmsgRecv) sysRecv(fd uintptr) bool {
-	for {
-		n, _, e := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&m.hdrs[0])), uintptr(min(m.vlen, len(m.hdrs))), 0, 0, 0)
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		m.n, m.errno = int(n), e
-		if e != 0 {
-			m.n = 0
-		}
-		return true
-	}
-}
-
-// parseCounterReplies reads a datagram of answers to the element reads of
-// reqs (sequence numbers from first on) and returns how many it held.
-func parseCounterReplies(b []byte, reqs []counterReq, first uint32) (int, error) {
-	answered := 0
+// readEchoes reads the echoes of deleted elements in a datagram of
+// replies (one element per message) into the ops of w.echoed of the same
+// table, set and key. The kernel sends them as the transaction commits,
+// with sequence number 0 (measured on 6.18), so they are matched by what
+// they name. An entry that was not there (expired, revoked) is not echoed:
+// its counts stay zero.
+func (w *elemWriter) readEchoes(b []byte) error {
 	for len(b) >= unix.NLMSG_HDRLEN {
 		l := int(binary.NativeEndian.Uint32(b))
 		if l < unix.NLMSG_HDRLEN || l > len(b) {
-			return answered, fmt.Errorf("malformed netlink reply (length %d of %d)", l, len(b))
+			return fmt.Errorf("malformed netlink reply (length %d of %d)", l, len(b))
 		}
-		typ := binary.NativeEndian.Uint16(b[4:])
-		i := int(binary.NativeEndian.Uint32(b[8:]) - first)
-		if i < 0 || i >= len(reqs) {
-			return answered, fmt.Errorf("netlink reply to an unknown request (seq %d)", binary.NativeEndian.Uint32(b[8:]))
-		}
-		switch typ {
-		case unix.NLMSG_ERROR:
+		if typ := binary.NativeEndian.Uint16(b[4:]); typ == msgDelSetElem || typ == msgDestroyElemEcho {
 			if l < unix.NLMSG_HDRLEN+4 {
-				return answered, fmt.Errorf("short netlink error message")
+				return fmt.Errorf("short set element echo")
 			}
-			switch code := unix.Errno(-int32(binary.NativeEndian.Uint32(b[unix.NLMSG_HDRLEN:]))); code {
-			case 0, unix.ENOENT: // gone (expired): nothing counted there
-			default:
-				return answered, code
-			}
-		case unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWSETELEM:
-			c, ok, err := elementCounter(b[unix.NLMSG_HDRLEN+4 : l])
+			e, err := parseElement(b[unix.NLMSG_HDRLEN+4 : l])
 			if err != nil {
-				return answered, err
+				return err
 			}
-			*reqs[i].found = true
-			if ok {
-				*reqs[i].dst = c
+			if !w.matchEcho(e) {
+				return fmt.Errorf("set element echo of an element not deleted counted (%s %s)", e.table, e.set)
 			}
-		default:
-			return answered, fmt.Errorf("unexpected netlink reply type %#x", typ)
 		}
-		answered++
-		l = (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1)
+		l = nlmsgAlign(l)
 		if l > len(b) {
 			break
 		}
 		b = b[l:]
 	}
-	return answered, nil
+	return nil
+}
+
+// matchEcho gives e's counter to the first counted delete of its element
+// not yet echoed (a key deleted twice in a transaction is echoed once: the
+// second delete finds nothing).
+func (w *elemWriter) matchEcho(e echoedElem) bool {
+	for _, ops := range w.echoed {
+		if ops[0].set != string(e.set) || ops[0].table != string(e.table) {
+			continue
+		}
+		for i := range ops {
+			op := &ops[i]
+			if !op.echoed && bytes.Equal(op.key, e.key) {
+				op.echoed = true
+				*op.count, *op.found = e.count, true
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// echoedElem is what a set element message names and counted.
+type echoedElem struct {
+	table, set, key []byte
+	count           FlowCount
 }
 
 // nftaSetElemExpressions is NFTA_SET_ELEM_EXPRESSIONS (an element with
 // several stateful expressions; one alone comes as NFTA_SET_ELEM_EXPR).
 const nftaSetElemExpressions = 11
 
-// elementCounter finds the counter of the one element of a NEWSETELEM
-// message's attributes.
-func elementCounter(attrs []byte) (FlowCount, bool, error) {
-	var c FlowCount
+// parseElement finds the table, the set, the key and the counter (zero if
+// it has none) of the one element of a set element message's attributes.
+func parseElement(attrs []byte) (echoedElem, error) {
+	var e echoedElem
+	c, key := &e.count, &e.key
 	found := false
 	err := walk(attrs, func(typ uint16, data []byte) error {
-		if typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+		switch typ {
+		case unix.NFTA_SET_ELEM_LIST_TABLE:
+			e.table = trimNUL(data)
+			return nil
+		case unix.NFTA_SET_ELEM_LIST_SET:
+			e.set = trimNUL(data)
+			return nil
+		case unix.NFTA_SET_ELEM_LIST_ELEMENTS:
+		default:
 			return nil
 		}
 		return walk(data, func(_ uint16, elem []byte) error {
 			return walk(elem, func(typ uint16, data []byte) error {
 				switch typ {
+				case unix.NFTA_SET_ELEM_KEY:
+					return walk(data, func(typ uint16, v []byte) error {
+						if typ == unix.NFTA_DATA_VALUE {
+							*key = v
+						}
+						return nil
+					})
 				case unix.NFTA_SET_ELEM_EXPR:
-					return exprCounter(data, &c, &found)
+					return exprCounter(data, c, &found)
 				case nftaSetElemExpressions:
-					return walk(data, func(_ uint16, e []byte) error { return exprCounter(e, &c, &found) })
+					return walk(data, func(_ uint16, e []byte) error { return exprCounter(e, c, &found) })
 				}
 				return nil
 			})
 		})
 	})
-	return c, found, err
+	if err == nil && (e.key == nil || e.set == nil || e.table == nil) {
+		err = fmt.Errorf("set element echo without a table, set or key")
+	}
+	return e, err
 }
 
 // exprCounter reads a counter expression (NFTA_EXPR_NAME "counter",

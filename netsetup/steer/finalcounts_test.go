@@ -142,3 +142,79 @@ func TestRevokeCounted(t *testing.T) {
 		t.Errorf("revoking a revoked flow: %+v, %v", again, err)
 	}
 }
+
+// TestRevokeCountedMany: counted revokes mixed with authorizations and
+// plain revokes in one batch, more than one transaction's worth, over IPv4
+// and IPv6: each counted flow still there is found, one expired or never
+// authorized is not (and fails nothing), a flow revoked twice is found
+// once, and the other changes are applied.
+func TestRevokeCountedMany(t *testing.T) {
+	r := newRig(t, 1, 1)
+	const n = 700 // 1400 entries: more than one transaction
+	v6 := func(i int) steer.Tuple {
+		return steer.Tuple{Src: netip.MustParseAddr("fd00:77::2"), Dst: netip.AddrFrom16([16]byte{0xfd, 0, 0x78, 15: byte(i)}),
+			Proto: ipproto.UDP, SrcPort: uint16(2000 + i), DstPort: 53}
+	}
+	counted := func(i int) steer.Tuple {
+		if i%7 == 3 {
+			return v6(i)
+		}
+		return benchTuple(i)
+	}
+	expired := benchTuple(5000)
+	b := r.s.NewBatch()
+	for i := 0; i < n; i++ {
+		b.Authorize("pu0", counted(i), time.Minute)
+	}
+	b.Authorize("pu0", expired, time.Millisecond)
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // expired's timeout runs out
+
+	counts := make([]steer.FinalCounts, n)
+	var again, gone, never steer.FinalCounts
+	var added []steer.Tuple
+	for i := 0; i < n; i++ {
+		b.RevokeCounted("pu0", counted(i), &counts[i])
+		if i%10 == 0 {
+			added = append(added, benchTuple(10000+i))
+			b.Authorize("pu0", added[len(added)-1], time.Minute)
+			b.Revoke("pu0", benchTuple(20000+i)) // never there
+		}
+	}
+	b.RevokeCounted("pu0", counted(0), &again)
+	b.RevokeCounted("pu0", expired, &gone)
+	b.RevokeCounted("pu0", benchTuple(30000), &never)
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range counts {
+		// No traffic: the counters are there, at zero.
+		if c != (steer.FinalCounts{Found: true}) {
+			t.Errorf("flow %d (%v): %+v, want found with zero counts", i, counted(i), c)
+		}
+	}
+	for name, c := range map[string]steer.FinalCounts{"revoked twice": again, "expired": gone, "never authorized": never} {
+		if c != (steer.FinalCounts{}) {
+			t.Errorf("%s: %+v, want nothing found", name, c)
+		}
+	}
+	es, err := r.s.List("pu0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[steer.Tuple]bool{}
+	for _, a := range added {
+		want[a], want[a.Reverse()] = true, true
+	}
+	for _, e := range es {
+		if !want[e.Tuple] {
+			t.Errorf("still authorized: %v", e.Tuple)
+		}
+		delete(want, e.Tuple)
+	}
+	for tu := range want {
+		t.Errorf("not authorized: %v", tu)
+	}
+}
