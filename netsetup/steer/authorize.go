@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/google/nftables"
 )
 
 // Authorize lets the flow of t stay in the kernel on the PU's chains, in
@@ -150,7 +148,9 @@ func (b *Batch) Commit() error {
 // A dump of a hash set that the kernel is resizing (as after many inserts)
 // returns duplicates and misses entries (seen on 6.18: 40000 entries dumped,
 // 34715 distinct). List therefore dumps until two dumps in a row are
-// duplicate-free and agree.
+// duplicate-free and agree. (Each dump is read in chunks of 32 KiB, the
+// most the kernel sends at once, and each chunk walks the set from its
+// start: see dumpSet.)
 func (s *Steerer) List(pu string) ([]Entry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -162,7 +162,7 @@ func (s *Steerer) List(pu string) ([]Entry, error) {
 	var prevAt time.Time
 	for attempt := 0; attempt < 50; attempt++ {
 		at := time.Now()
-		es, err := s.listOnce(st)
+		es, intr, err := s.listOnce(st)
 		if err != nil {
 			return nil, err
 		}
@@ -170,7 +170,7 @@ func (s *Steerer) List(pu string) ([]Entry, error) {
 		for _, e := range es {
 			cur[e.Tuple] = e.Expires
 		}
-		if len(cur) != len(es) {
+		if len(cur) != len(es) || intr {
 			prev = nil // duplicates: a resize is under way
 			time.Sleep(20 * time.Millisecond)
 			continue
@@ -200,20 +200,15 @@ func agree(prev, cur map[Tuple]time.Duration, elapsed time.Duration) bool {
 	return true
 }
 
-func (s *Steerer) listOnce(st *puState) ([]Entry, error) {
-	var out []Entry
-	for _, set := range []*nftables.Set{st.sets.a4, st.sets.a6} {
-		els, err := s.conn.GetSetElements(set)
-		if err != nil {
-			return nil, fmt.Errorf("steer: list %s: %w", set.Name, err)
+// listOnce dumps the PU's authorized sets once; intr: the kernel flagged
+// a dump as interrupted.
+func (s *Steerer) listOnce(st *puState) (es []Entry, intr bool, err error) {
+	for _, set := range []string{st.sets.a4.Name, st.sets.a6.Name} {
+		var in bool
+		if es, in, err = s.elems.dumpSet(es, st.shard.table.Name, set); err != nil {
+			return nil, false, err
 		}
-		for _, e := range els {
-			t, err := parseKey(e.Key)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, Entry{Tuple: t, Timeout: e.Timeout, Expires: e.Expires})
-		}
+		intr = intr || in
 	}
-	return out, nil
+	return es, intr, nil
 }
