@@ -19,16 +19,3 @@ func TxnStats(s *Steerer) (sent, budget int) {
 	defer s.mu.Unlock()
 	return s.tw.sent, s.tw.budget
 }
-
-// ListOnceLen dumps the PU's authorized sets once and returns the number
-// of entries and of distinct entries.
-func ListOnceLen(s *Steerer, pu string) (n, distinct int, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	es, _, err := s.listOnce(s.pus[pu])
-	seen := map[Tuple]bool{}
-	for _, e := range es {
-		seen[e.Tuple] = true
-	}
-	return len(es), len(seen), err
-}
