@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/google/nftables"
 )
 
 // Authorize lets the flow of t stay in the kernel on the PU's chains, in
@@ -141,10 +139,16 @@ func (b *Batch) Commit() error {
 // as the kernel holds them (expired entries are not listed). A restarted
 // daemon rebuilds its view of authorized flows from it.
 //
-// A dump of a hash set that the kernel is resizing (as after many inserts)
-// returns duplicates and misses entries (seen on 6.18: 40000 entries dumped,
-// 34715 distinct). List therefore dumps until two dumps in a row are
-// duplicate-free and agree.
+// One dump is not to be trusted: a dump of a hash set that the kernel is
+// resizing (as after many inserts) returns duplicates and misses entries
+// (seen on 6.18: 40000 entries dumped, 34715 distinct), and an entry that
+// expires and is collected during a dump shifts the kernel's resume point
+// (each chunk skips as many entries as were sent): the entry after it is
+// missed. Nothing else adds or deletes entries while we hold the lock, so
+// every entry a dump returns was there: List keeps the union of the
+// duplicate-free dumps and stops when one adds nothing new, then leaves
+// out what has expired since it was seen. (Requiring two identical dumps
+// instead failed for good on a big set whose entries keep expiring.)
 func (s *Steerer) List(pu string) ([]Entry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -152,62 +156,63 @@ func (s *Steerer) List(pu string) ([]Entry, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownPU, pu)
 	}
-	var prev map[Tuple]time.Duration // expiry of each entry of the last clean dump
-	var prevAt time.Time
+	type seen struct {
+		e  Entry
+		at time.Time
+	}
+	var union map[Tuple]seen
 	for attempt := 0; attempt < 50; attempt++ {
 		at := time.Now()
-		es, err := s.listOnce(st)
+		es, intr, err := s.listOnce(st)
 		if err != nil {
 			return nil, err
 		}
-		cur := make(map[Tuple]time.Duration, len(es))
+		cur := make(map[Tuple]struct{}, len(es))
 		for _, e := range es {
-			cur[e.Tuple] = e.Expires
+			cur[e.Tuple] = struct{}{}
 		}
-		if len(cur) != len(es) {
-			prev = nil // duplicates: a resize is under way
-			time.Sleep(20 * time.Millisecond)
+		if len(cur) != len(es) || intr {
+			time.Sleep(20 * time.Millisecond) // a resize is under way
 			continue
 		}
-		if prev != nil && agree(prev, cur, at.Sub(prevAt)) {
-			return es, nil
+		added := union == nil
+		if union == nil {
+			union = make(map[Tuple]seen, len(es))
 		}
-		prev, prevAt = cur, at
+		for _, e := range es {
+			if _, ok := union[e.Tuple]; !ok {
+				added = true
+			}
+			union[e.Tuple] = seen{e, at}
+		}
+		if !added {
+			now := time.Now()
+			out := make([]Entry, 0, len(union))
+			for _, u := range union {
+				if u.e.Timeout > 0 || u.e.Expires > 0 {
+					left := u.e.Expires - now.Sub(u.at)
+					if left <= 0 {
+						continue // expired since seen
+					}
+					u.e.Expires = left
+				}
+				out = append(out, u.e)
+			}
+			return out, nil
+		}
 	}
 	return nil, fmt.Errorf("steer: list %s: no consistent dump of the authorized sets", pu)
 }
 
-// agree reports whether two clean dumps taken elapsed apart describe the
-// same set: nothing appeared (nobody else adds while we hold the lock), and
-// whatever disappeared was due to expire by then.
-func agree(prev, cur map[Tuple]time.Duration, elapsed time.Duration) bool {
-	for k := range cur {
-		if _, ok := prev[k]; !ok {
-			return false
+// listOnce dumps the PU's authorized sets once; intr: the kernel flagged
+// a dump as interrupted.
+func (s *Steerer) listOnce(st *puState) (es []Entry, intr bool, err error) {
+	for _, set := range []string{st.sets.a4.Name, st.sets.a6.Name} {
+		var in bool
+		if es, in, err = s.elems.dumpSet(es, st.shard.table.Name, set); err != nil {
+			return nil, false, err
 		}
+		intr = intr || in
 	}
-	for k, exp := range prev {
-		if _, ok := cur[k]; !ok && (exp == 0 || exp > elapsed+250*time.Millisecond) {
-			return false
-		}
-	}
-	return true
-}
-
-func (s *Steerer) listOnce(st *puState) ([]Entry, error) {
-	var out []Entry
-	for _, set := range []*nftables.Set{st.sets.a4, st.sets.a6} {
-		els, err := s.conn.GetSetElements(set)
-		if err != nil {
-			return nil, fmt.Errorf("steer: list %s: %w", set.Name, err)
-		}
-		for _, e := range els {
-			t, err := parseKey(e.Key)
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, Entry{Tuple: t, Timeout: e.Timeout, Expires: e.Expires})
-		}
-	}
-	return out, nil
+	return es, intr, nil
 }
