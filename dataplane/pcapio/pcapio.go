@@ -194,8 +194,8 @@ func (r *Reader) Count() int { return r.n }
 // but hands out only the snapshot length; Wireshark reads it whole: the
 // bytes are in the file, and a frame cut short would replay as malformed).
 type pcapSource struct {
-	br      *bufio.Reader
-	big     bool // big-endian file
+	br *bufio.Reader
+	endian
 	nano    bool
 	hdrLen  int // record header: 16, or 24 in the modified format
 	snaplen int
@@ -241,15 +241,21 @@ func newPcapSource(br *bufio.Reader) (*pcapSource, error) {
 	return s, nil
 }
 
-func (s *pcapSource) u16(b []byte) uint16 {
-	if s.big {
+// endian reads the integers of a file in its byte order (both formats
+// say it in their header).
+type endian struct {
+	big bool // big-endian file
+}
+
+func (e endian) u16(b []byte) uint16 {
+	if e.big {
 		return binary.BigEndian.Uint16(b)
 	}
 	return binary.LittleEndian.Uint16(b)
 }
 
-func (s *pcapSource) u32(b []byte) uint32 {
-	if s.big {
+func (e endian) u32(b []byte) uint32 {
+	if e.big {
 		return binary.BigEndian.Uint32(b)
 	}
 	return binary.LittleEndian.Uint32(b)

@@ -30,8 +30,8 @@ const (
 // hostile file gets an error, never an allocation of what it claims
 // (blocks are at most 16 MiB, records MaxCaptureLen).
 type ngSource struct {
-	br     *bufio.Reader
-	big    bool
+	br *bufio.Reader
+	endian
 	ifaces []ngIface
 	block  []byte
 }
@@ -58,20 +58,6 @@ func newNgSource(br *bufio.Reader) (*ngSource, error) {
 		return nil, errors.New("no section header block")
 	}
 	return s, nil
-}
-
-func (s *ngSource) u16(b []byte) uint16 {
-	if s.big {
-		return binary.BigEndian.Uint16(b)
-	}
-	return binary.LittleEndian.Uint16(b)
-}
-
-func (s *ngSource) u32(b []byte) uint32 {
-	if s.big {
-		return binary.BigEndian.Uint32(b)
-	}
-	return binary.LittleEndian.Uint32(b)
 }
 
 // readBlock reads the next block and returns its type and body (valid
