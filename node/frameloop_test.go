@@ -36,33 +36,14 @@ type memPU struct {
 
 func newMemPU(t *testing.T, ip netip.Addr) *memPU {
 	t.Helper()
-	sec, err := tokens.NewPSK(bytes.Repeat([]byte("k"), 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	te, err := tokens.New(tokens.Config{Node: "mem", Secrets: sec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := policy.Parse("test.yaml", []byte(`
+	enf := newMemEnforcer(t, `
 targetNetworks: [10.0.0.0/8]
 policies:
   - name: all
     selector: "*"
     ingress: [{name: any-in, action: allow}]
     egress: [{name: any-out, action: allow}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := policy.Compile(set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	enf, err := dataplane.New(dataplane.Config{Tokens: te, Policy: eng, KernelBypass: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	m := &memPU{fromApp: frameport.NewChan(16), fromNet: frameport.NewChan(16), toPU: frameport.NewChan(16), toNet: frameport.NewChan(16)}
 	m.fp = &framePath{enf: enf, log: slog.New(slog.DiscardHandler), notes: func(ns []dataplane.Note) {
 		m.mu.Lock()
@@ -223,4 +204,31 @@ func serialize(t *testing.T, srcMAC, dstMAC net.HardwareAddr, ls ...gopacket.Ser
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// newMemEnforcer is an enforcer for the in-memory frame-path tests: PSK
+// tokens, the policy in policyYAML, flows released to the (absent) kernel.
+func newMemEnforcer(t *testing.T, policyYAML string) *dataplane.Enforcer {
+	t.Helper()
+	sec, err := tokens.NewPSK(bytes.Repeat([]byte("k"), 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	te, err := tokens.New(tokens.Config{Node: "mem", Secrets: sec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Parse("test.yaml", []byte(policyYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := policy.Compile(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enf, err := dataplane.New(dataplane.Config{Tokens: te, Policy: eng, KernelBypass: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return enf
 }

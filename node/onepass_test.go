@@ -18,7 +18,6 @@ import (
 	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/netsetup/frameport"
 	"github.com/trireme-go/trireme/netsetup/vnet"
-	"github.com/trireme-go/trireme/policy"
 	"github.com/trireme-go/trireme/reason"
 	"github.com/trireme-go/trireme/tokens"
 )
@@ -96,15 +95,7 @@ type rigPU struct {
 
 func newOnePassRig(t *testing.T) *onePassRig {
 	t.Helper()
-	sec, err := tokens.NewPSK(bytes.Repeat([]byte("k"), 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	te, err := tokens.New(tokens.Config{Node: "mem", Secrets: sec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := policy.Parse("test.yaml", []byte(`
+	enf := newMemEnforcer(t, `
 targetNetworks: [10.0.0.0/8]
 policies:
   - name: web
@@ -113,18 +104,7 @@ policies:
   - name: front
     selector: "app=front"
     egress: [{name: any-out, action: allow}]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := policy.Compile(set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	enf, err := dataplane.New(dataplane.Config{Tokens: te, Policy: eng, KernelBypass: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	r := &onePassRig{log: &eventLog{}, toNet: frameport.NewChan(64)}
 	r.fp = &framePath{enf: enf, log: slog.New(slog.DiscardHandler),
 		notes: func(ns []dataplane.Note) {
