@@ -115,12 +115,23 @@ func TestManifests(t *testing.T) {
 		{"", "secrets", "get", false}, {"", "secrets", "list", false},
 		{"", "configmaps", "list", false}, {"", "nodes", "list", false},
 	} {
-		r, err := c.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authv1.SubjectAccessReview{Spec: authv1.SubjectAccessReviewSpec{
-			User: sa, Groups: groups,
-			ResourceAttributes: &authv1.ResourceAttributes{Group: tc.group, Resource: tc.resource, Verb: tc.verb},
-		}}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
+		// The RBAC authorizer reads bindings from an informer cache: a
+		// binding just applied is in force a moment later, so a grant is
+		// asked again for up to 30 s (a refusal that should stand is
+		// asked once, and stands).
+		var r *authv1.SubjectAccessReview
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			var err error
+			r, err = c.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authv1.SubjectAccessReview{Spec: authv1.SubjectAccessReviewSpec{
+				User: sa, Groups: groups,
+				ResourceAttributes: &authv1.ResourceAttributes{Group: tc.group, Resource: tc.resource, Verb: tc.verb},
+			}}, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Status.Allowed || !tc.allowed || time.Now().After(deadline) {
+				break
+			}
 		}
 		if r.Status.Allowed != tc.allowed {
 			t.Errorf("service account may %s %s/%s: %v, want %v", tc.verb, tc.group, tc.resource, r.Status.Allowed, tc.allowed)
