@@ -152,6 +152,28 @@ func WaitForwarding(name string, timeout time.Duration) error {
 	}
 }
 
+// WaitOperUp waits until the kernel reports interface name (in the calling
+// thread's namespace) operationally up. The operational state is set by
+// the same linkwatch step that activates the device's transmit queue after
+// its carrier comes on, so a link that is up here sends.
+func WaitOperUp(name string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("netsetup: %s: %w", name, err)
+		}
+		st := l.Attrs().OperState
+		if st == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("netsetup: %s not operationally up after %v (state %s)", name, timeout, st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // bridgePortState reads IFLA_BRPORT_STATE from an AF_BRIDGE link dump
 // (vishvananda/netlink's Protinfo does not carry it). -1: not a port.
 func bridgePortState(index int) (int, error) {

@@ -195,6 +195,19 @@ func TestWaitForwarding(t *testing.T) {
 		}
 		return nil
 	})
+	// And the PU's end sends at once: operationally up, its qdisc active
+	// (a noop qdisc drops whatever the PU sends).
+	p := n.PUs[0]
+	if err := p.Do(func() error { return netsetup.WaitOperUp("eth0", 0) }); err != nil {
+		t.Errorf("PU end: %v", err)
+	}
+	out, err := p.Run(context.Background(), "ip", "link", "show", "eth0")
+	if err != nil || strings.Contains(out, "qdisc noop") {
+		t.Errorf("PU end right after AttachPU: %s %v", out, err)
+	}
+	if err := p.Do(func() error { return netsetup.WaitOperUp("nope0", 50*time.Millisecond) }); err == nil {
+		t.Error("missing link reported up")
+	}
 }
 
 // TestDeleteLinks: the named links go (a missing name is no error), other

@@ -121,6 +121,15 @@ func AttachPU(cfg PUConfig) (PULink, error) {
 	if err := WaitForwarding(cfg.HostVeth, PortUpTimeout); err != nil {
 		return fail(err)
 	}
+	// The PU's end gets its carrier in the same instant, but the kernel's
+	// linkwatch work applies it per device: until it has run for the PU's
+	// end, that end's qdisc is noop and drops all the PU sends (a lost
+	// neighbour advertisement: "no route to host" 3 s later, seen in CI
+	// with many links changing at once).
+	err = InNetns(ns, func() error { return WaitOperUp(cfg.PUVeth, PortUpTimeout) })
+	if err != nil {
+		return fail(err)
+	}
 	return PULink{
 		HostIndex: host.Attrs().Index,
 		HostName:  cfg.HostVeth,
