@@ -96,13 +96,27 @@ func (r *RawPort) Send(frame []byte) error {
 	return unix.Sendto(r.fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: r.ifindex})
 }
 
-// MustSend is Send that fails the test on error.
+// MustSend is Send that fails the test on error. A frame the kernel
+// dropped for lack of room (ENOBUFS: a veth hands the frame to its peer's
+// per-CPU backlog, and when the softirqs that drain it are starved on a
+// loaded machine the veth drops it and the write says so) is sent again
+// after a pause, for up to sendRetry: the test meant it to be sent, and
+// nothing of it reached the other side.
 func (r *RawPort) MustSend(frame []byte) {
 	r.t.Helper()
-	if err := r.Send(frame); err != nil {
+	err := r.Send(frame)
+	for pause, deadline := time.Millisecond, time.Now().Add(sendRetry); errors.Is(err, unix.ENOBUFS) && time.Now().Before(deadline); pause = min(2*pause, 100*time.Millisecond) {
+		time.Sleep(pause)
+		err = r.Send(frame)
+	}
+	if err != nil {
 		r.t.Fatalf("testenv: raw send on %s: %v", r.label, err)
 	}
 }
+
+// sendRetry bounds how long MustSend sends a frame again that the kernel
+// dropped for lack of room.
+const sendRetry = 10 * time.Second
 
 // Frame serializes layers into a frame, fixing lengths and computing
 // checksums (the caller ties a TCP/UDP layer to its IP layer with
