@@ -186,6 +186,10 @@ func TestWaitForwarding(t *testing.T) {
 		if err := netsetup.WaitForwarding(n.PUs[0].Link.HostName, 0); err != nil {
 			t.Errorf("PU port: %v", err)
 		}
+		// And the bridge, whose carrier came on with that port, sends.
+		if err := netsetup.WaitOperUp(testenv.BridgeName, 0); err != nil {
+			t.Errorf("bridge: %v", err)
+		}
 		// Not a bridge port: an error after the timeout, not a hang.
 		if err := netsetup.WaitForwarding("lo", 50*time.Millisecond); err == nil {
 			t.Error("lo reported as a forwarding bridge port")

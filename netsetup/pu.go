@@ -130,6 +130,13 @@ func AttachPU(cfg PUConfig) (PULink, error) {
 	if err != nil {
 		return fail(err)
 	}
+	// So does the bridge itself, whose carrier comes on with its first
+	// forwarding port: until linkwatch has run for it, what the node
+	// sends through it (the gateway's ARP and NDP answers, routed
+	// packets toward its PUs) is dropped.
+	if err := WaitOperUp(cfg.Bridge, PortUpTimeout); err != nil {
+		return fail(err)
+	}
 	return PULink{
 		HostIndex: host.Attrs().Index,
 		HostName:  cfg.HostVeth,

@@ -91,6 +91,17 @@ func NewCluster(t testing.TB, nodes, pusPerNode int) *Cluster {
 			}
 			return netsetup.WriteSysctl("/proc/sys/net/ipv4/ip_forward", "1")
 		})
+		// "n<i>" came up before its peer, so its carrier (and with it its
+		// transmit queue and its bridge port) is applied later, by the
+		// kernel's linkwatch work; until then the underlay bridge drops
+		// what it forwards to the node (a lost ARP request: the first
+		// cross-node connection waits a second for the retry, or fails
+		// under load). The bridge port forwards once that work ran.
+		if err := netsetup.InNetns(h, func() error {
+			return netsetup.WaitForwarding(fmt.Sprintf("n%d", i), netsetup.PortUpTimeout)
+		}); err != nil {
+			t.Fatalf("testenv: underlay link of %s: %v", n.Name, err)
+		}
 	}
 	for i, n := range c.Nodes {
 		n.MustDo(func() error {
