@@ -882,6 +882,25 @@ func (e *Enforcer) Restore(pu *PU, proto ipproto.Proto, local, remote netip.Addr
 	return true
 }
 
+// EstablishedTCP calls fn for each established, authorized TCP flow of pu
+// (local is the PU's end; lastSeen the last packet of it the dataplane
+// saw): what a restarted daemon needs to Restore the flows the kernel no
+// longer holds (their entries expired while they were idle). fn runs
+// under the flow table's lock: it must not call the enforcer.
+func (e *Enforcer) EstablishedTCP(pu *PU, fn func(local, remote netip.AddrPort, lastSeen time.Time)) {
+	if pu == nil {
+		return
+	}
+	e.table.RangePU(pu.index, func(ent *flow.Entry[conn]) bool {
+		if ent.Key.PU == pu.index && ent.Key.Proto == ipproto.TCP && ent.State == flow.Established && ent.Value.authorized {
+			k := &ent.Key
+			fn(netip.AddrPortFrom(netip.AddrFrom16(k.Local).Unmap(), k.LocalPort),
+				netip.AddrPortFrom(netip.AddrFrom16(k.Remote).Unmap(), k.RemotePort), time.Unix(0, ent.LastSeen))
+		}
+		return false
+	})
+}
+
 // Reevaluate applies the current policy to every established flow. Flows
 // the policy no longer allows are revoked (a Revoke note each, for the
 // daemon to take them out of the kernel's authorized set), recorded as

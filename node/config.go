@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/trireme-go/trireme/flow"
 )
 
 // Config is the daemon's configuration file. Every field has a default that
@@ -67,6 +69,11 @@ type Config struct {
 	OnPolicyChange PolicyChange `yaml:"onPolicyChange,omitempty"`
 	// TokenRefresh is how often a PU's identity token is re-signed.
 	TokenRefresh time.Duration `yaml:"tokenRefresh,omitempty"`
+	// KernelTCPTimeout is how long an authorized TCP flow stays in the
+	// kernel's authorized sets without its packets reaching the daemon:
+	// when it expires, the flow's next packet crosses the daemon once,
+	// which authorizes it again (docs/daemon.md).
+	KernelTCPTimeout time.Duration `yaml:"kernelTCPTimeout,omitempty"`
 
 	// FlowTable sizes the enforcer's flow table and each PU's share of it.
 	FlowTable FlowTable `yaml:"flowTable"`
@@ -282,6 +289,9 @@ func (c *Config) applyDefaults() {
 	if c.TokenRefresh == 0 {
 		c.TokenRefresh = DefaultRefresh
 	}
+	if c.KernelTCPTimeout == 0 {
+		c.KernelTCPTimeout = DefaultKernelTCPTimeout
+	}
 	c.FlowTable.applyDefaults()
 	c.PUPacketBudget.applyDefaults()
 }
@@ -453,6 +463,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TokenRefresh < 10*time.Second || c.TokenRefresh > 24*time.Hour {
 		bad("tokenRefresh", "%v: want between 10s and 24h", c.TokenRefresh)
+	}
+	if c.KernelTCPTimeout < time.Second || c.KernelTCPTimeout > flow.DefaultEstablished {
+		bad("kernelTCPTimeout", "%v: want between 1s and %v (the flow table's idle lifetime of an established flow)", c.KernelTCPTimeout, flow.DefaultEstablished)
 	}
 	c.FlowTable.validate(c.path, func(msg string) { errs = append(errs, msg) })
 	c.PUPacketBudget.validate(c.path, func(msg string) { errs = append(errs, msg) })

@@ -53,6 +53,7 @@ docker: {enabled: true, host: "unix:///tmp/x/docker.sock"}
 midStream: acl
 onPolicyChange: reset
 tokenRefresh: 1m
+kernelTCPTimeout: 90s
 flowTable: {capacity: 5000, perPU: 10%}
 puPacketBudget: {rate: 0, burst: 7}
 `},

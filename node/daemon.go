@@ -18,13 +18,14 @@ import (
 	"github.com/trireme-go/trireme/tokens"
 )
 
-// Kernel timeouts of authorized flows. When an entry expires while its flow
-// is still alive, the next packet reaches the dataplane, which still tracks
-// the flow and authorizes it again: one packet per timeout goes through
-// userspace, and a flow that really ended leaves the kernel on its own.
+// Kernel timeouts of authorized flows (TCP: the config's kernelTCPTimeout).
+// When an entry expires while its flow is still alive, the next packet
+// reaches the dataplane, which still tracks the flow and authorizes it
+// again: one packet per timeout goes through userspace, and a flow that
+// really ended leaves the kernel on its own.
 const (
-	kernelTCPTimeout      = 5 * time.Minute
-	kernelDatagramTimeout = 60 * time.Second
+	DefaultKernelTCPTimeout = 5 * time.Minute
+	kernelDatagramTimeout   = 60 * time.Second
 )
 
 // Daemon is one node's enforcer: it owns the node bridge, the steering
@@ -70,6 +71,9 @@ type Daemon struct {
 	frames *framePath    // the TAP readers (frameio.go)
 	// secretsReloads and secretsErrors count the secrets' reloads (secrets.go).
 	secretsReloads, secretsErrors atomic.Uint64
+	// restored: restore has run (and taken the saved flows): from then on
+	// the established flows are saved (savedflows.go).
+	restored atomic.Bool
 	// retired holds the kernel drop counters of PUs already removed, so
 	// that the node-wide drop counts never go down.
 	retired kernelDrops
@@ -168,11 +172,15 @@ func (d *Daemon) expireLoop() {
 	defer tick.Stop()
 	retry := time.NewTicker(100 * time.Millisecond)
 	defer retry.Stop()
+	save := time.NewTicker(d.saveFlowsEvery())
+	defer save.Stop()
 	var out dataplane.Output
 	for {
 		select {
 		case <-d.ctx.Done():
 			return
+		case <-save.C:
+			d.saveFlows() // savedflows.go
 		case now := <-tick.C:
 			out.Notes = out.Notes[:0]
 			d.enf.Expire(now, &out)
@@ -199,7 +207,7 @@ type kernelOp struct {
 // kernelOpOf is the change to a PU's authorized set a note asks for; false
 // for a note of no PU of the frame path, or of a PU being removed (its
 // set goes with it).
-func kernelOpOf(n *dataplane.Note) (kernelOp, bool) {
+func kernelOpOf(n *dataplane.Note, tcpTimeout time.Duration) (kernelOp, bool) {
 	if n.PU == nil {
 		return kernelOp{}, false
 	}
@@ -212,7 +220,10 @@ func kernelOpOf(n *dataplane.Note) (kernelOp, bool) {
 	if op.authorize {
 		op.timeout = kernelDatagramTimeout
 		if n.Proto == ipproto.TCP {
-			op.timeout = kernelTCPTimeout
+			op.timeout = tcpTimeout
+			if op.timeout <= 0 { // a Config not read by ParseConfig
+				op.timeout = DefaultKernelTCPTimeout
+			}
 		}
 	}
 	return op, true
@@ -225,7 +236,7 @@ func kernelOpOf(n *dataplane.Note) (kernelOp, bool) {
 func (d *Daemon) queueNotes(notes []dataplane.Note) {
 	for i := range notes {
 		n := &notes[i]
-		op, ok := kernelOpOf(n)
+		op, ok := kernelOpOf(n, d.cfg.KernelTCPTimeout)
 		if !ok {
 			// No PU of the frame path, or it is being removed: its set
 			// goes with it; a final record is written without counts.
@@ -259,7 +270,7 @@ func (d *Daemon) authorizeNow(notes []dataplane.Note) error {
 	b := d.steer.NewBatch()
 	var n uint64
 	for i := range notes {
-		op, ok := kernelOpOf(&notes[i])
+		op, ok := kernelOpOf(&notes[i], d.cfg.KernelTCPTimeout)
 		if !ok || !op.authorize {
 			continue
 		}

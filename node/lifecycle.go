@@ -133,6 +133,7 @@ func (d *Daemon) restore() error {
 	}
 	t2 := time.Now()
 	flows, missed := 0, 0
+	saved := d.takeSavedFlows()
 	d.backlog.ensure(len(ready))
 	for _, p := range ready {
 		// The enforcer learns the PU's flows before its first packet is
@@ -145,11 +146,12 @@ func (d *Daemon) restore() error {
 			continue
 		}
 		r, m := d.restoreFlows(p, t2)
-		flows, missed = flows+r, missed+m
+		flows, missed = flows+r+d.restoreSavedFlows(p, saved[p.info.ID], t2), missed+m
 		d.startReaders(p)
 		d.log.Debug("restored PU", "pu", p.info.ID, "name", p.info.Name)
 	}
 	t3 := time.Now()
+	d.restored.Store(true)
 	d.saveState()
 	if missed > 0 {
 		d.log.Warn("authorized flows the enforcer could not take back (flow table full): they keep flowing in the kernel until their entry expires, then are handled as unknown (midStream)",
@@ -209,6 +211,9 @@ func (d *Daemon) Stop() {
 	d.wg.Wait()
 	for _, p := range pus {
 		p.readers.Wait()
+	}
+	if d.restored.Load() {
+		d.saveFlows() // savedflows.go
 	}
 	if d.steer != nil {
 		d.steer.Close()

@@ -75,8 +75,8 @@ func TestConfig(t *testing.T) {
 		{name: "missing file", config: "node: n1\nsecrets: {pskFile: nope}\npolicy: policy.yaml\n", wantErr: []string{"secrets.pskFile", "no such file"}},
 		{name: "no policy", config: "node: n1\nsecrets: {pskFile: psk}\n", wantErr: []string{"policy: missing"}},
 		{name: "unknown key", config: "node: n1\nsecret: {}\n", wantErr: []string{"line 2", "secret"}},
-		{name: "bad values", config: "node: Bad_Name\nsecrets: {pskFile: psk}\npolicy: policy.yaml\nmidStream: maybe\nonPolicyChange: later\nbridge: {name: waytoolongbridgename, subnet: 10.0.0.0/31}\ntokenRefresh: 1s\nsocket: ''\n",
-			wantErr: []string{"node:", "midStream:", "onPolicyChange:", "bridge.name:", "bridge.subnet:", "config.yaml:7:15: tokenRefresh:", "config.yaml:8:9: socket: empty"}},
+		{name: "bad values", config: "node: Bad_Name\nsecrets: {pskFile: psk}\npolicy: policy.yaml\nmidStream: maybe\nonPolicyChange: later\nbridge: {name: waytoolongbridgename, subnet: 10.0.0.0/31}\ntokenRefresh: 1s\nsocket: ''\nkernelTCPTimeout: 3h\n",
+			wantErr: []string{"node:", "midStream:", "onPolicyChange:", "bridge.name:", "bridge.subnet:", "config.yaml:7:15: tokenRefresh:", "config.yaml:8:9: socket: empty", "config.yaml:9:19: kernelTCPTimeout:"}},
 		{name: "bad cidr", config: "node: n1\nsecrets: {pskFile: psk}\npolicy: policy.yaml\ntargetNetworks: [10.0.0.0/33]\n", wantErr: []string{"line 4"}},
 		{name: "flow log bounds", config: "node: n1\nsecrets: {pskFile: psk}\npolicy: policy.yaml\nflowLogMaxSize: 1KiB\nflowLogFiles: -1\nflowLogAggregate: 10ms\n",
 			wantErr: []string{"flowLogMaxSize:", "flowLogFiles:", "flowLogAggregate:"}},
@@ -90,7 +90,7 @@ func TestConfig(t *testing.T) {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
 				}
-				if c.Socket != DefaultSocket || c.Bridge.Name != DefaultBridge || c.MidStream.MidStream != dataplane.MidStreamDrop || c.OnPolicyChange != PolicyChangeKeep || c.TokenRefresh != DefaultRefresh {
+				if c.Socket != DefaultSocket || c.Bridge.Name != DefaultBridge || c.MidStream.MidStream != dataplane.MidStreamDrop || c.OnPolicyChange != PolicyChangeKeep || c.TokenRefresh != DefaultRefresh || c.KernelTCPTimeout != DefaultKernelTCPTimeout {
 					t.Errorf("defaults not applied: %+v", c)
 				}
 				if fl := c.flowLog(); fl.MaxSize != int64(DefaultFlowLogMaxSize) || fl.Files != DefaultFlowLogFiles || fl.Aggregate != DefaultFlowLogAggregate {
