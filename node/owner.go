@@ -119,7 +119,7 @@ func Purge(cfg *Config) error {
 		errs = append(errs, netsetup.RemoveAddrs(cfg.Bridge.Name, st.BridgeAddrs))
 	}
 	errs = append(errs, os.Remove(statePath(cfg.StateDir)), os.RemoveAll(puStateDir(cfg.StateDir)),
-		os.Remove(filepath.Join(cfg.StateDir, kubernetesPolicyFile)))
+		os.Remove(filepath.Join(cfg.StateDir, kubernetesPolicyFile)), os.Remove(flowsPath(cfg.StateDir)))
 	var out []error
 	for _, e := range errs {
 		if e != nil && !errors.Is(e, os.ErrNotExist) {
