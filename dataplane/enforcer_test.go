@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -874,6 +875,46 @@ func TestRestore(t *testing.T) {
 	_, _, _, data, _ := (&pair{t: t}).frames()
 	if r := s.run(FromNet, data, t0); r.v != Forward || len(r.notes) != 0 {
 		t.Fatalf("restored flow: %v %v", r.v, r.code)
+	}
+}
+
+// TestEstablishedTCP: the flows a restarted daemon must get back are the
+// established, authorized TCP flows of the PU, with the PU's end first:
+// not a half-open one, not a datagram flow, not another PU's.
+func TestEstablishedTCP(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	list := func(s *side) []string {
+		var out []string
+		s.e.EstablishedTCP(s.pu, func(local, remote netip.AddrPort, lastSeen time.Time) {
+			out = append(out, local.String()+" "+remote.String()+" "+lastSeen.Sub(t0).String())
+		})
+		return out
+	}
+	syn, _, _, _, _ := p.frames()
+	p.c2s(syn)
+	if got := list(p.c); len(got) != 0 {
+		t.Fatalf("half-open: %v", got)
+	}
+	p.handshake()
+	for _, tc := range []struct {
+		side *side
+		want string
+	}{{p.c, cIP.String() + ":40000 " + sIP.String() + ":5432 0s"}, {p.s, sIP.String() + ":5432 " + cIP.String() + ":40000 0s"}} {
+		if got := list(tc.side); len(got) != 1 || got[0] != tc.want {
+			t.Errorf("after the handshake: %v, want [%s]", got, tc.want)
+		}
+	}
+	// A restored flow is listed with the time it was restored at; a
+	// datagram flow is not; a flow of the PU's address in IPv6 keeps it.
+	s := newSide(t, "n", allowAll, map[string]string{"app": "db"}, MidStreamDrop, flow.Config{})
+	v6 := netip.MustParseAddr("fd00::2")
+	s.e.Restore(s.pu, ipproto.TCP, netip.AddrPortFrom(sIP, 5432), netip.AddrPortFrom(cIP, 40001), t0.Add(time.Second))
+	s.e.Restore(s.pu, ipproto.TCP, netip.AddrPortFrom(v6, 80), netip.AddrPortFrom(netip.MustParseAddr("fd00::1"), 40002), t0)
+	s.e.Restore(s.pu, ipproto.UDP, netip.AddrPortFrom(sIP, 53), netip.AddrPortFrom(cIP, 40003), t0)
+	got := list(s)
+	slices.Sort(got)
+	if want := []string{sIP.String() + ":5432 " + cIP.String() + ":40001 1s", "[fd00::2]:80 [fd00::1]:40002 0s"}; !slices.Equal(got, want) {
+		t.Errorf("restored: %v, want %v", got, want)
 	}
 }
 
