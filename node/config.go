@@ -70,9 +70,9 @@ type Config struct {
 	// TokenRefresh is how often a PU's identity token is re-signed.
 	TokenRefresh time.Duration `yaml:"tokenRefresh,omitempty"`
 	// KernelTCPTimeout is how long an authorized TCP flow stays in the
-	// kernel's authorized sets without its packets reaching the daemon:
-	// when it expires, the flow's next packet crosses the daemon once,
-	// which authorizes it again (docs/daemon.md).
+	// kernel's authorized sets after the daemon last authorized it: when
+	// it expires, the flow's next packet crosses the daemon once, which
+	// authorizes it again (docs/daemon.md).
 	KernelTCPTimeout time.Duration `yaml:"kernelTCPTimeout,omitempty"`
 
 	// FlowTable sizes the enforcer's flow table and each PU's share of it.

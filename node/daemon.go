@@ -24,6 +24,7 @@ import (
 // again: one packet per timeout goes through userspace, and a flow that
 // really ended leaves the kernel on its own.
 const (
+	// DefaultKernelTCPTimeout is kernelTCPTimeout's default.
 	DefaultKernelTCPTimeout = 5 * time.Minute
 	kernelDatagramTimeout   = 60 * time.Second
 )
