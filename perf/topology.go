@@ -232,7 +232,9 @@ func (t *Topology) buildUnderlay() error {
 			return fmt.Errorf("perf: underlay on %s: %w", n.Name, err)
 		}
 	}
-	return nil
+	// n1's end came up first: its carrier (and its transmit queue) is
+	// applied later by the kernel's linkwatch work.
+	return inNetns(n1.Netns, func() error { return netsetup.WaitOperUp(underlayLink, netsetup.PortUpTimeout) })
 }
 
 // Destroy deletes the topology's namespaces, and with them every link in
@@ -397,7 +399,7 @@ func joinBridge(p *PU, addr netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	return withHandle(p.Netns, func(h *netlink.Handle) error {
+	err = withHandle(p.Netns, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(puLink)
 		if err != nil {
 			return err
@@ -410,4 +412,27 @@ func joinBridge(p *PU, addr netip.Addr) error {
 		}
 		return h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: net.IP(p.Node.Gateway.AsSlice())})
 	})
+	if err != nil {
+		return err
+	}
+	// The host end came up before its peer: the kernel's linkwatch work
+	// applies its carrier later, and until then the bridge port is
+	// disabled and drops what the PU sends (netsetup.AttachPU waits the
+	// same way); the bridge's own carrier comes with it.
+	return inNetns(p.Node.Netns, func() error {
+		if err := netsetup.WaitForwarding(host, netsetup.PortUpTimeout); err != nil {
+			return err
+		}
+		return netsetup.WaitOperUp(p.Node.Bridge, netsetup.PortUpTimeout)
+	})
+}
+
+// inNetns runs fn on a thread in a named namespace.
+func inNetns(name string, fn func() error) error {
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		return fmt.Errorf("perf: netns %s: %w", name, err)
+	}
+	defer ns.Close()
+	return netsetup.InNetns(ns, fn)
 }
