@@ -57,20 +57,20 @@ func TestSteeredEchoDirection(t *testing.T) {
 	// apart; IPv4 frames are longer than 60 bytes (no Ethernet padding,
 	// which the capture would not show).
 	runFrameCases(t, r, "pu0", a, b, false, []frameCase{
-		{"A's echo request", icmp4(a, b, 8, id, 1), passed},
-		{"A's timestamp request (zero ports)", icmp4(a, b, 13, 7, 2), passed},
+		{"A's echo request", icmp4(a, b, 8, id, 1), authorized},
+		{"A's timestamp request (zero ports)", icmp4(a, b, 13, 7, 2), authorized},
 		{"A's echo reply to B", icmp4(a, b, 0, id, 3), steered},
 		{"A's echo request, another id", icmp4(a, b, 8, id+1, 4), steered},
-		{"A's ICMPv6 echo request", icmp6(a, b, 128, id, 5), passed},
+		{"A's ICMPv6 echo request", icmp6(a, b, 128, id, 5), authorized},
 		{"A's ICMPv6 echo reply to B", icmp6(a, b, 129, id, 6), steered},
 	})
 	runFrameCases(t, r, "pu1", b, a, false, []frameCase{
-		{"B's echo reply", icmp4(b, a, 0, id, 11), passed},
+		{"B's echo reply", icmp4(b, a, 0, id, 11), authorized},
 		{"B's echo request, A's id", icmp4(b, a, 8, id, 12), steered},
 		{"B's echo request, another id", icmp4(b, a, 8, id+1, 13), steered},
 		{"B's echo request, id 0", icmp4(b, a, 8, 0, 14), steered},
 		{"B's echo reply, id 0", icmp4(b, a, 0, 0, 15), steered},
-		{"B's ICMPv6 echo reply", icmp6(b, a, 129, id, 16), passed},
+		{"B's ICMPv6 echo reply", icmp6(b, a, 129, id, 16), authorized},
 		{"B's ICMPv6 echo request, A's id", icmp6(b, a, 128, id, 17), steered},
 		{"B's ICMPv6 echo request, another id", icmp6(b, a, 128, id+1, 18), steered},
 	})

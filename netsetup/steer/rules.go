@@ -258,13 +258,19 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 	//    the egress chain can see them: injection away from the PU goes
 	//    through the injection port, not this veth, and a mark set inside
 	//    the PU's namespace is cleared when the packet crosses the veth.
-	//    Leaving the PU, anti-spoofing comes before anything else.
+	//    Leaving the PU, anti-spoofing (0) comes before anything else
+	//    but the fast path.
+	// F. Packets of authorized TCP and UDP flows are accepted first (after
+	//    the mark rule), by rules that re-check what the rules below would
+	//    drop or steer of them (fastpath.go); the rest falls through.
 	if egress {
 		rules = append(rules, cat([]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: regScratch},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: regScratch, Data: binaryutil.NativeEndian.PutUint32(s.cfg.Mark)},
 		}, accept))
+		rules = append(rules, fastPathRules(pu, egress, sets, authCounter)...)
 	} else {
+		rules = append(rules, fastPathRules(pu, egress, sets, authCounter)...)
 		rules = append(rules, antiSpoofRules(pu, sets)...)
 	}
 	// 2. ARP passes (leaving the PU: checked above); IPv6 neighbour
