@@ -61,7 +61,10 @@ func (d *Daemon) plumb() error {
 		return err
 	}
 	var err error
-	if d.steer, err = steer.Open(steer.Config{Node: d.cfg.Node, Budget: d.cfg.PUPacketBudget.Budget()}); err != nil {
+	if d.endLog, err = openEndLog(d.cfg.Node); err != nil {
+		d.log.Warn("no NFLOG group for connection ends: their FINs and RSTs cross the daemon", "err", err)
+	}
+	if d.steer, err = steer.Open(steer.Config{Node: d.cfg.Node, Budget: d.cfg.PUPacketBudget.Budget(), EndLog: d.endLog.steerConfig()}); err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
 	if removed, err := steer.DeleteStaleTables(0, d.cfg.Node); err != nil {
@@ -184,6 +187,10 @@ func (d *Daemon) serve() error {
 	go d.expireLoop()
 	go d.policyLoop()
 	go func() { defer d.wg.Done(); _ = d.res.Run(d.ctx) }()
+	if d.endLog != nil {
+		d.wg.Add(1)
+		go d.endLogLoop()
+	}
 	if d.k8s != nil {
 		d.startKubernetes()
 	}
