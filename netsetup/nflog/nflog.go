@@ -170,7 +170,9 @@ func Open(cfg Config) (*Reader, error) {
 // configure binds the group and sets it up, one request acknowledged each.
 func configure(fd int, cfg Config) error {
 	if err := request(fd, cfg.Group, attr(nil, cfgCmd, []byte{cmdBind})); err != nil {
-		if errors.Is(err, unix.EBUSY) {
+		// Bound by another socket: EPERM (the group's instance belongs to
+		// another port), EBUSY (bound twice by this one).
+		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("%w: %d", ErrBusy, cfg.Group)
 		}
 		return fmt.Errorf("nflog: bind group %d: %w", cfg.Group, err)
