@@ -155,3 +155,26 @@ func TestProcessLogged(t *testing.T) {
 		}
 	})
 }
+
+// FuzzProcessLogged: whatever a logged packet holds (the PU or the wire
+// made it), judging it never panics and never forwards a frame, on a PU
+// with a flow the kernel carries.
+func FuzzProcessLogged(f *testing.F) {
+	f.Add(tcpFrame(f, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.FIN | packet.ACK, seq: 101, ack: 701}), true)
+	f.Add(tcpFrame(f, seg{src: sIP, dst: cIP, sport: 5432, dport: 40000, flags: packet.RST, seq: 701}), false)
+	f.Fuzz(func(t *testing.T, frame []byte, app bool) {
+		p := newPair(t, webDB, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+		p.c.e.kernelBypass, p.c.e.kernelCounts = true, true
+		p.s.e.kernelBypass, p.s.e.kernelCounts = true, true
+		p.handshake()
+		dir := FromNet
+		if app {
+			dir = FromApp
+		}
+		for range 2 {
+			if r := p.c.logged(dir, frame, p.now); r.frame != nil || r.v != Drop {
+				t.Fatalf("a logged packet was forwarded: %+v", r)
+			}
+		}
+	})
+}
