@@ -220,6 +220,9 @@ func (d *Daemon) Stop() {
 	if d.steer != nil {
 		d.steer.Close()
 	}
+	if d.endLog != nil {
+		d.endLog.r.Close() // the group is unbound: the rules' messages go nowhere
+	}
 	d.ports.close()
 	d.sink.close()
 	d.log.Info("daemon stopped; steering stays in place (fail closed)")
