@@ -93,6 +93,10 @@ type slowPacket struct {
 	key    flow.Key
 	remote netip.Addr
 	sh     *flow.Shard[conn]
+	// logged: a FIN or RST the kernel passed and logged (ProcessLogged):
+	// it is judged like a steered one, but neither counted (the kernel's
+	// set entry counted it) nor forwarded (it is on its way already).
+	logged bool
 }
 
 func (c *slowPacket) localPort() uint16 {
@@ -128,7 +132,21 @@ func (c *slowPacket) evicted(v *flow.Entry[conn]) {
 }
 
 func (c *slowPacket) touch(ent *flow.Entry[conn], n int) {
+	if c.logged {
+		c.sh.Refresh(ent, c.ns)
+		return
+	}
 	c.sh.Touch(ent, flow.Dir(c.dir), n, c.ns)
+}
+
+// pass lets the packet being decided go on: forwarded, or, logged, already
+// gone (the kernel passed it).
+func (c *slowPacket) pass() {
+	if c.logged {
+		c.out.Verdict, c.out.Reason, c.out.Frame = Drop, reason.None, nil
+		return
+	}
+	c.e.forward(c.out, c.frame)
 }
 
 func (c *slowPacket) side() int { return int(c.dir & 1) }

@@ -712,7 +712,11 @@ func (e *Enforcer) drop(out *Output, code reason.Code) {
 // counters are the enforcer's packet counters.
 type counters struct {
 	forwarded, consumed, injected, resets, probes atomic.Uint64
-	drops                                         [reason.Count]atomic.Uint64
+	// logged: FINs and RSTs the kernel passed and logged, judged
+	// (ProcessLogged); loggedIgnored: logged packets that were no FIN or
+	// RST of a flow held as authorized (nothing changed).
+	logged, loggedIgnored atomic.Uint64
+	drops                 [reason.Count]atomic.Uint64
 }
 
 func (s *counters) count(code reason.Code) {
@@ -734,6 +738,11 @@ type Stats struct {
 	// from the network on flows the kernel carries, handed to the PU's TCP
 	// to judge.
 	Probes uint64
+	// Logged counts FINs and RSTs the kernel passed on flows it carries
+	// and logged to the daemon, judged here (ProcessLogged); not in
+	// Packets (they did not cross the dataplane). LoggedIgnored: logged
+	// packets that changed nothing (no such authorized flow, malformed).
+	Logged, LoggedIgnored uint64
 	// Drops counts dropped packets by reason (index: reason.Code).
 	Drops [reason.Count]uint64
 	// Flows is the number of flows tracked; Capacity the most the table
@@ -747,8 +756,8 @@ func (e *Enforcer) Stats() Stats {
 	s := Stats{
 		Forwarded: e.stats.forwarded.Load(),
 		Consumed:  e.stats.consumed.Load(), Injected: e.stats.injected.Load(), Resets: e.stats.resets.Load(),
-		Probes: e.stats.probes.Load(),
-		Flows:  e.table.Len(), Capacity: e.table.Capacity(), PerPU: e.table.PerPU(), Evictions: e.table.Evictions(),
+		Probes: e.stats.probes.Load(), Logged: e.stats.logged.Load(), LoggedIgnored: e.stats.loggedIgnored.Load(),
+		Flows: e.table.Len(), Capacity: e.table.Capacity(), PerPU: e.table.PerPU(), Evictions: e.table.Evictions(),
 	}
 	s.Packets = s.Forwarded + s.Consumed
 	for i := range s.Drops {

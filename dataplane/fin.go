@@ -1,8 +1,12 @@
 package dataplane
 
 import (
+	"time"
+
 	"github.com/trireme-go/trireme/dataplane/packet"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/ipproto"
+	"github.com/trireme-go/trireme/reason"
 )
 
 // FINs. Both FINs seen take a flow out of the kernel and end it a few
@@ -67,4 +71,65 @@ func (f *fins) acknowledges(ack uint32) bool {
 		}
 	}
 	return false
+}
+
+// ProcessLogged judges a TCP FIN or RST that the kernel passed on a flow
+// it carries and logged to the daemon (netsetup/steer's end rule, NFLOG):
+// the same judgement as a steered one (sawFIN, rstFit and its probe), so
+// the flow goes closing and is revoked at the second believed FIN, or ends
+// at a RST that fits, exactly as if the packet had crossed the daemon. The
+// packet is not forwarded (it is on its way) and not counted (the kernel's
+// set entry counted it: the flow's final record gets that count). frame is
+// the packet's headers as an Ethernet frame whose IP length is the
+// original's (the payload is not read). Anything but a FIN or RST without
+// SYN of a flow the enforcer holds as authorized changes nothing: a logged
+// packet is as hostile as any other (the PU or the wire made it). Out may
+// hold notes (the revocation) and frames to inject (a RST probe).
+func (e *Enforcer) ProcessLogged(pu *PU, dir Direction, frame []byte, now time.Time, out *Output) {
+	out.reset()
+	out.Verdict = Drop
+	p := &out.pkt
+	code := p.Decode(frame)
+	if pu == nil || code != reason.None || p.Proto != ipproto.TCP || p.Frag != packet.NotFragment ||
+		p.Flags&(packet.FIN|packet.RST) == 0 || p.Flags&packet.SYN != 0 {
+		e.stats.loggedIgnored.Add(1)
+		return
+	}
+	view := pu.view.Load()
+	if view == nil {
+		e.stats.loggedIgnored.Add(1)
+		return
+	}
+	c := slowPacket{e: e, pu: pu, view: view, dir: dir, p: p, ns: now.UnixNano(), now: now, out: out, logged: true}
+	makeKey(&c.key, pu, dir, p)
+	c.remote = p.Dst
+	if dir == FromNet {
+		c.remote = p.Src
+	}
+	c.sh = e.table.Shard(&c.key)
+	c.sh.Lock()
+	defer c.sh.Unlock()
+	ent := c.sh.Get(&c.key)
+	switch {
+	case ent == nil:
+		e.stats.loggedIgnored.Add(1)
+		return
+	case c.sh.Expired(ent, c.ns):
+		e.finish(pu, ent, EndExpired, c.ns, out)
+		c.sh.Delete(ent)
+		e.stats.loggedIgnored.Add(1)
+		return
+	case ent.Value.revoked || !ent.Value.authorized || ent.State.Refused():
+		e.stats.loggedIgnored.Add(1)
+		return
+	}
+	e.stats.logged.Add(1)
+	if p.Flags&packet.RST != 0 {
+		c.rst(ent)
+		return
+	}
+	if ent.Value.reset || (ent.State != flow.Established && ent.State != flow.Closing) {
+		return
+	}
+	c.established(ent)
 }

@@ -213,7 +213,7 @@ func (c *slowPacket) rst(ent *flow.Entry[conn]) {
 		return
 	}
 	if v.reset {
-		c.e.forward(c.out, c.frame)
+		c.pass()
 		return
 	}
 	switch c.rstFit(ent) {
@@ -230,11 +230,15 @@ func (c *slowPacket) rst(ent *flow.Entry[conn]) {
 		} else {
 			c.sh.SetState(ent, flow.Reset, c.ns)
 		}
-		c.e.forward(c.out, c.frame)
+		c.pass()
 	case rstOutOfWindow:
+		if c.logged {
+			c.pass() // the kernel passed it; the PU's TCP ignores it
+			return
+		}
 		c.e.drop(c.out, reason.OutOfWindow)
 	default:
-		c.e.forward(c.out, c.frame)
+		c.pass()
 	}
 }
 
@@ -347,7 +351,7 @@ func (c *slowPacket) established(ent *flow.Entry[conn]) {
 			}
 		}
 	}
-	c.e.forward(c.out, c.frame)
+	c.pass()
 }
 
 // revokedPacket answers a packet of a flow a policy change denied after it

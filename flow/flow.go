@@ -485,6 +485,16 @@ func (s *Shard[V]) Touch(e *Entry[V], d Dir, n int, now int64) {
 	}
 }
 
+// Refresh renews the entry's deadline as a packet of it would, without
+// counting one: for a packet the kernel passed and counted itself (a FIN
+// or RST it logged to the daemon).
+func (s *Shard[V]) Refresh(e *Entry[V], now int64) {
+	e.LastSeen = now
+	if !e.State.HalfOpen() {
+		e.deadline = now + s.t.timeout(e)
+	}
+}
+
 func (t *Table[V]) timeout(e *Entry[V]) int64 {
 	if e.State == Established && e.Key.Proto != ipproto.TCP {
 		return int64(t.cfg.Datagram)

@@ -170,6 +170,17 @@ func (d *Daemon) Stats() Stats {
 			// RSTs from the network on flows the kernel carries, left to
 			// the PU's TCP to judge and followed by a probe.
 			"rst-probes": s.Probes,
+			// FINs and RSTs the kernel passed on the flows it carries and
+			// logged (endlog.go): judged by the enforcers (logged-ends),
+			// changing nothing (logged-ignored: no such authorized flow),
+			// of no PU, malformed, and batches lost to a receive-buffer
+			// overrun (the flows end by their timeout instead).
+			"logged-ends":       s.Logged,
+			"logged-ignored":    s.LoggedIgnored,
+			"end-log-messages":  d.endLog.count(func(l *endLog) uint64 { return l.messages.Load() }),
+			"end-log-unknown":   d.endLog.count(func(l *endLog) uint64 { return l.unknown.Load() }),
+			"end-log-malformed": d.endLog.count(func(l *endLog) uint64 { return l.malformed.Load() }),
+			"end-log-overruns":  d.endLog.count(func(l *endLog) uint64 { return l.r.Overruns.Load() }),
 			// Secrets files reloaded, and changes that could not be.
 			"secrets-reloads": d.secretsReloads.Load(),
 			"secrets-errors":  d.secretsErrors.Load(),

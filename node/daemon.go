@@ -70,6 +70,9 @@ type Daemon struct {
 	reaper *tapReaper
 	ops    chan kernelOp // to kernelLoop
 	frames *framePath    // the TAP readers (frameio.go)
+	// endLog reads the FINs and RSTs the kernel passes and logs
+	// (endlog.go); nil: they are steered.
+	endLog *endLog
 	// secretsReloads and secretsErrors count the secrets' reloads (secrets.go).
 	secretsReloads, secretsErrors atomic.Uint64
 	// restored: restore has run (and taken the saved flows): from then on

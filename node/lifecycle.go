@@ -61,7 +61,10 @@ func (d *Daemon) plumb() error {
 		return err
 	}
 	var err error
-	if d.steer, err = steer.Open(steer.Config{Node: d.cfg.Node, Budget: d.cfg.PUPacketBudget.Budget()}); err != nil {
+	if d.endLog, err = openEndLog(d.cfg.Node); err != nil {
+		d.log.Warn("no NFLOG group for connection ends: their FINs and RSTs cross the daemon", "err", err)
+	}
+	if d.steer, err = steer.Open(steer.Config{Node: d.cfg.Node, Budget: d.cfg.PUPacketBudget.Budget(), EndLog: d.endLog.steerConfig()}); err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
 	if removed, err := steer.DeleteStaleTables(0, d.cfg.Node); err != nil {
@@ -186,6 +189,10 @@ func (d *Daemon) serve() error {
 	go d.expireLoop()
 	go d.policyLoop()
 	go func() { defer d.wg.Done(); _ = d.res.Run(d.ctx) }()
+	if d.endLog != nil {
+		d.wg.Add(1)
+		go d.endLogLoop()
+	}
 	if d.k8s != nil {
 		d.startKubernetes()
 	}
@@ -217,6 +224,9 @@ func (d *Daemon) Stop() {
 	}
 	if d.steer != nil {
 		d.steer.Close()
+	}
+	if d.endLog != nil {
+		d.endLog.r.Close() // the group is unbound: the rules' messages go nowhere
 	}
 	d.ports.close()
 	d.sink.close()

@@ -39,6 +39,9 @@ type livePU struct {
 	toPU    *inject.Injector
 	toNet   *inject.Injector // the injection port of the PU's bridge (shared)
 	readers sync.WaitGroup
+	// vethIndex is the host veth's ifindex (openPU): the device the
+	// kernel's logged connection ends name (endlog.go).
+	vethIndex int
 }
 
 // SteerName is the name of a PU in the steering tables (steer.PU.Name).
@@ -103,6 +106,7 @@ func (d *Daemon) openPU(p *livePU) error {
 		p.close()
 		return err
 	}
+	p.vethIndex = idx
 	if p.toPU, err = inject.New(idx, d.steer.Mark()); err != nil {
 		p.close()
 		return err
@@ -136,6 +140,7 @@ func (d *Daemon) register(p *livePU) {
 	if pp.onePass {
 		d.frames.peers.add(pp.mac, p.dp)
 	}
+	d.endLog.add(p.vethIndex, p.dp)
 	p.info.State = PURunning
 }
 
@@ -145,6 +150,7 @@ func (d *Daemon) unregister(p *livePU, out *dataplane.Output) {
 	if pp := portsOf(p.dp); pp != nil && pp.onePass {
 		d.frames.peers.remove(pp.mac, p.dp)
 	}
+	d.endLog.remove(p.vethIndex, p.dp)
 	d.enf.RemovePU(p.dp, time.Now(), out)
 }
 

@@ -310,6 +310,12 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 		&expr.Bitwise{SourceRegister: regScratch, DestRegister: regScratch, Len: 1, Mask: []byte{tcpFlagSYN | tcpFlagFIN | tcpFlagRST}, Xor: []byte{0}},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: regScratch, Data: []byte{0}},
 	})
+	// 4a. FIN and RST (no SYN) of an authorized flow pass, logged to the
+	//     daemon's NFLOG group so that its enforcer still sees how the
+	//     flow ends (endRules).
+	if s.cfg.EndLog.Enabled {
+		rules = append(rules, endRules(s.cfg.EndLog.Group, sets, authCounter)...)
+	}
 	budget := !egress && s.cfg.Budget.Rate > 0
 	if budget {
 		rules = append(rules, budgetRule(s.cfg.Budget, pu.Name, synFinRst))
@@ -396,5 +402,56 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 		rules = append(rules, budgetRule(s.cfg.Budget, pu.Name, nil))
 	}
 	rules = append(rules, steerTo(tap, steerCounter))
+	return rules
+}
+
+// The end rules' NFLOG settings: headers only (Ethernet at the egress
+// hook, IPv4 or IPv6 with options, TCP with options: the enforcer needs the
+// addresses, ports, flags, sequence and acknowledgment numbers, and the IP
+// length for the FIN's place in the sequence space), and batches of
+// EndLogBatch messages (or the reader's flush timeout, netsetup/nflog).
+const (
+	EndLogSnaplen = 192
+	EndLogBatch   = 16
+)
+
+// endRules pass a TCP FIN or RST without SYN of a flow in the PU's
+// authorized set, and log it to group. The set lookup counts it in the
+// flow's entry (the final record's kernel counts). Only untagged frames
+// (the EtherType at the link-layer header's offset 12 is the family's: nft
+// reads a VLAN tag the kernel took out of the frame there): a tagged
+// frame's log would lack its tag, so it is steered. Everything else of
+// rule 4 stays as it is: SYNs, and FINs and RSTs of tuples not in the set
+// (a new connection on a 4-tuple that closed, a forged segment on no
+// authorized flow), go to the dataplane.
+func endRules(group uint16, sets puSets, counter string) [][]expr.Any {
+	var rules [][]expr.Any
+	flags := func(mask byte) []expr.Any {
+		return []expr.Any{
+			loadTransport(13, 1, regScratch),
+			&expr.Bitwise{SourceRegister: regScratch, DestRegister: regScratch, Len: 1, Mask: []byte{mask}, Xor: []byte{0}},
+		}
+	}
+	log := &expr.Log{
+		Key:   1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_SNAPLEN | 1<<unix.NFTA_LOG_QTHRESHOLD,
+		Group: group, Snaplen: EndLogSnaplen, QThreshold: EndLogBatch,
+	}
+	for _, v6 := range []bool{false, true} {
+		ep, set, w := uint16(ethIPv4), sets.a4, uint32(1)
+		if v6 {
+			ep, set, w = ethIPv6, sets.a6, 4
+		}
+		so, do, l := addrFields(v6)
+		rules = append(rules, cat(ethProto(ep), l4Proto(expr.CmpOpEq, unix.IPPROTO_TCP), []expr.Any{
+			loadLL(12, 2, regScratch), cmp(expr.CmpOpEq, be16(ep)...),
+		}, flags(tcpFlagSYN|tcpFlagFIN|tcpFlagRST), []expr.Any{cmp(expr.CmpOpNeq, 0)},
+			flags(tcpFlagSYN), []expr.Any{cmp(expr.CmpOpEq, 0),
+				loadNet(so, l, regKey), loadNet(do, l, regKey+w),
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regKey + 2*w},
+				loadTransport(0, 2, regKey+2*w+1),
+				loadTransport(2, 2, regKey+2*w+2),
+				&expr.Lookup{SourceRegister: regKey, SetName: set.Name, SetID: set.ID},
+			}, counted(counter, []expr.Any{log, &expr.Verdict{Kind: expr.VerdictAccept}})))
+	}
 	return rules
 }

@@ -57,6 +57,16 @@ type Config struct {
 	// Budget bounds the packets a second each PU can make the dataplane
 	// process (budget.go); zero: no bound.
 	Budget Budget
+	// EndLog: FINs and RSTs of authorized flows pass in the kernel and
+	// are logged to an NFLOG group (rules.go, endRules); off: they are
+	// steered like every FIN and RST.
+	EndLog EndLog
+}
+
+// EndLog says where the end rules log the FINs and RSTs they pass.
+type EndLog struct {
+	Enabled bool
+	Group   uint16 // the daemon's NFLOG group (netsetup/nflog)
 }
 
 // PU is what the steering rules of one PU need.
