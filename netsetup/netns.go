@@ -48,6 +48,9 @@ func CreateNetns(name string) (netns.NsHandle, error) {
 	if err := checkName(name); err != nil {
 		return netns.None(), err
 	}
+	if err := shareNetnsDir(); err != nil {
+		return netns.None(), err
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -68,6 +71,29 @@ func CreateNetns(name string) (netns.NsHandle, error) {
 		return netns.None(), fmt.Errorf("netsetup: create netns %q: %w", name, err)
 	}
 	return h, nil
+}
+
+// shareNetnsDir makes NetnsDir a shared mount point of its own before a
+// namespace is mounted in it, as `ip netns add` does. Otherwise the first
+// `ip netns add` after ours (by a user, a CNI plugin or a test) bind-mounts
+// the directory onto itself and hides the namespaces mounted in it before:
+// they can then be neither unmounted nor removed (EBUSY) until a reboot.
+func shareNetnsDir() error {
+	if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
+		return fmt.Errorf("netsetup: %w", err)
+	}
+	err := unix.Mount("", NetnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if errors.Is(err, unix.EINVAL) {
+		// Not a mount point yet: make it one (a racing `ip netns add`
+		// may do the same; two binds stacked are still one directory).
+		if err = unix.Mount(NetnsDir, NetnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err == nil {
+			err = unix.Mount("", NetnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("netsetup: make %s a shared mount point: %w", NetnsDir, err)
+	}
+	return nil
 }
 
 // DeleteNetns removes a named namespace. Deleting one that does not exist is

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/testenv"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 func TestNetnsLifecycle(t *testing.T) {
@@ -332,5 +335,59 @@ func TestReadLinkIdentity(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("ReadLinkIdentity waits for a link-local address on a link with IPv6 off")
+	}
+}
+
+// TestNetnsDirShared: a namespace created by CreateNetns stays removable
+// after an `ip netns add` on a machine where the namespace directory was
+// not a mount point yet (a fresh boot). Without shareNetnsDir, ip's
+// self-bind of the directory hides the earlier mount: DeleteNetns fails
+// with EBUSY and the namespace is left behind. Run in a private mount
+// namespace (unshare), where the directory's bind can be taken away.
+func TestNetnsDirShared(t *testing.T) {
+	testenv.RequireRoot(t)
+	if os.Getenv("TRIREME_NETNS_DIR_CHILD") == "" {
+		name := testenv.NamePrefix + testenv.Suffix()
+		t.Cleanup(func() {
+			// The child's mounts died with its mount namespace; files it
+			// could not remove would be left on the disk.
+			for _, n := range []string{name + "-ours", name + "-ip"} {
+				os.Remove(filepath.Join(netsetup.NetnsDir, n))
+			}
+		})
+		cmd := exec.Command("unshare", "--mount", "--propagation", "private", os.Args[0], "-test.run=^TestNetnsDirShared$", "-test.v")
+		cmd.Env = append(os.Environ(), "TRIREME_NETNS_DIR_CHILD="+name)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		for _, n := range []string{name + "-ours", name + "-ip"} {
+			if _, err := os.Stat(filepath.Join(netsetup.NetnsDir, n)); err == nil {
+				t.Errorf("%s left behind", n)
+			}
+		}
+		return
+	}
+	name := os.Getenv("TRIREME_NETNS_DIR_CHILD")
+	// As on a fresh boot: the directory is not a mount point. (Private
+	// mount namespace: the host's mounts are untouched.)
+	for unix.Unmount(netsetup.NetnsDir, unix.MNT_DETACH) == nil {
+	}
+	ours, ip := name+"-ours", name+"-ip"
+	h, err := netsetup.CreateNetns(ours)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	t.Cleanup(func() { _ = netsetup.DeleteNetns(ours) })
+	if out, err := exec.Command("ip", "netns", "add", ip).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ip).Run() })
+	if err := netsetup.DeleteNetns(ours); err != nil {
+		t.Fatalf("namespace created before ip netns add: %v", err)
+	}
+	if out, err := exec.Command("ip", "netns", "del", ip).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del: %v %s", err, out)
 	}
 }

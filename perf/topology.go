@@ -281,22 +281,14 @@ func CleanStale() error {
 	return errors.Join(errs...)
 }
 
-// createNamed creates a named namespace. netns.NewNamed switches the
-// calling thread into it: switch back.
+// createNamed creates a named namespace (netsetup.CreateNetns: the
+// namespace directory made a shared mount point first, as ip does).
 func createNamed(name string) error {
-	self, err := netns.Get()
+	h, err := netsetup.CreateNetns(name)
 	if err != nil {
-		return err
+		return fmt.Errorf("perf: %w", err)
 	}
-	defer self.Close()
-	return netsetup.InNetns(self, func() error {
-		h, err := netns.NewNamed(name)
-		if err != nil {
-			return fmt.Errorf("perf: create netns %s: %w", name, err)
-		}
-		h.Close()
-		return nil
-	})
+	return h.Close()
 }
 
 // withHandle runs fn with a netlink handle bound to a named namespace.
