@@ -17,9 +17,10 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/trireme-go/trireme/netsetup/rawread"
 )
 
 // Netfilter hooks of the netdev family (the message's hook).
@@ -93,34 +94,10 @@ type Reader struct {
 	f      *os.File
 	rc     syscall.RawConn
 	group  uint16
-	rd     rawRead
+	rd     rawread.Reader
 	closed atomic.Bool
 	// Overruns counts ENOBUFS reports (batches lost).
 	Overruns atomic.Uint64
-}
-
-// rawRead is one read through the runtime poller (a raw system call on the
-// non-blocking socket; nothing waiting: park in the poller). fn is bound
-// once, so a Read allocates nothing.
-type rawRead struct {
-	b     []byte
-	n     int
-	errno unix.Errno
-	fn    func(fd uintptr) bool
-}
-
-func (r *rawRead) read(fd uintptr) bool {
-	for {
-		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&r.b[0])), uintptr(len(r.b)))
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		}
-		r.n, r.errno = int(n), e
-		return true
-	}
 }
 
 // Open binds a socket of the current network namespace to cfg.Group and
@@ -163,7 +140,7 @@ func Open(cfg Config) (*Reader, error) {
 	}
 	ok = true
 	r := &Reader{f: f, rc: rc, group: cfg.Group}
-	r.rd.fn = r.rd.read
+	r.rd.Init(r.rc)
 	return r, nil
 }
 
@@ -259,10 +236,7 @@ func (r *Reader) Group() uint16 { return r.group }
 // returns it; parse it with Messages. A lost batch is ErrOverrun (counted
 // in Overruns; reading goes on). After Close: os.ErrClosed.
 func (r *Reader) Read(b []byte) ([]byte, error) {
-	r.rd.b = b
-	err := r.rc.Read(r.rd.fn)
-	n, errno := r.rd.n, r.rd.errno
-	r.rd.b = nil
+	n, errno, err := r.rd.Read(b)
 	if err != nil {
 		if r.closed.Load() {
 			return nil, os.ErrClosed

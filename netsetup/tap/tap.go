@@ -17,10 +17,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
 
 	"github.com/trireme-go/trireme/netsetup"
 	"github.com/trireme-go/trireme/netsetup/frameport"
+	"github.com/trireme-go/trireme/netsetup/rawread"
 	"github.com/trireme-go/trireme/netsetup/vnet"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -54,33 +54,7 @@ type Tap struct {
 	closed atomic.Bool
 
 	rmu sync.Mutex // one Read at a time uses rd
-	rd  rawRead
-}
-
-// rawRead is one read through the runtime poller: the fd is non-blocking
-// and the read a raw system call, so a reader that has frames waiting
-// takes them without the scheduler's syscall bookkeeping (entersyscall,
-// P hand-off), and one with nothing waiting parks in the poller. fn is
-// bound once, so a Read allocates nothing.
-type rawRead struct {
-	b     []byte
-	n     int
-	errno unix.Errno
-	fn    func(fd uintptr) bool
-}
-
-func (r *rawRead) read(fd uintptr) bool {
-	for {
-		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&r.b[0])), uintptr(len(r.b)))
-		switch e {
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false // nothing waiting: park in the poller
-		}
-		r.n, r.errno = int(n), e
-		return true
-	}
+	rd  rawread.Reader
 }
 
 // Open opens the persistent TAP called name, creating it (with
@@ -132,7 +106,7 @@ func OpenOwned(name, owner string) (*Tap, error) {
 		f.Close()
 		return nil, err
 	}
-	t.rd.fn = t.rd.read
+	t.rd.Init(t.rc)
 	return t, nil
 }
 
@@ -222,10 +196,7 @@ func (t *Tap) Read(b []byte) (int, error) {
 		return 0, ErrShortBuffer
 	}
 	t.rmu.Lock()
-	t.rd.b = b
-	err := t.rc.Read(t.rd.fn)
-	n, errno := t.rd.n, t.rd.errno
-	t.rd.b = nil
+	n, errno, err := t.rd.Read(b)
 	t.rmu.Unlock()
 	if err != nil {
 		if t.closed.Load() {
