@@ -596,6 +596,14 @@ func fastShape(p *packet.Packet) bool {
 		if p.Flags&(packet.SYN|packet.FIN|packet.RST) != 0 {
 			return false
 		}
+		// A segment that carries data and the marker option may be a
+		// handshake ACK sent again: its token frame is for the slow path
+		// to take out (established).
+		if p.Payload < p.End {
+			if _, ok := packet.FindOption(p, tokens.Option); ok {
+				return false
+			}
+		}
 	case ipproto.UDP:
 		// A datagram handshake message (or a datagram that looks like
 		// one) is for the slow path to judge.

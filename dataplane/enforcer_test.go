@@ -1331,3 +1331,47 @@ func TestReadRecords(t *testing.T) {
 		}
 	}
 }
+
+// TestLateTokenACK: the server's kernel re-sends its SYN-ACK while the
+// client's token ACK is on its way (a busy node); the client's enforcer
+// answers the copy with the token ACK again, which reaches the server's
+// enforcer after the first established the flow. Its token frame must not
+// reach the server PU as data (the stream would be shifted by the frame's
+// length and the connection would hang): the PU gets the plain ACK. A
+// malformed frame behind the marker is dropped by name.
+func TestLateTokenACK(t *testing.T) {
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	syn, synack, ack, data, _ := p.frames()
+	p.c2s(syn)
+	sa, _, _ := p.s2c(synack)
+	p.c2s(ack) // established on both sides
+	r := p.c.run(FromNet, sa, p.now.Add(time.Second))
+	if len(r.inject) != 1 || r.inject[0].To != ToNet {
+		t.Fatalf("SYN-ACK copy at the client: %v %v %+v", r.v, r.code, r.inject)
+	}
+	late := r.inject[0].Frame
+	var q packet.Packet
+	if q.Decode(late) != reason.None || q.PayloadLen() == 0 {
+		t.Fatalf("the client's second token ACK carries no token: %+v", q)
+	}
+	b := p.s.run(FromNet, late, p.now.Add(time.Second))
+	if b.v != Forward {
+		t.Fatalf("late token ACK: %v %v", b.v, b.code)
+	}
+	if q.Decode(b.frame) != reason.None || q.Flags != packet.ACK || q.Seq != 101 || q.Ack != 701 || q.PayloadLen() != 0 {
+		t.Fatalf("late token ACK delivered as %+v (payload %d bytes)", q, q.PayloadLen())
+	}
+	if _, ok := packet.FindOption(&q, tokens.Option); ok {
+		t.Fatal("late token ACK delivered with its marker option")
+	}
+	_, _, b = p.c2s(data)
+	mustDeliver(t, "data after the late token ACK", b, data)
+
+	// The marker with a frame that does not parse: dropped, named.
+	bad := tcpFrame(t, seg{src: cIP, dst: sIP, sport: 40000, dport: 5432, flags: packet.ACK, seq: 109, ack: 701,
+		opts: []layers.TCPOption{{OptionType: tokens.OptionKind, OptionLength: 4, OptionData: tokens.Option[2:]}}, payload: []byte{9, 9}})
+	b = p.s.run(FromNet, bad, p.now.Add(time.Second))
+	if b.v != Drop || b.code == reason.None {
+		t.Fatalf("malformed frame behind the marker on an established flow: %v %v", b.v, b.code)
+	}
+}

@@ -333,6 +333,24 @@ func (c *slowPacket) established(ent *flow.Entry[conn]) {
 		c.e.drop(c.out, reason.InvalidState)
 		return
 	}
+	if c.dir == FromNet && ent.Value.target && !c.logged {
+		// A handshake ACK sent again: the client's enforcer answers each
+		// SYN-ACK the server's kernel re-sends with the token ACK, and
+		// such a copy can arrive once the flow is established (through
+		// here, or steered by the kernel's rule for the marker). Its
+		// token frame is not data: the PU gets the plain ACK its peer's
+		// TCP sent, never the frame's bytes in its stream.
+		if _, ok := packet.FindOption(p, tokens.Option); ok {
+			off, n, rc := c.findToken()
+			if rc == reason.None {
+				c.frame, rc = c.stripToken(off, n)
+			}
+			if rc != reason.None {
+				c.e.drop(c.out, rc)
+				return
+			}
+		}
+	}
 	if p.Flags&packet.FIN != 0 {
 		c.sawFIN(ent, false)
 		if ent.FIN[0] && ent.FIN[1] && ent.State != flow.Closing {

@@ -40,7 +40,9 @@ import (
 //     below);
 //   - toward the PU, the datagram handshake's marker (rule 4c): only UDP
 //     whose payload has 4 bytes that are not the marker (a shorter
-//     datagram takes the rules below, as before);
+//     datagram takes the rules below, as before); the TCP handshake's
+//     (rule 4d): only TCP without an option of kind 253 (one of another
+//     experiment takes rule 5);
 //   - ARP and on-link NDP (rule 2) accept, excluded networks (rule 3)
 //     accept: same verdict (an authorized flow with an excluded peer is now
 //     counted as authorized; the daemon never authorizes one).
@@ -78,6 +80,9 @@ func fastPathRules(pu PU, egress bool, sets puSets, authCounter string) [][]expr
 				r = append(r, loadTransport(13, 1, regScratch),
 					&expr.Bitwise{SourceRegister: regScratch, DestRegister: regScratch, Len: 1, Mask: []byte{tcpFlagSYN | tcpFlagFIN | tcpFlagRST}, Xor: []byte{0}},
 					cmp(expr.CmpOpEq, 0))
+				if egress {
+					r = append(r, noMarkerOption()...)
+				}
 			case egress:
 				r = append(r, loadTransport(8, uint32(tokens.MarkerSize), regScratch), cmp(expr.CmpOpNeq, tokens.DatagramMarker[:]...))
 			}
@@ -127,4 +132,24 @@ func ownSource(own []netip.Addr, set *nftables.Set) []expr.Any {
 		return []expr.Any{&expr.Cmp{Op: expr.CmpOpEq, Register: regKey, Data: distinct[0].AsSlice()}}
 	}
 	return []expr.Any{&expr.Lookup{SourceRegister: regKey, SetName: set.Name, SetID: set.ID}}
+}
+
+// noMarkerOption matches a TCP segment without an option of the marker's
+// kind (253): rule 4d's segments, and those of other RFC 6994
+// experiments, which rule 5 then accepts, take the rules below.
+func noMarkerOption() []expr.Any {
+	return []expr.Any{
+		&expr.Exthdr{Op: expr.ExthdrOpTcpopt, Type: tokens.OptionKind, Offset: 0, Len: 1,
+			Flags: unix.NFT_EXTHDR_F_PRESENT, DestRegister: regScratch},
+		cmp(expr.CmpOpEq, 0),
+	}
+}
+
+// markerOption matches a TCP segment whose first option of kind 253 is
+// the handshake's marker (tokens.Option: kind, length 4, "tr").
+func markerOption() []expr.Any {
+	return []expr.Any{
+		&expr.Exthdr{Op: expr.ExthdrOpTcpopt, Type: tokens.OptionKind, Offset: 0, Len: 4, DestRegister: regScratch},
+		cmp(expr.CmpOpEq, tokens.Option[:]...),
+	}
 }

@@ -3,6 +3,7 @@ package steer_test
 import (
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -137,7 +138,18 @@ func TestFastPathSpoofing(t *testing.T) {
 	})
 
 	marker := string(tokens.DatagramMarker[:]) + "hello"
+	towardTCP := testenv.TCPSegment(V, A, ap(v4, 80), ap(a4, 40000), "A", 1, 1, []byte("fast"))
+	towardTCP6 := tcp6Segment(V, A, ap(v6, 80), ap(a6, 40000), "A")
+	tsOpt := []layers.TCPOption{{OptionType: layers.TCPOptionKindNop}, {OptionType: layers.TCPOptionKindNop},
+		{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10, OptionData: []byte{0, 0, 0, 1, 0, 0, 0, 2}}}
+	tokenOpt := layers.TCPOption{OptionType: tokens.OptionKind, OptionLength: 4, OptionData: tokens.Option[2:]}
+	otherExp := layers.TCPOption{OptionType: tokens.OptionKind, OptionLength: 4, OptionData: []byte{0x12, 0x34}}
 	runFrameCases(t, r, "pu0", vic, att, true, []frameCase{
+		{"TCP with timestamps", withTCPOptions(towardTCP, tsOpt...), authorized},
+		{"TCP with the handshake's marker option", withTCPOptions(towardTCP, append([]layers.TCPOption{tokenOpt}, tsOpt...)...), steered},
+		{"TCP with the marker option after timestamps", withTCPOptions(towardTCP, append(slices.Clone(tsOpt), tokenOpt)...), steered},
+		{"TCP with another experiment's option 253 (rule 5)", withTCPOptions(towardTCP, append([]layers.TCPOption{otherExp}, tsOpt...)...), authorized},
+		{"TCPv6 with the handshake's marker option", withTCPOptions(towardTCP6, tokenOpt), steered},
 		{"TCP of the flow", testenv.TCPSegment(V, A, ap(v4, 80), ap(a4, 40000), "A", 1, 1, []byte("fast")), authorized},
 		{"SYN-ACK of the flow", testenv.TCPSegment(V, A, ap(v4, 80), ap(a4, 40000), "SA", 1, 1, nil), steered},
 		{"first fragment of the flow", firstFragment4(testenv.TCPSegment(V, A, ap(v4, 80), ap(a4, 40000), "A", 1, 1, []byte("fast"))), steered},
@@ -150,4 +162,21 @@ func TestFastPathSpoofing(t *testing.T) {
 		{"UDPv6 with the handshake's marker", udp6(V, A, ap(v6, 5353), ap(a6, 40001), marker), steered},
 		{"UDPv6 first fragment of the flow", withExtHeader(udp6(V, A, ap(v6, 5353), ap(a6, 40001), "fast"), 44), steered},
 	})
+}
+
+// withTCPOptions gives the TCP segment of an untagged frame the options
+// opts (lengths and checksums recomputed).
+func withTCPOptions(frame []byte, opts ...layers.TCPOption) []byte {
+	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	eth := pkt.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
+	tcp := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	tcp.Options, tcp.Padding = opts, nil
+	payload := gopacket.Payload(tcp.Payload)
+	if ip, ok := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok {
+		_ = tcp.SetNetworkLayerForChecksum(ip)
+		return testenv.Frame(eth, ip, tcp, payload)
+	}
+	ip := pkt.Layer(layers.LayerTypeIPv6).(*layers.IPv6)
+	_ = tcp.SetNetworkLayerForChecksum(ip)
+	return testenv.Frame(eth, ip, tcp, payload)
 }

@@ -341,6 +341,16 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 			cmp(expr.CmpOpEq, tokens.DatagramMarker[:]...),
 		}, steerTo(tap, steerCounter)))
 	}
+	// 4d. (toward the PU only) TCP segments that carry the handshake's
+	//     marker option go to the dataplane, authorized flow or not: the
+	//     client's enforcer answers a SYN-ACK the server's kernel sent
+	//     again with the token ACK again, and that copy can arrive on a
+	//     flow the kernel already passes. Its token frame must never
+	//     reach the PU as data (it would shift the stream); the enforcer
+	//     takes it out.
+	if egress {
+		rules = append(rules, cat(l4Proto(expr.CmpOpEq, unix.IPPROTO_TCP), markerOption(), steerTo(tap, steerCounter)))
+	}
 	// 5. Packets of authorized flows stay in the kernel.
 	for _, v6 := range []bool{false, true} {
 		ep, set, w := uint16(ethIPv4), sets.a4, uint32(1)
