@@ -724,7 +724,10 @@ type counters struct {
 	// (ProcessLogged); loggedIgnored: logged packets that were no FIN or
 	// RST of a flow held as authorized (nothing changed).
 	logged, loggedIgnored atomic.Uint64
-	drops                 [reason.Count]atomic.Uint64
+	// lateTokens: token frames taken out of segments of established
+	// flows (a handshake ACK sent again, established).
+	lateTokens atomic.Uint64
+	drops      [reason.Count]atomic.Uint64
 }
 
 func (s *counters) count(code reason.Code) {
@@ -751,6 +754,9 @@ type Stats struct {
 	// Packets (they did not cross the dataplane). LoggedIgnored: logged
 	// packets that changed nothing (no such authorized flow, malformed).
 	Logged, LoggedIgnored uint64
+	// LateTokens counts token frames taken out of segments of established
+	// flows before they reached the PU (handshake ACKs sent again).
+	LateTokens uint64
 	// Drops counts dropped packets by reason (index: reason.Code).
 	Drops [reason.Count]uint64
 	// Flows is the number of flows tracked; Capacity the most the table
@@ -765,7 +771,8 @@ func (e *Enforcer) Stats() Stats {
 		Forwarded: e.stats.forwarded.Load(),
 		Consumed:  e.stats.consumed.Load(), Injected: e.stats.injected.Load(), Resets: e.stats.resets.Load(),
 		Probes: e.stats.probes.Load(), Logged: e.stats.logged.Load(), LoggedIgnored: e.stats.loggedIgnored.Load(),
-		Flows: e.table.Len(), Capacity: e.table.Capacity(), PerPU: e.table.PerPU(), Evictions: e.table.Evictions(),
+		LateTokens: e.stats.lateTokens.Load(),
+		Flows:      e.table.Len(), Capacity: e.table.Capacity(), PerPU: e.table.PerPU(), Evictions: e.table.Evictions(),
 	}
 	s.Packets = s.Forwarded + s.Consumed
 	for i := range s.Drops {

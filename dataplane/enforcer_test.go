@@ -1364,6 +1364,9 @@ func TestLateTokenACK(t *testing.T) {
 	if _, ok := packet.FindOption(&q, tokens.Option); ok {
 		t.Fatal("late token ACK delivered with its marker option")
 	}
+	if n := p.s.e.Stats().LateTokens; n != 1 {
+		t.Fatalf("late tokens counted: %d, want 1", n)
+	}
 	_, _, b = p.c2s(data)
 	mustDeliver(t, "data after the late token ACK", b, data)
 

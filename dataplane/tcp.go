@@ -349,6 +349,7 @@ func (c *slowPacket) established(ent *flow.Entry[conn]) {
 				c.e.drop(c.out, rc)
 				return
 			}
+			c.e.stats.lateTokens.Add(1)
 		}
 	}
 	if p.Flags&packet.FIN != 0 {

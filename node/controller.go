@@ -175,8 +175,11 @@ func (d *Daemon) Stats() Stats {
 			// changing nothing (logged-ignored: no such authorized flow),
 			// of no PU, malformed, and batches lost to a receive-buffer
 			// overrun (the flows end by their timeout instead).
-			"logged-ends":       s.Logged,
-			"logged-ignored":    s.LoggedIgnored,
+			"logged-ends":    s.Logged,
+			"logged-ignored": s.LoggedIgnored,
+			// Token frames taken out of segments of established flows
+			// (handshake ACKs sent again) before they reached the PU.
+			"late-tokens":       s.LateTokens,
 			"end-log-messages":  d.endLog.count(func(l *endLog) uint64 { return l.messages.Load() }),
 			"end-log-unknown":   d.endLog.count(func(l *endLog) uint64 { return l.unknown.Load() }),
 			"end-log-malformed": d.endLog.count(func(l *endLog) uint64 { return l.malformed.Load() }),

@@ -119,4 +119,7 @@ func TestLateTokenACKNotData(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("the server read nothing more: the stream is shifted")
 	}
+	if st, err := d.Client().Stats(); err != nil || st.Counters["late-tokens"] != 1 {
+		t.Fatalf("late-tokens: %d, want 1 (%v)", st.Counters["late-tokens"], err)
+	}
 }
