@@ -32,6 +32,7 @@ func (u *liveUniverse) diagnose(from, to string) string {
 		}
 		nodes[p.Node] = true
 		run(id+" ("+p.Addr.String()+", node "+p.Node.Name+"): ss", func() (string, error) { return p.Run(ctx, "ss", "-tanoi") })
+		run(id+": TCP counters", func() (string, error) { return p.Run(ctx, "nstat", "-asz", "Tcp*") })
 		run(id+": neighbours", func() (string, error) { return p.Run(ctx, "ip", "neigh", "show") })
 		run(id+": links", func() (string, error) { return p.Run(ctx, "ip", "-s", "link", "show") })
 		run(id+": host veth "+p.Link.HostName, func() (string, error) {
