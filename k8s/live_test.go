@@ -298,6 +298,8 @@ func (u *liveUniverse) runStep(label string, st *k8s.Step, all *liveTally) bool 
 			for _, c := range wrong {
 				diffs = append(diffs, fmt.Sprintf("records of %s -> %s: %v", c[0], c[1], recs[c]))
 			}
+			// The first wrong cell's state, to tell a lost packet's cause.
+			t.Logf("%s: state after the wrong cell %s -> %s:\n%s", plabel, wrong[0][0], wrong[0][1], u.diagnose(wrong[0][0], wrong[0][1]))
 		}
 		if len(diffs) > 0 {
 			ok = false
