@@ -195,8 +195,8 @@ func TestDatagramIdentityAcrossNodes(t *testing.T) {
 		t.Fatalf("client -> dns:53 (selector rule allows): replies %q, want q1, q2 and q3 each once", dgStrs(got))
 	}
 	// Both ends authorized the flow in the kernel; a repeat flow works too.
-	s.d0.WaitKernelAuthorized(1)
-	s.d1.WaitKernelAuthorized(1)
+	s.d0.WaitKernelAuthorized(t, 1)
+	s.d1.WaitKernelAuthorized(t, 1)
 	if got := dgQuery(t, s.client, dns53.addr, [][]byte{[]byte("again")}, 5*time.Second); dgStrs(got) != "again" {
 		t.Fatalf("repeat flow: %q", dgStrs(got))
 	}

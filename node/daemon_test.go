@@ -224,7 +224,7 @@ policies:
 	}
 	// Established means in the kernel: wait for both PUs' authorizations
 	// to land before taking the daemon away.
-	d.WaitKernelAuthorized(2)
+	d.WaitKernelAuthorized(t, 2)
 
 	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
 		t.Run(sig.String(), func(t *testing.T) {

@@ -24,7 +24,7 @@ func TestFlowKernelCounters(t *testing.T) {
 	}
 	defer c.Close()
 	// Both sides' entries are in the kernel before the data flows.
-	s.d.WaitKernelAuthorized(2)
+	s.d.WaitKernelAuthorized(t, 2)
 	const size = 2 << 20
 	data := bytes.Repeat([]byte("trireme!"), size/8)
 	c.SetDeadline(time.Now().Add(20 * time.Second))
@@ -131,7 +131,7 @@ func TestFinalRecordKernelCounters(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			s.d.WaitKernelAuthorized(2 * uint64(i+1))
+			s.d.WaitKernelAuthorized(t, 2 * uint64(i+1))
 			const size = 1 << 20
 			data := bytes.Repeat([]byte("trireme!"), size/8)
 			c.SetDeadline(time.Now().Add(20 * time.Second))

@@ -53,7 +53,7 @@ policies:
 	if err := roundTrip("before"); err != nil {
 		t.Fatal(err)
 	}
-	d.WaitKernelAuthorized(2)
+	d.WaitKernelAuthorized(t, 2)
 	kernelAuthorized := func(t *testing.T) uint64 {
 		t.Helper()
 		s, err := d.Client().Stats()

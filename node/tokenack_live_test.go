@@ -65,7 +65,7 @@ func TestLateTokenACKNotData(t *testing.T) {
 	if _, err := c.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
 	}
-	d.WaitKernelAuthorized(2) // both sides of the flow pass in the kernel
+	d.WaitKernelAuthorized(t, 2) // both sides of the flow pass in the kernel
 
 	// The server's "ok" gives the connection's sequence numbers.
 	raw := front.Raw()

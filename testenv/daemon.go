@@ -261,9 +261,10 @@ func (d *Daemon) PID() int { return d.launch.PID() }
 // WaitKernelAuthorized waits until the daemon has put at least n flows in
 // the kernel's authorized sets since it started (each PU of a connection
 // counts one): until then a new flow's packets still pass through the
-// dataplane, and a daemon stopped at that moment takes them with it.
-func (d *Daemon) WaitKernelAuthorized(n uint64) {
-	d.t.Helper()
+// dataplane, and a daemon stopped at that moment takes them with it. t is
+// the test that waits (a subtest its own: FailNow runs on its goroutine).
+func (d *Daemon) WaitKernelAuthorized(t testing.TB, n uint64) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		s, err := d.Client().Stats()
@@ -271,7 +272,7 @@ func (d *Daemon) WaitKernelAuthorized(n uint64) {
 			return
 		}
 		if time.Now().After(deadline) {
-			d.t.Fatalf("the daemon authorized %d flows in the kernel, want %d (%v)", s.Counters["kernel-authorized"], n, err)
+			t.Fatalf("the daemon authorized %d flows in the kernel, want %d (%v)", s.Counters["kernel-authorized"], n, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
