@@ -93,7 +93,7 @@ func TestLargeDatagrams(t *testing.T) {
 				}
 				if i == 0 {
 					// Both PUs' sides of the flow are in the kernel now.
-					s.d.WaitKernelAuthorized(t, auth + 2)
+					s.d.WaitKernelAuthorized(t, auth+2)
 				}
 			}
 		})

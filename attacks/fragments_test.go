@@ -83,7 +83,7 @@ func TestOverlappingFragments(t *testing.T) {
 			if err := testenv.EchoConn(c, "hello", 3*time.Second); err != nil {
 				t.Fatal(err)
 			}
-			s.d.WaitKernelAuthorized(t, auth + 2) // the flow is authorized: its first fragment passes
+			s.d.WaitKernelAuthorized(t, auth+2) // the flow is authorized: its first fragment passes
 			client := netip.MustParseAddrPort(c.LocalAddr().String())
 
 			for j, rewrite := range []struct {

@@ -131,7 +131,7 @@ func TestFinalRecordKernelCounters(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			s.d.WaitKernelAuthorized(t, 2 * uint64(i+1))
+			s.d.WaitKernelAuthorized(t, 2*uint64(i+1))
 			const size = 1 << 20
 			data := bytes.Repeat([]byte("trireme!"), size/8)
 			c.SetDeadline(time.Now().Add(20 * time.Second))

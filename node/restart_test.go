@@ -89,7 +89,7 @@ policies:
 			t.Fatal(err)
 		}
 	}
-	d.WaitKernelAuthorized(t, uint64(2 * len(pairs)))
+	d.WaitKernelAuthorized(t, uint64(2*len(pairs)))
 
 	d.Stop(syscall.SIGTERM)
 	if err := connect(pairs[0].cl, pairs[0].allowed); err == nil {
