@@ -401,8 +401,15 @@ func TestConcurrent(t *testing.T) {
 				tags := identity.Tags{{Key: "app", Value: string(rune('a' + i))}}
 				locals[i] = [2]*Local{p.client.NewLocal(tags), p.server.NewLocal(tags)}
 			}
-			p.client.refresh, p.server.refresh = 10*time.Second, 10*time.Second
-			var tick atomic.Int64 // a shared clock: seconds since base
+			// A shared clock, each handshake 50 ms after the one before:
+			// 400 handshakes span 20 s, four 5 s refreshes. The span stays
+			// below MaxClockSkew: a goroutine that took its time and then
+			// waited (a loaded machine) may run its handshake after others
+			// signed tokens up to the whole span later, which a verifier
+			// takes as a clock skew; beyond MaxClockSkew it is refused
+			// (expired-token), as between real nodes.
+			p.client.refresh, p.server.refresh = 5*time.Second, 5*time.Second
+			var tick atomic.Int64
 			var wg sync.WaitGroup
 			errs := make(chan error, 8)
 			for g := range 8 {
@@ -410,8 +417,7 @@ func TestConcurrent(t *testing.T) {
 					for i := range 50 {
 						q := p
 						q.cl, q.sl = locals[(g+i)%4][0], locals[i%4][1]
-						// 400 handshakes 100 ms apart: 4 refreshes.
-						now := base.Add(time.Duration(tick.Add(1)) * 100 * time.Millisecond)
+						now := base.Add(time.Duration(tick.Add(1)) * 50 * time.Millisecond)
 						var cc, sc Conn
 						server, client, _, err := q.handshake(&cc, &sc, now)
 						if err != nil {
@@ -430,7 +436,7 @@ func TestConcurrent(t *testing.T) {
 			for err := range errs {
 				t.Error(err)
 			}
-			// 4 PUs per node over 40 s with a 10 s refresh: tokens were
+			// 4 PUs per node over 20 s with a 5 s refresh: tokens were
 			// re-signed while other goroutines used them.
 			if s := p.client.Stats(); s.Signatures <= 4 {
 				t.Errorf("client signed %d tokens for 4 PUs: no refresh happened", s.Signatures)
