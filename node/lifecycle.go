@@ -155,6 +155,7 @@ func (d *Daemon) restore() error {
 		d.log.Debug("restored PU", "pu", p.info.ID, "name", p.info.Name)
 	}
 	t3 := time.Now()
+	d.savedPeers = nil
 	d.restored.Store(true)
 	d.saveState()
 	if missed > 0 {

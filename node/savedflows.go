@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/trireme-go/trireme/dataplane"
@@ -42,20 +43,29 @@ type savedFlows struct {
 	Saved  time.Time   `json:"saved"`
 	Policy string      `json:"policy,omitempty"`
 	Flows  []savedFlow `json:"flows"`
+	// Peers are the peers' identities, each once (many flows share one):
+	// a flow names its peer by index + 1.
+	Peers []savedPeer `json:"peers,omitempty"`
+}
+
+// savedPeer is a verified peer identity: its node and tags.
+type savedPeer struct {
+	Node string   `json:"node,omitempty"`
+	Tags []string `json:"tags"`
 }
 
 // savedFlow is one established TCP flow: Local is the PU's end; Server:
-// the PU accepted it; Peer and PeerNode: the peer's verified identity
-// (none outside the target networks), so that a policy change after the
-// restart judges the flow as it would have before it.
+// the PU accepted it; Peer: its peer's verified identity (index + 1 in
+// savedFlows.Peers; 0: none, a peer outside the target networks), so that
+// a policy change after the restart judges the flow as it would have
+// before it.
 type savedFlow struct {
 	PU       string         `json:"pu"`
 	Local    netip.AddrPort `json:"local"`
 	Remote   netip.AddrPort `json:"remote"`
 	LastSeen time.Time      `json:"lastSeen"`
 	Server   bool           `json:"server,omitempty"`
-	PeerNode string         `json:"peerNode,omitempty"`
-	Peer     []string       `json:"peer,omitempty"`
+	Peer     int            `json:"peer,omitempty"`
 }
 
 func flowsPath(dir string) string { return filepath.Join(dir, "flows.json") }
@@ -68,10 +78,20 @@ func (d *Daemon) saveFlowsEvery() time.Duration {
 // saveFlows writes the established TCP flows of the PUs enforced.
 func (d *Daemon) saveFlows() {
 	s := savedFlows{Saved: time.Now(), Policy: policyDigest(d.res.Current()), Flows: []savedFlow{}}
+	peers := map[string]int{} // node and tags -> index + 1
 	for _, p := range d.pus.all() {
 		d.enf.EstablishedTCP(p.dp, func(f *dataplane.EstablishedFlow) {
-			s.Flows = append(s.Flows, savedFlow{PU: p.info.ID, Local: f.Local, Remote: f.Remote, LastSeen: f.LastSeen,
-				Server: f.Server, PeerNode: f.PeerNode, Peer: f.Peer.Strings()})
+			sf := savedFlow{PU: p.info.ID, Local: f.Local, Remote: f.Remote, LastSeen: f.LastSeen, Server: f.Server}
+			if len(f.Peer) > 0 {
+				tags := f.Peer.Strings()
+				key := f.PeerNode + "\x00" + strings.Join(tags, "\x00")
+				if sf.Peer = peers[key]; sf.Peer == 0 {
+					s.Peers = append(s.Peers, savedPeer{Node: f.PeerNode, Tags: tags})
+					sf.Peer = len(s.Peers)
+					peers[key] = sf.Peer
+				}
+			}
+			s.Flows = append(s.Flows, sf)
 		})
 	}
 	b, err := json.Marshal(s)
@@ -116,10 +136,24 @@ func (d *Daemon) takeSavedFlows() (map[string][]savedFlow, string) {
 		return nil, ""
 	}
 	out := map[string][]savedFlow{}
+	d.savedPeers = d.savedPeers[:0]
+	for _, p := range s.Peers {
+		tags, err := identity.Decode(p.Tags)
+		if err != nil || len(tags) == 0 {
+			tags = nil // written by a daemon: not expected; its flows are judged by addresses
+		}
+		d.savedPeers = append(d.savedPeers, restoredPeer{node: p.Node, tags: tags})
+	}
 	for _, f := range s.Flows {
 		out[f.PU] = append(out[f.PU], f)
 	}
 	return out, s.Policy
+}
+
+// restoredPeer is a peer identity of flows.json, decoded once.
+type restoredPeer struct {
+	node string
+	tags identity.Tags
 }
 
 // restoreSavedFlows gives the enforcer back p's saved flows the kernel no
@@ -146,14 +180,11 @@ func (d *Daemon) restoreSavedFlows(p *livePU, saved []savedFlow, now time.Time) 
 	// Every restored flow the previous run saved, from the kernel's sets
 	// or from the file, gets back its side and its peer's identity.
 	for _, f := range saved {
-		if len(f.Peer) == 0 {
+		if f.Peer <= 0 || f.Peer > len(d.savedPeers) || d.savedPeers[f.Peer-1].tags == nil {
 			continue
 		}
-		tags, err := identity.Decode(f.Peer)
-		if err != nil {
-			continue // written by a daemon: not expected; judged by addresses
-		}
-		d.enf.RestorePeer(p.dp, &dataplane.EstablishedFlow{Local: f.Local, Remote: f.Remote, Server: f.Server, PeerNode: f.PeerNode, Peer: tags})
+		peer := &d.savedPeers[f.Peer-1]
+		d.enf.RestorePeer(p.dp, &dataplane.EstablishedFlow{Local: f.Local, Remote: f.Remote, Server: f.Server, PeerNode: peer.node, Peer: peer.tags})
 	}
 	if restored > 0 {
 		d.log.Debug("restored established flows the kernel no longer held", "pu", p.info.ID, "flows", restored)
