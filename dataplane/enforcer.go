@@ -906,23 +906,74 @@ func (e *Enforcer) Restore(pu *PU, proto ipproto.Proto, local, remote netip.Addr
 	return true
 }
 
-// EstablishedTCP calls fn for each established, authorized TCP flow of pu
-// (local is the PU's end; lastSeen the last packet of it the dataplane
-// saw): what a restarted daemon needs to Restore the flows the kernel no
-// longer holds (their entries expired while they were idle). fn runs
-// under the flow table's lock: it must not call the enforcer.
-func (e *Enforcer) EstablishedTCP(pu *PU, fn func(local, remote netip.AddrPort, lastSeen time.Time)) {
+// EstablishedFlow is an established TCP flow as a restarted daemon needs
+// it (EstablishedTCP, Restore and RestorePeer).
+type EstablishedFlow struct {
+	Local, Remote netip.AddrPort // Local is the PU's end
+	LastSeen      time.Time      // the last packet of it the dataplane saw
+	Server        bool           // the PU accepted the connection
+	// Peer is the peer's verified identity and its node ("" and nil when
+	// the flow has none: a peer outside the target networks, a flow
+	// restored without it or picked up mid-stream).
+	PeerNode string
+	Peer     identity.Tags
+}
+
+// EstablishedTCP calls fn for each established, authorized TCP flow of pu:
+// what a restarted daemon needs to Restore the flows the kernel no longer
+// holds (their entries expired while they were idle) and to judge the
+// flows it restores by the peer's identity, as before the restart
+// (RestorePeer). fn runs under the flow table's lock: it must not call the
+// enforcer; f is reused.
+func (e *Enforcer) EstablishedTCP(pu *PU, fn func(f *EstablishedFlow)) {
 	if pu == nil {
 		return
 	}
+	var f EstablishedFlow
 	e.table.RangePU(pu.index, func(ent *flow.Entry[conn]) bool {
 		if ent.Key.PU == pu.index && ent.Key.Proto == ipproto.TCP && ent.State == flow.Established && ent.Value.authorized {
-			k := &ent.Key
-			fn(netip.AddrPortFrom(netip.AddrFrom16(k.Local).Unmap(), k.LocalPort),
-				netip.AddrPortFrom(netip.AddrFrom16(k.Remote).Unmap(), k.RemotePort), time.Unix(0, ent.LastSeen))
+			k, v := &ent.Key, &ent.Value
+			f = EstablishedFlow{
+				Local:    netip.AddrPortFrom(netip.AddrFrom16(k.Local).Unmap(), k.LocalPort),
+				Remote:   netip.AddrPortFrom(netip.AddrFrom16(k.Remote).Unmap(), k.RemotePort),
+				LastSeen: time.Unix(0, ent.LastSeen),
+				Server:   v.role == roleServer,
+			}
+			if v.peer != nil {
+				f.PeerNode, f.Peer = v.peer.Node, v.peer.Tags
+			}
+			fn(&f)
 		}
 		return false
 	})
+}
+
+// RestorePeer gives a restored TCP flow of pu (Restore, between f.Local
+// and f.Remote) back its side and its peer's identity, as a previous run
+// saved them (EstablishedTCP), so that a policy change judges it as it
+// would have before the restart (by the peer's identity, in the direction
+// of its SYN) rather than by addresses alone. A flow that has them, or
+// that is not restored, is left alone; so is f without a peer.
+func (e *Enforcer) RestorePeer(pu *PU, f *EstablishedFlow) bool {
+	if pu == nil || len(f.Peer) == 0 || !f.Local.IsValid() || !f.Remote.IsValid() {
+		return false
+	}
+	k := flow.Key{Local: f.Local.Addr().As16(), Remote: f.Remote.Addr().As16(),
+		LocalPort: f.Local.Port(), RemotePort: f.Remote.Port(), PU: pu.index, Proto: ipproto.TCP}
+	sh := e.table.Shard(&k)
+	sh.Lock()
+	defer sh.Unlock()
+	ent := sh.Get(&k)
+	if ent == nil || !ent.Value.restored || ent.Value.peer != nil || ent.State != flow.Established {
+		return false
+	}
+	v := &ent.Value
+	v.peer = &tokens.Peer{Tags: f.Peer, Identity: identity.New(f.Peer), Node: f.PeerNode}
+	v.role = roleClient
+	if f.Server {
+		v.role = roleServer
+	}
+	return true
 }
 
 // Reevaluate applies the current policy to every established flow. Flows
@@ -930,8 +981,8 @@ func (e *Enforcer) EstablishedTCP(pu *PU, fn func(local, remote netip.AddrPort, 
 // daemon to take them out of the kernel's authorized set), recorded as
 // denied, and kept as revoked for a while (flow.Config.Revoked): their next packet,
 // steered back to the dataplane, is dropped and both ends get a RST. Flows
-// whose peer identity is unknown (restored, picked up mid-stream) are
-// judged by CIDR rules. It returns the number of flows revoked.
+// whose peer identity is unknown (restored without it, picked up
+// mid-stream) are judged by CIDR rules. It returns the number of flows revoked.
 func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
 	out.reset()
 	ns := now.UnixNano()
@@ -958,7 +1009,7 @@ func (e *Enforcer) Reevaluate(now time.Time, out *Output) int {
 		proto := k.Proto
 		var d policy.Decision
 		switch {
-		case v.restored || v.pickedUp:
+		case v.restored && v.peer == nil || v.pickedUp:
 			rport, lport := k.RemotePort, k.LocalPort
 			if !k.Proto.HasPorts() {
 				rport, lport = 0, 0 // ICMP echo identifiers are no ports to the rules

@@ -2,9 +2,11 @@ package dataplane
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -885,8 +887,8 @@ func TestEstablishedTCP(t *testing.T) {
 	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
 	list := func(s *side) []string {
 		var out []string
-		s.e.EstablishedTCP(s.pu, func(local, remote netip.AddrPort, lastSeen time.Time) {
-			out = append(out, local.String()+" "+remote.String()+" "+lastSeen.Sub(t0).String())
+		s.e.EstablishedTCP(s.pu, func(f *EstablishedFlow) {
+			out = append(out, fmt.Sprintf("%v %v %v server=%v peer=%v", f.Local, f.Remote, f.LastSeen.Sub(t0), f.Server, f.Peer))
 		})
 		return out
 	}
@@ -899,7 +901,8 @@ func TestEstablishedTCP(t *testing.T) {
 	for _, tc := range []struct {
 		side *side
 		want string
-	}{{p.c, cIP.String() + ":40000 " + sIP.String() + ":5432 0s"}, {p.s, sIP.String() + ":5432 " + cIP.String() + ":40000 0s"}} {
+	}{{p.c, cIP.String() + ":40000 " + sIP.String() + ":5432 0s server=false peer=app=db"},
+		{p.s, sIP.String() + ":5432 " + cIP.String() + ":40000 0s server=true peer=app=web"}} {
 		if got := list(tc.side); len(got) != 1 || got[0] != tc.want {
 			t.Errorf("after the handshake: %v, want [%s]", got, tc.want)
 		}
@@ -913,7 +916,7 @@ func TestEstablishedTCP(t *testing.T) {
 	s.e.Restore(s.pu, ipproto.UDP, netip.AddrPortFrom(sIP, 53), netip.AddrPortFrom(cIP, 40003), t0)
 	got := list(s)
 	slices.Sort(got)
-	if want := []string{sIP.String() + ":5432 " + cIP.String() + ":40001 1s", "[fd00::2]:80 [fd00::1]:40002 0s"}; !slices.Equal(got, want) {
+	if want := []string{sIP.String() + ":5432 " + cIP.String() + ":40001 1s server=false peer=", "[fd00::2]:80 [fd00::1]:40002 0s server=false peer="}; !slices.Equal(got, want) {
 		t.Errorf("restored: %v, want %v", got, want)
 	}
 }
@@ -1376,5 +1379,65 @@ func TestLateTokenACK(t *testing.T) {
 	b = p.s.run(FromNet, bad, p.now.Add(time.Second))
 	if b.v != Drop || b.code == reason.None {
 		t.Fatalf("malformed frame behind the marker on an established flow: %v %v", b.v, b.code)
+	}
+}
+
+// TestRestorePeer: a flow restored after a restart, given back its side
+// and its peer's identity (as the previous run saved them), is judged by
+// that identity when the policy changes, as before the restart: kept while
+// the server still accepts app=web, revoked once it does not. Without the
+// identity the same flow is judged by addresses alone, and the policy,
+// which allows no network, revokes it.
+func TestRestorePeer(t *testing.T) {
+	local, remote := netip.AddrPortFrom(sIP, 5432), netip.AddrPortFrom(cIP, 40000)
+	saved := &EstablishedFlow{Local: local, Remote: remote, Server: true, PeerNode: "node-c", Peer: identity.NewTags(map[string]string{"app": "web"})}
+	onlyWeb := `
+targetNetworks: [10.0.0.0/8]
+policies:
+  - name: db
+    selector: app=db
+    ingress: [{name: web, from: [{selector: app=web}], ports: [tcp/5432], action: allow}]
+`
+	for _, tc := range []struct {
+		name     string
+		withPeer bool
+		policy   string
+		revoked  int
+	}{
+		{"identity kept, still allowed", true, onlyWeb, 0},
+		{"identity kept, no longer allowed", true, strings.ReplaceAll(onlyWeb, "app=web", "app=nobody"), 1},
+		{"no identity, judged by addresses", false, onlyWeb, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSide(t, "n", allowAll, map[string]string{"app": "db"}, MidStreamDrop, flow.Config{})
+			if !s.e.Restore(s.pu, ipproto.TCP, local, remote, t0) {
+				t.Fatal("restore")
+			}
+			if tc.withPeer {
+				if !s.e.RestorePeer(s.pu, saved) || s.e.RestorePeer(s.pu, saved) {
+					t.Fatal("RestorePeer: want true once, then false")
+				}
+			}
+			s.e.SetPolicy(compile(t, tc.policy))
+			var out Output
+			if n := s.e.Reevaluate(t0, &out); n != tc.revoked {
+				t.Fatalf("revoked %d, want %d", n, tc.revoked)
+			}
+			if tc.revoked == 1 {
+				rs := s.sink.all()
+				if len(rs) != 1 || rs[0].End != EndRevoked {
+					t.Fatalf("records: %+v", rs)
+				}
+				if tc.withPeer && (rs[0].Remote.Node != "node-c" || !slices.Equal(rs[0].Remote.Tags, []string{"app=web"})) {
+					t.Fatalf("record of a flow restored with its peer: remote %+v", rs[0].Remote)
+				}
+			}
+		})
+	}
+	// A flow that is not restored (or has its peer) is left alone.
+	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
+	p.handshake()
+	if p.s.e.RestorePeer(p.s.pu, &EstablishedFlow{Local: local, Remote: remote, Peer: identity.NewTags(map[string]string{"app": "bad"})}) {
+		t.Fatal("RestorePeer changed a flow the enforcer decided itself")
 	}
 }

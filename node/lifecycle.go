@@ -136,7 +136,8 @@ func (d *Daemon) restore() error {
 	}
 	t2 := time.Now()
 	flows, missed := 0, 0
-	saved := d.takeSavedFlows()
+	saved, savedPolicy := d.takeSavedFlows()
+	d.savedPolicy = savedPolicy
 	d.backlog.ensure(len(ready))
 	for _, p := range ready {
 		// The enforcer learns the PU's flows before its first packet is
@@ -154,6 +155,7 @@ func (d *Daemon) restore() error {
 		d.log.Debug("restored PU", "pu", p.info.ID, "name", p.info.Name)
 	}
 	t3 := time.Now()
+	d.savedPeers = nil
 	d.restored.Store(true)
 	d.saveState()
 	if missed > 0 {
@@ -189,6 +191,7 @@ func (d *Daemon) serve() error {
 	go d.expireLoop()
 	go d.policyLoop()
 	go func() { defer d.wg.Done(); _ = d.res.Run(d.ctx) }()
+	d.reevaluateRestored(d.savedPolicy)
 	if d.endLog != nil {
 		d.wg.Add(1)
 		go d.endLogLoop()

@@ -1,16 +1,22 @@
 package node
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/trireme-go/trireme/dataplane"
 	"github.com/trireme-go/trireme/flow"
+	"github.com/trireme-go/trireme/identity"
 	"github.com/trireme-go/trireme/ipproto"
+	"github.com/trireme-go/trireme/policy"
 )
 
 // Established TCP flows that outlive their kernel entries. An authorized
@@ -29,18 +35,37 @@ import (
 // ports, nothing else (a new connection on the same 5-tuple starts with a
 // SYN, which is always decided again).
 
-// savedFlows is stateDir/flows.json.
+// savedFlows is stateDir/flows.json. Policy is the digest of the policy in
+// force when it was written (policyDigest): a restarted daemon with
+// onPolicyChange: reset judges the flows it restores again when the
+// policy changed while it was down.
 type savedFlows struct {
-	Saved time.Time   `json:"saved"`
-	Flows []savedFlow `json:"flows"`
+	Saved  time.Time   `json:"saved"`
+	Policy string      `json:"policy,omitempty"`
+	Flows  []savedFlow `json:"flows"`
+	// Peers are the peers' identities, each once (many flows share one):
+	// a flow names its peer by index + 1.
+	Peers []savedPeer `json:"peers,omitempty"`
 }
 
-// savedFlow is one established TCP flow: Local is the PU's end.
+// savedPeer is a verified peer identity: its node and tags.
+type savedPeer struct {
+	Node string   `json:"node,omitempty"`
+	Tags []string `json:"tags"`
+}
+
+// savedFlow is one established TCP flow: Local is the PU's end; Server:
+// the PU accepted it; Peer: its peer's verified identity (index + 1 in
+// savedFlows.Peers; 0: none, a peer outside the target networks), so that
+// a policy change after the restart judges the flow as it would have
+// before it.
 type savedFlow struct {
 	PU       string         `json:"pu"`
 	Local    netip.AddrPort `json:"local"`
 	Remote   netip.AddrPort `json:"remote"`
 	LastSeen time.Time      `json:"lastSeen"`
+	Server   bool           `json:"server,omitempty"`
+	Peer     int            `json:"peer,omitempty"`
 }
 
 func flowsPath(dir string) string { return filepath.Join(dir, "flows.json") }
@@ -52,10 +77,21 @@ func (d *Daemon) saveFlowsEvery() time.Duration {
 
 // saveFlows writes the established TCP flows of the PUs enforced.
 func (d *Daemon) saveFlows() {
-	s := savedFlows{Saved: time.Now(), Flows: []savedFlow{}}
+	s := savedFlows{Saved: time.Now(), Policy: policyDigest(d.res.Current()), Flows: []savedFlow{}}
+	peers := map[string]int{} // node and tags -> index + 1
 	for _, p := range d.pus.all() {
-		d.enf.EstablishedTCP(p.dp, func(local, remote netip.AddrPort, lastSeen time.Time) {
-			s.Flows = append(s.Flows, savedFlow{PU: p.info.ID, Local: local, Remote: remote, LastSeen: lastSeen})
+		d.enf.EstablishedTCP(p.dp, func(f *dataplane.EstablishedFlow) {
+			sf := savedFlow{PU: p.info.ID, Local: f.Local, Remote: f.Remote, LastSeen: f.LastSeen, Server: f.Server}
+			if len(f.Peer) > 0 {
+				tags := f.Peer.Strings()
+				key := f.PeerNode + "\x00" + strings.Join(tags, "\x00")
+				if sf.Peer = peers[key]; sf.Peer == 0 {
+					s.Peers = append(s.Peers, savedPeer{Node: f.PeerNode, Tags: tags})
+					sf.Peer = len(s.Peers)
+					peers[key] = sf.Peer
+				}
+			}
+			s.Flows = append(s.Flows, sf)
 		})
 	}
 	b, err := json.Marshal(s)
@@ -67,13 +103,28 @@ func (d *Daemon) saveFlows() {
 	}
 }
 
+// policyDigest identifies a policy's content (the compiled set, targets
+// and excluded networks included); "" for none.
+func policyDigest(e *policy.Engine) string {
+	if e == nil {
+		return ""
+	}
+	b, err := json.Marshal(e.Set())
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
 // takeSavedFlows reads and removes the flows the previous run saved, by PU
-// ID. A file that cannot be read restores nothing.
-func (d *Daemon) takeSavedFlows() map[string][]savedFlow {
+// ID, and the digest of the policy then in force. A file that cannot be
+// read restores nothing.
+func (d *Daemon) takeSavedFlows() (map[string][]savedFlow, string) {
 	path := flowsPath(d.cfg.StateDir)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return nil, ""
 	}
 	os.Remove(path)
 	var s savedFlows
@@ -82,13 +133,27 @@ func (d *Daemon) takeSavedFlows() map[string][]savedFlow {
 	}
 	if err != nil {
 		d.log.Warn("the established flows of the previous run are not restored", "file", path, "err", err)
-		return nil
+		return nil, ""
 	}
 	out := map[string][]savedFlow{}
+	d.savedPeers = d.savedPeers[:0]
+	for _, p := range s.Peers {
+		tags, err := identity.Decode(p.Tags)
+		if err != nil || len(tags) == 0 {
+			tags = nil // written by a daemon: not expected; its flows are judged by addresses
+		}
+		d.savedPeers = append(d.savedPeers, restoredPeer{node: p.Node, tags: tags})
+	}
 	for _, f := range s.Flows {
 		out[f.PU] = append(out[f.PU], f)
 	}
-	return out
+	return out, s.Policy
+}
+
+// restoredPeer is a peer identity of flows.json, decoded once.
+type restoredPeer struct {
+	node string
+	tags identity.Tags
 }
 
 // restoreSavedFlows gives the enforcer back p's saved flows the kernel no
@@ -112,8 +177,35 @@ func (d *Daemon) restoreSavedFlows(p *livePU, saved []savedFlow, now time.Time) 
 			restored++
 		}
 	}
+	// Every restored flow the previous run saved, from the kernel's sets
+	// or from the file, gets back its side and its peer's identity.
+	for _, f := range saved {
+		if f.Peer <= 0 || f.Peer > len(d.savedPeers) || d.savedPeers[f.Peer-1].tags == nil {
+			continue
+		}
+		peer := &d.savedPeers[f.Peer-1]
+		d.enf.RestorePeer(p.dp, &dataplane.EstablishedFlow{Local: f.Local, Remote: f.Remote, Server: f.Server, PeerNode: peer.node, Peer: peer.tags})
+	}
 	if restored > 0 {
 		d.log.Debug("restored established flows the kernel no longer held", "pu", p.info.ID, "flows", restored)
 	}
 	return restored
+}
+
+// reevaluateRestored judges the restored flows by the policy in force when
+// the policy changed while the daemon was down (saved: the digest of the
+// policy of the previous run's last save) and onPolicyChange is reset, as
+// a change while it ran would have: the flows it denies are revoked (their
+// next packet gets both ends a RST). Flows restored with their peer's
+// identity are judged by it; the others (established after the last save
+// before a crash) by addresses alone.
+func (d *Daemon) reevaluateRestored(saved string) {
+	if d.cfg.OnPolicyChange != PolicyChangeReset || saved == "" || saved == policyDigest(d.res.Current()) {
+		return
+	}
+	var out dataplane.Output
+	n := d.enf.Reevaluate(time.Now(), &out)
+	d.frames.sendInjected(&out)
+	d.queueNotes(out.Notes)
+	d.log.Info("the policy changed while the daemon was down: reset the restored flows it denies", "flows", n)
 }
