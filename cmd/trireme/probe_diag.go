@@ -217,9 +217,10 @@ func isTimeout(err error) bool {
 
 // explainProbe finds the records of the probe's connection in the daemon's
 // ring: the client's (egress) and, when the server is a PU of this node,
-// the server's (ingress). A decision is recorded when it is made, so the
-// records of a refused connection are there when the dial returns; they
-// are waited for a little (the ring is fed asynchronously of the CLI).
+// the server's (ingress). A decision is recorded when it is made, but the
+// ring is fed asynchronously of the CLI, and the server's record of a
+// connection the client's side refused comes after the client's: both are
+// waited for, up to 2 s.
 func explainProbe(c *node.Client, rep *probeReport, start time.Time) {
 	q := &node.FlowQuery{Since: start.Add(-time.Second)}
 	deadline := time.Now().Add(2 * time.Second)
@@ -239,7 +240,11 @@ func explainProbe(c *node.Client, rep *probeReport, start time.Time) {
 			return nil
 		})
 		cancel()
-		done := rep.Client != nil && (rep.ToName == "" || rep.Server != nil) || rep.Client != nil && rep.Client.Verdict != node.VerdictAllowed
+		// Both sides when the server is a PU of this node, also when the
+		// client's side refused: the server saw the SYN, and its record of
+		// a connection it admitted comes when the client's enforcer's RST
+		// reaches it, after the client's record.
+		done := rep.Client != nil && (rep.ToName == "" || rep.Server != nil)
 		if done || time.Now().After(deadline) {
 			break
 		}
