@@ -18,8 +18,13 @@ import (
 
 // countTap counts the frames read from a TAP that match (until the test
 // ends); frames are not forwarded.
-func countTap(t *testing.T, tp *tap.Tap, match func(steer.Tuple, uint8) bool) *atomic.Int64 {
-	var n atomic.Int64
+func countTap(t *testing.T, tp *tap.Tap, match ...func(steer.Tuple, uint8) bool) []*atomic.Int64 {
+	// One reader per TAP, counting for every matcher: two readers of one
+	// TAP would each take frames meant for the other's count.
+	counts := make([]*atomic.Int64, len(match))
+	for i := range counts {
+		counts[i] = new(atomic.Int64)
+	}
 	go func() {
 		buf := make([]byte, tap.MaxFrame)
 		for {
@@ -28,13 +33,17 @@ func countTap(t *testing.T, tp *tap.Tap, match func(steer.Tuple, uint8) bool) *a
 				return
 			}
 			if k > vnet.HdrLen {
-				if tu, flags, ok := parse(buf[vnet.HdrLen:k]); ok && match(tu, flags) {
-					n.Add(1)
+				if tu, flags, ok := parse(buf[vnet.HdrLen:k]); ok {
+					for i, m := range match {
+						if m(tu, flags) {
+							counts[i].Add(1)
+						}
+					}
 				}
 			}
 		}
 	}()
-	return &n
+	return counts
 }
 
 // TestBudget: packets leaving a PU that would be steered pass to its TAP
@@ -57,9 +66,11 @@ func TestBudget(t *testing.T) {
 	in0, _ := tapNames(0)
 	_, out1 := tapNames(1)
 	const udpPort, synPort = 9999, 9998
-	udpIn0 := countTap(t, r.taps[in0], func(tu steer.Tuple, _ uint8) bool { return tu.Proto == ipproto.UDP && tu.DstPort == udpPort })
-	synIn0 := countTap(t, r.taps[in0], func(tu steer.Tuple, fl uint8) bool { return tu.Proto == ipproto.TCP && tu.DstPort == synPort })
-	countTap(t, r.taps[out1], func(steer.Tuple, uint8) bool { return false }) // drained, not forwarded
+	in0Counts := countTap(t, r.taps[in0],
+		func(tu steer.Tuple, _ uint8) bool { return tu.Proto == ipproto.UDP && tu.DstPort == udpPort },
+		func(tu steer.Tuple, fl uint8) bool { return tu.Proto == ipproto.TCP && tu.DstPort == synPort })
+	udpIn0, synIn0 := in0Counts[0], in0Counts[1]
+	countTap(t, r.taps[out1]) // drained, not forwarded
 
 	const n = 3000
 	dst := netip.AddrPortFrom(pu1.Addr, udpPort)
