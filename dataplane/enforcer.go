@@ -907,7 +907,7 @@ func (e *Enforcer) Restore(pu *PU, proto ipproto.Proto, local, remote netip.Addr
 }
 
 // EstablishedFlow is an established TCP flow as a restarted daemon needs
-// it (EstablishedTCP, Restore and RestorePeer).
+// it (EstablishedTCP; back with Restore and RestorePeer).
 type EstablishedFlow struct {
 	Local, Remote netip.AddrPort // Local is the PU's end
 	LastSeen      time.Time      // the last packet of it the dataplane saw
@@ -948,18 +948,32 @@ func (e *Enforcer) EstablishedTCP(pu *PU, fn func(f *EstablishedFlow)) {
 	})
 }
 
-// RestorePeer gives a restored TCP flow of pu (Restore, between f.Local
-// and f.Remote) back its side and its peer's identity, as a previous run
-// saved them (EstablishedTCP), so that a policy change judges it as it
-// would have before the restart (by the peer's identity, in the direction
-// of its SYN) rather than by addresses alone. A flow that has them, or
-// that is not restored, is left alone; so is f without a peer.
-func (e *Enforcer) RestorePeer(pu *PU, f *EstablishedFlow) bool {
-	if pu == nil || len(f.Peer) == 0 || !f.Local.IsValid() || !f.Remote.IsValid() {
+// RestoredPeer is a peer identity a previous run saved (EstablishedTCP),
+// made once and shared by every flow that restores it, as the flows of one
+// verified peer share its token's verification.
+type RestoredPeer struct{ p *tokens.Peer }
+
+// NewRestoredPeer makes the restored identity of a peer of node with tags
+// (nil without tags).
+func NewRestoredPeer(node string, tags identity.Tags) *RestoredPeer {
+	if len(tags) == 0 {
+		return nil
+	}
+	return &RestoredPeer{&tokens.Peer{Tags: tags, Identity: identity.New(tags), Node: node}}
+}
+
+// RestorePeer gives the restored TCP flow of pu between local (the PU's
+// end) and remote (Restore) back its side and its peer's identity, as a
+// previous run saved them (EstablishedTCP), so that a policy change judges
+// it as it would have before the restart (by the peer's identity, in the
+// direction of its SYN) rather than by addresses alone. A flow that has
+// them, or that is not restored, is left alone; so is a nil peer.
+func (e *Enforcer) RestorePeer(pu *PU, local, remote netip.AddrPort, server bool, peer *RestoredPeer) bool {
+	if pu == nil || peer == nil || !local.IsValid() || !remote.IsValid() {
 		return false
 	}
-	k := flow.Key{Local: f.Local.Addr().As16(), Remote: f.Remote.Addr().As16(),
-		LocalPort: f.Local.Port(), RemotePort: f.Remote.Port(), PU: pu.index, Proto: ipproto.TCP}
+	k := flow.Key{Local: local.Addr().As16(), Remote: remote.Addr().As16(),
+		LocalPort: local.Port(), RemotePort: remote.Port(), PU: pu.index, Proto: ipproto.TCP}
 	sh := e.table.Shard(&k)
 	sh.Lock()
 	defer sh.Unlock()
@@ -968,9 +982,9 @@ func (e *Enforcer) RestorePeer(pu *PU, f *EstablishedFlow) bool {
 		return false
 	}
 	v := &ent.Value
-	v.peer = &tokens.Peer{Tags: f.Peer, Identity: identity.New(f.Peer), Node: f.PeerNode}
+	v.peer = peer.p
 	v.role = roleClient
-	if f.Server {
+	if server {
 		v.role = roleServer
 	}
 	return true

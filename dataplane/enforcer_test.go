@@ -1390,7 +1390,7 @@ func TestLateTokenACK(t *testing.T) {
 // which allows no network, revokes it.
 func TestRestorePeer(t *testing.T) {
 	local, remote := netip.AddrPortFrom(sIP, 5432), netip.AddrPortFrom(cIP, 40000)
-	saved := &EstablishedFlow{Local: local, Remote: remote, Server: true, PeerNode: "node-c", Peer: identity.NewTags(map[string]string{"app": "web"})}
+	web := NewRestoredPeer("node-c", identity.NewTags(map[string]string{"app": "web"}))
 	onlyWeb := `
 targetNetworks: [10.0.0.0/8]
 policies:
@@ -1414,7 +1414,7 @@ policies:
 				t.Fatal("restore")
 			}
 			if tc.withPeer {
-				if !s.e.RestorePeer(s.pu, saved) || s.e.RestorePeer(s.pu, saved) {
+				if !s.e.RestorePeer(s.pu, local, remote, true, web) || s.e.RestorePeer(s.pu, local, remote, true, web) {
 					t.Fatal("RestorePeer: want true once, then false")
 				}
 			}
@@ -1437,7 +1437,7 @@ policies:
 	// A flow that is not restored (or has its peer) is left alone.
 	p := newPair(t, allowAll, map[string]string{"app": "web"}, map[string]string{"app": "db"})
 	p.handshake()
-	if p.s.e.RestorePeer(p.s.pu, &EstablishedFlow{Local: local, Remote: remote, Peer: identity.NewTags(map[string]string{"app": "bad"})}) {
+	if p.s.e.RestorePeer(p.s.pu, local, remote, false, NewRestoredPeer("", identity.NewTags(map[string]string{"app": "bad"}))) {
 		t.Fatal("RestorePeer changed a flow the enforcer decided itself")
 	}
 }

@@ -116,11 +116,18 @@ func (c *slowPacket) findToken() (off, n int, rc reason.Code) {
 	if !ok {
 		return 0, 0, reason.MissingToken
 	}
+	n, rc = c.tokenLen()
+	return off, n, rc
+}
+
+// tokenLen is the length of the token frame at the start of c.p's payload
+// (missing-token for none, malformed-token...).
+func (c *slowPacket) tokenLen() (int, reason.Code) {
 	n, err := tokens.FrameLen(c.p.Frame[c.p.Payload:c.p.End])
 	if err != nil {
-		return 0, 0, code(err)
+		return 0, code(err)
 	}
-	return off, n, reason.None
+	return n, reason.None
 }
 
 func code(err error) reason.Code {
@@ -340,8 +347,8 @@ func (c *slowPacket) established(ent *flow.Entry[conn]) {
 		// here, or steered by the kernel's rule for the marker). Its
 		// token frame is not data: the PU gets the plain ACK its peer's
 		// TCP sent, never the frame's bytes in its stream.
-		if _, ok := packet.FindOption(p, tokens.Option); ok {
-			off, n, rc := c.findToken()
+		if off, ok := packet.FindOption(p, tokens.Option); ok {
+			n, rc := c.tokenLen()
 			if rc == reason.None {
 				c.frame, rc = c.stripToken(off, n)
 			}

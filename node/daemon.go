@@ -60,9 +60,6 @@ type Daemon struct {
 	// savedPolicy is the digest of the policy of the previous run's last
 	// flow save (savedflows.go), "" without one.
 	savedPolicy string
-	// savedPeers are the peer identities of the previous run's flows.json,
-	// for the flows it restores (savedflows.go).
-	savedPeers []restoredPeer
 	// records is where flow records go (the ring and the flow log): the
 	// enforcer's sink, and the kernel loop's for the final records that
 	// wait for the kernel's counts (finalcounts.go).

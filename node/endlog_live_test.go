@@ -3,6 +3,7 @@ package node_test
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -28,6 +29,23 @@ policies:
         action: allow
 `
 
+// newFrontWeb starts a daemon on a node with two PUs under endLogPolicy,
+// the frontend and the web, and a listener of the web on tcp/7000 (the
+// port the policy allows), closed when the test ends.
+func newFrontWeb(t *testing.T) (d *testenv.Daemon, front, web *testenv.PU, ln net.Listener) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	n := testenv.NewNode(t, testenv.NodeOptions{PUs: 2})
+	d = testenv.NewDaemon(t, n, testenv.DaemonOptions{SecretsDir: testenv.PSKDir(t), Policy: fmt.Sprintf(endLogPolicy, n.Subnet)})
+	d.Start()
+	front, web = n.PUs[0], n.PUs[1]
+	d.Attach(front, "app=frontend")
+	d.Attach(web, "app=web")
+	ln = web.Listen(7000)
+	t.Cleanup(func() { ln.Close() })
+	return d, front, web, ln
+}
+
 // TestEndLogTimeWaitReuse: the server closes first (its side goes to
 // TIME_WAIT) and the client connects again from the same port at once,
 // several times: the FINs pass in the kernel and are logged, and each new
@@ -36,15 +54,7 @@ policies:
 // or replaced by its successor (never left to expire), and the enforcers
 // judged the logged FINs.
 func TestEndLogTimeWaitReuse(t *testing.T) {
-	testenv.RequireRoot(t)
-	n := testenv.NewNode(t, testenv.NodeOptions{PUs: 2})
-	d := testenv.NewDaemon(t, n, testenv.DaemonOptions{SecretsDir: testenv.PSKDir(t), Policy: fmt.Sprintf(endLogPolicy, n.Subnet)})
-	d.Start()
-	front, web := n.PUs[0], n.PUs[1]
-	d.Attach(front, "app=frontend")
-	d.Attach(web, "app=web")
-	ln := web.Listen(7000)
-	t.Cleanup(func() { ln.Close() })
+	d, front, web, ln := newFrontWeb(t)
 	go func() {
 		for {
 			c, err := ln.Accept()

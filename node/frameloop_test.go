@@ -218,17 +218,23 @@ func newMemEnforcer(t *testing.T, policyYAML string) *dataplane.Enforcer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	set, err := policy.Parse("test.yaml", []byte(policyYAML))
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := policy.Compile(set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	enf, err := dataplane.New(dataplane.Config{Tokens: te, Policy: eng, KernelBypass: true})
+	enf, err := dataplane.New(dataplane.Config{Tokens: te, Policy: compilePolicy(t, policyYAML), KernelBypass: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return enf
+}
+
+// compilePolicy parses and compiles a policy text.
+func compilePolicy(t testing.TB, text string) *policy.Engine {
+	t.Helper()
+	set, err := policy.Parse("test.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := policy.Compile(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
 }

@@ -136,8 +136,8 @@ func (d *Daemon) restore() error {
 	}
 	t2 := time.Now()
 	flows, missed := 0, 0
-	saved, savedPolicy := d.takeSavedFlows()
-	d.savedPolicy = savedPolicy
+	prev := d.takeSavedFlows()
+	d.savedPolicy = prev.policy
 	d.backlog.ensure(len(ready))
 	for _, p := range ready {
 		// The enforcer learns the PU's flows before its first packet is
@@ -150,12 +150,11 @@ func (d *Daemon) restore() error {
 			continue
 		}
 		r, m := d.restoreFlows(p, t2)
-		flows, missed = flows+r+d.restoreSavedFlows(p, saved[p.info.ID], t2), missed+m
+		flows, missed = flows+r+d.restoreSavedFlows(p, &prev, t2), missed+m
 		d.startReaders(p)
 		d.log.Debug("restored PU", "pu", p.info.ID, "name", p.info.Name)
 	}
 	t3 := time.Now()
-	d.savedPeers = nil
 	d.restored.Store(true)
 	d.saveState()
 	if missed > 0 {

@@ -117,14 +117,22 @@ func policyDigest(e *policy.Engine) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// takeSavedFlows reads and removes the flows the previous run saved, by PU
-// ID, and the digest of the policy then in force. A file that cannot be
-// read restores nothing.
-func (d *Daemon) takeSavedFlows() (map[string][]savedFlow, string) {
+// prevFlows is what the previous run saved: its flows by PU ID, their
+// peers' identities (savedFlow.Peer - 1 indexes them; nil for one that
+// does not decode) and the digest of its policy.
+type prevFlows struct {
+	byPU   map[string][]savedFlow
+	peers  []*dataplane.RestoredPeer
+	policy string
+}
+
+// takeSavedFlows reads and removes the flows the previous run saved. A
+// file that cannot be read restores nothing.
+func (d *Daemon) takeSavedFlows() prevFlows {
 	path := flowsPath(d.cfg.StateDir)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, ""
+		return prevFlows{}
 	}
 	os.Remove(path)
 	var s savedFlows
@@ -133,33 +141,27 @@ func (d *Daemon) takeSavedFlows() (map[string][]savedFlow, string) {
 	}
 	if err != nil {
 		d.log.Warn("the established flows of the previous run are not restored", "file", path, "err", err)
-		return nil, ""
+		return prevFlows{}
 	}
-	out := map[string][]savedFlow{}
-	d.savedPeers = d.savedPeers[:0]
+	prev := prevFlows{byPU: map[string][]savedFlow{}, policy: s.Policy}
 	for _, p := range s.Peers {
-		tags, err := identity.Decode(p.Tags)
-		if err != nil || len(tags) == 0 {
-			tags = nil // written by a daemon: not expected; its flows are judged by addresses
-		}
-		d.savedPeers = append(d.savedPeers, restoredPeer{node: p.Node, tags: tags})
+		// Each identity once, shared by its flows. One that does not
+		// decode (written by a daemon: not expected) stays nil: its flows
+		// are judged by addresses.
+		tags, _ := identity.Decode(p.Tags)
+		prev.peers = append(prev.peers, dataplane.NewRestoredPeer(p.Node, tags))
 	}
 	for _, f := range s.Flows {
-		out[f.PU] = append(out[f.PU], f)
+		prev.byPU[f.PU] = append(prev.byPU[f.PU], f)
 	}
-	return out, s.Policy
-}
-
-// restoredPeer is a peer identity of flows.json, decoded once.
-type restoredPeer struct {
-	node string
-	tags identity.Tags
+	return prev
 }
 
 // restoreSavedFlows gives the enforcer back p's saved flows the kernel no
 // longer held (restoreFlows took the others): each from an address of the
 // PU, not idle beyond the flow table's lifetime of an established flow.
-func (d *Daemon) restoreSavedFlows(p *livePU, saved []savedFlow, now time.Time) (restored int) {
+func (d *Daemon) restoreSavedFlows(p *livePU, prev *prevFlows, now time.Time) (restored int) {
+	saved := prev.byPU[p.info.ID]
 	for _, f := range saved {
 		a := f.Local.Addr()
 		if !f.Local.IsValid() || !f.Remote.IsValid() ||
@@ -180,11 +182,9 @@ func (d *Daemon) restoreSavedFlows(p *livePU, saved []savedFlow, now time.Time) 
 	// Every restored flow the previous run saved, from the kernel's sets
 	// or from the file, gets back its side and its peer's identity.
 	for _, f := range saved {
-		if f.Peer <= 0 || f.Peer > len(d.savedPeers) || d.savedPeers[f.Peer-1].tags == nil {
-			continue
+		if f.Peer > 0 && f.Peer <= len(prev.peers) {
+			d.enf.RestorePeer(p.dp, f.Local, f.Remote, f.Server, prev.peers[f.Peer-1])
 		}
-		peer := &d.savedPeers[f.Peer-1]
-		d.enf.RestorePeer(p.dp, &dataplane.EstablishedFlow{Local: f.Local, Remote: f.Remote, Server: f.Server, PeerNode: peer.node, Peer: peer.tags})
 	}
 	if restored > 0 {
 		d.log.Debug("restored established flows the kernel no longer held", "pu", p.info.ID, "flows", restored)

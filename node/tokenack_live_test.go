@@ -2,7 +2,6 @@ package node_test
 
 import (
 	"bytes"
-	"fmt"
 	"io"
 	"net/netip"
 	"testing"
@@ -27,15 +26,7 @@ import (
 // sequence numbers, between two writes of its socket: the server reads
 // exactly what the client's socket wrote.
 func TestLateTokenACKNotData(t *testing.T) {
-	testenv.RequireRoot(t)
-	n := testenv.NewNode(t, testenv.NodeOptions{PUs: 2})
-	d := testenv.NewDaemon(t, n, testenv.DaemonOptions{SecretsDir: testenv.PSKDir(t), Policy: fmt.Sprintf(endLogPolicy, n.Subnet)})
-	d.Start()
-	front, web := n.PUs[0], n.PUs[1]
-	d.Attach(front, "app=frontend")
-	d.Attach(web, "app=web")
-	ln := web.Listen(7000)
-	t.Cleanup(func() { ln.Close() })
+	d, front, web, ln := newFrontWeb(t)
 	got := make(chan []byte, 1)
 	reply := make(chan struct{})
 	go func() {
