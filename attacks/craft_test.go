@@ -5,6 +5,9 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -374,4 +377,36 @@ func hasMarker(tcp *layers.TCP) bool {
 		}
 	}
 	return false
+}
+
+// tcpExt reads pu's TcpExt counters (/proc/net/netstat of its namespace):
+// what its TCP did with a segment the test cannot observe on the wire.
+func tcpExt(t *testing.T, pu *testenv.PU) map[string]uint64 {
+	t.Helper()
+	var raw []byte
+	err := pu.Do(func() (err error) {
+		// thread-self: /proc/self/net is the namespace of the process's
+		// main thread, not of the goroutine's locked thread.
+		raw, err = os.ReadFile("/proc/thread-self/net/netstat")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("netstat of %s: %v", pu.Name, err)
+	}
+	lines := strings.Split(string(raw), "\n")
+	out := map[string]uint64{}
+	for i := 0; i+1 < len(lines); i += 2 {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) != len(values) || len(names) == 0 || names[0] != "TcpExt:" {
+			continue
+		}
+		for j := 1; j < len(names); j++ {
+			v, _ := strconv.ParseUint(values[j], 10, 64)
+			out[names[j]] = v
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("netstat of %s: no TcpExt counters", pu.Name)
+	}
+	return out
 }

@@ -82,14 +82,35 @@ func TestSpoofedSYNOnEstablishedFlow(t *testing.T) {
 	waitDropOn(t, u.d1, before, "missing-token")
 
 	// The captured token on a new ISN: web's TCP answers it, keeping its
-	// connection: a pure ACK toward frontend (a challenge ACK).
-	u.send(t, seg{src: client, dst: u.victim.Addr, flags: "S", seq: mrand.Uint32(), opts: captured.Options, payload: captured.Payload})
-	challenge := firstFrame(u.tap, 2*time.Second, func(p gopacket.Packet) bool {
+	// connection: a pure ACK toward frontend (a challenge ACK). Linux sends
+	// at most one out-of-window or challenge ACK per socket per 500 ms
+	// (tcp_invalid_ratelimit); web's counters tell a SYN its TCP got and
+	// rate-limited (TCPACKSkippedChallenge) from one that never reached it,
+	// and a rate-limited one is sent again once the limit has passed.
+	isChallenge := func(p gopacket.Packet) bool {
 		tcp := tcpOf(p)
 		return tcp != nil && uint16(tcp.DstPort) == client.Port() && tcp.ACK && !tcp.SYN && !tcp.RST && len(tcp.Payload) == 0
-	})
+	}
+	var challenge gopacket.Packet
+	for try := 0; try < 3 && challenge == nil; try++ {
+		ext, drops := tcpExt(t, u.web), dropsOf(t, u.d1)
+		u.send(t, seg{src: client, dst: u.victim.Addr, flags: "S", seq: mrand.Uint32(), opts: captured.Options, payload: captured.Payload})
+		if challenge = firstFrame(u.tap, 2*time.Second, isChallenge); challenge != nil {
+			break
+		}
+		now := tcpExt(t, u.web)
+		if now["TCPSYNChallenge"] == ext["TCPSYNChallenge"] {
+			t.Fatalf("the authenticated SYN did not reach web's TCP (drops before %v, after %v)", drops, dropsOf(t, u.d1))
+		}
+		if now["TCPACKSkippedChallenge"] == ext["TCPACKSkippedChallenge"] {
+			t.Fatalf("web's TCP got the SYN and sent a challenge ACK that was not seen on the wire (TcpExt before %v, after %v)", ext, now)
+		}
+		t.Logf("web's TCP rate-limited its challenge ACK (TCPACKSkippedChallenge %d -> %d); sending the SYN again",
+			ext["TCPACKSkippedChallenge"], now["TCPACKSkippedChallenge"])
+		time.Sleep(600 * time.Millisecond)
+	}
 	if challenge == nil {
-		t.Error("web's TCP did not answer the authenticated SYN with a challenge ACK (did the SYN reach it?)")
+		t.Error("web's TCP rate-limited its challenge ACK three times in a row")
 	}
 
 	if err := testenv.EchoConn(c, "still-ok", 3*time.Second); err != nil {
