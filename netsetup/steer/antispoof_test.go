@@ -23,11 +23,12 @@ const (
 	rogue                     // dropped as router/DHCP server traffic, <pu>_in_rogue
 	steered                   // sent to the dataplane (nobody reads the TAP here)
 	passed                    // accepted in the kernel: it reaches the other PU
-	authorized                // passed as an authorized flow's packet, counted <pu>_{in,out}_auth
+	authorized                // passed as an authorized flow's packet by rule 5, counted <pu>_{in,out}_auth
+	fast                      // passed as an authorized flow's packet by the fast path (rule F), <pu>_{in,out}_fast
 )
 
 func (o outcome) String() string {
-	return [...]string{"spoofed", "rogue", "steered", "passed", "authorized"}[o]
+	return [...]string{"spoofed", "rogue", "steered", "passed", "authorized", "fast"}[o]
 }
 
 // counterOf returns the counter an outcome increments.
@@ -42,11 +43,16 @@ func counterOf(c steer.Counters, o outcome, egress bool) uint64 {
 			return c.OutSteered.Packets
 		}
 		return c.InSteered.Packets
-	case authorized:
+	case authorized: // Authorized includes the fast path's
 		if egress {
-			return c.OutAuthorized.Packets
+			return c.OutAuthorized.Packets - c.OutFast.Packets
 		}
-		return c.InAuthorized.Packets
+		return c.InAuthorized.Packets - c.InFast.Packets
+	case fast:
+		if egress {
+			return c.OutFast.Packets
+		}
+		return c.InFast.Packets
 	}
 	return 0
 }
@@ -88,7 +94,7 @@ func runFrameCases(t *testing.T, r *rig, pu string, from, to *testenv.PU, egress
 		if d := counterOf(after, c.want, egress) - counterOf(before, c.want, egress); c.want != passed && d != 1 && !(c.want == steered && d > 1) {
 			t.Errorf("%s: %v counter grew by %d, want 1 (%+v -> %+v)", c.name, c.want, d, before, after)
 		}
-		for _, o := range []outcome{spoofed, rogue, authorized} {
+		for _, o := range []outcome{spoofed, rogue, authorized, fast} {
 			if o != c.want && counterOf(after, o, egress) != counterOf(before, o, egress) {
 				t.Errorf("%s: %v counter grew too (%+v -> %+v)", c.name, o, before, after)
 			}
@@ -100,7 +106,7 @@ func runFrameCases(t *testing.T, r *rig, pu string, from, to *testenv.PU, egress
 		for _, p := range got {
 			reached = reached || bytes.HasPrefix(p.Data(), unpadded(c.frame))
 		}
-		if reached != (c.want == passed || c.want == authorized) {
+		if reached != (c.want == passed || c.want == authorized || c.want == fast) {
 			t.Errorf("%s: reached %s: %v, want %v", c.name, to.Name, reached, c.want)
 		}
 	}

@@ -21,7 +21,7 @@ import (
 // before rule 5's lookup.
 //
 // A fast-path rule accepts only packets that the rules after it would
-// accept at rule 5 with the same counters; everything else falls through
+// accept at rule 5; everything else falls through
 // to them unchanged. So it re-checks, for what it accepts, every earlier
 // rule that could drop or steer such a packet:
 //
@@ -51,7 +51,11 @@ import (
 // loads from the network and transport headers) as the ones they stand in
 // front of: a VLAN tag, IP options or a malformed header affect both alike
 // (a load out of the packet fails the rule, which then falls through).
-func fastPathRules(pu PU, egress bool, sets puSets, authCounter string) [][]expr.Any {
+//
+// What they accept is counted apart (<pu>_{in,out}_fast; Counters adds it
+// to the authorized packets): the only way to tell, from outside, that a
+// packet took the fast path and not rule 5.
+func fastPathRules(pu PU, egress bool, sets puSets, fastCounter string) [][]expr.Any {
 	o4, o6, _, _ := ownPrefixes(pu.Addrs)
 	var rules [][]expr.Any
 	for _, v6 := range []bool{false, true} {
@@ -105,7 +109,7 @@ func fastPathRules(pu PU, egress bool, sets puSets, authCounter string) [][]expr
 				r = append(r, &expr.Cmp{Op: expr.CmpOpNeq, Register: sport, Data: be16(server)})
 			}
 			r = append(r, &expr.Lookup{SourceRegister: regKey, SetName: set.Name, SetID: set.ID})
-			rules = append(rules, cat(r, counted(authCounter, accept)))
+			rules = append(rules, cat(r, counted(fastCounter, accept)))
 		}
 	}
 	return rules

@@ -82,8 +82,9 @@ func vlanTagged(frame []byte, id uint16) []byte {
 // toward A (SYN, fragments, the datagram handshake's marker). Each must be
 // dropped, counted as spoofed or rogue, or steered, exactly as without the
 // fast path; the flows' plain packets pass in the kernel counted as
-// authorized, also those the fast path leaves to rule 5 (an IPv6
-// hop-by-hop header, a datagram too short to hold the marker).
+// accepted by the fast path, and those it leaves to rule 5 (an IPv6
+// hop-by-hop header, a datagram too short to hold the marker, another
+// experiment's option 253 toward the PU) as accepted by rule 5.
 func TestFastPathSpoofing(t *testing.T) {
 	r := newRig(t, 2, 1) // pu0 steered, PU 1 a plain port
 	att, vic := r.node.PUs[0], r.node.PUs[1]
@@ -115,7 +116,7 @@ func TestFastPathSpoofing(t *testing.T) {
 		return testenv.UDP6Datagram(mac, dstMAC, src, dst, []byte(payload))
 	}
 	runFrameCases(t, r, "pu0", att, vic, false, []frameCase{
-		{"TCP of the flow", tcp4(A, ap(a4, 40000), ap(v4, 80), "A"), authorized},
+		{"TCP of the flow", tcp4(A, ap(a4, 40000), ap(v4, 80), "A"), fast},
 		{"TCP with V's MAC", tcp4(V, ap(a4, 40000), ap(v4, 80), "A"), spoofed},
 		{"TCP as V (the reverse entry)", tcp4(A, ap(v4, 80), ap(a4, 40000), "A"), spoofed},
 		{"VLAN-tagged TCP as V", vlanTagged(tcp4(A, ap(v4, 80), ap(a4, 40000), "A"), 7), spoofed},
@@ -123,15 +124,15 @@ func TestFastPathSpoofing(t *testing.T) {
 		{"FIN of the flow", tcp4(A, ap(a4, 40000), ap(v4, 80), "AF"), steered},
 		{"RST of the flow", tcp4(A, ap(a4, 40000), ap(v4, 80), "R"), steered},
 		{"first fragment of the flow", firstFragment4(tcp4(A, ap(a4, 40000), ap(v4, 80), "A")), steered},
-		{"UDP of the flow", udp4(A, V, ap(a4, 40001), ap(v4, 5353), "fast"), authorized},
+		{"UDP of the flow", udp4(A, V, ap(a4, 40001), ap(v4, 5353), "fast"), fast},
 		{"UDP as V (the reverse entry)", udp4(A, V, ap(v4, 5353), ap(a4, 40001), "fast"), spoofed},
 		{"UDP from port 67 (authorized)", udp4(A, V, ap(a4, 67), ap(v4, 68), "offer"), rogue},
-		{"TCPv6 of the flow", tcp6Segment(A, V, ap(a6, 40000), ap(v6, 80), "A"), authorized},
+		{"TCPv6 of the flow", tcp6Segment(A, V, ap(a6, 40000), ap(v6, 80), "A"), fast},
 		{"TCPv6 with V's MAC", tcp6Segment(V, V, ap(a6, 40000), ap(v6, 80), "A"), spoofed},
 		{"TCPv6 as V (the reverse entry)", tcp6Segment(A, V, ap(v6, 80), ap(a6, 40000), "A"), spoofed},
 		{"TCPv6 SYN of the flow", tcp6Segment(A, V, ap(a6, 40000), ap(v6, 80), "S"), steered},
 		{"TCPv6 behind a hop-by-hop header (rule 5)", withExtHeader(tcp6Segment(A, V, ap(a6, 40000), ap(v6, 80), "A"), 0), authorized},
-		{"UDPv6 of the flow", udp6(A, V, ap(a6, 40001), ap(v6, 5353), "fast"), authorized},
+		{"UDPv6 of the flow", udp6(A, V, ap(a6, 40001), ap(v6, 5353), "fast"), fast},
 		{"UDPv6 as V (the reverse entry)", udp6(A, V, ap(v6, 5353), ap(a6, 40001), "fast"), spoofed},
 		{"UDPv6 first fragment of the flow", withExtHeader(udp6(A, V, ap(a6, 40001), ap(v6, 5353), "fast"), 44), steered},
 		{"UDPv6 from port 547 (authorized)", udp6(A, V, ap(a6, 547), ap(v6, 546), "advertise"), rogue},
@@ -145,20 +146,20 @@ func TestFastPathSpoofing(t *testing.T) {
 	tokenOpt := layers.TCPOption{OptionType: tokens.OptionKind, OptionLength: 4, OptionData: tokens.Option[2:]}
 	otherExp := layers.TCPOption{OptionType: tokens.OptionKind, OptionLength: 4, OptionData: []byte{0x12, 0x34}}
 	runFrameCases(t, r, "pu0", vic, att, true, []frameCase{
-		{"TCP with timestamps", withTCPOptions(towardTCP, tsOpt...), authorized},
+		{"TCP with timestamps", withTCPOptions(towardTCP, tsOpt...), fast},
 		{"TCP with the handshake's marker option", withTCPOptions(towardTCP, append([]layers.TCPOption{tokenOpt}, tsOpt...)...), steered},
 		{"TCP with the marker option after timestamps", withTCPOptions(towardTCP, append(slices.Clone(tsOpt), tokenOpt)...), steered},
 		{"TCP with another experiment's option 253 (rule 5)", withTCPOptions(towardTCP, append([]layers.TCPOption{otherExp}, tsOpt...)...), authorized},
 		{"TCPv6 with the handshake's marker option", withTCPOptions(towardTCP6, tokenOpt), steered},
-		{"TCP of the flow", testenv.TCPSegment(V, A, ap(v4, 80), ap(a4, 40000), "A", 1, 1, []byte("fast")), authorized},
+		{"TCP of the flow", testenv.TCPSegment(V, A, ap(v4, 80), ap(a4, 40000), "A", 1, 1, []byte("fast")), fast},
 		{"SYN-ACK of the flow", testenv.TCPSegment(V, A, ap(v4, 80), ap(a4, 40000), "SA", 1, 1, nil), steered},
 		{"first fragment of the flow", firstFragment4(testenv.TCPSegment(V, A, ap(v4, 80), ap(a4, 40000), "A", 1, 1, []byte("fast"))), steered},
-		{"UDP of the flow", udp4(V, A, ap(v4, 5353), ap(a4, 40001), "fast"), authorized},
+		{"UDP of the flow", udp4(V, A, ap(v4, 5353), ap(a4, 40001), "fast"), fast},
 		{"UDP of 1 byte (rule 5)", udp4(V, A, ap(v4, 5353), ap(a4, 40001), "f"), authorized},
 		{"UDP with the handshake's marker", udp4(V, A, ap(v4, 5353), ap(a4, 40001), marker), steered},
-		{"TCPv6 of the flow", tcp6Segment(V, A, ap(v6, 80), ap(a6, 40000), "A"), authorized},
+		{"TCPv6 of the flow", tcp6Segment(V, A, ap(v6, 80), ap(a6, 40000), "A"), fast},
 		{"TCPv6 FIN of the flow", tcp6Segment(V, A, ap(v6, 80), ap(a6, 40000), "AF"), steered},
-		{"UDPv6 of the flow", udp6(V, A, ap(v6, 5353), ap(a6, 40001), "fast"), authorized},
+		{"UDPv6 of the flow", udp6(V, A, ap(v6, 5353), ap(a6, 40001), "fast"), fast},
 		{"UDPv6 with the handshake's marker", udp6(V, A, ap(v6, 5353), ap(a6, 40001), marker), steered},
 		{"UDPv6 first fragment of the flow", withExtHeader(udp6(V, A, ap(v6, 5353), ap(a6, 40001), "fast"), 44), steered},
 	})

@@ -117,10 +117,11 @@ func puCounters(pu string) []string {
 		counterName(pu, "out", "steer"), counterName(pu, "out", "auth"),
 		counterName(pu, "in", "spoof"), counterName(pu, "in", "rogue"),
 		budgetCounter(pu),
+		counterName(pu, "in", "fast"), counterName(pu, "out", "fast"),
 	}
 }
 
-var counterSuffixes = []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth", "_in_spoof", "_in_rogue", "_in_budget"}
+var counterSuffixes = []string{"_in_steer", "_in_auth", "_out_steer", "_out_auth", "_in_spoof", "_in_rogue", "_in_budget", "_in_fast", "_out_fast"}
 
 // AllCounters reads the kernel counters of every PU, one dump per table.
 func (s *Steerer) AllCounters() (map[string]Counters, error) {
@@ -169,8 +170,15 @@ func (s *Steerer) AllCounters() (map[string]Counters, error) {
 			c.RogueRouter = p
 		case "_in_budget":
 			c.InOverBudget = p
+		case "_in_fast":
+			c.InFast = p
+		case "_out_fast":
+			c.OutFast = p
 		}
 		out[pu] = c
+	}
+	for pu, c := range out {
+		out[pu] = c.withFast()
 	}
 	return out, nil
 }

@@ -251,7 +251,7 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 		dir, tap = "out", pu.TapOut
 	}
 	steerCounter := counterName(pu.Name, dir, "steer")
-	authCounter := counterName(pu.Name, dir, "auth")
+	authCounter, fastCounter := counterName(pu.Name, dir, "auth"), counterName(pu.Name, dir, "fast")
 	var rules [][]expr.Any
 
 	// 1. Packets the dataplane injected toward the PU carry its mark. Only
@@ -268,9 +268,9 @@ func (s *Steerer) chainRules(pu PU, egress bool, sets puSets) [][]expr.Any {
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: regScratch},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: regScratch, Data: binaryutil.NativeEndian.PutUint32(s.cfg.Mark)},
 		}, accept))
-		rules = append(rules, fastPathRules(pu, egress, sets, authCounter)...)
+		rules = append(rules, fastPathRules(pu, egress, sets, fastCounter)...)
 	} else {
-		rules = append(rules, fastPathRules(pu, egress, sets, authCounter)...)
+		rules = append(rules, fastPathRules(pu, egress, sets, fastCounter)...)
 		rules = append(rules, antiSpoofRules(pu, sets)...)
 	}
 	// 2. ARP passes (leaving the PU: checked above); IPv6 neighbour

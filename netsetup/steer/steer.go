@@ -100,7 +100,20 @@ type Counters struct {
 	// redirects and DHCP server replies (RogueRouter).
 	Spoofed, RogueRouter Packets
 	InOverBudget         Packets // leaving the PU, dropped over its packet budget (budget.go)
+	// Of the authorized packets, those the fast path (rule F) accepted;
+	// the rest took rule 5 or the connection-end rules.
+	InFast, OutFast Packets
 }
+
+// withFast adds the fast path's packets, read from their own counters, to
+// the authorized ones.
+func (c Counters) withFast() Counters {
+	c.InAuthorized.add(c.InFast)
+	c.OutAuthorized.add(c.OutFast)
+	return c
+}
+
+func (p *Packets) add(q Packets) { p.Packets += q.Packets; p.Bytes += q.Bytes }
 
 // Packets is a packet and byte count.
 type Packets struct{ Packets, Bytes uint64 }
@@ -974,6 +987,8 @@ func (s *Steerer) Counters(pu string) (Counters, error) {
 		counterName(pu, "in", "spoof"):  &c.Spoofed,
 		counterName(pu, "in", "rogue"):  &c.RogueRouter,
 		budgetCounter(pu):               &c.InOverBudget,
+		counterName(pu, "in", "fast"):   &c.InFast,
+		counterName(pu, "out", "fast"):  &c.OutFast,
 	}
 	for _, o := range objs {
 		co, ok := o.(*nftables.CounterObj)
@@ -984,5 +999,5 @@ func (s *Steerer) Counters(pu string) (Counters, error) {
 			*p = Packets{Packets: co.Packets, Bytes: co.Bytes}
 		}
 	}
-	return c, nil
+	return c.withFast(), nil
 }
