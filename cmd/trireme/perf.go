@@ -78,7 +78,10 @@ Scale scenarios (docs/perf.md), each with --json:
   --rules 10,1000,10000      new-connection figures with policies of that
                              many rules, vs the kernel path
 --rounds and --duration set the RTT/bulk rounds of --scale and --flows
-(default 3 of 1s there).`,
+(default 3 of 1s there).
+
+Saved results (--json) are read back by "trireme perf show FILE" (the
+table) and "trireme perf compare BEFORE AFTER" (side by side).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// The scale scenarios measure a path only on the side: their
@@ -183,6 +186,7 @@ Scale scenarios (docs/perf.md), each with --json:
 	f.StringVar(&rules, "rules", "", "compare new-connection figures with policies of these many rules in force (e.g. 10,1000,10000; at least 2: the two that allow the measured flow), against the kernel path (psk daemons)")
 	f.IntVar(&flows, "scale-flows", 0, "with --scale: authorized flows written into the kernel before the restart")
 	f.StringVar(&iperf3, "iperf3", "auto", "iperf3 binary for a cross-check of bulk throughput: auto (if installed), off, or a path")
+	cmd.AddCommand(perfFileCmds()...)
 	return cmd
 }
 

@@ -3,6 +3,9 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -60,6 +63,49 @@ func TestPerfJSON(t *testing.T) {
 		f := res.Figure(k)
 		if f == nil || f.Variants["kernel"] == nil || f.Variants["kernel"].Value == nil || f.Variants["kernel"].Value.Median <= 0 {
 			t.Errorf("figure %s missing or not positive: %+v", k, f)
+		}
+	}
+
+	// The saved run read back: its table, and compared with itself.
+	dir := t.TempDir()
+	saved := filepath.Join(dir, "run.json")
+	if err := os.WriteFile(saved, []byte(out), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	table, err := runPerf(t, "show", saved)
+	if err != nil || !strings.Contains(table, "trireme perf: one-node, 1 round(s) of 200ms") || !strings.Contains(table, "new conns/s, 1 client ↑") {
+		t.Errorf("perf show: %v\n%s", err, table)
+	}
+	cmp, err := runPerf(t, "compare", "--markdown", saved, saved)
+	m := regexp.MustCompile(`\| new conns/s, 1 client ↑ \| ([0-9.]+) conn/s → ([0-9.]+) conn/s \|`).FindStringSubmatch(cmp)
+	if err != nil || m == nil || m[1] != m[2] || m[1] == "0" {
+		t.Errorf("perf compare of a run with itself: %v\n%s", err, cmp)
+	}
+
+	// Files that are not saved comparison runs: usage errors naming them.
+	other := filepath.Join(dir, "other.json")
+	res.Topology = perf.TwoNodes
+	b, _ := json.Marshal(res)
+	if err := os.WriteFile(other, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	notJSON := filepath.Join(dir, "table.txt")
+	if err := os.WriteFile(notJSON, []byte(table), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"show", filepath.Join(dir, "missing.json")}, "no such file"},
+		{[]string{"show", notJSON}, notJSON + ": not a trireme perf --json result"},
+		{[]string{"compare", saved, other}, "different topologies (one-node, two-nodes)"},
+		{[]string{"compare", saved}, "accepts 2 arg(s)"},
+	} {
+		_, err := runPerf(t, tc.args...)
+		var ee *exitError
+		if err == nil || !strings.Contains(err.Error(), tc.want) || (errors.As(err, &ee) && ee.code != 2) {
+			t.Errorf("perf %v: err = %v, want %q (exit code 2)", tc.args, err, tc.want)
 		}
 	}
 }
