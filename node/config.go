@@ -84,6 +84,10 @@ type Config struct {
 	// Observe: the ring of recent flows and the web page (observe.go).
 	Observe Observe `yaml:"observe,omitempty"`
 
+	// MaxProcs bounds the CPUs the daemon's Go code runs on at once
+	// (runtime.GOMAXPROCS); 0 is automatic (Procs).
+	MaxProcs int `yaml:"maxProcs,omitempty"`
+
 	path string
 	// keys: where each key set in the file is (dotted name → its value's
 	// line and column), so that a finding names the line.
@@ -464,6 +468,9 @@ func (c *Config) Validate() error {
 	if c.TokenRefresh < 10*time.Second || c.TokenRefresh > 24*time.Hour {
 		bad("tokenRefresh", "%v: want between 10s and 24h", c.TokenRefresh)
 	}
+	if c.MaxProcs < 0 || c.MaxProcs > 1024 {
+		bad("maxProcs", "%d: want 0 (Go's default) to 1024", c.MaxProcs)
+	}
 	if c.KernelTCPTimeout < time.Second || c.KernelTCPTimeout > flow.DefaultEstablished {
 		bad("kernelTCPTimeout", "%v: want between 1s and %v (the flow table's idle lifetime of an established flow)", c.KernelTCPTimeout, flow.DefaultEstablished)
 	}
@@ -579,4 +586,27 @@ func (s Share) MarshalYAML() (any, error) {
 		return s.N, nil
 	}
 	return nil, nil
+}
+
+// Procs is the GOMAXPROCS the daemon runs with, given Go's default (the
+// CPUs available to the process, or its cgroup's CPU limit) and the
+// GOMAXPROCS environment variable (env: its value, "" when unset).
+// maxProcs set: that. Otherwise the environment variable, when set, as Go
+// applied it (goDefault); otherwise one processor where Go's default is at
+// most 2, Go's default above. Why one on small nodes: a new connection is
+// a chain of frames, each handled by a goroutine woken for it; with a
+// second processor the runtime wakes a second thread for each hand-off,
+// and on two CPUs shared with the workloads that costs more than the
+// parallelism gains: measured, the daemon's CPU per connection falls by a
+// quarter and the added connection latency with it (docs/perf.md,
+// "Processors"). Larger nodes were not measured: Go's default stays.
+func (c *Config) Procs(goDefault int, env string) int {
+	switch {
+	case c.MaxProcs > 0:
+		return c.MaxProcs
+	case env != "" || goDefault > 2:
+		return goDefault
+	default:
+		return 1
+	}
 }

@@ -54,6 +54,7 @@ midStream: acl
 onPolicyChange: reset
 tokenRefresh: 1m
 kernelTCPTimeout: 90s
+maxProcs: 1
 flowTable: {capacity: 5000, perPU: 10%}
 puPacketBudget: {rate: 0, burst: 7}
 `},

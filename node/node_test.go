@@ -75,8 +75,8 @@ func TestConfig(t *testing.T) {
 		{name: "missing file", config: "node: n1\nsecrets: {pskFile: nope}\npolicy: policy.yaml\n", wantErr: []string{"secrets.pskFile", "no such file"}},
 		{name: "no policy", config: "node: n1\nsecrets: {pskFile: psk}\n", wantErr: []string{"policy: missing"}},
 		{name: "unknown key", config: "node: n1\nsecret: {}\n", wantErr: []string{"line 2", "secret"}},
-		{name: "bad values", config: "node: Bad_Name\nsecrets: {pskFile: psk}\npolicy: policy.yaml\nmidStream: maybe\nonPolicyChange: later\nbridge: {name: waytoolongbridgename, subnet: 10.0.0.0/31}\ntokenRefresh: 1s\nsocket: ''\nkernelTCPTimeout: 3h\n",
-			wantErr: []string{"node:", "midStream:", "onPolicyChange:", "bridge.name:", "bridge.subnet:", "config.yaml:7:15: tokenRefresh:", "config.yaml:8:9: socket: empty", "config.yaml:9:19: kernelTCPTimeout:"}},
+		{name: "bad values", config: "node: Bad_Name\nsecrets: {pskFile: psk}\npolicy: policy.yaml\nmidStream: maybe\nonPolicyChange: later\nbridge: {name: waytoolongbridgename, subnet: 10.0.0.0/31}\ntokenRefresh: 1s\nsocket: ''\nkernelTCPTimeout: 3h\nmaxProcs: -1\n",
+			wantErr: []string{"node:", "midStream:", "onPolicyChange:", "bridge.name:", "bridge.subnet:", "config.yaml:7:15: tokenRefresh:", "config.yaml:8:9: socket: empty", "config.yaml:9:19: kernelTCPTimeout:", "config.yaml:10:11: maxProcs: -1: want 0"}},
 		{name: "bad cidr", config: "node: n1\nsecrets: {pskFile: psk}\npolicy: policy.yaml\ntargetNetworks: [10.0.0.0/33]\n", wantErr: []string{"line 4"}},
 		{name: "flow log bounds", config: "node: n1\nsecrets: {pskFile: psk}\npolicy: policy.yaml\nflowLogMaxSize: 1KiB\nflowLogFiles: -1\nflowLogAggregate: 10ms\n",
 			wantErr: []string{"flowLogMaxSize:", "flowLogFiles:", "flowLogAggregate:"}},
@@ -344,4 +344,27 @@ func FuzzParseByteSize(f *testing.F) {
 			t.Fatalf("ParseByteSize(%q) = %d", s, v)
 		}
 	})
+}
+
+// TestProcs: the daemon's GOMAXPROCS from maxProcs, the environment
+// variable and Go's default.
+func TestProcs(t *testing.T) {
+	for _, c := range []struct {
+		maxProcs, goDefault int
+		env                 string
+		want                int
+	}{
+		{0, 2, "", 1},   // a 2-CPU node (or a container limited to 2): one processor
+		{0, 1, "", 1},   // one CPU
+		{0, 8, "", 8},   // larger nodes: Go's default
+		{0, 2, "2", 2},  // GOMAXPROCS set: as Go applied it
+		{0, 4, "4", 4},  // likewise
+		{3, 2, "", 3},   // maxProcs wins over everything
+		{1, 16, "8", 1}, // likewise
+	} {
+		cfg := Config{MaxProcs: c.maxProcs}
+		if got := cfg.Procs(c.goDefault, c.env); got != c.want {
+			t.Errorf("maxProcs %d, Go's default %d, GOMAXPROCS %q: %d, want %d", c.maxProcs, c.goDefault, c.env, got, c.want)
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -44,6 +45,10 @@ everything the daemon put in the kernel.`,
 			if err != nil {
 				return err
 			}
+			goDefault := runtime.GOMAXPROCS(0)
+			procs := cfg.Procs(goDefault, os.Getenv("GOMAXPROCS"))
+			runtime.GOMAXPROCS(procs)
+			log.Info("processors", "maxProcs", procs, "goDefault", goDefault, "cpus", runtime.NumCPU())
 			d, err := node.New(cfg, log)
 			if err != nil {
 				return err
