@@ -57,9 +57,6 @@ type Daemon struct {
 	k8s  *agent.Agent
 	enf  *dataplane.Enforcer
 	sink *asyncSink
-	// savedPolicy is the digest of the policy of the previous run's last
-	// flow save (savedflows.go), "" without one.
-	savedPolicy string
 	// records is where flow records go (the ring and the flow log): the
 	// enforcer's sink, and the kernel loop's for the final records that
 	// wait for the kernel's counts (finalcounts.go).

@@ -4,11 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/trireme-go/trireme/node"
 	"github.com/trireme-go/trireme/testenv"
 )
 
@@ -298,5 +302,37 @@ policies:
 	front := a.ServeEcho(8080)
 	if err := connect(b, front); !isRefused(err) {
 		t.Errorf("web (node 1) -> frontend (node 0): %v, want a prompt RST", err)
+	}
+}
+
+// TestDaemonMaxProcs: the daemon runs its Go code on the processors
+// maxProcs says, automatic (node.Config.Procs of Go's default) when unset,
+// and logs what the runtime took.
+func TestDaemonMaxProcs(t *testing.T) {
+	testenv.RequireRoot(t)
+	logged := regexp.MustCompile(`msg=processors maxProcs=(\d+) goDefault=(\d+)`)
+	for _, tc := range []struct {
+		name, extra string
+		want        func(goDefault int) int
+	}{
+		{"automatic", "", func(goDefault int) int {
+			return (&node.Config{}).Procs(goDefault, os.Getenv("GOMAXPROCS"))
+		}},
+		{"maxProcs: 3", "maxProcs: 3\n", func(int) int { return 3 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := testenv.NewNode(t, testenv.NodeOptions{PUs: 0})
+			d := testenv.NewDaemon(t, n, testenv.DaemonOptions{SecretsDir: testenv.PSKDir(t), Policy: "policies: []\n", Extra: tc.extra})
+			d.Start()
+			m := logged.FindStringSubmatch(d.Logs())
+			if m == nil {
+				t.Fatalf("no processors line in the daemon's log:\n%s", d.Logs())
+			}
+			got, _ := strconv.Atoi(m[1])
+			goDefault, _ := strconv.Atoi(m[2])
+			if want := tc.want(goDefault); got != want {
+				t.Errorf("the daemon runs on %d processors (Go's default %d), want %d", got, goDefault, want)
+			}
+		})
 	}
 }

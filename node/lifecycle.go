@@ -33,11 +33,12 @@ func (d *Daemon) Start(ctx context.Context) error {
 		return err
 	}
 	d.phase.set(phaseRestoring)
-	if err := d.restore(); err != nil {
+	savedPolicy, err := d.restore()
+	if err != nil {
 		return err
 	}
 	d.phase.set(phaseServing)
-	if err := d.serve(); err != nil {
+	if err := d.serve(savedPolicy); err != nil {
 		return err
 	}
 	d.phase.set("")
@@ -79,7 +80,9 @@ func (d *Daemon) plumb() error {
 // steering and the flows the kernel still holds as authorized. A PU that
 // cannot be opened again is kept closed (stalled). The steering of every
 // PU is applied in one transaction, with the excluded networks.
-func (d *Daemon) restore() error {
+// savedPolicy is the digest of the policy of the previous run's last flow
+// save (savedflows.go), "" without one.
+func (d *Daemon) restore() (savedPolicy string, err error) {
 	t0 := time.Now()
 	restored := d.loadState()
 	keep := map[string]bool{}
@@ -132,12 +135,11 @@ func (d *Daemon) restore() error {
 		for _, p := range ready {
 			p.close()
 		}
-		return fmt.Errorf("nftables: %w", err)
+		return "", fmt.Errorf("nftables: %w", err)
 	}
 	t2 := time.Now()
 	flows, missed := 0, 0
 	prev := d.takeSavedFlows()
-	d.savedPolicy = prev.policy
 	d.backlog.ensure(len(ready))
 	for _, p := range ready {
 		// The enforcer learns the PU's flows before its first packet is
@@ -165,12 +167,13 @@ func (d *Daemon) restore() error {
 		d.log.Info("restored the PUs of the previous run", "pus", d.pus.len(), "flows", flows, "took", time.Since(t0).Round(time.Millisecond),
 			"open", t1.Sub(t0).Round(time.Millisecond), "steering", t2.Sub(t1).Round(time.Millisecond), "flows-took", t3.Sub(t2).Round(time.Millisecond))
 	}
-	return nil
+	return prev.policy, nil
 }
 
 // serve starts the web page's listener, the monitors and the daemon's
 // loops (the control API is served from the start, gated until ready).
-func (d *Daemon) serve() error {
+// savedPolicy: as restore returned it.
+func (d *Daemon) serve(savedPolicy string) error {
 	if err := d.serveWeb(); err != nil {
 		return err
 	}
@@ -190,7 +193,7 @@ func (d *Daemon) serve() error {
 	go d.expireLoop()
 	go d.policyLoop()
 	go func() { defer d.wg.Done(); _ = d.res.Run(d.ctx) }()
-	d.reevaluateRestored(d.savedPolicy)
+	d.reevaluateRestored(savedPolicy)
 	if d.endLog != nil {
 		d.wg.Add(1)
 		go d.endLogLoop()

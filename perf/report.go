@@ -36,11 +36,7 @@ func (r *Result) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintln(tw)
 	for _, f := range r.Figures {
-		dir := "↓"
-		if f.Higher {
-			dir = "↑"
-		}
-		fmt.Fprintf(tw, "%s %s\t%s", f.Label, dir, f.Unit)
+		fmt.Fprintf(tw, "%s %s\t%s", f.Label, arrow(f.Higher), f.Unit)
 		for _, v := range r.Variants {
 			fmt.Fprintf(tw, "\t%s", cell(f, f.Variants[v], v == r.Baseline))
 		}

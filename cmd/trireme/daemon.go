@@ -48,7 +48,7 @@ everything the daemon put in the kernel.`,
 			goDefault := runtime.GOMAXPROCS(0)
 			procs := cfg.Procs(goDefault, os.Getenv("GOMAXPROCS"))
 			runtime.GOMAXPROCS(procs)
-			log.Info("processors", "maxProcs", procs, "goDefault", goDefault, "cpus", runtime.NumCPU())
+			log.Info("processors", "maxProcs", runtime.GOMAXPROCS(0), "goDefault", goDefault, "cpus", runtime.NumCPU())
 			d, err := node.New(cfg, log)
 			if err != nil {
 				return err

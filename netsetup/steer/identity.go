@@ -154,26 +154,8 @@ func (s *Steerer) AllCounters() (map[string]Counters, error) {
 		if !known {
 			continue
 		}
-		p := Packets{Packets: co.Packets, Bytes: co.Bytes}
-		switch co.Name[len(pu):] {
-		case "_in_steer":
-			c.InSteered = p
-		case "_in_auth":
-			c.InAuthorized = p
-		case "_out_steer":
-			c.OutSteered = p
-		case "_out_auth":
-			c.OutAuthorized = p
-		case "_in_spoof":
-			c.Spoofed = p
-		case "_in_rogue":
-			c.RogueRouter = p
-		case "_in_budget":
-			c.InOverBudget = p
-		case "_in_fast":
-			c.InFast = p
-		case "_out_fast":
-			c.OutFast = p
+		if p := c.field(co.Name[len(pu):]); p != nil {
+			*p = Packets{Packets: co.Packets, Bytes: co.Bytes}
 		}
 		out[pu] = c
 	}

@@ -115,6 +115,32 @@ func (c Counters) withFast() Counters {
 
 func (p *Packets) add(q Packets) { p.Packets += q.Packets; p.Bytes += q.Bytes }
 
+// field is the field a PU's counter with this name suffix (counterSuffixes)
+// is read into; nil for another name.
+func (c *Counters) field(suffix string) *Packets {
+	switch suffix {
+	case "_in_steer":
+		return &c.InSteered
+	case "_in_auth":
+		return &c.InAuthorized
+	case "_out_steer":
+		return &c.OutSteered
+	case "_out_auth":
+		return &c.OutAuthorized
+	case "_in_spoof":
+		return &c.Spoofed
+	case "_in_rogue":
+		return &c.RogueRouter
+	case "_in_budget":
+		return &c.InOverBudget
+	case "_in_fast":
+		return &c.InFast
+	case "_out_fast":
+		return &c.OutFast
+	}
+	return nil
+}
+
 // Packets is a packet and byte count.
 type Packets struct{ Packets, Bytes uint64 }
 
@@ -979,23 +1005,12 @@ func (s *Steerer) Counters(pu string) (Counters, error) {
 		return Counters{}, fmt.Errorf("steer: counters: %w", err)
 	}
 	var c Counters
-	dst := map[string]*Packets{
-		counterName(pu, "in", "steer"):  &c.InSteered,
-		counterName(pu, "in", "auth"):   &c.InAuthorized,
-		counterName(pu, "out", "steer"): &c.OutSteered,
-		counterName(pu, "out", "auth"):  &c.OutAuthorized,
-		counterName(pu, "in", "spoof"):  &c.Spoofed,
-		counterName(pu, "in", "rogue"):  &c.RogueRouter,
-		budgetCounter(pu):               &c.InOverBudget,
-		counterName(pu, "in", "fast"):   &c.InFast,
-		counterName(pu, "out", "fast"):  &c.OutFast,
-	}
 	for _, o := range objs {
 		co, ok := o.(*nftables.CounterObj)
-		if !ok || co.Table == nil || co.Table.Name != st.shard.table.Name {
+		if !ok || co.Table == nil || co.Table.Name != st.shard.table.Name || puOfCounter(co.Name) != pu {
 			continue
 		}
-		if p := dst[co.Name]; p != nil {
+		if p := c.field(co.Name[len(pu):]); p != nil {
 			*p = Packets{Packets: co.Packets, Bytes: co.Bytes}
 		}
 	}
